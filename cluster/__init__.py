@@ -1,0 +1,1 @@
+"""prism cluster: configuration, hash ring, services, bootstrap and CLI."""

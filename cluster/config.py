@@ -1,0 +1,182 @@
+"""One validated configuration, flowing one way: YAML/env -> ClusterConfig -> builders -> constructors."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cluster.errors import InvalidRequest
+
+MAX_DIM = 32_768
+MAX_SHARDS = 256
+MAX_REPLICAS = 8
+DEFAULT_PORT = 8000
+DEFAULT_DATA_DIR = ".prism"
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+
+# Index types by where they can run. Milvus-lite (3.x) knows only the first set; the 2.3 server adds IVF_PQ;
+# GPU types need a GPU-capable Milvus server, which this project can only configure, never run, on CPU machines.
+CPU_INDEX_TYPES = frozenset({"FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"})
+SERVER_ONLY_INDEX_TYPES = frozenset({"IVF_PQ"})
+GPU_INDEX_TYPES = frozenset({"GPU_CAGRA", "GPU_IVF_PQ"})
+ALL_INDEX_TYPES = CPU_INDEX_TYPES | SERVER_ONLY_INDEX_TYPES | GPU_INDEX_TYPES
+
+METADATA_TYPES = frozenset({"keyword", "float", "integer", "date", "text", "boolean"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IndexConfig(_Strict):
+    """A Milvus index: its type and build parameters (which must really reach Milvus)."""
+
+    type: str = "HNSW"
+    params: dict[str, int | float | str] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in ALL_INDEX_TYPES:
+            raise ValueError(f"unsupported index type {value!r}; known: {sorted(ALL_INDEX_TYPES)}")
+        return upper
+
+
+class SpaceConfig(_Strict):
+    """A named vector space: dimension, metric, and where its vectors come from."""
+
+    dim: int = Field(ge=1, le=MAX_DIM)
+    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    encoder: str | None = None
+    source: str | None = None
+    index: IndexConfig = Field(default_factory=IndexConfig)
+
+    @model_validator(mode="after")
+    def _encoder_needs_source(self) -> "SpaceConfig":
+        if self.source and not self.encoder:
+            raise ValueError(f"space has source {self.source!r} but no encoder to embed it")
+        return self
+
+
+class MilvusConfig(_Strict):
+    """Where shard collections live: embedded milvus-lite, an external server, or the bundled 2.3 standalone."""
+
+    mode: Literal["lite", "server", "bundled"] = "lite"
+    uri: str | None = None
+    token: str | None = None
+    gpu: bool = False
+
+    @model_validator(mode="after")
+    def _uri_for_server(self) -> "MilvusConfig":
+        if self.mode == "server" and not self.uri:
+            raise ValueError("milvus mode 'server' needs a uri, e.g. 'http://milvus:19530'")
+        if self.mode == "lite" and self.uri:
+            raise ValueError(f"milvus mode 'lite' takes no uri (got {self.uri!r}); use mode 'server'")
+        if self.gpu and self.mode == "lite":
+            raise ValueError("gpu=true needs a GPU-capable Milvus server, not milvus-lite")
+        return self
+
+
+def check_index_support(index: IndexConfig, backend_kind: str, gpu: bool = False) -> None:
+    """Raise when the index type cannot run on this backend ('lite' or 'server'); never fall back silently."""
+    if index.type in GPU_INDEX_TYPES and not gpu:
+        raise InvalidRequest(
+            f"index type {index.type!r} needs a GPU-capable Milvus server (milvus.gpu=true)", field="index.type"
+        )
+    if index.type in SERVER_ONLY_INDEX_TYPES and backend_kind == "lite":
+        raise InvalidRequest(f"index type {index.type!r} is not supported by milvus-lite", field="index.type")
+
+
+class CollectionConfig(_Strict):
+    """A collection: its named spaces, shard and replica counts, and metadata mapping."""
+
+    name: str
+    spaces: dict[str, SpaceConfig]
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(f"collection name {value!r} must match {NAME_RE.pattern}")
+        return value
+
+    @field_validator("spaces")
+    @classmethod
+    def _spaces(cls, value: dict[str, SpaceConfig]) -> dict[str, SpaceConfig]:
+        if not value:
+            raise ValueError("a collection needs at least one vector space")
+        for name in value:
+            if not NAME_RE.match(name):
+                raise ValueError(f"space name {name!r} must match {NAME_RE.pattern}")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        for field, kind in value.items():
+            if kind not in METADATA_TYPES:
+                raise ValueError(f"metadata field {field!r} has type {kind!r}; known: {sorted(METADATA_TYPES)}")
+        return value
+
+
+class ClusterConfig(_Strict):
+    """Everything `prism up` and the Serve app need."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    milvus: MilvusConfig = Field(default_factory=MilvusConfig)
+    use_ray: bool = True
+    shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    encoder_replicas: int = Field(default=1, ge=1, le=16)
+    collections: list[CollectionConfig] = Field(default_factory=list)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+
+def parse_model(model: type[BaseModel], data: Any, what: str) -> Any:
+    """Validate `data` into `model`, turning pydantic errors into one InvalidRequest naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(format_validation_error(exc, what), field=first_error_field(exc)) from None
+
+
+def first_error_field(exc: ValidationError) -> str | None:
+    errors = exc.errors()
+    return ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+
+
+def format_validation_error(exc: ValidationError, what: str) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or what
+        parts.append(f"{loc}: {err['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> ClusterConfig:
+    """Read a YAML config (or defaults), apply overrides, validate once."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise InvalidRequest(f"config {str(path)!r} must be a mapping, got {type(data).__name__}")
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    return parse_model(ClusterConfig, data, "config")

@@ -1,0 +1,89 @@
+"""The prism error tree. Milvus, Elasticsearch and Ray errors are translated into these at the boundary.
+
+    PrismError                      base; carries an HTTP status for the ingress
+    ├── InvalidRequest              400/422: bad input, names the field
+    │   ├── FilterError             a malformed or untranslatable filter clause
+    │   └── PayloadTooLarge         413
+    ├── CollectionNotFound          404
+    ├── SpaceNotFound               404: unknown named vector space
+    ├── CollectionExists            409
+    ├── ShardUnavailable            503: a shard (all of its replicas) did not answer
+    ├── ModelUnavailable            503: an encoder's weights are missing
+    └── BackendError                502: Milvus / Elasticsearch failed on a write or an admin call
+"""
+from __future__ import annotations
+
+MAX_MESSAGE = 500
+
+
+def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class PrismError(Exception):
+    """Base of all prism errors."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(_truncate(message))
+        self.message = _truncate(message)
+        self.field = field
+
+    def to_dict(self) -> dict:
+        body = {"error": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class InvalidRequest(PrismError):
+    status = 422
+    code = "invalid_request"
+
+
+class FilterError(InvalidRequest):
+    code = "invalid_filter"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class CollectionNotFound(PrismError):
+    status = 404
+    code = "collection_not_found"
+
+
+class SpaceNotFound(PrismError):
+    status = 404
+    code = "space_not_found"
+
+
+class CollectionExists(PrismError):
+    status = 409
+    code = "collection_exists"
+
+
+class ShardUnavailable(PrismError):
+    status = 503
+    code = "shard_unavailable"
+
+    def __init__(self, message: str, *, shards: list[int] | None = None):
+        super().__init__(message)
+        self.shards = shards or []
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "shards": self.shards}
+
+
+class ModelUnavailable(PrismError):
+    status = 503
+    code = "model_unavailable"
+
+
+class BackendError(PrismError):
+    status = 502
+    code = "backend_error"

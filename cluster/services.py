@@ -1,0 +1,117 @@
+"""Local real services started as subprocesses: the bundled Milvus 2.3 standalone (and later the ES-API server).
+
+Each runs in its own process group (start_new_session) and is stopped by signalling the whole group: the Milvus
+wrapper forks the real server binary, and killing only the wrapper leaves it running.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.errors import BackendError
+
+MILVUS_READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None = None, what: str = "service") -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BackendError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as exc:  # noqa: BLE001
+            last = str(exc)
+        time.sleep(0.5)
+    raise BackendError(f"{what} not ready at {url} after {timeout_s:.0f}s ({last})")
+
+
+def stop_process_group(pid: int, timeout_s: float = 15.0) -> None:
+    """SIGTERM the group, wait, then SIGKILL whatever is left."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies of our own children still count as members; reap what we can.
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+            if pid == 0:
+                break
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@dataclass
+class ServiceHandle:
+    """A started subprocess service: its pid (= process group id), address and health URL."""
+
+    name: str
+    pid: int
+    uri: str
+    health_url: str
+    log_path: str
+
+    def stop(self) -> None:
+        stop_process_group(self.pid)
+
+
+def start_milvus_server(data_dir: str | os.PathLike, port: int | None = None, health_port: int | None = None,
+                        timeout_s: float = MILVUS_READY_TIMEOUT_S) -> ServiceHandle:
+    """Start the PyPI `milvus` package's Milvus 2.3 standalone; ready when its /healthz answers 200."""
+    data = Path(data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    health_port = health_port or free_port()
+    log_path = data / "prism-milvus-launcher.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.milvus_launcher", str(data), str(port), str(health_port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    handle = ServiceHandle("milvus", proc.pid, f"http://127.0.0.1:{port}",
+                           f"http://127.0.0.1:{health_port}/healthz", str(log_path))
+    try:
+        wait_http_ok(handle.health_url, timeout_s, proc, "Milvus server")
+    except BaseException:
+        handle.stop()
+        raise
+    return handle

@@ -1,0 +1,1 @@
+"""prism router: request models, merge, fusion, coordinator and the Serve ingress."""

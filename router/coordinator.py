@@ -1,0 +1,281 @@
+"""The coordinator: one collection's read and write paths over its shards. Plain class, no Ray import.
+
+Shard replicas are reached through `ShardClient`s (in-process threads or Ray actors); both answer identically,
+so the coordinator's answer does not depend on which is used.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from cluster.config import CollectionConfig
+from cluster.errors import InvalidRequest, ModelUnavailable, PrismError, ShardUnavailable, SpaceNotFound
+from cluster.ring import HashRing
+from router.fusion import fuse
+from router.merge import merge_topk
+from router.models import (
+    Coverage, DeleteResponse, Hit, PayloadExclude, Point, QueryRequest, QueryResponse, ScoredId, ShardFailure,
+    UpsertResponse,
+)
+
+# encode(encoder_name, texts) -> one vector per text
+Encode = Callable[[str, list[str]], Awaitable[list[list[float]]]]
+DEFAULT_TIMEOUT_S = 10.0
+# Errors that describe the request, not the shard: they propagate instead of triggering failover.
+_REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
+
+
+class ShardClient(Protocol):
+    shard: int
+    replica: int
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class Coordinator:
+    """Fan-out, heap merge, fusion and hydration for reads; ring routing to every replica for writes."""
+
+    def __init__(
+        self,
+        config: CollectionConfig,
+        replicas: Sequence[Sequence[ShardClient]],
+        *,
+        encode: Encode | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
+        if len(replicas) != config.shards:
+            raise ValueError(f"{len(replicas)} shard client lists for {config.shards} shards")
+        self.config = config
+        self.replicas = [list(r) for r in replicas]
+        self.encode = encode
+        self.timeout_s = timeout_s
+        self.ring = HashRing(range(config.shards))
+
+    def shard_of(self, point_id: str) -> int:
+        return int(self.ring.get(point_id))
+
+    # -- shard calls -------------------------------------------------------------------------------------------
+    async def _read(self, shard: int, method: str, *args: Any) -> Any:
+        """Call one replica of `shard`, failing over to the next on error or deadline."""
+        reasons = []
+        for client in self.replicas[shard]:
+            try:
+                return await asyncio.wait_for(client.call(method, *args), self.timeout_s)
+            except _REQUEST_ERRORS:
+                raise
+            except asyncio.TimeoutError:
+                reasons.append(f"replica {client.replica}: no answer within {self.timeout_s:g}s")
+            except Exception as exc:  # noqa: BLE001 - any replica fault means: try the next one
+                reasons.append(f"replica {client.replica}: {_short(exc)}")
+        raise ShardUnavailable(f"shard {shard} unavailable: " + "; ".join(reasons), shards=[shard])
+
+    async def _write(self, shard: int, method: str, *args: Any) -> list[Any]:
+        """Call every replica of `shard`; every one must acknowledge."""
+        clients = self.replicas[shard]
+        results = await asyncio.gather(
+            *(asyncio.wait_for(c.call(method, *args), self.timeout_s) for c in clients), return_exceptions=True
+        )
+        errors = [(c, r) for c, r in zip(clients, results) if isinstance(r, BaseException)]
+        for _, err in errors:
+            if isinstance(err, _REQUEST_ERRORS):
+                raise err
+        if errors:
+            detail = "; ".join(f"replica {c.replica}: {_short(e)}" for c, e in errors)
+            raise ShardUnavailable(f"write to shard {shard} not acknowledged: {detail}", shards=[shard])
+        return list(results)
+
+    # -- reads -------------------------------------------------------------------------------------------------
+    async def query(self, req: QueryRequest) -> QueryResponse:
+        t0 = time.perf_counter()
+        self._validate_query(req)
+        vectors = await self._query_vectors(req)
+        searches = [
+            {"space": p.space, "vector": v, "limit": req.prefetch_limit(p), "params": p.params}
+            for p, v in zip(req.prefetch, vectors)
+        ]
+        answers = await asyncio.gather(
+            *(self._read(s, "search_many", searches) for s in range(self.config.shards)), return_exceptions=True
+        )
+        per_prefetch: list[list[list[ScoredId]]] = [[] for _ in req.prefetch]
+        failed: list[ShardFailure] = []
+        for shard, answer in enumerate(answers):
+            if isinstance(answer, ShardUnavailable):
+                failed.append(ShardFailure(shard=shard, reason=answer.message))
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                for i, hits in enumerate(answer):
+                    per_prefetch[i].append([ScoredId(h[0], h[1]) for h in hits])
+        if failed and req.require_complete:
+            raise ShardUnavailable(
+                "require_complete: " + "; ".join(f.reason for f in failed), shards=[f.shard for f in failed]
+            )
+        if len(failed) == self.config.shards:
+            raise ShardUnavailable("no shard answered: " + "; ".join(f.reason for f in failed),
+                                   shards=[f.shard for f in failed])
+        # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
+        merged = [merge_topk(lists, req.prefetch_limit(p)) for lists, p in zip(per_prefetch, req.prefetch)]
+        fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
+                     limit=req.offset + req.limit)
+        page = fused[req.offset : req.offset + req.limit]
+        hits, notes = await self._hydrate(page, req)
+        return QueryResponse(
+            hits=hits,
+            coverage=Coverage(shards_total=self.config.shards, shards_answered=self.config.shards - len(failed),
+                              failed=failed),
+            partial=bool(failed),
+            took_ms=round((time.perf_counter() - t0) * 1000, 3),
+            notes=notes,
+        )
+
+    async def query_batch(self, reqs: Sequence[QueryRequest]) -> list[QueryResponse]:
+        return list(await asyncio.gather(*(self.query(r) for r in reqs)))
+
+    def _space(self, name: str, field: str):
+        space = self.config.spaces.get(name)
+        if space is None:
+            raise SpaceNotFound(
+                f"{field}: unknown space {name!r}; collection {self.config.name!r} has {sorted(self.config.spaces)}",
+                field=field,
+            )
+        return space
+
+    def _check_vector(self, vec: Sequence[float], dim: int, field: str) -> None:
+        if len(vec) != dim:
+            raise InvalidRequest(f"{field}: expected {dim} dimensions, got {len(vec)}", field=field)
+        if not all(math.isfinite(x) for x in vec):
+            raise InvalidRequest(f"{field}: vector has NaN or infinite values", field=field)
+
+    def _validate_query(self, req: QueryRequest) -> None:
+        for i, p in enumerate(req.prefetch):
+            space = self._space(p.space, f"prefetch[{i}].space")
+            if p.vector is not None:
+                self._check_vector(p.vector, space.dim, f"prefetch[{i}].vector")
+            if p.text is not None and not space.encoder:
+                raise InvalidRequest(f"prefetch[{i}].text: space {p.space!r} has no encoder; send a vector",
+                                     field=f"prefetch[{i}].text")
+        if isinstance(req.with_vectors, list):
+            for space in req.with_vectors:
+                self._space(space, "with_vectors")
+
+    async def _query_vectors(self, req: QueryRequest) -> list[list[float]]:
+        out: list[list[float] | None] = [p.vector for p in req.prefetch]
+        for i, p in enumerate(req.prefetch):
+            if p.image is not None:
+                raise ModelUnavailable(f"prefetch[{i}].image: no image encoder is configured for {p.space!r}",
+                                       field=f"prefetch[{i}].image")
+        texts = [(i, p) for i, p in enumerate(req.prefetch) if p.text is not None]
+        if texts:
+            by_encoder: dict[str, list[int]] = defaultdict(list)
+            for i, p in texts:
+                by_encoder[self.config.spaces[p.space].encoder].append(i)
+            for encoder, idxs in by_encoder.items():
+                vecs = await self._encode(encoder, [req.prefetch[i].text for i in idxs])
+                for i, v in zip(idxs, vecs):
+                    self._check_vector(v, self.config.spaces[req.prefetch[i].space].dim, f"prefetch[{i}].text")
+                    out[i] = v
+        return [list(v) for v in out]
+
+    async def _encode(self, encoder: str, texts: list[str]) -> list[list[float]]:
+        if self.encode is None:
+            raise ModelUnavailable(f"encoder {encoder!r} is not available in this process")
+        return await self.encode(encoder, texts)
+
+    async def _hydrate(self, page: list[ScoredId], req: QueryRequest) -> tuple[list[Hit], list[str]]:
+        want_payload = req.with_payload is not False and not (isinstance(req.with_payload, list) and not req.with_payload)
+        spaces = list(self.config.spaces) if req.with_vectors is True else (req.with_vectors or [])
+        if not page or (not want_payload and not spaces):
+            return [Hit(id=h.id, score=h.score) for h in page], []
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for h in page:
+            by_shard[self.shard_of(h.id)].append(h.id)
+        shards = list(by_shard)
+        answers = await asyncio.gather(*(self._read(s, "get", by_shard[s], spaces) for s in shards),
+                                       return_exceptions=True)
+        rows: dict[str, dict[str, Any]] = {}
+        notes = []
+        for shard, answer in zip(shards, answers):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, ShardUnavailable):
+                    raise answer
+                notes.append(f"payloads of shard {shard} unavailable: {answer.message}")
+                continue
+            rows.update(answer)
+        hits = []
+        for h in page:
+            row = rows.get(h.id)
+            payload = _select_payload(row["payload"], req.with_payload) if (row and want_payload) else None
+            vectors = row["vectors"] if (row and spaces) else None
+            hits.append(Hit(id=h.id, score=h.score, payload=payload, vectors=vectors))
+        return hits, notes
+
+    # -- writes ------------------------------------------------------------------------------------------------
+    async def upsert(self, points: Sequence[Point]) -> UpsertResponse:
+        """Validate the whole batch first (nothing is written on bad input), embed, route by ring, write."""
+        rows = await self._prepare_points(points)
+        by_shard: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_shard[self.shard_of(row["id"])].append(row)
+        await asyncio.gather(*(self._write(s, "upsert", batch) for s, batch in by_shard.items()))
+        return UpsertResponse(upserted=len(rows))
+
+    async def _prepare_points(self, points: Sequence[Point]) -> list[dict[str, Any]]:
+        rows = []
+        to_embed: dict[str, list[tuple[int, str]]] = defaultdict(list)  # space -> [(row index, text)]
+        for i, p in enumerate(points):
+            vectors = dict(p.vectors or {})
+            for space_name, vec in vectors.items():
+                space = self._space(space_name, f"points[{i}].vectors")
+                self._check_vector(vec, space.dim, f"points[{i}].vectors.{space_name}")
+            for space_name, space in self.config.spaces.items():
+                if space_name in vectors or not space.source:
+                    continue
+                text = p.payload.get(space.source)
+                if isinstance(text, str) and text.strip():
+                    to_embed[space_name].append((i, text))
+            rows.append({"id": p.id, "payload": p.payload, "vectors": vectors})
+        for space_name, items in to_embed.items():
+            space = self.config.spaces[space_name]
+            vecs = await self._encode(space.encoder, [t for _, t in items])
+            for (i, _), v in zip(items, vecs):
+                rows[i]["vectors"][space_name] = list(v)
+        for i, row in enumerate(rows):
+            if not row["vectors"]:
+                raise InvalidRequest(
+                    f"points[{i}] (id {row['id']!r}) has no vector for any space and no source text to embed",
+                    field=f"points[{i}].vectors",
+                )
+        return rows
+
+    async def delete(self, ids: Sequence[str]) -> DeleteResponse:
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for pid in dict.fromkeys(ids):
+            by_shard[self.shard_of(pid)].append(pid)
+        results = await asyncio.gather(*(self._write(s, "delete", batch) for s, batch in by_shard.items()))
+        return DeleteResponse(deleted=sum(max(r) for r in results))
+
+    async def counts(self) -> list[list[dict[str, int] | None]]:
+        """Point count per space for every shard replica (None where a replica did not answer)."""
+        async def one(client: ShardClient):
+            try:
+                return await asyncio.wait_for(client.call("count"), self.timeout_s)
+            except Exception:  # noqa: BLE001
+                return None
+        return [list(await asyncio.gather(*(one(c) for c in reps))) for reps in self.replicas]
+
+
+def _select_payload(payload: dict[str, Any], selector: bool | list[str] | PayloadExclude) -> dict[str, Any]:
+    if selector is True:
+        return dict(payload)
+    if isinstance(selector, PayloadExclude):
+        return {k: v for k, v in payload.items() if k not in set(selector.exclude)}
+    return {k: payload[k] for k in selector if k in payload}
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PrismError) else exc.message
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,201 @@
+"""Typed requests and responses of the HTTP API v1. One typed object in, one typed object out."""
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_LIMIT = 10_000
+MAX_PREFETCH = 16
+MAX_BATCH_POINTS = 2_000
+MAX_BATCH_QUERIES = 64
+MAX_ID_LENGTH = 256
+MAX_TEXT_CHARS = 20_000
+
+
+class ScoredId(NamedTuple):
+    """One search hit inside the router: higher score is always better (L2 distances are negated)."""
+
+    id: str
+    score: float
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Prefetch(_Strict):
+    """One retrieval in one named space: a vector given as is, or text/image to embed."""
+
+    space: str
+    vector: list[float] | None = None
+    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    image: str | None = None
+    limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    filter: dict[str, Any] | None = None
+    params: dict[str, int | float] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "Prefetch":
+        given = [k for k in ("vector", "text", "image") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a prefetch needs exactly one of vector, text, image (got {given or 'none'})")
+        if self.vector is not None and not self.vector:
+            raise ValueError("vector must not be empty")
+        return self
+
+
+class Fusion(_Strict):
+    """How per-space lists become one: reciprocal rank fusion, distribution-based score fusion, or none."""
+
+    method: Literal["rrf", "dbsf", "none"] = "rrf"
+    k: int = Field(default=60, ge=1, le=100_000)
+    weights: list[float] | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return value
+        if any(w < 0 for w in value):
+            raise ValueError(f"weights must be >= 0, got {value!r}")
+        if value and not any(w > 0 for w in value):
+            raise ValueError("at least one weight must be > 0")
+        return value
+
+
+class PayloadExclude(_Strict):
+    exclude: list[str]
+
+
+class QueryRequest(_Strict):
+    """`POST /v1/collections/{name}/query`."""
+
+    prefetch: list[Prefetch] = Field(min_length=1, max_length=MAX_PREFETCH)
+    fusion: Fusion = Field(default_factory=Fusion)
+    filter: dict[str, Any] | None = None
+    limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
+    offset: int = Field(default=0, ge=0, le=MAX_LIMIT)
+    with_payload: bool | list[str] | PayloadExclude = True
+    with_vectors: bool | list[str] = False
+    require_complete: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "QueryRequest":
+        if self.limit + self.offset > MAX_LIMIT:
+            raise ValueError(f"limit + offset must be <= {MAX_LIMIT}, got {self.limit + self.offset}")
+        if self.fusion.weights is not None and len(self.fusion.weights) != len(self.prefetch):
+            raise ValueError(
+                f"fusion.weights has {len(self.fusion.weights)} entries for {len(self.prefetch)} prefetches"
+            )
+        if self.fusion.method == "none" and len(self.prefetch) != 1:
+            raise ValueError("fusion 'none' needs exactly one prefetch; use 'rrf' or 'dbsf' to combine several")
+        return self
+
+    def prefetch_limit(self, prefetch: Prefetch) -> int:
+        """A prefetch fetches at least what the final page needs."""
+        return prefetch.limit if prefetch.limit is not None else self.limit + self.offset
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    payload: dict[str, Any] | None = None
+    vectors: dict[str, list[float]] | None = None
+
+
+class ShardFailure(BaseModel):
+    shard: int
+    reason: str
+
+
+class Coverage(BaseModel):
+    shards_total: int
+    shards_answered: int
+    failed: list[ShardFailure] = Field(default_factory=list)
+
+
+class QueryResponse(BaseModel):
+    hits: list[Hit]
+    coverage: Coverage
+    partial: bool
+    took_ms: float
+    filter_rounds: int = 0
+    notes: list[str] = Field(default_factory=list)
+
+
+class BatchQueryRequest(_Strict):
+    queries: list[QueryRequest] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
+
+
+class BatchQueryResponse(BaseModel):
+    results: list[QueryResponse]
+
+
+class Point(_Strict):
+    """A point: an id, a payload, and optionally vectors per named space (else embedded from `source`)."""
+
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    vectors: dict[str, list[float]] | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_str(cls, value: Any) -> Any:
+        # Integer ids are accepted and stored as their decimal string, as ids are Milvus VARCHAR keys.
+        if isinstance(value, bool):
+            raise ValueError("id must be a string or an integer")
+        return str(value) if isinstance(value, int) else value
+
+
+class UpsertRequest(_Strict):
+    points: list[Point] = Field(min_length=1, max_length=MAX_BATCH_POINTS)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "UpsertRequest":
+        seen: set[str] = set()
+        for i, p in enumerate(self.points):
+            if p.id in seen:
+                raise ValueError(f"points[{i}].id {p.id!r} appears twice in one request")
+            seen.add(p.id)
+        return self
+
+
+class PointError(BaseModel):
+    id: str
+    reason: str
+
+
+class UpsertResponse(BaseModel):
+    upserted: int
+    failed: list[PointError] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class DeleteRequest(_Strict):
+    ids: list[str] | None = Field(default=None, max_length=MAX_BATCH_POINTS)
+    filter: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "DeleteRequest":
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give exactly one of ids or filter")
+        return self
+
+
+class DeleteResponse(BaseModel):
+    deleted: int
+
+
+class ShardInfo(BaseModel):
+    shard: int
+    replica: int
+    counts: dict[str, int]
+    state: str = "live"
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    config: dict[str, Any]
+    counts: dict[str, int]
+    shards: list[ShardInfo]

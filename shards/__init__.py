@@ -1,0 +1,1 @@
+"""prism shards: the Milvus backend, the plain shard and its Ray actor wrapper."""

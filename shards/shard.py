@@ -1,0 +1,133 @@
+"""A shard replica: one Milvus collection per vector space. Plain Python; `shards.actor` wraps it for Ray."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cluster.config import CollectionConfig, check_index_support
+from cluster.errors import BackendError, PrismError, SpaceNotFound
+from router.models import ScoredId
+from shards.backend import PAYLOAD_FIELD, VECTOR_FIELD, ID_FIELD, BackendSpec, MilvusBackend
+
+
+def milvus_collection_name(collection: str, space: str, shard: int, replica: int) -> str:
+    """Unique on a shared server too: one collection per space per shard replica."""
+    return f"{collection}__{space}__s{shard}_r{replica}"
+
+
+class Shard:
+    """Upsert, delete, get, count and search over one shard replica's collections."""
+
+    def __init__(self, config: CollectionConfig, shard: int, replica: int, spec: BackendSpec):
+        self.config = config
+        self.shard = shard
+        self.replica = replica
+        self.spec = spec
+        self.backend = MilvusBackend(spec)
+        self.names = {s: milvus_collection_name(config.name, s, shard, replica) for s in config.spaces}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def create(self) -> None:
+        for space in self.config.spaces.values():
+            check_index_support(space.index, self.spec.kind, self.spec.gpu)
+        for space_name, space in self.config.spaces.items():
+            self.backend.ensure_collection(self.names[space_name], space)
+
+    def drop(self) -> None:
+        for name in self.names.values():
+            self.backend.drop_collection(name)
+        self.backend.close()
+
+    def ping(self) -> dict[str, int]:
+        return {"shard": self.shard, "replica": self.replica}
+
+    def describe_index(self, space: str) -> dict[str, Any]:
+        return self.backend.describe_index(self._name(space))
+
+    # -- writes ------------------------------------------------------------------------------------------------
+    def upsert(self, points: Sequence[dict[str, Any]]) -> int:
+        """Points are {id, payload, vectors: {space: [...]}}; each space gets the points carrying its vector."""
+        per_space: dict[str, list[dict[str, Any]]] = {s: [] for s in self.config.spaces}
+        for p in points:
+            for space, vec in (p.get("vectors") or {}).items():
+                if space not in per_space:
+                    raise SpaceNotFound(f"unknown space {space!r} for point {p['id']!r}", field="vectors")
+                per_space[space].append({ID_FIELD: p["id"], VECTOR_FIELD: vec, PAYLOAD_FIELD: p.get("payload") or {}})
+        for space, rows in per_space.items():
+            self._call(self.backend.upsert, self.names[space], rows)
+        return len(points)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete from every space; returns how many of `ids` existed here."""
+        found = set()
+        for space, name in self.names.items():
+            found.update(self._call(self.backend.get, name, list(ids)).keys())
+            self._call(self.backend.delete, name, list(ids))
+        return len(found)
+
+    # -- reads -------------------------------------------------------------------------------------------------
+    def search(
+        self,
+        space: str,
+        vectors: Sequence[Sequence[float]],
+        limit: int,
+        expr: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> list[list[ScoredId]]:
+        return self._call(
+            self.backend.search, self._name(space), self.config.spaces[space], vectors, limit, expr, params
+        )
+
+    def search_many(self, requests: Sequence[dict[str, Any]]) -> list[list[ScoredId]]:
+        """Several single-vector searches in one call (one RPC per shard per query): [{space, vector, limit, expr?, params?}]."""
+        return [
+            self.search(r["space"], [r["vector"]], r["limit"], r.get("expr"), r.get("params"))[0] for r in requests
+        ]
+
+    def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+        """Payload (and vectors of the named spaces) of the ids held here."""
+        out: dict[str, dict[str, Any]] = {}
+        missing = list(ids)
+        for space, name in self.names.items():
+            if not missing:
+                break
+            rows = self._call(self.backend.get, name, missing)
+            for pid, row in rows.items():
+                out[pid] = {"payload": row["payload"], "vectors": {}}
+            missing = [i for i in missing if i not in out]
+        for space in with_vectors:
+            rows = self._call(self.backend.get, self._name(space), list(out), True)
+            for pid, row in rows.items():
+                out[pid]["vectors"][space] = row["vector"]
+        return out
+
+    def count(self) -> dict[str, int]:
+        return {space: self._call(self.backend.count, name) for space, name in self.names.items()}
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _name(self, space: str) -> str:
+        if space not in self.names:
+            raise SpaceNotFound(f"unknown space {space!r}; collection {self.config.name!r} has {sorted(self.names)}")
+        return self.names[space]
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except PrismError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Milvus errors become typed prism errors here
+            raise BackendError(f"shard {self.shard} replica {self.replica}: {exc}") from exc
+
+
+class LocalShardClient:
+    """Calls a plain Shard in a worker thread: the in-process twin of `shards.actor.RayShardClient`."""
+
+    def __init__(self, shard: Shard):
+        self.target = shard
+        self.shard = shard.shard
+        self.replica = shard.replica
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(getattr(self.target, method), *args, **kwargs)

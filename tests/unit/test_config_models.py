@@ -1,0 +1,139 @@
+import pytest
+from pydantic import ValidationError
+
+from cluster.config import ClusterConfig, CollectionConfig, IndexConfig, MilvusConfig, SpaceConfig, check_index_support, load_config
+from cluster.errors import FilterError, InvalidRequest
+from router.expr import ids_in, literal, payload_field, quote_string
+from router.models import DeleteRequest, Fusion, Point, QueryRequest, UpsertRequest
+
+
+def space(dim=4, **kw):
+    return SpaceConfig(dim=dim, **kw)
+
+
+def test_valid_collection():
+    c = CollectionConfig(name="products", spaces={"text": space(384), "image": space(512, metric="ip")}, shards=4)
+    assert c.spaces["text"].index.type == "HNSW"
+    assert c.replicas == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"name": "bad-name", "spaces": {"t": {"dim": 4}}}, "'bad-name'"),
+        ({"name": "c", "spaces": {}}, "at least one vector space"),
+        ({"name": "c", "spaces": {"t": {"dim": 0}}}, "dim"),
+        ({"name": "c", "spaces": {"t": {"dim": 4, "metric": "hamming"}}}, "metric"),
+        ({"name": "c", "spaces": {"t": {"dim": 4, "index": {"type": "DISKANNX"}}}}, "'DISKANNX'"),
+        ({"name": "c", "spaces": {"t": {"dim": 4}}, "shards": 0}, "shards"),
+        ({"name": "c", "spaces": {"t": {"dim": 4}}, "metadata": {"price": "money"}}, "'money'"),
+        ({"name": "c", "spaces": {"t": {"dim": 4, "source": "desc"}}}, "no encoder"),
+        ({"name": "c", "spaces": {"t": {"dim": 4}}, "colour": 1}, "colour"),
+    ],
+)
+def test_bad_collection_values_are_quoted(kwargs, needle):
+    with pytest.raises(ValidationError) as exc:
+        CollectionConfig(**kwargs)
+    assert needle in str(exc.value)
+
+
+def test_milvus_config_rules():
+    with pytest.raises(ValidationError, match="needs a uri"):
+        MilvusConfig(mode="server")
+    with pytest.raises(ValidationError, match="takes no uri"):
+        MilvusConfig(mode="lite", uri="http://x")
+    with pytest.raises(ValidationError, match="GPU-capable"):
+        MilvusConfig(mode="lite", gpu=True)
+
+
+def test_index_support_never_falls_back():
+    check_index_support(IndexConfig(type="hnsw"), "lite")
+    check_index_support(IndexConfig(type="IVF_PQ"), "server")
+    with pytest.raises(InvalidRequest, match="milvus-lite"):
+        check_index_support(IndexConfig(type="IVF_PQ"), "lite")
+    with pytest.raises(InvalidRequest, match="GPU"):
+        check_index_support(IndexConfig(type="GPU_CAGRA"), "server")
+    check_index_support(IndexConfig(type="GPU_CAGRA"), "server", gpu=True)
+
+
+def test_load_config_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("port: 9001\nmilvus: {mode: bundled}\n")
+    cfg = load_config(p, data_dir=str(tmp_path))
+    assert cfg.port == 9001 and cfg.milvus.mode == "bundled" and cfg.data_dir == str(tmp_path)
+    p.write_text("port: -1\n")
+    with pytest.raises(InvalidRequest, match="port"):
+        load_config(p)
+    assert isinstance(load_config(None), ClusterConfig)
+
+
+def q(**kw):
+    base = {"prefetch": [{"space": "text", "vector": [0.1, 0.2]}]}
+    base.update(kw)
+    return QueryRequest.model_validate(base)
+
+
+def test_query_request_defaults_and_limits():
+    r = q()
+    assert r.limit == 10 and r.fusion.method == "rrf" and r.fusion.k == 60
+    assert r.prefetch_limit(r.prefetch[0]) == 10
+    assert q(offset=5).prefetch_limit(r.prefetch[0]) == 15
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 10_001}, "limit"),
+        ({"limit": 9_000, "offset": 2_000}, "limit + offset"),
+        ({"prefetch": []}, "prefetch"),
+        ({"prefetch": [{"space": "t"}]}, "exactly one of vector, text, image"),
+        ({"prefetch": [{"space": "t", "vector": [1.0], "text": "x"}]}, "exactly one"),
+        ({"prefetch": [{"space": "t", "vector": []}]}, "must not be empty"),
+        ({"fusion": {"method": "borda"}}, "method"),
+        ({"fusion": {"weights": [1.0, 2.0]}}, "1 prefetches"),
+        ({"fusion": {"weights": [0.0]}}, "at least one weight"),
+        ({"unknown": 1}, "unknown"),
+        (
+            {"prefetch": [{"space": "a", "vector": [1.0]}, {"space": "b", "vector": [1.0]}], "fusion": {"method": "none"}},
+            "exactly one prefetch",
+        ),
+    ],
+)
+def test_query_request_rejects(kw, needle):
+    with pytest.raises(ValidationError) as exc:
+        q(**kw)
+    assert needle in str(exc.value)
+
+
+def test_points_and_delete_requests():
+    assert Point(id=7).id == "7"
+    with pytest.raises(ValidationError):
+        Point(id="")
+    with pytest.raises(ValidationError):
+        Point(id=True)
+    with pytest.raises(ValidationError, match="appears twice"):
+        UpsertRequest(points=[{"id": "a"}, {"id": "a"}])
+    with pytest.raises(ValidationError, match="exactly one of ids or filter"):
+        DeleteRequest()
+    assert DeleteRequest(ids=["a"]).ids == ["a"]
+    assert Fusion(weights=[0.0, 1.0]).weights == [0.0, 1.0]
+
+
+def test_expression_literals_are_escaped_not_spliced():
+    assert quote_string('a"b') == '"a\\"b"'
+    assert quote_string("back\\slash") == '"back\\\\slash"'
+    assert quote_string("line\nbreak") == '"line\\nbreak"'
+    assert quote_string('" or true or "') == '"\\" or true or \\""'
+    assert quote_string("caf\u00e9") == '"caf\u00e9"'
+    with pytest.raises(FilterError, match="control character"):
+        quote_string("nul\x00")
+    assert literal(True) == "true" and literal(3) == "3" and literal(2.5) == "2.5"
+    with pytest.raises(FilterError):
+        literal(float("nan"))
+    with pytest.raises(FilterError):
+        literal({"a": 1})
+    assert ids_in(["a", 'b"']) == 'id in ["a", "b\\""]'
+    assert payload_field("price") == 'payload["price"]'
+    with pytest.raises(FilterError):
+        payload_field('price"] or 1==1 or payload["x')
