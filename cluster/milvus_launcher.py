@@ -1,11 +1,20 @@
 """Runs the bundled Milvus 2.3 standalone in the foreground with fixed ports: `python -m cluster.milvus_launcher DIR PORT HEALTH_PORT`.
 
-The `milvus-server` CLI picks its health port itself; prism needs to know it to poll readiness.
+The `milvus-server` CLI picks its health port itself, and its embedded etcd always takes peer port 2380, so a
+second server on the machine dies at start. Here both are chosen free, and etcd gets a config file of its own.
 """
 from __future__ import annotations
 
 import signal
+import socket
 import sys
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv: list[str]) -> int:
@@ -15,7 +24,25 @@ def main(argv: list[str]) -> int:
     server = milvus.MilvusServer(wait_for_started=False)
     server.set_base_dir(data_dir)
     server.config.set("proxy_port", port)
+    server.config.set("etcd_port", _free_port())
     server.webservice_port = health_port  # start() probes upward from here; it is free, so it is kept
+
+    write_config = server.config.write_config
+
+    def write_with_etcd_config() -> None:
+        write_config()
+        client, peer = server.config.get("etcd_port"), _free_port()
+        etcd_yaml = Path(data_dir) / "configs" / "embed-etcd.yaml"
+        etcd_yaml.write_text(
+            f"listen-client-urls: http://127.0.0.1:{client}\nadvertise-client-urls: http://127.0.0.1:{client}\n"
+            f"listen-peer-urls: http://127.0.0.1:{peer}\ninitial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-cluster: default=http://127.0.0.1:{peer}\n"
+        )
+        cfg = Path(data_dir) / "configs" / "milvus.yaml"
+        text = cfg.read_text()
+        cfg.write_text(text.replace("etcd:\n", f"etcd:\n  config:\n    path: {etcd_yaml}\n", 1))
+
+    server.config.write_config = write_with_etcd_config
 
     def _stop(*_):
         server.stop()

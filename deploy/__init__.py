@@ -1,0 +1,1 @@
+"""Deployment assets and tools: datasets, benchmarks, Serve config, load test."""
