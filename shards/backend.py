@@ -73,10 +73,15 @@ class MilvusBackend:
             raise BackendError(f"cannot open Milvus at {spec.uri!r}: {exc}") from exc
 
     def close(self) -> None:
+        """Close the client; for milvus-lite also stop its server process, which holds the .db directory."""
         try:
             self.client.close()
         except Exception:  # noqa: BLE001
             pass
+        if self.spec.kind == "lite":
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.spec.uri)
 
     # -- collections -------------------------------------------------------------------------------------------
     def has_collection(self, name: str) -> bool:

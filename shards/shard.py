@@ -38,6 +38,10 @@ class Shard:
             self.backend.drop_collection(name)
         self.backend.close()
 
+    def close(self) -> None:
+        """Release the Milvus connection (and milvus-lite's hold on this replica's directory)."""
+        self.backend.close()
+
     def ping(self) -> dict[str, int]:
         return {"shard": self.shard, "replica": self.replica}
 
