@@ -44,11 +44,12 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
 
 
 def stop_process_group(pid: int, timeout_s: float = 15.0) -> None:
-    """SIGTERM the group, wait, then SIGKILL whatever is left."""
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
+    """SIGTERM the group led by `pid`, wait, then SIGKILL whatever is left.
+
+    Every process prism starts is a session leader (start_new_session), so its group id is its pid. The group
+    is signalled even after the leader has exited: Ray's agents outlive the driver that started them.
+    """
+    pgid = pid
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s

@@ -22,8 +22,9 @@ from router.models import (
     UpsertResponse,
 )
 
-# encode(encoder_name, texts) -> one vector per text
-Encode = Callable[[str, list[str]], Awaitable[list[list[float]]]]
+# encode(encoder_name, texts) -> one (vector, truncated) per text
+Encode = Callable[[str, list[str]], Awaitable[list[tuple[list[float], bool]]]]
+Observe = Callable[[int, float], None]
 DEFAULT_TIMEOUT_S = 10.0
 # Errors that describe the request, not the shard: they propagate instead of triggering failover.
 _REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
@@ -46,6 +47,7 @@ class Coordinator:
         *,
         encode: Encode | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        observe: Observe | None = None,
     ):
         if len(replicas) != config.shards:
             raise ValueError(f"{len(replicas)} shard client lists for {config.shards} shards")
@@ -53,6 +55,7 @@ class Coordinator:
         self.replicas = [list(r) for r in replicas]
         self.encode = encode
         self.timeout_s = timeout_s
+        self.observe = observe
         self.ring = HashRing(range(config.shards))
 
     def shard_of(self, point_id: str) -> int:
@@ -64,7 +67,11 @@ class Coordinator:
         reasons = []
         for client in self.replicas[shard]:
             try:
-                return await asyncio.wait_for(client.call(method, *args), self.timeout_s)
+                t0 = time.perf_counter()
+                result = await asyncio.wait_for(client.call(method, *args), self.timeout_s)
+                if self.observe is not None and method == "search_many":
+                    self.observe(shard, time.perf_counter() - t0)
+                return result
             except _REQUEST_ERRORS:
                 raise
             except asyncio.TimeoutError:
@@ -92,7 +99,7 @@ class Coordinator:
     async def query(self, req: QueryRequest) -> QueryResponse:
         t0 = time.perf_counter()
         self._validate_query(req)
-        vectors = await self._query_vectors(req)
+        vectors, notes = await self._query_vectors(req)
         searches = [
             {"space": p.space, "vector": v, "limit": req.prefetch_limit(p), "params": p.params}
             for p, v in zip(req.prefetch, vectors)
@@ -122,14 +129,14 @@ class Coordinator:
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
                      limit=req.offset + req.limit)
         page = fused[req.offset : req.offset + req.limit]
-        hits, notes = await self._hydrate(page, req)
+        hits, hydrate_notes = await self._hydrate(page, req)
         return QueryResponse(
             hits=hits,
             coverage=Coverage(shards_total=self.config.shards, shards_answered=self.config.shards - len(failed),
                               failed=failed),
             partial=bool(failed),
             took_ms=round((time.perf_counter() - t0) * 1000, 3),
-            notes=notes,
+            notes=notes + hydrate_notes,
         )
 
     async def query_batch(self, reqs: Sequence[QueryRequest]) -> list[QueryResponse]:
@@ -162,8 +169,9 @@ class Coordinator:
             for space in req.with_vectors:
                 self._space(space, "with_vectors")
 
-    async def _query_vectors(self, req: QueryRequest) -> list[list[float]]:
+    async def _query_vectors(self, req: QueryRequest) -> tuple[list[list[float]], list[str]]:
         out: list[list[float] | None] = [p.vector for p in req.prefetch]
+        notes: list[str] = []
         for i, p in enumerate(req.prefetch):
             if p.image is not None:
                 raise ModelUnavailable(f"prefetch[{i}].image: no image encoder is configured for {p.space!r}",
@@ -174,13 +182,15 @@ class Coordinator:
             for i, p in texts:
                 by_encoder[self.config.spaces[p.space].encoder].append(i)
             for encoder, idxs in by_encoder.items():
-                vecs = await self._encode(encoder, [req.prefetch[i].text for i in idxs])
-                for i, v in zip(idxs, vecs):
+                encoded = await self._encode(encoder, [req.prefetch[i].text for i in idxs])
+                for i, (v, truncated) in zip(idxs, encoded):
                     self._check_vector(v, self.config.spaces[req.prefetch[i].space].dim, f"prefetch[{i}].text")
                     out[i] = v
-        return [list(v) for v in out]
+                    if truncated:
+                        notes.append(f"prefetch[{i}].text was longer than encoder {encoder!r} reads; it was truncated")
+        return [list(v) for v in out], notes
 
-    async def _encode(self, encoder: str, texts: list[str]) -> list[list[float]]:
+    async def _encode(self, encoder: str, texts: list[str]) -> list[tuple[list[float], bool]]:
         if self.encode is None:
             raise ModelUnavailable(f"encoder {encoder!r} is not available in this process")
         return await self.encode(encoder, texts)
@@ -216,15 +226,16 @@ class Coordinator:
     # -- writes ------------------------------------------------------------------------------------------------
     async def upsert(self, points: Sequence[Point]) -> UpsertResponse:
         """Validate the whole batch first (nothing is written on bad input), embed, route by ring, write."""
-        rows = await self._prepare_points(points)
+        rows, notes = await self._prepare_points(points)
         by_shard: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_shard[self.shard_of(row["id"])].append(row)
         await asyncio.gather(*(self._write(s, "upsert", batch) for s, batch in by_shard.items()))
-        return UpsertResponse(upserted=len(rows))
+        return UpsertResponse(upserted=len(rows), notes=notes)
 
-    async def _prepare_points(self, points: Sequence[Point]) -> list[dict[str, Any]]:
+    async def _prepare_points(self, points: Sequence[Point]) -> tuple[list[dict[str, Any]], list[str]]:
         rows = []
+        notes: list[str] = []
         to_embed: dict[str, list[tuple[int, str]]] = defaultdict(list)  # space -> [(row index, text)]
         for i, p in enumerate(points):
             vectors = dict(p.vectors or {})
@@ -240,16 +251,19 @@ class Coordinator:
             rows.append({"id": p.id, "payload": p.payload, "vectors": vectors})
         for space_name, items in to_embed.items():
             space = self.config.spaces[space_name]
-            vecs = await self._encode(space.encoder, [t for _, t in items])
-            for (i, _), v in zip(items, vecs):
+            encoded = await self._encode(space.encoder, [t for _, t in items])
+            for (i, _), (v, truncated) in zip(items, encoded):
+                self._check_vector(v, space.dim, f"points[{i}].payload.{space.source}")
                 rows[i]["vectors"][space_name] = list(v)
+                if truncated:
+                    notes.append(f"points[{i}] ({rows[i]['id']!r}): {space.source!r} truncated for space {space_name!r}")
         for i, row in enumerate(rows):
             if not row["vectors"]:
                 raise InvalidRequest(
                     f"points[{i}] (id {row['id']!r}) has no vector for any space and no source text to embed",
                     field=f"points[{i}].vectors",
                 )
-        return rows
+        return rows, notes
 
     async def delete(self, ids: Sequence[str]) -> DeleteResponse:
         by_shard: dict[int, list[str]] = defaultdict(list)

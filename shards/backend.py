@@ -168,6 +168,17 @@ class MilvusBackend:
                 out[str(row[ID_FIELD])] = entry
         return out
 
+    def flush(self, name: str) -> None:
+        """Seal growing segments so the server indexes them (milvus-lite persists on its own)."""
+        if self.spec.kind == "server":
+            self.client.flush(name)
+
+    def pending_index_rows(self, name: str) -> int:
+        """Rows not yet covered by the index (0 when fully built; always 0 on milvus-lite, which reports none)."""
+        desc = self.describe_index(name)
+        total, indexed = int(desc.get("total_rows", 0)), int(desc.get("indexed_rows", 0))
+        return max(int(desc.get("pending_index_rows", 0)), total - indexed)
+
     def count(self, name: str) -> int:
         rows = self.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"]) if rows else 0

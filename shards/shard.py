@@ -105,6 +105,19 @@ class Shard:
                 out[pid]["vectors"][space] = row["vector"]
         return out
 
+    def wait_indexed(self, timeout_s: float = 1800.0) -> float:
+        """Flush, then wait until every space's index covers all rows; returns seconds waited."""
+        import time
+
+        t0 = time.monotonic()
+        for name in self.names.values():
+            self._call(self.backend.flush, name)
+        while any(self._call(self.backend.pending_index_rows, n) for n in self.names.values()):
+            if time.monotonic() - t0 > timeout_s:
+                raise BackendError(f"shard {self.shard} replica {self.replica}: index not built in {timeout_s:.0f}s")
+            time.sleep(1.0)
+        return time.monotonic() - t0
+
     def count(self) -> dict[str, int]:
         return {space: self._call(self.backend.count, name) for space, name in self.names.items()}
 

@@ -1,0 +1,194 @@
+"""`prism up` / `prism down`: start Ray locally, the bundled services, the shard actors and Serve; stop them all.
+
+The foreground `prism up` process is the owner of everything it starts. `--detach` runs that same process in
+its own session and returns once /health is green; `prism down` signals it, and it shuts Serve, Ray and Milvus
+down in order. A state file in the data dir records the instance.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from cluster.config import ClusterConfig, MilvusConfig
+from cluster.errors import BackendError
+from cluster.services import ServiceHandle, start_milvus_server, stop_process_group, wait_http_ok
+
+STATE_FILE = "prism-instance.json"
+LOG_FILE = "prism.log"
+UP_TIMEOUT_S = 300.0
+
+
+def state_path(data_dir: str | Path) -> Path:
+    return Path(data_dir).expanduser().resolve() / STATE_FILE
+
+
+def read_state(data_dir: str | Path) -> dict | None:
+    p = state_path(data_dir)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def resolve(cfg: ClusterConfig) -> ClusterConfig:
+    """Absolute data dir (actors run elsewhere) and a validated config."""
+    return cfg.model_copy(update={"data_dir": str(cfg.data_path)})
+
+
+def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> int:
+    """Start everything, serve until SIGTERM/SIGINT, then stop everything. Returns an exit code."""
+    import ray
+
+    from router.app import shutdown_serve, start_serve
+
+    cfg = resolve(cfg)
+    data = cfg.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    existing = read_state(data)
+    if existing and existing.get("pid") != os.getpid() and _alive(existing["pid"]):
+        print(f"prism is already running from {data} (pid {existing['pid']}); run `prism down` first", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    milvus: ServiceHandle | None = None
+    try:
+        if cfg.milvus.mode == "bundled":
+            print("starting the bundled Milvus 2.3 standalone server ...", flush=True)
+            milvus = start_milvus_server(data / "milvus-server")
+            cfg = cfg.model_copy(update={"milvus": MilvusConfig(mode="server", uri=milvus.uri, gpu=cfg.milvus.gpu)})
+        print("starting Ray ...", flush=True)
+        # Logical CPUs only: nothing in prism reserves whole cores (num_cpus=0), so 2-core machines don't hang.
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, namespace="prism",
+                 logging_level="WARNING", runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
+                                                                    "TRANSFORMERS_OFFLINE": "1"}})
+        print(f"starting Serve on http://{cfg.host}:{cfg.port} ...", flush=True)
+        start_serve(cfg)
+        state = {"pid": os.getpid(), "host": cfg.host, "port": cfg.port, "url": f"http://{cfg.host}:{cfg.port}",
+                 "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
+                 "started": time.time()}
+        state_path(data).write_text(json.dumps(state, indent=2))
+        print(f"prism is up at {state['url']} (data in {data})", flush=True)
+        if ready is not None:
+            ready.set()
+        while not stop.wait(0.5):
+            pass
+        print("shutting down ...", flush=True)
+        return 0
+    except Exception as exc:  # noqa: BLE001
+        print(f"prism up failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        try:
+            if ray.is_initialized():
+                try:
+                    shutdown_serve()
+                finally:
+                    ray.shutdown()
+        finally:
+            if milvus is not None:
+                milvus.stop()
+            st = read_state(data)
+            if st and st.get("pid") == os.getpid():
+                state_path(data).unlink(missing_ok=True)
+
+
+def start_detached(cfg: ClusterConfig, config_file: str | None = None, timeout_s: float = UP_TIMEOUT_S) -> dict:
+    """Run `prism up` in its own session; return its state once /health answers."""
+    cfg = resolve(cfg)
+    data = cfg.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    existing = read_state(data)
+    if existing and _alive(existing["pid"]):
+        raise BackendError(f"prism is already running from {data} (pid {existing['pid']})")
+    state_path(data).unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "cluster.cli", "up", "--data-dir", str(data), "--port", str(cfg.port),
+           "--host", cfg.host, "--milvus", _milvus_arg(cfg.milvus)]
+    if config_file:
+        cmd += ["--config", config_file]
+    log = open(data / LOG_FILE, "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BackendError(f"prism up exited with code {proc.returncode}; see {data / LOG_FILE}:\n"
+                               + _tail(data / LOG_FILE))
+        state = read_state(data)
+        if state and state.get("pid") == proc.pid:
+            try:
+                wait_http_ok(state["url"] + "/health", max(1.0, deadline - time.monotonic()), proc, "prism")
+                return state
+            except BackendError:
+                break
+        time.sleep(0.5)
+    stop_process_group(proc.pid)
+    raise BackendError(f"prism did not become healthy within {timeout_s:.0f}s; see {data / LOG_FILE}:\n"
+                       + _tail(data / LOG_FILE))
+
+
+def _milvus_arg(m: MilvusConfig) -> str:
+    return m.uri if m.mode == "server" and m.uri else m.mode
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop_instance(data_dir: str | Path, timeout_s: float = 90.0) -> bool:
+    """Signal the `prism up` process, wait for its orderly shutdown, then kill its group if needed."""
+    state = read_state(data_dir)
+    if not state:
+        return False
+    pid = state["pid"]
+    if _alive(pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.3)
+        stop_process_group(pid, timeout_s=10)
+    if state.get("milvus_pid"):
+        stop_process_group(state["milvus_pid"], timeout_s=10)
+    state_path(data_dir).unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def health(url: str, timeout_s: float = 5.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except Exception:  # noqa: BLE001
+        return None

@@ -1,0 +1,60 @@
+"""`make demo`: start prism detached, ingest the sample catalog, run example queries, shut down. Non-zero on failure."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from cluster.services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "deploy" / "demo.yaml"
+CATALOG = ROOT / "deploy" / "data" / "catalog.jsonl"
+console = Console()
+
+QUERIES = [
+    ("shoes for running on muddy trails", ["text"], "none"),
+    ("something bright yellow and shiny", ["visual"], "none"),
+    ("warm clothes for a cold hike", ["text", "visual"], "rrf"),
+]
+
+
+def prism(*args: str) -> None:
+    cmd = [sys.executable, "-m", "cluster.cli", *args]
+    console.print(f"[dim]$ prism {' '.join(args)}[/dim]")
+    subprocess.run(cmd, check=True)
+
+
+def main() -> int:
+    data_dir = tempfile.mkdtemp(prefix="prism-demo-")
+    port = free_port()
+    started = False
+    try:
+        prism("up", "--detach", "--port", str(port), "--data-dir", data_dir, "--config", str(CONFIG))
+        started = True
+        prism("ingest", str(CATALOG), "--collection", "products", "--data-dir", data_dir)
+        base = f"http://127.0.0.1:{port}"
+        from cluster.cli import print_hits
+
+        for text, spaces, fusion in QUERIES:
+            body = {"prefetch": [{"space": s, "text": text, "limit": 20} for s in spaces],
+                    "fusion": {"method": fusion}, "limit": 5}
+            r = httpx.post(f"{base}/v1/collections/products/query", json=body, timeout=60)
+            r.raise_for_status()
+            print_hits(r.json(), f"{text!r} in {'+'.join(spaces)} ({fusion})")
+        prism("status", "--data-dir", data_dir)
+        return 0
+    except (subprocess.CalledProcessError, httpx.HTTPError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        return 1
+    finally:
+        if started:
+            prism("down", "--data-dir", data_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The Ray Serve ingress: the only module that imports `ray.serve`. It holds DeploymentHandles and delegates
+every endpoint to a plain PrismService. `build_app` is the typed builder that deploy/ and helm/ reference."""
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from cluster.config import ClusterConfig
+from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError
+from router.metrics import process_state
+from router.models import BatchQueryResponse, CollectionInfo, DeleteResponse, QueryResponse, UpsertResponse
+
+VERSION = "0.1.0"
+api = FastAPI(title="prism", version=VERSION, description="Sharded multimodal search on Ray Serve and Milvus.")
+
+
+def _endpoint(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+@api.middleware("http")
+async def _observe(request: Request, call_next):
+    t0 = time.perf_counter()
+    state = process_state()
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > state.max_upload_bytes:
+        response = JSONResponse(status_code=413, content={
+            "error": "payload_too_large",
+            "message": f"request body of {length} bytes exceeds the limit of {state.max_upload_bytes} bytes"})
+    else:
+        response = await call_next(request)
+    endpoint = _endpoint(request)
+    state.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+    state.metrics.latency.labels(endpoint, request.method).observe(time.perf_counter() - t0)
+    return response
+
+
+@api.exception_handler(PrismError)
+async def _prism_error(request: Request, exc: PrismError):
+    process_state().metrics.errors.labels(_endpoint(request), exc.code).inc()
+    return JSONResponse(status_code=exc.status, content=exc.to_dict())
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    process_state().metrics.errors.labels(_endpoint(request), "invalid_request").inc()
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors[:5]
+    )
+    return JSONResponse(status_code=422, content={"error": "invalid_request", "message": message, "field": field})
+
+
+async def _json(request: Request) -> Any:
+    """Parse the body ourselves so malformed JSON is a clear 422 naming the position."""
+    raw = await request.body()
+    limit = process_state().max_upload_bytes
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body of {len(raw)} bytes exceeds {limit} bytes")
+    try:
+        return json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON body: {exc}", field="body") from None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+class EncoderDeployment:
+    """One text model behind dynamic batching. A model that cannot load is reported, never faked."""
+
+    def __init__(self, name: str):
+        from router.embed import load_encoder
+
+        self.name = name
+        self.error: str | None = None
+        try:
+            self.encoder = load_encoder(name)
+        except ModelUnavailable as exc:
+            self.encoder, self.error = None, exc.message
+
+    def status(self) -> dict[str, Any]:
+        if self.encoder is None:
+            return {"name": self.name, "available": False, "reason": self.error}
+        return {"name": self.name, "available": True, "dim": self.encoder.dim, "max_tokens": self.encoder.max_tokens}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
+    async def _encode_batch(self, texts: list[str]) -> list[tuple[list[float], bool]]:
+        out = await asyncio.to_thread(self.encoder.encode, texts)
+        return [(e.vector, e.truncated) for e in out]
+
+    async def encode(self, text: str) -> tuple[list[float], bool]:
+        if self.encoder is None:
+            raise ModelUnavailable(f"encoder {self.name!r} is unavailable: {self.error}")
+        return await self._encode_batch(text)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
+@serve.ingress(api)
+class Ingress:
+    """HTTP API v1. Every endpoint delegates to PrismService."""
+
+    def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
+        from router.service import PrismService
+        from shards.actor import start_ray_shards, stop_ray_shards
+
+        cfg = ClusterConfig.model_validate(config)
+        self.state = process_state()
+        self.state.max_upload_bytes = cfg.max_upload_bytes
+        self.encoders = encoders
+        server_uri = cfg.milvus.uri if cfg.milvus.mode != "lite" else None
+        self.service = PrismService(
+            cfg, encode=self._encode, server_uri=server_uri,
+            start_shards=lambda c, specs, create=True: start_ray_shards(c, specs, detached=True, create=create),
+            stop_shards=stop_ray_shards, observe_shard=self.state.metrics.observe_shard,
+        )
+        self.service.open_catalog()
+
+    async def _encode(self, name: str, texts: list[str]) -> list[tuple[list[float], bool]]:
+        handle = self.encoders.get(name)
+        if handle is None:
+            raise ModelUnavailable(f"encoder {name!r} is not deployed")
+        return list(await asyncio.gather(*(handle.encode.remote(t) for t in texts)))
+
+    @api.get("/health")
+    async def health(self) -> dict[str, Any]:
+        statuses = await asyncio.gather(*(h.status.remote() for h in self.encoders.values()))
+        return {"status": "ok", "version": VERSION, "collections": self.service.list_collections(),
+                "encoders": {s["name"]: s for s in statuses}}
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        return Response(self.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @api.get("/v1/collections")
+    async def list_collections(self) -> dict[str, list[str]]:
+        return {"collections": self.service.list_collections()}
+
+    @api.put("/v1/collections/{name}", response_model=CollectionInfo)
+    async def create_collection(self, name: str, request: Request):
+        return await self.service.create_collection(name, await _json(request))
+
+    @api.get("/v1/collections/{name}", response_model=CollectionInfo)
+    async def get_collection(self, name: str):
+        return await self.service.info(name)
+
+    @api.delete("/v1/collections/{name}")
+    async def delete_collection(self, name: str) -> dict[str, Any]:
+        return await self.service.delete_collection(name)
+
+    @api.post("/v1/collections/{name}/points", response_model=UpsertResponse)
+    async def upsert(self, name: str, request: Request):
+        return await self.service.upsert(name, await _json(request))
+
+    @api.post("/v1/collections/{name}/points/delete", response_model=DeleteResponse)
+    async def delete_points(self, name: str, request: Request):
+        return await self.service.delete_points(name, await _json(request))
+
+    @api.post("/v1/collections/{name}/query", response_model=QueryResponse)
+    async def query(self, name: str, request: Request):
+        answer = await self.service.query(name, await _json(request))
+        if answer.partial:
+            self.state.metrics.partial.labels(name).inc()
+        return answer
+
+    @api.post("/v1/collections/{name}/query/batch", response_model=BatchQueryResponse)
+    async def query_batch(self, name: str, request: Request):
+        return await self.service.query_batch(name, await _json(request))
+
+
+class BuildArgs(BaseModel):
+    """Arguments of `router.app:build_app` in a Serve config: a config file path and/or an inline config."""
+
+    config_path: str | None = None
+    config: dict[str, Any] | None = None
+
+
+ENCODERS = ("minilm",)
+
+
+def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Application:
+    """The typed app builder: ClusterConfig -> encoder deployments + ingress."""
+    from cluster.config import load_config, parse_model
+
+    if isinstance(args, ClusterConfig):
+        cfg = args
+    else:
+        b = parse_model(BuildArgs, args, "build args") if isinstance(args, dict) else args
+        cfg = load_config(b.config_path, **(b.config or {}))
+    encoders = {
+        name: EncoderDeployment.options(name=f"encoder_{name}", num_replicas=cfg.encoder_replicas).bind(name)
+        for name in ENCODERS
+    }
+    return Ingress.bind(cfg.model_dump(), encoders)
+
+
+def start_serve(cfg: ClusterConfig, app_name: str = "prism") -> None:
+    """Start Serve's HTTP proxy on the configured host/port and deploy the app (blocks until it is running)."""
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name=app_name, route_prefix="/")
+
+
+def shutdown_serve() -> None:
+    serve.shutdown()

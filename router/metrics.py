@@ -1,0 +1,51 @@
+"""Prometheus series exposed at GET /metrics (documented in the README)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """One registry per process: request counts/latency per endpoint, shard search latency, errors, partials."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("prism_requests_total", "HTTP requests", ["endpoint", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("prism_request_latency_seconds", "HTTP request latency", ["endpoint", "method"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.shard_latency = Histogram("prism_shard_search_latency_seconds", "Latency of one shard's search call",
+                                       ["collection", "shard"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.errors = Counter("prism_errors_total", "Error answers by code", ["endpoint", "code"],
+                              registry=self.registry)
+        self.partial = Counter("prism_partial_answers_total", "Query answers missing at least one shard",
+                               ["collection"], registry=self.registry)
+
+    def observe_shard(self, collection: str, shard: int, seconds: float) -> None:
+        self.shard_latency.labels(collection, str(shard)).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ProcessState:
+    """What the HTTP middleware and the endpoints of one Serve replica share.
+
+    Serve freezes the FastAPI app with cloudpickle, which hands the middleware its own copy of router.app's
+    globals; state kept there silently splits in two. This module is imported by reference, so there is one.
+    """
+
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.max_upload_bytes = 8 * 1024 * 1024
+
+
+_STATE: ProcessState | None = None
+
+
+def process_state() -> ProcessState:
+    global _STATE
+    if _STATE is None:
+        _STATE = ProcessState()
+    return _STATE

@@ -1,0 +1,178 @@
+"""PrismService: collections, their persisted catalog, and one Coordinator per collection. No Ray Serve here.
+
+The ingress (router/app.py) holds one of these and delegates every endpoint to it; tests use it directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cluster.config import ClusterConfig, CollectionConfig, check_index_support, parse_model
+from cluster.errors import CollectionExists, CollectionNotFound, InvalidRequest
+from cluster.topology import local_shards, replica_specs
+from router.coordinator import Coordinator, Encode
+from router.models import (
+    BatchQueryRequest, BatchQueryResponse, CollectionInfo, DeleteRequest, DeleteResponse, QueryRequest,
+    QueryResponse, ShardInfo, UpsertRequest, UpsertResponse,
+)
+
+# start_shards(collection, specs, create) -> shard clients; stop_shards(clients, drop)
+StartShards = Callable[..., list]
+StopShards = Callable[..., None]
+
+
+def _stop_local(clients, drop: bool = False) -> None:
+    for row in clients:
+        for c in row:
+            if drop:
+                c.target.drop()
+            else:
+                c.target.close()
+
+
+class PrismService:
+    """Create/describe/delete collections and route reads and writes to their coordinators."""
+
+    def __init__(self, config: ClusterConfig, *, encode: Encode | None = None, server_uri: str | None = None,
+                 start_shards: StartShards | None = None, stop_shards: StopShards | None = None,
+                 observe_shard: Callable[[str, int, float], None] | None = None):
+        self.config = config
+        self.encode = encode
+        self.server_uri = server_uri
+        self.start_shards = start_shards or (lambda cfg, specs, create=True: local_shards(cfg, specs, create))
+        self.stop_shards = stop_shards or _stop_local
+        self.observe_shard = observe_shard
+        self.catalog_dir = config.data_path / "catalog"
+        self.catalog_dir.mkdir(parents=True, exist_ok=True)
+        self.coordinators: dict[str, Coordinator] = {}
+        self._clients: dict[str, list] = {}
+        self._lock = asyncio.Lock()
+
+    # -- collections -------------------------------------------------------------------------------------------
+    def open_catalog(self) -> list[str]:
+        """Reopen every collection recorded in the data dir (after a restart)."""
+        names = []
+        for path in sorted(self.catalog_dir.glob("*.json")):
+            cfg = CollectionConfig.model_validate_json(path.read_text())
+            self._open(cfg, create=True)
+            names.append(cfg.name)
+        for cfg in self.config.collections:
+            if cfg.name not in self.coordinators:
+                self._create_sync(cfg)
+                names.append(cfg.name)
+        return names
+
+    def _open(self, cfg: CollectionConfig, create: bool) -> Coordinator:
+        specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
+        clients = self.start_shards(cfg, specs, create=create)
+        coord = Coordinator(cfg, clients, encode=self.encode, timeout_s=self.config.shard_timeout_s,
+                            observe=self._observer(cfg.name))
+        self.coordinators[cfg.name] = coord
+        self._clients[cfg.name] = clients
+        return coord
+
+    def _observer(self, name: str):
+        if self.observe_shard is None:
+            return None
+        return lambda shard, seconds: self.observe_shard(name, shard, seconds)
+
+    def _create_sync(self, cfg: CollectionConfig) -> None:
+        backend = "lite" if self.config.milvus.mode == "lite" else "server"
+        for space_name, space in cfg.spaces.items():
+            try:
+                check_index_support(space.index, backend, self.config.milvus.gpu)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"spaces.{space_name}.{exc.message}", field=f"spaces.{space_name}.index.type")
+        self._open(cfg, create=True)
+        (self.catalog_dir / f"{cfg.name}.json").write_text(cfg.model_dump_json(indent=2))
+
+    async def create_collection(self, name: str, body: dict[str, Any]) -> CollectionInfo:
+        if not isinstance(body, dict):
+            raise InvalidRequest("collection body must be a JSON object")
+        cfg = parse_model(CollectionConfig, {**body, "name": name}, "collection")
+        self._check_encoders(cfg)
+        async with self._lock:
+            if name in self.coordinators:
+                raise CollectionExists(f"collection {name!r} already exists")
+            await asyncio.to_thread(self._create_sync, cfg)
+        return await self.info(name)
+
+    def _check_encoders(self, cfg: CollectionConfig) -> None:
+        from router.embed import ENCODER_DIMS
+
+        for space_name, space in cfg.spaces.items():
+            if space.encoder is None:
+                continue
+            if space.encoder not in ENCODER_DIMS:
+                raise InvalidRequest(f"spaces.{space_name}.encoder: unknown encoder {space.encoder!r}; "
+                                     f"known: {sorted(ENCODER_DIMS)}", field=f"spaces.{space_name}.encoder")
+            if ENCODER_DIMS[space.encoder] != space.dim:
+                raise InvalidRequest(f"spaces.{space_name}.dim: encoder {space.encoder!r} gives "
+                                     f"{ENCODER_DIMS[space.encoder]} dimensions, not {space.dim}",
+                                     field=f"spaces.{space_name}.dim")
+
+    def coordinator(self, name: str) -> Coordinator:
+        coord = self.coordinators.get(name)
+        if coord is None:
+            raise CollectionNotFound(f"collection {name!r} not found")
+        return coord
+
+    async def info(self, name: str) -> CollectionInfo:
+        coord = self.coordinator(name)
+        counts = await coord.counts()
+        shards, totals = [], {s: 0 for s in coord.config.spaces}
+        for s, row in enumerate(counts):
+            for r, c in enumerate(row):
+                shards.append(ShardInfo(shard=s, replica=r, counts=c or {}, state="live" if c is not None else "dead"))
+            first = next((c for c in row if c is not None), None)
+            for space, n in (first or {}).items():
+                totals[space] += n
+        return CollectionInfo(name=name, config=coord.config.model_dump(), counts=totals, shards=shards)
+
+    async def delete_collection(self, name: str) -> dict[str, Any]:
+        async with self._lock:
+            self.coordinator(name)
+            self.coordinators.pop(name)
+            clients = self._clients.pop(name)
+            await asyncio.to_thread(self.stop_shards, clients, True)
+            (self.catalog_dir / f"{name}.json").unlink(missing_ok=True)
+            lite_dir = self.config.data_path / "milvus" / name
+            if lite_dir.exists():
+                shutil.rmtree(lite_dir, ignore_errors=True)
+        return {"deleted": name}
+
+    def list_collections(self) -> list[str]:
+        return sorted(self.coordinators)
+
+    def close(self) -> None:
+        for name, clients in list(self._clients.items()):
+            self.stop_shards(clients, False)
+        self._clients.clear()
+        self.coordinators.clear()
+
+    # -- data --------------------------------------------------------------------------------------------------
+    async def upsert(self, name: str, body: Any) -> UpsertResponse:
+        coord = self.coordinator(name)
+        req = parse_model(UpsertRequest, body, "upsert request")
+        return await coord.upsert(req.points)
+
+    async def delete_points(self, name: str, body: Any) -> DeleteResponse:
+        coord = self.coordinator(name)
+        req = parse_model(DeleteRequest, body, "delete request")
+        if req.filter is not None:
+            raise InvalidRequest("delete by filter needs the metadata store (not enabled yet); delete by ids",
+                                 field="filter")
+        return await coord.delete(req.ids or [])
+
+    async def query(self, name: str, body: Any) -> QueryResponse:
+        coord = self.coordinator(name)
+        return await coord.query(parse_model(QueryRequest, body, "query"))
+
+    async def query_batch(self, name: str, body: Any) -> BatchQueryResponse:
+        coord = self.coordinator(name)
+        req = parse_model(BatchQueryRequest, body, "batch query")
+        return BatchQueryResponse(results=await coord.query_batch(req.queries))

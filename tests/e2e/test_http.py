@@ -1,0 +1,198 @@
+"""The HTTP API end to end against a real `prism up --detach` (Ray Serve, MiniLM, the Milvus 2.3 server)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+CATALOG = [json.loads(line) for line in open("deploy/data/catalog.jsonl")]
+DIM = 8
+
+
+def emb(i: int) -> list[float]:
+    v = np.random.default_rng(i).standard_normal(DIM)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+SPEC = {
+    "spaces": {
+        "text": {"dim": 384, "encoder": "minilm", "source": "description", "index": {"type": "HNSW"}},
+        "visual": {"dim": 384, "encoder": "minilm", "source": "visual", "index": {"type": "HNSW"}},
+        "emb": {"dim": DIM, "metric": "cosine", "index": {"type": "FLAT"}},
+    },
+    "shards": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def products(prism_server):
+    c = prism_server.client
+    r = c.put("/v1/collections/products", json=SPEC)
+    assert r.status_code == 200, r.text
+    points = [{"id": p["id"], "payload": {k: v for k, v in p.items() if k != "id"}, "vectors": {"emb": emb(i)}}
+              for i, p in enumerate(CATALOG)]
+    r = c.post("/v1/collections/products/points", json={"points": points})
+    assert r.status_code == 200, r.text
+    assert r.json()["upserted"] == len(CATALOG)
+    return c
+
+
+def query(c, body, status=200):
+    r = c.post("/v1/collections/products/query", json=body)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def test_health_and_collection_info(products, prism_server):
+    h = products.get("/health").json()
+    assert h["status"] == "ok" and "products" in h["collections"]
+    assert h["encoders"]["minilm"]["available"] and h["encoders"]["minilm"]["dim"] == 384
+    info = products.get("/v1/collections/products").json()
+    assert info["counts"] == {"text": 64, "visual": 64, "emb": 64}
+    assert sum(s["counts"]["text"] for s in info["shards"]) == 64 and len(info["shards"]) == 3
+    r = products.put("/v1/collections/products", json=SPEC)
+    assert r.status_code == 409
+
+
+def test_text_queries_find_the_right_products(products):
+    hits = query(products, {"prefetch": [{"space": "text", "text": "espresso and coffee"}],
+                            "fusion": {"method": "none"}, "limit": 3})["hits"]
+    assert {"Espresso Machine", "Pour-Over Coffee Kettle"} & {h["payload"]["name"] for h in hits[:2]}
+    fused = query(products, {"prefetch": [{"space": "text", "text": "waterproof boots for kids"},
+                                          {"space": "visual", "text": "small shiny yellow rubber boots"}],
+                             "limit": 5})
+    assert fused["hits"][0]["payload"]["name"] == "Kids Rain Boots"
+    assert fused["coverage"] == {"shards_total": 3, "shards_answered": 3, "failed": []} and not fused["partial"]
+
+
+def test_fusion_methods_and_batch(products):
+    pre = [{"space": "text", "text": "camping gear for a night outdoors", "limit": 20},
+           {"space": "emb", "vector": emb(40), "limit": 20}]
+    rrf = query(products, {"prefetch": pre, "limit": 10})["hits"]
+    weighted = query(products, {"prefetch": pre, "fusion": {"method": "rrf", "weights": [0.0, 1.0]}, "limit": 10})["hits"]
+    dbsf = query(products, {"prefetch": pre, "fusion": {"method": "dbsf"}, "limit": 10})["hits"]
+    assert len(rrf) == len(dbsf) == 10
+    assert rrf[0]["score"] == pytest.approx(2 / 61, abs=0.01) or rrf[0]["score"] <= 2 / 61
+    # weight 0 on text: the order is exactly the emb space's own order, whose top hit is point 40 itself.
+    assert weighted[0]["id"] == CATALOG[40]["id"]
+    only_emb = query(products, {"prefetch": pre[1:], "fusion": {"method": "none"}, "limit": 10})["hits"]
+    assert [h["id"] for h in weighted] == [h["id"] for h in only_emb]
+    assert [h["score"] for h in dbsf] == sorted([h["score"] for h in dbsf], reverse=True)
+    batch = products.post("/v1/collections/products/query/batch",
+                          json={"queries": [{"prefetch": pre, "limit": 10}, {"prefetch": pre[1:], "limit": 10}]})
+    assert batch.status_code == 200
+    results = batch.json()["results"]
+    assert [h["id"] for h in results[0]["hits"]] == [h["id"] for h in rrf]
+    assert [h["id"] for h in results[1]["hits"]] == [h["id"] for h in only_emb]
+
+
+def test_payload_and_vector_selectors(products):
+    pre = [{"space": "emb", "vector": emb(3)}]
+    hit = query(products, {"prefetch": pre, "limit": 1, "with_payload": ["name", "price"], "with_vectors": ["emb"]})["hits"][0]
+    assert hit["payload"] == {"name": CATALOG[3]["name"], "price": CATALOG[3]["price"]}
+    assert np.allclose(hit["vectors"]["emb"], emb(3), atol=1e-6)
+    hit = query(products, {"prefetch": pre, "limit": 1, "with_payload": {"exclude": ["description", "visual"]}})["hits"][0]
+    assert "description" not in hit["payload"] and hit["payload"]["name"] == CATALOG[3]["name"]
+    assert query(products, {"prefetch": pre, "limit": 1, "with_payload": False})["hits"][0]["payload"] is None
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"prefetch": [{"space": "emb", "vector": [0.1] * 3}]}, 422, "expected 8 dimensions, got 3"),
+    ({"prefetch": [{"space": "audio", "vector": [0.1]}]}, 404, "unknown space 'audio'"),
+    ({"prefetch": [{"space": "emb", "vector": [0.1] * 8}], "limit": 0}, 422, "limit"),
+    ({"prefetch": [{"space": "emb", "vector": [0.1] * 8}], "limit": 10_001}, 422, "limit"),
+    ({"prefetch": []}, 422, "prefetch"),
+    ({"prefetch": [{"space": "emb"}]}, 422, "exactly one of vector, text, image"),
+    ({"prefetch": [{"space": "emb", "vector": [0.1] * 8}], "fusion": {"method": "magic"}}, 422, "fusion.method"),
+    ({"prefetch": [{"space": "emb", "text": "hello"}]}, 422, "has no encoder"),
+    ({"prefetch": [{"space": "text", "image": "aGVsbG8="}]}, 503, "no image encoder"),
+])
+def test_bad_queries_get_clear_errors(products, body, status, needle):
+    r = products.post("/v1/collections/products/query", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["message"]
+
+
+def test_bad_requests_change_nothing_and_service_keeps_answering(products):
+    r = products.post("/v1/collections/products/query", content=b'{"prefetch": [', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "malformed JSON" in r.json()["message"]
+    r = products.post("/v1/collections/nope/query", json={"prefetch": [{"space": "emb", "vector": [0.1] * 8}]})
+    assert r.status_code == 404 and "'nope'" in r.json()["message"]
+    r = products.post("/v1/collections/products/points", json={"points": [
+        {"id": "new-1", "vectors": {"emb": emb(1)}}, {"id": "new-2", "vectors": {"emb": [1.0, 2.0]}}]})
+    assert r.status_code == 422 and r.json()["field"] == "points[1].vectors.emb"
+    r = products.put("/v1/collections/bad", json={"spaces": {"t": {"dim": 8, "index": {"type": "IVF_PQ"}}}, "shards": 1})
+    assert r.status_code == 200  # the server backend supports IVF_PQ
+    assert products.delete("/v1/collections/bad").status_code == 200
+    r = products.put("/v1/collections/bad2", json={"spaces": {"t": {"dim": 8, "index": {"type": "GPU_CAGRA"}}}})
+    assert r.status_code == 422 and "GPU" in r.json()["message"]
+    r = products.put("/v1/collections/bad3", json={"spaces": {"t": {"dim": 12, "encoder": "minilm", "source": "x"}}})
+    assert r.status_code == 422 and "384" in r.json()["message"]
+    big = products.post("/v1/collections/products/points", content=b"x" * (9 * 1024 * 1024),
+                        headers={"content-type": "application/json"})
+    assert big.status_code == 413
+    assert products.get("/v1/collections/products").json()["counts"]["emb"] == 64
+    assert products.get("/v1/collections/bad2").status_code == 404
+    assert products.get("/health").json()["status"] == "ok"
+
+
+def test_long_text_is_truncated_and_said_so(products):
+    answer = query(products, {"prefetch": [{"space": "text", "text": "running shoe " * 400}], "fusion": {"method": "none"}})
+    assert answer["hits"] and any("truncated" in n for n in answer["notes"])
+
+
+def test_upsert_embeds_source_and_delete_removes(products):
+    r = products.post("/v1/collections/products/points", json={"points": [
+        {"id": "tmp-1", "payload": {"name": "Glacier Ice Axe", "description": "Steel ice axe for glacier travel and mountaineering",
+                                    "visual": "A steel ice axe with a blue handle"}}]})
+    assert r.status_code == 200 and r.json()["upserted"] == 1
+    hits = query(products, {"prefetch": [{"space": "text", "text": "ice axe for mountaineering"}],
+                            "fusion": {"method": "none"}, "limit": 1})["hits"]
+    assert hits[0]["id"] == "tmp-1"
+    info = products.get("/v1/collections/products").json()["counts"]
+    assert info["text"] == 65 and info["emb"] == 64  # no emb vector was given, and emb has no source
+    r = products.post("/v1/collections/products/points/delete", json={"ids": ["tmp-1", "never-existed"]})
+    assert r.json() == {"deleted": 1}
+    hits = query(products, {"prefetch": [{"space": "text", "text": "ice axe for mountaineering"}],
+                            "fusion": {"method": "none"}, "limit": 3})["hits"]
+    assert "tmp-1" not in [h["id"] for h in hits]
+
+
+def test_http_answer_equals_in_process_coordinator(products, prism_server, milvus_server):
+    from cluster.config import CollectionConfig, MilvusConfig
+    from cluster.topology import local_shards, replica_specs
+    from router.coordinator import Coordinator
+    from router.embed import load_encoder
+    from router.models import QueryRequest
+
+    info = products.get("/v1/collections/products").json()
+    cfg = CollectionConfig.model_validate(info["config"])
+    specs = replica_specs(cfg, MilvusConfig(mode="server", uri=milvus_server.uri), prism_server.data_dir, milvus_server.uri)
+    encoder = load_encoder("minilm")
+
+    async def encode(name, texts):
+        return [tuple(e) for e in encoder.encode(texts)]
+
+    coord = Coordinator(cfg, local_shards(cfg, specs, create=False), encode=encode)
+    bodies = [
+        {"prefetch": [{"space": "emb", "vector": emb(9)}, {"space": "emb", "vector": emb(10)}], "limit": 10},
+        {"prefetch": [{"space": "text", "text": "a gift for a coffee lover"}, {"space": "visual", "text": "shiny silver"}],
+         "fusion": {"method": "dbsf"}, "limit": 8, "offset": 2},
+    ]
+    for body in bodies:
+        http = query(products, body)
+        local = asyncio.run(coord.query(QueryRequest.model_validate(body))).model_dump()
+        assert [h["id"] for h in http["hits"]] == [h["id"] for h in local["hits"]]
+        assert np.allclose([h["score"] for h in http["hits"]], [h["score"] for h in local["hits"]], atol=1e-4)
+        assert [h["payload"] for h in http["hits"]] == [h["payload"] for h in local["hits"]]
+
+
+def test_metrics_expose_documented_series(products):
+    text = products.get("/metrics").text
+    for series in ("prism_requests_total", "prism_request_latency_seconds_bucket", "prism_shard_search_latency_seconds_bucket",
+                   "prism_errors_total", "prism_partial_answers_total"):
+        assert series in text, series
+    assert 'endpoint="/v1/collections/{name}/query"' in text
+    assert 'code="space_not_found"' in text

@@ -1,0 +1,40 @@
+"""`prism up --detach` / `prism down`: collections survive a restart; nothing is left running."""
+from __future__ import annotations
+
+import httpx
+
+from cluster.services import free_port
+from tests.e2e.conftest import Instance
+
+
+def test_restart_keeps_collections_and_down_leaves_no_process(tmp_path):
+    inst = Instance(tmp_path / "data", free_port(), "lite")
+    inst.up()
+    try:
+        c = httpx.Client(base_url=inst.url, timeout=120)
+        spec = {"spaces": {"v": {"dim": 4, "index": {"type": "FLAT"}}}, "shards": 2}
+        assert c.put("/v1/collections/keep", json=spec).status_code == 200
+        pts = [{"id": f"k{i}", "payload": {"i": i}, "vectors": {"v": [1.0, i, 0.0, 1.0]}} for i in range(20)]
+        assert c.post("/v1/collections/keep/points", json={"points": pts}).json()["upserted"] == 20
+    finally:
+        left = inst.down()
+    assert left == [], f"processes left after prism down: {left}"
+    assert not _port_open(inst.port), "the HTTP port still answers after prism down"
+
+    inst.up()
+    try:
+        c = httpx.Client(base_url=inst.url, timeout=120)
+        assert c.get("/v1/collections/keep").json()["counts"] == {"v": 20}
+        hit = c.post("/v1/collections/keep/query",
+                     json={"prefetch": [{"space": "v", "vector": [1.0, 7.0, 0.0, 1.0]}], "limit": 1}).json()["hits"][0]
+        assert hit["id"] == "k7" and hit["payload"] == {"i": 7}
+    finally:
+        left = inst.down()
+    assert left == []
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
