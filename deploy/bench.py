@@ -184,6 +184,99 @@ def bench_core(n: int, shards: int, backend: str, n_queries: int, workdir: Path)
     return result
 
 
+QUERY_TEXTS = [
+    "lightweight running shoes", "waterproof jacket for hiking", "espresso machine with milk frother",
+    "noise cancelling headphones", "a warm wool sweater", "cast iron pan", "tent for two people",
+    "gift for a coffee lover", "bright red lipstick", "robot vacuum for pet hair", "yoga mat non slip",
+    "kids rain boots", "portable speaker for the beach", "down sleeping bag", "mechanical keyboard",
+]
+
+
+def encode_throughput(seconds: float = 10.0, batch: int = 32) -> float:
+    """Raw MiniLM batched encode of one process, one torch thread (as each encoder replica runs)."""
+    from router.embed import load_encoder
+
+    enc = load_encoder("minilm")
+    texts = [QUERY_TEXTS[i % len(QUERY_TEXTS)] + f" {i}" for i in range(batch)]
+    enc.encode(texts)
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        enc.encode(texts)
+        done += batch
+    return done / (time.perf_counter() - t0)
+
+
+async def http_load(url: str, concurrency: int, total: int) -> tuple[list[float], float, int]:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as c:
+        async def one(i: int) -> None:
+            nonlocal errors
+            body = {"prefetch": [{"space": "text", "text": f"{QUERY_TEXTS[i % len(QUERY_TEXTS)]} {i}"}],
+                    "fusion": {"method": "none"}, "limit": 10, "with_payload": False}
+            async with sem:
+                t = time.perf_counter()
+                r = await c.post("/v1/collections/bench/query", json=body)
+                lat.append((time.perf_counter() - t) * 1000)
+                errors += r.status_code != 200
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(total)))
+        return lat, total / (time.perf_counter() - t0), errors
+
+
+def bench_serving(n: int, shards: int, workdir: Path) -> dict:
+    """Text queries over HTTP (embedding included) against `prism up` on the bundled Milvus server."""
+    import httpx
+
+    from cluster import bootstrap
+    from cluster.config import ClusterConfig
+    from cluster.services import free_port, start_milvus_server
+
+    print(f"[serving] n={n} shards={shards}", flush=True)
+    server = start_milvus_server(workdir / "milvus-server")
+    port = free_port()
+    cfg = ClusterConfig(data_dir=str(workdir / "prism"), port=port, milvus={"mode": "server", "uri": server.uri})
+    try:
+        bootstrap.start_detached(cfg)
+        url = f"http://127.0.0.1:{port}"
+        spec = {"spaces": {"text": {"dim": 384, "encoder": "minilm", "source": "description",
+                                    "index": {"type": "HNSW"}}}, "shards": shards}
+        httpx.put(f"{url}/v1/collections/bench", json=spec, timeout=120).raise_for_status()
+        coll = CollectionConfig(name="bench", shards=shards, spaces=spec["spaces"])
+        # Bulk load straight into the collections the running actors serve (same server, same names).
+        local = local_shards(coll, replica_specs(coll, MilvusConfig(mode="server", uri=server.uri), workdir, server.uri),
+                             create=False)
+        load_s = load_points(local, HashRing(range(shards)), {"text": gaussian_mixture(n, 384, seed=3)})
+        for row in local:
+            for c in row:
+                c.target.wait_indexed()
+        close_all(local)
+        print(f"[serving] loaded in {load_s:.1f}s; measuring", flush=True)
+        asyncio.run(http_load(url, 4, 40))  # warm-up
+        runs = {c: asyncio.run(http_load(url, c, total)) for c, total in ((1, 150), (8, 400), (32, 800))}
+        bootstrap.stop_instance(cfg.data_path)
+    finally:
+        bootstrap.stop_instance(workdir / "prism")
+        server.stop()
+    encode_per_s = encode_throughput()
+    best_qps = max(runs[8][1], runs[32][1])
+    result = {
+        "n": n, "shards": shards, "backend": "server",
+        "p50_ms_c1": round(pct(runs[1][0], 50), 2), "p99_ms_c1": round(pct(runs[1][0], 99), 2),
+        "p50_ms_c8": round(pct(runs[8][0], 50), 2), "p99_ms_c8": round(pct(runs[8][0], 99), 2),
+        "p50_ms_c32": round(pct(runs[32][0], 50), 2), "p99_ms_c32": round(pct(runs[32][0], 99), 2),
+        "qps_c1": round(runs[1][1], 1), "qps_c8": round(runs[8][1], 1), "qps_c32": round(runs[32][1], 1),
+        "errors": sum(r[2] for r in runs.values()),
+        "encode_per_s": round(encode_per_s, 1), "ratio_qps_encode": round(best_qps / encode_per_s, 3),
+    }
+    print(f"[serving] {json.dumps(result)}", flush=True)
+    return result
+
+
 def write_json(name: str, payload: dict) -> None:
     (DOCS / "bench").mkdir(parents=True, exist_ok=True)
     (DOCS / "bench" / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -191,7 +284,7 @@ def write_json(name: str, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
-    ap.add_argument("--only", default="core", help="comma list of sections: core")
+    ap.add_argument("--only", default="core,serving", help="comma list of sections: core, serving")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
@@ -203,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         if "core" in sections:
             runs = [bench_core(args.n, args.shards, b, args.queries, workdir / b) for b in args.backends.split(",")]
             write_json("core", {"machine": machine(), "runs": runs})
+        if "serving" in sections:
+            write_json("serving", {"machine": machine(), **bench_serving(args.n, args.shards, workdir / "serving")})
         from deploy.report import write_report
 
         write_report()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -29,6 +30,10 @@ DEFAULT_BUILD_PARAMS: dict[str, dict[str, Any]] = {
     "FLAT": {},
 }
 _QUERY_PAGE = 1000
+# Milvus' Bounded reads may lag writes by up to common.gracefulTime (5 s by default). Within this window after
+# this replica's own last write, reads use Strong (which waits for the next time tick, ~200 ms on a 2.3
+# standalone); after it, Bounded is exact for everything written through prism and costs nothing extra.
+STRONG_WINDOW_S = 6.0
 
 
 class BackendSpec(BaseModel):
@@ -61,12 +66,14 @@ def build_params(index: IndexConfig) -> dict[str, Any]:
 
 
 class MilvusBackend:
-    """Collections holding (id, vec, payload JSON) rows; all reads use Strong consistency."""
+    """Collections holding (id, vec, payload JSON) rows; reads see this replica's own writes (see STRONG_WINDOW_S)."""
 
     def __init__(self, spec: BackendSpec):
         from pymilvus import MilvusClient
 
         self.spec = spec
+        self._opened = time.monotonic()
+        self._last_write: dict[str, float] = {}
         try:
             self.client = MilvusClient(uri=spec.uri, token=spec.token or "")
         except Exception as exc:  # noqa: BLE001 - translated at the boundary
@@ -119,16 +126,27 @@ class MilvusBackend:
         if self.has_collection(name):
             self.client.drop_collection(name)
 
+    def consistency(self, name: str) -> str:
+        """Strong while this replica's own recent writes may not be visible to a Bounded read yet."""
+        if self.spec.kind == "lite":
+            return "Strong"
+        last = max(self._last_write.get(name, 0.0), self._opened)
+        return "Strong" if time.monotonic() - last < STRONG_WINDOW_S else "Bounded"
+
     # -- writes ------------------------------------------------------------------------------------------------
     def upsert(self, name: str, rows: Sequence[dict[str, Any]]) -> int:
         if not rows:
             return 0
+        self._last_write[name] = time.monotonic()
         res = self.client.upsert(name, list(rows))
+        self._last_write[name] = time.monotonic()
         return int(res.get("upsert_count", len(rows))) if isinstance(res, dict) else len(rows)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
+            self._last_write[name] = time.monotonic()
             self.client.delete(name, filter=ids_in(ids))
+            self._last_write[name] = time.monotonic()
 
     # -- reads -------------------------------------------------------------------------------------------------
     def search(
@@ -148,7 +166,7 @@ class MilvusBackend:
             filter=expr or "",
             output_fields=[ID_FIELD],
             search_params={"params": search_params(space.index, limit, params)},
-            consistency_level="Strong",
+            consistency_level=self.consistency(name),
         )
         sign = -1.0 if space.metric == "l2" else 1.0
         return [[ScoredId(str(h["id"]), sign * float(h["distance"])) for h in hits] for hits in res]
@@ -160,7 +178,8 @@ class MilvusBackend:
         out: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), _QUERY_PAGE):
             chunk = list(ids[start : start + _QUERY_PAGE])
-            rows = self.client.query(name, filter=ids_in(chunk), output_fields=fields, consistency_level="Strong")
+            rows = self.client.query(name, filter=ids_in(chunk), output_fields=fields,
+                                     consistency_level=self.consistency(name))
             for row in rows:
                 entry: dict[str, Any] = {"payload": row.get(PAYLOAD_FIELD) or {}}
                 if with_vectors:
@@ -180,5 +199,6 @@ class MilvusBackend:
         return max(int(desc.get("pending_index_rows", 0)), total - indexed)
 
     def count(self, name: str) -> int:
-        rows = self.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        rows = self.client.query(name, filter="", output_fields=["count(*)"],
+                                 consistency_level=self.consistency(name))
         return int(rows[0]["count(*)"]) if rows else 0

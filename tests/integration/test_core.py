@@ -181,3 +181,27 @@ def test_unsupported_index_type_is_refused(milvus_backend, tmp_path):
     cfg = CollectionConfig(name=f"bad{next(_names)}", spaces={"t": {"dim": 8, "index": {"type": kind}}})
     with pytest.raises(InvalidRequest, match=kind):
         local_shards(cfg, replica_specs(cfg, milvus, tmp_path, uri))
+
+
+def test_reads_see_own_writes_across_the_strong_window(milvus_server, tmp_path, monkeypatch):
+    """Strong right after a write, Bounded later: both must see every write made through prism."""
+    import time
+
+    import shards.backend as backend
+    from cluster.config import MilvusConfig
+
+    monkeypatch.setattr(backend, "STRONG_WINDOW_S", 6.0)
+    cfg = CollectionConfig(name=f"cons{next(_names)}", shards=1, spaces={"v": {"dim": 4, "index": {"type": "FLAT"}}})
+    shard = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="server", uri=milvus_server.uri), tmp_path,
+                                            milvus_server.uri))[0][0].target
+    name = shard.names["v"]
+    shard.upsert([{"id": "a", "payload": {}, "vectors": {"v": [1.0, 0.0, 0.0, 0.0]}}])
+    assert shard.backend.consistency(name) == "Strong"
+    assert shard.search("v", [[1.0, 0.0, 0.0, 0.0]], 1)[0][0].id == "a"
+    time.sleep(6.5)
+    assert shard.backend.consistency(name) == "Bounded"
+    assert shard.search("v", [[1.0, 0.0, 0.0, 0.0]], 1)[0][0].id == "a"
+    assert shard.count() == {"v": 1}
+    shard.delete(["a"])
+    assert shard.backend.consistency(name) == "Strong"
+    assert shard.count() == {"v": 0}
