@@ -16,9 +16,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cluster.config import ClusterConfig, MilvusConfig
+from cluster.config import ClusterConfig, ElasticsearchConfig, MilvusConfig
 from cluster.errors import BackendError
-from cluster.services import ServiceHandle, start_milvus_server, stop_process_group, wait_http_ok
+from cluster.services import (
+    ServiceHandle, start_elasticsearch, start_milvus_server, stop_process_group, wait_http_ok,
+)
 
 STATE_FILE = "prism-instance.json"
 LOG_FILE = "prism.log"
@@ -71,7 +73,12 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     milvus: ServiceHandle | None = None
+    es: ServiceHandle | None = None
     try:
+        if cfg.elasticsearch.mode == "bundled":
+            print("starting the bundled Elasticsearch API server (noida-db) ...", flush=True)
+            es = start_elasticsearch(data / "elasticsearch")
+            cfg = cfg.model_copy(update={"elasticsearch": ElasticsearchConfig(mode="external", url=es.uri)})
         if cfg.milvus.mode == "bundled":
             print("starting the bundled Milvus 2.3 standalone server ...", flush=True)
             milvus = start_milvus_server(data / "milvus-server")
@@ -85,6 +92,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         start_serve(cfg)
         state = {"pid": os.getpid(), "host": cfg.host, "port": cfg.port, "url": f"http://{cfg.host}:{cfg.port}",
                  "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
+                 "elasticsearch_pid": es.pid if es else None,
                  "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)
@@ -105,8 +113,9 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
                 finally:
                     ray.shutdown()
         finally:
-            if milvus is not None:
-                milvus.stop()
+            for service in (milvus, es):
+                if service is not None:
+                    service.stop()
             st = read_state(data)
             if st and st.get("pid") == os.getpid():
                 state_path(data).unlink(missing_ok=True)
@@ -122,7 +131,8 @@ def start_detached(cfg: ClusterConfig, config_file: str | None = None, timeout_s
         raise BackendError(f"prism is already running from {data} (pid {existing['pid']})")
     state_path(data).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "cluster.cli", "up", "--data-dir", str(data), "--port", str(cfg.port),
-           "--host", cfg.host, "--milvus", _milvus_arg(cfg.milvus)]
+           "--host", cfg.host, "--milvus", _milvus_arg(cfg.milvus),
+           "--elasticsearch", cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else cfg.elasticsearch.mode]
     if config_file:
         cmd += ["--config", config_file]
     log = open(data / LOG_FILE, "ab")
@@ -173,8 +183,9 @@ def stop_instance(data_dir: str | Path, timeout_s: float = 90.0) -> bool:
             _reap(pid)
             time.sleep(0.3)
         stop_process_group(pid, timeout_s=10)
-    if state.get("milvus_pid"):
-        stop_process_group(state["milvus_pid"], timeout_s=10)
+    for key in ("milvus_pid", "elasticsearch_pid"):
+        if state.get(key):
+            stop_process_group(state[key], timeout_s=10)
     state_path(data_dir).unlink(missing_ok=True)
     return True
 

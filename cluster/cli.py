@@ -31,6 +31,19 @@ def _milvus(value: Optional[str]) -> Optional[dict]:
     raise typer.BadParameter(f"--milvus must be lite, bundled or a server URI, got {value!r}")
 
 
+def _elasticsearch(value: Optional[str]) -> Optional[dict]:
+    import os
+
+    if value is None:
+        return None
+    if value in ("bundled", "off"):
+        return {"mode": value}
+    if value.startswith(("http://", "https://")):
+        return {"mode": "external", "url": value, "api_key": os.environ.get("PRISM_ES_API_KEY"),
+                "username": os.environ.get("PRISM_ES_USERNAME"), "password": os.environ.get("PRISM_ES_PASSWORD")}
+    raise typer.BadParameter(f"--elasticsearch must be bundled, off or a URL, got {value!r}")
+
+
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
@@ -44,12 +57,16 @@ def up(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=f"Data directory (default {DEFAULT_DATA_DIR})."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config file."),
     milvus: Optional[str] = typer.Option(None, "--milvus", help="lite | bundled | a Milvus server URI."),
+    elasticsearch: Optional[str] = typer.Option(
+        None, "--elasticsearch", help="bundled | off | an Elasticsearch URL (auth: PRISM_ES_API_KEY or "
+                                      "PRISM_ES_USERNAME / PRISM_ES_PASSWORD)."),
 ) -> None:
     """Start Ray, the services prism needs, the shard actors and the HTTP endpoint."""
     from cluster import bootstrap
 
     try:
-        cfg = load_config(config, port=port, host=host, data_dir=data_dir, milvus=_milvus(milvus))
+        cfg = load_config(config, port=port, host=host, data_dir=data_dir, milvus=_milvus(milvus),
+                          elasticsearch=_elasticsearch(elasticsearch))
     except PrismError as exc:
         _fail(exc.message, 2)
     if detach:

@@ -82,6 +82,31 @@ class MilvusConfig(_Strict):
         return self
 
 
+class ElasticsearchConfig(_Strict):
+    """The metadata store: the bundled ES-API server (noida-db), an external Elasticsearch, or off."""
+
+    mode: Literal["bundled", "external", "off"] = "bundled"
+    url: str | None = None
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    @model_validator(mode="after")
+    def _url_for_external(self) -> "ElasticsearchConfig":
+        if self.mode == "external" and not self.url:
+            raise ValueError("elasticsearch mode 'external' needs a url, e.g. 'https://es:9200'")
+        return self
+
+
+class FilterSettings(_Strict):
+    """How filters are planned; `mode` other than auto forces one plan path (for tests and comparisons)."""
+
+    mode: Literal["auto", "pushdown", "prefilter", "postfilter"] = "auto"
+    prefilter_max_ids: int = Field(default=10_000, ge=1, le=100_000)
+    postfilter_overfetch: int = Field(default=4, ge=2, le=64)
+    postfilter_max_rounds: int = Field(default=6, ge=1, le=20)
+
+
 def check_index_support(index: IndexConfig, backend_kind: str, gpu: bool = False) -> None:
     """Raise when the index type cannot run on this backend ('lite' or 'server'); never fall back silently."""
     if index.type in GPU_INDEX_TYPES and not gpu:
@@ -134,7 +159,8 @@ class ClusterConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     milvus: MilvusConfig = Field(default_factory=MilvusConfig)
-    use_ray: bool = True
+    elasticsearch: ElasticsearchConfig = Field(default_factory=ElasticsearchConfig)
+    filters: FilterSettings = Field(default_factory=FilterSettings)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
     max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     encoder_replicas: int = Field(default=1, ge=1, le=16)

@@ -9,6 +9,7 @@
     ├── CollectionExists            409
     ├── ShardUnavailable            503: a shard (all of its replicas) did not answer
     ├── ModelUnavailable            503: an encoder's weights are missing
+    ├── MetadataUnavailable         503: a filter needs Elasticsearch and none is configured
     └── BackendError                502: Milvus / Elasticsearch failed on a write or an admin call
 """
 from __future__ import annotations
@@ -82,6 +83,11 @@ class ShardUnavailable(PrismError):
 class ModelUnavailable(PrismError):
     status = 503
     code = "model_unavailable"
+
+
+class MetadataUnavailable(PrismError):
+    status = 503
+    code = "metadata_unavailable"
 
 
 class BackendError(PrismError):

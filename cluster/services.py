@@ -116,3 +116,37 @@ def start_milvus_server(data_dir: str | os.PathLike, port: int | None = None, he
         handle.stop()
         raise
     return handle
+
+
+def noida_binary() -> str:
+    """The ES-API server binary shipped inside the PyPI package `noida-db`."""
+    from importlib.resources import files
+
+    path = files("noida_db").joinpath("noida-db")
+    if not path.is_file():
+        raise BackendError(f"noida-db binary not found at {path}; is the package installed?")
+    os.chmod(str(path), 0o755)
+    return str(path)
+
+
+def start_elasticsearch(data_dir: str | os.PathLike, port: int | None = None,
+                        timeout_s: float = 60.0) -> ServiceHandle:
+    """Start noida-db's Elasticsearch API only; ready when `GET /` answers 200. Data persists in data_dir."""
+    data = Path(data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log_path = data / "prism-noida.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [noida_binary(), "start", "--only", "elasticsearch", "--elasticsearch-port", str(port),
+             "--host", "127.0.0.1", "--data-dir", str(data)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    handle = ServiceHandle("elasticsearch", proc.pid, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/",
+                           str(log_path))
+    try:
+        wait_http_ok(handle.health_url, timeout_s, proc, "Elasticsearch API server (noida-db)")
+    except BaseException:
+        handle.stop()
+        raise
+    return handle

@@ -110,7 +110,7 @@ class Ingress:
     """HTTP API v1. Every endpoint delegates to PrismService."""
 
     def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
-        from router.service import PrismService
+        from router.service import PrismService, metadata_store
         from shards.actor import start_ray_shards, stop_ray_shards
 
         cfg = ClusterConfig.model_validate(config)
@@ -122,6 +122,7 @@ class Ingress:
             cfg, encode=self._encode, server_uri=server_uri,
             start_shards=lambda c, specs, create=True: start_ray_shards(c, specs, detached=True, create=create),
             stop_shards=stop_ray_shards, observe_shard=self.state.metrics.observe_shard,
+            metadata=metadata_store(cfg),
         )
         self.service.open_catalog()
 

@@ -12,8 +12,13 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from cluster.config import CollectionConfig
-from cluster.errors import InvalidRequest, ModelUnavailable, PrismError, ShardUnavailable, SpaceNotFound
+from cluster.config import CollectionConfig, FilterSettings
+from cluster.errors import (
+    BackendError, InvalidRequest, MetadataUnavailable, ModelUnavailable, PrismError, ShardUnavailable, SpaceNotFound,
+)
+from router.expr import ids_in
+from router.filters import and_, normalise_meta, parse_filter, to_es
+from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
 from cluster.ring import HashRing
 from router.fusion import fuse
 from router.merge import merge_topk
@@ -26,6 +31,8 @@ from router.models import (
 Encode = Callable[[str, list[str]], Awaitable[list[tuple[list[float], bool]]]]
 Observe = Callable[[int, float], None]
 DEFAULT_TIMEOUT_S = 10.0
+PREFILTER_HARD_MAX_IDS = 100_000
+_NOTHING = "(false)"  # a pre-filter whose id set is empty: nothing to search
 # Errors that describe the request, not the shard: they propagate instead of triggering failover.
 _REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
 
@@ -48,6 +55,8 @@ class Coordinator:
         encode: Encode | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         observe: Observe | None = None,
+        metadata: Any | None = None,
+        filters: FilterSettings | None = None,
     ):
         if len(replicas) != config.shards:
             raise ValueError(f"{len(replicas)} shard client lists for {config.shards} shards")
@@ -56,6 +65,8 @@ class Coordinator:
         self.encode = encode
         self.timeout_s = timeout_s
         self.observe = observe
+        self.metadata = metadata  # router.metadata.MetadataStore, or None: then only pushdown filters work
+        self.filters = filters or FilterSettings()
         self.ring = HashRing(range(config.shards))
 
     def shard_of(self, point_id: str) -> int:
@@ -99,45 +110,121 @@ class Coordinator:
     async def query(self, req: QueryRequest) -> QueryResponse:
         t0 = time.perf_counter()
         self._validate_query(req)
+        plans = await self._plan_filters(req)
         vectors, notes = await self._query_vectors(req)
-        searches = [
-            {"space": p.space, "vector": v, "limit": req.prefetch_limit(p), "params": p.params}
-            for p, v in zip(req.prefetch, vectors)
-        ]
-        answers = await asyncio.gather(
-            *(self._read(s, "search_many", searches) for s in range(self.config.shards)), return_exceptions=True
-        )
-        per_prefetch: list[list[list[ScoredId]]] = [[] for _ in req.prefetch]
-        failed: list[ShardFailure] = []
-        for shard, answer in enumerate(answers):
-            if isinstance(answer, ShardUnavailable):
-                failed.append(ShardFailure(shard=shard, reason=answer.message))
-            elif isinstance(answer, BaseException):
-                raise answer
-            else:
-                for i, hits in enumerate(answer):
-                    per_prefetch[i].append([ScoredId(h[0], h[1]) for h in hits])
-        if failed and req.require_complete:
-            raise ShardUnavailable(
-                "require_complete: " + "; ".join(f.reason for f in failed), shards=[f.shard for f in failed]
-            )
-        if len(failed) == self.config.shards:
-            raise ShardUnavailable("no shard answered: " + "; ".join(f.reason for f in failed),
-                                   shards=[f.shard for f in failed])
+        merged: list[list[ScoredId]] = [[] for _ in req.prefetch]
+        failed: dict[int, str] = {}
+        direct = [i for i, pl in enumerate(plans) if pl.kind != "postfilter" and pl.expr != _NOTHING]
+        searches = [{"space": req.prefetch[i].space, "vector": vectors[i], "limit": req.prefetch_limit(req.prefetch[i]),
+                     "params": req.prefetch[i].params, "expr": plans[i].expr} for i in direct]
+        if searches:
+            lists, fails = await self._fan_out(searches)
+            failed.update(fails)
+            for j, i in enumerate(direct):
+                merged[i] = merge_topk(lists[j], searches[j]["limit"])
+        rounds = 0
+        for i, pl in enumerate(plans):
+            if pl.kind == "postfilter":
+                merged[i], r, fails = await self._postfilter(req, i, vectors[i], pl)
+                rounds = max(rounds, r)
+                failed.update(fails)
+        failures = [ShardFailure(shard=s, reason=r) for s, r in sorted(failed.items())]
+        if failures and req.require_complete:
+            raise ShardUnavailable("require_complete: " + "; ".join(f.reason for f in failures),
+                                   shards=[f.shard for f in failures])
+        if len(failures) == self.config.shards:
+            raise ShardUnavailable("no shard answered: " + "; ".join(f.reason for f in failures),
+                                   shards=[f.shard for f in failures])
         # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
-        merged = [merge_topk(lists, req.prefetch_limit(p)) for lists, p in zip(per_prefetch, req.prefetch)]
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
                      limit=req.offset + req.limit)
         page = fused[req.offset : req.offset + req.limit]
         hits, hydrate_notes = await self._hydrate(page, req)
         return QueryResponse(
             hits=hits,
-            coverage=Coverage(shards_total=self.config.shards, shards_answered=self.config.shards - len(failed),
-                              failed=failed),
-            partial=bool(failed),
+            coverage=Coverage(shards_total=self.config.shards, shards_answered=self.config.shards - len(failures),
+                              failed=failures),
+            partial=bool(failures),
             took_ms=round((time.perf_counter() - t0) * 1000, 3),
+            filter_rounds=rounds,
+            filter_plans=[pl.kind for pl in plans],
             notes=notes + hydrate_notes,
         )
+
+    async def _fan_out(self, searches: list[dict[str, Any]]) -> tuple[list[list[list[ScoredId]]], dict[int, str]]:
+        """Every search on every shard in one call per shard; per search, the answering shards' lists."""
+        answers = await asyncio.gather(
+            *(self._read(s, "search_many", searches) for s in range(self.config.shards)), return_exceptions=True
+        )
+        lists: list[list[list[ScoredId]]] = [[] for _ in searches]
+        failed: dict[int, str] = {}
+        for shard, answer in enumerate(answers):
+            if isinstance(answer, ShardUnavailable):
+                failed[shard] = answer.message
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                for j, hits in enumerate(answer):
+                    lists[j].append([ScoredId(h[0], h[1]) for h in hits])
+        return lists, failed
+
+    # -- filters -----------------------------------------------------------------------------------------------
+    async def _plan_filters(self, req: QueryRequest) -> list[FilterPlan]:
+        """Per prefetch: the top-level filter AND its own, planned; ES questions answered here."""
+        mapping = self.config.metadata
+        top = parse_filter(req.filter, mapping, "filter") if req.filter is not None else None
+        mode = self.filters.mode
+        plans = []
+        for i, p in enumerate(req.prefetch):
+            own = parse_filter(p.filter, mapping, f"prefetch[{i}].filter") if p.filter is not None else None
+            plan = plan_filter(and_(top, own), mapping, mode)
+            if plan.needs_es:
+                plan = await self._resolve_es(plan)
+            plans.append(plan)
+        return plans
+
+    async def _resolve_es(self, plan: FilterPlan) -> FilterPlan:
+        """Count the WHOLE filter in Elasticsearch (its true selectivity); pre-filter by its ids when few."""
+        if self.metadata is None:
+            raise MetadataUnavailable("this filter needs the metadata store (Elasticsearch), which is not configured "
+                                      "here; only term/terms/range/exists/ids on mapped fields can run without it")
+        query = to_es(plan.node)
+        count = await asyncio.to_thread(self.metadata.count, self.config.name, query)
+        plan = choose_es_path(plan, count, self.filters.prefilter_max_ids, self.filters.mode)
+        if plan.kind != "prefilter":
+            return plan
+        if count > PREFILTER_HARD_MAX_IDS:
+            return FilterPlan("postfilter", plan.expr, plan.residual, plan.node)
+        ids = await asyncio.to_thread(self.metadata.ids, self.config.name, query, max(count, 1))
+        # The ids already satisfy the whole filter: the allow-list alone goes down.
+        return FilterPlan("prefilter", ids_in(ids) if ids else _NOTHING, plan.residual, plan.node)
+
+    async def _postfilter(self, req: QueryRequest, i: int, vector: list[float], plan: FilterPlan
+                          ) -> tuple[list[ScoredId], int, dict[int, str]]:
+        """Over-fetch, keep ES-confirmed ids, grow the fetch until `need` hits or the candidates run out."""
+        p = req.prefetch[i]
+        need = req.prefetch_limit(p)
+        query = to_es(plan.residual)
+        fetch = first_fetch(need, self.filters.postfilter_overfetch)
+        kept: list[ScoredId] = []
+        failed: dict[int, str] = {}
+        rounds = 0
+        while True:
+            rounds += 1
+            lists, fails = await self._fan_out(
+                [{"space": p.space, "vector": vector, "limit": fetch, "params": p.params, "expr": plan.expr}])
+            failed.update(fails)
+            candidates = merge_topk(lists[0], fetch)
+            ok = await asyncio.to_thread(self.metadata.confirm, self.config.name, query, [h.id for h in candidates])
+            kept = [h for h in candidates if h.id in ok]
+            exhausted = all(len(lst) < fetch for lst in lists[0])
+            if len(kept) >= need or exhausted or rounds >= self.filters.postfilter_max_rounds:
+                break
+            bigger = next_fetch(fetch, self.filters.postfilter_overfetch)
+            if bigger is None:
+                break
+            fetch = bigger
+        return kept[:need], rounds, failed
 
     async def query_batch(self, reqs: Sequence[QueryRequest]) -> list[QueryResponse]:
         return list(await asyncio.gather(*(self.query(r) for r in reqs)))
@@ -231,6 +318,9 @@ class Coordinator:
         for row in rows:
             by_shard[self.shard_of(row["id"])].append(row)
         await asyncio.gather(*(self._write(s, "upsert", batch) for s, batch in by_shard.items()))
+        if self.metadata is not None:
+            # After the shards: an acknowledged upsert is searchable and, once this returns, filterable.
+            await asyncio.to_thread(self.metadata.upsert, self.config.name, [(r["id"], r["payload"]) for r in rows])
         return UpsertResponse(upserted=len(rows), notes=notes)
 
     async def _prepare_points(self, points: Sequence[Point]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -248,7 +338,8 @@ class Coordinator:
                 text = p.payload.get(space.source)
                 if isinstance(text, str) and text.strip():
                     to_embed[space_name].append((i, text))
-            rows.append({"id": p.id, "payload": p.payload, "vectors": vectors})
+            meta = normalise_meta(p.payload, self.config.metadata, f"points[{i}].payload")
+            rows.append({"id": p.id, "payload": p.payload, "meta": meta, "vectors": vectors})
         for space_name, items in to_embed.items():
             space = self.config.spaces[space_name]
             encoded = await self._encode(space.encoder, [t for _, t in items])
@@ -270,7 +361,24 @@ class Coordinator:
         for pid in dict.fromkeys(ids):
             by_shard[self.shard_of(pid)].append(pid)
         results = await asyncio.gather(*(self._write(s, "delete", batch) for s, batch in by_shard.items()))
+        if self.metadata is not None:
+            await asyncio.to_thread(self.metadata.delete, self.config.name, list(dict.fromkeys(ids)))
         return DeleteResponse(deleted=sum(max(r) for r in results))
+
+    async def delete_by_filter(self, dsl: dict[str, Any]) -> DeleteResponse:
+        """Delete every point matching an ES DSL filter (ids from Elasticsearch, in pages)."""
+        node = parse_filter(dsl, self.config.metadata, "filter")
+        if self.metadata is None:
+            raise MetadataUnavailable("delete by filter needs the metadata store (Elasticsearch)")
+        deleted, seen = 0, set()
+        while True:
+            ids = await asyncio.to_thread(self.metadata.ids, self.config.name, to_es(node), 1000)
+            if not ids:
+                return DeleteResponse(deleted=deleted)
+            if seen.issuperset(ids):
+                raise BackendError(f"Elasticsearch still lists {len(ids)} deleted ids; delete by filter stopped")
+            seen.update(ids)
+            deleted += (await self.delete(ids)).deleted
 
     async def counts(self) -> list[list[dict[str, int] | None]]:
         """Point count per space for every shard replica (None where a replica did not answer)."""

@@ -121,6 +121,7 @@ class QueryResponse(BaseModel):
     partial: bool
     took_ms: float
     filter_rounds: int = 0
+    filter_plans: list[str] = Field(default_factory=list)  # per prefetch: none | pushdown | prefilter | postfilter
     notes: list[str] = Field(default_factory=list)
 
 

@@ -39,13 +39,14 @@ class PrismService:
 
     def __init__(self, config: ClusterConfig, *, encode: Encode | None = None, server_uri: str | None = None,
                  start_shards: StartShards | None = None, stop_shards: StopShards | None = None,
-                 observe_shard: Callable[[str, int, float], None] | None = None):
+                 observe_shard: Callable[[str, int, float], None] | None = None, metadata: Any | None = None):
         self.config = config
         self.encode = encode
         self.server_uri = server_uri
         self.start_shards = start_shards or (lambda cfg, specs, create=True: local_shards(cfg, specs, create))
         self.stop_shards = stop_shards or _stop_local
         self.observe_shard = observe_shard
+        self.metadata = metadata
         self.catalog_dir = config.data_path / "catalog"
         self.catalog_dir.mkdir(parents=True, exist_ok=True)
         self.coordinators: dict[str, Coordinator] = {}
@@ -58,6 +59,8 @@ class PrismService:
         names = []
         for path in sorted(self.catalog_dir.glob("*.json")):
             cfg = CollectionConfig.model_validate_json(path.read_text())
+            if self.metadata is not None:
+                self.metadata.ensure_index(cfg)
             self._open(cfg, create=True)
             names.append(cfg.name)
         for cfg in self.config.collections:
@@ -70,7 +73,7 @@ class PrismService:
         specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
         clients = self.start_shards(cfg, specs, create=create)
         coord = Coordinator(cfg, clients, encode=self.encode, timeout_s=self.config.shard_timeout_s,
-                            observe=self._observer(cfg.name))
+                            observe=self._observer(cfg.name), metadata=self.metadata, filters=self.config.filters)
         self.coordinators[cfg.name] = coord
         self._clients[cfg.name] = clients
         return coord
@@ -87,6 +90,8 @@ class PrismService:
                 check_index_support(space.index, backend, self.config.milvus.gpu)
             except InvalidRequest as exc:
                 raise InvalidRequest(f"spaces.{space_name}.{exc.message}", field=f"spaces.{space_name}.index.type")
+        if self.metadata is not None:
+            self.metadata.ensure_index(cfg)
         self._open(cfg, create=True)
         (self.catalog_dir / f"{cfg.name}.json").write_text(cfg.model_dump_json(indent=2))
 
@@ -140,6 +145,8 @@ class PrismService:
             clients = self._clients.pop(name)
             await asyncio.to_thread(self.stop_shards, clients, True)
             (self.catalog_dir / f"{name}.json").unlink(missing_ok=True)
+            if self.metadata is not None:
+                await asyncio.to_thread(self.metadata.drop_index, name)
             lite_dir = self.config.data_path / "milvus" / name
             if lite_dir.exists():
                 shutil.rmtree(lite_dir, ignore_errors=True)
@@ -164,8 +171,7 @@ class PrismService:
         coord = self.coordinator(name)
         req = parse_model(DeleteRequest, body, "delete request")
         if req.filter is not None:
-            raise InvalidRequest("delete by filter needs the metadata store (not enabled yet); delete by ids",
-                                 field="filter")
+            return await coord.delete_by_filter(req.filter)
         return await coord.delete(req.ids or [])
 
     async def query(self, name: str, body: Any) -> QueryResponse:
@@ -176,3 +182,21 @@ class PrismService:
         coord = self.coordinator(name)
         req = parse_model(BatchQueryRequest, body, "batch query")
         return BatchQueryResponse(results=await coord.query_batch(req.queries))
+
+
+def metadata_store(config: ClusterConfig):
+    """The configured metadata store, or None when Elasticsearch is off (filters then push down only)."""
+    es = config.elasticsearch
+    if es.mode == "off":
+        return None
+    if not es.url:
+        raise InvalidRequest("elasticsearch: no url (the bundled server is started by `prism up`)",
+                             field="elasticsearch.url")
+    from router.metadata import MetadataStore
+
+    store = MetadataStore(es.url, api_key=es.api_key, username=es.username, password=es.password)
+    if not store.ping():
+        from cluster.errors import BackendError
+
+        raise BackendError(f"Elasticsearch at {es.url!r} does not answer")
+    return store

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 ID_FIELD = "id"
 VECTOR_FIELD = "vec"
 PAYLOAD_FIELD = "payload"
+META_FIELD = "meta"  # the normalised filterable projection of the payload (router.filters.normalise_meta)
 _METRICS = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 # Build defaults chosen for recall on collections of 10^4..10^6 points.
 DEFAULT_BUILD_PARAMS: dict[str, dict[str, Any]] = {
@@ -105,6 +106,7 @@ class MilvusBackend:
         schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH * 4)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=space.dim)
         schema.add_field(PAYLOAD_FIELD, DataType.JSON)
+        schema.add_field(META_FIELD, DataType.JSON)
         index_params = self.client.prepare_index_params()
         params = build_params(space.index)
         # milvus-lite drops flat build params silently; it reads them only when nested under "params".

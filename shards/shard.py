@@ -7,7 +7,7 @@ from typing import Any
 from cluster.config import CollectionConfig, check_index_support
 from cluster.errors import BackendError, PrismError, SpaceNotFound
 from router.models import ScoredId
-from shards.backend import PAYLOAD_FIELD, VECTOR_FIELD, ID_FIELD, BackendSpec, MilvusBackend
+from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend
 
 
 def milvus_collection_name(collection: str, space: str, shard: int, replica: int) -> str:
@@ -50,13 +50,14 @@ class Shard:
 
     # -- writes ------------------------------------------------------------------------------------------------
     def upsert(self, points: Sequence[dict[str, Any]]) -> int:
-        """Points are {id, payload, vectors: {space: [...]}}; each space gets the points carrying its vector."""
+        """Points are {id, payload, meta?, vectors: {space: [...]}}; each space gets the points carrying its vector."""
         per_space: dict[str, list[dict[str, Any]]] = {s: [] for s in self.config.spaces}
         for p in points:
             for space, vec in (p.get("vectors") or {}).items():
                 if space not in per_space:
                     raise SpaceNotFound(f"unknown space {space!r} for point {p['id']!r}", field="vectors")
-                per_space[space].append({ID_FIELD: p["id"], VECTOR_FIELD: vec, PAYLOAD_FIELD: p.get("payload") or {}})
+                per_space[space].append({ID_FIELD: p["id"], VECTOR_FIELD: vec, PAYLOAD_FIELD: p.get("payload") or {},
+                                         META_FIELD: p.get("meta") or {}})
         for space, rows in per_space.items():
             self._call(self.backend.upsert, self.names[space], rows)
         return len(points)

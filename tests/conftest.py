@@ -39,3 +39,13 @@ def milvus_backend(request, tmp_path):
         return MilvusConfig(mode="lite"), None
     handle = request.getfixturevalue("milvus_server")
     return MilvusConfig(mode="server", uri=handle.uri), handle.uri
+
+
+@pytest.fixture(scope="session")
+def es_server(tmp_path_factory):
+    """The bundled Elasticsearch-API server (noida-db), on a free port."""
+    from cluster.services import start_elasticsearch
+
+    handle = start_elasticsearch(tmp_path_factory.mktemp("noida"))
+    yield handle
+    handle.stop()

@@ -1,0 +1,107 @@
+"""The metadata store: one Elasticsearch index per collection, through the official client.
+
+Payload selectors are served from the shards (Milvus keeps the full payload beside each vector); Elasticsearch
+keeps the full payload too, indexed by the collection's mapping, and decides the filters shards cannot.
+Every write waits for a refresh (`refresh="wait_for"`): once an upsert is acknowledged, it is filterable.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cluster.config import CollectionConfig
+from cluster.errors import BackendError, FilterError
+
+INDEX_PREFIX = "prism-"
+_ES_TYPES = {"keyword": "keyword", "float": "double", "integer": "long", "date": "date", "text": "text",
+             "boolean": "boolean"}
+PAGE = 10_000
+
+
+def index_name(collection: str) -> str:
+    return INDEX_PREFIX + collection.lower()
+
+
+class MetadataStore:
+    """Index, delete, count and filter point payloads in Elasticsearch (or an ES-API server such as noida-db)."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, username: str | None = None,
+                 password: str | None = None, timeout_s: float = 30.0):
+        from elasticsearch import Elasticsearch
+
+        auth: dict[str, Any] = {}
+        if api_key:
+            auth["api_key"] = api_key
+        elif username:
+            auth["basic_auth"] = (username, password or "")
+        self.url = url
+        self.es = Elasticsearch(url, request_timeout=timeout_s, **auth)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from elasticsearch import BadRequestError
+
+        try:
+            return fn(*args, **kwargs)
+        except BadRequestError as exc:
+            if "query" in kwargs:  # Elasticsearch refused a filter we passed on: the filter's fault, a 4xx
+                raise FilterError(f"Elasticsearch refused this filter: {exc}", field="filter") from exc
+            raise BackendError(f"Elasticsearch {what} failed at {self.url}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - Elasticsearch errors become typed prism errors here
+            raise BackendError(f"Elasticsearch {what} failed at {self.url}: {exc}") from exc
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.es.info())
+        except Exception:  # noqa: BLE001
+            return False
+
+    def ensure_index(self, cfg: CollectionConfig) -> None:
+        name = index_name(cfg.name)
+        if self._call("exists", self.es.indices.exists, index=name):
+            return
+        props = {f: {"type": _ES_TYPES[t]} for f, t in cfg.metadata.items()}
+        # Unmapped payload fields stay in _source (returned, never indexed): only mapped fields are filterable.
+        self._call("create index", self.es.indices.create, index=name,
+                   mappings={"dynamic": False, "properties": props})
+
+    def drop_index(self, collection: str) -> None:
+        name = index_name(collection)
+        if self._call("exists", self.es.indices.exists, index=name):
+            self._call("delete index", self.es.indices.delete, index=name)
+
+    def upsert(self, collection: str, points: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        from elasticsearch import helpers
+
+        if not points:
+            return
+        actions = [{"_op_type": "index", "_index": index_name(collection), "_id": pid, "_source": payload}
+                   for pid, payload in points]
+        ok, errors = self._call("bulk index", helpers.bulk, self.es, actions, refresh="wait_for",
+                                raise_on_error=False)
+        if errors:
+            raise BackendError(f"Elasticsearch refused {len(errors)} documents: {str(errors[:2])[:300]}")
+
+    def delete(self, collection: str, ids: Iterable[str]) -> None:
+        from elasticsearch import helpers
+
+        actions = [{"_op_type": "delete", "_index": index_name(collection), "_id": i} for i in ids]
+        if actions:
+            self._call("bulk delete", helpers.bulk, self.es, actions, refresh="wait_for", raise_on_error=False)
+
+    def count(self, collection: str, query: dict[str, Any]) -> int:
+        return int(self._call("count", self.es.count, index=index_name(collection), query=query)["count"])
+
+    def ids(self, collection: str, query: dict[str, Any], limit: int = PAGE) -> list[str]:
+        res = self._call("search", self.es.search, index=index_name(collection), query=query, size=limit,
+                         source=False, track_total_hits=False)
+        return [h["_id"] for h in res["hits"]["hits"]]
+
+    def confirm(self, collection: str, query: dict[str, Any], ids: Sequence[str]) -> set[str]:
+        """The subset of `ids` that match `query`."""
+        if not ids:
+            return set()
+        q = {"bool": {"filter": [query, {"ids": {"values": list(ids)}}]}}
+        return set(self.ids(collection, q, limit=len(ids)))
+
+    def refresh(self, collection: str) -> None:
+        self._call("refresh", self.es.indices.refresh, index=index_name(collection))

@@ -1,0 +1,62 @@
+"""Pure filter planning: where each prefetch's effective filter runs. No I/O here; the coordinator executes.
+
+- pushdown:   the whole filter translates to a Milvus expression; shards filter while they search.
+- prefilter:  Elasticsearch returns the matching ids (few enough: at most `prefilter_max_ids`), which go down as
+              an id allow-list beside the translatable part.
+- postfilter: shards search with the translatable part only, over-fetching; Elasticsearch confirms candidates;
+              the fetch grows until `limit` confirmed hits or the candidates are exhausted (bounded rounds).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from router.filters import Node, split_conjuncts
+
+PlanKind = Literal["none", "pushdown", "prefilter", "postfilter"]
+Mode = Literal["auto", "pushdown", "prefilter", "postfilter"]
+MILVUS_MAX_TOPK = 16_384
+
+
+@dataclass(frozen=True)
+class FilterPlan:
+    kind: PlanKind
+    expr: str | None = None          # pushed into every shard search
+    residual: Node | None = None     # decided by Elasticsearch
+    node: Node | None = None         # the whole filter (Elasticsearch counts and pre-filters on all of it)
+
+    @property
+    def needs_es(self) -> bool:
+        return self.residual is not None
+
+
+def plan_filter(node: Node | None, mapping: dict[str, str], mode: Mode = "auto") -> FilterPlan:
+    """First decision, before asking Elasticsearch anything. An ES plan is 'prefilter' until `choose_es_path`."""
+    if node is None:
+        return FilterPlan("none")
+    if mode in ("prefilter", "postfilter"):
+        return FilterPlan(mode, None, node, node)  # forced: the whole filter goes through Elasticsearch
+    expr, residual = split_conjuncts(node, mapping)
+    if residual is None:
+        return FilterPlan("pushdown", expr, None, node)
+    return FilterPlan("prefilter", expr, residual, node)
+
+
+def choose_es_path(plan: FilterPlan, es_count: int | None, max_ids: int, mode: Mode = "auto") -> FilterPlan:
+    """Pre-filter by id set when Elasticsearch says the whole filter is selective, else post-filter."""
+    if not plan.needs_es or mode in ("prefilter", "postfilter"):
+        return plan
+    if es_count is not None and es_count <= max_ids:
+        return FilterPlan("prefilter", plan.expr, plan.residual, plan.node)
+    return FilterPlan("postfilter", plan.expr, plan.residual, plan.node)
+
+
+def first_fetch(need: int, overfetch: int) -> int:
+    return min(MILVUS_MAX_TOPK, max(need * overfetch, need + 16))
+
+
+def next_fetch(fetch: int, overfetch: int) -> int | None:
+    """The next, larger fetch; None once Milvus's top-k cap has been reached."""
+    if fetch >= MILVUS_MAX_TOPK:
+        return None
+    return min(MILVUS_MAX_TOPK, fetch * overfetch)
