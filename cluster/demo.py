@@ -1,6 +1,7 @@
 """`make demo`: start prism detached, ingest the sample catalog, run example queries, shut down. Non-zero on failure."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -17,9 +18,12 @@ CATALOG = ROOT / "deploy" / "data" / "catalog.jsonl"
 console = Console()
 
 QUERIES = [
-    ("shoes for running on muddy trails", ["text"], "none"),
-    ("something bright yellow and shiny", ["visual"], "none"),
-    ("warm clothes for a cold hike", ["text", "visual"], "rrf"),
+    ("shoes for running on muddy trails", ["text"], "none", None),
+    ("something bright yellow and shiny", ["visual"], "none", None),
+    ("warm clothes for a cold hike", ["text", "visual"], "rrf", None),
+    ("a gift for someone who loves the outdoors", ["text", "visual"], "rrf",
+     {"bool": {"filter": [{"range": {"price": {"lt": 50}}}, {"term": {"in_stock": True}}],
+               "must_not": [{"term": {"category": "apparel"}}]}}),
 ]
 
 
@@ -40,12 +44,13 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         from cluster.cli import print_hits
 
-        for text, spaces, fusion in QUERIES:
+        for text, spaces, fusion, flt in QUERIES:
             body = {"prefetch": [{"space": s, "text": text, "limit": 20} for s in spaces],
-                    "fusion": {"method": fusion}, "limit": 5}
+                    "fusion": {"method": fusion}, "limit": 5, **({"filter": flt} if flt else {})}
             r = httpx.post(f"{base}/v1/collections/products/query", json=body, timeout=60)
             r.raise_for_status()
-            print_hits(r.json(), f"{text!r} in {'+'.join(spaces)} ({fusion})")
+            title = f"{text!r} in {'+'.join(spaces)} ({fusion})" + (f" filter {json.dumps(flt)}" if flt else "")
+            print_hits(r.json(), title)
         prism("status", "--data-dir", data_dir)
         return 0
     except (subprocess.CalledProcessError, httpx.HTTPError) as exc:

@@ -55,7 +55,7 @@ class Instance:
         return [p for p in before if p in group_members(self.pid)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prism_server(milvus_server, tmp_path_factory):
     inst = Instance(tmp_path_factory.mktemp("prism-e2e"), free_port(), milvus_server.uri)
     inst.up()

@@ -23,6 +23,8 @@ SPEC = {
         "emb": {"dim": DIM, "metric": "cosine", "index": {"type": "FLAT"}},
     },
     "shards": 3,
+    "metadata": {"name": "text", "category": "keyword", "subcategory": "keyword", "brand": "keyword",
+                 "color": "keyword", "price": "float", "in_stock": "boolean", "description": "text"},
 }
 
 
@@ -196,3 +198,47 @@ def test_metrics_expose_documented_series(products):
         assert series in text, series
     assert 'endpoint="/v1/collections/{name}/query"' in text
     assert 'code="space_not_found"' in text
+
+
+def test_filters_over_http(products):
+    pre = [{"space": "text", "text": "something for the outdoors", "limit": 30}]
+    cheap = query(products, {"prefetch": pre, "fusion": {"method": "none"}, "limit": 5,
+                             "filter": {"bool": {"filter": [{"term": {"category": "outdoor"}},
+                                                            {"range": {"price": {"lt": 60}}}]}}})
+    assert cheap["hits"] and cheap["filter_plans"] == ["pushdown"]
+    assert all(h["payload"]["category"] == "outdoor" and h["payload"]["price"] < 60 for h in cheap["hits"])
+    text = query(products, {"prefetch": pre, "fusion": {"method": "none"}, "limit": 5,
+                            "filter": {"match": {"description": "waterproof"}}})
+    assert text["hits"] and all("waterproof" in h["payload"]["description"].lower() for h in text["hits"])
+    assert text["filter_plans"] == ["prefilter"]  # a handful of ids: ES pre-filter
+    # A per-prefetch filter restricts only its own space; the top-level filter holds for every hit.
+    both = query(products, {"prefetch": [{"space": "text", "text": "shoes", "filter": {"term": {"in_stock": True}}},
+                                         {"space": "visual", "text": "white shoes"}],
+                            "filter": {"term": {"category": "footwear"}}, "limit": 10})
+    assert both["hits"] and all(h["payload"]["category"] == "footwear" for h in both["hits"])
+
+
+@pytest.mark.parametrize("flt, path", [
+    ({"bool": {"must": [{"term": {"category": "x"}}, {"rnage": {"price": {"lt": 1}}}]}}, "filter.bool.must[1]"),
+    ({"term": {"colour": "red"}}, "filter.term.colour"),
+    ({"range": {"price": {"lt": "cheap"}}}, "filter.range.price.lt"),
+])
+def test_malformed_filters_are_422_with_the_clause_path(products, flt, path):
+    r = products.post("/v1/collections/products/query",
+                      json={"prefetch": [{"space": "emb", "vector": emb(1)}], "filter": flt})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith(path), r.json()["message"]
+
+
+def test_delete_by_filter(products):
+    pts = [{"id": f"del-{i}", "payload": {"name": f"temp {i}", "category": "to-delete", "price": float(i)},
+            "vectors": {"emb": emb(1000 + i)}} for i in range(5)]
+    assert products.post("/v1/collections/products/points", json={"points": pts}).status_code == 200
+    r = products.post("/v1/collections/products/points/delete",
+                      json={"filter": {"bool": {"filter": [{"term": {"category": "to-delete"}},
+                                                           {"range": {"price": {"gte": 2}}}]}}})
+    assert r.status_code == 200 and r.json() == {"deleted": 3}
+    left = query(products, {"prefetch": [{"space": "emb", "vector": emb(1000)}], "fusion": {"method": "none"},
+                            "filter": {"term": {"category": "to-delete"}}, "limit": 10})
+    assert sorted(h["id"] for h in left["hits"]) == ["del-0", "del-1"]
+    products.post("/v1/collections/products/points/delete", json={"ids": ["del-0", "del-1"]})

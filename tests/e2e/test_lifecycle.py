@@ -12,9 +12,11 @@ def test_restart_keeps_collections_and_down_leaves_no_process(tmp_path):
     inst.up()
     try:
         c = httpx.Client(base_url=inst.url, timeout=120)
-        spec = {"spaces": {"v": {"dim": 4, "index": {"type": "FLAT"}}}, "shards": 2}
+        spec = {"spaces": {"v": {"dim": 4, "index": {"type": "FLAT"}}}, "shards": 2,
+                "metadata": {"i": "integer", "tag": "keyword"}}
         assert c.put("/v1/collections/keep", json=spec).status_code == 200
-        pts = [{"id": f"k{i}", "payload": {"i": i}, "vectors": {"v": [1.0, i, 0.0, 1.0]}} for i in range(20)]
+        pts = [{"id": f"k{i}", "payload": {"i": i, "tag": "even" if i % 2 == 0 else "odd"},
+                "vectors": {"v": [1.0, i, 0.0, 1.0]}} for i in range(20)]
         assert c.post("/v1/collections/keep/points", json={"points": pts}).json()["upserted"] == 20
     finally:
         left = inst.down()
@@ -27,7 +29,13 @@ def test_restart_keeps_collections_and_down_leaves_no_process(tmp_path):
         assert c.get("/v1/collections/keep").json()["counts"] == {"v": 20}
         hit = c.post("/v1/collections/keep/query",
                      json={"prefetch": [{"space": "v", "vector": [1.0, 7.0, 0.0, 1.0]}], "limit": 1}).json()["hits"][0]
-        assert hit["id"] == "k7" and hit["payload"] == {"i": 7}
+        assert hit["id"] == "k7" and hit["payload"] == {"i": 7, "tag": "odd"}
+        # The Elasticsearch store persisted too: a filter only ES can decide (forced by its shape: should x2).
+        flt = {"bool": {"should": [{"term": {"tag": "even"}}, {"range": {"i": {"gte": 10}}}], "minimum_should_match": 2}}
+        answer = c.post("/v1/collections/keep/query",
+                        json={"prefetch": [{"space": "v", "vector": [1.0, 7.0, 0.0, 1.0]}], "limit": 20, "filter": flt}).json()
+        assert answer["filter_plans"] == ["prefilter"]
+        assert sorted(h["id"] for h in answer["hits"]) == sorted(f"k{i}" for i in range(10, 20, 2))
     finally:
         left = inst.down()
     assert left == []
