@@ -120,10 +120,11 @@ def status(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     for name in h["collections"]:
         info = httpx.get(f"{base}/v1/collections/{name}", timeout=30).json()
         table = Table(title=f"collection {name}: {info['counts']}")
-        for col in ("shard", "replica", "state", "counts"):
+        for col in ("shard", "replica", "state", "seq", "counts", "last error"):
             table.add_column(col)
         for s in info["shards"]:
-            table.add_row(str(s["shard"]), str(s["replica"]), s["state"], json.dumps(s["counts"]))
+            table.add_row(str(s["shard"]), str(s["replica"]), s["state"], f"{s['applied_seq']}/{s['shard_seq']}",
+                          json.dumps(s["counts"]), s.get("last_error") or "")
         console.print(table)
 
 
@@ -221,6 +222,24 @@ def print_hits(answer: dict, title: str) -> None:
     cov = answer["coverage"]
     console.print(f"  {cov['shards_answered']}/{cov['shards_total']} shards answered, partial={answer['partial']}, "
                   f"took {answer['took_ms']:.1f} ms" + (f", notes: {answer['notes']}" if answer.get("notes") else ""))
+
+
+@app.command()
+def reshard(
+    collection: str = typer.Option(..., "--collection", "-c"),
+    shards: int = typer.Option(..., "--shards", min=1),
+    data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+    url: Optional[str] = typer.Option(None),
+) -> None:
+    """Change a collection's shard count; only points whose ring owner changes move. Reads go on meanwhile."""
+    import httpx
+
+    base = _url(url, data_dir)
+    r = httpx.post(f"{base}/v1/collections/{collection}/reshard", json={"shards": shards}, timeout=3600)
+    if r.status_code != 200:
+        _fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
+    rep = r.json()
+    console.print(f"{collection}: now {rep['shards']} shards, moved {rep['moved']} points in {rep['seconds']}s")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

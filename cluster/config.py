@@ -124,6 +124,7 @@ class CollectionConfig(_Strict):
     spaces: dict[str, SpaceConfig]
     shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    write_quorum: Literal["all", "majority"] | int = "majority"
     metadata: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -142,6 +143,12 @@ class CollectionConfig(_Strict):
             if not NAME_RE.match(name):
                 raise ValueError(f"space name {name!r} must match {NAME_RE.pattern}")
         return value
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> "CollectionConfig":
+        if isinstance(self.write_quorum, int) and not 1 <= self.write_quorum <= self.replicas:
+            raise ValueError(f"write_quorum {self.write_quorum!r} must be between 1 and replicas ({self.replicas})")
+        return self
 
     @field_validator("metadata")
     @classmethod

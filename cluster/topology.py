@@ -28,11 +28,14 @@ def replica_specs(collection: CollectionConfig, milvus: MilvusConfig, data_dir: 
     return out
 
 
-def local_shards(collection: CollectionConfig, specs: list[list[BackendSpec]], create: bool = True
-                 ) -> list[list[LocalShardClient]]:
-    """In-process shards (threads): the Ray-free twin of `shards.actor.start_ray_shards`."""
+def local_shards(collection: CollectionConfig, specs: list[list[BackendSpec]], create: bool = True,
+                 first_shard: int = 0) -> list[list[LocalShardClient]]:
+    """In-process shards (threads): the Ray-free twin of `shards.actor.start_ray_shards`.
+
+    `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
     clients = []
-    for s, row in enumerate(specs):
+    for i, row in enumerate(specs):
+        s = first_shard + i
         clients.append([LocalShardClient(Shard(collection, s, r, spec)) for r, spec in enumerate(row)])
     if create:
         for row in clients:

@@ -78,6 +78,14 @@ def load_points(shards, ring: HashRing, vecs: dict[str, np.ndarray], batch: int 
     return time.perf_counter() - t0
 
 
+def settle() -> None:
+    """A freshly opened replica reads with Strong consistency for STRONG_WINDOW_S (it cannot know how recent the
+    last writes were); measuring inside that window would time Milvus's time-tick wait, not prism."""
+    from shards.backend import STRONG_WINDOW_S
+
+    time.sleep(STRONG_WINDOW_S + 0.5)
+
+
 def close_all(shards) -> None:
     for row in shards:
         for c in row:
@@ -146,6 +154,7 @@ def bench_core(n: int, shards: int, backend: str, n_queries: int, workdir: Path)
         # Reopen before measuring, exactly as the actors will: both sides then search sealed, indexed data.
         close_all(local)
         local = local_shards(cfg, specs)
+        settle()
         for q in queries[:5]:  # warm-up (index load, caches)
             baseline_query(local, q)
         base_lat = []
@@ -157,6 +166,7 @@ def bench_core(n: int, shards: int, backend: str, n_queries: int, workdir: Path)
 
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace=f"bench-{backend}")
         clients = start_ray_shards(cfg, specs)
+        settle()
         coord = Coordinator(cfg, clients)
         reqs = [request(q) for q in queries]
         asyncio.run(run_concurrent(coord, reqs[:5], 1))
@@ -277,6 +287,184 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
     return result
 
 
+def bench_filters(n: int, shards: int, workdir: Path, n_queries: int = 30) -> dict:
+    """Filtered query latency per plan path at 1/10/50% selectivity, beside the unfiltered query (same run)."""
+    from cluster.config import FilterSettings
+    from cluster.services import start_elasticsearch, start_milvus_server
+    from router.metadata import MetadataStore
+
+    print(f"[filters] n={n} shards={shards}", flush=True)
+    server = start_milvus_server(workdir / "milvus-server")
+    es = start_elasticsearch(workdir / "es")
+    try:
+        cfg = CollectionConfig(name="fbench", shards=shards, metadata={"sel": "integer"},
+                               spaces={"text": {"dim": 384, "index": {"type": "HNSW"}}})
+        store = MetadataStore(es.uri, timeout_s=600)
+        store.ensure_index(cfg)
+        clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="server", uri=server.uri), workdir, server.uri))
+        vecs = gaussian_mixture(n, 384, seed=8)
+        sel = np.random.default_rng(9).integers(0, 100, size=n)
+        ring = HashRing(range(shards))
+        t0 = time.perf_counter()
+        by_shard: dict[int, list[dict]] = defaultdict(list)
+        for i in range(n):
+            by_shard[int(ring.get(f"p{i}"))].append({"id": f"p{i}", "payload": {"sel": int(sel[i])},
+                                                     "meta": {"sel": int(sel[i])}, "vectors": {"text": vecs[i].tolist()}})
+        for s, rows in by_shard.items():
+            for start in range(0, len(rows), 2000):
+                clients[s][0].target.upsert(rows[start : start + 2000])
+        for start in range(0, n, 5000):
+            store.upsert("fbench", [(f"p{i}", {"sel": int(sel[i])}) for i in range(start, min(n, start + 5000))])
+        for row in clients:
+            row[0].target.wait_indexed()
+        close_all(clients)
+        clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="server", uri=server.uri), workdir, server.uri))
+        settle()
+        print(f"[filters] loaded Milvus + Elasticsearch in {time.perf_counter() - t0:.1f}s", flush=True)
+        qs = query_vectors(n_queries, 384, seed=10, base_seed=8)
+
+        def measure(mode: str, flt: dict | None) -> tuple[float, float, float]:
+            coord = Coordinator(cfg, clients, metadata=store, timeout_s=600,
+                                filters=FilterSettings(mode=mode, prefilter_max_ids=100_000))
+            lat, rounds = [], []
+            for q in qs:
+                r = QueryRequest(prefetch=[{"space": "text", "vector": q.tolist()}], fusion={"method": "none"},
+                                 limit=10, with_payload=False, filter=flt)
+                t = time.perf_counter()
+                ans = asyncio.run(coord.query(r))
+                lat.append((time.perf_counter() - t) * 1000)
+                rounds.append(ans.filter_rounds)
+            return round(pct(lat, 50), 2), round(pct(lat, 99), 2), round(statistics.mean(rounds), 2)
+
+        unfiltered = measure("auto", None)
+        rows_out = []
+        for pct_sel in (1, 10, 50):
+            flt = {"range": {"sel": {"lt": pct_sel}}}
+            for mode in ("pushdown", "prefilter", "postfilter"):
+                p50, p99, rounds = measure(mode, flt)
+                rows_out.append({"selectivity_pct": pct_sel, "plan": mode, "p50_ms": p50, "p99_ms": p99,
+                                 "mean_rounds": rounds, "ratio_p50_vs_unfiltered": round(p50 / unfiltered[0], 2)})
+                print(f"[filters] {rows_out[-1]}", flush=True)
+        close_all(clients)
+    finally:
+        es.stop()
+        server.stop()
+    return {"n": n, "shards": shards, "backend": "server + noida-db", "queries": n_queries,
+            "unfiltered_p50_ms": unfiltered[0], "unfiltered_p99_ms": unfiltered[1], "runs": rows_out}
+
+
+def bench_chaos(workdir: Path, seconds: float = 60.0, kill_every_s: float = 10.0, concurrency: int = 8,
+                n: int = 20_000) -> dict:
+    """Mixed load (80% queries, 20% upserts) with a replica crashed every `kill_every_s`, in-process over Ray."""
+    import random
+
+    import ray
+
+    from router.models import Point
+    from shards.actor import start_ray_shards, stop_ray_shards
+
+    print(f"[chaos] {seconds:.0f}s, concurrency {concurrency}, a replica killed every {kill_every_s:.0f}s", flush=True)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench-chaos")
+    cfg = CollectionConfig(name="chaos", shards=3, replicas=2, write_quorum=1,
+                           spaces={"v": {"dim": 64, "index": {"type": "HNSW"}}})
+    specs = replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None)
+    clients = start_ray_shards(cfg, specs)
+    coord = Coordinator(cfg, clients, timeout_s=5.0)
+    vecs = gaussian_mixture(n, 64, seed=5)
+    for i in range(0, n, 2000):
+        asyncio.run(coord.upsert([Point(id=f"p{j}", vectors={"v": vecs[j].tolist()}) for j in range(i, min(n, i + 2000))]))
+    qs = query_vectors(200, 64, seed=6, base_seed=5)
+    rng = random.Random(1)
+
+    async def run() -> dict:
+        t0 = time.perf_counter()
+        end = t0 + seconds
+        fault_start, fault_end = t0 + kill_every_s, t0 + seconds - kill_every_s
+        samples: list[tuple[float, float, str]] = []  # (t, ms, outcome)
+        acked: list[str] = []
+        recoveries: list[float] = []
+        next_id = [n]
+
+        async def worker() -> None:
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                try:
+                    if rng.random() < 0.2:
+                        ids = [f"w{next_id[0] + k}" for k in range(10)]
+                        next_id[0] += 10
+                        await coord.upsert([Point(id=i, vectors={"v": vecs[rng.randrange(n)].tolist()}) for i in ids])
+                        acked.extend(ids)
+                        outcome = "write"
+                    else:
+                        r = await coord.query(QueryRequest(prefetch=[{"space": "v", "vector": qs[rng.randrange(200)].tolist()}],
+                                                           fusion={"method": "none"}, limit=10, with_payload=False))
+                        outcome = "partial" if r.partial else "ok"
+                except Exception:  # noqa: BLE001 - counted as failed
+                    outcome = "failed"
+                samples.append((t - t0, (time.perf_counter() - t) * 1000, outcome))
+
+        async def healer() -> None:
+            while time.perf_counter() < end + 30:
+                await coord.heal()
+                await asyncio.sleep(0.5)
+
+        async def killer() -> None:
+            k = 0
+            await asyncio.sleep(kill_every_s)
+            while time.perf_counter() < fault_end:
+                shard, replica = k % 3, (k // 3) % 2
+                ray.kill(coord.replicas[shard][replica].actor, no_restart=False)
+                killed_at = time.perf_counter()
+                k += 1
+                while time.perf_counter() - killed_at < kill_every_s:
+                    await asyncio.sleep(0.2)
+                    states = [st["state"] for row in coord.replica_states() for st in row]
+                    if time.perf_counter() - killed_at > 0.5 and all(x == "live" for x in states):
+                        recoveries.append(time.perf_counter() - killed_at)
+                        break
+                await asyncio.sleep(max(0.0, kill_every_s - (time.perf_counter() - killed_at)))
+
+        heal_task = asyncio.create_task(healer())
+        await asyncio.gather(killer(), *(worker() for _ in range(concurrency)))
+        # Let every replica catch up, then check that no acknowledged write is missing anywhere.
+        deadline = time.perf_counter() + 30
+        while time.perf_counter() < deadline and not all(
+                st["state"] == "live" for row in coord.replica_states() for st in row):
+            await asyncio.sleep(0.5)
+        heal_task.cancel()
+        lost = 0
+        for s in range(cfg.shards):
+            mine = [i for i in acked if coord.shard_of(i) == s]
+            for c in coord.replicas[s]:
+                held = await c.call("get", mine)
+                lost = max(lost, len(set(mine) - set(held)))
+        return {"samples": samples, "acked": len(acked), "lost": lost, "recoveries": recoveries,
+                "fault_window": (fault_start - t0, fault_end - t0)}
+
+    try:
+        out = asyncio.run(run())
+    finally:
+        stop_ray_shards(clients)
+        ray.shutdown()
+    samples, (fs, fe) = out["samples"], out["fault_window"]
+    reads = [x for x in samples if x[2] in ("ok", "partial", "failed")]
+
+    def p99(lo: float, hi: float) -> float:
+        return round(pct([ms for t, ms, o in reads if lo <= t < hi and o != "failed"], 99), 2)
+
+    result = {
+        "queries": len(reads), "failed": sum(o == "failed" for *_, o in samples),
+        "partial": sum(o == "partial" for *_, o in samples),
+        "p99_ms_steady": p99(0, fs), "p99_ms_during_faults": p99(fs, fe), "p99_ms_after": p99(fe, 1e9),
+        "recovery_s": round(max(out["recoveries"]), 2) if out["recoveries"] else None,
+        "recovery_s_mean": round(statistics.mean(out["recoveries"]), 2) if out["recoveries"] else None,
+        "kills": len(out["recoveries"]), "writes_acked": out["acked"], "writes_lost": out["lost"],
+        "seconds": seconds, "concurrency": concurrency, "points": n, "shards": 3, "replicas": 2,
+    }
+    print(f"[chaos] {json.dumps(result)}", flush=True)
+    return result
+
+
 def write_json(name: str, payload: dict) -> None:
     (DOCS / "bench").mkdir(parents=True, exist_ok=True)
     (DOCS / "bench" / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -284,7 +472,8 @@ def write_json(name: str, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
-    ap.add_argument("--only", default="core,serving", help="comma list of sections: core, serving")
+    ap.add_argument("--only", default="core,serving,filters,chaos",
+                    help="comma list of sections: core, serving, filters, chaos")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
@@ -298,6 +487,10 @@ def main(argv: list[str] | None = None) -> None:
             write_json("core", {"machine": machine(), "runs": runs})
         if "serving" in sections:
             write_json("serving", {"machine": machine(), **bench_serving(args.n, args.shards, workdir / "serving")})
+        if "filters" in sections:
+            write_json("filters", {"machine": machine(), **bench_filters(args.n, args.shards, workdir / "filters")})
+        if "chaos" in sections:
+            write_json("chaos", {"machine": machine(), **bench_chaos(workdir / "chaos")})
         from deploy.report import write_report
 
         write_report()

@@ -109,7 +109,7 @@ class EncoderDeployment:
 class Ingress:
     """HTTP API v1. Every endpoint delegates to PrismService."""
 
-    def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
+    async def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
         from router.service import PrismService, metadata_store
         from shards.actor import start_ray_shards, stop_ray_shards
 
@@ -120,11 +120,22 @@ class Ingress:
         server_uri = cfg.milvus.uri if cfg.milvus.mode != "lite" else None
         self.service = PrismService(
             cfg, encode=self._encode, server_uri=server_uri,
-            start_shards=lambda c, specs, create=True: start_ray_shards(c, specs, detached=True, create=create),
+            start_shards=lambda c, specs, create=True, first_shard=0: start_ray_shards(
+                c, specs, detached=True, create=create, first_shard=first_shard),
             stop_shards=stop_ray_shards, observe_shard=self.state.metrics.observe_shard,
             metadata=metadata_store(cfg),
         )
-        self.service.open_catalog()
+        await asyncio.to_thread(self.service.open_catalog)
+        self._healer = asyncio.create_task(self._heal_forever())
+
+    async def _heal_forever(self, period_s: float = 1.0) -> None:
+        """Probe dead replicas and replay missed writes in the background."""
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.service.heal()
+            except Exception:  # noqa: BLE001 - healing retries on the next tick
+                pass
 
     async def _encode(self, name: str, texts: list[str]) -> list[tuple[list[float], bool]]:
         handle = self.encoders.get(name)
@@ -172,6 +183,10 @@ class Ingress:
         if answer.partial:
             self.state.metrics.partial.labels(name).inc()
         return answer
+
+    @api.post("/v1/collections/{name}/reshard")
+    async def reshard(self, name: str, request: Request) -> dict[str, Any]:
+        return await self.service.reshard(name, await _json(request))
 
     @api.post("/v1/collections/{name}/query/batch", response_model=BatchQueryResponse)
     async def query_batch(self, name: str, request: Request):

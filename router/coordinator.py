@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import defaultdict
+import weakref
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from cluster.errors import (
 from router.expr import ids_in
 from router.filters import and_, normalise_meta, parse_filter, to_es
 from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
+from router.replicas import ReplicaSet, quorum
 from cluster.ring import HashRing
 from router.fusion import fuse
 from router.merge import merge_topk
@@ -32,6 +34,8 @@ Encode = Callable[[str, list[str]], Awaitable[list[tuple[list[float], bool]]]]
 Observe = Callable[[int, float], None]
 DEFAULT_TIMEOUT_S = 10.0
 PREFILTER_HARD_MAX_IDS = 100_000
+OPLOG_MAX_OPS = 20_000   # per shard; a replica further behind than this needs a full resync (not automatic)
+HEAL_PING_TIMEOUT_S = 2.0
 _NOTHING = "(false)"  # a pre-filter whose id set is empty: nothing to search
 # Errors that describe the request, not the shard: they propagate instead of triggering failover.
 _REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
@@ -68,43 +72,117 @@ class Coordinator:
         self.metadata = metadata  # router.metadata.MetadataStore, or None: then only pushdown filters work
         self.filters = filters or FilterSettings()
         self.ring = HashRing(range(config.shards))
+        self.sets = [ReplicaSet(s, len(r), key=f"{config.name}/{s}") for s, r in enumerate(self.replicas)]
+        self.write_quorum = quorum(config.write_quorum, min(len(r) for r in self.replicas))
+        self.oplog: list[deque] = [deque(maxlen=OPLOG_MAX_OPS) for _ in self.replicas]
+        self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.read_only: str | None = None  # set while the collection is resharded: writes wait for the new layout
 
     def shard_of(self, point_id: str) -> int:
         return int(self.ring.get(point_id))
 
     # -- shard calls -------------------------------------------------------------------------------------------
+    def _lock(self, shard: int) -> asyncio.Lock:
+        """Per shard, per event loop: writes and replays of one shard apply in sequence order."""
+        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
+        return locks.setdefault(shard, asyncio.Lock())
+
     async def _read(self, shard: int, method: str, *args: Any) -> Any:
-        """Call one replica of `shard`, failing over to the next on error or deadline."""
+        """Call the shard's replicas in ring/health order, failing over within this request."""
+        rs = self.sets[shard]
+        order = rs.read_order()
+        if not order:
+            raise ShardUnavailable(f"shard {shard} unavailable: no replica has caught up with its writes",
+                                   shards=[shard])
         reasons = []
-        for client in self.replicas[shard]:
+        for r in order:
+            client = self.replicas[shard][r]
+            t0 = time.perf_counter()
             try:
-                t0 = time.perf_counter()
                 result = await asyncio.wait_for(client.call(method, *args), self.timeout_s)
-                if self.observe is not None and method == "search_many":
-                    self.observe(shard, time.perf_counter() - t0)
-                return result
             except _REQUEST_ERRORS:
                 raise
             except asyncio.TimeoutError:
-                reasons.append(f"replica {client.replica}: no answer within {self.timeout_s:g}s")
+                reason = f"replica {r}: no answer within {self.timeout_s:g}s"
+                rs.on_failure(r, reason)
+            except ShardUnavailable as exc:  # the actor is gone: dead at once
+                reason = f"replica {r}: {exc.message}"
+                rs.on_failure(r, reason, fatal=True)
             except Exception as exc:  # noqa: BLE001 - any replica fault means: try the next one
-                reasons.append(f"replica {client.replica}: {_short(exc)}")
+                reason = f"replica {r}: {_short(exc)}"
+                rs.on_failure(r, reason)
+            else:
+                elapsed = time.perf_counter() - t0
+                rs.on_success(r, elapsed)
+                if self.observe is not None and method == "search_many":
+                    self.observe(shard, elapsed)
+                return result
+            reasons.append(reason)
         raise ShardUnavailable(f"shard {shard} unavailable: " + "; ".join(reasons), shards=[shard])
 
     async def _write(self, shard: int, method: str, *args: Any) -> list[Any]:
-        """Call every replica of `shard`; every one must acknowledge."""
-        clients = self.replicas[shard]
-        results = await asyncio.gather(
-            *(asyncio.wait_for(c.call(method, *args), self.timeout_s) for c in clients), return_exceptions=True
-        )
-        errors = [(c, r) for c, r in zip(clients, results) if isinstance(r, BaseException)]
-        for _, err in errors:
-            if isinstance(err, _REQUEST_ERRORS):
-                raise err
-        if errors:
-            detail = "; ".join(f"replica {c.replica}: {_short(e)}" for c, e in errors)
-            raise ShardUnavailable(f"write to shard {shard} not acknowledged: {detail}", shards=[shard])
-        return list(results)
+        """Sequence the write, send it to every caught-up replica, acknowledge at the write quorum.
+
+        Replicas that miss it (down, failed, or already behind) are stale until `heal` replays the log to them.
+        """
+        if self.read_only:
+            raise ShardUnavailable(f"writes to {self.config.name!r} are paused: {self.read_only}; retry shortly",
+                                   shards=[shard])
+        async with self._lock(shard):
+            rs = self.sets[shard]
+            targets = rs.write_targets()
+            seq = rs.next_seq()
+            self.oplog[shard].append((seq, method, args))
+            results = await asyncio.gather(
+                *(asyncio.wait_for(self.replicas[shard][r].call(method, *args), self.timeout_s) for r in targets),
+                return_exceptions=True,
+            )
+            acked, errors = [], []
+            for r, res in zip(targets, results):
+                if isinstance(res, _REQUEST_ERRORS):
+                    raise res
+                if isinstance(res, BaseException):
+                    reason = f"replica {r}: {_short(res)}"
+                    rs.on_failure(r, reason, fatal=isinstance(res, ShardUnavailable))
+                    errors.append(reason)
+                else:
+                    rs.applied(r, seq)
+                    rs.on_success(r)
+                    acked.append(res)
+            if len(acked) < self.write_quorum:
+                raise ShardUnavailable(
+                    f"write to shard {shard} not acknowledged: {len(acked)} of {len(self.replicas[shard])} replicas "
+                    f"applied it, quorum is {self.write_quorum}" + (f" ({'; '.join(errors)})" if errors else ""),
+                    shards=[shard])
+            rs.commit(seq)
+            return acked
+
+    async def heal(self) -> dict[str, int]:
+        """Probe dead replicas and replay missed writes to stale ones; they serve reads once caught up."""
+        healed = failed = 0
+        for shard, rs in enumerate(self.sets):
+            for r in rs.needs_healing():
+                async with self._lock(shard):
+                    try:
+                        await self._catch_up(shard, r)
+                        healed += 1
+                    except Exception as exc:  # noqa: BLE001
+                        rs.probe_failed(r, f"heal: {_short(exc)}")
+                        failed += 1
+        return {"healed": healed, "failed": failed}
+
+    async def _catch_up(self, shard: int, r: int) -> None:
+        rs, client = self.sets[shard], self.replicas[shard][r]
+        await asyncio.wait_for(client.call("ping"), HEAL_PING_TIMEOUT_S)
+        start = rs.states[r].applied_seq
+        ops = [op for op in self.oplog[shard] if op[0] > start]
+        if ops and ops[0][0] != start + 1:
+            raise ShardUnavailable(f"replica {r} of shard {shard} is {rs.seq - start} writes behind, beyond the "
+                                   f"operation log ({OPLOG_MAX_OPS} ops): it needs a full resync", shards=[shard])
+        for seq, method, args in ops:
+            await asyncio.wait_for(client.call(method, *args), self.timeout_s)
+            rs.applied(r, seq)
+        rs.on_success(r)
 
     # -- reads -------------------------------------------------------------------------------------------------
     async def query(self, req: QueryRequest) -> QueryResponse:
@@ -379,6 +457,41 @@ class Coordinator:
                 raise BackendError(f"Elasticsearch still lists {len(ids)} deleted ids; delete by filter stopped")
             seen.update(ids)
             deleted += (await self.delete(ids)).deleted
+
+    def resized(self, config: CollectionConfig, replicas: Sequence[Sequence[ShardClient]]) -> "Coordinator":
+        """A coordinator over a new shard count that keeps the replica state and logs of the shards it shares."""
+        new = Coordinator(config, replicas, encode=self.encode, timeout_s=self.timeout_s, observe=self.observe,
+                          metadata=self.metadata, filters=self.filters)
+        for s in range(min(len(self.sets), len(new.sets))):
+            new.sets[s], new.oplog[s] = self.sets[s], self.oplog[s]
+        new._locks = self._locks
+        return new
+
+    async def plan_moves(self, new_shards: int) -> dict[tuple[int, int], list[str]]:
+        """(from shard, to shard) -> ids whose ring owner changes when the shard count becomes `new_shards`."""
+        ring = HashRing(range(new_shards))
+        moves: dict[tuple[int, int], list[str]] = defaultdict(list)
+        held = await asyncio.gather(*(self._read(s, "ids") for s in range(self.config.shards)))
+        for s, ids in enumerate(held):
+            for pid in ids:
+                t = int(ring.get(pid))
+                if t != s:
+                    moves[(s, t)].append(pid)
+        return moves
+
+    async def copy_points(self, target: "Coordinator", moves: dict[tuple[int, int], list[str]],
+                          batch: int = 500) -> int:
+        """Copy moved points from this coordinator's shards into `target`'s (every replica, quorum-acked)."""
+        copied = 0
+        for (s, t), ids in moves.items():
+            for i in range(0, len(ids), batch):
+                rows = await self._read(s, "export", ids[i : i + batch])
+                await target._write(t, "upsert", rows)
+                copied += len(rows)
+        return copied
+
+    def replica_states(self) -> list[list[dict]]:
+        return [rs.describe() for rs in self.sets]
 
     async def counts(self) -> list[list[dict[str, int] | None]]:
         """Point count per space for every shard replica (None where a replica did not answer)."""

@@ -192,7 +192,10 @@ class ShardInfo(BaseModel):
     shard: int
     replica: int
     counts: dict[str, int]
-    state: str = "live"
+    state: str = "live"  # live | stale (behind on writes) | dead
+    applied_seq: int = 0
+    shard_seq: int = 0
+    last_error: str | None = None
 
 
 class CollectionInfo(BaseModel):

@@ -43,7 +43,7 @@ class PrismService:
         self.config = config
         self.encode = encode
         self.server_uri = server_uri
-        self.start_shards = start_shards or (lambda cfg, specs, create=True: local_shards(cfg, specs, create))
+        self.start_shards = start_shards or local_shards
         self.stop_shards = stop_shards or _stop_local
         self.observe_shard = observe_shard
         self.metadata = metadata
@@ -130,9 +130,14 @@ class PrismService:
         coord = self.coordinator(name)
         counts = await coord.counts()
         shards, totals = [], {s: 0 for s in coord.config.spaces}
+        states = coord.replica_states()
         for s, row in enumerate(counts):
             for r, c in enumerate(row):
-                shards.append(ShardInfo(shard=s, replica=r, counts=c or {}, state="live" if c is not None else "dead"))
+                st = states[s][r]
+                shards.append(ShardInfo(shard=s, replica=r, counts=c or {},
+                                        state=st["state"] if c is not None else "dead",
+                                        applied_seq=st["applied_seq"], shard_seq=st["shard_seq"],
+                                        last_error=st["last_error"] or None))
             first = next((c for c in row if c is not None), None)
             for space, n in (first or {}).items():
                 totals[space] += n
@@ -151,6 +156,48 @@ class PrismService:
             if lite_dir.exists():
                 shutil.rmtree(lite_dir, ignore_errors=True)
         return {"deleted": name}
+
+    async def reshard(self, name: str, body: Any) -> dict[str, Any]:
+        """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile.
+
+        Copy moved points to their new shards, switch reads and writes to the new ring (a moved point now sits
+        in both places, and the merge keeps one), then delete the old copies and drop emptied shards.
+        """
+        import time as _time
+
+        if not isinstance(body, dict) or not isinstance(body.get("shards"), int) or isinstance(body.get("shards"), bool):
+            raise InvalidRequest("reshard body must be {\"shards\": N}", field="shards")
+        t0 = _time.perf_counter()
+        async with self._lock:
+            old = self.coordinator(name)
+            cfg = parse_model(CollectionConfig, {**old.config.model_dump(), "shards": body["shards"]}, "reshard")
+            if cfg.shards == old.config.shards:
+                return {"collection": name, "shards": cfg.shards, "moved": 0, "seconds": 0.0}
+            n_old = old.config.shards
+            specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
+            added = self.start_shards(cfg, specs[n_old:], create=True, first_shard=n_old) if cfg.shards > n_old else []
+            clients = [old.replicas[s] for s in range(min(cfg.shards, n_old))] + added
+            new = old.resized(cfg, clients)
+            old.read_only = f"resharding to {cfg.shards} shards"
+            moves = await old.plan_moves(cfg.shards)
+            moved = await old.copy_points(new, moves)
+            # From here on reads and writes use the new ring; a moved point also still sits in its old shard,
+            # and the heap merge keeps one copy, so queries see every point exactly once throughout.
+            self.coordinators[name] = new
+            self._clients[name] = clients
+            for (s, _), ids in moves.items():
+                if s < cfg.shards:
+                    for i in range(0, len(ids), 1000):
+                        await new._write(s, "delete", ids[i : i + 1000])
+            if cfg.shards < n_old:
+                await asyncio.to_thread(self.stop_shards, [old.replicas[s] for s in range(cfg.shards, n_old)], True)
+            (self.catalog_dir / f"{name}.json").write_text(cfg.model_dump_json(indent=2))
+        return {"collection": name, "shards": cfg.shards, "moved": moved,
+                "seconds": round(_time.perf_counter() - t0, 2)}
+
+    async def heal(self) -> None:
+        for coord in list(self.coordinators.values()):
+            await coord.heal()
 
     def list_collections(self) -> list[str]:
         return sorted(self.coordinators)

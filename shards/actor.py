@@ -14,7 +14,9 @@ from shards.backend import BackendSpec
 from shards.shard import Shard
 
 NAMESPACE = "prism"
-ShardActor = ray.remote(num_cpus=0, max_concurrency=4)(Shard)
+# max_restarts=-1: a crashed replica comes back, reopens its persisted collections and is caught up by the
+# coordinator before it serves reads again. Tasks are not retried: the coordinator fails over instead.
+ShardActor = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1, max_task_retries=0)(Shard)
 
 
 def actor_name(collection: str, shard: int, replica: int) -> str:
@@ -38,13 +40,17 @@ class RayShardClient:
 
 
 def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *, detached: bool = False,
-                     create: bool = True) -> list[list[RayShardClient]]:
-    """Start (or find, by name) one actor per shard replica and open its collections."""
+                     create: bool = True, first_shard: int = 0) -> list[list[RayShardClient]]:
+    """Start (or find, by name) one actor per shard replica and open its collections.
+
+    `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
     clients: list[list[RayShardClient]] = []
-    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
+    # SPREAD places a shard's replicas on different Ray nodes when there are several (one node here: no-op).
+    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True, "scheduling_strategy": "SPREAD"}
     if detached:
         opts["lifetime"] = "detached"
-    for s, replica_specs in enumerate(specs):
+    for i, replica_specs in enumerate(specs):
+        s = first_shard + i
         row = []
         for r, spec in enumerate(replica_specs):
             actor = ShardActor.options(name=actor_name(config.name, s, r), **opts).remote(config, s, r, spec)

@@ -189,6 +189,31 @@ class MilvusBackend:
                 out[str(row[ID_FIELD])] = entry
         return out
 
+    def ids(self, name: str, batch: int = _QUERY_PAGE) -> list[str]:
+        """Every id in the collection (query iterator: no offset/limit window)."""
+        it = self.client.query_iterator(name, batch_size=batch, filter='id != ""', output_fields=[ID_FIELD],
+                                        consistency_level=self.consistency(name))
+        out: list[str] = []
+        try:
+            while True:
+                page = it.next()
+                if not page:
+                    return out
+                out.extend(str(r[ID_FIELD]) for r in page)
+        finally:
+            it.close()
+
+    def rows(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Full stored rows (vector, payload, meta) of `ids`: what a copy to another shard needs."""
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), _QUERY_PAGE):
+            chunk = list(ids[start : start + _QUERY_PAGE])
+            for row in self.client.query(name, filter=ids_in(chunk), consistency_level=self.consistency(name),
+                                         output_fields=[ID_FIELD, VECTOR_FIELD, PAYLOAD_FIELD, META_FIELD]):
+                out[str(row[ID_FIELD])] = {"vector": [float(x) for x in row[VECTOR_FIELD]],
+                                           "payload": row.get(PAYLOAD_FIELD) or {}, "meta": row.get(META_FIELD) or {}}
+        return out
+
     def flush(self, name: str) -> None:
         """Seal growing segments so the server indexes them (milvus-lite persists on its own)."""
         if self.spec.kind == "server":

@@ -25,6 +25,7 @@ class Shard:
         self.spec = spec
         self.backend = MilvusBackend(spec)
         self.names = {s: milvus_collection_name(config.name, s, shard, replica) for s in config.spaces}
+        self._open = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -32,6 +33,12 @@ class Shard:
             check_index_support(space.index, self.spec.kind, self.spec.gpu)
         for space_name, space in self.config.spaces.items():
             self.backend.ensure_collection(self.names[space_name], space)
+        self._open = True
+
+    def _ensure_open(self) -> None:
+        """A restarted actor reopens its persisted collections on first use (idempotent)."""
+        if not self._open:
+            self._call(self.create)
 
     def drop(self) -> None:
         for name in self.names.values():
@@ -51,6 +58,7 @@ class Shard:
     # -- writes ------------------------------------------------------------------------------------------------
     def upsert(self, points: Sequence[dict[str, Any]]) -> int:
         """Points are {id, payload, meta?, vectors: {space: [...]}}; each space gets the points carrying its vector."""
+        self._ensure_open()
         per_space: dict[str, list[dict[str, Any]]] = {s: [] for s in self.config.spaces}
         for p in points:
             for space, vec in (p.get("vectors") or {}).items():
@@ -64,6 +72,7 @@ class Shard:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete from every space; returns how many of `ids` existed here."""
+        self._ensure_open()
         found = set()
         for space, name in self.names.items():
             found.update(self._call(self.backend.get, name, list(ids)).keys())
@@ -79,6 +88,7 @@ class Shard:
         expr: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> list[list[ScoredId]]:
+        self._ensure_open()
         return self._call(
             self.backend.search, self._name(space), self.config.spaces[space], vectors, limit, expr, params
         )
@@ -91,6 +101,7 @@ class Shard:
 
     def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
         """Payload (and vectors of the named spaces) of the ids held here."""
+        self._ensure_open()
         out: dict[str, dict[str, Any]] = {}
         missing = list(ids)
         for space, name in self.names.items():
@@ -119,7 +130,26 @@ class Shard:
             time.sleep(1.0)
         return time.monotonic() - t0
 
+    def ids(self) -> list[str]:
+        """Every point id held here, in any space."""
+        self._ensure_open()
+        out: set[str] = set()
+        for name in self.names.values():
+            out.update(self._call(self.backend.ids, name))
+        return sorted(out)
+
+    def export(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Points in upsert form ({id, payload, meta, vectors}) for copying to another shard."""
+        self._ensure_open()
+        points: dict[str, dict[str, Any]] = {}
+        for space, name in self.names.items():
+            for pid, row in self._call(self.backend.rows, name, list(ids)).items():
+                p = points.setdefault(pid, {"id": pid, "payload": row["payload"], "meta": row["meta"], "vectors": {}})
+                p["vectors"][space] = row["vector"]
+        return list(points.values())
+
     def count(self) -> dict[str, int]:
+        self._ensure_open()
         return {space: self._call(self.backend.count, name) for space, name in self.names.items()}
 
     # -- helpers -----------------------------------------------------------------------------------------------

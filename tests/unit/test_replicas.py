@@ -1,0 +1,96 @@
+import pytest
+
+from router.replicas import FAIL_THRESHOLD, ReplicaSet, quorum
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(n=3, **kw):
+    clock = Clock()
+    return ReplicaSet(0, n, key="c/0", clock=clock, **kw), clock
+
+
+def test_quorum_settings():
+    assert quorum("all", 3) == 3
+    assert [quorum("majority", n) for n in (1, 2, 3, 4, 5)] == [1, 2, 2, 3, 3]
+    assert quorum(1, 3) == 1
+    for bad in (0, 4, True, "most"):
+        with pytest.raises(ValueError):
+            quorum(bad, 3)
+
+
+def test_stable_ring_preference():
+    a, _ = make()
+    b, _ = make()
+    assert a.read_order() == b.read_order() == a.preference
+    assert sorted(a.preference) == [0, 1, 2]
+    others = {tuple(ReplicaSet(s, 3).preference) for s in range(20)}
+    assert len(others) > 1  # different shards prefer different first replicas: load spreads
+
+
+def test_failures_demote_then_kill_and_probe_timing():
+    rs, clock = make()
+    first = rs.read_order()[0]
+    rs.on_failure(first, "timeout")
+    assert rs.read_order()[0] == first  # one failure is not death
+    for _ in range(FAIL_THRESHOLD - 1):
+        rs.on_failure(first, "timeout")
+    assert rs.read_order()[-1] == first and not rs.states[first].healthy  # dead: last resort only
+    assert rs.needs_healing() == []  # probe not due yet
+    clock.t += 1.5
+    assert rs.needs_healing() == [first]
+    rs.on_success(first, 0.01)
+    assert rs.read_order()[0] == first and rs.states[first].failures == 0
+
+
+def test_fatal_failure_is_dead_at_once():
+    rs, _ = make()
+    rs.on_failure(1, "actor died", fatal=True)
+    assert not rs.states[1].healthy
+    assert 1 not in rs.write_targets()
+
+
+def test_stale_replicas_neither_read_nor_written_until_caught_up():
+    rs, clock = make()
+    seq = rs.next_seq()
+    assert sorted(rs.read_order()) == [0, 1, 2]  # a write in flight blocks no reader
+    rs.applied(0, seq)
+    rs.applied(2, seq)  # replica 1 missed it
+    rs.commit(seq)
+    assert 1 not in rs.read_order() and 1 not in rs.write_targets()
+    assert rs.states[1].state(rs.seq) == "stale"
+    assert 1 in rs.needs_healing()
+    rs.applied(1, seq)
+    assert 1 in rs.read_order() and rs.states[1].state(rs.seq) == "live"
+
+
+def test_slow_replica_is_demoted_by_latency_ewma():
+    rs, _ = make()
+    fast, slow = rs.preference[1], rs.preference[0]
+    for _ in range(10):
+        rs.on_success(slow, 0.200)
+        rs.on_success(fast, 0.010)
+    assert rs.read_order().index(fast) < rs.read_order().index(slow)
+
+
+def test_describe():
+    rs, _ = make(2)
+    rs.next_seq()
+    rs.applied(0, 1)
+    rs.commit(1)
+    d = rs.describe()
+    assert d[0]["state"] == "live" and d[1]["state"] == "stale" and d[0]["shard_seq"] == 1
+
+
+def test_an_unacknowledged_write_leaves_replicas_readable_but_heals_them():
+    rs, _ = make(3)
+    seq = rs.next_seq()
+    rs.applied(0, seq)  # only one replica applied it; quorum missed, no commit
+    assert sorted(rs.read_order()) == [0, 1, 2]
+    assert sorted(rs.needs_healing()) == [1, 2]  # they still get it by replay, so replicas converge
