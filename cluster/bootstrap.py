@@ -52,8 +52,31 @@ def _alive(pid: int) -> bool:
 
 
 def resolve(cfg: ClusterConfig) -> ClusterConfig:
-    """Absolute data dir (actors run elsewhere) and a validated config."""
-    return cfg.model_copy(update={"data_dir": str(cfg.data_path)})
+    """Absolute data dir (actors run elsewhere); DATA_DIR/models as the models dir when it exists."""
+    update: dict = {"data_dir": str(cfg.data_path)}
+    if cfg.models_dir is None and (cfg.data_path / "models").is_dir():
+        update["models_dir"] = str(cfg.data_path / "models")
+    return cfg.model_copy(update=update)
+
+
+def report_encoders(url: str, cfg: ClusterConfig) -> None:
+    """Say which encoders are unavailable, why, and which spaces of which collections therefore answer 503."""
+    h = health(url) or {}
+    for name, st in (h.get("encoders") or {}).items():
+        if st.get("available"):
+            continue
+        spaces = [f"{c}.{s}" for c in h.get("collections", []) for s in _spaces_using(url, c, name)]
+        print(f"encoder {name!r} unavailable: {st.get('reason')}"
+              + (f"; spaces answering 503 until it is installed: {', '.join(spaces)}" if spaces else ""), flush=True)
+
+
+def _spaces_using(url: str, collection: str, encoder: str) -> list[str]:
+    try:
+        with urllib.request.urlopen(f"{url}/v1/collections/{collection}", timeout=10) as resp:
+            spaces = json.loads(resp.read())["config"]["spaces"]
+    except Exception:  # noqa: BLE001
+        return []
+    return [s for s, c in spaces.items() if c.get("encoder") == encoder]
 
 
 def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> int:
@@ -96,6 +119,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
                  "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)
+        report_encoders(state["url"], cfg)
         if ready is not None:
             ready.set()
         while not stop.wait(0.5):

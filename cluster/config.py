@@ -54,6 +54,7 @@ class SpaceConfig(_Strict):
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     encoder: str | None = None
     source: str | None = None
+    modality: Literal["text", "image"] = "text"  # what the source field holds (images: base64, path or URL)
     index: IndexConfig = Field(default_factory=IndexConfig)
 
     @model_validator(mode="after")
@@ -105,6 +106,36 @@ class FilterSettings(_Strict):
     prefilter_max_ids: int = Field(default=10_000, ge=1, le=100_000)
     postfilter_overfetch: int = Field(default=4, ge=2, le=64)
     postfilter_max_rounds: int = Field(default=6, ge=1, le=20)
+
+
+class ImageLimits(_Strict):
+    """Image inputs: size limits checked before decoding; URLs only when explicitly allowed."""
+
+    max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=40_000_000, ge=1024)
+    allow_network: bool = False
+
+
+class PlacementConfig(_Strict):
+    """Ray resources of prism's actors. GPUs: configured and unit-tested here, never run in this project's CI."""
+
+    shard_num_gpus: float = Field(default=0.0, ge=0, le=8)
+    encoder_num_gpus: float = Field(default=0.0, ge=0, le=8)
+
+
+def shard_actor_options(placement: "PlacementConfig") -> dict:
+    """Ray options of a shard replica actor: never whole CPUs (2-core machines hang), GPUs when configured."""
+    opts: dict = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+    if placement.shard_num_gpus:
+        opts["num_gpus"] = placement.shard_num_gpus
+    return opts
+
+
+def encoder_actor_options(placement: "PlacementConfig") -> dict:
+    opts: dict = {"num_cpus": 0}
+    if placement.encoder_num_gpus:
+        opts["num_gpus"] = placement.encoder_num_gpus
+    return opts
 
 
 def check_index_support(index: IndexConfig, backend_kind: str, gpu: bool = False) -> None:
@@ -168,9 +199,12 @@ class ClusterConfig(_Strict):
     milvus: MilvusConfig = Field(default_factory=MilvusConfig)
     elasticsearch: ElasticsearchConfig = Field(default_factory=ElasticsearchConfig)
     filters: FilterSettings = Field(default_factory=FilterSettings)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
     max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     encoder_replicas: int = Field(default=1, ge=1, le=16)
+    models_dir: str | None = None  # where CLIP weights are looked for (else PRISM_MODELS_DIR, else the HF cache)
+    images: "ImageLimits" = Field(default_factory=lambda: ImageLimits())
     collections: list[CollectionConfig] = Field(default_factory=list)
 
     @property
@@ -199,8 +233,30 @@ def format_validation_error(exc: ValidationError, what: str) -> str:
     return f"invalid {what}: " + "; ".join(parts)
 
 
-def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> ClusterConfig:
-    """Read a YAML config (or defaults), apply overrides, validate once."""
+ENV_OVERRIDES = {
+    # variable -> (section, key): how Kubernetes Secrets reach the config without being written into it
+    "PRISM_MILVUS_URI": ("milvus", "uri"),
+    "PRISM_MILVUS_TOKEN": ("milvus", "token"),
+    "PRISM_ES_URL": ("elasticsearch", "url"),
+    "PRISM_ES_API_KEY": ("elasticsearch", "api_key"),
+    "PRISM_ES_USERNAME": ("elasticsearch", "username"),
+    "PRISM_ES_PASSWORD": ("elasticsearch", "password"),
+}
+
+
+def apply_env(data: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Overlay the PRISM_* variables that are set (non-empty) onto a raw config mapping; returns a new mapping."""
+    env = os.environ if environ is None else environ
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            out.setdefault(section, {})
+            out[section] = {**out[section], key: env[var]}
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, *, env: bool = False, **overrides: Any) -> ClusterConfig:
+    """Read a YAML config (or defaults), apply top-level overrides (then PRISM_* variables if `env`), validate."""
     import yaml
 
     data: dict[str, Any] = {}
@@ -212,4 +268,6 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Clus
     for key, value in overrides.items():
         if value is not None:
             data[key] = value
+    if env:
+        data = apply_env(data)
     return parse_model(ClusterConfig, data, "config")

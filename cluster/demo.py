@@ -33,6 +33,43 @@ def prism(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "horse", "camera", "coins")
+
+
+def image_demo(base: str) -> None:
+    """Text -> image over the scikit-image sample photos, when real CLIP weights are installed."""
+    clip = httpx.get(f"{base}/health", timeout=30).json()["encoders"].get("clip", {})
+    if not clip.get("available"):
+        console.print(f"[yellow]image space off:[/yellow] {clip.get('reason', 'no CLIP encoder')}; the text spaces "
+                      "above are what runs without CLIP weights")
+        return
+    import base64
+    import io
+
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    def b64(name: str) -> str:
+        arr = getattr(skimage.data, name)()
+        arr = np.stack([arr] * 3, axis=-1) if arr.ndim == 2 else arr[..., :3]
+        buf = io.BytesIO()
+        Image.fromarray(arr.astype("uint8")).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    spec = {"spaces": {"image": {"dim": clip["dim"], "encoder": "clip", "source": "image", "modality": "image"}}}
+    httpx.put(f"{base}/v1/collections/photos", json=spec, timeout=120).raise_for_status()
+    pts = [{"id": n, "payload": {"name": n, "image": b64(n)}} for n in PHOTOS]
+    httpx.post(f"{base}/v1/collections/photos/points", json={"points": pts}, timeout=300).raise_for_status()
+    from cluster.cli import print_hits
+
+    for text in ("a cup of coffee", "a cat"):
+        r = httpx.post(f"{base}/v1/collections/photos/query", timeout=60,
+                       json={"prefetch": [{"space": "image", "text": text}], "fusion": {"method": "none"}, "limit": 3})
+        r.raise_for_status()
+        print_hits(r.json(), f"{text!r} -> scikit-image photos (CLIP)")
+
+
 def main() -> int:
     data_dir = tempfile.mkdtemp(prefix="prism-demo-")
     port = free_port()
@@ -51,6 +88,7 @@ def main() -> int:
             r.raise_for_status()
             title = f"{text!r} in {'+'.join(spaces)} ({fusion})" + (f" filter {json.dumps(flt)}" if flt else "")
             print_hits(r.json(), title)
+        image_demo(base)
         prism("status", "--data-dir", data_dir)
         return 0
     except (subprocess.CalledProcessError, httpx.HTTPError) as exc:

@@ -95,6 +95,21 @@ class ServiceHandle:
         stop_process_group(self.pid)
 
 
+def _start(name: str, cmd: list[str], log_path: Path, uri: str, health_url: str, timeout_s: float,
+           what: str) -> ServiceHandle:
+    """Spawn `cmd` in its own session (its pid is its group id), logging to `log_path`, and wait until healthy."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    handle = ServiceHandle(name, proc.pid, uri, health_url, str(log_path))
+    try:
+        wait_http_ok(health_url, timeout_s, proc, what)
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
 def start_milvus_server(data_dir: str | os.PathLike, port: int | None = None, health_port: int | None = None,
                         timeout_s: float = MILVUS_READY_TIMEOUT_S) -> ServiceHandle:
     """Start the PyPI `milvus` package's Milvus 2.3 standalone; ready when its /healthz answers 200."""
@@ -102,20 +117,9 @@ def start_milvus_server(data_dir: str | os.PathLike, port: int | None = None, he
     data.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     health_port = health_port or free_port()
-    log_path = data / "prism-milvus-launcher.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.milvus_launcher", str(data), str(port), str(health_port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    handle = ServiceHandle("milvus", proc.pid, f"http://127.0.0.1:{port}",
-                           f"http://127.0.0.1:{health_port}/healthz", str(log_path))
-    try:
-        wait_http_ok(handle.health_url, timeout_s, proc, "Milvus server")
-    except BaseException:
-        handle.stop()
-        raise
-    return handle
+    return _start("milvus", [sys.executable, "-m", "cluster.milvus_launcher", str(data), str(port), str(health_port)],
+                  data / "prism-milvus-launcher.log", f"http://127.0.0.1:{port}",
+                  f"http://127.0.0.1:{health_port}/healthz", timeout_s, "Milvus server")
 
 
 def noida_binary() -> str:
@@ -135,18 +139,8 @@ def start_elasticsearch(data_dir: str | os.PathLike, port: int | None = None,
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log_path = data / "prism-noida.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [noida_binary(), "start", "--only", "elasticsearch", "--elasticsearch-port", str(port),
-             "--host", "127.0.0.1", "--data-dir", str(data)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    handle = ServiceHandle("elasticsearch", proc.pid, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/",
-                           str(log_path))
-    try:
-        wait_http_ok(handle.health_url, timeout_s, proc, "Elasticsearch API server (noida-db)")
-    except BaseException:
-        handle.stop()
-        raise
-    return handle
+    return _start("elasticsearch",
+                  [noida_binary(), "start", "--only", "elasticsearch", "--elasticsearch-port", str(port),
+                   "--host", "127.0.0.1", "--data-dir", str(data)],
+                  data / "prism-noida.log", f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/", timeout_s,
+                  "Elasticsearch API server (noida-db)")

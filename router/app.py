@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -78,30 +78,48 @@ async def _json(request: Request) -> Any:
 class EncoderDeployment:
     """One text model behind dynamic batching. A model that cannot load is reported, never faked."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, models_dir: str | None = None):
         from router.embed import load_encoder
 
         self.name = name
         self.error: str | None = None
         try:
-            self.encoder = load_encoder(name)
+            self.encoder = load_encoder(name, models_dir)
         except ModelUnavailable as exc:
             self.encoder, self.error = None, exc.message
 
     def status(self) -> dict[str, Any]:
         if self.encoder is None:
             return {"name": self.name, "available": False, "reason": self.error}
-        return {"name": self.name, "available": True, "dim": self.encoder.dim, "max_tokens": self.encoder.max_tokens}
+        return {"name": self.name, "available": True, "dim": self.encoder.dim, "max_tokens": self.encoder.max_tokens,
+                "modalities": list(self.encoder.modalities)}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
     async def _encode_batch(self, texts: list[str]) -> list[tuple[list[float], bool]]:
         out = await asyncio.to_thread(self.encoder.encode, texts)
         return [(e.vector, e.truncated) for e in out]
 
-    async def encode(self, text: str) -> tuple[list[float], bool]:
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
+    async def _encode_document_batch(self, texts: list[str]) -> list[tuple[list[float], bool]]:
+        out = await asyncio.to_thread(self.encoder.encode_documents, texts)
+        return [(e.vector, e.truncated) for e in out]
+
+    async def encode(self, text: str, document: bool = False) -> tuple[list[float], bool]:
         if self.encoder is None:
             raise ModelUnavailable(f"encoder {self.name!r} is unavailable: {self.error}")
-        return await self._encode_batch(text)
+        return await (self._encode_document_batch(text) if document else self._encode_batch(text))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
+    async def _encode_image_batch(self, images: list[Any]) -> list[tuple[list[float], bool]]:
+        out = await asyncio.to_thread(self.encoder.encode_images, images)
+        return [(e.vector, e.truncated) for e in out]
+
+    async def encode_image(self, image: Any) -> tuple[list[float], bool]:
+        if self.encoder is None:
+            raise ModelUnavailable(f"encoder {self.name!r} is unavailable: {self.error}")
+        if "image" not in self.encoder.modalities:
+            raise InvalidRequest(f"encoder {self.name!r} embeds text only, not images")
+        return await self._encode_image_batch(image)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
@@ -118,10 +136,12 @@ class Ingress:
         self.state.max_upload_bytes = cfg.max_upload_bytes
         self.encoders = encoders
         server_uri = cfg.milvus.uri if cfg.milvus.mode != "lite" else None
+        statuses = await asyncio.gather(*(h.status.remote() for h in encoders.values()))
         self.service = PrismService(
-            cfg, encode=self._encode, server_uri=server_uri,
+            cfg, encode=self._encode, encode_images=self._encode_images, server_uri=server_uri,
+            encoders={st["name"]: st for st in statuses},
             start_shards=lambda c, specs, create=True, first_shard=0: start_ray_shards(
-                c, specs, detached=True, create=create, first_shard=first_shard),
+                c, specs, detached=True, create=create, first_shard=first_shard, placement=cfg.placement),
             stop_shards=stop_ray_shards, observe_shard=self.state.metrics.observe_shard,
             metadata=metadata_store(cfg),
         )
@@ -137,11 +157,17 @@ class Ingress:
             except Exception:  # noqa: BLE001 - healing retries on the next tick
                 pass
 
-    async def _encode(self, name: str, texts: list[str]) -> list[tuple[list[float], bool]]:
+    async def _encode(self, name: str, texts: list[str], document: bool = False) -> list[tuple[list[float], bool]]:
         handle = self.encoders.get(name)
         if handle is None:
             raise ModelUnavailable(f"encoder {name!r} is not deployed")
-        return list(await asyncio.gather(*(handle.encode.remote(t) for t in texts)))
+        return list(await asyncio.gather(*(handle.encode.remote(t, document) for t in texts)))
+
+    async def _encode_images(self, name: str, images: list[Any]) -> list[tuple[list[float], bool]]:
+        handle = self.encoders.get(name)
+        if handle is None:
+            raise ModelUnavailable(f"encoder {name!r} is not deployed")
+        return list(await asyncio.gather(*(handle.encode_image.remote(img) for img in images)))
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
@@ -173,6 +199,10 @@ class Ingress:
     async def upsert(self, name: str, request: Request):
         return await self.service.upsert(name, await _json(request))
 
+    @api.post("/v1/collections/{name}/points/vectors", response_model=UpsertResponse)
+    async def update_vectors(self, name: str, request: Request):
+        return await self.service.update_vectors(name, await _json(request))
+
     @api.post("/v1/collections/{name}/points/delete", response_model=DeleteResponse)
     async def delete_points(self, name: str, request: Request):
         return await self.service.delete_points(name, await _json(request))
@@ -188,6 +218,39 @@ class Ingress:
     async def reshard(self, name: str, request: Request) -> dict[str, Any]:
         return await self.service.reshard(name, await _json(request))
 
+    @api.post("/v1/collections/{name}/query/image", response_model=QueryResponse)
+    async def query_image(self, name: str, image: UploadFile = File(...), text: str | None = Form(None),
+                          params: str | None = Form(None)):
+        """Multipart: an image (and optional text), each embedded into its spaces and fused.
+
+        `params` (JSON): {image_spaces?, text_spaces?, limit?, filter?, fusion?, with_payload?}; by default the image
+        goes to the CLIP spaces that hold images and the text to the spaces that hold text."""
+        import base64
+
+        limit = process_state().max_upload_bytes
+        data = await image.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"image upload exceeds {limit} bytes", field="image")
+        try:
+            opts = json.loads(params) if params else {}
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"params: not JSON: {exc}", field="params") from None
+        if not isinstance(opts, dict):
+            raise InvalidRequest("params must be a JSON object", field="params")
+        spaces = self.service.coordinator(name).config.spaces
+        image_spaces = opts.pop("image_spaces", [s for s, c in spaces.items()
+                                                 if c.encoder == "clip" and c.modality == "image"])
+        text_spaces = opts.pop("text_spaces", [s for s, c in spaces.items()
+                                               if c.encoder and c.modality == "text"]) if text else []
+        b64 = base64.b64encode(data).decode()
+        prefetch = [{"space": s, "image": b64} for s in image_spaces] + [{"space": s, "text": text} for s in text_spaces]
+        if not prefetch:
+            raise InvalidRequest("no space can take this image (no CLIP space in the collection)", field="image")
+        body = {"prefetch": prefetch, **opts}
+        if len(prefetch) == 1:
+            body.setdefault("fusion", {"method": "none"})
+        return await self.service.query(name, body)
+
     @api.post("/v1/collections/{name}/query/batch", response_model=BatchQueryResponse)
     async def query_batch(self, name: str, request: Request):
         return await self.service.query_batch(name, await _json(request))
@@ -200,20 +263,21 @@ class BuildArgs(BaseModel):
     config: dict[str, Any] | None = None
 
 
-ENCODERS = ("minilm",)
+ENCODERS = ("minilm", "clip")
 
 
 def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Application:
     """The typed app builder: ClusterConfig -> encoder deployments + ingress."""
-    from cluster.config import load_config, parse_model
+    from cluster.config import encoder_actor_options, load_config, parse_model
 
     if isinstance(args, ClusterConfig):
         cfg = args
     else:
         b = parse_model(BuildArgs, args, "build args") if isinstance(args, dict) else args
-        cfg = load_config(b.config_path, **(b.config or {}))
+        cfg = load_config(b.config_path, env=True, **(b.config or {}))
     encoders = {
-        name: EncoderDeployment.options(name=f"encoder_{name}", num_replicas=cfg.encoder_replicas).bind(name)
+        name: EncoderDeployment.options(name=f"encoder_{name}", num_replicas=cfg.encoder_replicas,
+                                        ray_actor_options=encoder_actor_options(cfg.placement)).bind(name, cfg.models_dir)
         for name in ENCODERS
     }
     return Ingress.bind(cfg.model_dump(), encoders)

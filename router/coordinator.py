@@ -13,24 +13,27 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from cluster.config import CollectionConfig, FilterSettings
+from cluster.config import CollectionConfig, FilterSettings, ImageLimits
 from cluster.errors import (
     BackendError, InvalidRequest, MetadataUnavailable, ModelUnavailable, PrismError, ShardUnavailable, SpaceNotFound,
 )
 from router.expr import ids_in
 from router.filters import and_, normalise_meta, parse_filter, to_es
+from router.images import decode_base64, decode_image, load_reference
 from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
 from router.replicas import ReplicaSet, quorum
 from cluster.ring import HashRing
 from router.fusion import fuse
 from router.merge import merge_topk
 from router.models import (
-    Coverage, DeleteResponse, Hit, PayloadExclude, Point, QueryRequest, QueryResponse, ScoredId, ShardFailure,
-    UpsertResponse,
+    Coverage, DeleteResponse, Hit, PayloadExclude, Point, PointError, QueryRequest, QueryResponse, ScoredId,
+    ShardFailure, UpsertResponse,
 )
 
-# encode(encoder_name, texts) -> one (vector, truncated) per text
+# encode(encoder_name, texts, document=False) -> one (vector, truncated) per text (documents: chunked, averaged);
+# encode_images(encoder_name, PIL images)
 Encode = Callable[[str, list[str]], Awaitable[list[tuple[list[float], bool]]]]
+EncodeImages = Callable[[str, list[Any]], Awaitable[list[tuple[list[float], bool]]]]
 Observe = Callable[[int, float], None]
 DEFAULT_TIMEOUT_S = 10.0
 PREFILTER_HARD_MAX_IDS = 100_000
@@ -61,6 +64,8 @@ class Coordinator:
         observe: Observe | None = None,
         metadata: Any | None = None,
         filters: FilterSettings | None = None,
+        encode_images: EncodeImages | None = None,
+        images: ImageLimits | None = None,
     ):
         if len(replicas) != config.shards:
             raise ValueError(f"{len(replicas)} shard client lists for {config.shards} shards")
@@ -71,6 +76,8 @@ class Coordinator:
         self.observe = observe
         self.metadata = metadata  # router.metadata.MetadataStore, or None: then only pushdown filters work
         self.filters = filters or FilterSettings()
+        self.encode_images = encode_images
+        self.images = images or ImageLimits()
         self.ring = HashRing(range(config.shards))
         self.sets = [ReplicaSet(s, len(r), key=f"{config.name}/{s}") for s, r in enumerate(self.replicas)]
         self.write_quorum = quorum(config.write_quorum, min(len(r) for r in self.replicas))
@@ -339,8 +346,16 @@ class Coordinator:
         notes: list[str] = []
         for i, p in enumerate(req.prefetch):
             if p.image is not None:
-                raise ModelUnavailable(f"prefetch[{i}].image: no image encoder is configured for {p.space!r}",
-                                       field=f"prefetch[{i}].image")
+                space = self.config.spaces[p.space]
+                if not space.encoder:
+                    raise InvalidRequest(f"prefetch[{i}].image: space {p.space!r} has no encoder; send a vector",
+                                         field=f"prefetch[{i}].image")
+                field = f"prefetch[{i}].image"
+                img = decode_image(decode_base64(p.image, field), field, max_bytes=self.images.max_bytes,
+                                   max_pixels=self.images.max_pixels)
+                (vec, _), = await self._encode_images(space.encoder, [img], field)
+                self._check_vector(vec, space.dim, field)
+                out[i] = vec
         texts = [(i, p) for i, p in enumerate(req.prefetch) if p.text is not None]
         if texts:
             by_encoder: dict[str, list[int]] = defaultdict(list)
@@ -355,10 +370,15 @@ class Coordinator:
                         notes.append(f"prefetch[{i}].text was longer than encoder {encoder!r} reads; it was truncated")
         return [list(v) for v in out], notes
 
-    async def _encode(self, encoder: str, texts: list[str]) -> list[tuple[list[float], bool]]:
+    async def _encode_images(self, encoder: str, images: list[Any], field: str) -> list[tuple[list[float], bool]]:
+        if self.encode_images is None:
+            raise ModelUnavailable(f"{field}: no image encoder is available in this process", field=field)
+        return await self.encode_images(encoder, images)
+
+    async def _encode(self, encoder: str, texts: list[str], document: bool = False) -> list[tuple[list[float], bool]]:
         if self.encode is None:
             raise ModelUnavailable(f"encoder {encoder!r} is not available in this process")
-        return await self.encode(encoder, texts)
+        return await (self.encode(encoder, texts, document=True) if document else self.encode(encoder, texts))
 
     async def _hydrate(self, page: list[ScoredId], req: QueryRequest) -> tuple[list[Hit], list[str]]:
         want_payload = req.with_payload is not False and not (isinstance(req.with_payload, list) and not req.with_payload)
@@ -391,7 +411,7 @@ class Coordinator:
     # -- writes ------------------------------------------------------------------------------------------------
     async def upsert(self, points: Sequence[Point]) -> UpsertResponse:
         """Validate the whole batch first (nothing is written on bad input), embed, route by ring, write."""
-        rows, notes = await self._prepare_points(points)
+        rows, notes, failed = await self._prepare_points(points)
         by_shard: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
             by_shard[self.shard_of(row["id"])].append(row)
@@ -399,40 +419,95 @@ class Coordinator:
         if self.metadata is not None:
             # After the shards: an acknowledged upsert is searchable and, once this returns, filterable.
             await asyncio.to_thread(self.metadata.upsert, self.config.name, [(r["id"], r["payload"]) for r in rows])
-        return UpsertResponse(upserted=len(rows), notes=notes)
+        return UpsertResponse(upserted=len(rows), notes=notes, failed=failed)
 
-    async def _prepare_points(self, points: Sequence[Point]) -> tuple[list[dict[str, Any]], list[str]]:
+    async def _prepare_points(self, points: Sequence[Point]
+                              ) -> tuple[list[dict[str, Any]], list[str], list[PointError]]:
+        """Validate the batch (structural errors fail it whole, nothing written), then embed. A point whose
+        image cannot be read or embedded fails alone, with its reason; the rest of the batch lands."""
         rows = []
         notes: list[str] = []
         to_embed: dict[str, list[tuple[int, str]]] = defaultdict(list)  # space -> [(row index, text)]
+        images: dict[str, list[tuple[int, str]]] = defaultdict(list)    # space -> [(row index, reference)]
         for i, p in enumerate(points):
             vectors = dict(p.vectors or {})
             for space_name, vec in vectors.items():
                 space = self._space(space_name, f"points[{i}].vectors")
                 self._check_vector(vec, space.dim, f"points[{i}].vectors.{space_name}")
+            payload = dict(p.payload)
             for space_name, space in self.config.spaces.items():
                 if space_name in vectors or not space.source:
                     continue
-                text = p.payload.get(space.source)
-                if isinstance(text, str) and text.strip():
-                    to_embed[space_name].append((i, text))
+                value = p.payload.get(space.source)
+                if not isinstance(value, str) or not value.strip():
+                    continue
+                if space.modality == "image":
+                    images[space_name].append((i, value))
+                    if not value.startswith(("http://", "https://", "file://", "/")):
+                        payload[space.source] = f"<inline image, {len(value)} base64 characters>"
+                else:
+                    to_embed[space_name].append((i, value))
             meta = normalise_meta(p.payload, self.config.metadata, f"points[{i}].payload")
-            rows.append({"id": p.id, "payload": p.payload, "meta": meta, "vectors": vectors})
+            rows.append({"id": p.id, "payload": payload, "meta": meta, "vectors": vectors})
         for space_name, items in to_embed.items():
             space = self.config.spaces[space_name]
-            encoded = await self._encode(space.encoder, [t for _, t in items])
-            for (i, _), (v, truncated) in zip(items, encoded):
+            encoded = await self._encode(space.encoder, [t for _, t in items], document=True)
+            for (i, _), (v, _) in zip(items, encoded):
                 self._check_vector(v, space.dim, f"points[{i}].payload.{space.source}")
                 rows[i]["vectors"][space_name] = list(v)
-                if truncated:
-                    notes.append(f"points[{i}] ({rows[i]['id']!r}): {space.source!r} truncated for space {space_name!r}")
+        bad: dict[int, str] = {}
+        for space_name, items in images.items():
+            space = self.config.spaces[space_name]
+            decoded = []
+            for i, ref in items:
+                field = f"points[{i}].payload.{space.source}"
+                try:
+                    data = load_reference(ref, field, allow_network=self.images.allow_network,
+                                          max_bytes=self.images.max_bytes)
+                    decoded.append((i, decode_image(data, field, max_bytes=self.images.max_bytes,
+                                                    max_pixels=self.images.max_pixels)))
+                except InvalidRequest as exc:  # includes PayloadTooLarge: this point fails, the batch goes on
+                    bad.setdefault(i, exc.message)
+            good = [(i, img) for i, img in decoded if i not in bad]
+            if good:
+                encoded = await self._encode_images(space.encoder, [img for _, img in good],
+                                                    f"spaces.{space_name}.encoder")
+                for (i, _), (v, _) in zip(good, encoded):
+                    rows[i]["vectors"][space_name] = list(v)
+        failed = [PointError(id=rows[i]["id"], reason=reason) for i, reason in sorted(bad.items())]
+        kept = [row for i, row in enumerate(rows) if i not in bad]
         for i, row in enumerate(rows):
-            if not row["vectors"]:
+            if i not in bad and not row["vectors"]:
                 raise InvalidRequest(
                     f"points[{i}] (id {row['id']!r}) has no vector for any space and no source text to embed",
                     field=f"points[{i}].vectors",
                 )
-        return rows, notes
+        return kept, notes, failed
+
+    async def update_vectors(self, updates: Sequence[Any]) -> UpsertResponse:
+        """Replace some spaces' vectors of existing points (a re-shot photo) without re-sending or re-embedding the
+        others: their stored vectors are read back from the shard and written with the new ones."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for u in updates:
+            by_shard[self.shard_of(u.id)].append(u.id)
+        stored: dict[str, dict[str, Any]] = {}
+        for shard, ids in by_shard.items():
+            for row in await self._read(shard, "export", ids):
+                stored[row["id"]] = row
+        points, missing = [], []
+        for i, u in enumerate(updates):
+            old = stored.get(u.id)
+            if old is None:
+                missing.append(PointError(id=u.id, reason="no such point"))
+                continue
+            payload = {**old["payload"], **(u.sources or {})}
+            changed = {s for s, sp in self.config.spaces.items() if sp.source and sp.source in (u.sources or {})}
+            keep = {s: v for s, v in old["vectors"].items() if s not in changed}
+            points.append(Point(id=u.id, payload=payload, vectors={**keep, **(u.vectors or {})}))
+        if not points:
+            return UpsertResponse(upserted=0, failed=missing)
+        res = await self.upsert(points)
+        return UpsertResponse(upserted=res.upserted, failed=missing + res.failed, notes=res.notes)
 
     async def delete(self, ids: Sequence[str]) -> DeleteResponse:
         by_shard: dict[int, list[str]] = defaultdict(list)
@@ -461,7 +536,8 @@ class Coordinator:
     def resized(self, config: CollectionConfig, replicas: Sequence[Sequence[ShardClient]]) -> "Coordinator":
         """A coordinator over a new shard count that keeps the replica state and logs of the shards it shares."""
         new = Coordinator(config, replicas, encode=self.encode, timeout_s=self.timeout_s, observe=self.observe,
-                          metadata=self.metadata, filters=self.filters)
+                          metadata=self.metadata, filters=self.filters, encode_images=self.encode_images,
+                          images=self.images)
         for s in range(min(len(self.sets), len(new.sets))):
             new.sets[s], new.oplog[s] = self.sets[s], self.oplog[s]
         new._locks = self._locks

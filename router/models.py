@@ -173,6 +173,24 @@ class UpsertResponse(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+class VectorUpdate(_Strict):
+    """New vectors for some spaces of an existing point, given directly or as new source values to embed."""
+
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    vectors: dict[str, list[float]] | None = None
+    sources: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "VectorUpdate":
+        if not self.vectors and not self.sources:
+            raise ValueError(f"point {self.id!r}: give vectors or sources to update")
+        return self
+
+
+class UpdateVectorsRequest(_Strict):
+    points: list[VectorUpdate] = Field(min_length=1, max_length=MAX_BATCH_POINTS)
+
+
 class DeleteRequest(_Strict):
     ids: list[str] | None = Field(default=None, max_length=MAX_BATCH_POINTS)
     filter: dict[str, Any] | None = None

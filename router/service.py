@@ -17,7 +17,7 @@ from cluster.topology import local_shards, replica_specs
 from router.coordinator import Coordinator, Encode
 from router.models import (
     BatchQueryRequest, BatchQueryResponse, CollectionInfo, DeleteRequest, DeleteResponse, QueryRequest,
-    QueryResponse, ShardInfo, UpsertRequest, UpsertResponse,
+    QueryResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
 )
 
 # start_shards(collection, specs, create) -> shard clients; stop_shards(clients, drop)
@@ -39,7 +39,8 @@ class PrismService:
 
     def __init__(self, config: ClusterConfig, *, encode: Encode | None = None, server_uri: str | None = None,
                  start_shards: StartShards | None = None, stop_shards: StopShards | None = None,
-                 observe_shard: Callable[[str, int, float], None] | None = None, metadata: Any | None = None):
+                 observe_shard: Callable[[str, int, float], None] | None = None, metadata: Any | None = None,
+                 encode_images: Any | None = None, encoders: dict[str, dict] | None = None):
         self.config = config
         self.encode = encode
         self.server_uri = server_uri
@@ -47,6 +48,9 @@ class PrismService:
         self.stop_shards = stop_shards or _stop_local
         self.observe_shard = observe_shard
         self.metadata = metadata
+        self.encode_images = encode_images
+        # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
+        self.encoders = encoders or {}
         self.catalog_dir = config.data_path / "catalog"
         self.catalog_dir.mkdir(parents=True, exist_ok=True)
         self.coordinators: dict[str, Coordinator] = {}
@@ -73,7 +77,8 @@ class PrismService:
         specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
         clients = self.start_shards(cfg, specs, create=create)
         coord = Coordinator(cfg, clients, encode=self.encode, timeout_s=self.config.shard_timeout_s,
-                            observe=self._observer(cfg.name), metadata=self.metadata, filters=self.config.filters)
+                            observe=self._observer(cfg.name), metadata=self.metadata, filters=self.config.filters,
+                            encode_images=self.encode_images, images=self.config.images)
         self.coordinators[cfg.name] = coord
         self._clients[cfg.name] = clients
         return coord
@@ -107,18 +112,30 @@ class PrismService:
         return await self.info(name)
 
     def _check_encoders(self, cfg: CollectionConfig) -> None:
+        """Encoder names, dimensions (as the loaded model reports them) and modalities must fit each space.
+
+        An encoder that is unavailable (weights missing) does not block creation: its spaces answer 503 naming
+        the model until it is installed, and the collection's other spaces work."""
         from router.embed import ENCODER_DIMS
 
         for space_name, space in cfg.spaces.items():
             if space.encoder is None:
+                if space.modality == "image":
+                    raise InvalidRequest(f"spaces.{space_name}: an image space needs an encoder (clip)",
+                                         field=f"spaces.{space_name}.encoder")
                 continue
             if space.encoder not in ENCODER_DIMS:
                 raise InvalidRequest(f"spaces.{space_name}.encoder: unknown encoder {space.encoder!r}; "
                                      f"known: {sorted(ENCODER_DIMS)}", field=f"spaces.{space_name}.encoder")
-            if ENCODER_DIMS[space.encoder] != space.dim:
-                raise InvalidRequest(f"spaces.{space_name}.dim: encoder {space.encoder!r} gives "
-                                     f"{ENCODER_DIMS[space.encoder]} dimensions, not {space.dim}",
-                                     field=f"spaces.{space_name}.dim")
+            live = self.encoders.get(space.encoder, {})
+            dim = live.get("dim") if live.get("available") else ENCODER_DIMS[space.encoder]
+            if dim != space.dim:
+                raise InvalidRequest(f"spaces.{space_name}.dim: encoder {space.encoder!r} gives {dim} dimensions, "
+                                     f"not {space.dim}", field=f"spaces.{space_name}.dim")
+            modalities = live.get("modalities") or (["text", "image"] if space.encoder == "clip" else ["text"])
+            if space.modality not in modalities:
+                raise InvalidRequest(f"spaces.{space_name}.modality: encoder {space.encoder!r} cannot embed "
+                                     f"{space.modality}", field=f"spaces.{space_name}.modality")
 
     def coordinator(self, name: str) -> Coordinator:
         coord = self.coordinators.get(name)
@@ -213,6 +230,11 @@ class PrismService:
         coord = self.coordinator(name)
         req = parse_model(UpsertRequest, body, "upsert request")
         return await coord.upsert(req.points)
+
+    async def update_vectors(self, name: str, body: Any) -> UpsertResponse:
+        coord = self.coordinator(name)
+        req = parse_model(UpdateVectorsRequest, body, "vector update")
+        return await coord.update_vectors(req.points)
 
     async def delete_points(self, name: str, body: Any) -> DeleteResponse:
         coord = self.coordinator(name)

@@ -8,7 +8,7 @@ from typing import Any
 
 import ray
 
-from cluster.config import CollectionConfig
+from cluster.config import CollectionConfig, PlacementConfig, shard_actor_options
 from cluster.errors import ShardUnavailable
 from shards.backend import BackendSpec
 from shards.shard import Shard
@@ -40,13 +40,15 @@ class RayShardClient:
 
 
 def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *, detached: bool = False,
-                     create: bool = True, first_shard: int = 0) -> list[list[RayShardClient]]:
+                     create: bool = True, first_shard: int = 0,
+                     placement: PlacementConfig | None = None) -> list[list[RayShardClient]]:
     """Start (or find, by name) one actor per shard replica and open its collections.
 
     `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
     clients: list[list[RayShardClient]] = []
     # SPREAD places a shard's replicas on different Ray nodes when there are several (one node here: no-op).
-    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True, "scheduling_strategy": "SPREAD"}
+    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True,
+                            **shard_actor_options(placement or PlacementConfig())}
     if detached:
         opts["lifetime"] = "detached"
     for i, replica_specs in enumerate(specs):

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import base64
+import json
+
 import httpx
+import numpy as np
 import pytest
 
 from cluster.services import free_port
@@ -57,10 +61,90 @@ class Instance:
 
 @pytest.fixture(scope="session")
 def prism_server(milvus_server, tmp_path_factory):
-    inst = Instance(tmp_path_factory.mktemp("prism-e2e"), free_port(), milvus_server.uri)
+    from tests.helpers.tinyclip import build_tiny_clip
+
+    data = tmp_path_factory.mktemp("prism-e2e")
+    build_tiny_clip(data / "models" / "clip")  # found by `prism up` in DATA_DIR/models: the real loading path
+    inst = Instance(data, free_port(), milvus_server.uri)
     inst.up()
     inst.client = httpx.Client(base_url=inst.url, timeout=120)
     yield inst
     inst.client.close()
     if inst.pid and group_members(inst.pid):
         prism_cli("down", "--data-dir", str(inst.data_dir), check=False)
+
+
+CATALOG = [json.loads(line) for line in (Path(__file__).resolve().parents[2] / "deploy" / "data" / "catalog.jsonl").read_text().splitlines()]
+DIM = 8
+
+
+def emb(i: int) -> list[float]:
+    v = np.random.default_rng(i).standard_normal(DIM)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+SPEC = {
+    "spaces": {
+        "text": {"dim": 384, "encoder": "minilm", "source": "description", "index": {"type": "HNSW"}},
+        "visual": {"dim": 384, "encoder": "minilm", "source": "visual", "index": {"type": "HNSW"}},
+        "emb": {"dim": DIM, "metric": "cosine", "index": {"type": "FLAT"}},
+    },
+    "shards": 3,
+    "metadata": {"name": "text", "category": "keyword", "subcategory": "keyword", "brand": "keyword",
+                 "color": "keyword", "price": "float", "in_stock": "boolean", "description": "text"},
+}
+
+
+@pytest.fixture(scope="session")
+def products(prism_server):
+    c = prism_server.client
+    r = c.put("/v1/collections/products", json=SPEC)
+    assert r.status_code == 200, r.text
+    points = [{"id": p["id"], "payload": {k: v for k, v in p.items() if k != "id"}, "vectors": {"emb": emb(i)}}
+              for i, p in enumerate(CATALOG)]
+    r = c.post("/v1/collections/products/points", json={"points": points})
+    assert r.status_code == 200, r.text
+    assert r.json()["upserted"] == len(CATALOG)
+    return c
+
+
+
+
+PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "horse")
+
+
+def png(name: str) -> bytes:
+    """A scikit-image sample photo as PNG bytes."""
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    arr = getattr(skimage.data, name)()
+    arr = np.stack([arr] * 3, axis=-1) if arr.ndim == 2 else arr[..., :3]
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype("uint8")).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos(prism_server):
+    c = prism_server.client
+    from tests.helpers.tinyclip import DIM
+
+    assert c.get("/health").json()["encoders"]["clip"]["dim"] == DIM  # the tiny CLIP in DATA_DIR/models
+    spec = {"spaces": {"image": {"dim": DIM, "encoder": "clip", "source": "image", "modality": "image",
+                                 "index": {"type": "FLAT"}},
+                       "caption": {"dim": DIM, "encoder": "clip", "source": "caption", "index": {"type": "FLAT"}}},
+            "shards": 2}
+    assert c.put("/v1/collections/photos", json=spec).status_code == 200
+    pts = [{"id": n, "payload": {"caption": f"a photo of a {n}", "image": base64.b64encode(png(n)).decode()}}
+           for n in PHOTOS]
+    pts.append({"id": "broken", "payload": {"caption": "broken", "image": base64.b64encode(b"not an image").decode()}})
+    r = c.post("/v1/collections/photos/points", json={"points": pts})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["upserted"] == len(PHOTOS) and [f["id"] for f in body["failed"]] == ["broken"]
+    return c
+
+

@@ -7,38 +7,7 @@ import json
 import numpy as np
 import pytest
 
-CATALOG = [json.loads(line) for line in open("deploy/data/catalog.jsonl")]
-DIM = 8
-
-
-def emb(i: int) -> list[float]:
-    v = np.random.default_rng(i).standard_normal(DIM)
-    return (v / np.linalg.norm(v)).tolist()
-
-
-SPEC = {
-    "spaces": {
-        "text": {"dim": 384, "encoder": "minilm", "source": "description", "index": {"type": "HNSW"}},
-        "visual": {"dim": 384, "encoder": "minilm", "source": "visual", "index": {"type": "HNSW"}},
-        "emb": {"dim": DIM, "metric": "cosine", "index": {"type": "FLAT"}},
-    },
-    "shards": 3,
-    "metadata": {"name": "text", "category": "keyword", "subcategory": "keyword", "brand": "keyword",
-                 "color": "keyword", "price": "float", "in_stock": "boolean", "description": "text"},
-}
-
-
-@pytest.fixture(scope="module")
-def products(prism_server):
-    c = prism_server.client
-    r = c.put("/v1/collections/products", json=SPEC)
-    assert r.status_code == 200, r.text
-    points = [{"id": p["id"], "payload": {k: v for k, v in p.items() if k != "id"}, "vectors": {"emb": emb(i)}}
-              for i, p in enumerate(CATALOG)]
-    r = c.post("/v1/collections/products/points", json={"points": points})
-    assert r.status_code == 200, r.text
-    assert r.json()["upserted"] == len(CATALOG)
-    return c
+from tests.e2e.conftest import CATALOG, SPEC, emb  # noqa: F401  (fixtures and data shared with other e2e tests)
 
 
 def query(c, body, status=200):
@@ -109,12 +78,22 @@ def test_payload_and_vector_selectors(products):
     ({"prefetch": [{"space": "emb"}]}, 422, "exactly one of vector, text, image"),
     ({"prefetch": [{"space": "emb", "vector": [0.1] * 8}], "fusion": {"method": "magic"}}, 422, "fusion.method"),
     ({"prefetch": [{"space": "emb", "text": "hello"}]}, 422, "has no encoder"),
-    ({"prefetch": [{"space": "text", "image": "aGVsbG8="}]}, 503, "no image encoder"),
+    ({"prefetch": [{"space": "text", "image": "aGVsbG8="}]}, 422, "not an image"),
 ])
 def test_bad_queries_get_clear_errors(products, body, status, needle):
     r = products.post("/v1/collections/products/query", json=body)
     assert r.status_code == status, r.text
     assert needle in r.json()["message"]
+
+
+def test_an_image_for_a_text_only_encoder_is_a_clear_422(products):
+    import base64
+
+    from tests.e2e.conftest import png
+
+    r = products.post("/v1/collections/products/query",
+                      json={"prefetch": [{"space": "text", "image": base64.b64encode(png("coins")).decode()}]})
+    assert r.status_code == 422 and "embeds text only" in r.json()["message"]
 
 
 def test_bad_requests_change_nothing_and_service_keeps_answering(products):
@@ -174,8 +153,9 @@ def test_http_answer_equals_in_process_coordinator(products, prism_server, milvu
     specs = replica_specs(cfg, MilvusConfig(mode="server", uri=milvus_server.uri), prism_server.data_dir, milvus_server.uri)
     encoder = load_encoder("minilm")
 
-    async def encode(name, texts):
-        return [tuple(e) for e in encoder.encode(texts)]
+    async def encode(name, texts, document=False):
+        out = encoder.encode_documents(texts) if document else encoder.encode(texts)
+        return [tuple(e) for e in out]
 
     coord = Coordinator(cfg, local_shards(cfg, specs, create=False), encode=encode)
     bodies = [

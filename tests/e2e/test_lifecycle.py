@@ -18,6 +18,18 @@ def test_restart_keeps_collections_and_down_leaves_no_process(tmp_path):
         pts = [{"id": f"k{i}", "payload": {"i": i, "tag": "even" if i % 2 == 0 else "odd"},
                 "vectors": {"v": [1.0, i, 0.0, 1.0]}} for i in range(20)]
         assert c.post("/v1/collections/keep/points", json={"points": pts}).json()["upserted"] == 20
+        # No CLIP weights here: the image space is reported unavailable, never faked; other spaces answer.
+        clip = c.get("/health").json()["encoders"]["clip"]
+        assert clip["available"] is False and "no CLIP weights found" in clip["reason"]
+        spec = {"spaces": {"photo": {"dim": 512, "encoder": "clip", "source": "img", "modality": "image"},
+                           "v": {"dim": 4, "index": {"type": "FLAT"}}}}
+        assert c.put("/v1/collections/mixed", json=spec).status_code == 200
+        r = c.post("/v1/collections/mixed/query", json={"prefetch": [{"space": "photo", "text": "a cat"}]})
+        assert r.status_code == 503 and "'clip'" in r.json()["message"]
+        assert c.post("/v1/collections/mixed/points", json={"points": [{"id": "m1", "vectors": {"v": [1, 0, 0, 0]}}]}
+                      ).status_code == 200
+        r = c.post("/v1/collections/mixed/query", json={"prefetch": [{"space": "v", "vector": [1, 0, 0, 0]}]})
+        assert r.status_code == 200 and r.json()["hits"][0]["id"] == "m1"
     finally:
         left = inst.down()
     assert left == [], f"processes left after prism down: {left}"

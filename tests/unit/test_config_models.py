@@ -137,3 +137,47 @@ def test_expression_literals_are_escaped_not_spliced():
     assert payload_field("price") == 'payload["price"]'
     with pytest.raises(FilterError):
         payload_field('price"] or 1==1 or payload["x')
+
+
+def test_env_overrides_reach_only_their_keys(tmp_path):
+    from cluster.config import apply_env
+
+    raw = {"milvus": {"mode": "server", "uri": "http://old:19530"}, "port": 8000}
+    out = apply_env(raw, {"PRISM_MILVUS_URI": "http://milvus:19530", "PRISM_ES_API_KEY": "k", "PRISM_ES_URL": ""})
+    assert out["milvus"] == {"mode": "server", "uri": "http://milvus:19530"}
+    assert out["elasticsearch"] == {"api_key": "k"} and out["port"] == 8000
+    assert raw["milvus"]["uri"] == "http://old:19530"  # input untouched
+    p = tmp_path / "c.yaml"
+    p.write_text("milvus: {mode: server, uri: http://file:19530}\nelasticsearch: {mode: external, url: http://es:9200}\n")
+    import os
+
+    os.environ["PRISM_MILVUS_TOKEN"] = "secret-token"
+    try:
+        cfg = load_config(p, env=True)
+    finally:
+        del os.environ["PRISM_MILVUS_TOKEN"]
+    assert cfg.milvus.uri == "http://file:19530" and cfg.milvus.token == "secret-token"
+    assert cfg.elasticsearch.url == "http://es:9200"
+
+
+def test_gpu_placement_options():
+    from cluster.config import PlacementConfig, encoder_actor_options, shard_actor_options
+
+    cpu = PlacementConfig()
+    assert shard_actor_options(cpu) == {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+    assert encoder_actor_options(cpu) == {"num_cpus": 0}
+    gpu = PlacementConfig(shard_num_gpus=0.5, encoder_num_gpus=1)
+    assert shard_actor_options(gpu)["num_gpus"] == 0.5 and encoder_actor_options(gpu)["num_gpus"] == 1
+    with pytest.raises(ValidationError):
+        PlacementConfig(shard_num_gpus=-1)
+
+
+def test_chunk_windows_cover_everything_with_overlap():
+    from router.embed import chunk_ids
+
+    assert chunk_ids(list(range(10)), 20) == [list(range(10))]
+    chunks = chunk_ids(list(range(100)), 40)
+    assert chunks[0] == list(range(40)) and chunks[-1][-1] == 99
+    assert all(len(c) <= 40 for c in chunks)
+    assert all(a[-10:] == b[:10] for a, b in zip(chunks, chunks[1:]))  # a quarter of the window overlaps
+    assert sorted(set(i for c in chunks for i in c)) == list(range(100))

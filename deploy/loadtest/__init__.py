@@ -1,0 +1,1 @@
+"""Locust-based load test harness for a running prism (local or Kubernetes)."""

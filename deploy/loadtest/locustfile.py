@@ -1,0 +1,99 @@
+"""prism query mixes for Locust. Configured by environment (set by `prism loadtest`):
+
+PRISM_LT_COLLECTION, PRISM_LT_CORPUS (one query per line), PRISM_LT_WRITE_SHARE (0..1),
+PRISM_LT_API_KEY / PRISM_LT_API_KEY_HEADER, PRISM_LT_OUT (where partial-answer counts are written),
+PRISM_LT_SPACES (JSON: text spaces), PRISM_LT_FILTER (JSON: a filter for the filtered mix).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+from locust import HttpUser, constant, events, task
+
+COLLECTION = os.environ.get("PRISM_LT_COLLECTION", "products")
+CORPUS = [q.strip() for q in Path(os.environ.get("PRISM_LT_CORPUS", Path(__file__).with_name("queries.txt")))
+          .read_text().splitlines() if q.strip()]
+WRITE_SHARE = float(os.environ.get("PRISM_LT_WRITE_SHARE", "0"))
+SPACES = json.loads(os.environ.get("PRISM_LT_SPACES", '["text"]'))
+FILTER = json.loads(os.environ.get("PRISM_LT_FILTER", "null"))
+HEADERS = {os.environ.get("PRISM_LT_API_KEY_HEADER", "X-API-Key"): os.environ["PRISM_LT_API_KEY"]} \
+    if os.environ.get("PRISM_LT_API_KEY") else {}
+_partials: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # name -> [answers, partial answers]
+_lock = threading.Lock()
+_ids = iter(range(10**12))
+
+
+def _record(name: str, response) -> None:
+    if response.status_code != 200:
+        response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+        return
+    body = response.json()
+    answers = body["results"] if "results" in body else [body] if "hits" in body else []
+    with _lock:
+        for a in answers:
+            _partials[name][0] += 1
+            _partials[name][1] += bool(a.get("partial"))
+
+
+@events.quitting.add_listener
+def _write_partials(environment, **_kw) -> None:
+    out = os.environ.get("PRISM_LT_OUT")
+    if out:
+        Path(out, "partials.json").write_text(json.dumps({k: {"answers": v[0], "partial": v[1]}
+                                                          for k, v in _partials.items()}))
+
+
+QUERY_MIX = [("text", 4), ("fused", 3), ("filtered", 2), ("batch", 1)]
+
+
+class PrismUser(HttpUser):
+    """Each step is a write with probability WRITE_SHARE, else a query drawn from QUERY_MIX."""
+
+    wait_time = constant(0)
+
+    @task
+    def step(self) -> None:
+        if random.random() < WRITE_SHARE:
+            return self.write()
+        mix = [(k, w) for k, w in QUERY_MIX if k != "filtered" or FILTER is not None]
+        kind = random.choices([k for k, _ in mix], weights=[w for _, w in mix])[0]
+        getattr(self, kind)()
+
+    def _query(self, name: str, path: str, body: dict) -> None:
+        with self.client.post(f"/v1/collections/{COLLECTION}/{path}", json=body, headers=HEADERS, name=name,
+                              catch_response=True) as r:
+            _record(name, r)
+
+    def text(self) -> None:
+        self._query("query:text", "query", {"prefetch": [{"space": SPACES[0], "text": random.choice(CORPUS)}],
+                                            "fusion": {"method": "none"}, "limit": 10})
+
+    def fused(self) -> None:
+        q = random.choice(CORPUS)
+        pre = [{"space": s, "text": q, "limit": 20} for s in SPACES]
+        self._query("query:fused", "query", {"prefetch": pre, "limit": 10,
+                                             "fusion": {"method": "rrf" if len(pre) > 1 else "none"}})
+
+    def filtered(self) -> None:
+        self._query("query:filtered", "query", {"prefetch": [{"space": SPACES[0], "text": random.choice(CORPUS)}],
+                                                "fusion": {"method": "none"}, "limit": 10, "filter": FILTER})
+
+    def batch(self) -> None:
+        qs = [{"prefetch": [{"space": SPACES[0], "text": random.choice(CORPUS)}], "fusion": {"method": "none"},
+               "limit": 5} for _ in range(4)]
+        self._query("query:batch", "query/batch", {"queries": qs})
+
+    def write(self) -> None:
+        pid = f"loadtest-{os.getpid()}-{next(_ids)}"
+        payload = {f: random.choice(CORPUS) for f in ("description", "visual", "name")}
+        for name, path, body in (("write:upsert", "points", {"points": [{"id": pid, "payload": payload}]}),
+                                 ("write:delete", "points/delete", {"ids": [pid]})):
+            with self.client.post(f"/v1/collections/{COLLECTION}/{path}", json=body, headers=HEADERS, name=name,
+                                  catch_response=True) as r:
+                if r.status_code != 200:
+                    r.failure(f"HTTP {r.status_code}: {r.text[:200]}")

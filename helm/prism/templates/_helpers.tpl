@@ -1,0 +1,88 @@
+{{- define "prism.fullname" -}}
+{{- printf "%s" .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "prism.labels" -}}
+app.kubernetes.io/name: prism
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "prism.secretName" -}}
+{{- default (printf "%s-credentials" (include "prism.fullname" .)) .Values.credentials.existingSecret -}}
+{{- end -}}
+
+{{- define "prism.milvusUri" -}}
+{{- if .Values.milvus.bundled -}}
+{{- printf "http://%s-milvus:19530" .Release.Name -}}
+{{- else -}}
+{{- .Values.milvus.uri -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "prism.esUrl" -}}
+{{- if .Values.elasticsearch.bundled -}}
+{{- printf "https://%s-eck-elasticsearch-es-http:9200" .Release.Name -}}
+{{- else -}}
+{{- .Values.elasticsearch.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Serve config: the same shape as deploy/serve-config.yaml. */}}
+{{- define "prism.serveConfig" -}}
+proxy_location: EveryNode
+http_options:
+  host: 0.0.0.0
+  port: 8000
+applications:
+  - name: prism
+    route_prefix: /
+    import_path: router.app:build_app
+    args:
+      config:
+        data_dir: /var/lib/prism
+        host: 0.0.0.0
+        port: 8000
+        milvus:
+          mode: server
+          uri: {{ include "prism.milvusUri" . }}
+          gpu: {{ .Values.gpu.enabled }}
+        elasticsearch:
+          mode: external
+          url: {{ include "prism.esUrl" . }}
+        shard_timeout_s: {{ .Values.prism.shardTimeoutS }}
+        encoder_replicas: {{ .Values.prism.encoderReplicas }}
+        max_upload_bytes: {{ .Values.prism.maxUploadBytes | int }}
+        filters:
+          mode: {{ .Values.prism.filters.mode }}
+          prefilter_max_ids: {{ .Values.prism.filters.prefilterMaxIds | int }}
+        placement:
+          shard_num_gpus: {{ if .Values.gpu.enabled }}{{ .Values.gpu.shardNumGpus }}{{ else }}0{{ end }}
+          encoder_num_gpus: {{ if .Values.gpu.enabled }}{{ .Values.gpu.encoderNumGpus }}{{ else }}0{{ end }}
+        collections:
+        {{- range .Values.prism.collections }}
+          - name: {{ .name }}
+            shards: {{ .shards }}
+            replicas: {{ .replicas }}
+            write_quorum: {{ .writeQuorum | default "majority" }}
+            spaces:
+            {{- range $space, $s := .spaces }}
+              {{ $space }}:
+                dim: {{ $s.dim }}
+                metric: {{ $s.metric | default "cosine" }}
+                {{- if $s.encoder }}
+                encoder: {{ $s.encoder }}
+                source: {{ $s.source }}
+                {{- end }}
+                index:
+                {{- if $.Values.gpu.enabled }}
+                  type: {{ $.Values.gpu.indexType }}
+                  params: {{ toJson $.Values.gpu.indexParams }}
+                {{- else }}
+                  type: {{ $s.indexType | default "HNSW" }}
+                {{- end }}
+            {{- end }}
+            metadata: {{ toJson (.metadata | default dict) }}
+        {{- end }}
+{{- end -}}

@@ -1,0 +1,125 @@
+"""deploy/ manifests and the Helm chart's values, validated offline against their schemas."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from cluster.config import ClusterConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CHART = ROOT / "helm" / "prism"
+CRD = ROOT.parent / "shared" / "k8s" / "ray.io_rayservices.yaml"
+
+
+def load(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("path", sorted((DEPLOY / "k8s").glob("*.yaml")), ids=lambda p: p.name)
+def test_plain_manifests_validate_against_kubernetes_schemas(path):
+    import kubernetes_validate
+
+    for doc in yaml.safe_load_all(path.read_text()):
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_a_broken_manifest_is_rejected():
+    import kubernetes_validate
+
+    bad = load(DEPLOY / "k8s" / "service.yaml")
+    bad["spec"]["ports"][0]["port"] = "eighty"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+
+
+def crd_schema() -> dict:
+    if not CRD.exists():
+        pytest.skip(f"KubeRay RayService CRD not present at {CRD}")
+    crd = load(CRD)
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_rayservice_validates_against_the_kuberay_crd():
+    svc = load(DEPLOY / "rayservice.yaml")
+    jsonschema.validate(svc, crd_schema())
+    broken = load(DEPLOY / "rayservice.yaml")
+    broken["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "two"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, crd_schema())
+
+
+def test_rayservice_serves_exactly_the_serve_config_and_it_is_a_valid_prism_config():
+    svc = load(DEPLOY / "rayservice.yaml")
+    serve_config = load(DEPLOY / "serve-config.yaml")
+    assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == serve_config
+    app = serve_config["applications"][0]
+    assert app["import_path"] == "router.app:build_app"
+    cfg = ClusterConfig.model_validate(app["args"]["config"])
+    assert cfg.milvus.mode == "server" and cfg.elasticsearch.mode == "external"
+    head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert head["envFrom"][0]["secretRef"]["name"] == "prism-credentials"
+    gpu = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][1]
+    assert gpu["rayStartParams"]["num-gpus"] == "1" and gpu["replicas"] == 0
+
+
+def values_schema() -> dict:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+@pytest.mark.parametrize("path", [CHART / "values.yaml", *sorted((CHART / "examples").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_values_files_validate(path):
+    values = load(CHART / "values.yaml")
+    override = load(path)
+    values.update(override)  # top-level merge is enough for the schema's per-section checks
+    jsonschema.validate(values, values_schema())
+
+
+@pytest.mark.parametrize("patch", [
+    {"gpu": {"enabled": "yes"}},
+    {"gpu": {"enabled": True, "indexType": "HNSW"}},
+    {"workers": {"replicas": -1}},
+    {"milvus": {"bundled": False, "uri": "milvus:19530"}},
+    {"prism": {"collections": [{"name": "bad-name", "spaces": {"t": {"dim": 4}}}]}},
+    {"prism": {"collections": [{"name": "ok", "spaces": {"t": {"dim": 0}}}]}},
+    {"prism": {"collections": [{"name": "ok", "spaces": {"t": {"dim": 4, "indexType": "DISKANN"}}}]}},
+    {"service": {"port": 70000}},
+    {"head": {"resources": {"requests": {"cpu": "lots"}}}},
+    {"unknownKey": 1},
+])
+def test_bad_values_are_rejected(patch):
+    values = load(CHART / "values.yaml")
+    values.update(patch)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(values, values_schema())
+
+
+def test_dockerfile_is_multistage_non_root_with_healthcheck():
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "FROM python:${PYTHON_VERSION}-slim AS build" in text
+    assert "AS runtime-cpu" in text and "AS runtime-cuda" in text and "FROM runtime-${VARIANT} AS final" in text
+    assert "USER prism" in text and "useradd --create-home --uid 10001 prism" in text
+    assert "HEALTHCHECK" in text and "/health" in text
+    assert "torch==2.13.0" in text
+
+
+def test_helm_lint_and_template():
+    helm = shutil.which("helm")
+    if helm is None:
+        pytest.skip("no helm binary on this machine (none is obtainable from this project's package registries)")
+    subprocess.run([helm, "lint", str(CHART)], check=True)
+    for values in [None, *sorted((CHART / "examples").glob("*.yaml"))]:
+        args = [helm, "template", "prism", str(CHART)] + (["-f", str(values)] if values else [])
+        rendered = list(yaml.safe_load_all(subprocess.run(args, check=True, capture_output=True, text=True).stdout))
+        svc = next(d for d in rendered if d and d.get("kind") == "RayService")
+        jsonschema.validate(svc, crd_schema())
+        ClusterConfig.model_validate(yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["args"]["config"])
