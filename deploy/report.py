@@ -212,6 +212,11 @@ def write_report() -> Path:
                   "|---|---|---|---|---|",
                   f"| {ig['pipeline_points_per_s']} | {ig['baseline_points_per_s']} | {ig['ratio']} | "
                   f"{ig['raw_encode_per_s']} | {ig['ratio_vs_raw_encode']} |", ""]
+        mm = ig.get("text_image")
+        if mm:
+            lines += [f"Text + image ({mm['points']:,} points, each a JPEG and a caption; {mm['encoder']}): pipeline "
+                      f"{mm['pipeline_points_per_s']} points/s, plain loop {mm['baseline_points_per_s']} points/s, "
+                      f"ratio **{mm['ratio']}**.", ""]
     sc = _load("scaling")
     if sc:
         lines += ["## Scaling: collection size and shard count", "",

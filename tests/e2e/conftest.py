@@ -61,7 +61,7 @@ class Instance:
 
 @pytest.fixture(scope="session")
 def prism_server(milvus_server, tmp_path_factory):
-    from tests.helpers.tinyclip import build_tiny_clip
+    from deploy.tinyclip import build_tiny_clip
 
     data = tmp_path_factory.mktemp("prism-e2e")
     build_tiny_clip(data / "models" / "clip")  # found by `prism up` in DATA_DIR/models: the real loading path
@@ -130,7 +130,7 @@ def png(name: str) -> bytes:
 @pytest.fixture(scope="session")
 def photos(prism_server):
     c = prism_server.client
-    from tests.helpers.tinyclip import DIM
+    from deploy.tinyclip import DIM
 
     assert c.get("/health").json()["encoders"]["clip"]["dim"] == DIM  # the tiny CLIP in DATA_DIR/models
     spec = {"spaces": {"image": {"dim": DIM, "encoder": "clip", "source": "image", "modality": "image",

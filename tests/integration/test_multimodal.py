@@ -19,7 +19,7 @@ from cluster.topology import local_shards, replica_specs
 from router.coordinator import Coordinator
 from router.embed import clip_path, load_encoder
 from router.models import Point, QueryRequest
-from tests.helpers.tinyclip import DIM, build_tiny_clip
+from deploy.tinyclip import DIM, build_tiny_clip
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "horse", "camera", "coins")
 _n = itertools.count()

@@ -1,5 +1,6 @@
 """A tiny, randomly initialised CLIP saved as a Hugging Face directory: it exercises the real CLIP code path
-(sentence-transformers loading, both towers, the processor) without weights from a hub."""
+(sentence-transformers loading, both towers, the processor) without weights from a hub. Used by the tests and by
+the ingestion benchmark; its vectors mean nothing, its code path is the real one."""
 from __future__ import annotations
 
 import json
