@@ -255,21 +255,22 @@ def models_list(
     models_dir: Optional[str] = typer.Option(None, "--models-dir"),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
 ) -> None:
-    """What is present: each encoder, where from, its dimension and size on disk."""
+    """What is present: each encoder, where from, its dimension (read from the model) and size on disk."""
     from router.embed import ENCODER_DIMS, clip_path, minilm_path
 
-    table = Table(title="encoders")
-    for col in ("encoder", "status", "path", "dim", "size"):
-        table.add_column(col)
     where = _models_dir(models_dir, data_dir)
     for name, find in (("minilm", minilm_path), ("clip", lambda: clip_path(str(where)))):
         try:
             path = Path(find())
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            table.add_row(name, "present", str(path), str(ENCODER_DIMS[name]), f"{size / 2**20:.1f} MiB")
         except PrismError as exc:
-            table.add_row(name, "[red]missing[/red]", exc.message[:90], str(ENCODER_DIMS[name]), "-")
-    console.print(table)
+            console.print(f"{name}: [red]missing[/red] ({exc.message})", soft_wrap=True)
+            continue
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        dim = ENCODER_DIMS[name]
+        cfg_file = path / "config.json"
+        if name == "clip" and cfg_file.is_file():
+            dim = json.loads(cfg_file.read_text()).get("projection_dim", dim)
+        console.print(f"{name}: present at {path} ({dim}-d, {size / 2**20:.1f} MiB)", soft_wrap=True)
 
 
 @app.command()
