@@ -103,7 +103,7 @@ class FilterSettings(_Strict):
     """How filters are planned; `mode` other than auto forces one plan path (for tests and comparisons)."""
 
     mode: Literal["auto", "pushdown", "prefilter", "postfilter"] = "auto"
-    prefilter_max_ids: int = Field(default=10_000, ge=1, le=100_000)
+    prefilter_max_ids: int = Field(default=10_000, ge=1, le=10_000)  # <= Elasticsearch's max_result_window
     postfilter_overfetch: int = Field(default=4, ge=2, le=64)
     postfilter_max_rounds: int = Field(default=6, ge=1, le=20)
 

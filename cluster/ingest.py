@@ -82,7 +82,7 @@ class EmbedActor:
         self.spaces = spaces
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from router.images import decode_image, load_reference
+        from router.images import decode_image, is_inline, load_reference, local_path
 
         points = [json.loads(s) for s in batch["point"]]
         errors = list(batch["error"])
@@ -102,7 +102,8 @@ class EmbedActor:
                 vecs = self.encoder.encode_images([img for _, img in ok]) if ok else []
                 for (i, _), e in zip(ok, vecs):
                     points[i]["vectors"][space] = e.vector
-                    if not points[i]["payload"][src].startswith(("/", "file://", "http")):
+                    ref = points[i]["payload"][src]
+                    if is_inline(ref) and local_path(ref) is None:
                         points[i]["payload"][src] = f"<inline image, {len(points[i]['payload'][src])} base64 characters>"
             elif todo:
                 for (i, _), e in zip(todo, self.encoder.encode_documents([t for _, t in todo])):

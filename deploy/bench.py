@@ -325,7 +325,7 @@ def bench_filters(n: int, shards: int, workdir: Path, n_queries: int = 30) -> di
 
         def measure(mode: str, flt: dict | None) -> tuple[float, float, float]:
             coord = Coordinator(cfg, clients, metadata=store, timeout_s=600,
-                                filters=FilterSettings(mode=mode, prefilter_max_ids=100_000))
+                                filters=FilterSettings(mode=mode, prefilter_max_ids=10_000))
             lat, rounds = [], []
             for q in qs:
                 r = QueryRequest(prefetch=[{"space": "text", "vector": q.tolist()}], fusion={"method": "none"},

@@ -31,6 +31,26 @@ def decode_base64(data: str, field: str) -> bytes:
         raise ImageError(f"{field}: not valid base64", field=field) from None
 
 
+MAX_PATH = 4096
+
+
+def is_inline(ref: str) -> bool:
+    """Inline image data (base64 or a data URI), as opposed to a URL or an explicit file:// reference.
+
+    Not a prefix test on '/': base64 of every JPEG starts with '/9j/' (measured: it made local ingest read JPEGs
+    as file paths)."""
+    return not ref.startswith(("http://", "https://", "file://"))
+
+
+def local_path(ref: str) -> Path | None:
+    """The file a reference names: an explicit file:// URL, or a short string that is an existing file's path."""
+    if ref.startswith("file://"):
+        return Path(ref.removeprefix("file://"))
+    if len(ref) < MAX_PATH and "\n" not in ref and Path(ref).is_file():
+        return Path(ref)
+    return None
+
+
 def load_reference(ref: str, field: str, *, allow_files: bool = False, allow_network: bool = False,
                    max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """Bytes of an image given as base64 / data URI, a local path (local ingest only) or an http(s) URL."""
@@ -51,12 +71,12 @@ def load_reference(ref: str, field: str, *, allow_files: bool = False, allow_net
                 return b"".join(chunks)
         except httpx.HTTPError as exc:
             raise ImageError(f"{field}: cannot fetch {ref!r}: {exc}", field=field) from None
-    if ref.startswith("file://") or (allow_files and (ref.startswith("/") or ref.startswith("."))):
-        if not allow_files:
-            raise ImageError(f"{field}: file paths are accepted only by local ingest", field=field)
-        path = Path(ref.removeprefix("file://"))
-        if not path.is_file():
-            raise ImageError(f"{field}: no image file at {str(path)!r}", field=field)
+    if ref.startswith("file://") and not allow_files:
+        raise ImageError(f"{field}: file paths are accepted only by local ingest", field=field)
+    path = local_path(ref) if allow_files else None
+    if ref.startswith("file://") and path is not None and not path.is_file():
+        raise ImageError(f"{field}: no image file at {str(path)!r}", field=field)
+    if path is not None:
         if path.stat().st_size > max_bytes:
             raise PayloadTooLarge(f"{field}: {path.stat().st_size} bytes exceeds {max_bytes}", field=field)
         return path.read_bytes()

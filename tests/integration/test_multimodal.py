@@ -228,3 +228,19 @@ def test_partial_vector_update_reembeds_only_the_changed_space(photos_coord):
                                                     fusion={"method": "none"}, limit=2)))
     assert {h.id for h in r.hits} == {"rocket", "camera"}  # the re-shot photo now matches the rocket
     assert np.allclose(caption_vec("camera"), before, atol=1e-6)  # the caption vector was kept, not re-embedded
+
+
+def test_jpeg_base64_is_not_mistaken_for_a_path(photos_coord, tmp_path):
+    from router.images import load_reference
+
+    data = jpeg()
+    ref = b64(data)
+    assert ref.startswith("/9j/")  # every JPEG's base64 does: it looks like an absolute path
+    assert load_reference(ref, "f", allow_files=True) == data
+    f = tmp_path / "x.jpg"
+    f.write_bytes(data)
+    assert load_reference(str(f), "f", allow_files=True) == data == load_reference(f"file://{f}", "f", allow_files=True)
+    res = asyncio.run(photos_coord.upsert([Point(id="jpeg1", payload={"caption": "a camera", "image": ref})]))
+    assert res.upserted == 1 and res.failed == []
+    held = asyncio.run(photos_coord.replicas[photos_coord.shard_of("jpeg1")][0].call("get", ["jpeg1"]))
+    assert held["jpeg1"]["payload"]["image"].startswith("<inline image")  # not the base64 itself
