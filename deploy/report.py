@@ -28,6 +28,15 @@ def _plt():
         return None
 
 
+def _finish(fig, plt, machine: dict, name: str, top: float = 1.0) -> str:
+    """Every figure states the machine and date; saved under docs/bench/."""
+    fig.text(0.01, 0.01, _machine_line(machine), fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, top))
+    fig.savefig(DOCS / "bench" / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def _plot_core(core: dict) -> str | None:
     plt = _plt()
     if plt is None:
@@ -43,12 +52,7 @@ def _plot_core(core: dict) -> str | None:
     n = runs[0]["n"]
     ax.set_title(f"2-prefetch RRF query, {n:,} points x 2 spaces, {runs[0]['shards']} shards", fontsize=9)
     ax.legend(fontsize=7)
-    fig.text(0.01, 0.01, _machine_line(core["machine"]), fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    out = DOCS / "bench" / "core_p50.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out.name
+    return _finish(fig, plt, core["machine"], "core_p50.png", top=1)
 
 
 def _plot_filters(f: dict) -> str | None:
@@ -67,12 +71,7 @@ def _plot_filters(f: dict) -> str | None:
     ax.set_ylabel("p50 latency, ms (log)")
     ax.set_title(f"Filtered top-10, {f['n']:,} points, {f['shards']} shards, per plan path", fontsize=9)
     ax.legend(fontsize=7)
-    fig.text(0.01, 0.01, _machine_line(f["machine"]), fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    out = DOCS / "bench" / "filters_p50.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out.name
+    return _finish(fig, plt, f["machine"], "filters_p50.png", top=1)
 
 
 def _plot_serving(sv: dict) -> str | None:
@@ -90,12 +89,7 @@ def _plot_serving(sv: dict) -> str | None:
     ax.set_ylabel("per second")
     ax.set_title(f"End-to-end text query throughput, {sv['n']:,} points", fontsize=9)
     ax.legend(fontsize=7)
-    fig.text(0.01, 0.01, _machine_line(sv["machine"]), fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    out = DOCS / "bench" / "serving_qps.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out.name
+    return _finish(fig, plt, sv["machine"], "serving_qps.png", top=1)
 
 
 def _plot_scaling(sc: dict) -> str | None:
@@ -117,12 +111,7 @@ def _plot_scaling(sc: dict) -> str | None:
     b.set_xlabel(f"shards ({big:,} points)")
     b.legend(fontsize=7)
     fig.suptitle("How query cost grows (milvus-lite, Ray actors, 384-d HNSW)", fontsize=9)
-    fig.text(0.01, 0.01, _machine_line(sc["machine"]), fontsize=6)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    out = DOCS / "bench" / "scaling.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out.name
+    return _finish(fig, plt, sc["machine"], "scaling.png", top=0.95)
 
 
 def write_report() -> Path:
