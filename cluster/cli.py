@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cluster.config import DEFAULT_DATA_DIR, DEFAULT_PORT, MilvusConfig, load_config
+from cluster.config import DEFAULT_DATA_DIR, DEFAULT_PORT, load_config
 from cluster.errors import PrismError
 
 app = typer.Typer(help="prism: sharded multimodal search on Ray + Milvus.", no_args_is_help=True,

@@ -68,7 +68,7 @@ class TextEncoder:
         if not texts:
             return []
         with self._lock:
-            lengths = [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+            lengths = [len(ids) for ids in self._tok()(texts, add_special_tokens=True)["input_ids"]]
             vecs = self.model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
                                      show_progress_bar=False)
         return [Encoded(v.astype(float).tolist(), n > self.max_tokens) for v, n in zip(vecs, lengths)]

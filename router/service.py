@@ -5,10 +5,9 @@ The ingress (router/app.py) holds one of these and delegates every endpoint to i
 from __future__ import annotations
 
 import asyncio
-import json
+import time
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig, CollectionConfig, check_index_support, parse_model
@@ -180,11 +179,9 @@ class PrismService:
         Copy moved points to their new shards, switch reads and writes to the new ring (a moved point now sits
         in both places, and the merge keeps one), then delete the old copies and drop emptied shards.
         """
-        import time as _time
-
         if not isinstance(body, dict) or not isinstance(body.get("shards"), int) or isinstance(body.get("shards"), bool):
             raise InvalidRequest("reshard body must be {\"shards\": N}", field="shards")
-        t0 = _time.perf_counter()
+        t0 = time.perf_counter()
         async with self._lock:
             old = self.coordinator(name)
             cfg = parse_model(CollectionConfig, {**old.config.model_dump(), "shards": body["shards"]}, "reshard")
@@ -210,7 +207,7 @@ class PrismService:
                 await asyncio.to_thread(self.stop_shards, [old.replicas[s] for s in range(cfg.shards, n_old)], True)
             (self.catalog_dir / f"{name}.json").write_text(cfg.model_dump_json(indent=2))
         return {"collection": name, "shards": cfg.shards, "moved": moved,
-                "seconds": round(_time.perf_counter() - t0, 2)}
+                "seconds": round(time.perf_counter() - t0, 2)}
 
     async def heal(self) -> None:
         for coord in list(self.coordinators.values()):

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import io
 import itertools
-import os
 import struct
 import zlib
 
