@@ -15,6 +15,8 @@ MAX_SHARDS = 256
 MAX_REPLICAS = 8
 DEFAULT_PORT = 8000
 DEFAULT_DATA_DIR = ".prism"
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # request bodies, uploads and images: larger is a 413
+MAX_IMAGE_PIXELS = 40_000_000       # decoded image size; larger is refused as a decompression bomb
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 
@@ -111,8 +113,8 @@ class FilterSettings(_Strict):
 class ImageLimits(_Strict):
     """Image inputs: size limits checked before decoding; URLs only when explicitly allowed."""
 
-    max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(default=40_000_000, ge=1024)
+    max_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
+    max_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1024)
     allow_network: bool = False
 
 
@@ -201,7 +203,7 @@ class ClusterConfig(_Strict):
     filters: FilterSettings = Field(default_factory=FilterSettings)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
     encoder_replicas: int = Field(default=1, ge=1, le=16)
     models_dir: str | None = None  # where CLIP weights are looked for (else PRISM_MODELS_DIR, else the HF cache)
     images: "ImageLimits" = Field(default_factory=lambda: ImageLimits())

@@ -1,8 +1,10 @@
 """The prism error tree. Milvus, Elasticsearch and Ray errors are translated into these at the boundary.
 
     PrismError                      base; carries an HTTP status for the ingress
-    ├── InvalidRequest              400/422: bad input, names the field
+    ├── InvalidRequest              422: bad input, names the field
     │   ├── FilterError             a malformed or untranslatable filter clause
+    │   ├── ImageError              an image that cannot be read, fetched or decoded
+    │   ├── ConfigError             a configuration value that cannot work (quorum, shard layout, ...)
     │   └── PayloadTooLarge         413
     ├── CollectionNotFound          404
     ├── SpaceNotFound               404: unknown named vector space
@@ -17,8 +19,15 @@ from __future__ import annotations
 MAX_MESSAGE = 500
 
 
-def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
+def truncate(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` cut to `limit` characters, marked with '...' where it was cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(exc: BaseException, limit: int = 200) -> str:
+    """A short, one-line account of an exception for answers and logs (prism errors by their message)."""
+    text = exc.message if isinstance(exc, PrismError) else f"{type(exc).__name__}: {exc}"
+    return truncate(text, limit)
 
 
 class PrismError(Exception):
@@ -28,8 +37,8 @@ class PrismError(Exception):
     code = "internal"
 
     def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(_truncate(message))
-        self.message = _truncate(message)
+        super().__init__(truncate(message))
+        self.message = truncate(message)
         self.field = field
 
     def to_dict(self) -> dict:
@@ -46,6 +55,14 @@ class InvalidRequest(PrismError):
 
 class FilterError(InvalidRequest):
     code = "invalid_filter"
+
+
+class ImageError(InvalidRequest):
+    code = "invalid_image"
+
+
+class ConfigError(InvalidRequest):
+    code = "invalid_config"
 
 
 class PayloadTooLarge(InvalidRequest):

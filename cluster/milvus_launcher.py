@@ -6,15 +6,10 @@ second server on the machine dies at start. Here both are chosen free, and etcd 
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cluster.services import free_port
 
 
 def main(argv: list[str]) -> int:
@@ -24,14 +19,14 @@ def main(argv: list[str]) -> int:
     server = milvus.MilvusServer(wait_for_started=False)
     server.set_base_dir(data_dir)
     server.config.set("proxy_port", port)
-    server.config.set("etcd_port", _free_port())
+    server.config.set("etcd_port", free_port())
     server.webservice_port = health_port  # start() probes upward from here; it is free, so it is kept
 
     write_config = server.config.write_config
 
     def write_with_etcd_config() -> None:
         write_config()
-        client, peer = server.config.get("etcd_port"), _free_port()
+        client, peer = server.config.get("etcd_port"), free_port()
         etcd_yaml = Path(data_dir) / "configs" / "embed-etcd.yaml"
         etcd_yaml.write_text(
             f"listen-client-urls: http://127.0.0.1:{client}\nadvertise-client-urls: http://127.0.0.1:{client}\n"

@@ -28,10 +28,6 @@ class HashRing:
         for node in nodes:
             self.add(node)
 
-    @property
-    def nodes(self) -> list[int | str]:
-        return list(self._nodes)
-
     def add(self, node: int | str) -> None:
         if node in self._nodes:
             raise ValueError(f"node {node!r} is already on the ring")

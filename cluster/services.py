@@ -1,4 +1,5 @@
-"""Local real services started as subprocesses: the bundled Milvus 2.3 standalone (and later the ES-API server).
+"""Local real services started as subprocesses: the bundled Milvus 2.3 standalone and the Elasticsearch-API
+server (noida-db).
 
 Each runs in its own process group (start_new_session) and is stopped by signalling the whole group: the Milvus
 wrapper forks the real server binary, and killing only the wrapper leaves it running.

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from router.models import ScoredId
+from cluster.errors import InvalidRequest
+from shards.api import ScoredId
 
 DEFAULT_RRF_K = 60
 
@@ -13,9 +14,9 @@ def _check_weights(lists: Sequence[Sequence[ScoredId]], weights: Sequence[float]
     if weights is None:
         return [1.0] * len(lists)
     if len(weights) != len(lists):
-        raise ValueError(f"{len(weights)} weights for {len(lists)} lists")
+        raise InvalidRequest(f"fusion.weights: {len(weights)} weights for {len(lists)} lists", field="fusion.weights")
     if any(w < 0 for w in weights):
-        raise ValueError(f"weights must be >= 0, got {list(weights)!r}")
+        raise InvalidRequest(f"fusion.weights must be >= 0, got {list(weights)!r}", field="fusion.weights")
     return [float(w) for w in weights]
 
 
@@ -36,7 +37,7 @@ def rrf(
     and an id found only in such lists is left out. Within one list only an id's first rank counts.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k!r}")
+        raise InvalidRequest(f"fusion.k must be >= 1, got {k!r}", field="fusion.k")
     ws = _check_weights(lists, weights)
     scores: dict[str, float] = {}
     for lst, w in zip(lists, ws):
@@ -99,7 +100,7 @@ def fuse(
         return dbsf(lists, weights=weights, limit=limit)
     if method == "none":
         if len(lists) != 1:
-            raise ValueError(f"fusion 'none' takes exactly one list, got {len(lists)}")
+            raise InvalidRequest(f"fusion 'none' takes exactly one list, got {len(lists)}", field="fusion.method")
         out = [ScoredId(h.id, float(h.score)) for h in lists[0]]
         return out if limit is None else out[:limit]
-    raise ValueError(f"unknown fusion method {method!r}")
+    raise InvalidRequest(f"unknown fusion method {method!r}", field="fusion.method")

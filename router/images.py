@@ -10,14 +10,8 @@ import binascii
 import io
 from pathlib import Path
 
-from cluster.errors import InvalidRequest, PayloadTooLarge
-
-DEFAULT_MAX_BYTES = 8 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
-
-
-class ImageError(InvalidRequest):
-    code = "invalid_image"
+from cluster.config import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS, MAX_UPLOAD_BYTES as DEFAULT_MAX_BYTES
+from cluster.errors import ImageError, PayloadTooLarge
 
 
 def decode_base64(data: str, field: str) -> bytes:

@@ -102,6 +102,3 @@ class MetadataStore:
             return set()
         q = {"bool": {"filter": [query, {"ids": {"values": list(ids)}}]}}
         return set(self.ids(collection, q, limit=len(ids)))
-
-    def refresh(self, collection: str) -> None:
-        self._call("refresh", self.es.indices.refresh, index=index_name(collection))

@@ -1,6 +1,7 @@
 """Prometheus series exposed at GET /metrics (documented in the README)."""
 from __future__ import annotations
 
+from cluster.config import MAX_UPLOAD_BYTES
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -19,6 +20,8 @@ class Metrics:
                                        ["collection", "shard"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.errors = Counter("prism_errors_total", "Error answers by code", ["endpoint", "code"],
                               registry=self.registry)
+        self.heal_failures = Counter("prism_heal_failures_total", "Replica probes or catch-ups that failed in the "
+                                     "background healer", registry=self.registry)
         self.partial = Counter("prism_partial_answers_total", "Query answers missing at least one shard",
                                ["collection"], registry=self.registry)
 
@@ -38,7 +41,7 @@ class ProcessState:
 
     def __init__(self) -> None:
         self.metrics = Metrics()
-        self.max_upload_bytes = 8 * 1024 * 1024
+        self.max_upload_bytes = MAX_UPLOAD_BYTES
 
 
 _STATE: ProcessState | None = None

@@ -3,7 +3,8 @@ import math
 import pytest
 
 from router.fusion import dbsf, fuse, rrf
-from router.models import ScoredId as S
+from cluster.errors import InvalidRequest
+from shards.api import ScoredId as S
 
 
 def ids(hits):
@@ -31,7 +32,7 @@ def test_rrf_k_changes_scores_not_inputs():
     assert rrf(lists, k=1)[0].score == pytest.approx(1 / 2)
     assert rrf(lists, k=100)[1].score == pytest.approx(1 / 102)
     assert lists == snapshot
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequest):
         rrf(lists, k=0)
 
 
@@ -43,9 +44,9 @@ def test_rrf_weights_and_zero_weight():
     assert out["y"] == pytest.approx(2 / 62 + 1 / 61)
     zero = rrf([a, b], weights=[1.0, 0.0])
     assert ids(zero) == ["x", "y"]  # z came only from the zero-weight list
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequest):
         rrf([a, b], weights=[1.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequest):
         rrf([a, b], weights=[1.0, -1.0])
 
 
@@ -91,9 +92,9 @@ def test_fuse_dispatch():
     a = [S("x", 0.2), S("y", 0.1)]
     assert fuse("none", [a]) == a
     assert fuse("none", [a], limit=1) == [S("x", 0.2)]
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequest):
         fuse("none", [a, a])
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequest):
         fuse("borda", [a])
     assert fuse("rrf", [a], k=10) == rrf([a], k=10)
     assert fuse("dbsf", [a]) == dbsf([a])

@@ -1,18 +1,12 @@
 import pytest
 
+from cluster.errors import ConfigError
 from router.replicas import FAIL_THRESHOLD, ReplicaSet, quorum
-
-
-class Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
+from tests.clock import FakeClock
 
 
 def make(n=3, **kw):
-    clock = Clock()
+    clock = FakeClock(100.0)
     return ReplicaSet(0, n, key="c/0", clock=clock, **kw), clock
 
 
@@ -21,7 +15,7 @@ def test_quorum_settings():
     assert [quorum("majority", n) for n in (1, 2, 3, 4, 5)] == [1, 2, 2, 3, 3]
     assert quorum(1, 3) == 1
     for bad in (0, 4, True, "most"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             quorum(bad, 3)
 
 
@@ -43,7 +37,7 @@ def test_failures_demote_then_kill_and_probe_timing():
         rs.on_failure(first, "timeout")
     assert rs.read_order()[-1] == first and not rs.states[first].healthy  # dead: last resort only
     assert rs.needs_healing() == []  # probe not due yet
-    clock.t += 1.5
+    clock.advance(1.5)
     assert rs.needs_healing() == [first]
     rs.on_success(first, 0.01)
     assert rs.read_order()[0] == first and rs.states[first].failures == 0
