@@ -9,7 +9,7 @@ documents that lack the field; arrays match when any element does; a `should` li
 Pushdown: shards store a normalised `meta` JSON column (mapped fields only; keywords as string arrays; numbers,
 booleans; dates as epoch milliseconds; no nulls, no empty arrays). Every leaf is rendered as
 `((exists meta["f"]) and ...)` so milvus-lite and the Milvus 2.3 server, whose three-valued logic differs on
-missing keys, both give Elasticsearch's answer. Values pass through router.expr's strict literals only.
+missing keys, both give Elasticsearch's answer. Values pass through shards.expr's strict literals only.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from datetime import date, datetime, timezone
 from typing import Any, Union
 
 from cluster.errors import FilterError, InvalidRequest
-from router.expr import MAX_STRING, list_literal, literal, quote_string
+from shards.expr import MAX_STRING, list_literal, literal, quote_string
 
 MAX_DEPTH = 64
 MAX_TERMS = 1024
@@ -320,65 +320,6 @@ def normalise_meta(payload: dict[str, Any], mapping: dict[str, str], path: str =
 
 def _bad(path: str, ftype: str, v: Any):
     raise FilterError(f"{path}: {ftype} field expects a {ftype} value, got {_show(v)}", field=path)
-
-
-# -- Python truth (the test oracle, and a cross-check) ---------------------------------------------------------
-def evaluate(node: Node, point_id: str, payload: dict[str, Any], mapping: dict[str, str]) -> bool:
-    """Whether a point matches, by Elasticsearch semantics over its raw payload."""
-    if isinstance(node, Bool):
-        if not all(evaluate(c, point_id, payload, mapping) for c in node.must + node.filter):
-            return False
-        if any(evaluate(c, point_id, payload, mapping) for c in node.must_not):
-            return False
-        need = node.required_should
-        return need == 0 or sum(evaluate(c, point_id, payload, mapping) for c in node.should) >= need
-    if isinstance(node, Ids):
-        return point_id in node.values
-    values = _values(payload.get(node.field))
-    if isinstance(node, Exists):
-        return bool(values)
-    ftype = mapping[node.field]
-    if isinstance(node, Match):
-        have = {t for v in values for t in tokens(v)}
-        want = tokens(node.query)
-        if not want:
-            return False
-        return all(t in have for t in want) if node.operator == "and" else any(t in have for t in want)
-    conv = [c for c in (_comparable(v, ftype) for v in values) if c is not None]
-    if isinstance(node, Term):
-        return _comparable(node.value, ftype) in conv
-    if isinstance(node, Terms):
-        wanted = {_comparable(v, ftype) for v in node.values}
-        return any(c in wanted for c in conv)
-    if isinstance(node, Range):
-        bounds = {k: _comparable(getattr(node, k), ftype) for k in ("gt", "gte", "lt", "lte")
-                  if getattr(node, k) is not None}
-        return any(_in_range(c, bounds) for c in conv)
-    raise TypeError(node)
-
-
-def _values(v: Any) -> list[Any]:
-    if v is None:
-        return []
-    return [x for x in v if x is not None] if isinstance(v, list) else [v]
-
-
-def _comparable(v: Any, ftype: str) -> Any:
-    if ftype in NUMERIC:
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-    if ftype == "date":
-        try:
-            return epoch_ms(v) if isinstance(v, str) else None
-        except FilterError:
-            return None
-    if ftype == "boolean":
-        return v if isinstance(v, bool) else None
-    return v if isinstance(v, str) else None
-
-
-def _in_range(c: Any, bounds: dict[str, Any]) -> bool:
-    return ((("gt" not in bounds) or c > bounds["gt"]) and (("gte" not in bounds) or c >= bounds["gte"])
-            and (("lt" not in bounds) or c < bounds["lt"]) and (("lte" not in bounds) or c <= bounds["lte"]))
 
 
 # -- Milvus translation ----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from router.models import ScoredId
+from shards.api import ScoredId
 
 
 def _rank_key(hit: ScoredId) -> tuple[float, str]:

@@ -1,23 +1,17 @@
 """Typed requests and responses of the HTTP API v1. One typed object in, one typed object out."""
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shards.api import MAX_ID_LENGTH, ScoredId  # noqa: F401 - ScoredId is part of the router's vocabulary too
 
 MAX_LIMIT = 10_000
 MAX_PREFETCH = 16
 MAX_BATCH_POINTS = 2_000
 MAX_BATCH_QUERIES = 64
-MAX_ID_LENGTH = 256
 MAX_TEXT_CHARS = 20_000
-
-
-class ScoredId(NamedTuple):
-    """One search hit inside the router: higher score is always better (L2 distances are negated)."""
-
-    id: str
-    score: float
 
 
 class _Strict(BaseModel):

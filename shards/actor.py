@@ -4,12 +4,14 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ray
 
 from cluster.config import CollectionConfig, PlacementConfig, shard_actor_options
 from cluster.errors import ShardUnavailable
+from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
 from shards.shard import Shard
 
@@ -24,19 +26,43 @@ def actor_name(collection: str, shard: int, replica: int) -> str:
 
 
 class RayShardClient:
-    """Calls a ShardActor; actor death becomes ShardUnavailable, shard errors arrive as their own types."""
+    """`ShardApi` over a ShardActor; actor death becomes ShardUnavailable, shard errors arrive as their own types."""
 
     def __init__(self, actor: Any, shard: int, replica: int):
         self.actor = actor
         self.shard = shard
         self.replica = replica
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _await(self, ref: Any) -> Any:
         try:
-            return await getattr(self.actor, method).remote(*args, **kwargs)
+            return await ref
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             raise ShardUnavailable(f"shard {self.shard} replica {self.replica} actor is gone: {exc}",
                                    shards=[self.shard]) from exc
+
+    async def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
+        return await self._await(self.actor.search_many.remote(specs))
+
+    async def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
+        return await self._await(self.actor.get.remote(ids, with_vectors))
+
+    async def upsert(self, points: Sequence[PointRow]) -> int:
+        return await self._await(self.actor.upsert.remote(points))
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        return await self._await(self.actor.delete.remote(ids))
+
+    async def export(self, ids: Sequence[str]) -> list[PointRow]:
+        return await self._await(self.actor.export.remote(ids))
+
+    async def ids(self) -> list[str]:
+        return await self._await(self.actor.ids.remote())
+
+    async def count(self) -> dict[str, int]:
+        return await self._await(self.actor.count.remote())
+
+    async def ping(self) -> dict[str, int]:
+        return await self._await(self.actor.ping.remote())
 
 
 def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *, detached: bool = False,

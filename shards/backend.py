@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from cluster.config import IndexConfig, SpaceConfig
 from cluster.errors import BackendError, InvalidRequest
-from router.expr import ids_in
-from router.models import MAX_ID_LENGTH, ScoredId
+from shards.api import MAX_ID_LENGTH, ScoredId
+from shards.expr import ids_in
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,12 @@ def build_params(index: IndexConfig) -> dict[str, Any]:
 class MilvusBackend:
     """Collections holding (id, vec, payload JSON) rows; reads see this replica's own writes (see STRONG_WINDOW_S)."""
 
-    def __init__(self, spec: BackendSpec):
+    def __init__(self, spec: BackendSpec, clock: Callable[[], float] = time.monotonic):
         from pymilvus import MilvusClient
 
         self.spec = spec
-        self._opened = time.monotonic()
+        self.clock = clock
+        self._opened = clock()
         self._last_write: dict[str, float] = {}
         try:
             self.client = MilvusClient(uri=spec.uri, token=spec.token or "")
@@ -133,22 +134,22 @@ class MilvusBackend:
         if self.spec.kind == "lite":
             return "Strong"
         last = max(self._last_write.get(name, 0.0), self._opened)
-        return "Strong" if time.monotonic() - last < STRONG_WINDOW_S else "Bounded"
+        return "Strong" if self.clock() - last < STRONG_WINDOW_S else "Bounded"
 
     # -- writes ------------------------------------------------------------------------------------------------
     def upsert(self, name: str, rows: Sequence[dict[str, Any]]) -> int:
         if not rows:
             return 0
-        self._last_write[name] = time.monotonic()
+        self._last_write[name] = self.clock()
         res = self.client.upsert(name, list(rows))
-        self._last_write[name] = time.monotonic()
+        self._last_write[name] = self.clock()
         return int(res.get("upsert_count", len(rows))) if isinstance(res, dict) else len(rows)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
-            self._last_write[name] = time.monotonic()
+            self._last_write[name] = self.clock()
             self.client.delete(name, filter=ids_in(ids))
-            self._last_write[name] = time.monotonic()
+            self._last_write[name] = self.clock()
 
     # -- reads -------------------------------------------------------------------------------------------------
     def search(

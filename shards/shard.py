@@ -1,4 +1,5 @@
-"""A shard replica: one Milvus collection per vector space. Plain Python; `shards.actor` wraps it for Ray."""
+"""A shard replica: one Milvus collection per vector space. Plain, synchronous Python: the methods of
+`shards.api.ShardApi`, which `shards.local` (threads) and `shards.actor` (a Ray actor) make asynchronous."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,7 +7,7 @@ from typing import Any
 
 from cluster.config import CollectionConfig, check_index_support
 from cluster.errors import BackendError, PrismError, SpaceNotFound
-from router.models import ScoredId
+from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend
 
 
@@ -56,16 +57,16 @@ class Shard:
         return self.backend.describe_index(self._name(space))
 
     # -- writes ------------------------------------------------------------------------------------------------
-    def upsert(self, points: Sequence[dict[str, Any]]) -> int:
-        """Points are {id, payload, meta?, vectors: {space: [...]}}; each space gets the points carrying its vector."""
+    def upsert(self, points: Sequence[PointRow]) -> int:
+        """Each space stores the points carrying its vector."""
         self._ensure_open()
         per_space: dict[str, list[dict[str, Any]]] = {s: [] for s in self.config.spaces}
         for p in points:
-            for space, vec in (p.get("vectors") or {}).items():
+            for space, vec in p.vectors.items():
                 if space not in per_space:
-                    raise SpaceNotFound(f"unknown space {space!r} for point {p['id']!r}", field="vectors")
-                per_space[space].append({ID_FIELD: p["id"], VECTOR_FIELD: vec, PAYLOAD_FIELD: p.get("payload") or {},
-                                         META_FIELD: p.get("meta") or {}})
+                    raise SpaceNotFound(f"unknown space {space!r} for point {p.id!r}", field="vectors")
+                per_space[space].append({ID_FIELD: p.id, VECTOR_FIELD: vec, PAYLOAD_FIELD: p.payload,
+                                         META_FIELD: p.meta})
         for space, rows in per_space.items():
             self._call(self.backend.upsert, self.names[space], rows)
         return len(points)
@@ -93,28 +94,26 @@ class Shard:
             self.backend.search, self._name(space), self.config.spaces[space], vectors, limit, expr, params
         )
 
-    def search_many(self, requests: Sequence[dict[str, Any]]) -> list[list[ScoredId]]:
-        """Several single-vector searches in one call (one RPC per shard per query): [{space, vector, limit, expr?, params?}]."""
-        return [
-            self.search(r["space"], [r["vector"]], r["limit"], r.get("expr"), r.get("params"))[0] for r in requests
-        ]
+    def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
+        """Several single-vector searches in one call (one round trip per shard per query)."""
+        return [self.search(s.space, [s.vector], s.limit, s.expr, s.params)[0] for s in specs]
 
-    def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
         """Payload (and vectors of the named spaces) of the ids held here."""
         self._ensure_open()
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, StoredPoint] = {}
         missing = list(ids)
         for space, name in self.names.items():
             if not missing:
                 break
             rows = self._call(self.backend.get, name, missing)
             for pid, row in rows.items():
-                out[pid] = {"payload": row["payload"], "vectors": {}}
+                out[pid] = StoredPoint(payload=row["payload"])
             missing = [i for i in missing if i not in out]
         for space in with_vectors:
             rows = self._call(self.backend.get, self._name(space), list(out), True)
             for pid, row in rows.items():
-                out[pid]["vectors"][space] = row["vector"]
+                out[pid].vectors[space] = row["vector"]
         return out
 
     def wait_indexed(self, timeout_s: float = 1800.0) -> float:
@@ -138,14 +137,14 @@ class Shard:
             out.update(self._call(self.backend.ids, name))
         return sorted(out)
 
-    def export(self, ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Points in upsert form ({id, payload, meta, vectors}) for copying to another shard."""
+    def export(self, ids: Sequence[str]) -> list[PointRow]:
+        """Whole stored points, for copying to another shard."""
         self._ensure_open()
-        points: dict[str, dict[str, Any]] = {}
+        points: dict[str, PointRow] = {}
         for space, name in self.names.items():
             for pid, row in self._call(self.backend.rows, name, list(ids)).items():
-                p = points.setdefault(pid, {"id": pid, "payload": row["payload"], "meta": row["meta"], "vectors": {}})
-                p["vectors"][space] = row["vector"]
+                p = points.setdefault(pid, PointRow(id=pid, payload=row["payload"], meta=row["meta"]))
+                p.vectors[space] = row["vector"]
         return list(points.values())
 
     def count(self) -> dict[str, int]:
@@ -166,16 +165,3 @@ class Shard:
         except Exception as exc:  # noqa: BLE001 - Milvus errors become typed prism errors here
             raise BackendError(f"shard {self.shard} replica {self.replica}: {exc}") from exc
 
-
-class LocalShardClient:
-    """Calls a plain Shard in a worker thread: the in-process twin of `shards.actor.RayShardClient`."""
-
-    def __init__(self, shard: Shard):
-        self.target = shard
-        self.shard = shard.shard
-        self.replica = shard.replica
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        import asyncio
-
-        return await asyncio.to_thread(getattr(self.target, method), *args, **kwargs)

@@ -11,9 +11,10 @@ import pytest
 
 from cluster.config import CollectionConfig, FilterSettings, MilvusConfig
 from cluster.errors import PrismError
-from cluster.topology import local_shards, replica_specs
+from shards.local import local_shards, replica_specs
 from router.coordinator import Coordinator
-from router.filters import evaluate, parse_filter, to_milvus
+from router.filters import parse_filter, to_milvus
+from tests.oracle import evaluate
 from router.fusion import rrf
 from router.metadata import MetadataStore
 from router.models import Point, QueryRequest, ScoredId
@@ -107,15 +108,15 @@ def world(request, es_server, tmp_path_factory):
     for s in vecs:
         vecs[s] /= np.linalg.norm(vecs[s], axis=1, keepdims=True)
     payloads = [make_payload(rng, i) for i in range(N)]
-    writer = Coordinator(cfg, clients, metadata=store)
+    writer = Coordinator.from_clients(cfg, clients, metadata=store)
     for start in range(0, N, 500):
         pts = [Point(id=f"p{i}", payload=payloads[i], vectors={s: vecs[s][i].tolist() for s in DIMS})
                for i in range(start, min(N, start + 500))]
         asyncio.run(writer.upsert(pts))
-    coords = {mode: Coordinator(cfg, clients, metadata=store,
+    coords = {mode: Coordinator.from_clients(cfg, clients, metadata=store,
                                 filters=FilterSettings(mode=mode, prefilter_max_ids=N))
               for mode in ("pushdown", "prefilter", "postfilter")}
-    coords["auto"] = Coordinator(cfg, clients, metadata=store, filters=FilterSettings(prefilter_max_ids=100))
+    coords["auto"] = Coordinator.from_clients(cfg, clients, metadata=store, filters=FilterSettings(prefilter_max_ids=100))
     yield {"cfg": cfg, "coords": coords, "vecs": vecs, "payloads": payloads, "store": store}
     store.drop_index(cfg.name)
 

@@ -3,7 +3,7 @@ from pydantic import ValidationError
 
 from cluster.config import ClusterConfig, CollectionConfig, IndexConfig, MilvusConfig, SpaceConfig, check_index_support, load_config
 from cluster.errors import FilterError, InvalidRequest
-from router.expr import ids_in, literal, payload_field, quote_string
+from shards.expr import ids_in, literal, payload_field, quote_string
 from router.models import DeleteRequest, Fusion, Point, QueryRequest, UpsertRequest
 
 

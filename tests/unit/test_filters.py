@@ -2,10 +2,11 @@ import pytest
 
 from cluster.errors import FilterError, InvalidRequest
 from router.filters import (
-    Bool, Exists, Ids, Match, Range, Term, Terms, and_, evaluate, normalise_meta, parse_filter, split_conjuncts,
-    to_es, to_milvus, tokens,
+    Bool, Exists, Ids, Match, Range, Term, Terms, and_, normalise_meta, parse_filter, split_conjuncts, to_es,
+    to_milvus, tokens,
 )
 from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
+from tests.oracle import evaluate
 
 MAPPING = {"cat": "keyword", "price": "float", "qty": "integer", "ok": "boolean", "day": "date", "title": "text"}
 

@@ -1,0 +1,80 @@
+"""The shard contract: what a shard replica answers, as typed records. Pure: no Ray, no Milvus.
+
+`ShardApi` is the asynchronous seam the router talks to; the in-process client (`shards.local`) and the Ray
+client (`shards.actor`) implement it over the same plain `shards.shard.Shard`, so both answer identically.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+MAX_ID_LENGTH = 256
+
+
+class ScoredId(NamedTuple):
+    """One search hit: higher score is always better (L2 distances are negated)."""
+
+    id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One single-vector search in one space: `expr` is a Milvus boolean expression built by `shards.expr`."""
+
+    space: str
+    vector: list[float]
+    limit: int
+    expr: str | None = None
+    params: dict[str, Any] | None = None
+
+
+@dataclass
+class PointRow:
+    """A point as shards store it: payload, its normalised filterable projection (`meta`), vectors per space."""
+
+    id: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    vectors: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class StoredPoint:
+    """What `get` returns per id: the payload and the vectors of the spaces asked for."""
+
+    payload: dict[str, Any]
+    vectors: dict[str, list[float]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ShardApi(Protocol):
+    """One shard replica, as the router calls it."""
+
+    shard: int
+    replica: int
+
+    async def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
+        """Several searches in one call (one round trip per shard per query); one hit list per spec."""
+
+    async def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
+        """Payloads (and the named spaces' vectors) of the ids held here."""
+
+    async def upsert(self, points: Sequence[PointRow]) -> int:
+        """Insert or replace; each space stores the points carrying its vector. Returns how many were written."""
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        """Delete from every space; returns how many of `ids` existed here."""
+
+    async def export(self, ids: Sequence[str]) -> list[PointRow]:
+        """Whole stored points, for copying to another shard."""
+
+    async def ids(self) -> list[str]:
+        """Every id held here, sorted."""
+
+    async def count(self) -> dict[str, int]:
+        """Points per space."""
+
+    async def ping(self) -> dict[str, int]:
+        """Cheap liveness check: {shard, replica}."""

@@ -1,0 +1,92 @@
+"""Where every shard replica's data lives, and the in-process shard client: the Ray-free twin of `shards.actor`."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from cluster.config import CollectionConfig, MilvusConfig
+from cluster.errors import ConfigError
+from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
+from shards.backend import BackendSpec
+from shards.shard import Shard
+
+
+def replica_specs(collection: CollectionConfig, milvus: MilvusConfig, data_dir: str | Path,
+                  server_uri: str | None = None) -> list[list[BackendSpec]]:
+    """A BackendSpec per shard replica: its own milvus-lite directory, or its own collections on a server."""
+    out = []
+    for s in range(collection.shards):
+        row = []
+        for r in range(collection.replicas):
+            if milvus.mode == "lite":
+                path = Path(data_dir).resolve() / "milvus" / collection.name / f"s{s}_r{r}"
+                path.mkdir(parents=True, exist_ok=True)
+                row.append(BackendSpec(kind="lite", uri=str(path / "milvus.db")))
+            else:
+                uri = milvus.uri if milvus.mode == "server" else server_uri
+                if not uri:
+                    raise ConfigError("the bundled Milvus server is not running: no uri to connect to",
+                                      field="milvus.uri")
+                row.append(BackendSpec(kind="server", uri=uri, token=milvus.token, gpu=milvus.gpu))
+        out.append(row)
+    return out
+
+
+class LocalShardClient:
+    """`ShardApi` over a plain Shard in this process, each call in a worker thread."""
+
+    def __init__(self, shard: Shard):
+        self.target = shard
+        self.shard = shard.shard
+        self.replica = shard.replica
+
+    async def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
+        return await asyncio.to_thread(self.target.search_many, specs)
+
+    async def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
+        return await asyncio.to_thread(self.target.get, ids, with_vectors)
+
+    async def upsert(self, points: Sequence[PointRow]) -> int:
+        return await asyncio.to_thread(self.target.upsert, points)
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        return await asyncio.to_thread(self.target.delete, ids)
+
+    async def export(self, ids: Sequence[str]) -> list[PointRow]:
+        return await asyncio.to_thread(self.target.export, ids)
+
+    async def ids(self) -> list[str]:
+        return await asyncio.to_thread(self.target.ids)
+
+    async def count(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.target.count)
+
+    async def ping(self) -> dict[str, int]:
+        return self.target.ping()
+
+
+def local_shards(collection: CollectionConfig, specs: list[list[BackendSpec]], create: bool = True,
+                 first_shard: int = 0) -> list[list[LocalShardClient]]:
+    """In-process shards: the Ray-free twin of `shards.actor.start_ray_shards`.
+
+    `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
+    clients = []
+    for i, row in enumerate(specs):
+        s = first_shard + i
+        clients.append([LocalShardClient(Shard(collection, s, r, spec)) for r, spec in enumerate(row)])
+    if create:
+        for row in clients:
+            for c in row:
+                c.target.create()
+    return clients
+
+
+def stop_local_shards(clients: Sequence[Sequence[LocalShardClient]], drop: bool = False) -> None:
+    """Close (or drop) every replica's collections: the twin of `shards.actor.stop_ray_shards`."""
+    for row in clients:
+        for c in row:
+            if drop:
+                c.target.drop()
+            else:
+                c.target.close()
