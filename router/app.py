@@ -3,6 +3,7 @@ every endpoint to a plain PrismService. `build_app` is the typed builder that de
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -14,10 +15,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError
+from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError, describe
 from router.metrics import process_state
 from router.models import BatchQueryResponse, CollectionInfo, DeleteResponse, QueryResponse, UpsertResponse
 
+log = logging.getLogger("prism.ingress")
 VERSION = "0.1.0"
 api = FastAPI(title="prism", version=VERSION, description="Sharded multimodal search on Ray Serve and Milvus.")
 
@@ -76,7 +78,8 @@ async def _json(request: Request) -> Any:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 class EncoderDeployment:
-    """One text model behind dynamic batching. A model that cannot load is reported, never faked."""
+    """One encoder (text, or CLIP's text and image towers) behind dynamic batching. A model that cannot load is
+    reported, never faked."""
 
     def __init__(self, name: str, models_dir: str | None = None):
         from router.embed import load_encoder
@@ -149,13 +152,17 @@ class Ingress:
         self._healer = asyncio.create_task(self._heal_forever())
 
     async def _heal_forever(self, period_s: float = 1.0) -> None:
-        """Probe dead replicas and replay missed writes in the background."""
+        """Probe dead replicas and replay missed writes in the background; failures are logged and counted."""
         while True:
             await asyncio.sleep(period_s)
             try:
-                await self.service.heal()
-            except Exception:  # noqa: BLE001 - healing retries on the next tick
-                pass
+                done = await self.service.heal()
+            except Exception as exc:  # noqa: BLE001 - healing retries on the next tick
+                log.warning("healing pass failed: %s", describe(exc))
+                self.state.metrics.heal_failures.inc()
+                continue
+            if done["failed"]:
+                self.state.metrics.heal_failures.inc(done["failed"])
 
     async def _encode(self, name: str, texts: list[str], document: bool = False) -> list[tuple[list[float], bool]]:
         handle = self.encoders.get(name)
@@ -225,31 +232,8 @@ class Ingress:
 
         `params` (JSON): {image_spaces?, text_spaces?, limit?, filter?, fusion?, with_payload?}; by default the image
         goes to the CLIP spaces that hold images and the text to the spaces that hold text."""
-        import base64
-
-        limit = process_state().max_upload_bytes
-        data = await image.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"image upload exceeds {limit} bytes", field="image")
-        try:
-            opts = json.loads(params) if params else {}
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"params: not JSON: {exc}", field="params") from None
-        if not isinstance(opts, dict):
-            raise InvalidRequest("params must be a JSON object", field="params")
-        spaces = self.service.coordinator(name).config.spaces
-        image_spaces = opts.pop("image_spaces", [s for s, c in spaces.items()
-                                                 if c.encoder == "clip" and c.modality == "image"])
-        text_spaces = opts.pop("text_spaces", [s for s, c in spaces.items()
-                                               if c.encoder and c.modality == "text"]) if text else []
-        b64 = base64.b64encode(data).decode()
-        prefetch = [{"space": s, "image": b64} for s in image_spaces] + [{"space": s, "text": text} for s in text_spaces]
-        if not prefetch:
-            raise InvalidRequest("no space can take this image (no CLIP space in the collection)", field="image")
-        body = {"prefetch": prefetch, **opts}
-        if len(prefetch) == 1:
-            body.setdefault("fusion", {"method": "none"})
-        return await self.service.query(name, body)
+        data = await image.read(process_state().max_upload_bytes + 1)
+        return await self.service.query_image(name, data, text, params)
 
     @api.post("/v1/collections/{name}/query/batch", response_model=BatchQueryResponse)
     async def query_batch(self, name: str, request: Request):

@@ -1,20 +1,32 @@
-"""Replica ordering, health and write quorum for one shard. Pure: no Ray, no I/O, the clock is injected.
+"""One shard's replicas: their ordering, health and write quorum (`ReplicaSet`, pure, clock injected) and the
+replication protocol over them (`ReplicatedShard`: read failover, sequenced quorum writes, operation log, heal).
 
 A replica is *readable* when it has applied every acknowledged write of its shard (applied_seq >= committed; a
 write still in flight, or one that missed its quorum, does not make the others unreadable) and
 *healthy* unless it failed `fail_threshold` calls in a row (or its actor died). Reads go to healthy readable
 replicas in a stable ring order (so caches stay warm), demoting a replica whose latency EWMA is far above the
-best one; a dead-but-readable replica is tried only as a last resort. Writes go to the readable, healthy ones and
-are acknowledged at the write quorum; the rest catch up by replaying the shard's operation log before they
-serve reads again.
+best one; a dead-but-readable replica is tried only as a last resort. Writes go to the healthy replicas that have
+applied every write issued so far, and are acknowledged at the write quorum; the rest catch up by replaying the
+shard's operation log before they serve reads again.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+from cluster.config import CollectionConfig
+from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable, SpaceNotFound, describe
 from cluster.ring import HashRing
+from shards.api import PointRow, ShardApi
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FAIL_THRESHOLD = 3
 PROBE_INTERVAL_S = 1.0
@@ -29,7 +41,8 @@ def quorum(setting: str | int, replicas: int) -> int:
     if setting == "majority":
         return replicas // 2 + 1
     if isinstance(setting, bool) or not isinstance(setting, int) or not 1 <= setting <= replicas:
-        raise ValueError(f"write quorum must be 'all', 'majority' or 1..{replicas}, got {setting!r}")
+        raise ConfigError(f"write quorum must be 'all', 'majority' or 1..{replicas}, got {setting!r}",
+                          field="write_quorum")
     return setting
 
 
@@ -93,6 +106,14 @@ class ReplicaSet:
         self.seq += 1
         return self.seq
 
+    def abandon(self, seq: int) -> None:
+        """The write `seq` (the last one issued) was refused as a bad request: it never happened."""
+        if seq != self.seq:
+            raise RuntimeError(f"only the last write can be abandoned (last {self.seq}, got {seq})")
+        self.seq -= 1
+        for st in self.states:
+            st.applied_seq = min(st.applied_seq, self.seq)
+
     def commit(self, seq: int) -> None:
         """The write `seq` reached its quorum: replicas without it are stale from now on."""
         self.committed = max(self.committed, seq)
@@ -141,3 +162,173 @@ class ReplicaSet:
         return [{"replica": st.replica, "state": st.state(self.committed), "applied_seq": st.applied_seq,
                  "shard_seq": self.committed, "ewma_ms": None if st.ewma_ms is None else round(st.ewma_ms, 2),
                  "last_error": st.last_error} for st in self.states]
+
+
+DEFAULT_TIMEOUT_S = 10.0
+OPLOG_MAX_OPS = 20_000   # per shard; a replica further behind than this needs a full resync (not automatic)
+HEAL_PING_TIMEOUT_S = 2.0
+# Errors that describe the request, not the replica: they propagate instead of triggering failover.
+REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
+
+
+@dataclass(frozen=True)
+class LoggedOp:
+    """One sequenced write, kept so replicas that missed it can replay it in order."""
+
+    seq: int
+    kind: str  # "upsert" | "delete"
+    args: Sequence[Any]
+
+
+async def _apply(client: ShardApi, kind: str, args: Sequence[Any]) -> int:
+    if kind == "upsert":
+        return await client.upsert(args)
+    if kind == "delete":
+        return await client.delete(args)
+    raise ValueError(f"unknown write kind {kind!r}")
+
+
+class ReplicatedShard:
+    """The replicas of one shard behind one read/write interface; the router never picks a replica itself."""
+
+    def __init__(self, shard: int, clients: Sequence[ShardApi], *, key: str = "", write_quorum: str | int = "majority",
+                 timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
+                 observe: Callable[[int, float], None] | None = None):
+        self.shard = shard
+        self.clients = list(clients)
+        self.state = ReplicaSet(shard, len(self.clients), key=key, clock=clock)
+        self.quorum = quorum(write_quorum, len(self.clients))
+        self.timeout_s = timeout_s
+        self.observe = observe
+        self.log: deque[LoggedOp] = deque(maxlen=OPLOG_MAX_OPS)
+        self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _lock(self) -> asyncio.Lock:
+        """Per event loop: this shard's writes and replays apply in sequence order."""
+        return self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+    # -- reads -------------------------------------------------------------------------------------------------
+    async def read(self, op: Callable[[ShardApi], Awaitable[T]], *, timed: bool = False) -> T:
+        """`op` on the replicas in ring/health order, failing over within this call. `timed` feeds `observe`."""
+        rs = self.state
+        order = rs.read_order()
+        if not order:
+            raise ShardUnavailable(f"shard {self.shard} unavailable: no replica has caught up with its writes",
+                                   shards=[self.shard])
+        reasons = []
+        for r in order:
+            t0 = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(op(self.clients[r]), self.timeout_s)
+            except REQUEST_ERRORS:
+                raise
+            except asyncio.TimeoutError:
+                reason = f"replica {r}: no answer within {self.timeout_s:g}s"
+                rs.on_failure(r, reason)
+            except ShardUnavailable as exc:  # the actor is gone: dead at once
+                reason = f"replica {r}: {exc.message}"
+                rs.on_failure(r, reason, fatal=True)
+            except Exception as exc:  # noqa: BLE001 - any replica fault means: try the next one
+                reason = f"replica {r}: {describe(exc)}"
+                rs.on_failure(r, reason)
+            else:
+                elapsed = time.perf_counter() - t0
+                rs.on_success(r, elapsed)
+                if timed and self.observe is not None:
+                    self.observe(self.shard, elapsed)
+                return result
+            reasons.append(reason)
+        raise ShardUnavailable(f"shard {self.shard} unavailable: " + "; ".join(reasons), shards=[self.shard])
+
+    # -- writes ------------------------------------------------------------------------------------------------
+    async def upsert(self, rows: Sequence[PointRow]) -> list[int]:
+        return await self._write("upsert", list(rows))
+
+    async def delete(self, ids: Sequence[str]) -> list[int]:
+        return await self._write("delete", list(ids))
+
+    async def _write(self, kind: str, args: Sequence[Any]) -> list[int]:
+        """Sequence the write, send it to every caught-up replica, acknowledge at the write quorum.
+
+        Replicas that miss it (down, failed, or already behind) are stale until `heal` replays the log to them.
+        A write a replica refuses as a bad request never enters the log (replaying it would only fail again)."""
+        async with self._lock():
+            rs = self.state
+            targets = rs.write_targets()
+            seq = rs.next_seq()
+            results = await asyncio.gather(
+                *(asyncio.wait_for(_apply(self.clients[r], kind, args), self.timeout_s) for r in targets),
+                return_exceptions=True,
+            )
+            refused = next((res for res in results if isinstance(res, REQUEST_ERRORS)), None)
+            if refused is not None:
+                rs.abandon(seq)
+                raise refused
+            self.log.append(LoggedOp(seq, kind, args))
+            acked, errors = [], []
+            for r, res in zip(targets, results):
+                if isinstance(res, BaseException):
+                    reason = f"replica {r}: {describe(res)}"
+                    rs.on_failure(r, reason, fatal=isinstance(res, ShardUnavailable))
+                    errors.append(reason)
+                else:
+                    rs.applied(r, seq)
+                    rs.on_success(r)
+                    acked.append(res)
+            if len(acked) < self.quorum:
+                raise ShardUnavailable(
+                    f"write to shard {self.shard} not acknowledged: {len(acked)} of {len(self.clients)} replicas "
+                    f"applied it, quorum is {self.quorum}" + (f" ({'; '.join(errors)})" if errors else ""),
+                    shards=[self.shard])
+            rs.commit(seq)
+            return acked
+
+    # -- healing -----------------------------------------------------------------------------------------------
+    async def heal(self) -> tuple[int, int]:
+        """Probe dead replicas and replay missed writes to stale ones; returns (healed, failed)."""
+        healed = failed = 0
+        for r in self.state.needs_healing():
+            async with self._lock():
+                try:
+                    await self._catch_up(r)
+                    healed += 1
+                except Exception as exc:  # noqa: BLE001 - recorded on the replica, retried on the next probe
+                    self.state.probe_failed(r, f"heal: {describe(exc)}")
+                    log.warning("shard %d replica %d: heal failed: %s", self.shard, r, describe(exc))
+                    failed += 1
+        return healed, failed
+
+    async def _catch_up(self, r: int) -> None:
+        rs, client = self.state, self.clients[r]
+        await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)
+        start = rs.states[r].applied_seq
+        ops = [op for op in self.log if op.seq > start]
+        if ops and ops[0].seq != start + 1:
+            raise ShardUnavailable(f"replica {r} of shard {self.shard} is {rs.seq - start} writes behind, beyond the "
+                                   f"operation log ({OPLOG_MAX_OPS} ops): it needs a full resync", shards=[self.shard])
+        for op in ops:
+            await asyncio.wait_for(_apply(client, op.kind, op.args), self.timeout_s)
+            rs.applied(r, op.seq)
+        rs.on_success(r)
+
+    # -- status ------------------------------------------------------------------------------------------------
+    async def counts(self) -> list[dict[str, int] | None]:
+        """Points per space on every replica (None where one did not answer)."""
+        async def one(client: ShardApi) -> dict[str, int] | None:
+            try:
+                return await asyncio.wait_for(client.count(), self.timeout_s)
+            except Exception:  # noqa: BLE001 - a replica that does not answer is reported as such
+                return None
+        return list(await asyncio.gather(*(one(c) for c in self.clients)))
+
+    def describe(self) -> list[dict]:
+        return self.state.describe()
+
+
+def replicate(config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *, first_shard: int = 0,
+              timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
+              observe: Callable[[int, float], None] | None = None) -> list[ReplicatedShard]:
+    """One ReplicatedShard per row of clients; `clients[i]` are the replicas of shard `first_shard + i`."""
+    return [ReplicatedShard(first_shard + i, row, key=f"{config.name}/{first_shard + i}",
+                            write_quorum=config.write_quorum, timeout_s=timeout_s, clock=clock, observe=observe)
+            for i, row in enumerate(clients)]

@@ -5,32 +5,27 @@ The ingress (router/app.py) holds one of these and delegates every endpoint to i
 from __future__ import annotations
 
 import asyncio
-import time
+import base64
+import json
 import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
 from cluster.config import ClusterConfig, CollectionConfig, check_index_support, parse_model
-from cluster.errors import CollectionExists, CollectionNotFound, InvalidRequest
-from cluster.topology import local_shards, replica_specs
-from router.coordinator import Coordinator, Encode
+from cluster.errors import BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge
+from router.coordinator import Coordinator
 from router.models import (
     BatchQueryRequest, BatchQueryResponse, CollectionInfo, DeleteRequest, DeleteResponse, QueryRequest,
     QueryResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
 )
+from router.reshard import reshard
+from router.vectors import Encode
+from shards.local import local_shards, replica_specs, stop_local_shards
 
-# start_shards(collection, specs, create) -> shard clients; stop_shards(clients, drop)
+# start_shards(collection, specs, create=True, first_shard=0) -> shard clients; stop_shards(clients, drop)
 StartShards = Callable[..., list]
 StopShards = Callable[..., None]
-
-
-def _stop_local(clients, drop: bool = False) -> None:
-    for row in clients:
-        for c in row:
-            if drop:
-                c.target.drop()
-            else:
-                c.target.close()
 
 
 class PrismService:
@@ -44,7 +39,7 @@ class PrismService:
         self.encode = encode
         self.server_uri = server_uri
         self.start_shards = start_shards or local_shards
-        self.stop_shards = stop_shards or _stop_local
+        self.stop_shards = stop_shards or stop_local_shards
         self.observe_shard = observe_shard
         self.metadata = metadata
         self.encode_images = encode_images
@@ -53,7 +48,6 @@ class PrismService:
         self.catalog_dir = config.data_path / "catalog"
         self.catalog_dir.mkdir(parents=True, exist_ok=True)
         self.coordinators: dict[str, Coordinator] = {}
-        self._clients: dict[str, list] = {}
         self._lock = asyncio.Lock()
 
     # -- collections -------------------------------------------------------------------------------------------
@@ -64,7 +58,7 @@ class PrismService:
             cfg = CollectionConfig.model_validate_json(path.read_text())
             if self.metadata is not None:
                 self.metadata.ensure_index(cfg)
-            self._open(cfg, create=True)
+            self._open(cfg)
             names.append(cfg.name)
         for cfg in self.config.collections:
             if cfg.name not in self.coordinators:
@@ -72,14 +66,15 @@ class PrismService:
                 names.append(cfg.name)
         return names
 
-    def _open(self, cfg: CollectionConfig, create: bool) -> Coordinator:
+    def _open(self, cfg: CollectionConfig) -> Coordinator:
+        """Start (or reattach to) the collection's shard replicas, creating their Milvus collections if absent."""
         specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
-        clients = self.start_shards(cfg, specs, create=create)
-        coord = Coordinator(cfg, clients, encode=self.encode, timeout_s=self.config.shard_timeout_s,
-                            observe=self._observer(cfg.name), metadata=self.metadata, filters=self.config.filters,
-                            encode_images=self.encode_images, images=self.config.images)
+        clients = self.start_shards(cfg, specs, create=True)
+        coord = Coordinator.from_clients(
+            cfg, clients, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
+            encode=self.encode, encode_images=self.encode_images, images=self.config.images,
+            metadata=self.metadata, filters=self.config.filters)
         self.coordinators[cfg.name] = coord
-        self._clients[cfg.name] = clients
         return coord
 
     def _observer(self, name: str):
@@ -96,7 +91,7 @@ class PrismService:
                 raise InvalidRequest(f"spaces.{space_name}.{exc.message}", field=f"spaces.{space_name}.index.type")
         if self.metadata is not None:
             self.metadata.ensure_index(cfg)
-        self._open(cfg, create=True)
+        self._open(cfg)
         (self.catalog_dir / f"{cfg.name}.json").write_text(cfg.model_dump_json(indent=2))
 
     async def create_collection(self, name: str, body: dict[str, Any]) -> CollectionInfo:
@@ -161,10 +156,9 @@ class PrismService:
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
         async with self._lock:
-            self.coordinator(name)
+            coord = self.coordinator(name)
             self.coordinators.pop(name)
-            clients = self._clients.pop(name)
-            await asyncio.to_thread(self.stop_shards, clients, True)
+            await asyncio.to_thread(self.stop_shards, [sh.clients for sh in coord.shards], True)
             (self.catalog_dir / f"{name}.json").unlink(missing_ok=True)
             if self.metadata is not None:
                 await asyncio.to_thread(self.metadata.drop_index, name)
@@ -174,11 +168,7 @@ class PrismService:
         return {"deleted": name}
 
     async def reshard(self, name: str, body: Any) -> dict[str, Any]:
-        """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile.
-
-        Copy moved points to their new shards, switch reads and writes to the new ring (a moved point now sits
-        in both places, and the merge keeps one), then delete the old copies and drop emptied shards.
-        """
+        """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile."""
         if not isinstance(body, dict) or not isinstance(body.get("shards"), int) or isinstance(body.get("shards"), bool):
             raise InvalidRequest("reshard body must be {\"shards\": N}", field="shards")
         t0 = time.perf_counter()
@@ -188,38 +178,33 @@ class PrismService:
             if cfg.shards == old.config.shards:
                 return {"collection": name, "shards": cfg.shards, "moved": 0, "seconds": 0.0}
             n_old = old.config.shards
-            specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
-            added = self.start_shards(cfg, specs[n_old:], create=True, first_shard=n_old) if cfg.shards > n_old else []
-            clients = [old.replicas[s] for s in range(min(cfg.shards, n_old))] + added
-            new = old.resized(cfg, clients)
-            old.read_only = f"resharding to {cfg.shards} shards"
-            moves = await old.plan_moves(cfg.shards)
-            moved = await old.copy_points(new, moves)
-            # From here on reads and writes use the new ring; a moved point also still sits in its old shard,
-            # and the heap merge keeps one copy, so queries see every point exactly once throughout.
-            self.coordinators[name] = new
-            self._clients[name] = clients
-            for (s, _), ids in moves.items():
-                if s < cfg.shards:
-                    for i in range(0, len(ids), 1000):
-                        await new._write(s, "delete", ids[i : i + 1000])
-            if cfg.shards < n_old:
-                await asyncio.to_thread(self.stop_shards, [old.replicas[s] for s in range(cfg.shards, n_old)], True)
-            (self.catalog_dir / f"{name}.json").write_text(cfg.model_dump_json(indent=2))
+
+            def start_added() -> list:
+                specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
+                return self.start_shards(cfg, specs[n_old:], create=True, first_shard=n_old)
+
+            def switch(new: Coordinator) -> None:
+                self.coordinators[name] = new
+                (self.catalog_dir / f"{name}.json").write_text(cfg.model_dump_json(indent=2))
+
+            moved = await reshard(old, cfg, start_added=start_added, stop=self.stop_shards, switch=switch)
         return {"collection": name, "shards": cfg.shards, "moved": moved,
                 "seconds": round(time.perf_counter() - t0, 2)}
 
-    async def heal(self) -> None:
+    async def heal(self) -> dict[str, int]:
+        """One healing pass over every collection: {"healed": replicas caught up, "failed": probes that failed}."""
+        total = {"healed": 0, "failed": 0}
         for coord in list(self.coordinators.values()):
-            await coord.heal()
+            for key, n in (await coord.heal()).items():
+                total[key] += n
+        return total
 
     def list_collections(self) -> list[str]:
         return sorted(self.coordinators)
 
     def close(self) -> None:
-        for name, clients in list(self._clients.items()):
-            self.stop_shards(clients, False)
-        self._clients.clear()
+        for coord in list(self.coordinators.values()):
+            self.stop_shards([sh.clients for sh in coord.shards], False)
         self.coordinators.clear()
 
     # -- data --------------------------------------------------------------------------------------------------
@@ -244,6 +229,35 @@ class PrismService:
         coord = self.coordinator(name)
         return await coord.query(parse_model(QueryRequest, body, "query"))
 
+    async def query_image(self, name: str, image: bytes, text: str | None = None,
+                          params: str | None = None) -> QueryResponse:
+        """An uploaded image (and optional text), each embedded into its spaces and fused.
+
+        `params` (JSON): {image_spaces?, text_spaces?, limit?, filter?, fusion?, with_payload?}; by default the image
+        goes to the CLIP spaces that hold images and the text to the spaces that hold text."""
+        limit = self.config.max_upload_bytes
+        if len(image) > limit:
+            raise PayloadTooLarge(f"image upload exceeds {limit} bytes", field="image")
+        try:
+            opts = json.loads(params) if params else {}
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"params: not JSON: {exc}", field="params") from None
+        if not isinstance(opts, dict):
+            raise InvalidRequest("params must be a JSON object", field="params")
+        spaces = self.coordinator(name).config.spaces
+        image_spaces = opts.pop("image_spaces", [s for s, c in spaces.items()
+                                                 if c.encoder == "clip" and c.modality == "image"])
+        text_spaces = opts.pop("text_spaces", [s for s, c in spaces.items()
+                                               if c.encoder and c.modality == "text"]) if text else []
+        b64 = base64.b64encode(image).decode()
+        prefetch = [{"space": s, "image": b64} for s in image_spaces] + [{"space": s, "text": text} for s in text_spaces]
+        if not prefetch:
+            raise InvalidRequest("no space can take this image (no CLIP space in the collection)", field="image")
+        body = {"prefetch": prefetch, **opts}
+        if len(prefetch) == 1:
+            body.setdefault("fusion", {"method": "none"})
+        return await self.query(name, body)
+
     async def query_batch(self, name: str, body: Any) -> BatchQueryResponse:
         coord = self.coordinator(name)
         req = parse_model(BatchQueryRequest, body, "batch query")
@@ -262,7 +276,5 @@ def metadata_store(config: ClusterConfig):
 
     store = MetadataStore(es.url, api_key=es.api_key, username=es.username, password=es.password)
     if not store.ping():
-        from cluster.errors import BackendError
-
         raise BackendError(f"Elasticsearch at {es.url!r} does not answer")
     return store

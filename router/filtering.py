@@ -1,0 +1,104 @@
+"""Filter execution: the Elasticsearch questions a plan needs, and the post-filter over-fetch rounds.
+
+`router.plan` decides (pure); this runs what it decided against the metadata store, which is reached in worker
+threads (the official client is synchronous). The shard search itself is injected, so no shard code is here.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cluster.config import CollectionConfig, FilterSettings
+from cluster.errors import MetadataUnavailable
+from router.filters import and_, parse_filter, to_es
+from router.merge import merge_topk
+from router.models import QueryRequest
+from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
+from shards.api import ScoredId, SearchSpec
+from shards.expr import ids_in
+
+# Elasticsearch returns at most index.max_result_window (10,000 by default) hits per search, noida-db the same:
+# a larger id set cannot be fetched in one request, so it is post-filtered instead (measured: a forced
+# pre-filter of 20,185 ids failed with "Result window is too large").
+PREFILTER_HARD_MAX_IDS = 10_000
+NOTHING = "(false)"  # a pre-filter whose id set is empty: nothing to search
+
+# search(spec) -> (each answering shard's hits, {failed shard: reason})
+Search = Callable[[SearchSpec], Awaitable[tuple[list[list[ScoredId]], dict[int, str]]]]
+
+
+class Filtering:
+    """Plans each prefetch's filter and answers its Elasticsearch parts."""
+
+    def __init__(self, config: CollectionConfig, metadata: Any | None, settings: FilterSettings | None = None):
+        self.config = config
+        self.metadata = metadata  # router.metadata.MetadataStore, or None: then only pushdown filters work
+        self.settings = settings or FilterSettings()
+
+    async def plan(self, req: QueryRequest) -> list[FilterPlan]:
+        """Per prefetch: the top-level filter AND its own, planned; Elasticsearch questions answered here."""
+        mapping = self.config.metadata
+        top = parse_filter(req.filter, mapping, "filter") if req.filter is not None else None
+        plans = []
+        for i, p in enumerate(req.prefetch):
+            own = parse_filter(p.filter, mapping, f"prefetch[{i}].filter") if p.filter is not None else None
+            plan = plan_filter(and_(top, own), mapping, self.settings.mode)
+            if plan.needs_es:
+                plan = await self._resolve_es(plan)
+            plans.append(plan)
+        return plans
+
+    def _store(self, what: str) -> Any:
+        if self.metadata is None:
+            raise MetadataUnavailable(f"{what} needs the metadata store (Elasticsearch), which is not configured "
+                                      "here; only term/terms/range/exists/ids on mapped fields can run without it")
+        return self.metadata
+
+    async def _resolve_es(self, plan: FilterPlan) -> FilterPlan:
+        """Count the WHOLE filter in Elasticsearch (its true selectivity); pre-filter by its ids when few."""
+        store = self._store("this filter")
+        query = to_es(plan.node)
+        count = await asyncio.to_thread(store.count, self.config.name, query)
+        plan = choose_es_path(plan, count, self.settings.prefilter_max_ids, self.settings.mode)
+        if plan.kind != "prefilter":
+            return plan
+        if count > PREFILTER_HARD_MAX_IDS:
+            return FilterPlan("postfilter", plan.expr, plan.residual, plan.node)
+        ids = await asyncio.to_thread(store.ids, self.config.name, query, max(count, 1))
+        # The ids already satisfy the whole filter: the allow-list alone goes down.
+        return FilterPlan("prefilter", ids_in(ids) if ids else NOTHING, plan.residual, plan.node)
+
+    async def postfilter(self, spec: SearchSpec, plan: FilterPlan, search: Search
+                         ) -> tuple[list[ScoredId], int, dict[int, str]]:
+        """Over-fetch, keep ES-confirmed ids, grow the fetch until `spec.limit` hits or the candidates run out.
+
+        Returns (hits, rounds, {failed shard: reason})."""
+        store = self._store("this filter")
+        need = spec.limit
+        query = to_es(plan.residual)
+        fetch = first_fetch(need, self.settings.postfilter_overfetch)
+        kept: list[ScoredId] = []
+        failed: dict[int, str] = {}
+        rounds = 0
+        while True:
+            rounds += 1
+            lists, fails = await search(SearchSpec(spec.space, spec.vector, fetch, plan.expr, spec.params))
+            failed.update(fails)
+            candidates = merge_topk(lists, fetch)
+            ok = await asyncio.to_thread(store.confirm, self.config.name, query, [h.id for h in candidates])
+            kept = [h for h in candidates if h.id in ok]
+            exhausted = all(len(lst) < fetch for lst in lists)
+            if len(kept) >= need or exhausted or rounds >= self.settings.postfilter_max_rounds:
+                break
+            bigger = next_fetch(fetch, self.settings.postfilter_overfetch)
+            if bigger is None:
+                break
+            fetch = bigger
+        return kept[:need], rounds, failed
+
+    async def matching_ids(self, dsl: dict[str, Any], page: int) -> list[str]:
+        """Up to `page` ids matching an ES DSL filter (delete by filter pages through these)."""
+        node = parse_filter(dsl, self.config.metadata, "filter")
+        store = self._store("delete by filter")
+        return await asyncio.to_thread(store.ids, self.config.name, to_es(node), page)

@@ -1,0 +1,107 @@
+"""Resharding: change a collection's shard count, moving only the points whose ring owner changes; reads go on.
+
+1. start the added shards (growing), pause writes on the old layout;
+2. plan: every id whose owner under the new ring differs from the shard holding it;
+3. copy the moved points to their new shards (every replica, quorum-acked);
+4. switch reads and writes to the new layout (a moved point still sits in its old shard too, and the heap merge
+   keeps one copy, so queries see every point exactly once throughout);
+5. delete the old copies and drop the shards a shrink removed.
+
+A failure in 1-3 rolls back: writes resume on the old layout, copies already made onto shards the old layout
+keeps are deleted again, and the started shards are stopped and dropped. A failure in 5 leaves the new layout
+serving and says what is left over.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from cluster.config import CollectionConfig
+from cluster.errors import BackendError, describe
+from cluster.ring import HashRing
+from router.coordinator import Coordinator
+from router.replicas import replicate
+from shards.api import ShardApi
+
+COPY_BATCH = 500
+DELETE_BATCH = 1000
+Moves = dict[tuple[int, int], list[str]]
+
+
+async def plan_moves(coord: Coordinator, new_shards: int) -> Moves:
+    """(from shard, to shard) -> ids whose ring owner changes when the shard count becomes `new_shards`."""
+    ring = HashRing(range(new_shards))
+    moves: Moves = defaultdict(list)
+    held = await asyncio.gather(*(sh.read(lambda c: c.ids()) for sh in coord.shards))
+    for s, ids in enumerate(held):
+        for pid in ids:
+            t = int(ring.get(pid))
+            if t != s:
+                moves[(s, t)].append(pid)
+    return moves
+
+
+async def copy_points(source: Coordinator, target: Coordinator, moves: Moves,
+                      copied: dict[int, list[str]] | None = None, batch: int = COPY_BATCH) -> int:
+    """Copy moved points from `source`'s shards into `target`'s; `copied` records {target shard: ids} as it goes."""
+    n = 0
+    for (s, t), ids in moves.items():
+        for i in range(0, len(ids), batch):
+            rows = await source.shards[s].read(lambda c, chunk=ids[i : i + batch]: c.export(chunk))
+            await target.shards[t].upsert(rows)
+            if copied is not None:
+                copied.setdefault(t, []).extend(r.id for r in rows)
+            n += len(rows)
+    return n
+
+
+async def reshard(old: Coordinator, config: CollectionConfig, *,
+                  start_added: Callable[[], Sequence[Sequence[ShardApi]]],
+                  stop: Callable[[Sequence[Sequence[ShardApi]], bool], None],
+                  switch: Callable[[Coordinator], None]) -> int:
+    """Move `old`'s collection to `config.shards` shards; returns how many points moved.
+
+    `start_added()` starts the shards beyond the old count (growing only), `stop(clients, drop)` stops shards,
+    `switch(new)` makes the new coordinator the one that serves."""
+    n_old, n_new = old.config.shards, config.shards
+    added_clients = list(await asyncio.to_thread(start_added)) if n_new > n_old else []
+    tmpl = old.shards[0]
+    added = replicate(config, added_clients, first_shard=n_old, timeout_s=tmpl.timeout_s, clock=tmpl.state.clock,
+                      observe=tmpl.observe)
+    new = old.resized(config, old.shards[:n_new] + added)
+    old.paused = f"resharding to {n_new} shards"
+    copied: dict[int, list[str]] = {}
+    try:
+        moves = await plan_moves(old, n_new)
+        moved = await copy_points(old, new, moves, copied)
+    except BaseException:
+        await _roll_back(old, copied, added_clients, stop)
+        raise
+    switch(new)
+    try:
+        for (s, _), ids in moves.items():
+            if s < n_new:
+                for i in range(0, len(ids), DELETE_BATCH):
+                    await new.shards[s].delete(ids[i : i + DELETE_BATCH])
+        if n_new < n_old:
+            await asyncio.to_thread(stop, [sh.clients for sh in old.shards[n_new:]], True)
+    except Exception as exc:  # noqa: BLE001 - the new layout serves; say what is left over
+        raise BackendError(f"resharded to {n_new} shards, but removing the moved points' old copies failed "
+                           f"({describe(exc)}): queries are exact (the merge keeps one copy), counts over-report "
+                           "until the copies are deleted") from exc
+    return moved
+
+
+async def _roll_back(old: Coordinator, copied: dict[int, list[str]], added_clients: list,
+                     stop: Callable[[Sequence[Sequence[ShardApi]], bool], None]) -> None:
+    """Undo steps 1-3: the old layout serves and takes writes again, exactly as before."""
+    try:
+        for t, ids in copied.items():
+            if t < old.config.shards:  # a shard both layouts share: the copies there are strays now
+                for i in range(0, len(ids), DELETE_BATCH):
+                    await old.shards[t].delete(ids[i : i + DELETE_BATCH])
+        if added_clients:
+            await asyncio.to_thread(stop, added_clients, True)
+    finally:
+        old.paused = None

@@ -1,0 +1,186 @@
+"""Vectors in, checked: validation and embedding of query prefetches and of points to upsert.
+
+Encoders are reached through two injected coroutines (the ingress passes its encoder deployments; tests pass
+local models), so this module imports no Ray. `source_jobs` is the one rule for which payload field feeds which
+space; the server's write path and the bulk-ingest pipeline (`cluster.cli.ingest`) both use it.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from cluster.config import CollectionConfig, ImageLimits, SpaceConfig
+from cluster.errors import InvalidRequest, ModelUnavailable, SpaceNotFound
+from router.filters import normalise_meta
+from router.images import decode_base64, decode_image, is_inline, load_reference
+from router.models import Point, PointError, QueryRequest
+from shards.api import PointRow
+
+# encode(encoder_name, texts, document=False) -> one (vector, truncated) per text (documents: chunked, averaged);
+# encode_images(encoder_name, PIL images) -> one (vector, False) per image
+Encode = Callable[..., Awaitable[list[tuple[list[float], bool]]]]
+EncodeImages = Callable[[str, list[Any]], Awaitable[list[tuple[list[float], bool]]]]
+
+
+def source_jobs(payload: Mapping[str, Any], given: Mapping[str, Any], spaces: Mapping[str, SpaceConfig]
+                ) -> tuple[list[tuple[str, str]], list[str]]:
+    """Which spaces of one point are embedded from its payload: ([(space, source value)], [spaces left empty]).
+
+    A space with an encoder and a source field takes the field's non-blank string unless the point brings that
+    space's vector itself; a point whose source field is missing or blank simply has no vector in that space."""
+    jobs, empty = [], []
+    for name, space in spaces.items():
+        if name in given or not space.source:
+            continue
+        value = payload.get(space.source)
+        if isinstance(value, str) and value.strip():
+            jobs.append((name, value))
+        else:
+            empty.append(name)
+    return jobs, empty
+
+
+class Vectors:
+    """The checks and the embedding that happen before any shard is called."""
+
+    def __init__(self, config: CollectionConfig, *, encode: Encode | None = None,
+                 encode_images: EncodeImages | None = None, images: ImageLimits | None = None):
+        self.config = config
+        self.encode = encode
+        self.encode_images = encode_images
+        self.images = images or ImageLimits()
+
+    def space(self, name: str, field: str) -> SpaceConfig:
+        space = self.config.spaces.get(name)
+        if space is None:
+            raise SpaceNotFound(
+                f"{field}: unknown space {name!r}; collection {self.config.name!r} has {sorted(self.config.spaces)}",
+                field=field,
+            )
+        return space
+
+    @staticmethod
+    def check(vec: Sequence[float], dim: int, field: str) -> None:
+        if len(vec) != dim:
+            raise InvalidRequest(f"{field}: expected {dim} dimensions, got {len(vec)}", field=field)
+        if not all(math.isfinite(x) for x in vec):
+            raise InvalidRequest(f"{field}: vector has NaN or infinite values", field=field)
+
+    # -- queries -----------------------------------------------------------------------------------------------
+    def validate_query(self, req: QueryRequest) -> None:
+        for i, p in enumerate(req.prefetch):
+            space = self.space(p.space, f"prefetch[{i}].space")
+            if p.vector is not None:
+                self.check(p.vector, space.dim, f"prefetch[{i}].vector")
+            for kind in ("text", "image"):
+                if getattr(p, kind) is not None and not space.encoder:
+                    raise InvalidRequest(f"prefetch[{i}].{kind}: space {p.space!r} has no encoder; send a vector",
+                                         field=f"prefetch[{i}].{kind}")
+        if isinstance(req.with_vectors, list):
+            for space in req.with_vectors:
+                self.space(space, "with_vectors")
+
+    async def query_vectors(self, req: QueryRequest) -> tuple[list[list[float]], list[str]]:
+        """One vector per prefetch: given, or embedded (texts batched per encoder); notes say what was cut."""
+        out: list[list[float] | None] = [p.vector for p in req.prefetch]
+        notes: list[str] = []
+        for i, p in enumerate(req.prefetch):
+            if p.image is not None:
+                space, field = self.config.spaces[p.space], f"prefetch[{i}].image"
+                img = decode_image(decode_base64(p.image, field), field, max_bytes=self.images.max_bytes,
+                                   max_pixels=self.images.max_pixels)
+                (vec, _), = await self._images(space.encoder, [img], field)
+                self.check(vec, space.dim, field)
+                out[i] = vec
+        by_encoder: dict[str, list[int]] = defaultdict(list)
+        for i, p in enumerate(req.prefetch):
+            if p.text is not None:
+                by_encoder[self.config.spaces[p.space].encoder].append(i)
+        for encoder, idxs in by_encoder.items():
+            encoded = await self._texts(encoder, [req.prefetch[i].text for i in idxs])
+            for i, (v, truncated) in zip(idxs, encoded):
+                self.check(v, self.config.spaces[req.prefetch[i].space].dim, f"prefetch[{i}].text")
+                out[i] = v
+                if truncated:
+                    notes.append(f"prefetch[{i}].text was longer than encoder {encoder!r} reads; it was truncated")
+        return [list(v) for v in out], notes
+
+    # -- points ------------------------------------------------------------------------------------------------
+    async def prepare_points(self, points: Sequence[Point]) -> tuple[list[PointRow], list[str], list[PointError]]:
+        """Validate the batch (structural errors fail it whole, nothing written), then embed. A point whose
+        image cannot be read or embedded fails alone, with its reason; the rest of the batch lands."""
+        rows: list[PointRow] = []
+        notes: list[str] = []
+        texts: dict[str, list[tuple[int, str]]] = defaultdict(list)   # space -> [(row index, text)]
+        images: dict[str, list[tuple[int, str]]] = defaultdict(list)  # space -> [(row index, reference)]
+        for i, p in enumerate(points):
+            vectors = dict(p.vectors or {})
+            for space_name, vec in vectors.items():
+                self.check(vec, self.space(space_name, f"points[{i}].vectors").dim,
+                           f"points[{i}].vectors.{space_name}")
+            payload = dict(p.payload)
+            jobs, empty = source_jobs(p.payload, vectors, self.config.spaces)
+            for space_name, value in jobs:
+                space = self.config.spaces[space_name]
+                if space.modality == "image":
+                    images[space_name].append((i, value))
+                    if is_inline(value):
+                        payload[space.source] = f"<inline image, {len(value)} base64 characters>"
+                else:
+                    texts[space_name].append((i, value))
+            if (vectors or jobs) and empty:
+                notes.append(f"points[{i}] (id {p.id!r}) has no source text for "
+                             + ", ".join(f"space {s!r} (field {self.config.spaces[s].source!r})" for s in empty)
+                             + ": no vector there, so searches in it will not find this point")
+            meta = normalise_meta(p.payload, self.config.metadata, f"points[{i}].payload")
+            rows.append(PointRow(id=p.id, payload=payload, meta=meta, vectors=vectors))
+        for space_name, items in texts.items():
+            space = self.config.spaces[space_name]
+            encoded = await self._texts(space.encoder, [t for _, t in items], document=True)
+            for (i, _), (v, _) in zip(items, encoded):
+                self.check(v, space.dim, f"points[{i}].payload.{space.source}")
+                rows[i].vectors[space_name] = list(v)
+        bad = await self._embed_images(rows, images)
+        for i, row in enumerate(rows):
+            if i not in bad and not row.vectors:
+                raise InvalidRequest(
+                    f"points[{i}] (id {row.id!r}) has no vector for any space and no source text to embed",
+                    field=f"points[{i}].vectors",
+                )
+        failed = [PointError(id=rows[i].id, reason=reason) for i, reason in sorted(bad.items())]
+        return [row for i, row in enumerate(rows) if i not in bad], notes, failed
+
+    async def _embed_images(self, rows: list[PointRow], images: dict[str, list[tuple[int, str]]]) -> dict[int, str]:
+        """Decode and embed image sources into `rows`; returns {row index: reason} for the points that failed."""
+        bad: dict[int, str] = {}
+        for space_name, items in images.items():
+            space = self.config.spaces[space_name]
+            decoded = []
+            for i, ref in items:
+                field = f"points[{i}].payload.{space.source}"
+                try:
+                    data = load_reference(ref, field, allow_network=self.images.allow_network,
+                                          max_bytes=self.images.max_bytes)
+                    decoded.append((i, decode_image(data, field, max_bytes=self.images.max_bytes,
+                                                    max_pixels=self.images.max_pixels)))
+                except InvalidRequest as exc:  # includes PayloadTooLarge: this point fails, the batch goes on
+                    bad.setdefault(i, exc.message)
+            good = [(i, img) for i, img in decoded if i not in bad]
+            if good:
+                encoded = await self._images(space.encoder, [img for _, img in good], f"spaces.{space_name}.encoder")
+                for (i, _), (v, _) in zip(good, encoded):
+                    rows[i].vectors[space_name] = list(v)
+        return bad
+
+    # -- encoders ----------------------------------------------------------------------------------------------
+    async def _texts(self, encoder: str, texts: list[str], document: bool = False) -> list[tuple[list[float], bool]]:
+        if self.encode is None:
+            raise ModelUnavailable(f"encoder {encoder!r} is not available in this process")
+        return await (self.encode(encoder, texts, document=True) if document else self.encode(encoder, texts))
+
+    async def _images(self, encoder: str, images: list[Any], field: str) -> list[tuple[list[float], bool]]:
+        if self.encode_images is None:
+            raise ModelUnavailable(f"{field}: no image encoder is available in this process", field=field)
+        return await self.encode_images(encoder, images)

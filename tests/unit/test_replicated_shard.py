@@ -1,0 +1,166 @@
+"""ReplicatedShard over in-memory shards: failover, sequenced quorum writes, the operation log, healing.
+
+The fake shards implement `shards.api.ShardApi` in memory, so these run without Ray or Milvus; time is a fake clock.
+"""
+import asyncio
+
+import pytest
+
+from cluster.errors import BackendError, InvalidRequest, ShardUnavailable
+from router.replicas import PROBE_INTERVAL_S, ReplicatedShard
+from shards.api import PointRow, ScoredId, SearchSpec, ShardApi, StoredPoint
+from tests.clock import FakeClock
+
+
+class MemShard:
+    """A shard replica in a dict; `fail` makes every call raise it, `refuse` makes writes raise InvalidRequest."""
+
+    def __init__(self, shard, replica):
+        self.shard, self.replica = shard, replica
+        self.points: dict[str, PointRow] = {}
+        self.fail: BaseException | None = None
+        self.refuse = False
+        self.writes = 0
+
+    def _check(self):
+        if self.fail is not None:
+            raise self.fail
+
+    async def search_many(self, specs):
+        self._check()
+        out = []
+        for s in specs:
+            hits = [ScoredId(p.id, -sum((a - b) ** 2 for a, b in zip(p.vectors[s.space], s.vector)))
+                    for p in self.points.values() if s.space in p.vectors]
+            out.append(sorted(hits, key=lambda h: -h.score)[: s.limit])
+        return out
+
+    async def get(self, ids, with_vectors=()):
+        self._check()
+        return {i: StoredPoint(self.points[i].payload, {s: self.points[i].vectors[s] for s in with_vectors})
+                for i in ids if i in self.points}
+
+    async def upsert(self, points):
+        self._check()
+        if self.refuse:
+            raise InvalidRequest("points[0]: refused by the shard", field="points[0]")
+        self.writes += 1
+        for p in points:
+            self.points[p.id] = p
+        return len(points)
+
+    async def delete(self, ids):
+        self._check()
+        self.writes += 1
+        return sum(self.points.pop(i, None) is not None for i in ids)
+
+    async def export(self, ids):
+        self._check()
+        return [self.points[i] for i in ids if i in self.points]
+
+    async def ids(self):
+        self._check()
+        return sorted(self.points)
+
+    async def count(self):
+        self._check()
+        return {"v": len(self.points)}
+
+    async def ping(self):
+        self._check()
+        return {"shard": self.shard, "replica": self.replica}
+
+
+def row(i):
+    return PointRow(id=f"p{i}", payload={"i": i}, vectors={"v": [float(i), 0.0]})
+
+
+def make(n=3, quorum="majority"):
+    clock = FakeClock(1000.0)
+    clients = [MemShard(0, r) for r in range(n)]
+    return ReplicatedShard(0, clients, key="t/0", write_quorum=quorum, clock=clock), clients, clock
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_memory_shard_honours_the_contract():
+    assert isinstance(MemShard(0, 0), ShardApi)
+
+
+def test_a_write_refused_as_bad_request_never_enters_the_log():
+    rs, clients, _ = make()
+    run(rs.upsert([row(1)]))
+    for c in clients:
+        c.refuse = True
+    with pytest.raises(InvalidRequest):
+        run(rs.upsert([row(2)]))
+    # Nothing was logged or sequenced: the next write is seq 2 and heal has nothing to replay.
+    assert [op.seq for op in rs.log] == [1] and rs.state.seq == 1 and rs.state.committed == 1
+    for c in clients:
+        c.refuse = False
+    run(rs.upsert([row(3)]))
+    assert [op.seq for op in rs.log] == [1, 2]
+    assert run(rs.heal()) == (0, 0)
+    assert all(st["state"] == "live" for st in rs.describe())
+    assert all(set(c.points) == {"p1", "p3"} for c in clients)
+
+
+def test_reads_fail_over_and_a_dead_replica_is_probed_only_after_its_interval():
+    rs, clients, clock = make()
+    run(rs.upsert([row(i) for i in range(5)]))
+    first = rs.state.read_order()[0]
+    clients[first].fail = ShardUnavailable("gone")
+    hits = run(rs.read(lambda c: c.search_many([SearchSpec("v", [2.0, 0.0], 1)])))
+    assert hits[0][0] == ScoredId("p2", 0.0)
+    assert rs.describe()[first]["state"] == "dead"
+    clients[first].fail = None
+    assert run(rs.heal()) == (0, 0)  # its probe is not due yet
+    clock.advance(PROBE_INTERVAL_S)
+    assert run(rs.heal()) == (1, 0)
+    assert rs.describe()[first]["state"] == "live"
+
+
+def test_a_replica_that_missed_writes_is_not_read_until_it_caught_up():
+    rs, clients, clock = make()
+    clients[2].fail = BackendError("disk full")
+    for i in range(3):
+        run(rs.upsert([row(i)]))  # majority (2 of 3) acks each write
+    assert rs.describe()[2]["state"] == "stale" and set(clients[2].points) == set()
+    assert 2 not in rs.state.read_order()
+    assert run(rs.heal()) == (0, 1)  # still failing: the probe fails, and it waits for the next one
+    assert rs.describe()[2]["state"] == "dead"
+    clients[2].fail = None
+    assert run(rs.heal()) == (0, 0)
+    clock.advance(PROBE_INTERVAL_S)
+    assert run(rs.heal()) == (1, 0)  # replays the 3 logged writes in order
+    assert set(clients[2].points) == {"p0", "p1", "p2"} and 2 in rs.state.read_order()
+
+
+def test_below_quorum_a_write_is_refused_and_says_why():
+    rs, clients, _ = make(n=2, quorum="all")
+    clients[1].fail = BackendError("down")
+    with pytest.raises(ShardUnavailable, match="1 of 2 replicas applied it, quorum is 2") as exc:
+        run(rs.upsert([row(1)]))
+    assert exc.value.shards == [0]
+
+
+def test_every_replica_down_is_shard_unavailable_naming_each_cause():
+    rs, clients, _ = make(n=2)
+    clients[0].fail = BackendError("a broke")
+    clients[1].fail = ConnectionError("b refused")
+    with pytest.raises(ShardUnavailable) as exc:
+        run(rs.read(lambda c: c.ids()))
+    assert "a broke" in exc.value.message and "b refused" in exc.value.message
+
+
+def test_request_errors_on_reads_propagate_without_failover():
+    rs, clients, _ = make(n=2)
+
+    async def bad(c):
+        raise InvalidRequest("prefetch[0].vector: wrong", field="prefetch[0].vector")
+
+    with pytest.raises(InvalidRequest):
+        run(rs.read(bad))
+    assert all(st["state"] == "live" for st in rs.describe())
