@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m cluster.demo
+	$(PY) -m cluster.cli.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -23,7 +23,7 @@ import numpy as np
 
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.ring import HashRing
-from cluster.topology import local_shards, replica_specs
+from shards.local import local_shards, replica_specs
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.coordinator import Coordinator
 from router.fusion import rrf
@@ -167,7 +167,7 @@ def bench_core(n: int, shards: int, backend: str, n_queries: int, workdir: Path)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace=f"bench-{backend}")
         clients = start_ray_shards(cfg, specs)
         settle()
-        coord = Coordinator(cfg, clients)
+        coord = Coordinator.from_clients(cfg, clients)
         reqs = [request(q) for q in queries]
         asyncio.run(run_concurrent(coord, reqs[:5], 1))
         lat1, qps1 = asyncio.run(run_concurrent(coord, reqs, 1))
@@ -242,7 +242,7 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
     """Text queries over HTTP (embedding included) against `prism up` on the bundled Milvus server."""
     import httpx
 
-    from cluster import bootstrap
+    from cluster.cli import bootstrap
     from cluster.config import ClusterConfig
     from cluster.services import free_port, start_milvus_server
 
@@ -324,7 +324,7 @@ def bench_filters(n: int, shards: int, workdir: Path, n_queries: int = 30) -> di
         qs = query_vectors(n_queries, 384, seed=10, base_seed=8)
 
         def measure(mode: str, flt: dict | None) -> tuple[float, float, float]:
-            coord = Coordinator(cfg, clients, metadata=store, timeout_s=600,
+            coord = Coordinator.from_clients(cfg, clients, metadata=store, timeout_s=600,
                                 filters=FilterSettings(mode=mode, prefilter_max_ids=10_000))
             lat, rounds = [], []
             for q in qs:
@@ -374,7 +374,7 @@ def bench_chaos(workdir: Path, seconds: float = 60.0, kill_every_s: float = 10.0
                            spaces={"v": {"dim": 64, "index": {"type": "HNSW"}}})
     specs = replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None)
     clients = start_ray_shards(cfg, specs)
-    coord = Coordinator(cfg, clients, timeout_s=5.0)
+    coord = Coordinator.from_clients(cfg, clients, timeout_s=5.0)
     vecs = gaussian_mixture(n, 64, seed=5)
     for i in range(0, n, 2000):
         asyncio.run(coord.upsert([Point(id=f"p{j}", vectors={"v": vecs[j].tolist()}) for j in range(i, min(n, i + 2000))]))
@@ -418,7 +418,7 @@ def bench_chaos(workdir: Path, seconds: float = 60.0, kill_every_s: float = 10.0
             await asyncio.sleep(kill_every_s)
             while time.perf_counter() < fault_end:
                 shard, replica = k % 3, (k // 3) % 2
-                ray.kill(coord.replicas[shard][replica].actor, no_restart=False)
+                ray.kill(coord.shards[shard].clients[replica].actor, no_restart=False)
                 killed_at = time.perf_counter()
                 k += 1
                 while time.perf_counter() - killed_at < kill_every_s:
@@ -440,8 +440,8 @@ def bench_chaos(workdir: Path, seconds: float = 60.0, kill_every_s: float = 10.0
         lost = 0
         for s in range(cfg.shards):
             mine = [i for i in acked if coord.shard_of(i) == s]
-            for c in coord.replicas[s]:
-                held = await c.call("get", mine)
+            for c in coord.shards[s].clients:
+                held = await c.get(mine)
                 lost = max(lost, len(set(mine) - set(held)))
         return {"samples": samples, "acked": len(acked), "lost": lost, "recoveries": recoveries,
                 "fault_window": (fault_start - t0, fault_end - t0)}
@@ -474,9 +474,9 @@ def bench_ingest(workdir: Path, n: int = 3000) -> dict:
     """`prism ingest` on Ray Data vs a plain single-process encode+insert loop, into the same running prism."""
     import httpx
 
-    from cluster import bootstrap
+    from cluster.cli import bootstrap
     from cluster.config import ClusterConfig
-    from cluster.ingest import run_ingest
+    from cluster.cli.ingest import run_ingest
     from cluster.services import free_port
     from router.embed import load_encoder
 
@@ -538,7 +538,7 @@ def _ingest_text_image(url: str, workdir: Path, n: int) -> dict:
     import skimage.data
     from PIL import Image
 
-    from cluster.ingest import run_ingest
+    from cluster.cli.ingest import run_ingest
     from router.embed import load_encoder
 
     health = httpx.get(f"{url}/health", timeout=30).json()["encoders"]["clip"]
@@ -597,7 +597,7 @@ def bench_scaling(workdir: Path, sizes=(50_000, 100_000, 200_000), shard_counts=
             load_points(local, HashRing(range(shards)), {"text": gaussian_mixture(n, 384, seed=11)})
             close_all(local)
             clients = start_ray_shards(cfg, specs)
-            coord = Coordinator(cfg, clients)
+            coord = Coordinator.from_clients(cfg, clients)
             qs = query_vectors(n_queries, 384, seed=12, base_seed=11)
             reqs = [QueryRequest(prefetch=[{"space": "text", "vector": q.tolist(), "limit": 10}],
                                  fusion={"method": "none"}, limit=10, with_payload=False) for q in qs]

@@ -59,7 +59,7 @@ def resolve(cfg: ClusterConfig) -> ClusterConfig:
     return cfg.model_copy(update=update)
 
 
-def report_encoders(url: str, cfg: ClusterConfig) -> None:
+def report_encoders(url: str) -> None:
     """Say which encoders are unavailable, why, and which spaces of which collections therefore answer 503."""
     h = health(url) or {}
     for name, st in (h.get("encoders") or {}).items():
@@ -119,7 +119,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
                  "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)
-        report_encoders(state["url"], cfg)
+        report_encoders(state["url"])
         if ready is not None:
             ready.set()
         while not stop.wait(0.5):

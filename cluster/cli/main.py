@@ -1,4 +1,4 @@
-"""The `prism` command: up, down, status, ingest, query, bench."""
+"""The `prism` command: up, down, status, ingest, query, models (install, list), reshard, loadtest, bench."""
 from __future__ import annotations
 
 import json
@@ -60,7 +60,7 @@ def up(
                                       "PRISM_ES_USERNAME / PRISM_ES_PASSWORD)."),
 ) -> None:
     """Start Ray, the services prism needs, the shard actors and the HTTP endpoint."""
-    from cluster import bootstrap
+    from cluster.cli import bootstrap
 
     try:
         cfg = load_config(config, port=port, host=host, data_dir=data_dir, milvus=_milvus(milvus),
@@ -80,7 +80,7 @@ def up(
 @app.command()
 def down(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir")) -> None:
     """Stop the instance started from DATA_DIR, and everything it started."""
-    from cluster import bootstrap
+    from cluster.cli import bootstrap
 
     if bootstrap.stop_instance(data_dir):
         console.print("prism is down")
@@ -91,7 +91,7 @@ def down(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir")) -> None:
 def _url(url: Optional[str], data_dir: str) -> str:
     if url:
         return url.rstrip("/")
-    from cluster.bootstrap import read_state
+    from cluster.cli.bootstrap import read_state
 
     state = read_state(data_dir)
     if not state:
@@ -139,7 +139,7 @@ def ingest(
     url: Optional[str] = typer.Option(None),
 ) -> None:
     """Embed on Ray Data and upsert in batches, with a progress bar, a failure report, and resumability."""
-    from cluster.ingest import IngestError, read_points, run_ingest
+    from cluster.cli.ingest import IngestError, read_points, run_ingest
 
     base = _url(url, data_dir)
     total = len(read_points(file)[0])
@@ -331,6 +331,3 @@ def bench(ctx: typer.Context) -> None:
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -73,41 +73,47 @@ class Ledger:
 
 
 class EmbedActor:
-    """Ray Data callable class: one encoder per actor, embeds the spaces that use it."""
+    """Ray Data callable class: one encoder per actor, embeds the spaces that use it (by `source_jobs`, the
+    server's own rule for which payload field feeds which space)."""
 
     def __init__(self, encoder: str, spaces: dict[str, dict], models_dir: str | None = None):
+        from cluster.config import SpaceConfig
         from router.embed import load_encoder
 
         self.encoder = load_encoder(encoder, models_dir)
-        self.spaces = spaces
+        self.spaces = {name: SpaceConfig.model_validate(s) for name, s in spaces.items()}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from router.images import decode_image, is_inline, load_reference, local_path
+        from router.vectors import source_jobs
 
         points = [json.loads(s) for s in batch["point"]]
         errors = list(batch["error"])
-        for space, cfg in self.spaces.items():
-            src, image = cfg["source"], cfg.get("modality") == "image"
-            todo = [(i, p["payload"].get(src)) for i, p in enumerate(points)
-                    if not errors[i] and space not in p["vectors"] and isinstance(p["payload"].get(src), str)
-                    and p["payload"][src].strip()]
-            if image:
-                ok = []
-                for i, ref in todo:
-                    try:
-                        ok.append((i, decode_image(load_reference(ref, f"{points[i]['id']}.{src}", allow_files=True),
-                                                   f"{points[i]['id']}.{src}")))
-                    except Exception as exc:  # noqa: BLE001 - this point fails, the others go on
-                        errors[i] = getattr(exc, "message", str(exc))
-                vecs = self.encoder.encode_images([img for _, img in ok]) if ok else []
-                for (i, _), e in zip(ok, vecs):
-                    points[i]["vectors"][space] = e.vector
-                    ref = points[i]["payload"][src]
-                    if is_inline(ref) and local_path(ref) is None:
-                        points[i]["payload"][src] = f"<inline image, {len(points[i]['payload'][src])} base64 characters>"
-            elif todo:
-                for (i, _), e in zip(todo, self.encoder.encode_documents([t for _, t in todo])):
-                    points[i]["vectors"][space] = e.vector
+        texts: dict[str, list[tuple[int, str]]] = {}
+        images: dict[str, list[tuple[int, str]]] = {}
+        for i, p in enumerate(points):
+            if not errors[i]:
+                for space, value in source_jobs(p["payload"], p["vectors"], self.spaces)[0]:
+                    kind = images if self.spaces[space].modality == "image" else texts
+                    kind.setdefault(space, []).append((i, value))
+        for space, items in images.items():
+            src = self.spaces[space].source
+            ok = []
+            for i, ref in items:
+                field = f"{points[i]['id']}.{src}"
+                try:
+                    ok.append((i, decode_image(load_reference(ref, field, allow_files=True), field)))
+                except Exception as exc:  # noqa: BLE001 - this point fails, the others go on
+                    errors[i] = getattr(exc, "message", str(exc))
+            vecs = self.encoder.encode_images([img for _, img in ok]) if ok else []
+            for (i, _), e in zip(ok, vecs):
+                points[i]["vectors"][space] = e.vector
+                ref = points[i]["payload"][src]
+                if is_inline(ref) and local_path(ref) is None:
+                    points[i]["payload"][src] = f"<inline image, {len(ref)} base64 characters>"
+        for space, items in texts.items():
+            for (i, _), e in zip(items, self.encoder.encode_documents([t for _, t in items])):
+                points[i]["vectors"][space] = e.vector
         return {"point": [json.dumps(p) for p in points], "error": errors}
 
 

@@ -61,7 +61,7 @@ def image_demo(base: str) -> None:
     httpx.put(f"{base}/v1/collections/photos", json=spec, timeout=120).raise_for_status()
     pts = [{"id": n, "payload": {"name": n, "image": b64(n)}} for n in PHOTOS]
     httpx.post(f"{base}/v1/collections/photos/points", json={"points": pts}, timeout=300).raise_for_status()
-    from cluster.cli import print_hits
+    from cluster.cli.main import print_hits
 
     for text in ("a cup of coffee", "a cat"):
         r = httpx.post(f"{base}/v1/collections/photos/query", timeout=60,
@@ -79,7 +79,7 @@ def main() -> int:
         started = True
         prism("ingest", str(CATALOG), "--collection", "products", "--data-dir", data_dir)
         base = f"http://127.0.0.1:{port}"
-        from cluster.cli import print_hits
+        from cluster.cli.main import print_hits
 
         for text, spaces, fusion, flt in QUERIES:
             body = {"prefetch": [{"space": s, "text": text, "limit": 20} for s in spaces],

@@ -1,0 +1,5 @@
+"""Entry points, the top of the dependency order: the `prism` command (`main`), starting and stopping a local
+instance (`bootstrap`), bulk ingestion (`ingest`) and `make demo` (`demo`). Nothing below imports from here."""
+from cluster.cli.main import app
+
+__all__ = ["app"]
