@@ -31,20 +31,21 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
-def prism_cli(*args: str, check: bool = True, timeout: float = 400) -> subprocess.CompletedProcess:
+def prism_cli(*args: str, check: bool = True, timeout: float = 400,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, check=check)
+                          timeout=timeout, check=check, env={**os.environ, **(env or {})})
 
 
 class Instance:
-    def __init__(self, data_dir: Path, port: int, milvus: str):
-        self.data_dir, self.port, self.milvus = data_dir, port, milvus
+    def __init__(self, data_dir: Path, port: int, milvus: str, env: dict[str, str] | None = None):
+        self.data_dir, self.port, self.milvus, self.env = data_dir, port, milvus, env
         self.url = f"http://127.0.0.1:{port}"
         self.pid: int | None = None
 
     def up(self) -> None:
         r = prism_cli("up", "--detach", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                      "--milvus", self.milvus, check=False)
+                      "--milvus", self.milvus, check=False, env=self.env)
         assert r.returncode == 0, r.stdout + r.stderr
         import json
 

@@ -44,7 +44,15 @@ def test_fusion_methods_and_batch(products):
     weighted = query(products, {"prefetch": pre, "fusion": {"method": "rrf", "weights": [0.0, 1.0]}, "limit": 10})["hits"]
     dbsf = query(products, {"prefetch": pre, "fusion": {"method": "dbsf"}, "limit": 10})["hits"]
     assert len(rrf) == len(dbsf) == 10
-    assert rrf[0]["score"] == pytest.approx(2 / 61, abs=0.01) or rrf[0]["score"] <= 2 / 61
+    # RRF recomputed from each space's own global top-20 (k=60, ranks from 1): ids and scores exactly.
+    per_space = [query(products, {"prefetch": [p], "fusion": {"method": "none"}, "limit": 20})["hits"] for p in pre]
+    want: dict[str, float] = {}
+    for hits in per_space:
+        for rank, h in enumerate(hits, start=1):
+            want[h["id"]] = want.get(h["id"], 0.0) + 1 / (60 + rank)
+    expected = sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert [h["id"] for h in rrf] == [i for i, _ in expected]
+    assert [h["score"] for h in rrf] == pytest.approx([v for _, v in expected], abs=1e-12)
     # weight 0 on text: the order is exactly the emb space's own order, whose top hit is point 40 itself.
     assert weighted[0]["id"] == CATALOG[40]["id"]
     only_emb = query(products, {"prefetch": pre[1:], "fusion": {"method": "none"}, "limit": 10})["hits"]
@@ -142,7 +150,7 @@ def test_upsert_embeds_source_and_delete_removes(products):
 
 def test_http_answer_equals_in_process_coordinator(products, prism_server, milvus_server):
     from cluster.config import CollectionConfig, MilvusConfig
-    from cluster.topology import local_shards, replica_specs
+    from shards.local import local_shards, replica_specs
     from router.coordinator import Coordinator
     from router.embed import load_encoder
     from router.models import QueryRequest
@@ -156,7 +164,7 @@ def test_http_answer_equals_in_process_coordinator(products, prism_server, milvu
         out = encoder.encode_documents(texts) if document else encoder.encode(texts)
         return [tuple(e) for e in out]
 
-    coord = Coordinator(cfg, local_shards(cfg, specs, create=False), encode=encode)
+    coord = Coordinator.from_clients(cfg, local_shards(cfg, specs, create=False), encode=encode)
     bodies = [
         {"prefetch": [{"space": "emb", "vector": emb(9)}, {"space": "emb", "vector": emb(10)}], "limit": 10},
         {"prefetch": [{"space": "text", "text": "a gift for a coffee lover"}, {"space": "visual", "text": "shiny silver"}],
@@ -221,3 +229,21 @@ def test_delete_by_filter(products):
                             "filter": {"term": {"category": "to-delete"}}, "limit": 10})
     assert sorted(h["id"] for h in left["hits"]) == ["del-0", "del-1"]
     products.post("/v1/collections/products/points/delete", json={"ids": ["del-0", "del-1"]})
+
+
+def test_upsert_notes_say_which_spaces_a_point_is_missing_from(prism_server):
+    c = prism_server.client
+    spec = {"spaces": {"text": {"dim": 384, "encoder": "minilm", "source": "description", "index": {"type": "FLAT"}},
+                       "v": {"dim": 4, "index": {"type": "FLAT"}}}}
+    assert c.put("/v1/collections/noted", json=spec).status_code == 200
+    try:
+        r = c.post("/v1/collections/noted/points", json={"points": [
+            {"id": "a", "payload": {"description": "a red kettle"}, "vectors": {"v": [1, 0, 0, 0]}},
+            {"id": "b", "payload": {"description": "   "}, "vectors": {"v": [0, 1, 0, 0]}}]})
+        assert r.status_code == 200 and r.json()["upserted"] == 2
+        assert r.json()["notes"] == ["points[1] (id 'b') has no source text for space 'text' (field 'description'): "
+                                     "no vector there, so searches in it will not find this point"]
+        counts = c.get("/v1/collections/noted").json()["counts"]
+        assert counts == {"text": 1, "v": 2}
+    finally:
+        c.delete("/v1/collections/noted")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cluster.ingest import FAIL_AFTER_ENV, IngestError, run_ingest
+from cluster.cli.ingest import FAIL_AFTER_ENV, IngestError, run_ingest
 
 N = 5000
 WORDS = ["red", "blue", "shoe", "coat", "lamp", "mug", "tent", "bag", "warm", "light", "sport", "classic"]

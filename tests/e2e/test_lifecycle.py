@@ -8,7 +8,9 @@ from tests.e2e.conftest import Instance
 
 
 def test_restart_keeps_collections_and_down_leaves_no_process(tmp_path):
-    inst = Instance(tmp_path / "data", free_port(), "lite")
+    # No model directory and an empty Hugging Face cache: CLIP is missing whatever this machine has cached.
+    (tmp_path / "hf").mkdir()
+    inst = Instance(tmp_path / "data", free_port(), "lite", env={"HF_HOME": str(tmp_path / "hf"), "PRISM_MODELS_DIR": ""})
     inst.up()
     try:
         c = httpx.Client(base_url=inst.url, timeout=120)
@@ -18,7 +20,7 @@ def test_restart_keeps_collections_and_down_leaves_no_process(tmp_path):
         pts = [{"id": f"k{i}", "payload": {"i": i, "tag": "even" if i % 2 == 0 else "odd"},
                 "vectors": {"v": [1.0, i, 0.0, 1.0]}} for i in range(20)]
         assert c.post("/v1/collections/keep/points", json={"points": pts}).json()["upserted"] == 20
-        # No CLIP weights here: the image space is reported unavailable, never faked; other spaces answer.
+        # No CLIP weights: the image space is reported unavailable, never faked; other spaces answer.
         clip = c.get("/health").json()["encoders"]["clip"]
         assert clip["available"] is False and "no CLIP weights found" in clip["reason"]
         spec = {"spaces": {"photo": {"dim": 512, "encoder": "clip", "source": "img", "modality": "image"},

@@ -44,3 +44,45 @@ def test_readme_curl_examples_run(prism_server, products, photos):
         r = prism_server.client.post(path, json=body)
         assert r.status_code == 200, (path, r.text)
         assert r.json()["hits"], path
+
+
+def bash_blocks(after_heading: str) -> list[str]:
+    """The plain ``` blocks under a README heading, up to the next heading."""
+    text = README.read_text()
+    section = text.split(f"## {after_heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_quick_start_runs_as_written(tmp_path):
+    """The quick start's commands, verbatim, in a fresh directory that holds only what a checkout holds."""
+    import os
+    import socket
+    import subprocess
+
+    root = README.parent
+    blocks = bash_blocks("Local quick start")
+    assert blocks, "the README lost its quick start"
+    lines = [ln for ln in blocks[0].splitlines() if ln.strip()]
+    assert lines[0].startswith("make venv") and lines[-1].startswith(".venv/bin/prism down")
+    # The venv already exists (make test made it): `make venv` must be a no-op, never a reinstall from here.
+    assert subprocess.run(["make", "-q", "venv"], cwd=root).returncode == 0, "the venv is stale: run `make venv`"
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", 8000)) != 0, "port 8000 is busy: the quick start serves on it"
+    for name in ("Makefile", "pyproject.toml", ".venv", "deploy"):
+        (tmp_path / name).symlink_to(root / name)
+    outputs = []
+    try:
+        for line in lines:
+            r = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "PYTHONPATH": str(root)})
+            outputs.append(r.stdout)
+            assert r.returncode == 0, (line, r.stdout[-2000:], r.stderr[-2000:])
+    finally:
+        subprocess.run([str(root / ".venv/bin/prism"), "down", "--data-dir", str(tmp_path / ".prism")],
+                       capture_output=True, timeout=300)
+    up, ingest, query, status, down = outputs[1:]
+    assert "prism is up at http://127.0.0.1:8000" in up
+    assert "ingested 64 points" in ingest  # every catalog point acknowledged
+    assert "Trail" in query or "Boot" in query  # shoes for muddy trails finds footwear
+    assert "collection products" in status
+    assert "prism is down" in down

@@ -9,10 +9,11 @@ import pytest
 
 from cluster.config import CollectionConfig
 from cluster.errors import InvalidRequest, SpaceNotFound
-from cluster.topology import local_shards, replica_specs
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.coordinator import Coordinator
 from router.models import Point, QueryRequest
+from shards.api import PointRow, ShardApi
+from shards.local import local_shards, replica_specs
 
 N = 5_000
 DIMS = {"text": 384, "image": 512}
@@ -64,9 +65,13 @@ def assert_same(a, b):
         assert not ra.partial and not rb.partial
 
 
+def local_clients(coord: Coordinator) -> list[list[ShardApi]]:
+    return [sh.clients for sh in coord.shards]
+
+
 def plain(cfg, milvus_backend, tmp_path):
     milvus, uri = milvus_backend
-    return Coordinator(cfg, local_shards(cfg, replica_specs(cfg, milvus, tmp_path / cfg.name, uri)))
+    return Coordinator.from_clients(cfg, local_shards(cfg, replica_specs(cfg, milvus, tmp_path / cfg.name, uri)))
 
 
 @pytest.mark.slow
@@ -86,6 +91,25 @@ def test_four_shards_answer_exactly_like_one(milvus_backend, tmp_path, data):
     assert sum(row[0]["image"] for row in counts) == N
 
 
+def test_the_plain_shard_and_both_clients_share_one_contract():
+    """Every ShardApi method exists with the same parameters on the plain Shard, the local and the Ray client."""
+    import inspect
+
+    from shards.actor import RayShardClient
+    from shards.local import LocalShardClient
+    from shards.shard import Shard
+
+    methods = [m for m in vars(ShardApi) if not m.startswith("_") and callable(getattr(ShardApi, m))]
+    assert sorted(methods) == ["count", "delete", "export", "get", "ids", "ping", "search_many", "upsert"]
+    for impl in (Shard, LocalShardClient, RayShardClient):
+        for m in methods:
+            want = list(inspect.signature(getattr(ShardApi, m)).parameters)
+            got = [p for p in inspect.signature(getattr(impl, m)).parameters if p != "_ray_trace_ctx"]  # Ray's own
+            assert got == want, (impl.__name__, m)
+    for client in (LocalShardClient, RayShardClient):
+        assert all(inspect.iscoroutinefunction(getattr(client, m)) for m in methods), client
+
+
 @pytest.mark.slow
 def test_ray_path_equals_plain_path(ray_session, milvus_backend, tmp_path, data):
     from shards.actor import start_ray_shards, stop_ray_shards
@@ -96,7 +120,8 @@ def test_ray_path_equals_plain_path(ray_session, milvus_backend, tmp_path, data)
     local = plain(cfg_plain, milvus_backend, tmp_path)
     clients = start_ray_shards(cfg_ray, replica_specs(cfg_ray, milvus, tmp_path / cfg_ray.name, uri))
     try:
-        remote = Coordinator(cfg_ray, clients)
+        assert all(isinstance(c, ShardApi) for row in clients + local_clients(local) for c in row)
+        remote = Coordinator.from_clients(cfg_ray, clients)
         load(local, points[:2000])
         load(remote, points[:2000])
         reqs = requests(queries)[:8]
@@ -130,8 +155,8 @@ def test_upsert_query_delete_and_counts(milvus_backend, tmp_path):
     # Each point lives on the shard the ring names, and only there.
     for pid in ("x1", "x42", "x299"):
         owner = coord.shard_of(pid)
-        for s, row in enumerate(coord.replicas):
-            held = asyncio.run(row[0].call("get", [pid]))
+        for s, row in enumerate(sh.clients for sh in coord.shards):
+            held = asyncio.run(row[0].get([pid]))
             assert (pid in held) == (s == owner)
     deleted = asyncio.run(coord.delete(["x42", "x43", "missing"]))
     assert deleted.deleted == 2
@@ -183,22 +208,21 @@ def test_unsupported_index_type_is_refused(milvus_backend, tmp_path):
         local_shards(cfg, replica_specs(cfg, milvus, tmp_path, uri))
 
 
-def test_reads_see_own_writes_across_the_strong_window(milvus_server, tmp_path, monkeypatch):
+def test_reads_see_own_writes_across_the_strong_window(milvus_server, tmp_path):
     """Strong right after a write, Bounded later: both must see every write made through prism."""
-    import time
-
-    import shards.backend as backend
     from cluster.config import MilvusConfig
+    from shards.backend import STRONG_WINDOW_S
+    from tests.clock import FakeClock
 
-    monkeypatch.setattr(backend, "STRONG_WINDOW_S", 6.0)
     cfg = CollectionConfig(name=f"cons{next(_names)}", shards=1, spaces={"v": {"dim": 4, "index": {"type": "FLAT"}}})
     shard = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="server", uri=milvus_server.uri), tmp_path,
                                             milvus_server.uri))[0][0].target
+    clock = shard.backend.clock = FakeClock()
     name = shard.names["v"]
-    shard.upsert([{"id": "a", "payload": {}, "vectors": {"v": [1.0, 0.0, 0.0, 0.0]}}])
+    shard.upsert([PointRow(id="a", vectors={"v": [1.0, 0.0, 0.0, 0.0]})])
     assert shard.backend.consistency(name) == "Strong"
     assert shard.search("v", [[1.0, 0.0, 0.0, 0.0]], 1)[0][0].id == "a"
-    time.sleep(6.5)
+    clock.advance(STRONG_WINDOW_S + 0.5)
     assert shard.backend.consistency(name) == "Bounded"
     assert shard.search("v", [[1.0, 0.0, 0.0, 0.0]], 1)[0][0].id == "a"
     assert shard.count() == {"v": 1}

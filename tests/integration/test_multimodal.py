@@ -12,9 +12,9 @@ import zlib
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.config import MAX_UPLOAD_BYTES, CollectionConfig, MilvusConfig
 from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
-from cluster.topology import local_shards, replica_specs
+from shards.local import local_shards, replica_specs
 from router.coordinator import Coordinator
 from router.embed import clip_path, load_encoder
 from router.models import Point, QueryRequest
@@ -115,7 +115,7 @@ def photos_coord(clip, tmp_path_factory):
     async def encode_images(name, images):
         return [tuple(e) for e in clip.encode_images(images)]
 
-    coord = Coordinator(cfg, clients, encode=encode, encode_images=encode_images)
+    coord = Coordinator.from_clients(cfg, clients, encode=encode, encode_images=encode_images)
     points = [Point(id=n, payload={"name": n, "caption": f"a photo of a {n}", "image": b64(png(photo(n)))})
               for n in PHOTOS]
     res = asyncio.run(coord.upsert(points))
@@ -175,7 +175,7 @@ def test_a_bad_image_fails_its_point_only(photos_coord, bad, reason):
     assert res.upserted == 1 and [f.id for f in res.failed] == [pid] and reason in res.failed[0].reason
     after = sum(row[0]["image"] for row in asyncio.run(photos_coord.counts()))
     assert after == before + 1
-    held = asyncio.run(photos_coord.replicas[photos_coord.shard_of(pid)][0].call("get", [pid]))
+    held = asyncio.run(photos_coord.shards[photos_coord.shard_of(pid)].clients[0].get([pid]))
     assert pid not in held  # nothing partial: not even its caption vector
 
 
@@ -189,7 +189,7 @@ def test_bad_query_images_are_4xx(photos_coord):
         with pytest.raises(PayloadTooLarge):
             asyncio.run(photos_coord.query(QueryRequest(prefetch=[{"space": "image", "image": b64(png(photo("coffee")))}])))
     finally:
-        photos_coord.images = photos_coord.images.model_copy(update={"max_bytes": 8 * 1024 * 1024})
+        photos_coord.images = photos_coord.images.model_copy(update={"max_bytes": MAX_UPLOAD_BYTES})
 
 
 def _real_clip() -> str | None:
@@ -241,5 +241,5 @@ def test_jpeg_base64_is_not_mistaken_for_a_path(photos_coord, tmp_path):
     assert load_reference(str(f), "f", allow_files=True) == data == load_reference(f"file://{f}", "f", allow_files=True)
     res = asyncio.run(photos_coord.upsert([Point(id="jpeg1", payload={"caption": "a camera", "image": ref})]))
     assert res.upserted == 1 and res.failed == []
-    held = asyncio.run(photos_coord.replicas[photos_coord.shard_of("jpeg1")][0].call("get", ["jpeg1"]))
-    assert held["jpeg1"]["payload"]["image"].startswith("<inline image")  # not the base64 itself
+    held = asyncio.run(photos_coord.shards[photos_coord.shard_of("jpeg1")].clients[0].get(["jpeg1"]))
+    assert held["jpeg1"].payload["image"].startswith("<inline image")  # not the base64 itself

@@ -10,9 +10,11 @@ import pytest
 
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
-from cluster.topology import replica_specs
+from shards.local import replica_specs
 from router.coordinator import Coordinator
 from router.models import Point, QueryRequest
+from router.replicas import PROBE_INTERVAL_S
+from tests.clock import FakeClock
 
 DIM = 16
 _n = itertools.count()
@@ -30,7 +32,7 @@ def build(tmp_path, shards, replicas, quorum="majority"):
                            spaces={"v": {"dim": DIM, "index": {"type": "FLAT"}}})
     specs = replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path, None)
     clients = start_ray_shards(cfg, specs)
-    return cfg, specs, Coordinator(cfg, clients, timeout_s=10)
+    return cfg, specs, Coordinator.from_clients(cfg, clients, timeout_s=10, clock=FakeClock())
 
 
 def load(coord, n, seed=1, batch=250):
@@ -48,7 +50,7 @@ def req(q):
 def teardown(coord):
     from shards.actor import stop_ray_shards
 
-    stop_ray_shards(coord.replicas, drop=False)
+    stop_ray_shards([sh.clients for sh in coord.shards], drop=False)
 
 
 @pytest.mark.slow
@@ -60,7 +62,7 @@ def test_killing_one_replica_of_every_shard_loses_no_query(ray_session, tmp_path
         load(coord, 1500)
         queries = vectors(20, 99)
         before = [asyncio.run(coord.query(req(q))) for q in queries]
-        victims = [coord.replicas[s][coord.sets[s].read_order()[0]].actor for s in range(3)]  # the preferred ones
+        victims = [coord.shards[s].clients[coord.shards[s].state.read_order()[0]].actor for s in range(3)]  # the preferred ones
 
         async def scenario():
             sem = asyncio.Semaphore(4)
@@ -101,7 +103,7 @@ def test_a_whole_shard_down_is_partial_then_whole_again_after_restart(ray_sessio
         load(coord, 900)
         q = vectors(1, 5)[0]
         full = asyncio.run(coord.query(req(q)))
-        for c in coord.replicas[1]:
+        for c in coord.shards[1].clients:
             ray.kill(c.actor, no_restart=True)
         answer = asyncio.run(coord.query(req(q)))
         assert answer.partial is True
@@ -113,8 +115,8 @@ def test_a_whole_shard_down_is_partial_then_whole_again_after_restart(ray_sessio
         assert exc.value.status == 503 and exc.value.shards == [1]
         # Restart the shard's replicas (same names, same persisted directories) and let them catch up.
         fresh = start_ray_shards(cfg, specs)
-        coord.replicas[1] = fresh[1]
-        time.sleep(1.2)  # the dead replicas' probe interval
+        coord.shards[1].clients = fresh[1]
+        coord.shards[1].state.clock.advance(PROBE_INTERVAL_S)  # the dead replicas' probes are due
         assert asyncio.run(coord.heal()) == {"healed": 2, "failed": 0}
         again = asyncio.run(coord.query(req(q)))
         assert not again.partial and [h.id for h in again.hits] == [h.id for h in full.hits]
@@ -130,7 +132,7 @@ def test_writes_during_a_replica_crash_are_never_lost(ray_session, tmp_path):
     try:
         vecs = vectors(2000, 3)
         acked, refused = [], 0
-        victim = coord.replicas[0][0].actor
+        victim = coord.shards[0].clients[0].actor
         for b in range(40):
             if b == 12:
                 ray.kill(victim, no_restart=False)
@@ -143,19 +145,19 @@ def test_writes_during_a_replica_crash_are_never_lost(ray_session, tmp_path):
                 refused += 1
         assert len(acked) >= 1800  # 3 replicas, majority quorum: one crash does not stop writes
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # each heal waits (at most its ping timeout) for the restarting actor
             asyncio.run(coord.heal())
             if all(st["state"] == "live" for row in coord.replica_states() for st in row):
                 break
-            time.sleep(1)
+            coord.shards[0].state.clock.advance(PROBE_INTERVAL_S)
         assert all(st["state"] == "live" for row in coord.replica_states() for st in row), coord.replica_states()
         counts = asyncio.run(coord.counts())
         for s, row in enumerate(counts):
             assert len({c["v"] for c in row}) == 1, (s, row)  # every replica of a shard holds the same points
         for s in range(2):
             mine = [pid for pid in acked if coord.shard_of(pid) == s]
-            for client in coord.replicas[s]:
-                held = asyncio.run(client.call("get", mine))
+            for client in coord.shards[s].clients:
+                held = asyncio.run(client.get(mine))
                 assert set(held) == set(mine), (s, client.replica, len(set(mine) - set(held)))
     finally:
         teardown(coord)

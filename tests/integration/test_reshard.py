@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -42,7 +43,8 @@ def test_reshard_four_to_five_moves_a_fifth_and_loses_nothing(tmp_path):
         reader = asyncio.create_task(keep_reading())
         old = service.coordinator("rs")
         report_task = asyncio.create_task(service.reshard("rs", {"shards": 5}))
-        await asyncio.sleep(0.05)
+        while old.paused is None and not report_task.done():
+            await asyncio.sleep(0)  # poll: the reshard pauses writes once the added shards are started
         assert not report_task.done()
         with pytest.raises(ShardUnavailable, match="resharding"):  # writes pause while points move
             await old.upsert([Point(id="late", vectors={"v": [0.0] * 8})])
@@ -51,7 +53,7 @@ def test_reshard_four_to_five_moves_a_fifth_and_loses_nothing(tmp_path):
         await reader
         after = [[h.id for h in (await service.query("rs", q)).hits] for q in probes]
         coord = service.coordinator("rs")
-        held = [await coord._read(s, "ids") for s in range(5)]
+        held = [await sh.read(lambda c: c.ids()) for sh in coord.shards]
         return report, before, after, during, held, coord
 
     report, before, after, during, held, coord = asyncio.run(scenario())
@@ -68,4 +70,57 @@ def test_reshard_four_to_five_moves_a_fifth_and_loses_nothing(tmp_path):
     counts = asyncio.run(coord.counts())
     assert all(len({c["v"] for c in row}) == 1 for row in counts)
     assert service.list_collections() == ["rs"]
+    service.close()
+
+
+def _small_service(tmp_path, stopped):
+    """A 3-shard service on milvus-lite whose stop_shards records what it stopped."""
+    from shards.local import stop_local_shards
+
+    def stop(clients, drop=False):
+        stopped.append(([(c.shard, c.replica) for row in clients for c in row], drop))
+        stop_local_shards(clients, drop)
+
+    return PrismService(ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "off"}), stop_shards=stop)
+
+
+@pytest.mark.parametrize("fail_in, new_shards", [("plan_moves", 4), ("copy_points", 4), ("copy_points", 2)])
+def test_a_reshard_that_fails_part_way_rolls_back(tmp_path, monkeypatch, fail_in, new_shards):
+    """Regression: a failure in planning or copying used to leave writes refused and the new shards running."""
+    import router.reshard as reshard_mod
+
+    stopped: list = []
+    service = _small_service(tmp_path, stopped)
+    n = 600
+    vecs = np.random.default_rng(1).standard_normal((n, 8)).astype(np.float32)
+    real_copy = reshard_mod.copy_points
+
+    async def fail_plan(*args, **kwargs):
+        raise RuntimeError("injected planning failure")
+
+    async def fail_after_one_batch(source, target, moves, copied=None, batch=reshard_mod.COPY_BATCH):
+        first = dict([next(iter(moves.items()))])
+        await real_copy(source, target, first, copied, batch)  # some points really were copied
+        raise RuntimeError("injected copy failure")
+
+    monkeypatch.setattr(reshard_mod, fail_in, fail_plan if fail_in == "plan_moves" else fail_after_one_batch)
+
+    async def scenario():
+        await service.create_collection("rb", {"spaces": {"v": {"dim": 8, "index": {"type": "FLAT"}}}, "shards": 3})
+        await service.upsert("rb", {"points": [{"id": f"p{j}", "vectors": {"v": vecs[j].tolist()}} for j in range(n)]})
+        before = [await sh.read(lambda c: c.ids()) for sh in service.coordinator("rb").shards]
+        with pytest.raises(RuntimeError, match="injected"):
+            await service.reshard("rb", {"shards": new_shards})
+        coord = service.coordinator("rb")
+        after = [await sh.read(lambda c: c.ids()) for sh in coord.shards]
+        # Writes are accepted again, on the old layout.
+        up = await service.upsert("rb", {"points": [{"id": "late", "vectors": {"v": [1.0] * 8}}]})
+        return before, after, coord, up
+
+    before, after, coord, up = asyncio.run(scenario())
+    assert coord.config.shards == 3 and coord.paused is None and up.upserted == 1
+    assert after == before  # copies made onto shards the old layout keeps were removed again
+    added = [(s, 0) for s in range(3, new_shards)]
+    assert stopped == ([(added, True)] if added else [])  # the started shards were stopped and dropped
+    assert json.loads((tmp_path / "catalog" / "rb.json").read_text())["shards"] == 3
     service.close()
