@@ -35,8 +35,9 @@ def test_loadtest_runs_and_its_counts_match_the_server(products, prism_server, t
     assert total["requests"] > 20 and total["error_rate"] == 0.0 and summary["partial_rate"] == 0.0
     for entry in summary["types"].values():
         assert entry["p50_ms"] <= entry["p95_ms"] <= entry["p99_ms"]
-    # Every request Locust counted reached the server's own counters (3 users: at most 3 in flight at the edges).
-    assert abs((after - before) - total["requests"]) <= 3, (after - before, total["requests"])
+    # Every request Locust counted reached the server's own counters. At the stop, a user can be inside a write
+    # task, which sends two requests (upsert, then delete): 3 users leave at most 6 served but never recorded.
+    assert 0 <= (after - before) - total["requests"] <= 2 * 3, (after - before, total["requests"])
     assert "requests" in r.stdout and "report in" in r.stdout
 
 
