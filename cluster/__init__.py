@@ -1,1 +1,1 @@
-"""prism cluster: configuration, hash ring, services, bootstrap and CLI."""
+"""prism cluster: the floor (configuration, errors, hash ring, local services); entry points live in cluster/cli/."""

@@ -1,1 +1,1 @@
-"""prism router: request models, merge, fusion, coordinator and the Serve ingress."""
+"""prism router: request models, pure planning/merge/fusion, the coordinator and what it delegates to, the ingress."""

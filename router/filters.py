@@ -1,4 +1,4 @@
-"""Elasticsearch query DSL subset -> a typed filter tree -> Milvus expressions, ES queries, or Python truth.
+"""Elasticsearch query DSL subset -> a typed filter tree -> Milvus expressions or Elasticsearch queries.
 
 Supported: bool (must, filter, should + minimum_should_match, must_not), term, terms, range (gt/gte/lt/lte on
 numbers and ISO dates), match (text fields; `operator` or/and), exists, ids. Fields must be in the collection's

@@ -1,1 +1,1 @@
-"""prism shards: the Milvus backend, the plain shard and its Ray actor wrapper."""
+"""prism shards: the shard contract (api), the Milvus backend, the plain shard, its in-process and Ray clients."""

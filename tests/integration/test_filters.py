@@ -244,9 +244,9 @@ def test_injection_corpus_matches_literally_and_never_500s(world, mode):
 
 
 def test_a_forced_prefilter_too_large_for_one_es_request_falls_back_to_postfilter(world, monkeypatch):
-    import router.coordinator as coordinator
+    import router.filtering as filtering
 
-    monkeypatch.setattr(coordinator, "PREFILTER_HARD_MAX_IDS", 500)  # stands in for ES's 10,000-hit window
+    monkeypatch.setattr(filtering, "PREFILTER_HARD_MAX_IDS", 500)  # stands in for ES's 10,000-hit window
     dsl = {"range": {"price": {"lt": 60}}}  # about half of the 2,000 points
     answer = run(world, "prefilter", queries(21), dsl)
     assert answer.filter_plans == ["postfilter", "postfilter"]

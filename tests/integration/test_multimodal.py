@@ -184,12 +184,12 @@ def test_bad_query_images_are_4xx(photos_coord):
         with pytest.raises(err) as exc:
             asyncio.run(photos_coord.query(QueryRequest(prefetch=[{"space": "image", "image": bad}])))
         assert exc.value.status == 422 and exc.value.field == "prefetch[0].image"
-    photos_coord.images = photos_coord.images.model_copy(update={"max_bytes": 2048})
+    photos_coord.vectors.images = photos_coord.vectors.images.model_copy(update={"max_bytes": 2048})
     try:
         with pytest.raises(PayloadTooLarge):
             asyncio.run(photos_coord.query(QueryRequest(prefetch=[{"space": "image", "image": b64(png(photo("coffee")))}])))
     finally:
-        photos_coord.images = photos_coord.images.model_copy(update={"max_bytes": MAX_UPLOAD_BYTES})
+        photos_coord.vectors.images = photos_coord.vectors.images.model_copy(update={"max_bytes": MAX_UPLOAD_BYTES})
 
 
 def _real_clip() -> str | None:
