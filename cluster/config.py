@@ -119,18 +119,23 @@ class ImageLimits(_Strict):
 
 
 class PlacementConfig(_Strict):
-    """Ray resources of prism's actors. GPUs: configured and unit-tested here, never run in this project's CI."""
+    """Ray resources of prism's actors. Only encoders use GPUs: shard actors are Milvus clients and compute
+    nothing on one (GPU indexes run inside a GPU-enabled Milvus, whose query and index nodes hold the GPUs)."""
 
-    shard_num_gpus: float = Field(default=0.0, ge=0, le=8)
     encoder_num_gpus: float = Field(default=0.0, ge=0, le=8)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shard_gpus(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "shard_num_gpus" in data:
+            raise ValueError(f"shard_num_gpus={data['shard_num_gpus']!r} is gone: shard actors are Milvus clients and "
+                             "use no GPU; GPU indexes need GPUs on Milvus's query and index nodes (milvus.gpu: true)")
+        return data
 
 
 def shard_actor_options(placement: "PlacementConfig") -> dict:
-    """Ray options of a shard replica actor: never whole CPUs (2-core machines hang), GPUs when configured."""
-    opts: dict = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
-    if placement.shard_num_gpus:
-        opts["num_gpus"] = placement.shard_num_gpus
-    return opts
+    """Ray options of a shard replica actor: never whole CPUs (2-core machines hang) and no GPU."""
+    return {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
 
 
 def encoder_actor_options(placement: "PlacementConfig") -> dict:
@@ -205,6 +210,12 @@ class ClusterConfig(_Strict):
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
     encoder_replicas: int = Field(default=1, ge=1, le=16)
+    # Where encoders run: auto = cuda when Ray gave the replica a GPU (placement.encoder_num_gpus) and torch sees
+    # one, else cpu; cuda where none is visible is a startup error. dtype auto = float16 on cuda, float32 on cpu.
+    encoder_device: Literal["auto", "cpu", "cuda"] = "auto"
+    encoder_dtype: Literal["auto", "float32", "float16"] = "auto"
+    encoder_batch_size: int | None = Field(default=None, ge=1, le=4096)      # None: 256 on cuda, 32 on cpu
+    encoder_batch_wait_ms: float | None = Field(default=None, ge=0, le=1000)  # None: 2 ms on cuda, 4 ms on cpu
     models_dir: str | None = None  # where CLIP weights are looked for (else PRISM_MODELS_DIR, else the HF cache)
     images: "ImageLimits" = Field(default_factory=lambda: ImageLimits())
     collections: list[CollectionConfig] = Field(default_factory=list)

@@ -666,8 +666,8 @@ def write_json(name: str, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
-    ap.add_argument("--only", default="core,serving,filters,chaos,sizing,ingest,scaling",
-                    help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling")
+    ap.add_argument("--only", default="core,serving,filters,chaos,sizing,ingest,scaling,encode",
+                    help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -693,6 +693,10 @@ def main(argv: list[str] | None = None) -> None:
             write_json("scaling", {"machine": machine(), **bench_scaling(workdir / "scaling", sizes=sizes)})
         if "sizing" in sections:
             write_json("sizing", {"machine": machine(), **bench_sizing(workdir / "sizing")})
+        if "encode" in sections:
+            from deploy.bench_encode import run as bench_encode
+
+            bench_encode()
         from deploy.report import write_report
 
         write_report()

@@ -232,6 +232,15 @@ def write_report() -> Path:
             lines.append(f"| {r['dim']} | {r['index']} | {r['points']:,} | {r['gib_per_million']} | "
                          f"{r['raw_float32_gib_per_million']} |")
         lines.append("")
+    enc = _load("encode")
+    if enc:
+        from deploy.bench_encode import table
+
+        lines += ["## Encoders: prism's encoder class vs raw sentence-transformers", "",
+                  f"Machine: {_machine_line(enc['machine'])}. all-MiniLM-L6-v2, distinct texts per batch, "
+                  "`python -m deploy.bench --only encode`; both sides on the same device in the same run. "
+                  f"Target: {enc['target']}. Rows of a device this machine does not have say \"not run\".", "",
+                  table(enc), ""]
     out = DOCS / "benchmarks.md"
     notes = DOCS / "bench" / "notes.md"
     if notes.exists():

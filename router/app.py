@@ -81,21 +81,34 @@ class EncoderDeployment:
     """One encoder (text, or CLIP's text and image towers) behind dynamic batching. A model that cannot load is
     reported, never faked."""
 
-    def __init__(self, name: str, models_dir: str | None = None):
-        from router.embed import load_encoder
+    def __init__(self, name: str, models_dir: str | None = None, device: dict[str, Any] | None = None):
+        import ray
 
+        from router.embed import batch_settings, load_encoder
+
+        d = device or {}
         self.name = name
         self.error: str | None = None
+        # A device that cannot be had (cuda without a GPU) raises ConfigError here: the replica fails to start,
+        # and the deployment with it, naming the encoder. Missing weights only make this encoder unavailable.
         try:
-            self.encoder = load_encoder(name, models_dir)
+            self.encoder = load_encoder(name, models_dir, device=d.get("device", "auto"), dtype=d.get("dtype", "auto"),
+                                        assigned_gpus=ray.get_gpu_ids(), batch_size=d.get("batch_size"))
         except ModelUnavailable as exc:
             self.encoder, self.error = None, exc.message
+        self.batch = batch_settings(self.encoder.device if self.encoder else "cpu", d.get("batch_size"),
+                                    d.get("batch_wait_ms"))
+        for method in (self._encode_batch, self._encode_document_batch, self._encode_image_batch):
+            method.set_max_batch_size(self.batch[0])
+            method.set_batch_wait_timeout_s(self.batch[1])
 
     def status(self) -> dict[str, Any]:
         if self.encoder is None:
             return {"name": self.name, "available": False, "reason": self.error}
         return {"name": self.name, "available": True, "dim": self.encoder.dim, "max_tokens": self.encoder.max_tokens,
-                "modalities": list(self.encoder.modalities)}
+                "modalities": list(self.encoder.modalities), "device": self.encoder.device,
+                "dtype": self.encoder.dtype, "max_batch_size": self.batch[0],
+                "batch_wait_ms": round(self.batch[1] * 1000, 3)}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
     async def _encode_batch(self, texts: list[str]) -> list[tuple[list[float], bool]]:
@@ -261,7 +274,9 @@ def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Applica
         cfg = load_config(b.config_path, env=True, **(b.config or {}))
     encoders = {
         name: EncoderDeployment.options(name=f"encoder_{name}", num_replicas=cfg.encoder_replicas,
-                                        ray_actor_options=encoder_actor_options(cfg.placement)).bind(name, cfg.models_dir)
+                                        ray_actor_options=encoder_actor_options(cfg.placement)).bind(
+            name, cfg.models_dir, {"device": cfg.encoder_device, "dtype": cfg.encoder_dtype,
+                                   "batch_size": cfg.encoder_batch_size, "batch_wait_ms": cfg.encoder_batch_wait_ms})
         for name in ENCODERS
     }
     return Ingress.bind(cfg.model_dump(), encoders)

@@ -113,7 +113,9 @@ def status(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
         _fail(f"{base} does not answer: {exc}")
     console.print(f"prism {h['version']} at {base}: [green]{h['status']}[/green]")
     for name, enc in h["encoders"].items():
-        state = f"{enc['dim']}-d" if enc["available"] else f"[red]unavailable[/red]: {enc['reason']}"
+        state = (f"{enc['dim']}-d on {enc.get('device', '?')} ({enc.get('dtype', '?')}, batches of "
+                 f"{enc.get('max_batch_size', '?')})" if enc["available"] else
+                 f"[red]unavailable[/red]: {enc['reason']}")
         console.print(f"  encoder {name}: {state}")
     for name in h["collections"]:
         info = httpx.get(f"{base}/v1/collections/{name}", timeout=30).json()
@@ -233,7 +235,7 @@ def models_install(
     from router.embed import ClipEncoder
 
     try:
-        enc = ClipEncoder("clip", str(source))
+        enc = ClipEncoder("clip", str(source), device="cpu")  # a load-and-embed check: the CPU is enough
         t, i = enc.encode(["a photo of a cat"])[0], enc.encode_images([Image.new("RGB", (64, 64), "red")])[0]
     except Exception as exc:  # noqa: BLE001 - any failure means: not a usable CLIP directory
         _fail(f"{source} is not a loadable CLIP model: {exc}")
@@ -253,10 +255,14 @@ def models_list(
     models_dir: Optional[str] = typer.Option(None, "--models-dir"),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
 ) -> None:
-    """What is present: each encoder, where from, its dimension (read from the model) and size on disk."""
-    from router.embed import ENCODER_DIMS, clip_path, minilm_path
+    """What is present: each encoder, where from, its dimension (read from the model) and size on disk, and the
+    device `encoder_device: auto` would run it on here."""
+    from router.embed import ENCODER_DIMS, choose_device, choose_dtype, clip_path, cuda_visible, minilm_path
 
     where = _models_dir(models_dir, data_dir)
+    device = choose_device("auto", "any", assigned_gpus=None, cuda=cuda_visible())
+    console.print(f"device here (encoder_device: auto): {device}, {choose_dtype('auto', device, 'any')}"
+                  + ("" if device == "cuda" else f" ({cuda_visible()[1]})"), soft_wrap=True)
     for name, find in (("minilm", minilm_path), ("clip", lambda: clip_path(str(where)))):
         try:
             path = Path(find())

@@ -20,6 +20,7 @@ def test_models_install_and_list(tmp_path, monkeypatch):
     models = tmp_path / "models"
     r = cli("list", "--models-dir", str(models), env=env)
     assert r.returncode == 0 and "missing" in r.stdout
+    assert "device here (encoder_device: auto): cpu, float32" in r.stdout  # no GPU on this project's machines
     r = cli("install", "clip", "--from", str(src), "--models-dir", str(models), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "installed clip (16-d" in r.stdout and (models / "clip" / "config.json").is_file()

@@ -166,10 +166,13 @@ def test_gpu_placement_options():
     cpu = PlacementConfig()
     assert shard_actor_options(cpu) == {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
     assert encoder_actor_options(cpu) == {"num_cpus": 0}
-    gpu = PlacementConfig(shard_num_gpus=0.5, encoder_num_gpus=1)
-    assert shard_actor_options(gpu)["num_gpus"] == 0.5 and encoder_actor_options(gpu)["num_gpus"] == 1
+    gpu = PlacementConfig(encoder_num_gpus=1)
+    assert "num_gpus" not in shard_actor_options(gpu) and encoder_actor_options(gpu)["num_gpus"] == 1
+    # Shard actors are Milvus clients: a GPU reserved for them would sit idle, so the setting is refused.
+    with pytest.raises(ValidationError, match="shard actors are Milvus clients"):
+        PlacementConfig(shard_num_gpus=0.5)
     with pytest.raises(ValidationError):
-        PlacementConfig(shard_num_gpus=-1)
+        PlacementConfig(encoder_num_gpus=-1)
 
 
 def test_chunk_windows_cover_everything_with_overlap():

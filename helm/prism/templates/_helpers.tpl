@@ -58,7 +58,6 @@ applications:
           mode: {{ .Values.prism.filters.mode }}
           prefilter_max_ids: {{ .Values.prism.filters.prefilterMaxIds | int }}
         placement:
-          shard_num_gpus: {{ if .Values.gpu.enabled }}{{ .Values.gpu.shardNumGpus }}{{ else }}0{{ end }}
           encoder_num_gpus: {{ if .Values.gpu.enabled }}{{ .Values.gpu.encoderNumGpus }}{{ else }}0{{ end }}
         collections:
         {{- range .Values.prism.collections }}

@@ -1,0 +1,99 @@
+"""Encoder throughput: prism's encoder class against raw sentence-transformers, on the same device, same run.
+
+`python -m deploy.bench --only encode` (or `python -m deploy.bench_encode` where only torch and
+sentence-transformers are installed, e.g. a GPU box without Ray or Milvus). Measures texts/s at batch 1, 32 and
+256 for every device found here (cpu always; cuda when torch sees one) and writes docs/bench/encode.json. A
+device that is not here gets rows that say "not run", never a number.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+BATCHES = (1, 32, 256)
+OUT = Path(__file__).resolve().parent.parent / "docs" / "bench" / "encode.json"
+SENTENCES = [
+    "waterproof leather hiking boot with ankle support", "stoneware mug for coffee and tea",
+    "lightweight running shoe with a responsive foam midsole", "a warm down jacket for winter mornings",
+    "stainless steel pour-over coffee kettle with a gooseneck spout", "kids rain boots in bright yellow rubber",
+]
+
+
+def texts(n: int, offset: int = 0) -> list[str]:
+    """Distinct texts of realistic length (no two batches alike, so no cache can help either side)."""
+    return [f"{SENTENCES[(offset + i) % len(SENTENCES)]} #{offset + i}" for i in range(n)]
+
+
+def _rate(fn, batch: int, seconds: float) -> float:
+    fn(texts(batch, 10_000))  # warm-up: kernels, allocator, tokenizer caches
+    done, i, t0 = 0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or done == 0:
+        fn(texts(batch, i * batch))
+        done += batch
+        i += 1
+    return done / (time.perf_counter() - t0)
+
+
+def measure(device: str, seconds: float = 5.0) -> dict:
+    """prism's TextEncoder.encode vs SentenceTransformer.encode, alternating per batch size, on `device`."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from router.embed import load_encoder, minilm_path
+
+    enc = load_encoder("minilm", device=device)
+    raw = SentenceTransformer(minilm_path(), device=device, local_files_only=True)
+    if enc.dtype == "float16":
+        raw.half()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    rows = []
+    for b in BATCHES:
+        prism = _rate(enc.encode, b, seconds)
+        base = _rate(lambda t: raw.encode(t, batch_size=max(b, 1), normalize_embeddings=True,
+                                          convert_to_numpy=True, show_progress_bar=False), b, seconds)
+        rows.append({"batch": b, "prism_per_s": round(prism, 1), "raw_per_s": round(base, 1),
+                     "ratio": round(prism / base, 3)})
+    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
+    return {"device": device, "device_name": name, "dtype": enc.dtype, "threads": torch.get_num_threads(),
+            "rows": rows}
+
+
+def run(seconds: float = 5.0, out: Path = OUT) -> dict:
+    from router.embed import cuda_visible
+
+    results = [measure("cpu", seconds)]
+    seen, why = cuda_visible()
+    if seen:
+        results.append(measure("cuda", seconds))
+    else:
+        results.append({"device": "cuda", "dtype": "float16",
+                        "rows": [{"batch": b, "prism_per_s": f"not run: no GPU ({why})",
+                                  "raw_per_s": f"not run: no GPU ({why})", "ratio": "not run"} for b in BATCHES]})
+    import os
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    payload = {"machine": {"cores": os.cpu_count(), "ram_gib": round(ram, 1), "cpu": platform.machine(),
+                           "python": platform.python_version(), "date": date.today().isoformat()},
+               "target": "ratio >= 0.9 on each device", "results": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
+
+
+def table(payload: dict) -> str:
+    """Markdown rows for docs/benchmarks.md."""
+    lines = ["| device | dtype | batch | prism texts/s | raw texts/s | ratio |", "|---|---|---|---|---|---|"]
+    for res in payload["results"]:
+        for r in res["rows"]:
+            lines.append(f"| {res['device']} | {res['dtype']} | {r['batch']} | {r['prism_per_s']} | {r['raw_per_s']} "
+                         f"| {r['ratio']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(run(float(sys.argv[1]) if len(sys.argv) > 1 else 5.0)))
