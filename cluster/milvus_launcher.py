@@ -11,11 +11,16 @@ from pathlib import Path
 
 from cluster.services import free_port
 
+# The proxy's time-tick interval (ms; Milvus's default 200): a Strong read, and so a writer's wait=true, waits
+# for the next tick. Measured in docs/benchmarks.md (freshness: the tuning rows).
+TIME_TICK_MS = 200
+
 
 def main(argv: list[str]) -> int:
     import milvus
 
     data_dir, port, health_port = argv[0], int(argv[1]), int(argv[2])
+    time_tick_ms = int(argv[3]) if len(argv) > 3 else TIME_TICK_MS
     server = milvus.MilvusServer(wait_for_started=False)
     server.set_base_dir(data_dir)
     server.config.set("proxy_port", port)
@@ -34,8 +39,8 @@ def main(argv: list[str]) -> int:
             f"initial-cluster: default=http://127.0.0.1:{peer}\n"
         )
         cfg = Path(data_dir) / "configs" / "milvus.yaml"
-        text = cfg.read_text()
-        cfg.write_text(text.replace("etcd:\n", f"etcd:\n  config:\n    path: {etcd_yaml}\n", 1))
+        text = cfg.read_text().replace("etcd:\n", f"etcd:\n  config:\n    path: {etcd_yaml}\n", 1)
+        cfg.write_text(text.replace("timeTickInterval: 200 #", f"timeTickInterval: {time_tick_ms} #", 1))
 
     server.config.write_config = write_with_etcd_config
 

@@ -112,13 +112,15 @@ def _start(name: str, cmd: list[str], log_path: Path, uri: str, health_url: str,
 
 
 def start_milvus_server(data_dir: str | os.PathLike, port: int | None = None, health_port: int | None = None,
-                        timeout_s: float = MILVUS_READY_TIMEOUT_S) -> ServiceHandle:
+                        timeout_s: float = MILVUS_READY_TIMEOUT_S, time_tick_ms: int | None = None) -> ServiceHandle:
     """Start the PyPI `milvus` package's Milvus 2.3 standalone; ready when its /healthz answers 200."""
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     health_port = health_port or free_port()
-    return _start("milvus", [sys.executable, "-m", "cluster.milvus_launcher", str(data), str(port), str(health_port)],
+    tick = [str(time_tick_ms)] if time_tick_ms else []
+    return _start("milvus", [sys.executable, "-m", "cluster.milvus_launcher", str(data), str(port), str(health_port),
+                             *tick],
                   data / "prism-milvus-launcher.log", f"http://127.0.0.1:{port}",
                   f"http://127.0.0.1:{health_port}/healthz", timeout_s, "Milvus server")
 

@@ -29,6 +29,7 @@ from router.coordinator import Coordinator
 from router.fusion import rrf
 from router.merge import merge_topk
 from router.models import QueryRequest, ScoredId
+from shards.api import PointRow
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 DIMS = {"text": 384, "image": 512}
@@ -68,22 +69,16 @@ def load_points(shards, ring: HashRing, vecs: dict[str, np.ndarray], batch: int 
         idx = by_shard[s]
         for start in range(0, len(idx), batch):
             chunk = idx[start : start + batch]
-            pts = [{"id": f"p{i}", "payload": {"n": i}, "vectors": {sp: vecs[sp][i].tolist() for sp in vecs}}
+            pts = [PointRow(id=f"p{i}", payload={"n": i}, vectors={sp: vecs[sp][i].tolist() for sp in vecs})
                    for i in chunk]
             for c in shards[s]:
-                c.target.upsert(pts)
+                c.target.upsert(pts, wait=False)  # bulk: one visibility wait at the end, not one per batch
+        for c in shards[s]:
+            c.target.wait_visible()
 
     with ThreadPoolExecutor(len(shards)) as pool:
         list(pool.map(load_one, range(len(shards))))
     return time.perf_counter() - t0
-
-
-def settle() -> None:
-    """A freshly opened replica reads with Strong consistency for STRONG_WINDOW_S (it cannot know how recent the
-    last writes were); measuring inside that window would time Milvus's time-tick wait, not prism."""
-    from shards.backend import STRONG_WINDOW_S
-
-    time.sleep(STRONG_WINDOW_S + 0.5)
 
 
 def close_all(shards) -> None:
@@ -154,7 +149,6 @@ def bench_core(n: int, shards: int, backend: str, n_queries: int, workdir: Path)
         # Reopen before measuring, exactly as the actors will: both sides then search sealed, indexed data.
         close_all(local)
         local = local_shards(cfg, specs)
-        settle()
         for q in queries[:5]:  # warm-up (index load, caches)
             baseline_query(local, q)
         base_lat = []
@@ -166,7 +160,6 @@ def bench_core(n: int, shards: int, backend: str, n_queries: int, workdir: Path)
 
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace=f"bench-{backend}")
         clients = start_ray_shards(cfg, specs)
-        settle()
         coord = Coordinator.from_clients(cfg, clients)
         reqs = [request(q) for q in queries]
         asyncio.run(run_concurrent(coord, reqs[:5], 1))
@@ -308,18 +301,17 @@ def bench_filters(n: int, shards: int, workdir: Path, n_queries: int = 30) -> di
         t0 = time.perf_counter()
         by_shard: dict[int, list[dict]] = defaultdict(list)
         for i in range(n):
-            by_shard[int(ring.get(f"p{i}"))].append({"id": f"p{i}", "payload": {"sel": int(sel[i])},
-                                                     "meta": {"sel": int(sel[i])}, "vectors": {"text": vecs[i].tolist()}})
+            by_shard[int(ring.get(f"p{i}"))].append(PointRow(id=f"p{i}", payload={"sel": int(sel[i])},
+                                                             meta={"sel": int(sel[i])}, vectors={"text": vecs[i].tolist()}))
         for s, rows in by_shard.items():
             for start in range(0, len(rows), 2000):
-                clients[s][0].target.upsert(rows[start : start + 2000])
+                clients[s][0].target.upsert(rows[start : start + 2000], wait=False)
         for start in range(0, n, 5000):
             store.upsert("fbench", [(f"p{i}", {"sel": int(sel[i])}) for i in range(start, min(n, start + 5000))])
         for row in clients:
             row[0].target.wait_indexed()
         close_all(clients)
         clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="server", uri=server.uri), workdir, server.uri))
-        settle()
         print(f"[filters] loaded Milvus + Elasticsearch in {time.perf_counter() - t0:.1f}s", flush=True)
         qs = query_vectors(n_queries, 384, seed=10, base_seed=8)
 
@@ -666,8 +658,9 @@ def write_json(name: str, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
-    ap.add_argument("--only", default="core,serving,filters,chaos,sizing,ingest,scaling,encode",
-                    help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode")
+    ap.add_argument("--only", default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness",
+                    help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
+                         "freshness")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -697,6 +690,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_encode import run as bench_encode
 
             bench_encode()
+        if "freshness" in sections:
+            from deploy.bench_freshness import run as bench_freshness
+
+            write_json("freshness", {"machine": machine(), **bench_freshness(workdir / "freshness")})
         from deploy.report import write_report
 
         write_report()

@@ -232,6 +232,16 @@ def write_report() -> Path:
             lines.append(f"| {r['dim']} | {r['index']} | {r['points']:,} | {r['gib_per_million']} | "
                          f"{r['raw_float32_gib_per_million']} |")
         lines.append("")
+    fr = _load("freshness")
+    if fr:
+        from deploy.bench_freshness import table as freshness_table
+
+        lines += ["## Freshness: reads while others write", "",
+                  f"Machine: {_machine_line(fr['machine'])}. 20,000 points (384-d, HNSW), 2 shards, in-process "
+                  "shards; readers at c=1 and c=8 for 8 s each while a writer sends 0, 5 or 50 points/s (batches "
+                  "of 10, wait=true, open loop). Reads are `bounded` (the default); writers with wait=true read "
+                  "their write back at Strong once per space per batch, so they pay the time tick, not the "
+                  f"readers. Target: {fr['targets']}.", "", freshness_table(fr), ""]
     enc = _load("encode")
     if enc:
         from deploy.bench_encode import table

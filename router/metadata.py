@@ -2,7 +2,8 @@
 
 Payload selectors are served from the shards (Milvus keeps the full payload beside each vector); Elasticsearch
 keeps the full payload too, indexed by the collection's mapping, and decides the filters shards cannot.
-Every write waits for a refresh (`refresh="wait_for"`): once an upsert is acknowledged, it is filterable.
+A write with wait=true (the default) waits for a refresh (`refresh="wait_for"`): once acknowledged, it is
+filterable; with wait=false it becomes filterable at the next refresh (1 s by default).
 """
 from __future__ import annotations
 
@@ -69,24 +70,26 @@ class MetadataStore:
         if self._call("exists", self.es.indices.exists, index=name):
             self._call("delete index", self.es.indices.delete, index=name)
 
-    def upsert(self, collection: str, points: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def upsert(self, collection: str, points: Sequence[tuple[str, dict[str, Any]]], wait: bool = True) -> None:
+        """Index the payloads; `wait`: return once filters see them (refresh=wait_for), else at the next refresh."""
         from elasticsearch import helpers
 
         if not points:
             return
         actions = [{"_op_type": "index", "_index": index_name(collection), "_id": pid, "_source": payload}
                    for pid, payload in points]
-        ok, errors = self._call("bulk index", helpers.bulk, self.es, actions, refresh="wait_for",
-                                raise_on_error=False)
+        ok, errors = self._call("bulk index", helpers.bulk, self.es, actions,
+                                refresh="wait_for" if wait else False, raise_on_error=False)
         if errors:
             raise BackendError(f"Elasticsearch refused {len(errors)} documents: {str(errors[:2])[:300]}")
 
-    def delete(self, collection: str, ids: Iterable[str]) -> None:
+    def delete(self, collection: str, ids: Iterable[str], wait: bool = True) -> None:
         from elasticsearch import helpers
 
         actions = [{"_op_type": "delete", "_index": index_name(collection), "_id": i} for i in ids]
         if actions:
-            self._call("bulk delete", helpers.bulk, self.es, actions, refresh="wait_for", raise_on_error=False)
+            self._call("bulk delete", helpers.bulk, self.es, actions, refresh="wait_for" if wait else False,
+                       raise_on_error=False)
 
     def count(self, collection: str, query: dict[str, Any]) -> int:
         return int(self._call("count", self.es.count, index=index_name(collection), query=query)["count"])

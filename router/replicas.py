@@ -180,11 +180,11 @@ class LoggedOp:
     args: Sequence[Any]
 
 
-async def _apply(client: ShardApi, kind: str, args: Sequence[Any]) -> int:
+async def _apply(client: ShardApi, kind: str, args: Sequence[Any], wait: bool = True) -> int:
     if kind == "upsert":
-        return await client.upsert(args)
+        return await client.upsert(args, wait)
     if kind == "delete":
-        return await client.delete(args)
+        return await client.delete(args, wait)
     raise ValueError(f"unknown write kind {kind!r}")
 
 
@@ -241,13 +241,13 @@ class ReplicatedShard:
         raise ShardUnavailable(f"shard {self.shard} unavailable: " + "; ".join(reasons), shards=[self.shard])
 
     # -- writes ------------------------------------------------------------------------------------------------
-    async def upsert(self, rows: Sequence[PointRow]) -> list[int]:
-        return await self._write("upsert", list(rows))
+    async def upsert(self, rows: Sequence[PointRow], wait: bool = True) -> list[int]:
+        return await self._write("upsert", list(rows), wait)
 
-    async def delete(self, ids: Sequence[str]) -> list[int]:
-        return await self._write("delete", list(ids))
+    async def delete(self, ids: Sequence[str], wait: bool = True) -> list[int]:
+        return await self._write("delete", list(ids), wait)
 
-    async def _write(self, kind: str, args: Sequence[Any]) -> list[int]:
+    async def _write(self, kind: str, args: Sequence[Any], wait: bool = True) -> list[int]:
         """Sequence the write, send it to every caught-up replica, acknowledge at the write quorum.
 
         Replicas that miss it (down, failed, or already behind) are stale until `heal` replays the log to them.
@@ -257,7 +257,7 @@ class ReplicatedShard:
             targets = rs.write_targets()
             seq = rs.next_seq()
             results = await asyncio.gather(
-                *(asyncio.wait_for(_apply(self.clients[r], kind, args), self.timeout_s) for r in targets),
+                *(asyncio.wait_for(_apply(self.clients[r], kind, args, wait), self.timeout_s) for r in targets),
                 return_exceptions=True,
             )
             refused = next((res for res in results if isinstance(res, REQUEST_ERRORS)), None)
@@ -306,8 +306,8 @@ class ReplicatedShard:
         if ops and ops[0].seq != start + 1:
             raise ShardUnavailable(f"replica {r} of shard {self.shard} is {rs.seq - start} writes behind, beyond the "
                                    f"operation log ({OPLOG_MAX_OPS} ops): it needs a full resync", shards=[self.shard])
-        for op in ops:
-            await asyncio.wait_for(_apply(client, op.kind, op.args), self.timeout_s)
+        for op in ops:  # replayed visibly: the replica serves reads (bounded ones too) as soon as it is caught up
+            await asyncio.wait_for(_apply(client, op.kind, op.args, True), self.timeout_s)
             rs.applied(r, op.seq)
         rs.on_success(r)
 

@@ -46,11 +46,11 @@ class RayShardClient:
     async def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
         return await self._await(self.actor.get.remote(ids, with_vectors))
 
-    async def upsert(self, points: Sequence[PointRow]) -> int:
-        return await self._await(self.actor.upsert.remote(points))
+    async def upsert(self, points: Sequence[PointRow], wait: bool = True) -> int:
+        return await self._await(self.actor.upsert.remote(points, wait))
 
-    async def delete(self, ids: Sequence[str]) -> int:
-        return await self._await(self.actor.delete.remote(ids))
+    async def delete(self, ids: Sequence[str], wait: bool = True) -> int:
+        return await self._await(self.actor.delete.remote(ids, wait))
 
     async def export(self, ids: Sequence[str]) -> list[PointRow]:
         return await self._await(self.actor.export.remote(ids))

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 MAX_ID_LENGTH = 256
+# Read consistency per search: bounded (the default: never waits for writes; sees every write acknowledged with
+# wait=true), strong (waits until every write acknowledged before it is visible), eventual (no guarantee).
+CONSISTENCY_LEVELS = ("bounded", "strong", "eventual")
 
 
 class ScoredId(NamedTuple):
@@ -28,6 +31,7 @@ class SearchSpec:
     limit: int
     expr: str | None = None
     params: dict[str, Any] | None = None
+    consistency: str = "bounded"
 
 
 @dataclass
@@ -61,11 +65,12 @@ class ShardApi(Protocol):
     async def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
         """Payloads (and the named spaces' vectors) of the ids held here."""
 
-    async def upsert(self, points: Sequence[PointRow]) -> int:
-        """Insert or replace; each space stores the points carrying its vector. Returns how many were written."""
+    async def upsert(self, points: Sequence[PointRow], wait: bool = True) -> int:
+        """Insert or replace; each space stores the points carrying its vector. Returns how many were written.
+        `wait`: return only once the change is visible to every search on this replica (bounded ones too)."""
 
-    async def delete(self, ids: Sequence[str]) -> int:
-        """Delete from every space; returns how many of `ids` existed here."""
+    async def delete(self, ids: Sequence[str], wait: bool = True) -> int:
+        """Delete from every space; returns how many of `ids` existed here. `wait` as for upsert."""
 
     async def export(self, ids: Sequence[str]) -> list[PointRow]:
         """Whole stored points, for copying to another shard."""

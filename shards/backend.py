@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -31,10 +30,10 @@ DEFAULT_BUILD_PARAMS: dict[str, dict[str, Any]] = {
     "FLAT": {},
 }
 _QUERY_PAGE = 1000
-# Milvus' Bounded reads may lag writes by up to common.gracefulTime (5 s by default). Within this window after
-# this replica's own last write, reads use Strong (which waits for the next time tick, ~200 ms on a 2.3
-# standalone); after it, Bounded is exact for everything written through prism and costs nothing extra.
-STRONG_WINDOW_S = 6.0
+# prism's read levels -> Milvus's. Bounded never waits; it sees every write whose writer waited (`wait_visible`),
+# and any other write once it is older than common.gracefulTime (STALENESS_BOUND_S on the bundled server).
+LEVELS = {"bounded": "Bounded", "strong": "Strong", "eventual": "Eventually"}
+STALENESS_BOUND_S = 5.0
 
 
 class BackendSpec(BaseModel):
@@ -67,15 +66,12 @@ def build_params(index: IndexConfig) -> dict[str, Any]:
 
 
 class MilvusBackend:
-    """Collections holding (id, vec, payload JSON) rows; reads see this replica's own writes (see STRONG_WINDOW_S)."""
+    """Collections holding (id, vec, payload, meta) rows. Writes made with `wait_visible` are seen by every read."""
 
-    def __init__(self, spec: BackendSpec, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, spec: BackendSpec):
         from pymilvus import MilvusClient
 
         self.spec = spec
-        self.clock = clock
-        self._opened = clock()
-        self._last_write: dict[str, float] = {}
         try:
             self.client = MilvusClient(uri=spec.uri, token=spec.token or "")
         except Exception as exc:  # noqa: BLE001 - translated at the boundary
@@ -129,27 +125,22 @@ class MilvusBackend:
         if self.has_collection(name):
             self.client.drop_collection(name)
 
-    def consistency(self, name: str) -> str:
-        """Strong while this replica's own recent writes may not be visible to a Bounded read yet."""
-        if self.spec.kind == "lite":
-            return "Strong"
-        last = max(self._last_write.get(name, 0.0), self._opened)
-        return "Strong" if self.clock() - last < STRONG_WINDOW_S else "Bounded"
-
     # -- writes ------------------------------------------------------------------------------------------------
     def upsert(self, name: str, rows: Sequence[dict[str, Any]]) -> int:
         if not rows:
             return 0
-        self._last_write[name] = self.clock()
         res = self.client.upsert(name, list(rows))
-        self._last_write[name] = self.clock()
         return int(res.get("upsert_count", len(rows))) if isinstance(res, dict) else len(rows)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
-            self._last_write[name] = self.clock()
             self.client.delete(name, filter=ids_in(ids))
-            self._last_write[name] = self.clock()
+
+    def wait_visible(self, name: str) -> None:
+        """Return once this collection's earlier writes are visible to every search: a Strong read (of an id that
+        cannot exist) waits for the time tick that covers them. milvus-lite applies writes at once."""
+        if self.spec.kind == "server":
+            self.client.query(name, filter='id == ""', output_fields=[ID_FIELD], limit=1, consistency_level="Strong")
 
     # -- reads -------------------------------------------------------------------------------------------------
     def search(
@@ -160,6 +151,7 @@ class MilvusBackend:
         limit: int,
         expr: str | None = None,
         params: dict[str, Any] | None = None,
+        consistency: str = "bounded",
     ) -> list[list[ScoredId]]:
         """Top-`limit` per query vector, as ScoredIds with higher-is-better scores."""
         res = self.client.search(
@@ -169,7 +161,7 @@ class MilvusBackend:
             filter=expr or "",
             output_fields=[ID_FIELD],
             search_params={"params": search_params(space.index, limit, params)},
-            consistency_level=self.consistency(name),
+            consistency_level=LEVELS[consistency],
         )
         sign = -1.0 if space.metric == "l2" else 1.0
         return [[ScoredId(str(h["id"]), sign * float(h["distance"])) for h in hits] for hits in res]
@@ -182,7 +174,7 @@ class MilvusBackend:
         for start in range(0, len(ids), _QUERY_PAGE):
             chunk = list(ids[start : start + _QUERY_PAGE])
             rows = self.client.query(name, filter=ids_in(chunk), output_fields=fields,
-                                     consistency_level=self.consistency(name))
+                                     consistency_level="Bounded")
             for row in rows:
                 entry: dict[str, Any] = {"payload": row.get(PAYLOAD_FIELD) or {}}
                 if with_vectors:
@@ -193,7 +185,7 @@ class MilvusBackend:
     def ids(self, name: str, batch: int = _QUERY_PAGE) -> list[str]:
         """Every id in the collection (query iterator: no offset/limit window)."""
         it = self.client.query_iterator(name, batch_size=batch, filter='id != ""', output_fields=[ID_FIELD],
-                                        consistency_level=self.consistency(name))
+                                        consistency_level="Strong")  # resharding plans on it: every write counts
         out: list[str] = []
         try:
             while True:
@@ -205,20 +197,21 @@ class MilvusBackend:
             it.close()
 
     def rows(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Full stored rows (vector, payload, meta) of `ids`: what a copy to another shard needs."""
+        """Full stored rows (vector, payload, meta) of `ids`, read at Strong: copies and read-modify-writes
+        must see every earlier write."""
         out: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), _QUERY_PAGE):
             chunk = list(ids[start : start + _QUERY_PAGE])
-            for row in self.client.query(name, filter=ids_in(chunk), consistency_level=self.consistency(name),
+            for row in self.client.query(name, filter=ids_in(chunk), consistency_level="Strong",
                                          output_fields=[ID_FIELD, VECTOR_FIELD, PAYLOAD_FIELD, META_FIELD]):
                 out[str(row[ID_FIELD])] = {"vector": [float(x) for x in row[VECTOR_FIELD]],
                                            "payload": row.get(PAYLOAD_FIELD) or {}, "meta": row.get(META_FIELD) or {}}
         return out
 
     def flush(self, name: str) -> None:
-        """Seal growing segments so the server indexes them (milvus-lite persists on its own)."""
-        if self.spec.kind == "server":
-            self.client.flush(name)
+        """Seal growing segments so they get indexed. milvus-lite too: it searches unsealed rows by brute force
+        (measured: 10,000 x 384-d HNSW, 283 ms per search before a flush, 24 ms after)."""
+        self.client.flush(name)
 
     def pending_index_rows(self, name: str) -> int:
         """Rows not yet covered by the index (0 when fully built; always 0 on milvus-lite, which reports none)."""
@@ -228,5 +221,5 @@ class MilvusBackend:
 
     def count(self, name: str) -> int:
         rows = self.client.query(name, filter="", output_fields=["count(*)"],
-                                 consistency_level=self.consistency(name))
+                                 consistency_level="Bounded")
         return int(rows[0]["count(*)"]) if rows else 0

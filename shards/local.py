@@ -47,11 +47,11 @@ class LocalShardClient:
     async def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
         return await asyncio.to_thread(self.target.get, ids, with_vectors)
 
-    async def upsert(self, points: Sequence[PointRow]) -> int:
-        return await asyncio.to_thread(self.target.upsert, points)
+    async def upsert(self, points: Sequence[PointRow], wait: bool = True) -> int:
+        return await asyncio.to_thread(self.target.upsert, points, wait)
 
-    async def delete(self, ids: Sequence[str]) -> int:
-        return await asyncio.to_thread(self.target.delete, ids)
+    async def delete(self, ids: Sequence[str], wait: bool = True) -> int:
+        return await asyncio.to_thread(self.target.delete, ids, wait)
 
     async def export(self, ids: Sequence[str]) -> list[PointRow]:
         return await asyncio.to_thread(self.target.export, ids)

@@ -57,8 +57,8 @@ class Shard:
         return self.backend.describe_index(self._name(space))
 
     # -- writes ------------------------------------------------------------------------------------------------
-    def upsert(self, points: Sequence[PointRow]) -> int:
-        """Each space stores the points carrying its vector."""
+    def upsert(self, points: Sequence[PointRow], wait: bool = True) -> int:
+        """Each space stores the points carrying its vector; `wait`: return once every search here sees them."""
         self._ensure_open()
         per_space: dict[str, list[dict[str, Any]]] = {s: [] for s in self.config.spaces}
         for p in points:
@@ -67,18 +67,44 @@ class Shard:
                     raise SpaceNotFound(f"unknown space {space!r} for point {p.id!r}", field="vectors")
                 per_space[space].append({ID_FIELD: p.id, VECTOR_FIELD: vec, PAYLOAD_FIELD: p.payload,
                                          META_FIELD: p.meta})
+        written = []
         for space, rows in per_space.items():
-            self._call(self.backend.upsert, self.names[space], rows)
+            if rows:
+                self._call(self.backend.upsert, self.names[space], rows)
+                written.append(self.names[space])
+        if wait:
+            self._wait_visible(written)
         return len(points)
 
-    def delete(self, ids: Sequence[str]) -> int:
-        """Delete from every space; returns how many of `ids` existed here."""
+    def delete(self, ids: Sequence[str], wait: bool = True) -> int:
+        """Delete from every space; returns how many of `ids` were visible here. `wait` as for upsert."""
         self._ensure_open()
         found = set()
         for space, name in self.names.items():
             found.update(self._call(self.backend.get, name, list(ids)).keys())
             self._call(self.backend.delete, name, list(ids))
+        if wait and ids:
+            self._wait_visible(list(self.names.values()))
         return len(found)
+
+    def wait_visible(self) -> None:
+        """Return once every write made so far (waited for or not) is visible to every search here."""
+        self._ensure_open()
+        self._wait_visible(list(self.names.values()))
+
+    def _wait_visible(self, names: list[str]) -> None:
+        """A Strong read of each written collection, concurrently: once it returns, the replica's serviceable time
+        has passed the write, so every later search sees it, bounded ones included. The writer pays the
+        time-tick wait; readers never do."""
+        if len(names) <= 1:
+            for name in names:
+                self._call(self.backend.wait_visible, name)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(names)) as pool:
+            for f in [pool.submit(self._call, self.backend.wait_visible, n) for n in names]:
+                f.result()
 
     # -- reads -------------------------------------------------------------------------------------------------
     def search(
@@ -88,15 +114,17 @@ class Shard:
         limit: int,
         expr: str | None = None,
         params: dict[str, Any] | None = None,
+        consistency: str = "bounded",
     ) -> list[list[ScoredId]]:
         self._ensure_open()
         return self._call(
-            self.backend.search, self._name(space), self.config.spaces[space], vectors, limit, expr, params
+            self.backend.search, self._name(space), self.config.spaces[space], vectors, limit, expr, params,
+            consistency,
         )
 
     def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
         """Several single-vector searches in one call (one round trip per shard per query)."""
-        return [self.search(s.space, [s.vector], s.limit, s.expr, s.params)[0] for s in specs]
+        return [self.search(s.space, [s.vector], s.limit, s.expr, s.params, s.consistency)[0] for s in specs]
 
     def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
         """Payload (and vectors of the named spaces) of the ids held here."""

@@ -206,26 +206,3 @@ def test_unsupported_index_type_is_refused(milvus_backend, tmp_path):
     cfg = CollectionConfig(name=f"bad{next(_names)}", spaces={"t": {"dim": 8, "index": {"type": kind}}})
     with pytest.raises(InvalidRequest, match=kind):
         local_shards(cfg, replica_specs(cfg, milvus, tmp_path, uri))
-
-
-def test_reads_see_own_writes_across_the_strong_window(milvus_server, tmp_path):
-    """Strong right after a write, Bounded later: both must see every write made through prism."""
-    from cluster.config import MilvusConfig
-    from shards.backend import STRONG_WINDOW_S
-    from tests.clock import FakeClock
-
-    cfg = CollectionConfig(name=f"cons{next(_names)}", shards=1, spaces={"v": {"dim": 4, "index": {"type": "FLAT"}}})
-    shard = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="server", uri=milvus_server.uri), tmp_path,
-                                            milvus_server.uri))[0][0].target
-    clock = shard.backend.clock = FakeClock()
-    name = shard.names["v"]
-    shard.upsert([PointRow(id="a", vectors={"v": [1.0, 0.0, 0.0, 0.0]})])
-    assert shard.backend.consistency(name) == "Strong"
-    assert shard.search("v", [[1.0, 0.0, 0.0, 0.0]], 1)[0][0].id == "a"
-    clock.advance(STRONG_WINDOW_S + 0.5)
-    assert shard.backend.consistency(name) == "Bounded"
-    assert shard.search("v", [[1.0, 0.0, 0.0, 0.0]], 1)[0][0].id == "a"
-    assert shard.count() == {"v": 1}
-    shard.delete(["a"])
-    assert shard.backend.consistency(name) == "Strong"
-    assert shard.count() == {"v": 0}

@@ -40,7 +40,7 @@ class MemShard:
         return {i: StoredPoint(self.points[i].payload, {s: self.points[i].vectors[s] for s in with_vectors})
                 for i in ids if i in self.points}
 
-    async def upsert(self, points):
+    async def upsert(self, points, wait=True):
         self._check()
         if self.refuse:
             raise InvalidRequest("points[0]: refused by the shard", field="points[0]")
@@ -49,7 +49,7 @@ class MemShard:
             self.points[p.id] = p
         return len(points)
 
-    async def delete(self, ids):
+    async def delete(self, ids, wait=True):
         self._check()
         self.writes += 1
         return sum(self.points.pop(i, None) is not None for i in ids)
