@@ -118,6 +118,18 @@ class ImageLimits(_Strict):
     allow_network: bool = False
 
 
+class CacheSettings(_Strict):
+    """Per ingress replica. Results: keyed by the collection's write version (any write through this replica
+    invalidates) and the normalised request, bounded by entries, bytes and a TTL (which also bounds how long a
+    write through another ingress replica can go unseen). Embeddings: query texts per encoder."""
+
+    results_max_entries: int = Field(default=10_000, ge=1)
+    results_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    results_ttl_s: float = Field(default=30.0, gt=0)
+    embeddings_max_entries: int = Field(default=50_000, ge=1)
+    embeddings_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+
+
 class PlacementConfig(_Strict):
     """Ray resources of prism's actors. Only encoders use GPUs: shard actors are Milvus clients and compute
     nothing on one (GPU indexes run inside a GPU-enabled Milvus, whose query and index nodes hold the GPUs)."""
@@ -207,6 +219,7 @@ class ClusterConfig(_Strict):
     elasticsearch: ElasticsearchConfig = Field(default_factory=ElasticsearchConfig)
     filters: FilterSettings = Field(default_factory=FilterSettings)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
     encoder_replicas: int = Field(default=1, ge=1, le=16)

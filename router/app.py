@@ -159,8 +159,9 @@ class Ingress:
             start_shards=lambda c, specs, create=True, first_shard=0: start_ray_shards(
                 c, specs, detached=True, create=create, first_shard=first_shard, placement=cfg.placement),
             stop_shards=stop_ray_shards, observe_shard=self.state.metrics.observe_shard,
-            metadata=metadata_store(cfg),
+            observe_stage=self.state.metrics.observe_stage, metadata=metadata_store(cfg),
         )
+        self.state.metrics.watch_caches({"results": self.service.results, "embeddings": self.service.embeddings})
         await asyncio.to_thread(self.service.open_catalog)
         self._healer = asyncio.create_task(self._heal_forever())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,11 +20,12 @@ from router.filtering import NOTHING, Filtering
 from router.fusion import fuse
 from router.merge import merge_topk
 from router.models import (
-    Coverage, DeleteResponse, Hit, PayloadExclude, Point, PointError, QueryRequest, QueryResponse, ShardFailure,
-    UpsertResponse,
+    Coverage, DeleteResponse, Hit, Point, QueryRequest, QueryResponse, ShardFailure, UpsertResponse,
+    select_payload,
 )
 from router.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate
-from router.vectors import Encode, EncodeImages, Vectors
+from router.timing import Stages
+from router.vectors import Encode, EncodeImages, Vectors, merge_updates
 from shards.api import ScoredId, SearchSpec, ShardApi, StoredPoint
 
 DELETE_PAGE = 1000
@@ -34,7 +36,8 @@ class Coordinator:
 
     def __init__(self, config: CollectionConfig, shards: Sequence[ReplicatedShard], *, encode: Encode | None = None,
                  encode_images: EncodeImages | None = None, images: ImageLimits | None = None,
-                 metadata: Any | None = None, filters: FilterSettings | None = None):
+                 metadata: Any | None = None, filters: FilterSettings | None = None,
+                 observe_stage: Callable[[str, float], None] | None = None):
         if len(shards) != config.shards:
             raise ConfigError(f"{len(shards)} shards given for a collection of {config.shards}", field="shards")
         self.config = config
@@ -43,6 +46,10 @@ class Coordinator:
         self.vectors = Vectors(config, encode=encode, encode_images=encode_images, images=images)
         self.filtering = Filtering(config, metadata, filters)
         self.paused: str | None = None  # set while the collection is resharded: writes are refused meanwhile
+        # Result-cache keys carry both: a new coordinator (created, reopened, resharded) never sees an old entry,
+        # and every write bumps the version, so no cached answer outlives a write.
+        self.epoch, self.version = uuid.uuid4().hex, 0
+        self.observe_stage = observe_stage
 
     @classmethod
     def from_clients(cls, config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *,
@@ -55,18 +62,26 @@ class Coordinator:
         """The same collection over another shard layout, with this one's encoders, images and filters."""
         return Coordinator(config, shards, encode=self.vectors.encode, encode_images=self.vectors.encode_images,
                            images=self.vectors.images, metadata=self.filtering.metadata,
-                           filters=self.filtering.settings)
+                           filters=self.filtering.settings, observe_stage=self.observe_stage)
 
     def shard_of(self, point_id: str) -> int:
         return int(self.ring.get(point_id))
 
+    def _by_shard(self, items: Sequence[Any], key: Callable[[Any], str] = str) -> dict[int, list]:
+        out: dict[int, list] = defaultdict(list)
+        for item in items:
+            out[self.shard_of(key(item))].append(item)
+        return out
+
     # -- reads -------------------------------------------------------------------------------------------------
     async def query(self, req: QueryRequest) -> QueryResponse:
-        t0 = time.perf_counter()
+        clock = Stages(self.observe_stage)
         self.vectors.validate_query(req)
         plans = await self.filtering.plan(req)
+        clock.lap("plan")
         vectors, notes = await self.vectors.query_vectors(req)
-        specs = [SearchSpec(p.space, vectors[i], req.prefetch_limit(p), plans[i].expr, p.params)
+        clock.lap("embed")
+        specs = [SearchSpec(p.space, vectors[i], req.prefetch_limit(p), plans[i].expr, p.params, req.consistency)
                  for i, p in enumerate(req.prefetch)]
         merged: list[list[ScoredId]] = [[] for _ in req.prefetch]
         failed: dict[int, str] = {}
@@ -82,6 +97,7 @@ class Coordinator:
                 merged[i], r, fails = await self.filtering.postfilter(specs[i], pl, self._search_one)
                 rounds = max(rounds, r)
                 failed.update(fails)
+        clock.lap("fan_out")
         failures = [ShardFailure(shard=s, reason=r) for s, r in sorted(failed.items())]
         if failures and req.require_complete:
             raise ShardUnavailable("require_complete: " + "; ".join(f.reason for f in failures),
@@ -93,20 +109,20 @@ class Coordinator:
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
                      limit=req.offset + req.limit)
         page = fused[req.offset : req.offset + req.limit]
+        clock.lap("merge_fuse")
         hits, hydrate_notes = await self._hydrate(page, req)
+        clock.lap("hydrate")
         return QueryResponse(
             hits=hits,
             coverage=Coverage(shards_total=self.config.shards, shards_answered=self.config.shards - len(failures),
                               failed=failures),
             partial=bool(failures),
-            took_ms=round((time.perf_counter() - t0) * 1000, 3),
+            took_ms=clock.total_ms(),
+            timings_ms=clock.laps if req.debug else None,
             filter_rounds=rounds,
             filter_plans=[pl.kind for pl in plans],
             notes=notes + hydrate_notes,
         )
-
-    async def query_batch(self, reqs: Sequence[QueryRequest]) -> list[QueryResponse]:
-        return list(await asyncio.gather(*(self.query(r) for r in reqs)))
 
     async def _fan_out(self, specs: list[SearchSpec]) -> tuple[list[list[list[ScoredId]]], dict[int, str]]:
         """Every search on every shard, one call per shard; per search, the answering shards' lists."""
@@ -134,9 +150,7 @@ class Coordinator:
         spaces = list(self.config.spaces) if req.with_vectors is True else (req.with_vectors or [])
         if not page or (not want_payload and not spaces):
             return [Hit(id=h.id, score=h.score) for h in page], []
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for h in page:
-            by_shard[self.shard_of(h.id)].append(h.id)
+        by_shard = self._by_shard([h.id for h in page])
         shards = list(by_shard)
         answers = await asyncio.gather(
             *(self.shards[s].read(lambda c, ids=by_shard[s]: c.get(ids, spaces)) for s in shards),
@@ -153,7 +167,7 @@ class Coordinator:
         hits = []
         for h in page:
             row = rows.get(h.id)
-            payload = _select_payload(row.payload, req.with_payload) if (row and want_payload) else None
+            payload = select_payload(row.payload, req.with_payload) if (row and want_payload) else None
             vectors = row.vectors if (row and spaces) else None
             hits.append(Hit(id=h.id, score=h.score, payload=payload, vectors=vectors))
         return hits, notes
@@ -164,68 +178,62 @@ class Coordinator:
             raise ShardUnavailable(f"writes to {self.config.name!r} are paused: {self.paused}; retry shortly",
                                    shards=list(range(self.config.shards)))
 
-    async def upsert(self, points: Sequence[Point]) -> UpsertResponse:
-        """Validate the whole batch first (nothing is written on bad input), embed, route by ring, write."""
+    async def upsert(self, points: Sequence[Point], wait: bool = True) -> UpsertResponse:
+        """Validate the whole batch first (nothing is written on bad input), embed, route by ring, write.
+
+        `wait`: return once every acknowledging replica serves the points to searches (and Elasticsearch to
+        filters); else at acknowledgement, visible within the backend's staleness bound."""
         self._writable()
         rows, notes, failed = await self.vectors.prepare_points(points)
-        by_shard: dict[int, list] = defaultdict(list)
-        for row in rows:
-            by_shard[self.shard_of(row.id)].append(row)
-        await asyncio.gather(*(self.shards[s].upsert(batch) for s, batch in by_shard.items()))
+        await self._write(self.shards[s].upsert(batch, wait)
+                          for s, batch in self._by_shard(rows, lambda r: r.id).items())
         store = self.filtering.metadata
         if store is not None:
-            # After the shards: an acknowledged upsert is searchable and, once this returns, filterable.
-            await asyncio.to_thread(store.upsert, self.config.name, [(r.id, r.payload) for r in rows])
-        return UpsertResponse(upserted=len(rows), notes=notes, failed=failed)
+            await asyncio.to_thread(store.upsert, self.config.name, [(r.id, r.payload) for r in rows], wait)
+        return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
 
-    async def update_vectors(self, updates: Sequence[Any]) -> UpsertResponse:
-        """Replace some spaces' vectors of existing points (a re-shot photo) without re-sending or re-embedding the
-        others: their stored vectors are read back from the shard and written with the new ones."""
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for u in updates:
-            by_shard[self.shard_of(u.id)].append(u.id)
+    async def update_vectors(self, updates: Sequence[Any], wait: bool = True) -> UpsertResponse:
+        """Replace some spaces' vectors of existing points (a re-shot photo); the others are kept as stored."""
         stored = {}
-        for shard, ids in by_shard.items():
+        for shard, ids in self._by_shard([u.id for u in updates]).items():
             for row in await self.shards[shard].read(lambda c, ids=ids: c.export(ids)):
                 stored[row.id] = row
-        points, missing = [], []
-        for u in updates:
-            old = stored.get(u.id)
-            if old is None:
-                missing.append(PointError(id=u.id, reason="no such point"))
-                continue
-            payload = {**old.payload, **(u.sources or {})}
-            changed = {s for s, sp in self.config.spaces.items() if sp.source and sp.source in (u.sources or {})}
-            keep = {s: v for s, v in old.vectors.items() if s not in changed}
-            points.append(Point(id=u.id, payload=payload, vectors={**keep, **(u.vectors or {})}))
+        points, missing = merge_updates(self.config, updates, stored)
         if not points:
             return UpsertResponse(upserted=0, failed=missing)
-        res = await self.upsert(points)
-        return UpsertResponse(upserted=res.upserted, failed=missing + res.failed, notes=res.notes)
+        res = await self.upsert(points, wait)
+        return res.model_copy(update={"failed": missing + res.failed})
 
-    async def delete(self, ids: Sequence[str]) -> DeleteResponse:
+    async def delete(self, ids: Sequence[str], wait: bool = True) -> DeleteResponse:
         self._writable()
         unique = list(dict.fromkeys(ids))
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for pid in unique:
-            by_shard[self.shard_of(pid)].append(pid)
-        results = await asyncio.gather(*(self.shards[s].delete(batch) for s, batch in by_shard.items()))
+        results = await self._write(self.shards[s].delete(batch, wait) for s, batch in self._by_shard(unique).items())
         store = self.filtering.metadata
         if store is not None:
-            await asyncio.to_thread(store.delete, self.config.name, unique)
-        return DeleteResponse(deleted=sum(max(r) for r in results))
+            await asyncio.to_thread(store.delete, self.config.name, unique, wait)
+        return DeleteResponse(deleted=sum(max(r) for r in results), visible=wait)
+
+    async def _write(self, calls: Any) -> list:
+        """The shard writes of one request, with the version bumped before and after: no answer cached while the
+        write is under way is kept for later."""
+        self.version += 1
+        try:
+            return await asyncio.gather(*calls)
+        finally:
+            self.version += 1
 
     async def delete_by_filter(self, dsl: dict[str, Any]) -> DeleteResponse:
-        """Delete every point matching an ES DSL filter (ids from Elasticsearch, in pages)."""
+        """Delete every point matching an ES DSL filter (ids from Elasticsearch, in pages; always waited for)."""
         deleted, seen = 0, set()
         while True:
             ids = await self.filtering.matching_ids(dsl, DELETE_PAGE)
             if not ids:
-                return DeleteResponse(deleted=deleted)
+                return DeleteResponse(deleted=deleted, visible=True)
             if seen.issuperset(ids):
                 raise BackendError(f"Elasticsearch still lists {len(ids)} deleted ids; delete by filter stopped")
             seen.update(ids)
-            deleted += (await self.delete(ids)).deleted
+            # Each page is deleted visibly: Elasticsearch must stop listing it before the next page is asked for.
+            deleted += (await self.delete(ids, True)).deleted
 
     # -- status ------------------------------------------------------------------------------------------------
     def replica_states(self) -> list[list[dict]]:
@@ -240,10 +248,3 @@ class Coordinator:
         done = await asyncio.gather(*(sh.heal() for sh in self.shards))
         return {"healed": sum(h for h, _ in done), "failed": sum(f for _, f in done)}
 
-
-def _select_payload(payload: dict[str, Any], selector: bool | list[str] | PayloadExclude) -> dict[str, Any]:
-    if selector is True:
-        return dict(payload)
-    if isinstance(selector, PayloadExclude):
-        return {k: v for k, v in payload.items() if k not in set(selector.exclude)}
-    return {k: payload[k] for k in selector if k in payload}

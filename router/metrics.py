@@ -1,8 +1,11 @@
 """Prometheus series exposed at GET /metrics (documented in the README)."""
 from __future__ import annotations
 
+from typing import Any
+
 from cluster.config import MAX_UPLOAD_BYTES
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -22,14 +25,42 @@ class Metrics:
                               registry=self.registry)
         self.heal_failures = Counter("prism_heal_failures_total", "Replica probes or catch-ups that failed in the "
                                      "background healer", registry=self.registry)
+        self.stages = Histogram("prism_query_stage_seconds", "Time per query stage: plan, embed, fan_out, "
+                                "merge_fuse, hydrate", ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.partial = Counter("prism_partial_answers_total", "Query answers missing at least one shard",
                                ["collection"], registry=self.registry)
 
     def observe_shard(self, collection: str, shard: int, seconds: float) -> None:
         self.shard_latency.labels(collection, str(shard)).observe(seconds)
 
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stages.labels(stage).observe(seconds)
+
+    def watch_caches(self, caches: dict[str, Any]) -> None:
+        """Expose each cache's hits, misses, evictions, expiries, entries and bytes (read at scrape time)."""
+        self.registry.register(_CacheCollector(caches))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheCollector:
+    """prism_cache_{hits,misses,evictions,expired}_total{cache} and prism_cache_{entries,bytes}{cache}."""
+
+    def __init__(self, caches: dict[str, Any]):
+        self.caches = caches
+
+    def collect(self):
+        for stat in ("hits", "misses", "evictions", "expired"):
+            fam = CounterMetricFamily(f"prism_cache_{stat}", f"Cache {stat}", labels=["cache"])
+            for name, cache in self.caches.items():
+                fam.add_metric([name], getattr(cache.stats, stat))
+            yield fam
+        for what, get in (("entries", len), ("bytes", lambda c: c.bytes)):
+            fam = GaugeMetricFamily(f"prism_cache_{what}", f"Cache {what} held now", labels=["cache"])
+            for name, cache in self.caches.items():
+                fam.add_metric([name], get(cache))
+            yield fam
 
 
 class ProcessState:

@@ -62,6 +62,15 @@ class PayloadExclude(_Strict):
     exclude: list[str]
 
 
+def select_payload(payload: dict[str, Any], selector: bool | list[str] | PayloadExclude) -> dict[str, Any]:
+    """The part of a payload that `with_payload` asks for."""
+    if selector is True:
+        return dict(payload)
+    if isinstance(selector, PayloadExclude):
+        return {k: v for k, v in payload.items() if k not in set(selector.exclude)}
+    return {k: payload[k] for k in selector if k in payload}
+
+
 class QueryRequest(_Strict):
     """`POST /v1/collections/{name}/query`."""
 
@@ -73,6 +82,12 @@ class QueryRequest(_Strict):
     with_payload: bool | list[str] | PayloadExclude = True
     with_vectors: bool | list[str] = False
     require_complete: bool = False
+    # bounded (default): never waits for writes, sees every write acknowledged with wait=true; strong: also sees
+    # writes made with wait=false, and waits for the backend's time tick (~200-400 ms on a Milvus server);
+    # eventual: no guarantee, never waits.
+    consistency: Literal["bounded", "strong", "eventual"] = "bounded"
+    cache: bool = True    # false: neither answered from nor stored in the result cache
+    debug: bool = False   # true: the answer carries `timings_ms`, where the time went
 
     @model_validator(mode="after")
     def _consistent(self) -> "QueryRequest":
@@ -117,6 +132,9 @@ class QueryResponse(BaseModel):
     filter_rounds: int = 0
     filter_plans: list[str] = Field(default_factory=list)  # per prefetch: none | pushdown | prefilter | postfilter
     notes: list[str] = Field(default_factory=list)
+    cached: bool = False  # answered from the result cache
+    # with debug: milliseconds per stage (embed, plan, fan_out, merge_fuse, hydrate) and in total
+    timings_ms: dict[str, float] | None = None
 
 
 class BatchQueryRequest(_Strict):
@@ -145,6 +163,10 @@ class Point(_Strict):
 
 class UpsertRequest(_Strict):
     points: list[Point] = Field(min_length=1, max_length=MAX_BATCH_POINTS)
+    # true (default): answer once every acknowledging replica serves the points to searches and filters;
+    # false: answer at acknowledgement; visible within the staleness bound (5 s on a Milvus server, 1 s refresh in
+    # Elasticsearch; at once on milvus-lite), and at once to `consistency: "strong"` queries.
+    wait: bool = True
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "UpsertRequest":
@@ -165,6 +187,7 @@ class UpsertResponse(BaseModel):
     upserted: int
     failed: list[PointError] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    visible: bool = True  # false: sent with wait=false; searches see it within the staleness bound
 
 
 class VectorUpdate(_Strict):
@@ -183,11 +206,13 @@ class VectorUpdate(_Strict):
 
 class UpdateVectorsRequest(_Strict):
     points: list[VectorUpdate] = Field(min_length=1, max_length=MAX_BATCH_POINTS)
+    wait: bool = True
 
 
 class DeleteRequest(_Strict):
     ids: list[str] | None = Field(default=None, max_length=MAX_BATCH_POINTS)
     filter: dict[str, Any] | None = None
+    wait: bool = True  # as for upserts; a delete by filter always waits (it pages through Elasticsearch)
 
     @model_validator(mode="after")
     def _one(self) -> "DeleteRequest":
@@ -198,6 +223,7 @@ class DeleteRequest(_Strict):
 
 class DeleteResponse(BaseModel):
     deleted: int
+    visible: bool = True
 
 
 class ShardInfo(BaseModel):

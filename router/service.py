@@ -14,6 +14,7 @@ from typing import Any
 
 from cluster.config import ClusterConfig, CollectionConfig, check_index_support, parse_model
 from cluster.errors import BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge
+from router.cache import EmbeddingCache, LRUCache, request_key
 from router.coordinator import Coordinator
 from router.models import (
     BatchQueryRequest, BatchQueryResponse, CollectionInfo, DeleteRequest, DeleteResponse, QueryRequest,
@@ -34,9 +35,14 @@ class PrismService:
     def __init__(self, config: ClusterConfig, *, encode: Encode | None = None, server_uri: str | None = None,
                  start_shards: StartShards | None = None, stop_shards: StopShards | None = None,
                  observe_shard: Callable[[str, int, float], None] | None = None, metadata: Any | None = None,
-                 encode_images: Any | None = None, encoders: dict[str, dict] | None = None):
+                 encode_images: Any | None = None, encoders: dict[str, dict] | None = None,
+                 observe_stage: Callable[[str, float], None] | None = None, clock: Callable[[], float] = time.monotonic):
         self.config = config
-        self.encode = encode
+        c = config.cache
+        self.results = LRUCache(c.results_max_entries, c.results_max_bytes, c.results_ttl_s, clock=clock)
+        self.embeddings = LRUCache(c.embeddings_max_entries, c.embeddings_max_bytes, clock=clock)
+        self.encode = EmbeddingCache(encode, self.embeddings) if encode is not None else None
+        self.observe_stage = observe_stage
         self.server_uri = server_uri
         self.start_shards = start_shards or local_shards
         self.stop_shards = stop_shards or stop_local_shards
@@ -73,7 +79,7 @@ class PrismService:
         coord = Coordinator.from_clients(
             cfg, clients, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
-            metadata=self.metadata, filters=self.config.filters)
+            metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage)
         self.coordinators[cfg.name] = coord
         return coord
 
@@ -211,23 +217,38 @@ class PrismService:
     async def upsert(self, name: str, body: Any) -> UpsertResponse:
         coord = self.coordinator(name)
         req = parse_model(UpsertRequest, body, "upsert request")
-        return await coord.upsert(req.points)
+        return await coord.upsert(req.points, req.wait)
 
     async def update_vectors(self, name: str, body: Any) -> UpsertResponse:
         coord = self.coordinator(name)
         req = parse_model(UpdateVectorsRequest, body, "vector update")
-        return await coord.update_vectors(req.points)
+        return await coord.update_vectors(req.points, req.wait)
 
     async def delete_points(self, name: str, body: Any) -> DeleteResponse:
         coord = self.coordinator(name)
         req = parse_model(DeleteRequest, body, "delete request")
         if req.filter is not None:
             return await coord.delete_by_filter(req.filter)
-        return await coord.delete(req.ids or [])
+        return await coord.delete(req.ids or [], req.wait)
 
     async def query(self, name: str, body: Any) -> QueryResponse:
-        coord = self.coordinator(name)
-        return await coord.query(parse_model(QueryRequest, body, "query"))
+        return await self._query(self.coordinator(name), parse_model(QueryRequest, body, "query"))
+
+    async def _query(self, coord: Coordinator, req: QueryRequest) -> QueryResponse:
+        """Answer from the result cache when allowed; cache a complete answer unless a write ran meanwhile."""
+        if not req.cache:
+            return await coord.query(req)
+        t0, epoch, version = time.perf_counter(), coord.epoch, coord.version
+        key = request_key(f"{coord.config.name}\x00{epoch}", version, req.model_dump(mode="json"))
+        hit = self.results.get(key)
+        if hit is not None:
+            took = round((time.perf_counter() - t0) * 1000, 3)
+            return hit.model_copy(update={"cached": True, "took_ms": took,
+                                          "timings_ms": {"cache": took} if req.debug else None})
+        answer = await coord.query(req)
+        if not answer.partial and coord.version == version and coord.epoch == epoch:
+            self.results.put(key, answer, len(answer.model_dump_json()) + len(key))
+        return answer
 
     async def query_image(self, name: str, image: bytes, text: str | None = None,
                           params: str | None = None) -> QueryResponse:
@@ -261,7 +282,7 @@ class PrismService:
     async def query_batch(self, name: str, body: Any) -> BatchQueryResponse:
         coord = self.coordinator(name)
         req = parse_model(BatchQueryRequest, body, "batch query")
-        return BatchQueryResponse(results=await coord.query_batch(req.queries))
+        return BatchQueryResponse(results=list(await asyncio.gather(*(self._query(coord, q) for q in req.queries))))
 
 
 def metadata_store(config: ClusterConfig):

@@ -18,6 +18,8 @@ from router.images import decode_base64, decode_image, is_inline, load_reference
 from router.models import Point, PointError, QueryRequest
 from shards.api import PointRow
 
+MISSING_POINT = "no such point"
+
 # encode(encoder_name, texts, document=False) -> one (vector, truncated) per text (documents: chunked, averaged);
 # encode_images(encoder_name, PIL images) -> one (vector, False) per image
 Encode = Callable[..., Awaitable[list[tuple[list[float], bool]]]]
@@ -184,3 +186,20 @@ class Vectors:
         if self.encode_images is None:
             raise ModelUnavailable(f"{field}: no image encoder is available in this process", field=field)
         return await self.encode_images(encoder, images)
+
+
+def merge_updates(config: CollectionConfig, updates: Sequence[Any], stored: Mapping[str, PointRow]
+                  ) -> tuple[list[Point], list[PointError]]:
+    """Partial vector updates applied to the stored points: new vectors as given, spaces whose source field
+    changed re-embedded (left out here, so the write path embeds them), every other vector kept as stored."""
+    points, missing = [], []
+    for u in updates:
+        old = stored.get(u.id)
+        if old is None:
+            missing.append(PointError(id=u.id, reason=MISSING_POINT))
+            continue
+        payload = {**old.payload, **(u.sources or {})}
+        changed = {s for s, sp in config.spaces.items() if sp.source and sp.source in (u.sources or {})}
+        keep = {s: v for s, v in old.vectors.items() if s not in changed}
+        points.append(Point(id=u.id, payload=payload, vectors={**keep, **(u.vectors or {})}))
+    return points, missing
