@@ -130,6 +130,16 @@ class CacheSettings(_Strict):
     embeddings_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
 
 
+class BatchSettings(_Strict):
+    """Cross-request micro-batching of shard searches: concurrent queries to one shard go as one call, and the
+    shard runs compatible searches as one Milvus search (nq > 1). A lone query is never held back beyond
+    `window_ms` (0: not at all; queries batch only while an earlier call to the shard is in flight)."""
+
+    enabled: bool = True
+    window_ms: float = Field(default=0.0, ge=0, le=50)
+    max_specs: int = Field(default=64, ge=1, le=4096)
+
+
 class PlacementConfig(_Strict):
     """Ray resources of prism's actors. Only encoders use GPUs: shard actors are Milvus clients and compute
     nothing on one (GPU indexes run inside a GPU-enabled Milvus, whose query and index nodes hold the GPUs)."""
@@ -220,7 +230,10 @@ class ClusterConfig(_Strict):
     filters: FilterSettings = Field(default_factory=FilterSettings)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    batching: BatchSettings = Field(default_factory=BatchSettings)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    query_budget_ms: int | None = Field(default=None, ge=1, le=600_000)  # default per-request budget_ms
+    hedge_reads: bool = True  # replicas >= 2: a read slower than the replica's p95 also goes to the next replica
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
     encoder_replicas: int = Field(default=1, ge=1, le=16)
     # Where encoders run: auto = cuda when Ray gave the replica a GPU (placement.encoder_num_gpus) and torch sees

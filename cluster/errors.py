@@ -89,9 +89,10 @@ class ShardUnavailable(PrismError):
     status = 503
     code = "shard_unavailable"
 
-    def __init__(self, message: str, *, shards: list[int] | None = None):
+    def __init__(self, message: str, *, shards: list[int] | None = None, cause: str = "unavailable"):
         super().__init__(message)
         self.shards = shards or []
+        self.cause = cause  # timeout | error | unavailable: what a query's coverage reports
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "shards": self.shards}

@@ -658,9 +658,9 @@ def write_json(name: str, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
-    ap.add_argument("--only", default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness",
+    ap.add_argument("--only", default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness")
+                         "freshness, batching")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -694,6 +694,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_freshness import run as bench_freshness
 
             write_json("freshness", {"machine": machine(), **bench_freshness(workdir / "freshness")})
+        if "batching" in sections:
+            from deploy.bench_batching import run as bench_batching
+
+            write_json("batching", {"machine": machine(), **bench_batching(workdir / "batching")})
         from deploy.report import write_report
 
         write_report()

@@ -242,6 +242,15 @@ def write_report() -> Path:
                   "of 10, wait=true, open loop). Reads are `bounded` (the default); writers with wait=true read "
                   "their write back at Strong once per space per batch, so they pay the time tick, not the "
                   f"readers. Target: {fr['targets']}.", "", freshness_table(fr), ""]
+    bt = _load("batching")
+    if bt:
+        from deploy.bench_batching import table as batching_table
+
+        lines += ["## Micro-batching: concurrent queries share shard calls", "",
+                  f"Machine: {_machine_line(bt['machine'])}. 50,000 points (384-d, HNSW), 4 shards as Ray actors, "
+                  "vector queries (top 10, no payload, cache off) through the coordinator at c=1 and c=32, "
+                  "batching off and on in the same run. "
+                  f"Target: {bt['target']}.", "", batching_table(bt), ""]
     enc = _load("encode")
     if enc:
         from deploy.bench_encode import table

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, FilterSettings, ImageLimits
-from cluster.errors import BackendError, ConfigError, ShardUnavailable
+from cluster.errors import ConfigError, ShardUnavailable
 from cluster.ring import HashRing
 from router.filtering import NOTHING, Filtering
 from router.fusion import fuse
@@ -28,16 +28,13 @@ from router.timing import Stages
 from router.vectors import Encode, EncodeImages, Vectors, merge_updates
 from shards.api import ScoredId, SearchSpec, ShardApi, StoredPoint
 
-DELETE_PAGE = 1000
-
-
 class Coordinator:
     """Fan-out, heap merge, fusion and hydration for reads; ring routing to the owning shard for writes."""
 
     def __init__(self, config: CollectionConfig, shards: Sequence[ReplicatedShard], *, encode: Encode | None = None,
                  encode_images: EncodeImages | None = None, images: ImageLimits | None = None,
                  metadata: Any | None = None, filters: FilterSettings | None = None,
-                 observe_stage: Callable[[str, float], None] | None = None):
+                 observe_stage: Callable[[str, float], None] | None = None, budget_ms: int | None = None):
         if len(shards) != config.shards:
             raise ConfigError(f"{len(shards)} shards given for a collection of {config.shards}", field="shards")
         self.config = config
@@ -49,20 +46,23 @@ class Coordinator:
         # Result-cache keys carry both: a new coordinator (created, reopened, resharded) never sees an old entry,
         # and every write bumps the version, so no cached answer outlives a write.
         self.epoch, self.version = uuid.uuid4().hex, 0
-        self.observe_stage = observe_stage
+        self.observe_stage, self.budget_ms = observe_stage, budget_ms
 
     @classmethod
     def from_clients(cls, config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *,
                      timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
-                     observe: Callable[[int, float], None] | None = None, **kw: Any) -> "Coordinator":
+                     observe: Callable[[int, float], None] | None = None, batching: Any = None,
+                     hedge: bool = True, **kw: Any) -> "Coordinator":
         """A coordinator over fresh replica sets: `clients[s]` are shard s's replicas."""
-        return cls(config, replicate(config, clients, timeout_s=timeout_s, clock=clock, observe=observe), **kw)
+        return cls(config, replicate(config, clients, timeout_s=timeout_s, clock=clock, observe=observe,
+                                     batching=batching, hedge=hedge), **kw)
 
     def resized(self, config: CollectionConfig, shards: Sequence[ReplicatedShard]) -> "Coordinator":
         """The same collection over another shard layout, with this one's encoders, images and filters."""
         return Coordinator(config, shards, encode=self.vectors.encode, encode_images=self.vectors.encode_images,
                            images=self.vectors.images, metadata=self.filtering.metadata,
-                           filters=self.filtering.settings, observe_stage=self.observe_stage)
+                           filters=self.filtering.settings, observe_stage=self.observe_stage,
+                           budget_ms=self.budget_ms)
 
     def shard_of(self, point_id: str) -> int:
         return int(self.ring.get(point_id))
@@ -76,6 +76,8 @@ class Coordinator:
     # -- reads -------------------------------------------------------------------------------------------------
     async def query(self, req: QueryRequest) -> QueryResponse:
         clock = Stages(self.observe_stage)
+        budget_ms = req.budget_ms or self.budget_ms
+        deadline = clock.t0 + budget_ms / 1000 if budget_ms else None
         self.vectors.validate_query(req)
         plans = await self.filtering.plan(req)
         clock.lap("plan")
@@ -87,24 +89,24 @@ class Coordinator:
         failed: dict[int, str] = {}
         direct = [i for i, pl in enumerate(plans) if pl.kind != "postfilter" and pl.expr != NOTHING]
         if direct:
-            lists, fails = await self._fan_out([specs[i] for i in direct])
+            lists, fails = await self._fan_out([specs[i] for i in direct], deadline)
             failed.update(fails)
             for j, i in enumerate(direct):
                 merged[i] = merge_topk(lists[j], specs[i].limit)
         rounds = 0
         for i, pl in enumerate(plans):
             if pl.kind == "postfilter":
-                merged[i], r, fails = await self.filtering.postfilter(specs[i], pl, self._search_one)
+                merged[i], r, fails = await self.filtering.postfilter(specs[i], pl, lambda s: self._fan_out(s, deadline))
                 rounds = max(rounds, r)
                 failed.update(fails)
         clock.lap("fan_out")
-        failures = [ShardFailure(shard=s, reason=r) for s, r in sorted(failed.items())]
-        if failures and req.require_complete:
-            raise ShardUnavailable("require_complete: " + "; ".join(f.reason for f in failures),
-                                   shards=[f.shard for f in failures])
-        if len(failures) == self.config.shards:
-            raise ShardUnavailable("no shard answered: " + "; ".join(f.reason for f in failures),
-                                   shards=[f.shard for f in failures])
+        failures = [ShardFailure(shard=s, reason=e.cause, message=e.message) for s, e in sorted(failed.items())]
+        answered = self.config.shards - len(failures)
+        why = ("no shard answered" if not answered else "require_complete" if failures and req.require_complete
+               else "min_coverage" if answered < (req.min_coverage or 0) * self.config.shards else None)
+        if why:
+            raise ShardUnavailable(f"{why} ({answered} of {self.config.shards} shards answered): "
+                                   + "; ".join(f.message for f in failures), shards=[f.shard for f in failures])
         # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
                      limit=req.offset + req.limit)
@@ -114,8 +116,7 @@ class Coordinator:
         clock.lap("hydrate")
         return QueryResponse(
             hits=hits,
-            coverage=Coverage(shards_total=self.config.shards, shards_answered=self.config.shards - len(failures),
-                              failed=failures),
+            coverage=Coverage(shards_total=self.config.shards, shards_answered=answered, failed=failures),
             partial=bool(failures),
             took_ms=clock.total_ms(),
             timings_ms=clock.laps if req.debug else None,
@@ -124,25 +125,23 @@ class Coordinator:
             notes=notes + hydrate_notes,
         )
 
-    async def _fan_out(self, specs: list[SearchSpec]) -> tuple[list[list[list[ScoredId]]], dict[int, str]]:
-        """Every search on every shard, one call per shard; per search, the answering shards' lists."""
-        answers = await asyncio.gather(
-            *(sh.read(lambda c: c.search_many(specs), timed=True) for sh in self.shards), return_exceptions=True)
+    async def _fan_out(self, specs: list[SearchSpec], deadline: float | None = None
+                       ) -> tuple[list[list[list[ScoredId]]], dict[int, ShardUnavailable]]:
+        """Every search on every shard, one call per shard, each given what is left of the budget; per search,
+        the answering shards' lists, and each failed shard's error."""
+        left = None if deadline is None else max(deadline - time.perf_counter(), 0.001)
+        answers = await asyncio.gather(*(sh.search(specs, left) for sh in self.shards), return_exceptions=True)
         lists: list[list[list[ScoredId]]] = [[] for _ in specs]
-        failed: dict[int, str] = {}
+        failed: dict[int, ShardUnavailable] = {}
         for shard, answer in enumerate(answers):
             if isinstance(answer, ShardUnavailable):
-                failed[shard] = answer.message
+                failed[shard] = answer
             elif isinstance(answer, BaseException):
                 raise answer
             else:
                 for j, hits in enumerate(answer):
                     lists[j].append(hits)
         return lists, failed
-
-    async def _search_one(self, spec: SearchSpec) -> tuple[list[list[ScoredId]], dict[int, str]]:
-        lists, failed = await self._fan_out([spec])
-        return lists[0], failed
 
     async def _hydrate(self, page: list[ScoredId], req: QueryRequest) -> tuple[list[Hit], list[str]]:
         """Payloads and vectors of the page's hits, from the shards that own them."""
@@ -224,16 +223,8 @@ class Coordinator:
 
     async def delete_by_filter(self, dsl: dict[str, Any]) -> DeleteResponse:
         """Delete every point matching an ES DSL filter (ids from Elasticsearch, in pages; always waited for)."""
-        deleted, seen = 0, set()
-        while True:
-            ids = await self.filtering.matching_ids(dsl, DELETE_PAGE)
-            if not ids:
-                return DeleteResponse(deleted=deleted, visible=True)
-            if seen.issuperset(ids):
-                raise BackendError(f"Elasticsearch still lists {len(ids)} deleted ids; delete by filter stopped")
-            seen.update(ids)
-            # Each page is deleted visibly: Elasticsearch must stop listing it before the next page is asked for.
-            deleted += (await self.delete(ids, True)).deleted
+        deleted = await self.filtering.delete_matching(dsl, lambda ids: self.delete(ids, True))
+        return DeleteResponse(deleted=deleted, visible=True)
 
     # -- status ------------------------------------------------------------------------------------------------
     def replica_states(self) -> list[list[dict]]:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster.config import CollectionConfig, FilterSettings
-from cluster.errors import MetadataUnavailable
+from cluster.errors import BackendError, MetadataUnavailable
 from router.filters import and_, parse_filter, to_es
 from router.merge import merge_topk
 from router.models import QueryRequest
@@ -23,9 +23,10 @@ from shards.expr import ids_in
 # pre-filter of 20,185 ids failed with "Result window is too large").
 PREFILTER_HARD_MAX_IDS = 10_000
 NOTHING = "(false)"  # a pre-filter whose id set is empty: nothing to search
+DELETE_PAGE = 1000
 
-# search(spec) -> (each answering shard's hits, {failed shard: reason})
-Search = Callable[[SearchSpec], Awaitable[tuple[list[list[ScoredId]], dict[int, str]]]]
+# search(specs) -> (per spec, each answering shard's hits; {failed shard: its error})
+Search = Callable[[list[SearchSpec]], Awaitable[tuple[list[list[list[ScoredId]]], dict[int, Any]]]]
 
 
 class Filtering:
@@ -70,7 +71,7 @@ class Filtering:
         return FilterPlan("prefilter", ids_in(ids) if ids else NOTHING, plan.residual, plan.node)
 
     async def postfilter(self, spec: SearchSpec, plan: FilterPlan, search: Search
-                         ) -> tuple[list[ScoredId], int, dict[int, str]]:
+                         ) -> tuple[list[ScoredId], int, dict[int, Any]]:
         """Over-fetch, keep ES-confirmed ids, grow the fetch until `spec.limit` hits or the candidates run out.
 
         Returns (hits, rounds, {failed shard: reason})."""
@@ -79,11 +80,13 @@ class Filtering:
         query = to_es(plan.residual)
         fetch = first_fetch(need, self.settings.postfilter_overfetch)
         kept: list[ScoredId] = []
-        failed: dict[int, str] = {}
+        failed: dict[int, Any] = {}
         rounds = 0
         while True:
             rounds += 1
-            lists, fails = await search(SearchSpec(spec.space, spec.vector, fetch, plan.expr, spec.params))
+            found, fails = await search([SearchSpec(spec.space, spec.vector, fetch, plan.expr, spec.params,
+                                                    spec.consistency)])
+            lists = found[0]
             failed.update(fails)
             candidates = merge_topk(lists, fetch)
             ok = await asyncio.to_thread(store.confirm, self.config.name, query, [h.id for h in candidates])
@@ -97,8 +100,18 @@ class Filtering:
             fetch = bigger
         return kept[:need], rounds, failed
 
-    async def matching_ids(self, dsl: dict[str, Any], page: int) -> list[str]:
-        """Up to `page` ids matching an ES DSL filter (delete by filter pages through these)."""
+    async def delete_matching(self, dsl: dict[str, Any], delete: Callable[[list[str]], Awaitable[Any]],
+                              page: int = DELETE_PAGE) -> int:
+        """Delete every point matching an ES DSL filter: ids from Elasticsearch a page at a time, each page deleted
+        visibly (Elasticsearch must stop listing it before the next page is asked for). Returns how many."""
         node = parse_filter(dsl, self.config.metadata, "filter")
         store = self._store("delete by filter")
-        return await asyncio.to_thread(store.ids, self.config.name, to_es(node), page)
+        deleted, seen = 0, set()
+        while True:
+            ids = await asyncio.to_thread(store.ids, self.config.name, to_es(node), page)
+            if not ids:
+                return deleted
+            if seen.issuperset(ids):
+                raise BackendError(f"Elasticsearch still lists {len(ids)} deleted ids; delete by filter stopped")
+            seen.update(ids)
+            deleted += (await delete(ids)).deleted

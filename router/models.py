@@ -87,6 +87,11 @@ class QueryRequest(_Strict):
     # eventual: no guarantee, never waits.
     consistency: Literal["bounded", "strong", "eventual"] = "bounded"
     cache: bool = True    # false: neither answered from nor stored in the result cache
+    # Time the shards get, in ms (default: the config's query_budget_ms, else shard_timeout_s): a shard that has
+    # not answered by then is left out (coverage.failed[].reason "timeout"), never waited for.
+    budget_ms: int | None = Field(default=None, ge=1, le=600_000)
+    # Fewer answering shards than this share of all is a 503 instead of a partial answer.
+    min_coverage: float | None = Field(default=None, ge=0, le=1)
     debug: bool = False   # true: the answer carries `timings_ms`, where the time went
 
     @model_validator(mode="after")
@@ -115,7 +120,8 @@ class Hit(BaseModel):
 
 class ShardFailure(BaseModel):
     shard: int
-    reason: str
+    reason: Literal["timeout", "error", "unavailable"]  # no answer in time | it failed | no replica could serve
+    message: str
 
 
 class Coverage(BaseModel):

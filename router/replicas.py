@@ -20,14 +20,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cluster.config import CollectionConfig
+from cluster.config import BatchSettings, CollectionConfig
 from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable, SpaceNotFound, describe
 from cluster.ring import HashRing
-from shards.api import PointRow, ShardApi
+from router.batching import Coalescer
+from shards.api import PointRow, ScoredId, SearchSpec, ShardApi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+HEDGE_SAMPLES = 64      # latencies kept per replica for its p95
+HEDGE_MIN_SAMPLES = 10  # no hedging before a replica's p95 means something
 FAIL_THRESHOLD = 3
 PROBE_INTERVAL_S = 1.0
 EWMA_ALPHA = 0.2
@@ -55,6 +58,7 @@ class ReplicaState:
     ewma_ms: float | None = None
     next_probe_at: float = 0.0
     last_error: str = ""
+    samples: deque = field(default_factory=lambda: deque(maxlen=HEDGE_SAMPLES))  # recent read latencies, ms
 
     def state(self, committed: int) -> str:
         if not self.healthy:
@@ -129,8 +133,22 @@ class ReplicaSet:
         st.healthy = True
         st.last_error = ""
         if latency_s is not None:
-            ms = latency_s * 1000
-            st.ewma_ms = ms if st.ewma_ms is None else (1 - EWMA_ALPHA) * st.ewma_ms + EWMA_ALPHA * ms
+            self.observe_latency(replica, latency_s)
+
+    def observe_latency(self, replica: int, latency_s: float) -> None:
+        """A read's latency (or a lower bound of it, for a hedged read that lost): feeds the EWMA and the p95."""
+        st = self.states[replica]
+        ms = latency_s * 1000
+        st.ewma_ms = ms if st.ewma_ms is None else (1 - EWMA_ALPHA) * st.ewma_ms + EWMA_ALPHA * ms
+        st.samples.append(ms)
+
+    def hedge_after_s(self, replica: int) -> float | None:
+        """The replica's observed p95 in seconds: past it, a read is worth sending to another replica too.
+        None until enough reads were seen."""
+        samples = sorted(self.states[replica].samples)
+        if len(samples) < HEDGE_MIN_SAMPLES:
+            return None
+        return samples[min(len(samples) - 1, int(0.95 * len(samples)))] / 1000
 
     def on_failure(self, replica: int, reason: str, fatal: bool = False) -> None:
         """`fatal` (the actor is gone) marks it dead at once; otherwise after `fail_threshold` in a row."""
@@ -193,8 +211,12 @@ class ReplicatedShard:
 
     def __init__(self, shard: int, clients: Sequence[ShardApi], *, key: str = "", write_quorum: str | int = "majority",
                  timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
-                 observe: Callable[[int, float], None] | None = None):
+                 observe: Callable[[int, float], None] | None = None, batching: BatchSettings | None = None,
+                 hedge: bool = True):
         self.shard = shard
+        self.batching = batching
+        self.hedge = hedge and len(clients) > 1  # hedged reads need a second replica
+        self.hedged = 0  # reads that went to a second replica because the first was slower than its p95
         self.clients = list(clients)
         self.state = ReplicaSet(shard, len(self.clients), key=key, clock=clock)
         self.quorum = quorum(write_quorum, len(self.clients))
@@ -202,35 +224,67 @@ class ReplicatedShard:
         self.observe = observe
         self.log: deque[LoggedOp] = deque(maxlen=OPLOG_MAX_OPS)
         self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def search(self, specs: Sequence[SearchSpec], budget_s: float | None = None) -> list[list[ScoredId]]:
+        """`specs` on one replica (failover as for any read); batched with concurrent queries when enabled.
+        `budget_s`: how long this caller waits at most (ShardUnavailable with cause "timeout" after)."""
+        b = self.batching
+        if b is None or not b.enabled:
+            call = self.read(lambda c: c.search_many(specs), timed=True, timeout_s=budget_s)
+        else:
+            co = self._coalescers.get(asyncio.get_running_loop())
+            if co is None:
+                co = Coalescer(lambda flat: self.read(lambda c: c.search_many(flat), timed=True),
+                               max_specs=b.max_specs, window_s=b.window_ms / 1000)
+                self._coalescers[asyncio.get_running_loop()] = co
+            call = co.submit(specs)
+        if budget_s is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, budget_s)
+        except asyncio.TimeoutError:
+            raise ShardUnavailable(f"shard {self.shard}: no answer within the budget ({budget_s * 1000:.0f} ms)",
+                                   shards=[self.shard], cause="timeout") from None
 
     def _lock(self) -> asyncio.Lock:
         """Per event loop: this shard's writes and replays apply in sequence order."""
         return self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
     # -- reads -------------------------------------------------------------------------------------------------
-    async def read(self, op: Callable[[ShardApi], Awaitable[T]], *, timed: bool = False) -> T:
+    async def read(self, op: Callable[[ShardApi], Awaitable[T]], *, timed: bool = False,
+                   timeout_s: float | None = None) -> T:
         """`op` on the replicas in ring/health order, failing over within this call. `timed` feeds `observe`."""
         rs = self.state
         order = rs.read_order()
         if not order:
             raise ShardUnavailable(f"shard {self.shard} unavailable: no replica has caught up with its writes",
                                    shards=[self.shard])
-        reasons = []
+        limit = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        reasons, causes = [], set()
+        if self.hedge and len(order) > 1 and (after := rs.hedge_after_s(order[0])) is not None:
+            answered, got = await self._hedged(op, order, after, limit, timed, reasons, causes)
+            if answered:
+                return got
+            order = got  # both hedged replicas failed: the rest, in order
         for r in order:
             t0 = time.perf_counter()
             try:
-                result = await asyncio.wait_for(op(self.clients[r]), self.timeout_s)
+                result = await asyncio.wait_for(op(self.clients[r]), limit)
             except REQUEST_ERRORS:
                 raise
             except asyncio.TimeoutError:
-                reason = f"replica {r}: no answer within {self.timeout_s:g}s"
+                reason = f"replica {r}: no answer within {limit:g}s"
                 rs.on_failure(r, reason)
+                causes.add("timeout")
             except ShardUnavailable as exc:  # the actor is gone: dead at once
                 reason = f"replica {r}: {exc.message}"
                 rs.on_failure(r, reason, fatal=True)
+                causes.add("unavailable")
             except Exception as exc:  # noqa: BLE001 - any replica fault means: try the next one
                 reason = f"replica {r}: {describe(exc)}"
                 rs.on_failure(r, reason)
+                causes.add("error")
             else:
                 elapsed = time.perf_counter() - t0
                 rs.on_success(r, elapsed)
@@ -238,7 +292,45 @@ class ReplicatedShard:
                     self.observe(self.shard, elapsed)
                 return result
             reasons.append(reason)
-        raise ShardUnavailable(f"shard {self.shard} unavailable: " + "; ".join(reasons), shards=[self.shard])
+        cause = causes.pop() if len(causes) == 1 else "error"
+        raise ShardUnavailable(f"shard {self.shard} unavailable: " + "; ".join(reasons), shards=[self.shard],
+                               cause=cause)
+
+    async def _hedged(self, op: Callable[[ShardApi], Awaitable[T]], order: list[int], after: float, limit: float,
+                      timed: bool, reasons: list[str], causes: set[str]) -> tuple[bool, Any]:
+        """Read from the preferred replica; if it has not answered within its p95, from the next one as well: the
+        first answer wins and the other call is cancelled. Returns (True, answer) or (False, replicas left to try)."""
+        rs, t0 = self.state, time.perf_counter()
+        running = {asyncio.ensure_future(asyncio.wait_for(op(self.clients[order[0]]), limit)): order[0]}
+        done, _ = await asyncio.wait(running, timeout=after)
+        if not done:
+            self.hedged += 1
+            running[asyncio.ensure_future(asyncio.wait_for(op(self.clients[order[1]]), limit))] = order[1]
+        pending = set(running)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    r, exc = running[task], task.exception()
+                    if exc is None:
+                        for slow in [running[t] for t in pending]:  # the loser was at least this slow
+                            rs.observe_latency(slow, time.perf_counter() - t0)
+                        rs.on_success(r, time.perf_counter() - t0)
+                        if timed and self.observe is not None:
+                            self.observe(self.shard, time.perf_counter() - t0)
+                        return True, task.result()
+                    if isinstance(exc, REQUEST_ERRORS):
+                        raise exc
+                    cause = ("timeout" if isinstance(exc, asyncio.TimeoutError) else
+                             "unavailable" if isinstance(exc, ShardUnavailable) else "error")
+                    reason = f"replica {r}: {describe(exc) if cause != 'timeout' else f'no answer within {limit:g}s'}"
+                    rs.on_failure(r, reason, fatal=cause == "unavailable")
+                    reasons.append(reason)
+                    causes.add(cause)
+        finally:
+            for task in pending:
+                task.cancel()
+        return False, [r for r in order if r not in running.values()]
 
     # -- writes ------------------------------------------------------------------------------------------------
     async def upsert(self, rows: Sequence[PointRow], wait: bool = True) -> list[int]:
@@ -327,8 +419,10 @@ class ReplicatedShard:
 
 def replicate(config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *, first_shard: int = 0,
               timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
-              observe: Callable[[int, float], None] | None = None) -> list[ReplicatedShard]:
+              observe: Callable[[int, float], None] | None = None,
+              batching: BatchSettings | None = None, hedge: bool = True) -> list[ReplicatedShard]:
     """One ReplicatedShard per row of clients; `clients[i]` are the replicas of shard `first_shard + i`."""
     return [ReplicatedShard(first_shard + i, row, key=f"{config.name}/{first_shard + i}",
-                            write_quorum=config.write_quorum, timeout_s=timeout_s, clock=clock, observe=observe)
+                            write_quorum=config.write_quorum, timeout_s=timeout_s, clock=clock, observe=observe,
+                            batching=batching, hedge=hedge)
             for i, row in enumerate(clients)]

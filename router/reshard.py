@@ -68,7 +68,7 @@ async def reshard(old: Coordinator, config: CollectionConfig, *,
     added_clients = list(await asyncio.to_thread(start_added)) if n_new > n_old else []
     tmpl = old.shards[0]
     added = replicate(config, added_clients, first_shard=n_old, timeout_s=tmpl.timeout_s, clock=tmpl.state.clock,
-                      observe=tmpl.observe)
+                      observe=tmpl.observe, batching=tmpl.batching, hedge=tmpl.hedge)
     new = old.resized(config, old.shards[:n_new] + added)
     old.paused = f"resharding to {n_new} shards"
     copied: dict[int, list[str]] = {}

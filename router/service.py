@@ -78,8 +78,10 @@ class PrismService:
         clients = self.start_shards(cfg, specs, create=True)
         coord = Coordinator.from_clients(
             cfg, clients, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
+            batching=self.config.batching, hedge=self.config.hedge_reads,
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
-            metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage)
+            metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
+            budget_ms=self.config.query_budget_ms)
         self.coordinators[cfg.name] = coord
         return coord
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from collections.abc import Hashable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 MAX_ID_LENGTH = 256
@@ -50,6 +51,21 @@ class StoredPoint:
 
     payload: dict[str, Any]
     vectors: dict[str, list[float]] = field(default_factory=dict)
+
+
+def group_key(spec: SearchSpec) -> Hashable:
+    """Specs with equal keys can share one Milvus search (same collection, limit, filter, params, consistency)."""
+    params = tuple(sorted((spec.params or {}).items()))
+    return (spec.space, spec.limit, spec.expr, params, spec.consistency)
+
+
+def group_specs(specs: Sequence[SearchSpec]) -> list[list[int]]:
+    """Indexes of `specs` grouped by `group_key`, groups in order of first appearance."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(group_key(spec), []).append(i)
+    return list(groups.values())
+
 
 
 @runtime_checkable

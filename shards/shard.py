@@ -2,12 +2,13 @@
 `shards.api.ShardApi`, which `shards.local` (threads) and `shards.actor` (a Ray actor) make asynchronous."""
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, check_index_support
 from cluster.errors import BackendError, PrismError, SpaceNotFound
-from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
+from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint, group_specs
 from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend
 
 
@@ -27,6 +28,7 @@ class Shard:
         self.backend = MilvusBackend(spec)
         self.names = {s: milvus_collection_name(config.name, s, shard, replica) for s in config.spaces}
         self._open = False
+        self.delay_s = 0.0  # test-only hook: searches take this much longer (a slow shard, on purpose)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -123,8 +125,17 @@ class Shard:
         )
 
     def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
-        """Several single-vector searches in one call (one round trip per shard per query)."""
-        return [self.search(s.space, [s.vector], s.limit, s.expr, s.params, s.consistency)[0] for s in specs]
+        """Several single-vector searches in one call; compatible ones (same space, limit, filter, params and
+        consistency: several queries batched by the router) run as ONE Milvus search with nq > 1."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out: list[list[ScoredId]] = [[] for _ in specs]
+        for idx in group_specs(specs):
+            s = specs[idx[0]]
+            hits = self.search(s.space, [specs[i].vector for i in idx], s.limit, s.expr, s.params, s.consistency)
+            for i, h in zip(idx, hits):
+                out[i] = h
+        return out
 
     def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
         """Payload (and vectors of the named spaces) of the ids held here."""
@@ -146,8 +157,6 @@ class Shard:
 
     def wait_indexed(self, timeout_s: float = 1800.0) -> float:
         """Flush, then wait until every space's index covers all rows; returns seconds waited."""
-        import time
-
         t0 = time.monotonic()
         for name in self.names.values():
             self._call(self.backend.flush, name)

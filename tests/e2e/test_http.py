@@ -142,7 +142,7 @@ def test_upsert_embeds_source_and_delete_removes(products):
     info = products.get("/v1/collections/products").json()["counts"]
     assert info["text"] == 65 and info["emb"] == 64  # no emb vector was given, and emb has no source
     r = products.post("/v1/collections/products/points/delete", json={"ids": ["tmp-1", "never-existed"]})
-    assert r.json() == {"deleted": 1}
+    assert r.json() == {"deleted": 1, "visible": True}
     hits = query(products, {"prefetch": [{"space": "text", "text": "ice axe for mountaineering"}],
                             "fusion": {"method": "none"}, "limit": 3})["hits"]
     assert "tmp-1" not in [h["id"] for h in hits]
@@ -224,7 +224,7 @@ def test_delete_by_filter(products):
     r = products.post("/v1/collections/products/points/delete",
                       json={"filter": {"bool": {"filter": [{"term": {"category": "to-delete"}},
                                                            {"range": {"price": {"gte": 2}}}]}}})
-    assert r.status_code == 200 and r.json() == {"deleted": 3}
+    assert r.status_code == 200 and r.json() == {"deleted": 3, "visible": True}
     left = query(products, {"prefetch": [{"space": "emb", "vector": emb(1000)}], "fusion": {"method": "none"},
                             "filter": {"term": {"category": "to-delete"}}, "limit": 10})
     assert sorted(h["id"] for h in left["hits"]) == ["del-0", "del-1"]

@@ -37,7 +37,7 @@ def test_reshard_four_to_five_moves_a_fifth_and_loses_nothing(tmp_path):
                 for q, want in zip(probes, before):
                     got = await service.query("rs", q)
                     during.append(([h.id for h in got.hits] == want) and not got.partial)
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # poll: yield so the reshard task runs between reads
 
         done = asyncio.Event()
         reader = asyncio.create_task(keep_reading())

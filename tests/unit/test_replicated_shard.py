@@ -164,3 +164,28 @@ def test_request_errors_on_reads_propagate_without_failover():
     with pytest.raises(InvalidRequest):
         run(rs.read(bad))
     assert all(st["state"] == "live" for st in rs.describe())
+
+
+def test_a_read_slower_than_the_preferred_replicas_p95_is_hedged_to_the_next():
+    rs, clients, _ = make(n=2)
+    run(rs.upsert([row(i) for i in range(3)]))
+    for _ in range(12):  # enough reads for a p95
+        run(rs.read(lambda c: c.ids()))
+    first = rs.state.read_order()[0]
+    stuck = asyncio.Event()  # never set: the preferred replica does not answer
+
+    real_ids = clients[first].ids
+
+    async def hang():
+        await stuck.wait()
+        return await real_ids()
+
+    clients[first].ids = hang
+    assert run(rs.read(lambda c: c.ids())) == ["p0", "p1", "p2"]
+    assert rs.hedged == 1
+    assert rs.describe()[first]["state"] == "live"  # slow is not dead
+
+
+def test_one_replica_is_never_hedged():
+    rs, clients, _ = make(n=1)
+    assert rs.hedge is False

@@ -1,0 +1,75 @@
+"""Cross-request micro-batching of shard searches.
+
+On a Milvus server a search call's cost is mostly fixed (measured on the bundled 2.3: nq=1 4.1 ms, nq=16 15.3 ms,
+i.e. 4.3x the throughput per vector), so concurrent queries to the same shard are sent as ONE `search_many` call,
+which the shard runs as one Milvus search per group of compatible specs (`shards.api.group_specs`). The coalescer is a group
+commit: a lone query goes at once; queries that arrive while a call to the shard is in flight wait for it and then
+go together (up to `max_specs`), optionally after a short `window_s` to gather more. No clock here: waiting is the
+in-flight call itself, or the injected sleep for the window.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from shards.api import ScoredId, SearchSpec
+
+Send = Callable[[list[SearchSpec]], Awaitable[list[list[ScoredId]]]]
+
+
+def take(sizes: Sequence[int], max_specs: int) -> int:
+    """How many queued requests (of `sizes` specs each, oldest first) go in the next call: as many as fit in
+    `max_specs`, and always at least one (a request larger than the bound goes alone)."""
+    n, total = 0, 0
+    for size in sizes:
+        if n and total + size > max_specs:
+            break
+        n, total = n + 1, total + size
+    return n
+
+
+class Coalescer:
+    """Concurrent `submit`s to one shard become as few `send` calls as possible; one call in flight at a time."""
+
+    def __init__(self, send: Send, *, max_specs: int = 64, window_s: float = 0.0,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
+        self.send = send
+        self.max_specs = max_specs
+        self.window_s = window_s
+        self.sleep = sleep
+        self._queue: list[tuple[list[SearchSpec], asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+        self.calls = 0      # shard calls made
+        self.requests = 0   # submits served
+
+    async def submit(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((list(specs), fut))
+        self.requests += 1
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._queue:
+            if self.window_s > 0:
+                await self.sleep(self.window_s)
+            n = take([len(s) for s, _ in self._queue], self.max_specs)
+            batch, self._queue = self._queue[:n], self._queue[n:]
+            live = [(s, f) for s, f in batch if not f.done()]  # a cancelled caller's searches are not sent
+            if not live:
+                continue
+            self.calls += 1
+            try:
+                results = await self.send([spec for specs, _ in live for spec in specs])
+            except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the shard's error
+                for _, f in live:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            i = 0
+            for specs, f in live:
+                if not f.done():
+                    f.set_result(results[i : i + len(specs)])
+                i += len(specs)

@@ -1,0 +1,87 @@
+"""Latency budgets on real milvus-lite: a slow shard is left out with reason "timeout" within the budget, never
+waited for; min_coverage turns a thinner answer into a 503. With and without micro-batching."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
+from cluster.errors import ShardUnavailable
+from router.coordinator import Coordinator
+from router.models import Point, QueryRequest
+from shards.local import local_shards, replica_specs, stop_local_shards
+
+DIM = 8
+_n = itertools.count()
+
+
+@pytest.fixture
+def slow_shard(tmp_path):
+    cfg = CollectionConfig(name=f"budget{next(_n)}", shards=2, spaces={"v": {"dim": DIM, "index": {"type": "FLAT"}}})
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path))
+    vecs = np.random.default_rng(0).standard_normal((100, DIM))
+    asyncio.run(Coordinator.from_clients(cfg, clients).upsert(
+        [Point(id=f"p{i}", vectors={"v": vecs[i].tolist()}) for i in range(100)]))
+    clients[1][0].target.delay_s = 1.5  # shard 1 answers far too late
+    yield cfg, clients, vecs
+    clients[1][0].target.delay_s = 0.0
+    stop_local_shards(clients, drop=True)
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_a_slow_shard_is_left_out_within_the_budget(slow_shard, batching):
+    cfg, clients, vecs = slow_shard
+    coord = Coordinator.from_clients(cfg, clients, batching=BatchSettings(enabled=batching))
+    req = QueryRequest(prefetch=[{"space": "v", "vector": vecs[0].tolist()}], fusion={"method": "none"}, limit=5,
+                       budget_ms=300)
+
+    async def timed():
+        t0 = time.perf_counter()
+        answer = await coord.query(req)
+        return answer, time.perf_counter() - t0
+
+    answer, took = asyncio.run(timed())
+    assert answer.partial is True and answer.coverage.shards_answered == 1
+    assert [(f.shard, f.reason) for f in answer.coverage.failed] == [(1, "timeout")]
+    assert "budget" in answer.coverage.failed[0].message
+    assert took <= 0.300 + 0.050, took  # the issue's bound: budget + 50 ms
+    assert answer.hits and all(coord.shard_of(h.id) == 0 for h in answer.hits)
+    with pytest.raises(ShardUnavailable, match="min_coverage") as exc:
+        asyncio.run(coord.query(req.model_copy(update={"min_coverage": 0.75})))
+    assert exc.value.status == 503 and exc.value.shards == [1]
+    # Half the shards answering is enough when that is what was asked for.
+    assert asyncio.run(coord.query(req.model_copy(update={"min_coverage": 0.5}))).partial is True
+
+
+def test_a_slow_preferred_replica_does_not_slow_the_answer(tmp_path):
+    """Hedged reads: past the preferred replica's p95 the other replica is asked too; the first answer wins."""
+    cfg = CollectionConfig(name=f"hedge{next(_n)}", shards=1, replicas=2,
+                           spaces={"v": {"dim": DIM, "index": {"type": "FLAT"}}})
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path))
+    try:
+        coord = Coordinator.from_clients(cfg, clients)
+        vecs = np.random.default_rng(1).standard_normal((50, DIM))
+        asyncio.run(coord.upsert([Point(id=f"p{i}", vectors={"v": vecs[i].tolist()}) for i in range(50)]))
+        req = QueryRequest(prefetch=[{"space": "v", "vector": vecs[3].tolist()}], fusion={"method": "none"}, limit=3)
+        for _ in range(15):  # the replicas' latency history: a p95 to hedge at
+            want = asyncio.run(coord.query(req))
+        preferred = coord.shards[0].state.read_order()[0]
+        clients[0][preferred].target.delay_s = 1.5
+
+        async def timed():
+            t0 = time.perf_counter()
+            answer = await coord.query(req)
+            return answer, time.perf_counter() - t0
+
+        answer, took = asyncio.run(timed())
+        assert [h.id for h in answer.hits] == [h.id for h in want.hits] and not answer.partial
+        assert coord.shards[0].hedged >= 1 and took < 0.75, took  # far below the slow replica's 1.5 s
+    finally:
+        for row in clients:
+            for c in row:
+                c.target.delay_s = 0.0
+        stop_local_shards(clients, drop=True)

@@ -1,0 +1,90 @@
+"""Micro-batching policy and the coalescer, over an in-memory shard: fewer calls, identical answers."""
+import asyncio
+
+import pytest
+
+from router.batching import Coalescer, take
+from shards.api import ScoredId, SearchSpec, group_specs
+
+
+def spec(space="v", limit=5, expr=None, params=None, consistency="bounded", x=0.0):
+    return SearchSpec(space, [x, 1.0], limit, expr, params, consistency)
+
+
+def test_group_specs_by_everything_milvus_needs_equal():
+    specs = [spec(), spec(x=1), spec(limit=6), spec(expr="a"), spec(params={"ef": 64}), spec(params={"ef": 64}),
+             spec(space="w"), spec(consistency="strong"), spec(x=2)]
+    assert group_specs(specs) == [[0, 1, 8], [2], [3], [4, 5], [6], [7]]
+
+
+def test_take_fills_up_to_the_bound_and_never_starves():
+    assert take([2, 2, 2], 5) == 2
+    assert take([9, 1], 5) == 1  # too large alone: still goes, alone
+    assert take([1] * 10, 64) == 10
+    assert take([], 5) == 0
+
+
+class Shard:
+    """Answers each spec with a score derived from its vector; records every call."""
+
+    def __init__(self, fail=None):
+        self.calls: list[int] = []
+        self.fail = fail
+        self.gate = asyncio.Event()
+
+    async def search_many(self, specs):
+        self.calls.append(len(specs))
+        await self.gate.wait()
+        if self.fail:
+            raise self.fail
+        return [[ScoredId(f"id{s.vector[0]:g}", s.vector[0])] for s in specs]
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_answers():
+    async def scenario():
+        shard = Shard()
+        co = Coalescer(shard.search_many, max_specs=64)
+        tasks = [asyncio.create_task(co.submit([spec(x=i), spec(x=i + 0.5)])) for i in range(10)]
+        await asyncio.sleep(0)  # poll: let every submit queue behind the first call
+        shard.gate.set()
+        return shard, co, await asyncio.gather(*tasks)
+
+    shard, co, answers = asyncio.run(scenario())
+    for i, a in enumerate(answers):
+        assert a == [[ScoredId(f"id{i:g}", float(i))], [ScoredId(f"id{i + 0.5:g}", i + 0.5)]]
+    assert co.requests == 10 and co.calls == len(shard.calls) < 10 and sum(shard.calls) == 20
+
+
+def test_a_lone_request_is_sent_at_once_and_errors_reach_every_caller():
+    async def lone():
+        shard = Shard()
+        shard.gate.set()
+        co = Coalescer(shard.search_many)
+        return await co.submit([spec(x=3)]), shard.calls
+
+    assert asyncio.run(lone()) == ([[ScoredId("id3", 3.0)]], [1])
+
+    async def failing():
+        shard = Shard(fail=RuntimeError("shard down"))
+        co = Coalescer(shard.search_many)
+        tasks = [asyncio.create_task(co.submit([spec(x=i)])) for i in range(3)]
+        await asyncio.sleep(0)  # poll: queue them all
+        shard.gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(failing()))
+
+
+def test_the_window_waits_through_the_injected_pause():
+    slept = []
+
+    async def fake_pause(s):
+        slept.append(s)
+
+    async def scenario():
+        shard = Shard()
+        shard.gate.set()
+        co = Coalescer(shard.search_many, window_s=0.002, sleep=fake_pause)
+        return await co.submit([spec(x=1)])
+
+    assert asyncio.run(scenario()) == [[ScoredId("id1", 1.0)]] and slept == [0.002]
