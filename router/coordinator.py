@@ -47,6 +47,7 @@ class Coordinator:
         # and every write bumps the version, so no cached answer outlives a write.
         self.epoch, self.version = uuid.uuid4().hex, 0
         self.observe_stage, self.budget_ms = observe_stage, budget_ms
+        self._index_types = {name: s.index.type for name, s in config.spaces.items()}
 
     @classmethod
     def from_clients(cls, config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *,
@@ -78,6 +79,7 @@ class Coordinator:
         clock = Stages(self.observe_stage)
         budget_ms = req.budget_ms or self.budget_ms
         deadline = clock.t0 + budget_ms / 1000 if budget_ms else None
+        ran: dict[str, dict[str, Any]] = {}
         self.vectors.validate_query(req)
         plans = await self.filtering.plan(req)
         clock.lap("plan")
@@ -89,14 +91,14 @@ class Coordinator:
         failed: dict[int, str] = {}
         direct = [i for i, pl in enumerate(plans) if pl.kind != "postfilter" and pl.expr != NOTHING]
         if direct:
-            lists, fails = await self._fan_out([specs[i] for i in direct], deadline)
+            lists, fails = await self._fan_out([specs[i] for i in direct], deadline, ran)
             failed.update(fails)
             for j, i in enumerate(direct):
                 merged[i] = merge_topk(lists[j], specs[i].limit)
         rounds = 0
         for i, pl in enumerate(plans):
             if pl.kind == "postfilter":
-                merged[i], r, fails = await self.filtering.postfilter(specs[i], pl, lambda s: self._fan_out(s, deadline))
+                merged[i], r, fails = await self.filtering.postfilter(specs[i], pl, lambda s: self._fan_out(s, deadline, ran))
                 rounds = max(rounds, r)
                 failed.update(fails)
         clock.lap("fan_out")
@@ -120,17 +122,24 @@ class Coordinator:
             partial=bool(failures),
             took_ms=clock.total_ms(),
             timings_ms=clock.laps if req.debug else None,
+            search_params=ran or None,
             filter_rounds=rounds,
             filter_plans=[pl.kind for pl in plans],
             notes=notes + hydrate_notes,
         )
 
-    async def _fan_out(self, specs: list[SearchSpec], deadline: float | None = None
+    async def _fan_out(self, specs: list[SearchSpec], deadline: float | None = None, ran: dict | None = None
                        ) -> tuple[list[list[list[ScoredId]]], dict[int, ShardUnavailable]]:
         """Every search on every shard, one call per shard, each given what is left of the budget; per search,
         the answering shards' lists, and each failed shard's error."""
         left = None if deadline is None else max(deadline - time.perf_counter(), 0.001)
-        answers = await asyncio.gather(*(sh.search(specs, left) for sh in self.shards), return_exceptions=True)
+        per_shard = [sh.within(specs, left, self._index_types) for sh in self.shards]
+        answers = await asyncio.gather(*(sh.search(s, left) for sh, s in zip(self.shards, per_shard)),
+                                       return_exceptions=True)
+        for j, spec in enumerate(specs if ran is not None else ()):  # what ran where when the budget chose it
+            for shard, s in enumerate(per_shard):
+                if s[j] is not spec:
+                    ran.setdefault(spec.space, {})[str(shard)] = s[j].params
         lists: list[list[list[ScoredId]]] = [[] for _ in specs]
         failed: dict[int, ShardUnavailable] = {}
         for shard, answer in enumerate(answers):

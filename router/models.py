@@ -141,6 +141,8 @@ class QueryResponse(BaseModel):
     cached: bool = False  # answered from the result cache
     # with debug: milliseconds per stage (embed, plan, fan_out, merge_fuse, hydrate) and in total
     timings_ms: dict[str, float] | None = None
+    # with a budget: the ef / nprobe each shard ran per space, chosen from the budget and the shard's latency
+    search_params: dict[str, dict[str, Any]] | None = None
 
 
 class BatchQueryRequest(_Strict):

@@ -60,3 +60,28 @@ def next_fetch(fetch: int, overfetch: int) -> int | None:
     if fetch >= MILVUS_MAX_TOPK:
         return None
     return min(MILVUS_MAX_TOPK, fetch * overfetch)
+
+
+# -- search params under a latency budget ------------------------------------------------------------------------
+DEFAULT_EF_FLOOR = 64
+DEFAULT_NPROBE = 16
+MAX_EF = 512
+MAX_NPROBE = 128
+
+
+def adapt_params(index_type: str, limit: int, budget_ms: float | None, observed_ms: float | None,
+                 given: dict | None = None) -> dict | None:
+    """ef (HNSW) or nprobe (IVF) for one shard: the defaults scaled by how the budget compares with the shard's
+    observed latency at the defaults. Plenty of room (>= 4x) doubles them (more recall for free); less than 1.5x
+    shrinks them in proportion (never below what `limit` needs). None when nothing is known or the request set
+    its own params: then the backend's defaults (or the request's) run."""
+    if budget_ms is None or observed_ms is None or observed_ms <= 0 or given:
+        return None
+    room = budget_ms / observed_ms
+    scale = 2.0 if room >= 4 else 1.0 if room >= 1.5 else room / 1.5
+    if index_type == "HNSW":
+        base = max(DEFAULT_EF_FLOOR, limit)
+        return {"ef": int(min(MAX_EF, max(limit, round(base * scale))))}
+    if index_type in ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "GPU_IVF_PQ"):
+        return {"nprobe": int(min(MAX_NPROBE, max(1, round(DEFAULT_NPROBE * scale))))}
+    return None

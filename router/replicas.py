@@ -12,6 +12,7 @@ shard's operation log before they serve reads again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
@@ -24,6 +25,7 @@ from cluster.config import BatchSettings, CollectionConfig
 from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable, SpaceNotFound, describe
 from cluster.ring import HashRing
 from router.batching import Coalescer
+from router.plan import adapt_params
 from shards.api import PointRow, ScoredId, SearchSpec, ShardApi
 
 log = logging.getLogger(__name__)
@@ -246,6 +248,17 @@ class ReplicatedShard:
         except asyncio.TimeoutError:
             raise ShardUnavailable(f"shard {self.shard}: no answer within the budget ({budget_s * 1000:.0f} ms)",
                                    shards=[self.shard], cause="timeout") from None
+
+    def within(self, specs: list[SearchSpec], budget_s: float | None, index_types: dict[str, str]) -> list[SearchSpec]:
+        """`specs` with ef/nprobe chosen for this shard from the budget and its preferred replica's latency."""
+        order = self.state.read_order()
+        observed = self.state.states[order[0]].ewma_ms if order else None
+        budget_ms = None if budget_s is None else budget_s * 1000
+        out = []
+        for s in specs:
+            p = adapt_params(index_types[s.space], s.limit, budget_ms, observed, s.params)
+            out.append(s if p is None else dataclasses.replace(s, params=p))
+        return out
 
     def _lock(self) -> asyncio.Lock:
         """Per event loop: this shard's writes and replays apply in sequence order."""

@@ -85,3 +85,25 @@ def test_a_slow_preferred_replica_does_not_slow_the_answer(tmp_path):
             for c in row:
                 c.target.delay_s = 0.0
         stop_local_shards(clients, drop=True)
+
+
+def test_a_small_budget_runs_a_smaller_ef_and_the_answer_says_so(tmp_path):
+    cfg = CollectionConfig(name=f"ef{next(_n)}", shards=2, spaces={"v": {"dim": DIM, "index": {"type": "HNSW"}}})
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path))
+    try:
+        coord = Coordinator.from_clients(cfg, clients)
+        vecs = np.random.default_rng(2).standard_normal((200, DIM))
+        asyncio.run(coord.upsert([Point(id=f"p{i}", vectors={"v": vecs[i].tolist()}) for i in range(200)]))
+        asyncio.run(coord.query(QueryRequest(prefetch=[{"space": "v", "vector": vecs[0].tolist()}], limit=3)))  # warm
+        for sh in coord.shards:  # as if observed: each shard answers in 200 ms at the default ef
+            sh.state.states[0].ewma_ms = 200.0
+        req = QueryRequest(prefetch=[{"space": "v", "vector": vecs[5].tolist()}], fusion={"method": "none"}, limit=10)
+        tight = asyncio.run(coord.query(req.model_copy(update={"budget_ms": 150})))
+        roomy = asyncio.run(coord.query(req.model_copy(update={"budget_ms": 5000})))
+        plain = asyncio.run(coord.query(req))
+        efs = {name: [p["ef"] for p in a.search_params["v"].values()] for name, a in (("tight", tight), ("roomy", roomy))}
+        assert max(efs["tight"]) < 64 < min(efs["roomy"]) and min(efs["tight"]) >= 10, efs
+        assert set(tight.search_params["v"]) == {"0", "1"} and plain.search_params is None
+        assert tight.hits[0].id == roomy.hits[0].id == "p5"
+    finally:
+        stop_local_shards(clients, drop=True)

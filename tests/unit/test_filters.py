@@ -164,3 +164,17 @@ def test_simplify_keeps_meaning_and_flattens():
     docs = [({"cat": "a", "ok": True, "price": 1}, True), ({"cat": "a"}, False), ({}, False)]
     for payload, want in docs:
         assert evaluate(nested, "p", payload, MAPPING) is want
+
+
+def test_search_params_follow_the_budget_and_the_observed_latency():
+    from router.plan import adapt_params
+
+    small = adapt_params("HNSW", 10, budget_ms=5, observed_ms=10)
+    large = adapt_params("HNSW", 10, budget_ms=200, observed_ms=10)
+    assert small["ef"] < 64 < large["ef"] and small["ef"] >= 10
+    assert adapt_params("HNSW", 10, budget_ms=20, observed_ms=10) == {"ef": 64}
+    assert adapt_params("HNSW", 100, budget_ms=1, observed_ms=50) == {"ef": 100}  # never below the limit
+    assert adapt_params("IVF_FLAT", 10, budget_ms=2, observed_ms=10)["nprobe"] < 16
+    assert adapt_params("HNSW", 10, None, 10) is None and adapt_params("HNSW", 10, 5, None) is None
+    assert adapt_params("HNSW", 10, 5, 10, given={"ef": 300}) is None  # the request's own params win
+    assert adapt_params("FLAT", 10, 5, 10) is None

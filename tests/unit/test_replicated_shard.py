@@ -181,8 +181,9 @@ def test_a_read_slower_than_the_preferred_replicas_p95_is_hedged_to_the_next():
         return await real_ids()
 
     clients[first].ids = hang
+    before = rs.hedged  # a warm-up read can hedge too (its p95 is microseconds): count this read's only
     assert run(rs.read(lambda c: c.ids())) == ["p0", "p1", "p2"]
-    assert rs.hedged == 1
+    assert rs.hedged == before + 1
     assert rs.describe()[first]["state"] == "live"  # slow is not dead
 
 
