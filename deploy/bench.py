@@ -658,9 +658,10 @@ def write_json(name: str, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
-    ap.add_argument("--only", default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching",
+    ap.add_argument("--only",
+                    default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness, batching")
+                         "freshness, batching, tiny")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -698,6 +699,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_batching import run as bench_batching
 
             write_json("batching", {"machine": machine(), **bench_batching(workdir / "batching")})
+        if "tiny" in sections:
+            from deploy.bench_tiny import run as bench_tiny
+
+            write_json("tiny", {"machine": machine(), **bench_tiny(workdir / "tiny")})
         from deploy.report import write_report
 
         write_report()

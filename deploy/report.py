@@ -251,6 +251,15 @@ def write_report() -> Path:
                   "vector queries (top 10, no payload, cache off) through the coordinator at c=1 and c=32, "
                   "batching off and on in the same run. "
                   f"Target: {bt['target']}.", "", batching_table(bt), ""]
+    tn = _load("tiny")
+    if tn:
+        from deploy.bench_tiny import table as tiny_table
+
+        lines += ["## The sample catalog over HTTP, beside the framework's floor", "",
+                  f"Machine: {_machine_line(tn['machine'])}. `prism up` with deploy/demo.yaml (milvus-lite, 2 "
+                  "shards) holding the 64-product catalog, against a no-op Ray Serve app of the same shape (FastAPI "
+                  "ingress, one call per shard actor), same run; cache off, distinct queries.", "",
+                  tiny_table(tn), ""]
     enc = _load("encode")
     if enc:
         from deploy.bench_encode import table
