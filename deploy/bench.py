@@ -209,7 +209,14 @@ def encode_throughput(seconds: float = 10.0, batch: int = 32) -> float:
     return done / (time.perf_counter() - t0)
 
 
-async def http_load(url: str, concurrency: int, total: int) -> tuple[list[float], float, int]:
+def _text_query(i: int) -> dict:
+    return {"prefetch": [{"space": "text", "text": f"{QUERY_TEXTS[i % len(QUERY_TEXTS)]} {i}"}],
+            "fusion": {"method": "none"}, "limit": 10, "with_payload": False}
+
+
+async def http_load(url: str, concurrency: int, total: int, body=_text_query,
+                    path: str = "/v1/collections/bench/query") -> tuple[list[float], float, int]:
+    """`total` POSTs of `body(i)` to `path`, `concurrency` at a time: (latencies ms, requests/s, errors)."""
     import httpx
 
     lat: list[float] = []
@@ -218,11 +225,9 @@ async def http_load(url: str, concurrency: int, total: int) -> tuple[list[float]
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as c:
         async def one(i: int) -> None:
             nonlocal errors
-            body = {"prefetch": [{"space": "text", "text": f"{QUERY_TEXTS[i % len(QUERY_TEXTS)]} {i}"}],
-                    "fusion": {"method": "none"}, "limit": 10, "with_payload": False}
             async with sem:
                 t = time.perf_counter()
-                r = await c.post("/v1/collections/bench/query", json=body)
+                r = await c.post(path, json=body(i))
                 lat.append((time.perf_counter() - t) * 1000)
                 errors += r.status_code != 200
 

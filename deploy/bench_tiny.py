@@ -9,41 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request  # at module level: FastAPI resolves the endpoint's annotations from these globals
 
 SHARDS = 2
 ROOT = Path(__file__).resolve().parent.parent
 QUERY = "/v1/collections/products/query"
 
 
-async def _load(url: str, body: Callable[[int], dict], concurrency: int, total: int) -> tuple[list[float], float, int]:
-    import httpx
-
-    lat: list[float] = []
-    errors = 0
-    sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as c:
-        async def one(i: int) -> None:
-            nonlocal errors
-            async with sem:
-                t = time.perf_counter()
-                r = await c.post(QUERY, json=body(i))
-                lat.append((time.perf_counter() - t) * 1000)
-                errors += r.status_code != 200
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(total)))
-        return lat, total / (time.perf_counter() - t0), errors
-
-
 def _measure(url: str, body: Callable[[int], dict]) -> dict:
-    asyncio.run(_load(url, body, 4, 40))  # warm-up
-    lat1, _, e1 = asyncio.run(_load(url, body, 1, 200))
-    _, qps32, e32 = asyncio.run(_load(url, body, 32, 960))
+    from deploy.bench import http_load
+
+    asyncio.run(http_load(url, 4, 40, body, QUERY))  # warm-up
+    lat1, _, e1 = asyncio.run(http_load(url, 1, 200, body, QUERY))
+    _, qps32, e32 = asyncio.run(http_load(url, 32, 960, body, QUERY))
     return {"p50_ms_c1": round(float(np.percentile(lat1, 50)), 2), "qps_c32": round(qps32, 1), "errors": e1 + e32}
 
 
@@ -61,7 +43,7 @@ def _text(i: int) -> dict:
 def floor() -> dict:
     """The same shape with nothing inside: what Ray Serve + FastAPI + one actor call per shard cost here."""
     import ray
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from ray import serve
 
     from cluster.services import free_port

@@ -184,3 +184,18 @@ def test_chunk_windows_cover_everything_with_overlap():
     assert all(len(c) <= 40 for c in chunks)
     assert all(a[-10:] == b[:10] for a, b in zip(chunks, chunks[1:]))  # a quarter of the window overlaps
     assert sorted(set(i for c in chunks for i in c)) == list(range(100))
+
+
+def test_the_readme_configuration_block_is_a_valid_config():
+    """The README documents every config key in one YAML block: it must load, and say what the defaults are."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from cluster.config import ClusterConfig
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"## Configuration\n.*?```yaml\n(.*?)```", text, flags=re.S).group(1)
+    cfg = ClusterConfig.model_validate(yaml.safe_load(block))
+    assert cfg == ClusterConfig()  # the block shows the defaults, key by key
