@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cluster.errors import InvalidRequest
+from cluster.errors import ConfigError, InvalidRequest
 
 MAX_DIM = 32_768
 MAX_SHARDS = 256
@@ -300,6 +300,8 @@ def load_config(path: str | os.PathLike | None = None, *, env: bool = False, **o
 
     data: dict[str, Any] = {}
     if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist", field="config")
         text = Path(path).read_text()
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from cluster.services import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: cluster/cli/demo.py -> .
 CONFIG = ROOT / "deploy" / "demo.yaml"
 CATALOG = ROOT / "deploy" / "data" / "catalog.jsonl"
 console = Console()

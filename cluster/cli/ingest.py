@@ -8,6 +8,7 @@ reported with its reason; the rest land. Re-running the same command adds nothin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -141,6 +142,9 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False)
+    # The command's own progress bar speaks to people; Ray Data's executor logs do not.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.from_items([{"point": json.dumps(p), "error": ""} for p in todo])
     by_encoder: dict[str, dict[str, dict]] = {}
     for name, s in spaces.items():
@@ -148,7 +152,7 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
     for encoder, enc_spaces in by_encoder.items():
         ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"encoder": encoder, "spaces": enc_spaces,
                                                                "models_dir": models_dir},
-                            batch_size=batch_size, concurrency=concurrency, num_cpus=0)
+                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=0)
     fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
     with httpx.Client(timeout=300) as client:
         for batch in ds.iter_batches(batch_size=write_batch, batch_format="default"):
