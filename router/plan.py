@@ -1,4 +1,4 @@
-"""Pure filter planning: where each prefetch's effective filter runs. No I/O here; the coordinator executes.
+"""Pure planning: where each prefetch's filter runs, and which search params a latency budget affords. No I/O.
 
 - pushdown:   the whole filter translates to a Milvus expression; shards filter while they search.
 - prefilter:  Elasticsearch returns the matching ids (few enough: at most `prefilter_max_ids`), which go down as
