@@ -1,5 +1,6 @@
 """One shard's replicas: their ordering, health and write quorum (`ReplicaSet`, pure, clock injected) and the
-replication protocol over them (`ReplicatedShard`: read failover, sequenced quorum writes, operation log, heal).
+replication protocol over them (`ReplicatedShard`: read failover, hedged reads past a replica's p95, searches
+batched across concurrent queries, sequenced quorum writes, operation log, heal).
 
 A replica is *readable* when it has applied every acknowledged write of its shard (applied_seq >= committed; a
 write still in flight, or one that missed its quorum, does not make the others unreadable) and
