@@ -6,32 +6,11 @@ cache off) at c=1 and c=32 through the coordinator, batching off then on. Writes
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 
 N, DIM, SHARDS, QUERIES = 50_000, 384, 4, 400
-
-
-def _pct(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 2)
-
-
-async def _load(coord, reqs, concurrency: int) -> tuple[list[float], float]:
-    lat: list[float] = []
-    it = iter(reqs)
-
-    async def worker() -> None:
-        for r in it:
-            t0 = time.perf_counter()
-            await coord.query(r)
-            lat.append((time.perf_counter() - t0) * 1000)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return lat, len(lat) / (time.perf_counter() - t0)
 
 
 def run_backend(backend: str, workdir: Path) -> dict:
@@ -39,6 +18,7 @@ def run_backend(backend: str, workdir: Path) -> dict:
 
     from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
     from cluster.services import start_milvus_server
+    from deploy.bench import pct, run_concurrent
     from deploy.datasets import gaussian_mixture, query_vectors
     from router.coordinator import Coordinator
     from router.models import Point, QueryRequest
@@ -71,12 +51,12 @@ def run_backend(backend: str, workdir: Path) -> dict:
         out: dict = {"backend": backend, "points": N, "shards": SHARDS, "dim": DIM, "queries": QUERIES}
         for mode, settings in (("unbatched", BatchSettings(enabled=False)), ("batched", BatchSettings())):
             coord = Coordinator.from_clients(cfg, clients, batching=settings)
-            asyncio.run(_load(coord, reqs[:20], 1))  # warm-up
+            asyncio.run(run_concurrent(coord, reqs[:20], 1))  # warm-up
             for c in (1, 32):
-                lat, qps = asyncio.run(_load(coord, reqs, c))
+                lat, qps = asyncio.run(run_concurrent(coord, reqs, c))
                 suffix = "" if mode == "batched" else "_unbatched"
-                out[f"p50_ms_c{c}{suffix}"] = _pct(lat, 50)
-                out[f"p99_ms_c{c}{suffix}"] = _pct(lat, 99)
+                out[f"p50_ms_c{c}{suffix}"] = round(pct(lat, 50), 2)
+                out[f"p99_ms_c{c}{suffix}"] = round(pct(lat, 99), 2)
                 out[f"qps_c{c}{suffix}"] = round(qps, 1)
         out["speedup_batching"] = round(out["qps_c32"] / out["qps_c32_unbatched"], 2)
         stop_ray_shards(clients)

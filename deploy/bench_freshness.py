@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,10 +18,6 @@ import numpy as np
 
 N, DIM, SHARDS, BATCH = 20_000, 384, 2, 10
 RATES = {"idle": 0, "w5": 5, "w50": 50}
-
-
-def _pct(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 2) if values else float("nan")
 
 
 async def _readers(coord, queries, concurrency: int, seconds: float) -> tuple[list[float], float]:
@@ -76,6 +71,7 @@ async def _writer(coord, rate: float, stop: asyncio.Event, vecs, wait: bool, lat
 def run_backend(backend: str, workdir: Path, seconds: float = 8.0, time_tick_ms: int | None = None) -> dict:
     from cluster.config import CollectionConfig, MilvusConfig
     from cluster.services import start_milvus_server
+    from deploy.bench import pct
     from deploy.datasets import gaussian_mixture, query_vectors
     from router.coordinator import Coordinator
     from router.models import Point, QueryRequest
@@ -109,8 +105,8 @@ def run_backend(backend: str, workdir: Path, seconds: float = 8.0, time_tick_ms:
                     lat, qps = await _readers(coord, queries, c, seconds)
                     stop.set()
                     await w
-                    out[f"read_p50_ms_c{c}_{phase}"] = _pct(lat, 50)
-                    out[f"read_p95_ms_c{c}_{phase}"] = _pct(lat, 95)
+                    out[f"read_p50_ms_c{c}_{phase}"] = round(pct(lat, 50), 2)
+                    out[f"read_p95_ms_c{c}_{phase}"] = round(pct(lat, 95), 2)
                     out[f"read_qps_c{c}_{phase}"] = round(qps, 1)
             stop = asyncio.Event()
             w = asyncio.create_task(_writer(coord, 5, stop, vecs, False, write_lat["nowait"]))
@@ -123,9 +119,9 @@ def run_backend(backend: str, workdir: Path, seconds: float = 8.0, time_tick_ms:
                 await coord.query(QueryRequest(prefetch=[{"space": "v", "vector": q}], fusion={"method": "none"},
                                                limit=10, with_payload=False, consistency="strong"))
                 strong.append((time.perf_counter() - t0) * 1000)
-            out["write_wait_p50_ms"] = _pct(write_lat["wait"], 50)
-            out["write_nowait_p50_ms"] = _pct(write_lat["nowait"], 50)
-            out["strong_read_p50_ms_c1_idle"] = _pct(strong, 50)
+            out["write_wait_p50_ms"] = round(pct(write_lat["wait"], 50), 2)
+            out["write_nowait_p50_ms"] = round(pct(write_lat["nowait"], 50), 2)
+            out["strong_read_p50_ms_c1_idle"] = round(pct(strong, 50), 2)
             for phase in ("w5", "w50"):
                 out[f"ratio_{phase}"] = round(out[f"read_p50_ms_c1_{phase}"] / out["read_p50_ms_c1_idle"], 3)
                 out[f"ratio_{phase}_c8"] = round(out[f"read_p50_ms_c8_{phase}"] / out["read_p50_ms_c8_idle"], 3)
