@@ -224,6 +224,9 @@ class ClusterConfig(_Strict):
 
     data_dir: str = DEFAULT_DATA_DIR
     host: str = "127.0.0.1"
+    # The HTTP front door. haproxy: Ray Serve's HAProxy ingress, forwarding straight to the ingress replicas
+    # (each replica serves HTTP itself; no Python proxy hop). proxy: Serve's Python proxy. See docs/operations.md.
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     milvus: MilvusConfig = Field(default_factory=MilvusConfig)
     elasticsearch: ElasticsearchConfig = Field(default_factory=ElasticsearchConfig)
@@ -233,6 +236,9 @@ class ClusterConfig(_Strict):
     batching: BatchSettings = Field(default_factory=BatchSettings)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
     query_budget_ms: int | None = Field(default=None, ge=1, le=600_000)  # default per-request budget_ms
+    # Payloads return with the search while shards x prefetch limits <= this; above it the page is hydrated in a
+    # second round trip to the owning shards. 0: always hydrate.
+    inline_payload_max: int = Field(default=256, ge=0, le=100_000)
     hedge_reads: bool = True  # replicas >= 2: a read slower than the replica's p95 also goes to the next replica
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
     encoder_replicas: int = Field(default=1, ge=1, le=16)

@@ -1,7 +1,7 @@
 """The coordinator: one collection's read and write paths over its replicated shards. Plain class, no Ray import.
 
 Reads: validate -> plan filters -> embed -> fan out (every search on every shard) -> heap-merge each space's
-shard lists into its global top-k -> fuse -> hydrate the page. Writes: validate and embed -> ring -> shard.
+shard lists into its global top-k -> fuse -> hydrate the page (unless the payloads came with the search). Writes: validate and embed -> ring -> shard.
 Replication lives in `router.replicas`, embedding in `router.vectors`, filter execution in `router.filtering`.
 """
 from __future__ import annotations
@@ -23,10 +23,12 @@ from router.models import (
     Coverage, DeleteResponse, Hit, Point, QueryRequest, QueryResponse, ShardFailure, UpsertResponse,
     select_payload,
 )
+from router.plan import INLINE_PAYLOAD_MAX, inline_payload
 from router.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate
 from router.timing import Stages
 from router.vectors import Encode, EncodeImages, Vectors, merge_updates
 from shards.api import ScoredId, SearchSpec, ShardApi, StoredPoint
+
 
 class Coordinator:
     """Fan-out, heap merge, fusion and hydration for reads; ring routing to the owning shard for writes."""
@@ -34,7 +36,8 @@ class Coordinator:
     def __init__(self, config: CollectionConfig, shards: Sequence[ReplicatedShard], *, encode: Encode | None = None,
                  encode_images: EncodeImages | None = None, images: ImageLimits | None = None,
                  metadata: Any | None = None, filters: FilterSettings | None = None,
-                 observe_stage: Callable[[str, float], None] | None = None, budget_ms: int | None = None):
+                 observe_stage: Callable[[str, float], None] | None = None, budget_ms: int | None = None,
+                 inline_payload_max: int = INLINE_PAYLOAD_MAX):
         if len(shards) != config.shards:
             raise ConfigError(f"{len(shards)} shards given for a collection of {config.shards}", field="shards")
         self.config = config
@@ -46,7 +49,7 @@ class Coordinator:
         # Result-cache keys carry both: a new coordinator (created, reopened, resharded) never sees an old entry,
         # and every write bumps the version, so no cached answer outlives a write.
         self.epoch, self.version = uuid.uuid4().hex, 0
-        self.observe_stage, self.budget_ms = observe_stage, budget_ms
+        self.observe_stage, self.budget_ms, self.inline_payload_max = observe_stage, budget_ms, inline_payload_max
         self._index_types = {name: s.index.type for name, s in config.spaces.items()}
 
     @classmethod
@@ -63,7 +66,7 @@ class Coordinator:
         return Coordinator(config, shards, encode=self.vectors.encode, encode_images=self.vectors.encode_images,
                            images=self.vectors.images, metadata=self.filtering.metadata,
                            filters=self.filtering.settings, observe_stage=self.observe_stage,
-                           budget_ms=self.budget_ms)
+                           budget_ms=self.budget_ms, inline_payload_max=self.inline_payload_max)
 
     def shard_of(self, point_id: str) -> int:
         return int(self.ring.get(point_id))
@@ -85,8 +88,11 @@ class Coordinator:
         clock.lap("plan")
         vectors, notes = await self.vectors.query_vectors(req)
         clock.lap("embed")
-        specs = [SearchSpec(p.space, vectors[i], req.prefetch_limit(p), plans[i].expr, p.params, req.consistency)
-                 for i, p in enumerate(req.prefetch)]
+        limits = [req.prefetch_limit(p) for p in req.prefetch]
+        payload, spaces = req.returns()
+        inline = payload and not spaces and inline_payload(limits, self.config.shards, self.inline_payload_max)
+        specs = [SearchSpec(p.space, vectors[i], limits[i], plans[i].expr, p.params, req.consistency,
+                            inline and plans[i].kind != "postfilter") for i, p in enumerate(req.prefetch)]
         merged: list[list[ScoredId]] = [[] for _ in req.prefetch]
         failed: dict[int, str] = {}
         direct = [i for i, pl in enumerate(plans) if pl.kind != "postfilter" and pl.expr != NOTHING]
@@ -103,28 +109,20 @@ class Coordinator:
                 failed.update(fails)
         clock.lap("fan_out")
         failures = [ShardFailure(shard=s, reason=e.cause, message=e.message) for s, e in sorted(failed.items())]
-        answered = self.config.shards - len(failures)
-        why = ("no shard answered" if not answered else "require_complete" if failures and req.require_complete
-               else "min_coverage" if answered < (req.min_coverage or 0) * self.config.shards else None)
-        if why:
-            raise ShardUnavailable(f"{why} ({answered} of {self.config.shards} shards answered): "
-                                   + "; ".join(f.message for f in failures), shards=[f.shard for f in failures])
+        answered = req.check_coverage(self.config.shards, failures)
         # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
                      limit=req.offset + req.limit)
         page = fused[req.offset : req.offset + req.limit]
         clock.lap("merge_fuse")
-        hits, hydrate_notes = await self._hydrate(page, req)
+        known = {h.id: h.payload for lst in merged for h in lst if h.payload is not None}
+        hits, hydrate_notes = await self._hydrate(page, req, known)
         clock.lap("hydrate")
         return QueryResponse(
             hits=hits,
             coverage=Coverage(shards_total=self.config.shards, shards_answered=answered, failed=failures),
-            partial=bool(failures),
-            took_ms=clock.total_ms(),
-            timings_ms=clock.laps if req.debug else None,
-            search_params=ran or None,
-            filter_rounds=rounds,
-            filter_plans=[pl.kind for pl in plans],
+            partial=bool(failures), took_ms=clock.total_ms(), timings_ms=clock.laps if req.debug else None,
+            search_params=ran or None, filter_rounds=rounds, filter_plans=[pl.kind for pl in plans],
             notes=notes + hydrate_notes,
         )
 
@@ -152,18 +150,20 @@ class Coordinator:
                     lists[j].append(hits)
         return lists, failed
 
-    async def _hydrate(self, page: list[ScoredId], req: QueryRequest) -> tuple[list[Hit], list[str]]:
-        """Payloads and vectors of the page's hits, from the shards that own them."""
-        want_payload = req.with_payload is not False and not (isinstance(req.with_payload, list) and not req.with_payload)
-        spaces = list(self.config.spaces) if req.with_vectors is True else (req.with_vectors or [])
+    async def _hydrate(self, page: list[ScoredId], req: QueryRequest, known: dict[str, dict[str, Any]]
+                       ) -> tuple[list[Hit], list[str]]:
+        """Payloads and vectors of the page's hits: those not `known` (returned with the search) come from the
+        shards that own them."""
+        want_payload, spaces = req.returns()
+        spaces = list(self.config.spaces) if spaces is True else spaces
         if not page or (not want_payload and not spaces):
             return [Hit(id=h.id, score=h.score) for h in page], []
-        by_shard = self._by_shard([h.id for h in page])
+        rows: dict[str, StoredPoint] = {} if spaces else {i: StoredPoint(payload=p) for i, p in known.items()}
+        by_shard = self._by_shard([h.id for h in page if h.id not in rows])
         shards = list(by_shard)
         answers = await asyncio.gather(
             *(self.shards[s].read(lambda c, ids=by_shard[s]: c.get(ids, spaces)) for s in shards),
             return_exceptions=True)
-        rows: dict[str, StoredPoint] = {}
         notes = []
         for shard, answer in zip(shards, answers):
             if isinstance(answer, BaseException):

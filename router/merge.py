@@ -23,7 +23,7 @@ def merge_topk(lists: Sequence[Sequence[ScoredId]], k: int) -> list[ScoredId]:
         if hit.id in seen:
             continue
         seen.add(hit.id)
-        out.append(ScoredId(hit.id, float(hit.score)))
+        out.append(ScoredId(hit.id, float(hit.score), hit.payload))
         if len(out) == k:
             break
     return out

@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cluster.errors import ShardUnavailable
 from shards.api import MAX_ID_LENGTH, ScoredId  # noqa: F401 - ScoredId is part of the router's vocabulary too
 
 MAX_LIMIT = 10_000
@@ -105,6 +106,21 @@ class QueryRequest(_Strict):
         if self.fusion.method == "none" and len(self.prefetch) != 1:
             raise ValueError("fusion 'none' needs exactly one prefetch; use 'rrf' or 'dbsf' to combine several")
         return self
+
+    def returns(self) -> tuple[bool, list[str] | bool]:
+        """(whether the answer carries payloads, the spaces whose vectors it carries: True for all)."""
+        wp = self.with_payload
+        return wp is not False and not (isinstance(wp, list) and not wp), self.with_vectors or []
+
+    def check_coverage(self, total: int, failures: list["ShardFailure"]) -> int:
+        """How many shards answered; ShardUnavailable when that is too few for this request."""
+        answered = total - len(failures)
+        why = ("no shard answered" if not answered else "require_complete" if failures and self.require_complete
+               else "min_coverage" if answered < (self.min_coverage or 0) * total else None)
+        if why:
+            raise ShardUnavailable(f"{why} ({answered} of {total} shards answered): "
+                                   + "; ".join(f.message for f in failures), shards=[f.shard for f in failures])
+        return answered
 
     def prefetch_limit(self, prefetch: Prefetch) -> int:
         """A prefetch fetches at least what the final page needs."""

@@ -16,6 +16,9 @@ from router.filters import Node, split_conjuncts
 PlanKind = Literal["none", "pushdown", "prefilter", "postfilter"]
 Mode = Literal["auto", "pushdown", "prefilter", "postfilter"]
 MILVUS_MAX_TOPK = 16_384
+# Payloads ride with the search while the candidates all shards return (shards x the prefetch limits) stay at or
+# under this; above it the router hydrates the final page in a second call. Measured in docs/bench/notes.md.
+INLINE_PAYLOAD_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,11 @@ def adapt_params(index_type: str, limit: int, budget_ms: float | None, observed_
     if index_type in ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "GPU_IVF_PQ"):
         return {"nprobe": int(min(MAX_NPROBE, max(1, round(DEFAULT_NPROBE * scale))))}
     return None
+
+
+def inline_payload(prefetch_limits: list[int], shards: int, max_candidates: int = INLINE_PAYLOAD_MAX) -> bool:
+    """Return payloads with the search (one round trip) rather than hydrate the page afterwards (two)?
+
+    Inline ships every candidate's payload: `shards` x the sum of the prefetch limits. Hydration ships only the
+    page's, but costs one more call per owning shard, which on this stack is worth ~250 small payloads."""
+    return shards * sum(prefetch_limits) <= max_candidates

@@ -81,7 +81,7 @@ class PrismService:
             batching=self.config.batching, hedge=self.config.hedge_reads,
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
-            budget_ms=self.config.query_budget_ms)
+            budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max)
         self.coordinators[cfg.name] = coord
         return coord
 

@@ -17,10 +17,12 @@ CONSISTENCY_LEVELS = ("bounded", "strong", "eventual")
 
 
 class ScoredId(NamedTuple):
-    """One search hit: higher score is always better (L2 distances are negated)."""
+    """One search hit: higher score is always better (L2 distances are negated). `payload` is the stored payload
+    when the search asked for it (`SearchSpec.with_payload`), else None."""
 
     id: str
     score: float
+    payload: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class SearchSpec:
     expr: str | None = None
     params: dict[str, Any] | None = None
     consistency: str = "bounded"
+    # Return each hit's payload with the search itself (saves the router a second round trip to the owning
+    # shards when the page is small; see router.plan.inline_payload).
+    with_payload: bool = False
 
 
 @dataclass
@@ -54,9 +59,10 @@ class StoredPoint:
 
 
 def group_key(spec: SearchSpec) -> Hashable:
-    """Specs with equal keys can share one Milvus search (same collection, limit, filter, params, consistency)."""
+    """Specs with equal keys can share one Milvus search (same collection, limit, filter, params, consistency and
+    output fields)."""
     params = tuple(sorted((spec.params or {}).items()))
-    return (spec.space, spec.limit, spec.expr, params, spec.consistency)
+    return (spec.space, spec.limit, spec.expr, params, spec.consistency, spec.with_payload)
 
 
 def group_specs(specs: Sequence[SearchSpec]) -> list[list[int]]:

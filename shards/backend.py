@@ -65,6 +65,12 @@ def build_params(index: IndexConfig) -> dict[str, Any]:
     return {**DEFAULT_BUILD_PARAMS.get(index.type, {}), **index.params}
 
 
+def _payload_of(hit: Any) -> dict[str, Any]:
+    """A search hit's payload: pymilvus puts output fields under `entity` (older clients: at the top level)."""
+    entity = hit.get("entity") or {}
+    return entity.get(PAYLOAD_FIELD, hit.get(PAYLOAD_FIELD)) or {}
+
+
 class MilvusBackend:
     """Collections holding (id, vec, payload, meta) rows. Writes made with `wait_visible` are seen by every read."""
 
@@ -152,18 +158,22 @@ class MilvusBackend:
         expr: str | None = None,
         params: dict[str, Any] | None = None,
         consistency: str = "bounded",
+        with_payload: bool = False,
     ) -> list[list[ScoredId]]:
-        """Top-`limit` per query vector, as ScoredIds with higher-is-better scores."""
+        """Top-`limit` per query vector, as ScoredIds with higher-is-better scores (and payloads if asked)."""
         res = self.client.search(
             name,
             data=[list(map(float, v)) for v in vectors],
             limit=limit,
             filter=expr or "",
-            output_fields=[ID_FIELD],
+            output_fields=[ID_FIELD, PAYLOAD_FIELD] if with_payload else [ID_FIELD],
             search_params={"params": search_params(space.index, limit, params)},
             consistency_level=LEVELS[consistency],
         )
         sign = -1.0 if space.metric == "l2" else 1.0
+        if with_payload:
+            return [[ScoredId(str(h["id"]), sign * float(h["distance"]), _payload_of(h)) for h in hits]
+                    for hits in res]
         return [[ScoredId(str(h["id"]), sign * float(h["distance"])) for h in hits] for hits in res]
 
     def get(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> dict[str, dict[str, Any]]:

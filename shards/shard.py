@@ -117,11 +117,12 @@ class Shard:
         expr: str | None = None,
         params: dict[str, Any] | None = None,
         consistency: str = "bounded",
+        with_payload: bool = False,
     ) -> list[list[ScoredId]]:
         self._ensure_open()
         return self._call(
             self.backend.search, self._name(space), self.config.spaces[space], vectors, limit, expr, params,
-            consistency,
+            consistency, with_payload,
         )
 
     def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
@@ -132,7 +133,8 @@ class Shard:
         out: list[list[ScoredId]] = [[] for _ in specs]
         for idx in group_specs(specs):
             s = specs[idx[0]]
-            hits = self.search(s.space, [specs[i].vector for i in idx], s.limit, s.expr, s.params, s.consistency)
+            hits = self.search(s.space, [specs[i].vector for i in idx], s.limit, s.expr, s.params, s.consistency,
+                               s.with_payload)
             for i, h in zip(idx, hits):
                 out[i] = h
         return out

@@ -57,3 +57,54 @@ def test_batched_answers_equal_unbatched_ones(milvus_backend, tmp_path, index):
         assert sum(co.calls for co in cos) < 32 * 2      # ...in fewer shard calls: they were batched
     finally:
         stop_local_shards(clients, drop=True)
+
+
+class CountingClient:
+    """A shard client that counts `get` calls (hydration round trips) and delegates everything else."""
+
+    def __init__(self, inner):
+        self.inner, self.gets = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def get(self, ids, with_vectors=()):
+        self.gets += 1
+        return await self.inner.get(ids, with_vectors)
+
+
+def test_payloads_with_the_search_equal_hydrated_ones(milvus_backend, tmp_path):
+    """Small pages take their payloads from the search itself (no second round trip); the answers are exactly the
+    hydrated ones, payload selectors included; vectors and big candidate sets still hydrate."""
+    milvus, uri = milvus_backend
+    cfg = CollectionConfig(name=f"inline{next(_n)}", shards=2, spaces={
+        "a": {"dim": DIM, "index": {"type": "FLAT"}}, "b": {"dim": DIM, "index": {"type": "FLAT"}}})
+    raw = local_shards(cfg, replica_specs(cfg, milvus, tmp_path, uri))
+    clients = [[CountingClient(c) for c in replicas] for replicas in raw]
+    try:
+        rng = np.random.default_rng(5)
+        va, vb = unit(rng, 200), unit(rng, 200)
+        hydrated = Coordinator.from_clients(cfg, clients, inline_payload_max=0)
+        inline = Coordinator.from_clients(cfg, clients)
+        asyncio.run(hydrated.upsert([Point(id=f"p{i}", vectors={"a": va[i].tolist(), "b": vb[i].tolist()},
+                                           payload={"n": i, "tag": f"t{i % 7}", "deep": {"x": [i, i + 1]}})
+                                     for i in range(200)]))
+        q = unit(rng, 6)
+        pre = [{"space": "a", "vector": q[0].tolist()}, {"space": "b", "vector": q[1].tolist()}]
+        cases = [dict(prefetch=pre[:1], fusion={"method": "none"}, limit=10),
+                 dict(prefetch=pre, limit=5, with_payload=["tag"]),
+                 dict(prefetch=pre, limit=5, offset=3, with_payload={"exclude": ["deep"]}),
+                 dict(prefetch=pre[:1], fusion={"method": "none"}, limit=4, with_vectors=["a"]),
+                 dict(prefetch=[{**pre[0], "limit": 200}], fusion={"method": "none"}, limit=10)]
+        gets = []
+        for case in cases:
+            want = asyncio.run(hydrated.query(QueryRequest(**case)))
+            before = sum(c.gets for r in clients for c in r)
+            got = asyncio.run(inline.query(QueryRequest(**case)))
+            gets.append(sum(c.gets for r in clients for c in r) - before)
+            assert got.model_dump(exclude={"took_ms"}) == want.model_dump(exclude={"took_ms"})
+            assert all(h.payload for h in got.hits)
+        # the three small pages made no get call; vectors and 2 x 200 candidates (> 256) hydrated
+        assert gets[:3] == [0, 0, 0] and gets[3] > 0 and gets[4] > 0
+    finally:
+        stop_local_shards(raw, drop=True)

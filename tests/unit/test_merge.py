@@ -40,3 +40,19 @@ def test_negative_scores_l2():
     a = [S("near", -0.1), S("far", -3.0)]
     b = [S("mid", -1.0)]
     assert [h.id for h in merge_topk([a, b], 3)] == ["near", "mid", "far"]
+
+
+def test_payloads_returned_with_the_search_survive_the_merge():
+    a = [S("x", 0.9, {"n": 1}), S("y", 0.5, {"n": 2})]
+    b = [S("z", 0.7, {"n": 3})]
+    assert [(h.id, h.payload) for h in merge_topk([a, b], 2)] == [("x", {"n": 1}), ("z", {"n": 3})]
+
+
+def test_inline_payload_while_the_candidates_stay_small():
+    from router.plan import INLINE_PAYLOAD_MAX, inline_payload
+
+    assert inline_payload([10], shards=4)                       # 40 candidates
+    assert inline_payload([20, 20], shards=2, max_candidates=80)
+    assert not inline_payload([100, 100], shards=4)             # 800 > 256: hydrate the page instead
+    assert not inline_payload([10], shards=1, max_candidates=0)  # 0: always hydrate
+    assert inline_payload([INLINE_PAYLOAD_MAX], shards=1) and not inline_payload([INLINE_PAYLOAD_MAX + 1], shards=1)
