@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,6 +27,27 @@ def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Ports for services that start late (HAProxy's side listeners): a band no one hands out at random. Below it lie
+# Ray's worker ports (10002-19999), above it Serve's direct-ingress ports (30000-31000) and the kernel's ephemeral
+# range (32768+), from which every bind(0) (free_port, Ray's own components) draws.
+SIDE_PORTS = (20000, 29999)
+
+
+def side_port(rng: random.Random | None = None) -> int:
+    """A port free on every interface, from SIDE_PORTS: unlike free_port's, it cannot be taken by some other
+    process's bind(0) between now and the moment its service starts."""
+    rng = rng or random.Random()
+    for _ in range(200):
+        port = rng.randint(*SIDE_PORTS)
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise BackendError(f"no free port in {SIDE_PORTS[0]}-{SIDE_PORTS[1]}")
 
 
 def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None = None, what: str = "service") -> None:

@@ -1,9 +1,11 @@
 """The sample catalog over HTTP beside the framework's floor (`python -m deploy.bench --only tiny`).
 
 Floor: a trivial Ray Serve app of the same shape as prism (FastAPI ingress, one no-op call per shard actor, the
-same shard count, 2). prism: `prism up` with deploy/demo.yaml (milvus-lite, 2 shards, FLAT-free HNSW) holding the
-64-product catalog. Both measured in the same run: vector-only and text queries (distinct texts, cache off) at
-c=1 (p50) and c=32 (QPS). Writes docs/bench/tiny.json.
+same shard count, 2). prism: `prism up` with deploy/demo.yaml (milvus-lite, 2 shards, HNSW) holding the
+64-product catalog. Both measured in the same run behind each HTTP ingress (HAProxy, prism's default, and Serve's
+Python proxy): vector-only and text queries (distinct texts, cache off) at c=1 (p50) and c=32 (QPS); plus the
+vector query with its page hydrated in a second round trip (`inline_payload_max: 0`) against payloads returned
+with the search. Writes docs/bench/tiny.json.
 """
 from __future__ import annotations
 
@@ -40,13 +42,18 @@ def _text(i: int) -> dict:
             "fusion": {"method": "none"}, "limit": 5, "cache": False}
 
 
-def floor() -> dict:
-    """The same shape with nothing inside: what Ray Serve + FastAPI + one actor call per shard cost here."""
+def floor(ingress: str) -> dict:
+    """The same shape with nothing inside: what Ray Serve + FastAPI + one actor call per shard cost here, behind
+    the same HTTP ingress as prism (HAProxy or Serve's Python proxy)."""
+    import os
+
     import ray
     from fastapi import FastAPI
     from ray import serve
 
-    from cluster.services import free_port
+    from cluster.config import ClusterConfig
+    from cluster.services import free_port, side_port
+    from router.app import ingress_environment
 
     api = FastAPI()
 
@@ -67,61 +74,111 @@ def floor() -> dict:
             await asyncio.gather(*(a.search.remote(body) for a in self.actors))
             return {"hits": []}
 
+        @api.get("/health")
+        async def health(self) -> dict:
+            return {"status": "ok"}
+
     port = free_port()
+    env, _ = ingress_environment(ClusterConfig(ingress=ingress), side_port)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="floor")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(Floor.bind(SHARDS), name="floor", route_prefix="/")
-        return _measure(f"http://127.0.0.1:{port}", _vector)
+        url = f"http://127.0.0.1:{port}"
+        _wait_routed(url)
+        return _measure(url, _vector)
     finally:
         serve.shutdown()
         ray.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def prism(workdir: Path) -> dict:
+def _wait_routed(url: str, timeout_s: float = 60.0) -> None:
+    """HAProxy learns the routes a moment after serve.run returns: wait until /health answers through it."""
+    import time
+
     import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)  # poll
+    raise RuntimeError(f"{url} did not route within {timeout_s:.0f}s")
+
+
+def prism(workdir: Path, ingress: str, inline_payload_max: int | None = None,
+          bodies: tuple[str, ...] = ("vector", "vector_nopayload", "text")) -> dict:
+    import httpx
+    import yaml
 
     from cluster.cli import bootstrap
     from cluster.config import load_config
     from cluster.services import free_port
 
     port = free_port()
-    cfg = load_config(ROOT / "deploy" / "demo.yaml", port=port, data_dir=str(workdir / "prism"))
+    config_file = ROOT / "deploy" / "demo.yaml"
+    if inline_payload_max is not None:  # the detached `prism up` reads its config from a file
+        data = yaml.safe_load(config_file.read_text())
+        config_file = workdir / f"demo-inline{inline_payload_max}.yaml"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(yaml.safe_dump({**data, "inline_payload_max": inline_payload_max}))
+    cfg = load_config(config_file, port=port, ingress=ingress, data_dir=str(workdir / f"prism-{ingress}"))
     try:
-        bootstrap.start_detached(cfg, config_file=str(ROOT / "deploy" / "demo.yaml"))
+        bootstrap.start_detached(cfg, config_file=str(config_file))
         url = f"http://127.0.0.1:{port}"
         rows = [json.loads(line) for line in (ROOT / "deploy" / "data" / "catalog.jsonl").read_text().splitlines()]
         points = [{"id": r["id"], "payload": {k: v for k, v in r.items() if k != "id"}} for r in rows]
         httpx.post(f"{url}/v1/collections/products/points", json={"points": points}, timeout=300).raise_for_status()
+        make = {"vector": _vector, "vector_nopayload": lambda i: _vector(i, payload=False), "text": _text}
         out = {}
-        for name, body in (("vector", _vector), ("vector_nopayload", lambda i: _vector(i, payload=False)),
-                           ("text", _text)):
-            for k, v in _measure(url, body).items():
-                out[f"tiny_{name}_{k}"] = v
+        for name in bodies:
+            for k, v in _measure(url, make[name]).items():
+                out[f"{name}_{k}"] = v
         return out
     finally:
         bootstrap.stop_instance(cfg.data_path)
 
 
 def run(workdir: Path) -> dict:
-    fl = floor()
-    pr = prism(workdir)
-    res = {"floor_p50_ms_c1": fl["p50_ms_c1"], "floor_qps_c32": fl["qps_c32"], **pr}
+    res: dict = {}
+    for ingress, tag in (("haproxy", ""), ("proxy", "proxy_")):
+        for k, v in floor(ingress).items():
+            res[f"floor_{tag}{k}"] = v
+        for k, v in prism(workdir / tag.strip("_") if tag else workdir, ingress).items():
+            res[f"tiny_{tag}{k}"] = v
+    # Payloads with the search (the default for small pages) against hydrating the page in a second call.
+    for k, v in prism(workdir / "hydrate", "haproxy", inline_payload_max=0, bodies=("vector",)).items():
+        res[f"tiny_hydrate_{k}"] = v
     res["ratio_p50_c1"] = round(res["tiny_vector_p50_ms_c1"] / res["floor_p50_ms_c1"], 2)
     res["ratio_qps_c32"] = round(res["tiny_vector_qps_c32"] / res["floor_qps_c32"], 2)
+    res["ratio_p50_c1_proxy"] = round(res["tiny_proxy_vector_p50_ms_c1"] / res["floor_proxy_p50_ms_c1"], 2)
+    res["ratio_qps_c32_proxy"] = round(res["tiny_proxy_vector_qps_c32"] / res["floor_proxy_qps_c32"], 2)
     res["targets"] = "vector-only p50 at c=1 <= 1.3x the floor's; QPS at c=32 >= 0.75x the floor's"
     print(f"[tiny] {res}", flush=True)
     return res
 
 
 def table(payload: dict) -> str:
-    rows = [("floor (no-op Serve app, 2 actors)", payload["floor_p50_ms_c1"], payload["floor_qps_c32"]),
-            ("prism vector (with payload)", payload["tiny_vector_p50_ms_c1"], payload["tiny_vector_qps_c32"]),
-            ("prism vector (no payload)", payload["tiny_vector_nopayload_p50_ms_c1"],
-             payload["tiny_vector_nopayload_qps_c32"]),
-            ("prism text (MiniLM per query)", payload["tiny_text_p50_ms_c1"], payload["tiny_text_qps_c32"])]
-    lines = ["| what | p50 ms c=1 | QPS c=32 |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines.append(f"\nRatios to the floor: p50 {payload['ratio_p50_c1']}x, QPS {payload['ratio_qps_c32']}x "
-                 f"({payload['targets']}).")
+    lines = ["| what | ingress | p50 ms c=1 | QPS c=32 |", "|---|---|---|---|"]
+    for ingress, tag in (("HAProxy", ""), ("Python proxy", "proxy_")):
+        if f"floor_{tag}p50_ms_c1" not in payload:
+            continue
+        rows = [("floor (no-op Serve app, 2 actors)", f"floor_{tag}"),
+                ("prism vector (with payload)", f"tiny_{tag}vector_"),
+                ("prism vector (no payload)", f"tiny_{tag}vector_nopayload_"),
+                ("prism text (MiniLM per query)", f"tiny_{tag}text_")]
+        if not tag:
+            rows.insert(2, ("prism vector, payload hydrated in a 2nd call", "tiny_hydrate_vector_"))
+        lines += [f"| {what} | {ingress} | {payload.get(k + 'p50_ms_c1', 'not run')} | "
+                  f"{payload.get(k + 'qps_c32', 'not run')} |" for what, k in rows]
+    lines.append(f"\nRatios to the floor behind the same ingress: HAProxy p50 {payload['ratio_p50_c1']}x, QPS "
+                 f"{payload['ratio_qps_c32']}x; Python proxy p50 {payload.get('ratio_p50_c1_proxy', 'not run')}x, "
+                 f"QPS {payload.get('ratio_qps_c32_proxy', 'not run')}x ({payload['targets']}).")
     return "\n".join(lines)

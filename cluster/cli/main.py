@@ -54,6 +54,9 @@ def up(
     host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=f"Data directory (default {DEFAULT_DATA_DIR})."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config file."),
+    ingress: Optional[str] = typer.Option(
+        None, "--ingress", help="haproxy (default: HAProxy forwards straight to the ingress replicas) | proxy "
+                                "(Serve's Python proxy)."),
     milvus: Optional[str] = typer.Option(None, "--milvus", help="lite | bundled | a Milvus server URI."),
     elasticsearch: Optional[str] = typer.Option(
         None, "--elasticsearch", help="bundled | off | an Elasticsearch URL (auth: PRISM_ES_API_KEY or "
@@ -63,7 +66,7 @@ def up(
     from cluster.cli import bootstrap
 
     try:
-        cfg = load_config(config, port=port, host=host, data_dir=data_dir, milvus=_milvus(milvus),
+        cfg = load_config(config, port=port, host=host, ingress=ingress, data_dir=data_dir, milvus=_milvus(milvus),
                           elasticsearch=_elasticsearch(elasticsearch))
     except PrismError as exc:
         _fail(exc.message, 2)
