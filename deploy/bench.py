@@ -209,14 +209,21 @@ def encode_throughput(seconds: float = 10.0, batch: int = 32) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def _text_query(i: int) -> dict:
+def _text_query(i: int, cache: bool = False) -> dict:
     return {"prefetch": [{"space": "text", "text": f"{QUERY_TEXTS[i % len(QUERY_TEXTS)]} {i}"}],
-            "fusion": {"method": "none"}, "limit": 10, "with_payload": False}
+            "fusion": {"method": "none"}, "limit": 10, "with_payload": False, "cache": cache}
+
+
+def zipf_queries(total: int, distinct: int = 1000, s: float = 1.1, seed: int = 7) -> list[int]:
+    """`total` query numbers drawn from `distinct` ones with Zipf(s) popularity (rank 1 the most asked)."""
+    weights = 1.0 / np.arange(1, distinct + 1) ** s
+    return np.random.default_rng(seed).choice(distinct, size=total, p=weights / weights.sum()).tolist()
 
 
 async def http_load(url: str, concurrency: int, total: int, body=_text_query,
-                    path: str = "/v1/collections/bench/query") -> tuple[list[float], float, int]:
-    """`total` POSTs of `body(i)` to `path`, `concurrency` at a time: (latencies ms, requests/s, errors)."""
+                    path: str = "/v1/collections/bench/query", seen=None) -> tuple[list[float], float, int]:
+    """`total` POSTs of `body(i)` to `path`, `concurrency` at a time: (latencies ms, requests/s, errors).
+    `seen(answer)` is called with each successful answer's JSON when given."""
     import httpx
 
     lat: list[float] = []
@@ -230,6 +237,8 @@ async def http_load(url: str, concurrency: int, total: int, body=_text_query,
                 r = await c.post(path, json=body(i))
                 lat.append((time.perf_counter() - t) * 1000)
                 errors += r.status_code != 200
+                if seen is not None and r.status_code == 200:
+                    seen(r.json())
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(total)))
@@ -237,8 +246,10 @@ async def http_load(url: str, concurrency: int, total: int, body=_text_query,
 
 
 def bench_serving(n: int, shards: int, workdir: Path) -> dict:
-    """Text queries over HTTP (embedding included) against `prism up` on the bundled Milvus server."""
+    """Text queries over HTTP (embedding included) against `prism up` on the bundled Milvus server: distinct
+    queries with the cache off, batching on (the default) and off; then a Zipf workload with the cache on."""
     import httpx
+    import yaml
 
     from cluster.cli import bootstrap
     from cluster.config import ClusterConfig
@@ -247,10 +258,12 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
     print(f"[serving] n={n} shards={shards}", flush=True)
     server = start_milvus_server(workdir / "milvus-server")
     port = free_port()
-    cfg = ClusterConfig(data_dir=str(workdir / "prism"), port=port, milvus={"mode": "server", "uri": server.uri})
+    milvus = {"mode": "server", "uri": server.uri}
+    cfg = ClusterConfig(data_dir=str(workdir / "prism"), port=port, milvus=milvus)
+    url = f"http://127.0.0.1:{port}"
+    loads = ((1, 150), (8, 400), (32, 800))
     try:
         bootstrap.start_detached(cfg)
-        url = f"http://127.0.0.1:{port}"
         spec = {"spaces": {"text": {"dim": 384, "encoder": "minilm", "source": "description",
                                     "index": {"type": "HNSW"}}}, "shards": shards}
         httpx.put(f"{url}/v1/collections/bench", json=spec, timeout=120).raise_for_status()
@@ -265,7 +278,20 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
         close_all(local)
         print(f"[serving] loaded in {load_s:.1f}s; measuring", flush=True)
         asyncio.run(http_load(url, 4, 40))  # warm-up
-        runs = {c: asyncio.run(http_load(url, c, total)) for c, total in ((1, 150), (8, 400), (32, 800))}
+        runs = {c: asyncio.run(http_load(url, c, total)) for c, total in loads}
+        # Zipf over 1,000 distinct queries, cache on: hits are answers marked `cached`.
+        order = zipf_queries(3000)
+        cached = [0]
+        zipf = asyncio.run(http_load(url, 32, len(order), lambda i: _text_query(order[i], cache=True),
+                                     seen=lambda a: cached.__setitem__(0, cached[0] + bool(a.get("cached")))))
+        bootstrap.stop_instance(cfg.data_path)
+        # The same collection, the same distinct queries, with cross-request batching off.
+        off = workdir / "unbatched.yaml"
+        off.write_text(yaml.safe_dump({"batching": {"enabled": False}}))
+        bootstrap.start_detached(cfg, config_file=str(off))
+        asyncio.run(http_load(url, 4, 40, lambda i: _text_query(10_000 + i)))  # warm-up
+        unbatched = {c: asyncio.run(http_load(url, c, total, lambda i: _text_query(20_000 + i)))
+                     for c, total in loads}
         bootstrap.stop_instance(cfg.data_path)
     finally:
         bootstrap.stop_instance(workdir / "prism")
@@ -278,8 +304,15 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
         "p50_ms_c8": round(pct(runs[8][0], 50), 2), "p99_ms_c8": round(pct(runs[8][0], 99), 2),
         "p50_ms_c32": round(pct(runs[32][0], 50), 2), "p99_ms_c32": round(pct(runs[32][0], 99), 2),
         "qps_c1": round(runs[1][1], 1), "qps_c8": round(runs[8][1], 1), "qps_c32": round(runs[32][1], 1),
-        "errors": sum(r[2] for r in runs.values()),
+        "p50_ms_c1_unbatched": round(pct(unbatched[1][0], 50), 2),
+        "qps_c8_unbatched": round(unbatched[8][1], 1), "qps_c32_unbatched": round(unbatched[32][1], 1),
+        "speedup_batching": round(runs[32][1] / unbatched[32][1], 2),
+        "qps_c32_cached": round(zipf[1], 1), "cache_hit_rate": round(cached[0] / len(order), 3),
+        "ratio_cached_uncached": round(zipf[1] / runs[32][1], 2),
+        "errors": sum(r[2] for r in (*runs.values(), *unbatched.values(), zipf)),
         "encode_per_s": round(encode_per_s, 1), "ratio_qps_encode": round(best_qps / encode_per_s, 3),
+        "targets": "speedup_batching >= 3; ratio_qps_encode >= 0.3; p50 at c=1 no worse than unbatched by more "
+                   "than the batching window (0 ms by default); cached QPS >= 5x uncached",
     }
     print(f"[serving] {json.dumps(result)}", flush=True)
     return result

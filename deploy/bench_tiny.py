@@ -7,15 +7,16 @@ Python proxy): vector-only and text queries (distinct texts, cache off) at c=1 (
 vector query with its page hydrated in a second round trip (`inline_payload_max: 0`) against payloads returned
 with the search. Writes docs/bench/tiny.json.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the floor's endpoint is pickled into its Serve replica by value,
+# and a string annotation ("Request") does not survive that, so FastAPI took `request` for a query parameter and
+# every floor request answered 422 (how the first floor numbers were taken). Real annotations travel with it.
 import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from fastapi import Request  # at module level: FastAPI resolves the endpoint's annotations from these globals
+from fastapi import Request
 
 SHARDS = 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,52 @@ def _vector(i: int, payload: bool = True) -> dict:
 def _text(i: int) -> dict:
     return {"prefetch": [{"space": "text", "text": f"something warm for a cold hike, take {i}"}],
             "fusion": {"method": "none"}, "limit": 5, "cache": False}
+
+
+def _cpu_ticks() -> dict[str, int]:
+    """CPU ticks (user + system) used so far by each Ray process on this machine, summed by process title."""
+    import os
+
+    out: dict[str, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = open(f"/proc/{pid}/cmdline").read().split("\0")[0]
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if title.startswith("ray::"):
+            name = title.split(":")[-1] if "ServeReplica" in title else title[5:].split(".")[0]
+            out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
+def breakdown(url: str) -> dict:
+    """Where a vector query's time goes (`debug: true` stages, median) at c=1 and c=32, and the CPU each Ray
+    process spends per request at c=1 (from /proc): the stack's own cost, stage by stage."""
+    import os
+
+    from deploy.bench import http_load
+
+    out: dict = {}
+    for c, total in ((1, 200), (32, 960)):
+        laps: dict[str, list[float]] = {}
+
+        def seen(answer: dict) -> None:
+            for k, v in (answer.get("timings_ms") or {}).items():
+                laps.setdefault(k, []).append(v)
+
+        before = _cpu_ticks()
+        lat, _, errors = asyncio.run(http_load(url, c, total, lambda i: {**_vector(i), "debug": True}, QUERY, seen))
+        after = _cpu_ticks()
+        stages = {k: round(float(np.median(v)), 2) for k, v in laps.items()}
+        http = round(float(np.percentile(lat, 50)), 2)
+        out[f"c{c}"] = {"http_p50_ms": http, **stages, "outside_coordinator_ms": round(http - sum(stages.values()), 2),
+                        "errors": errors}
+        if c == 1:
+            hz = os.sysconf("SC_CLK_TCK")
+            cpu = {k: round((after[k] - before.get(k, 0)) / hz * 1000 / total, 2) for k in after}
+            out["cpu_ms_per_request_c1"] = {k: v for k, v in sorted(cpu.items(), key=lambda x: -x[1]) if v >= 0.1}
+    return out
 
 
 def floor(ingress: str) -> dict:
@@ -114,7 +161,7 @@ def _wait_routed(url: str, timeout_s: float = 60.0) -> None:
 
 
 def prism(workdir: Path, ingress: str, inline_payload_max: int | None = None,
-          bodies: tuple[str, ...] = ("vector", "vector_nopayload", "text")) -> dict:
+          bodies: tuple[str, ...] = ("vector", "vector_nopayload", "text"), explain: bool = True) -> dict:
     import httpx
     import yaml
 
@@ -141,6 +188,8 @@ def prism(workdir: Path, ingress: str, inline_payload_max: int | None = None,
         for name in bodies:
             for k, v in _measure(url, make[name]).items():
                 out[f"{name}_{k}"] = v
+        if explain:
+            out["breakdown"] = breakdown(url)
         return out
     finally:
         bootstrap.stop_instance(cfg.data_path)
@@ -148,13 +197,13 @@ def prism(workdir: Path, ingress: str, inline_payload_max: int | None = None,
 
 def run(workdir: Path) -> dict:
     res: dict = {}
-    for ingress, tag in (("haproxy", ""), ("proxy", "proxy_")):
+    for ingress, tag in (("haproxy", ""), ("proxy", "proxy_")):  # *_errors must be 0: a refused request is cheap
         for k, v in floor(ingress).items():
             res[f"floor_{tag}{k}"] = v
         for k, v in prism(workdir / tag.strip("_") if tag else workdir, ingress).items():
             res[f"tiny_{tag}{k}"] = v
     # Payloads with the search (the default for small pages) against hydrating the page in a second call.
-    for k, v in prism(workdir / "hydrate", "haproxy", inline_payload_max=0, bodies=("vector",)).items():
+    for k, v in prism(workdir / "hydrate", "haproxy", inline_payload_max=0, bodies=("vector",), explain=False).items():
         res[f"tiny_hydrate_{k}"] = v
     res["ratio_p50_c1"] = round(res["tiny_vector_p50_ms_c1"] / res["floor_p50_ms_c1"], 2)
     res["ratio_qps_c32"] = round(res["tiny_vector_qps_c32"] / res["floor_qps_c32"], 2)
@@ -181,4 +230,18 @@ def table(payload: dict) -> str:
     lines.append(f"\nRatios to the floor behind the same ingress: HAProxy p50 {payload['ratio_p50_c1']}x, QPS "
                  f"{payload['ratio_qps_c32']}x; Python proxy p50 {payload.get('ratio_p50_c1_proxy', 'not run')}x, "
                  f"QPS {payload.get('ratio_qps_c32_proxy', 'not run')}x ({payload['targets']}).")
+    for ingress, tag in (("HAProxy", ""), ("Python proxy", "proxy_")):
+        b = payload.get(f"tiny_{tag}breakdown")
+        if not b:
+            continue
+        stages = [k for k in b["c1"] if k not in ("http_p50_ms", "errors")]
+        lines += ["", f"Where a vector query's time goes, behind {ingress} (median ms; `debug: true` stages; "
+                  "outside = HTTP p50 minus the stages: client, ingress, Serve, JSON):", "",
+                  "| clients | HTTP p50 | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+        for c in ("c1", "c32"):
+            lines.append(f"| {c[1:]} | {b[c]['http_p50_ms']} | " + " | ".join(str(b[c].get(k, "")) for k in stages)
+                         + " |")
+        cpu = b.get("cpu_ms_per_request_c1", {})
+        lines += ["", "CPU per request at c=1, by process (ms): " + ", ".join(f"{k} {v}" for k, v in cpu.items())
+                  + f" (total {round(sum(cpu.values()), 2)})."]
     return "\n".join(lines)

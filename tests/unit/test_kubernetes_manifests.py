@@ -163,3 +163,21 @@ def test_gpu_with_a_bundled_milvus_needs_its_gpu_image_and_gpu_nodes():
     no_gpu_nodes = {**good, "milvus": {k: v for k, v in good["milvus"].items() if k != "indexNode"}}
     with pytest.raises(HelmError, match="milvus.indexNode.resources.limits needs nvidia.com/gpu"):
         render(no_gpu_nodes)
+
+
+def _ray_env(svc: dict) -> list[dict[str, str]]:
+    spec = svc["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+    containers = [c for p in pods for c in p["template"]["spec"]["containers"]]
+    return [{e["name"]: e.get("value") for e in c.get("env", [])} for c in containers]
+
+
+@pytest.mark.parametrize("haproxy, want", [(None, "1"), (True, "1"), (False, "0")])
+def test_every_ray_pod_runs_the_configured_http_ingress(haproxy, want):
+    """Serve's controller and replicas read RAY_SERVE_ENABLE_HA_PROXY from their pod: every Ray pod must agree."""
+    values = {} if haproxy is None else {"service": {"haproxy": haproxy}}
+    svc = next(d for d in render(values) if d.get("kind") == "RayService")
+    assert [env.get("RAY_SERVE_ENABLE_HA_PROXY") for env in _ray_env(svc)] == [want] * len(_ray_env(svc))
+    manifests = yaml.safe_load_all((DEPLOY / "rayservice.yaml").read_text())
+    plain = next(d for d in manifests if d and d.get("kind") == "RayService")
+    assert all(env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" for env in _ray_env(plain))
