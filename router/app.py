@@ -17,7 +17,9 @@ from ray.serve.handle import DeploymentHandle
 from cluster.config import ClusterConfig
 from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError, describe
 from router.metrics import process_state
-from router.models import BatchQueryResponse, CollectionInfo, DeleteResponse, QueryResponse, UpsertResponse
+from router.models import (
+    MAX_JSON_DEPTH, BatchQueryResponse, CollectionInfo, DeleteResponse, QueryResponse, UpsertResponse, json_too_deep,
+)
 
 log = logging.getLogger("prism.ingress")
 VERSION = "0.1.0"
@@ -89,6 +91,8 @@ async def _json(request: Request) -> Any:
     limit = process_state().max_upload_bytes
     if len(raw) > limit:
         raise PayloadTooLarge(f"request body of {len(raw)} bytes exceeds {limit} bytes")
+    if json_too_deep(raw):
+        raise InvalidRequest(f"request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels", field="body")
     try:
         return json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

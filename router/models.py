@@ -1,6 +1,7 @@
 """Typed requests and responses of the HTTP API v1. One typed object in, one typed object out."""
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -169,12 +170,60 @@ class BatchQueryResponse(BaseModel):
     results: list[QueryResponse]
 
 
+# Elasticsearch refuses documents whose objects nest deeper than its mapping depth limit (20 by default), so a
+# payload is held to it before anything is written to Milvus or Elasticsearch.
+MAX_PAYLOAD_DEPTH = 20
+# A request body nesting deeper than this is refused before it is parsed.
+MAX_JSON_DEPTH = 64
+
+
+def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the arrays and objects of a JSON text nest deeper than `limit`, found without parsing it (brackets
+    inside strings do not count). Cheap for ordinary bodies: one with no more brackets than `limit` cannot be."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for tok in re.findall(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', raw):
+        if tok in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif tok in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+def object_depth(value: Any) -> tuple[int, str]:
+    """(how deep objects nest in `value`, the path to the deepest), counting only objects as Elasticsearch does."""
+    best, path = 0, ""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        v, d, p = stack.pop()
+        if isinstance(v, dict):
+            d += 1
+            if d > best:
+                best, path = d, p
+            stack.extend((x, d, f"{p}.{k}" if p else str(k)) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((x, d, p) for x in v)
+    return best, path
+
+
 class Point(_Strict):
     """A point: an id, a payload, and optionally vectors per named space (else embedded from `source`)."""
 
     id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     payload: dict[str, Any] = Field(default_factory=dict)
     vectors: dict[str, list[float]] | None = None
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_depth(cls, value: dict[str, Any]) -> dict[str, Any]:
+        depth, path = object_depth(value)
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"objects nest {depth} deep (at {path!r}); at most {MAX_PAYLOAD_DEPTH} are allowed, "
+                             "as Elasticsearch indexes no deeper")
+        return value
 
     @field_validator("id", mode="before")
     @classmethod

@@ -17,8 +17,8 @@ from cluster.errors import BackendError, CollectionExists, CollectionNotFound, I
 from router.cache import EmbeddingCache, LRUCache, request_key
 from router.coordinator import Coordinator
 from router.models import (
-    BatchQueryRequest, BatchQueryResponse, CollectionInfo, DeleteRequest, DeleteResponse, QueryRequest,
-    QueryResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
+    MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, DeleteRequest, DeleteResponse, QueryRequest,
+    QueryResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, json_too_deep,
 )
 from router.reshard import reshard
 from router.vectors import Encode
@@ -261,6 +261,8 @@ class PrismService:
         limit = self.config.max_upload_bytes
         if len(image) > limit:
             raise PayloadTooLarge(f"image upload exceeds {limit} bytes", field="image")
+        if params and json_too_deep(params.encode()):
+            raise InvalidRequest(f"params nest deeper than {MAX_JSON_DEPTH} levels", field="params")
         try:
             opts = json.loads(params) if params else {}
         except json.JSONDecodeError as exc:

@@ -64,18 +64,21 @@ class Vectors:
         return space
 
     @staticmethod
-    def check(vec: Sequence[float], dim: int, field: str) -> None:
-        if len(vec) != dim:
-            raise InvalidRequest(f"{field}: expected {dim} dimensions, got {len(vec)}", field=field)
+    def check(vec: Sequence[float], space: SpaceConfig, field: str) -> None:
+        if len(vec) != space.dim:
+            raise InvalidRequest(f"{field}: expected {space.dim} dimensions, got {len(vec)}", field=field)
         if not all(math.isfinite(x) for x in vec):
             raise InvalidRequest(f"{field}: vector has NaN or infinite values", field=field)
+        if space.metric == "cosine" and not any(vec):
+            raise InvalidRequest(f"{field}: a zero vector has no direction, so cosine similarity is undefined for "
+                                 "it; send a non-zero vector", field=field)
 
     # -- queries -----------------------------------------------------------------------------------------------
     def validate_query(self, req: QueryRequest) -> None:
         for i, p in enumerate(req.prefetch):
             space = self.space(p.space, f"prefetch[{i}].space")
             if p.vector is not None:
-                self.check(p.vector, space.dim, f"prefetch[{i}].vector")
+                self.check(p.vector, space, f"prefetch[{i}].vector")
             for kind in ("text", "image"):
                 if getattr(p, kind) is not None and not space.encoder:
                     raise InvalidRequest(f"prefetch[{i}].{kind}: space {p.space!r} has no encoder; send a vector",
@@ -94,7 +97,7 @@ class Vectors:
                 img = decode_image(decode_base64(p.image, field), field, max_bytes=self.images.max_bytes,
                                    max_pixels=self.images.max_pixels)
                 (vec, _), = await self._images(space.encoder, [img], field)
-                self.check(vec, space.dim, field)
+                self.check(vec, space, field)
                 out[i] = vec
         by_encoder: dict[str, list[int]] = defaultdict(list)
         for i, p in enumerate(req.prefetch):
@@ -103,7 +106,7 @@ class Vectors:
         for encoder, idxs in by_encoder.items():
             encoded = await self._texts(encoder, [req.prefetch[i].text for i in idxs])
             for i, (v, truncated) in zip(idxs, encoded):
-                self.check(v, self.config.spaces[req.prefetch[i].space].dim, f"prefetch[{i}].text")
+                self.check(v, self.config.spaces[req.prefetch[i].space], f"prefetch[{i}].text")
                 out[i] = v
                 if truncated:
                     notes.append(f"prefetch[{i}].text was longer than encoder {encoder!r} reads; it was truncated")
@@ -120,8 +123,7 @@ class Vectors:
         for i, p in enumerate(points):
             vectors = dict(p.vectors or {})
             for space_name, vec in vectors.items():
-                self.check(vec, self.space(space_name, f"points[{i}].vectors").dim,
-                           f"points[{i}].vectors.{space_name}")
+                self.check(vec, self.space(space_name, f"points[{i}].vectors"), f"points[{i}].vectors.{space_name}")
             payload = dict(p.payload)
             jobs, empty = source_jobs(p.payload, vectors, self.config.spaces)
             for space_name, value in jobs:
@@ -142,7 +144,7 @@ class Vectors:
             space = self.config.spaces[space_name]
             encoded = await self._texts(space.encoder, [t for _, t in items], document=True)
             for (i, _), (v, _) in zip(items, encoded):
-                self.check(v, space.dim, f"points[{i}].payload.{space.source}")
+                self.check(v, space, f"points[{i}].payload.{space.source}")
                 rows[i].vectors[space_name] = list(v)
         bad = await self._embed_images(rows, images)
         for i, row in enumerate(rows):

@@ -118,10 +118,29 @@ def test_bad_requests_change_nothing_and_service_keeps_answering(products):
     assert r.status_code == 422 and "GPU" in r.json()["message"]
     r = products.put("/v1/collections/bad3", json={"spaces": {"t": {"dim": 12, "encoder": "minilm", "source": "x"}}})
     assert r.status_code == 422 and "384" in r.json()["message"]
+    # Regressions found by trying bad input: each a 4xx naming its limit, and nothing written anywhere.
+    deep = b'{"prefetch": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = products.post("/v1/collections/products/query", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "deeper than 64" in r.json()["message"], r.text
+    for depth, needle in ((200, "deeper than 64"), (30, "at most 20")):  # Elasticsearch indexes 20 deep
+        nested: dict = {"leaf": 1}
+        for _ in range(depth):
+            nested = {"x": nested}
+        r = products.post("/v1/collections/products/points", json={"points": [
+            {"id": "deep-1", "vectors": {"emb": emb(1)}, "payload": nested}]})
+        assert r.status_code == 422 and needle in r.json()["message"], r.text
+    r = products.post("/v1/collections/products/query", json={"prefetch": [{"space": "emb", "vector": [0.0] * 8}]})
+    assert r.status_code == 422 and "zero vector" in r.json()["message"], r.text
+    r = products.post("/v1/collections/products/points", json={"points": [{"id": "zero-1", "vectors": {"emb": [0] * 8}}]})
+    assert r.status_code == 422 and r.json()["field"] == "points[0].vectors.emb", r.text
     big = products.post("/v1/collections/products/points", content=b"x" * (9 * 1024 * 1024),
                         headers={"content-type": "application/json"})
     assert big.status_code == 413
     assert products.get("/v1/collections/products").json()["counts"]["emb"] == 64
+    for pid in ("deep-1", "zero-1"):  # no refused point can be found
+        r = products.post("/v1/collections/products/query", json={
+            "prefetch": [{"space": "emb", "vector": emb(1)}], "limit": 100, "filter": {"ids": {"values": [pid]}}})
+        assert r.status_code == 200 and r.json()["hits"] == [], r.text
     assert products.get("/v1/collections/bad2").status_code == 404
     assert products.get("/health").json()["status"] == "ok"
 
