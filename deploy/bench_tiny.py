@@ -160,7 +160,7 @@ def _wait_routed(url: str, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not route within {timeout_s:.0f}s")
 
 
-def prism(workdir: Path, ingress: str, inline_payload_max: int | None = None,
+def prism(workdir: Path, ingress: str, overrides: dict | None = None,
           bodies: tuple[str, ...] = ("vector", "vector_nopayload", "text"), explain: bool = True) -> dict:
     import httpx
     import yaml
@@ -171,11 +171,11 @@ def prism(workdir: Path, ingress: str, inline_payload_max: int | None = None,
 
     port = free_port()
     config_file = ROOT / "deploy" / "demo.yaml"
-    if inline_payload_max is not None:  # the detached `prism up` reads its config from a file
+    if overrides:  # the detached `prism up` reads its config from a file
         data = yaml.safe_load(config_file.read_text())
-        config_file = workdir / f"demo-inline{inline_payload_max}.yaml"
+        config_file = workdir / "demo-variant.yaml"
         workdir.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump({**data, "inline_payload_max": inline_payload_max}))
+        config_file.write_text(yaml.safe_dump({**data, **overrides}))
     cfg = load_config(config_file, port=port, ingress=ingress, data_dir=str(workdir / f"prism-{ingress}"))
     try:
         bootstrap.start_detached(cfg, config_file=str(config_file))
@@ -203,8 +203,11 @@ def run(workdir: Path) -> dict:
         for k, v in prism(workdir / tag.strip("_") if tag else workdir, ingress).items():
             res[f"tiny_{tag}{k}"] = v
     # Payloads with the search (the default for small pages) against hydrating the page in a second call.
-    for k, v in prism(workdir / "hydrate", "haproxy", inline_payload_max=0, bodies=("vector",), explain=False).items():
+    for k, v in prism(workdir / "hydrate", "haproxy", {"inline_payload_max": 0}, ("vector",), explain=False).items():
         res[f"tiny_hydrate_{k}"] = v
+    # The encoder's dynamic batching without its 4 ms wait for a batch to fill (batches still form while one runs).
+    for k, v in prism(workdir / "nowait", "haproxy", {"encoder_batch_wait_ms": 0}, ("text",), explain=False).items():
+        res[f"tiny_nowait_{k}"] = v
     res["ratio_p50_c1"] = round(res["tiny_vector_p50_ms_c1"] / res["floor_p50_ms_c1"], 2)
     res["ratio_qps_c32"] = round(res["tiny_vector_qps_c32"] / res["floor_qps_c32"], 2)
     res["ratio_p50_c1_proxy"] = round(res["tiny_proxy_vector_p50_ms_c1"] / res["floor_proxy_p50_ms_c1"], 2)
@@ -225,6 +228,7 @@ def table(payload: dict) -> str:
                 ("prism text (MiniLM per query)", f"tiny_{tag}text_")]
         if not tag:
             rows.insert(2, ("prism vector, payload hydrated in a 2nd call", "tiny_hydrate_vector_"))
+            rows.append(("prism text, encoder batch wait 0 ms", "tiny_nowait_text_"))
         lines += [f"| {what} | {ingress} | {payload.get(k + 'p50_ms_c1', 'not run')} | "
                   f"{payload.get(k + 'qps_c32', 'not run')} |" for what, k in rows]
     lines.append(f"\nRatios to the floor behind the same ingress: HAProxy p50 {payload['ratio_p50_c1']}x, QPS "

@@ -41,7 +41,7 @@ def _plot_core(core: dict) -> str | None:
     plt = _plt()
     if plt is None:
         return None
-    runs = core["runs"]
+    runs = [r for r in core["runs"] if r["n"] == max(q["n"] for q in core["runs"])]
     labels = [r["backend"] for r in runs]
     x = range(len(runs))
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -154,12 +154,18 @@ def write_report() -> Path:
                   "| backend | points | shards | p50 ms | p99 ms | baseline p50 ms | ratio p50 | recall@10 | QPS c=1 | QPS c=8 | p99 ms c=8 | load points/s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in core["runs"]:
-            lines.append(f"| {r['backend']} | {r['n']:,} | {r['shards']} | {r['p50_ms']} | {r['p99_ms']} | "
+            lines.append(f"| {r['backend']} ({r.get('date', m['date'])}) | {r['n']:,} | {r['shards']} | {r['p50_ms']} | {r['p99_ms']} | "
                          f"{r['baseline_p50_ms']} | {r['ratio_p50']} | {r['recall_at_10']} | {r['qps_c1']} | "
                          f"{r['qps_c8']} | {r['p99_ms_c8']} | {r['load_points_per_s']} |")
         plot = _plot_core(core)
         if plot:
             lines += ["", f"![core p50](bench/{plot})"]
+        batched = [r for r in core["runs"] if "qps_c8_batched" in r]
+        if batched:
+            lines += ["", "The same shards behind a coordinator with cross-request batching (the default since the "
+                      "fast-path work): QPS at c=8 unbatched -> batched: " + "; ".join(
+                          f"{r['backend']} {r['qps_c8']} -> **{r['qps_c8_batched']}** (p50 c=1 {r['p50_ms']} -> "
+                          f"{r['p50_ms_c1_batched']} ms)" for r in batched) + "."]
         lines += ["", "Targets from the core issue: ratio p50 <= 0.8, recall@10 >= 0.95.", ""]
     sv = _load("serving")
     if sv:
