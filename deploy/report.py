@@ -128,8 +128,9 @@ SECTIONS = [
         f"through the coordinator at c=1 and c=32, batching off and on in the same run. Target: {d['target']}.")),
     ("tiny", "deploy.bench_tiny", "The sample catalog over HTTP, beside the framework's floor", lambda d: (
         "`prism up` with deploy/demo.yaml (milvus-lite, 2 shards) holding the 64-product catalog, against a no-op "
-        "Ray Serve app of the same shape (FastAPI ingress, one call per shard actor), same run; cache off, "
-        "distinct queries.")),
+        "Ray Serve app of the same shape (FastAPI ingress, one call per shard actor), same run, behind each HTTP "
+        "ingress (HAProxy, the default, and Serve's Python proxy); cache off, distinct queries. This machine's c=1 "
+        "latencies vary by several ms between runs: compare rows of one run, and see the notes below for two runs.")),
     ("encode", "deploy.bench_encode", "Encoders: prism's encoder class vs raw sentence-transformers", lambda d: (
         "all-MiniLM-L6-v2, distinct texts per batch, `python -m deploy.bench --only encode`; both sides on the "
         f"same device in the same run. Target: {d['target']}. Rows of a device this machine does not have say "
