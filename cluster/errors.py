@@ -80,6 +80,11 @@ class SpaceNotFound(PrismError):
     code = "space_not_found"
 
 
+class PointNotFound(PrismError):
+    status = 404
+    code = "point_not_found"
+
+
 class CollectionExists(PrismError):
     status = 409
     code = "collection_exists"

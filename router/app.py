@@ -18,7 +18,8 @@ from cluster.config import ClusterConfig
 from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError, describe
 from router.metrics import process_state
 from router.models import (
-    MAX_JSON_DEPTH, BatchQueryResponse, CollectionInfo, DeleteResponse, QueryResponse, UpsertResponse, json_too_deep,
+    MAX_JSON_DEPTH, BatchQueryResponse, CollectionInfo, DeleteResponse, QueryResponse, Record, RetrieveResponse,
+    UpsertResponse, json_too_deep,
 )
 
 log = logging.getLogger("prism.ingress")
@@ -242,6 +243,17 @@ class Ingress:
     @api.post("/v1/collections/{name}/points", response_model=UpsertResponse)
     async def upsert(self, name: str, request: Request):
         return await self.service.upsert(name, await _json(request))
+
+    @api.post("/v1/collections/{name}/points/get", response_model=RetrieveResponse)
+    async def retrieve(self, name: str, request: Request):
+        """Points by id: `{"ids": [...], "with_payload": true | [fields] | {"exclude": [...]}, "with_vectors": false
+        | true | [spaces]}`. Ids no shard holds are listed in `missing`; a shard that cannot answer is a 503."""
+        return await self.service.retrieve(name, await _json(request))
+
+    @api.get("/v1/collections/{name}/points/{point_id}", response_model=Record)
+    async def point(self, name: str, point_id: str, with_vectors: bool = False):
+        """One point by id, with its payload (and every space's vector with `?with_vectors=true`); 404 if absent."""
+        return await self.service.point(name, point_id, with_vectors)
 
     @api.post("/v1/collections/{name}/points/vectors", response_model=UpsertResponse)
     async def update_vectors(self, name: str, request: Request):

@@ -1,7 +1,8 @@
 """The coordinator: one collection's read and write paths over its replicated shards. Plain class, no Ray import.
 
-Reads: validate -> plan filters -> embed -> fan out (every search on every shard) -> heap-merge each space's
-shard lists into its global top-k -> fuse -> hydrate the page (unless the payloads came with the search). Writes: validate and embed -> ring -> shard.
+Reads: validate -> plan filters -> embed -> fan out (every search on every shard) -> heap-merge each space's shard
+lists into its global top-k -> fuse -> hydrate the page (unless payloads came with the search). Writes: validate,
+embed -> ring -> shard.
 Replication lives in `router.replicas`, embedding in `router.vectors`, filter execution in `router.filtering`.
 """
 from __future__ import annotations
@@ -46,8 +47,7 @@ class Coordinator:
         self.vectors = Vectors(config, encode=encode, encode_images=encode_images, images=images)
         self.filtering = Filtering(config, metadata, filters)
         self.paused: str | None = None  # set while the collection is resharded: writes are refused meanwhile
-        # Result-cache keys carry both: a new coordinator (created, reopened, resharded) never sees an old entry,
-        # and every write bumps the version, so no cached answer outlives a write.
+        # Cache keys carry both: a new coordinator never sees an old entry; no cached answer outlives a write.
         self.epoch, self.version = uuid.uuid4().hex, 0
         self.observe_stage, self.budget_ms, self.inline_payload_max = observe_stage, budget_ms, inline_payload_max
         self._index_types = {name: s.index.type for name, s in config.spaces.items()}
@@ -93,8 +93,7 @@ class Coordinator:
         inline = payload and not spaces and inline_payload(limits, self.config.shards, self.inline_payload_max)
         specs = [SearchSpec(p.space, vectors[i], limits[i], plans[i].expr, p.params, req.consistency,
                             inline and plans[i].kind != "postfilter") for i, p in enumerate(req.prefetch)]
-        merged: list[list[ScoredId]] = [[] for _ in req.prefetch]
-        failed: dict[int, str] = {}
+        merged, failed = [[] for _ in req.prefetch], {}  # per prefetch: its global top-k; shard -> its error
         direct = [i for i, pl in enumerate(plans) if pl.kind != "postfilter" and pl.expr != NOTHING]
         if direct:
             lists, fails = await self._fan_out([specs[i] for i in direct], deadline, ran)
@@ -152,33 +151,37 @@ class Coordinator:
 
     async def _hydrate(self, page: list[ScoredId], req: QueryRequest, known: dict[str, dict[str, Any]]
                        ) -> tuple[list[Hit], list[str]]:
-        """Payloads and vectors of the page's hits: those not `known` (returned with the search) come from the
-        shards that own them."""
+        """Payloads and vectors of the page's hits: those not `known` (returned with the search) from the shards."""
         want_payload, spaces = req.returns()
         spaces = list(self.config.spaces) if spaces is True else spaces
         if not page or (not want_payload and not spaces):
             return [Hit(id=h.id, score=h.score) for h in page], []
         rows: dict[str, StoredPoint] = {} if spaces else {i: StoredPoint(payload=p) for i, p in known.items()}
-        by_shard = self._by_shard([h.id for h in page if h.id not in rows])
-        shards = list(by_shard)
-        answers = await asyncio.gather(
-            *(self.shards[s].read(lambda c, ids=by_shard[s]: c.get(ids, spaces)) for s in shards),
-            return_exceptions=True)
-        notes = []
-        for shard, answer in zip(shards, answers):
-            if isinstance(answer, BaseException):
-                if not isinstance(answer, ShardUnavailable):
-                    raise answer
-                notes.append(f"payloads of shard {shard} unavailable: {answer.message}")
-                continue
-            rows.update(answer)
+        fetched, failed = await self.fetch([h.id for h in page if h.id not in rows], spaces)
+        rows.update(fetched)
         hits = []
         for h in page:
             row = rows.get(h.id)
             payload = select_payload(row.payload, req.with_payload) if (row and want_payload) else None
             vectors = row.vectors if (row and spaces) else None
             hits.append(Hit(id=h.id, score=h.score, payload=payload, vectors=vectors))
-        return hits, notes
+        return hits, [f"payloads of shard {s} unavailable: {e.message}" for s, e in sorted(failed.items())]
+
+    async def fetch(self, ids: Sequence[str], spaces: Sequence[str] = ()
+                    ) -> tuple[dict[str, StoredPoint], dict[int, ShardUnavailable]]:
+        """Stored points (payload, the named spaces' vectors) by id; shards that could not answer, beside them."""
+        by_shard = self._by_shard(list(dict.fromkeys(ids)))
+        reads = [self.shards[s].read(lambda c, ids=b: c.get(ids, list(spaces))) for s, b in by_shard.items()]
+        answers = await asyncio.gather(*reads, return_exceptions=True)
+        rows, failed = {}, {}  # id -> StoredPoint; shard -> ShardUnavailable (an id no shard holds is absent)
+        for shard, answer in zip(by_shard, answers):
+            if isinstance(answer, ShardUnavailable):
+                failed[shard] = answer
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                rows.update(answer)
+        return rows, failed
 
     # -- writes ------------------------------------------------------------------------------------------------
     def _writable(self) -> None:
@@ -202,10 +205,8 @@ class Coordinator:
 
     async def update_vectors(self, updates: Sequence[Any], wait: bool = True) -> UpsertResponse:
         """Replace some spaces' vectors of existing points (a re-shot photo); the others are kept as stored."""
-        stored = {}
-        for shard, ids in self._by_shard([u.id for u in updates]).items():
-            for row in await self.shards[shard].read(lambda c, ids=ids: c.export(ids)):
-                stored[row.id] = row
+        stored = {row.id: row for shard, ids in self._by_shard([u.id for u in updates]).items()
+                  for row in await self.shards[shard].read(lambda c, ids=ids: c.export(ids))}
         points, missing = merge_updates(self.config, updates, stored)
         if not points:
             return UpsertResponse(upserted=0, failed=missing)
@@ -222,8 +223,7 @@ class Coordinator:
         return DeleteResponse(deleted=sum(max(r) for r in results), visible=wait)
 
     async def _write(self, calls: Any) -> list:
-        """The shard writes of one request, with the version bumped before and after: no answer cached while the
-        write is under way is kept for later."""
+        """One request's shard writes, the version bumped before and after: no answer cached meanwhile is kept."""
         self.version += 1
         try:
             return await asyncio.gather(*calls)

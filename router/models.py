@@ -64,6 +64,11 @@ class PayloadExclude(_Strict):
     exclude: list[str]
 
 
+def returns(with_payload: Any, with_vectors: bool | list[str]) -> tuple[bool, list[str] | bool]:
+    """(whether an answer carries payloads, the spaces whose vectors it carries: True for all)."""
+    return with_payload is not False and not (isinstance(with_payload, list) and not with_payload), with_vectors or []
+
+
 def select_payload(payload: dict[str, Any], selector: bool | list[str] | PayloadExclude) -> dict[str, Any]:
     """The part of a payload that `with_payload` asks for."""
     if selector is True:
@@ -109,9 +114,7 @@ class QueryRequest(_Strict):
         return self
 
     def returns(self) -> tuple[bool, list[str] | bool]:
-        """(whether the answer carries payloads, the spaces whose vectors it carries: True for all)."""
-        wp = self.with_payload
-        return wp is not False and not (isinstance(wp, list) and not wp), self.with_vectors or []
+        return returns(self.with_payload, self.with_vectors)
 
     def check_coverage(self, total: int, failures: list["ShardFailure"]) -> int:
         """How many shards answered; ShardUnavailable when that is too few for this request."""
@@ -292,6 +295,37 @@ class DeleteRequest(_Strict):
         if (self.ids is None) == (self.filter is None):
             raise ValueError("give exactly one of ids or filter")
         return self
+
+
+class RetrieveRequest(_Strict):
+    """Points by id (`POST .../points/get`), as Qdrant's retrieve and Milvus's get."""
+
+    ids: list[str] = Field(min_length=1, max_length=MAX_BATCH_POINTS)
+    with_payload: bool | list[str] | PayloadExclude = True
+    with_vectors: bool | list[str] = False
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _ids_str(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    def returns(self) -> tuple[bool, list[str] | bool]:
+        return returns(self.with_payload, self.with_vectors)
+
+
+class Record(BaseModel):
+    """A stored point: its payload (as `with_payload` selects) and the vectors `with_vectors` names."""
+
+    id: str
+    payload: dict[str, Any] | None = None
+    vectors: dict[str, list[float]] | None = None
+
+
+class RetrieveResponse(BaseModel):
+    points: list[Record]  # in the order asked; ids that no shard holds are in `missing`
+    missing: list[str] = Field(default_factory=list)
 
 
 class DeleteResponse(BaseModel):

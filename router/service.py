@@ -13,12 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.config import ClusterConfig, CollectionConfig, check_index_support, parse_model
-from cluster.errors import BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge
+from cluster.errors import (
+    BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
+)
 from router.cache import EmbeddingCache, LRUCache, request_key
 from router.coordinator import Coordinator
 from router.models import (
     MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, DeleteRequest, DeleteResponse, QueryRequest,
-    QueryResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, json_too_deep,
+    QueryResponse, Record, RetrieveRequest, RetrieveResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest,
+    UpsertResponse, json_too_deep, select_payload,
 )
 from router.reshard import reshard
 from router.vectors import Encode
@@ -232,6 +235,31 @@ class PrismService:
         if req.filter is not None:
             return await coord.delete_by_filter(req.filter)
         return await coord.delete(req.ids or [], req.wait)
+
+    async def retrieve(self, name: str, body: Any) -> RetrieveResponse:
+        """Points by id with payload/vector selectors. A shard that cannot answer is a 503 naming it: its ids are
+        never reported missing."""
+        coord = self.coordinator(name)
+        req = parse_model(RetrieveRequest, body, "retrieve request")
+        want_payload, spaces = req.returns()
+        spaces = list(coord.config.spaces) if spaces is True else spaces
+        for i, space in enumerate(spaces):
+            coord.vectors.space(space, f"with_vectors[{i}]")
+        rows, failed = await coord.fetch(req.ids, spaces)
+        if failed:
+            raise ShardUnavailable("; ".join(e.message for _, e in sorted(failed.items())), shards=sorted(failed))
+        ids = list(dict.fromkeys(req.ids))
+        return RetrieveResponse(
+            points=[Record(id=i, payload=select_payload(rows[i].payload, req.with_payload) if want_payload else None,
+                           vectors=rows[i].vectors if spaces else None) for i in ids if i in rows],
+            missing=[i for i in ids if i not in rows])
+
+    async def point(self, name: str, point_id: str, with_vectors: bool = False) -> Record:
+        """One point by id (`GET .../points/{id}`); 404 if no shard holds it."""
+        got = await self.retrieve(name, {"ids": [point_id], "with_vectors": with_vectors})
+        if not got.points:
+            raise PointNotFound(f"no point {point_id!r} in collection {name!r}", field="id")
+        return got.points[0]
 
     async def query(self, name: str, body: Any) -> QueryResponse:
         return await self._query(self.coordinator(name), parse_model(QueryRequest, body, "query"))

@@ -76,6 +76,33 @@ def test_payload_and_vector_selectors(products):
     assert query(products, {"prefetch": pre, "limit": 1, "with_payload": False})["hits"][0]["payload"] is None
 
 
+def test_retrieve_points_by_id(products):
+    """Every catalog point comes back by id exactly as stored, in the order asked; absent ids are listed."""
+    ids = [p["id"] for p in CATALOG]
+    asked = ids[::-1] + ["no-such-point", ids[0]]
+    r = products.post("/v1/collections/products/points/get", json={"ids": asked, "with_vectors": ["emb"]})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [p["id"] for p in got["points"]] == ids[::-1] and got["missing"] == ["no-such-point"]
+    for p in got["points"]:
+        i = ids.index(p["id"])
+        assert p["payload"] == {k: v for k, v in CATALOG[i].items() if k != "id"}
+        assert np.allclose(p["vectors"]["emb"], emb(i), atol=1e-6)
+    sel = products.post("/v1/collections/products/points/get", json={"ids": ids[:3], "with_payload": ["name"]}).json()
+    assert [p["payload"] for p in sel["points"]] == [{"name": c["name"]} for c in CATALOG[:3]]
+    assert all(p["vectors"] is None for p in sel["points"])
+    one = products.get(f"/v1/collections/products/points/{ids[5]}")
+    assert one.status_code == 200 and one.json()["payload"]["name"] == CATALOG[5]["name"]
+    assert one.json()["vectors"] is None
+    assert products.get(f"/v1/collections/products/points/{ids[5]}?with_vectors=true").json()["vectors"]["emb"]
+    missing = products.get("/v1/collections/products/points/no-such-point")
+    assert missing.status_code == 404 and missing.json()["error"] == "point_not_found"
+    bad = products.post("/v1/collections/products/points/get", json={"ids": ids[:1], "with_vectors": ["audio"]})
+    assert bad.status_code == 404 and "audio" in bad.json()["message"]
+    assert products.post("/v1/collections/products/points/get", json={"ids": []}).status_code == 422
+    assert products.post("/v1/collections/nope/points/get", json={"ids": ["a"]}).status_code == 404
+
+
 @pytest.mark.parametrize("body, status, needle", [
     ({"prefetch": [{"space": "emb", "vector": [0.1] * 3}]}, 422, "expected 8 dimensions, got 3"),
     ({"prefetch": [{"space": "audio", "vector": [0.1]}]}, 404, "unknown space 'audio'"),

@@ -108,3 +108,37 @@ def test_payloads_with_the_search_equal_hydrated_ones(milvus_backend, tmp_path):
         assert gets[:3] == [0, 0, 0] and gets[3] > 0 and gets[4] > 0
     finally:
         stop_local_shards(raw, drop=True)
+
+
+class DownClient(CountingClient):
+    """A replica whose reads of stored points fail as an unreachable actor would."""
+
+    async def get(self, ids, with_vectors=()):
+        from cluster.errors import ShardUnavailable
+
+        raise ShardUnavailable(f"shard {self.inner.shard} is down", shards=[self.inner.shard])
+
+
+def test_fetch_returns_points_by_id_and_names_shards_that_could_not_answer(milvus_backend, tmp_path):
+    milvus, uri = milvus_backend
+    cfg = CollectionConfig(name=f"fetch{next(_n)}", shards=3, spaces={"a": {"dim": DIM, "index": {"type": "FLAT"}}})
+    raw = local_shards(cfg, replica_specs(cfg, milvus, tmp_path, uri))
+    try:
+        rng = np.random.default_rng(6)
+        va = unit(rng, 60)
+        coord = Coordinator.from_clients(cfg, raw)
+        points = [Point(id=f"p{i}", vectors={"a": va[i].tolist()}, payload={"n": i}) for i in range(60)]
+        asyncio.run(coord.upsert(points))
+        ids = [f"p{i}" for i in range(0, 60, 7)] + ["absent"]
+        rows, failed = asyncio.run(coord.fetch(ids, ["a"]))
+        assert not failed and sorted(rows) == sorted(ids[:-1])
+        for pid, row in rows.items():
+            i = int(pid[1:])
+            assert row.payload == {"n": i}
+            np.testing.assert_allclose(row.vectors["a"], va[i], atol=1e-6)
+        down = Coordinator.from_clients(cfg, [[DownClient(c) if s == 1 else c for c in r] for s, r in enumerate(raw)])
+        rows, failed = asyncio.run(down.fetch(ids))
+        assert list(failed) == [1] and failed[1].cause == "unavailable"
+        assert set(rows) == {i for i in ids[:-1] if coord.shard_of(i) != 1}  # the others still answer
+    finally:
+        stop_local_shards(raw, drop=True)
