@@ -79,7 +79,7 @@ def floor(ingress: str) -> dict:
 
     from cluster.config import ClusterConfig
     from cluster.services import free_port, side_port
-    from router.app import ingress_environment
+    from cluster.cli.bootstrap import ingress_environment
 
     api = FastAPI()
 

