@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from cluster.errors import InvalidRequest
 from router.filters import Node, split_conjuncts
 
 PlanKind = Literal["none", "pushdown", "prefilter", "postfilter"]
@@ -66,6 +67,14 @@ def next_fetch(fetch: int, overfetch: int) -> int | None:
 
 
 # -- search params under a latency budget ------------------------------------------------------------------------
+# What `prefetch[].params` may set, per index type, within Milvus's own bounds (HNSW ef <= 32768, IVF nprobe <=
+# 65536; CAGRA's are prism's sanity bounds). Anything else is a 422 naming the field, before any search.
+SEARCH_PARAM_BOUNDS: dict[str, dict[str, tuple[int, int]]] = {
+    "FLAT": {},
+    "HNSW": {"ef": (1, 32_768)},
+    **{t: {"nprobe": (1, 65_536)} for t in ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "GPU_IVF_PQ")},
+    "GPU_CAGRA": {"itopk_size": (1, 65_536), "search_width": (1, 65_536)},
+}
 DEFAULT_EF_FLOOR = 64
 DEFAULT_NPROBE = 16
 MAX_EF = 512
@@ -96,3 +105,18 @@ def inline_payload(prefetch_limits: list[int], shards: int, max_candidates: int 
     Inline ships every candidate's payload: `shards` x the sum of the prefetch limits. Hydration ships only the
     page's, but costs one more call per owning shard, which on this stack is worth ~250 small payloads."""
     return shards * sum(prefetch_limits) <= max_candidates
+
+
+def check_search_params(index_type: str, params: dict | None, field: str) -> None:
+    """A request's search params: only those its index type reads, integers within their bounds."""
+    allowed = SEARCH_PARAM_BOUNDS.get(index_type, {})
+    for key, value in (params or {}).items():
+        if key not in allowed:
+            raise InvalidRequest(f"{field}.{key}: a {index_type} index takes "
+                                 + (", ".join(sorted(allowed)) or "no search params"), field=f"{field}.{key}")
+        lo, hi = allowed[key]
+        whole = not isinstance(value, bool) and isinstance(value, (int, float)) and value == int(value)
+        if not whole or not lo <= value <= hi:
+            raise InvalidRequest(f"{field}.{key}: must be an integer in {lo}..{hi}, got {value!r}",
+                                 field=f"{field}.{key}")
+        params[key] = int(value)  # 128.0 -> 128: Milvus reads integers

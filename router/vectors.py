@@ -16,6 +16,7 @@ from cluster.errors import InvalidRequest, ModelUnavailable, SpaceNotFound
 from router.filters import normalise_meta
 from router.images import decode_base64, decode_image, is_inline, load_reference
 from router.models import Point, PointError, QueryRequest
+from router.plan import check_search_params
 from shards.api import PointRow
 
 MISSING_POINT = "no such point"
@@ -79,6 +80,7 @@ class Vectors:
             space = self.space(p.space, f"prefetch[{i}].space")
             if p.vector is not None:
                 self.check(p.vector, space, f"prefetch[{i}].vector")
+            check_search_params(space.index.type, p.params, f"prefetch[{i}].params")
             for kind in ("text", "image"):
                 if getattr(p, kind) is not None and not space.encoder:
                     raise InvalidRequest(f"prefetch[{i}].{kind}: space {p.space!r} has no encoder; send a vector",

@@ -113,6 +113,8 @@ def test_retrieve_points_by_id(products):
     ({"prefetch": [{"space": "emb", "vector": [0.1] * 8}], "fusion": {"method": "magic"}}, 422, "fusion.method"),
     ({"prefetch": [{"space": "emb", "text": "hello"}]}, 422, "has no encoder"),
     ({"prefetch": [{"space": "text", "image": "aGVsbG8="}]}, 422, "not an image"),
+    ({"prefetch": [{"space": "text", "text": "boots", "params": {"ef": 100_000_000}}]}, 422, "1..32768"),
+    ({"prefetch": [{"space": "emb", "vector": [0.1] * 8, "params": {"ef": 64}}]}, 422, "FLAT index takes no"),
 ])
 def test_bad_queries_get_clear_errors(products, body, status, needle):
     r = products.post("/v1/collections/products/query", json=body)

@@ -26,3 +26,23 @@ def test_a_zero_vector_is_an_ordinary_point_under_l2():
     v.validate_query(QueryRequest(prefetch=[{"space": "l", "vector": [0, 0, 0]}]))
     rows, _, failed = asyncio.run(v.prepare_points([Point(id="a", vectors={"l": [0.0, 0.0, 0.0]})]))
     assert [r.id for r in rows] == ["a"] and not failed
+
+
+@pytest.mark.parametrize("index, params, needle", [
+    ("HNSW", {"ef": 100_000_000}, "prefetch[0].params.ef: must be an integer in 1..32768"),
+    ("HNSW", {"ef": 0}, "1..32768"),
+    ("HNSW", {"ef": 12.5}, "must be an integer"),
+    ("HNSW", {"nprobe": 8}, "prefetch[0].params.nprobe: a HNSW index takes ef"),
+    ("IVF_FLAT", {"nprobe": 70_000}, "1..65536"),
+    ("FLAT", {"ef": 64}, "a FLAT index takes no search params"),
+])
+def test_search_params_are_those_the_index_reads_within_milvus_bounds(index, params, needle):
+    cfg = CollectionConfig(name="p", shards=1, spaces={"v": {"dim": 3, "index": {"type": index}}})
+    with pytest.raises(InvalidRequest) as err:
+        Vectors(cfg).validate_query(QueryRequest(prefetch=[{"space": "v", "vector": [1, 0, 0], "params": params}]))
+    assert needle in err.value.message and err.value.field.startswith("prefetch[0].params.")
+
+
+def test_search_params_within_bounds_pass():
+    cfg = CollectionConfig(name="p", shards=1, spaces={"v": {"dim": 3, "index": {"type": "HNSW"}}})
+    Vectors(cfg).validate_query(QueryRequest(prefetch=[{"space": "v", "vector": [1, 0, 0], "params": {"ef": 128.0}}]))
