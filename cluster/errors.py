@@ -116,3 +116,11 @@ class MetadataUnavailable(PrismError):
 class BackendError(PrismError):
     status = 502
     code = "backend_error"
+
+
+class IndexRefused(BackendError):
+    """Elasticsearch refused some documents of a bulk write; `accepted` are the ids it indexed all the same."""
+
+    def __init__(self, message: str, *, accepted: list[str] | None = None, field: str | None = None):
+        super().__init__(message, field=field)
+        self.accepted = accepted or []

@@ -190,17 +190,14 @@ class Coordinator:
                                    shards=list(range(self.config.shards)))
 
     async def upsert(self, points: Sequence[Point], wait: bool = True) -> UpsertResponse:
-        """Validate the whole batch first (nothing is written on bad input), embed, route by ring, write.
-
-        `wait`: return once every acknowledging replica serves the points to searches (and Elasticsearch to
-        filters); else at acknowledgement, visible within the backend's staleness bound."""
+        """Validate the whole batch (nothing is written on bad input), embed, index in Elasticsearch, write the
+        shards by ring. `wait`: return once every acknowledging replica serves the points to searches (and
+        Elasticsearch to filters); else at acknowledgement, visible within the backend's staleness bound."""
         self._writable()
         rows, notes, failed = await self.vectors.prepare_points(points)
-        await self._write(self.shards[s].upsert(batch, wait)
-                          for s, batch in self._by_shard(rows, lambda r: r.id).items())
-        store = self.filtering.metadata
-        if store is not None:
-            await asyncio.to_thread(store.upsert, self.config.name, [(r.id, r.payload) for r in rows], wait)
+        await self.filtering.write_through(rows, wait, lambda: self._write(  # Elasticsearch first, then the shards
+            self.shards[s].upsert(batch, wait) for s, batch in self._by_shard(rows, lambda r: r.id).items()),
+            self.fetch)
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
 
     async def update_vectors(self, updates: Sequence[Any], wait: bool = True) -> UpsertResponse:
@@ -217,18 +214,21 @@ class Coordinator:
         self._writable()
         unique = list(dict.fromkeys(ids))
         results = await self._write(self.shards[s].delete(batch, wait) for s, batch in self._by_shard(unique).items())
-        store = self.filtering.metadata
-        if store is not None:
-            await asyncio.to_thread(store.delete, self.config.name, unique, wait)
+        await self.filtering.unindex(unique, wait)
         return DeleteResponse(deleted=sum(max(r) for r in results), visible=wait)
 
     async def _write(self, calls: Any) -> list:
-        """One request's shard writes, the version bumped before and after: no answer cached meanwhile is kept."""
+        """One request's shard writes, the version bumped around them (no answer cached meanwhile is kept); all
+        have ended before the first failure is raised."""
         self.version += 1
         try:
-            return await asyncio.gather(*calls)
+            results = await asyncio.gather(*calls, return_exceptions=True)
         finally:
             self.version += 1
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
 
     async def delete_by_filter(self, dsl: dict[str, Any]) -> DeleteResponse:
         """Delete every point matching an ES DSL filter (ids from Elasticsearch, in pages; always waited for)."""

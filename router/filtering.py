@@ -6,16 +6,17 @@ threads (the official client is synchronous). The shard search itself is injecte
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, FilterSettings
-from cluster.errors import BackendError, MetadataUnavailable
+from cluster.errors import BackendError, IndexRefused, MetadataUnavailable
 from router.filters import and_, parse_filter, to_es
 from router.merge import merge_topk
 from router.models import QueryRequest
 from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
-from shards.api import ScoredId, SearchSpec
+from shards.api import PointRow, ScoredId, SearchSpec
 from shards.expr import ids_in
 
 # Elasticsearch returns at most index.max_result_window (10,000 by default) hits per search, noida-db the same:
@@ -27,6 +28,9 @@ DELETE_PAGE = 1000
 
 # search(specs) -> (per spec, each answering shard's hits; {failed shard: its error})
 Search = Callable[[list[SearchSpec]], Awaitable[tuple[list[list[list[ScoredId]]], dict[int, Any]]]]
+# held(ids) -> (what the shards hold for them, by id; {shard that did not answer: its error})
+Fetch = Callable[[list[str]], Awaitable[tuple[dict[str, Any], dict[int, Any]]]]
+log = logging.getLogger("prism.filtering")
 
 
 class Filtering:
@@ -99,6 +103,48 @@ class Filtering:
                 break
             fetch = bigger
         return kept[:need], rounds, failed
+
+    async def write_through(self, rows: Sequence[PointRow], wait: bool, write: Callable[[], Awaitable[Any]],
+                            held: Fetch) -> None:
+        """Index the payloads in Elasticsearch, then `write` the shards. Elasticsearch goes first so that what it
+        refuses never reaches a shard; when either step fails, Elasticsearch is put back in step with what the
+        shards hold for these ids (their payloads re-indexed, the others removed), then the error is raised."""
+        store = self.metadata
+        if store is None:
+            await write()
+            return
+        try:
+            await asyncio.to_thread(store.upsert, self.config.name, [(r.id, r.payload) for r in rows], wait)
+        except BaseException as exc:  # refused, or failed without saying what it indexed: put back what it may have
+            await self._resync(exc.accepted if isinstance(exc, IndexRefused) else [r.id for r in rows], held, wait)
+            raise
+        try:
+            await write()
+        except BaseException:
+            await self._resync([r.id for r in rows], held, wait)
+            raise
+
+    async def unindex(self, ids: list[str], wait: bool) -> None:
+        """Remove deleted points from Elasticsearch (after the shards deleted them)."""
+        if self.metadata is not None:
+            await asyncio.to_thread(self.metadata.delete, self.config.name, ids, wait)
+
+    async def _resync(self, ids: list[str], held: Fetch, wait: bool) -> None:
+        """Best effort (the request is failing already): a step that fails is logged with the ids left out."""
+        if not ids:
+            return
+        try:
+            rows, failed = await held(ids)
+            unknown = {i for i in ids if i not in rows and failed}  # a shard that did not answer may hold them
+            await asyncio.to_thread(self.metadata.upsert, self.config.name,
+                                    [(i, rows[i].payload) for i in ids if i in rows], wait)
+            await asyncio.to_thread(self.metadata.delete, self.config.name,
+                                    [i for i in ids if i not in rows and i not in unknown], wait)
+            if unknown:
+                log.warning("Elasticsearch may list %d ids the shards do not hold (shards %s did not answer)",
+                            len(unknown), sorted(failed))
+        except Exception as exc:  # noqa: BLE001 - the original error is what the caller sees
+            log.warning("could not put Elasticsearch back in step for %d ids: %s", len(ids), exc)
 
     async def delete_matching(self, dsl: dict[str, Any], delete: Callable[[list[str]], Awaitable[Any]],
                               page: int = DELETE_PAGE) -> int:

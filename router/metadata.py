@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig
-from cluster.errors import BackendError, FilterError
+from cluster.errors import BackendError, FilterError, IndexRefused
 
 INDEX_PREFIX = "prism-"
 _ES_TYPES = {"keyword": "keyword", "float": "double", "integer": "long", "date": "date", "text": "text",
@@ -81,7 +81,9 @@ class MetadataStore:
         ok, errors = self._call("bulk index", helpers.bulk, self.es, actions,
                                 refresh="wait_for" if wait else False, raise_on_error=False)
         if errors:
-            raise BackendError(f"Elasticsearch refused {len(errors)} documents: {str(errors[:2])[:300]}")
+            refused = {str(next(iter(e.values())).get("_id")) for e in errors}
+            raise IndexRefused(f"Elasticsearch refused {len(errors)} of {len(points)} documents: "
+                               f"{str(errors[:2])[:300]}", accepted=[p for p, _ in points if p not in refused])
 
     def delete(self, collection: str, ids: Iterable[str], wait: bool = True) -> None:
         from elasticsearch import helpers
