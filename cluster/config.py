@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.auth import KEYS_FILE, KeyRecord
 from cluster.errors import ConfigError, InvalidRequest
 
 MAX_DIM = 32_768
@@ -219,6 +220,41 @@ class CollectionConfig(_Strict):
         return value
 
 
+class RateLimits(_Strict):
+    """Token buckets per API key (per client address when auth is off), per ingress replica: each of N ingress
+    replicas enforces rate / N. None: no limit. A refused request is a 429 with Retry-After."""
+
+    read_per_s: float | None = Field(default=None, gt=0)   # queries and GETs
+    write_per_s: float | None = Field(default=None, gt=0)  # upserts, deletes, vector updates, admin calls
+    burst_s: float = Field(default=1.0, gt=0, le=3600)     # a bucket holds rate x burst_s requests (at least 1)
+
+
+class AuthConfig(_Strict):
+    """API keys (as salted hashes; `prism keys create` makes them) and what stays open. With no key anywhere,
+    auth is off and `prism up` binds only loopback unless --insecure."""
+
+    keys: list[KeyRecord] = Field(default_factory=list)
+    keys_file: str | None = None  # default DATA_DIR/api-keys.json; re-read within a second of any change
+    metrics: Literal["open", "keyed"] = "open"  # keyed: GET /metrics needs a read key
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+
+
+class StrictLimits(_Strict):
+    """Request bounds enforced before any work (each violation a 422 naming the field and the limit)."""
+
+    max_limit: int = Field(default=1_000, ge=1, le=10_000)            # limit + offset of a query
+    max_prefetch: int = Field(default=8, ge=1, le=16)                 # prefetches in one query
+    max_prefetch_limit: int = Field(default=2_000, ge=1, le=10_000)   # a prefetch's own limit
+    max_ef: int = Field(default=4_096, ge=1, le=32_768)               # params.ef (HNSW)
+    max_nprobe: int = Field(default=1_024, ge=1, le=65_536)           # params.nprobe (IVF)
+    max_batch_queries: int = Field(default=64, ge=1, le=64)           # queries in one batch request
+    max_filter_depth: int = Field(default=16, ge=1, le=30)            # nested bool levels of a filter
+    max_filter_clauses: int = Field(default=256, ge=1, le=10_000)     # leaves + bool nodes of a filter
+    max_upsert_points: int = Field(default=2_000, ge=1, le=2_000)     # points (or ids) in one write request
+    max_shards: int = Field(default=64, ge=1, le=256)                 # shards of a new collection
+    max_replicas: int = Field(default=4, ge=1, le=8)                  # replicas of a new collection
+
+
 class ClusterConfig(_Strict):
     """Everything `prism up` and the Serve app need."""
 
@@ -250,11 +286,19 @@ class ClusterConfig(_Strict):
     encoder_batch_wait_ms: float | None = Field(default=None, ge=0, le=1000)  # None: 2 ms on cuda, 4 ms on cpu
     models_dir: str | None = None  # where CLIP weights are looked for (else PRISM_MODELS_DIR, else the HF cache)
     images: "ImageLimits" = Field(default_factory=lambda: ImageLimits())
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: StrictLimits = Field(default_factory=StrictLimits)
+    # Serve without API keys on a non-loopback address (anyone who reaches the port may do anything).
+    insecure: bool = False
     collections: list[CollectionConfig] = Field(default_factory=list)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def keys_file(self) -> Path:
+        return Path(self.auth.keys_file).expanduser().resolve() if self.auth.keys_file else self.data_path / KEYS_FILE
 
 
 def parse_model(model: type[BaseModel], data: Any, what: str) -> Any:

@@ -16,15 +16,34 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.config import ClusterConfig
 from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError, describe
+from cluster.auth import KeySource
+from router.access import Guard, Refusal
+from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, describe, documented
 from router.metrics import process_state
 from router.models import (
-    MAX_JSON_DEPTH, BatchQueryResponse, CollectionInfo, DeleteResponse, QueryResponse, Record, RetrieveResponse,
-    UpsertResponse, json_too_deep,
+    MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
+    CountResponse, DeletedCollection, DeleteRequest, DeleteResponse, Health, QueryRequest, QueryResponse, Record, ReshardRequest,
+    ReshardResponse, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest,
+    UpsertRequest, UpsertResponse, json_too_deep,
 )
 
 log = logging.getLogger("prism.ingress")
 VERSION = "0.1.0"
-api = FastAPI(title="prism", version=VERSION, description="Sharded multimodal search on Ray Serve and Milvus.")
+DESCRIPTION = ("Sharded multimodal search on Ray Serve and Milvus. Send an API key as `Authorization: Bearer <key>` "
+               "or `X-API-Key: <key>` (roles: read, write, admin; `prism keys create`); /health and /docs are open.")
+api = FastAPI(title="prism", version=VERSION, description=DESCRIPTION)
+
+
+def _openapi() -> dict[str, Any]:
+    if api.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        api.openapi_schema = describe(get_openapi(title=api.title, version=api.version, description=api.description,
+                                                  routes=api.routes))
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
 
 
 def _endpoint(request: Request) -> str:
@@ -32,9 +51,17 @@ def _endpoint(request: Request) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+def _refusal(r: Refusal) -> JSONResponse:
+    resp = JSONResponse(status_code=r.status, content={"error": r.error, "message": r.message})
+    for k, v in r.headers():
+        resp.headers[k.decode()] = v.decode()
+    return resp
+
+
 class Observe:
-    """Pure ASGI middleware: refuses a body longer than the limit by its Content-Length, counts and times every
-    request. (Starlette's BaseHTTPMiddleware, which this replaced, costs a task group and a stream per request.)"""
+    """Pure ASGI middleware: refuses a body longer than the limit by its Content-Length, asks the guard (API key,
+    role, scope, rate limit) before any endpoint runs, counts and times every request. (Starlette's
+    BaseHTTPMiddleware, which this replaced, costs a task group and a stream per request.)"""
 
     def __init__(self, app: Any):
         self.app = app
@@ -51,6 +78,16 @@ class Observe:
                     "error": "payload_too_large", "message": f"request body of {int(length)} bytes exceeds the "
                     f"limit of {state.max_upload_bytes} bytes"})(scope, receive, send)
                 return
+            if state.guard is not None:
+                client = scope.get("client")
+                verdict = state.guard.check(scope["method"], scope["path"], scope["headers"],
+                                            client[0] if client else None)
+                if isinstance(verdict, Refusal):
+                    status = verdict.status
+                    state.metrics.errors.labels("unmatched", verdict.error).inc()
+                    await _refusal(verdict)(scope, receive, send)
+                    return
+                scope.setdefault("state", {})["principal"] = verdict
 
             async def observed(message: dict) -> None:
                 nonlocal status
@@ -174,6 +211,7 @@ class Ingress:
         cfg = ClusterConfig.model_validate(config)
         self.state = process_state()
         self.state.max_upload_bytes = cfg.max_upload_bytes
+        self.state.guard = build_guard(cfg)
         self.encoders = encoders
         server_uri = cfg.milvus.uri if cfg.milvus.mode != "lite" else None
         statuses = await asyncio.gather(*(h.status.remote() for h in encoders.values()))
@@ -214,67 +252,97 @@ class Ingress:
             raise ModelUnavailable(f"encoder {name!r} is not deployed")
         return list(await asyncio.gather(*(handle.encode_image.remote(img) for img in images)))
 
-    @api.get("/health")
-    async def health(self) -> dict[str, Any]:
+    @api.get("/health", response_model=Health)
+    async def health(self):
+        """Liveness, version, collections, each encoder's state, and whether API keys are required. Always open."""
         statuses = await asyncio.gather(*(h.status.remote() for h in self.encoders.values()))
         return {"status": "ok", "version": VERSION, "collections": self.service.list_collections(),
-                "encoders": {s["name"]: s for s in statuses}}
+                "encoders": {s["name"]: s for s in statuses}, "auth": self.state.guard.auth_on}
 
-    @api.get("/metrics")
+    @api.get("/metrics", responses=documented(ACCESS))
     async def metrics(self) -> Response:
+        """Prometheus text format. Open unless `auth.metrics: keyed` (then a read key)."""
         return Response(self.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @api.get("/v1/collections")
-    async def list_collections(self) -> dict[str, list[str]]:
-        return {"collections": self.service.list_collections()}
+    @api.get("/v1/collections", response_model=CollectionList, responses=documented(ACCESS))
+    async def list_collections(self, request: Request):
+        """The collections this key may see (all of them for an unscoped key or with auth off)."""
+        principal = request.scope.get("state", {}).get("principal")
+        names = self.service.list_collections()
+        if principal is not None and principal.collections is not None:
+            names = [n for n in names if n in principal.collections]
+        return {"collections": names}
 
-    @api.put("/v1/collections/{name}", response_model=CollectionInfo)
+    @api.put("/v1/collections/{name}", response_model=CollectionInfo,
+             **body_doc("CollectionSpec", ACCESS + BODY + (409, 502, 503)))
     async def create_collection(self, name: str, request: Request):
+        """Create a collection: named spaces, shards, replicas, write quorum, metadata mapping (admin)."""
         return await self.service.create_collection(name, await _json(request))
 
-    @api.get("/v1/collections/{name}", response_model=CollectionInfo)
+    @api.get("/v1/collections/{name}", response_model=CollectionInfo, responses=documented(ACCESS + (404,)))
     async def get_collection(self, name: str):
+        """Config (with the metadata mapping, dynamic fields included), counts per space, replica states."""
         return await self.service.info(name)
 
-    @api.delete("/v1/collections/{name}")
-    async def delete_collection(self, name: str) -> dict[str, Any]:
+    @api.delete("/v1/collections/{name}", response_model=DeletedCollection,
+                responses=documented(ACCESS + (404, 502)))
+    async def delete_collection(self, name: str):
+        """Drop a collection and all its data (admin)."""
         return await self.service.delete_collection(name)
 
-    @api.post("/v1/collections/{name}/points", response_model=UpsertResponse)
+    @api.post("/v1/collections/{name}/points", response_model=UpsertResponse, **body_doc(UpsertRequest, WRITES))
     async def upsert(self, name: str, request: Request):
+        """Insert or replace points; all-or-nothing across Milvus and Elasticsearch (write role)."""
         return await self.service.upsert(name, await _json(request))
 
-    @api.post("/v1/collections/{name}/points/get", response_model=RetrieveResponse)
+    @api.post("/v1/collections/{name}/points/get", response_model=RetrieveResponse, **body_doc(RetrieveRequest, READS))
     async def retrieve(self, name: str, request: Request):
         """Points by id: `{"ids": [...], "with_payload": true | [fields] | {"exclude": [...]}, "with_vectors": false
         | true | [spaces]}`. Ids no shard holds are listed in `missing`; a shard that cannot answer is a 503."""
         return await self.service.retrieve(name, await _json(request))
 
-    @api.get("/v1/collections/{name}/points/{point_id}", response_model=Record)
+    @api.post("/v1/collections/{name}/points/scroll", response_model=ScrollResponse, **body_doc(ScrollRequest, READS))
+    async def scroll(self, name: str, request: Request):
+        """Every point (matching `filter`) in id order, `limit` at a time; pass `next_cursor` back as `cursor`."""
+        return await self.service.scroll(name, await _json(request))
+
+    @api.post("/v1/collections/{name}/points/count", response_model=CountResponse, **body_doc(CountRequest, READS))
+    async def count(self, name: str, request: Request):
+        """How many points match `filter` (all points without one)."""
+        return await self.service.count(name, await _json(request))
+
+    @api.get("/v1/collections/{name}/points/{point_id}", response_model=Record,
+             responses=documented(ACCESS + (404, 422, 503)))
     async def point(self, name: str, point_id: str, with_vectors: bool = False):
         """One point by id, with its payload (and every space's vector with `?with_vectors=true`); 404 if absent."""
         return await self.service.point(name, point_id, with_vectors)
 
-    @api.post("/v1/collections/{name}/points/vectors", response_model=UpsertResponse)
+    @api.post("/v1/collections/{name}/points/vectors", response_model=UpsertResponse,
+              **body_doc(UpdateVectorsRequest, WRITES))
     async def update_vectors(self, name: str, request: Request):
+        """Replace some spaces' vectors of existing points, given or re-embedded from new sources (write role)."""
         return await self.service.update_vectors(name, await _json(request))
 
-    @api.post("/v1/collections/{name}/points/delete", response_model=DeleteResponse)
+    @api.post("/v1/collections/{name}/points/delete", response_model=DeleteResponse, **body_doc(DeleteRequest, WRITES))
     async def delete_points(self, name: str, request: Request):
+        """Delete by ids or by filter (write role)."""
         return await self.service.delete_points(name, await _json(request))
 
-    @api.post("/v1/collections/{name}/query", response_model=QueryResponse)
+    @api.post("/v1/collections/{name}/query", response_model=QueryResponse, **body_doc(QueryRequest, READS))
     async def query(self, name: str, request: Request):
+        """Prefetch per space (text, image or vector), merge each space's shards, fuse, filter."""
         answer = await self.service.query(name, await _json(request))
         if answer.partial:
             self.state.metrics.partial.labels(name).inc()
         return answer
 
-    @api.post("/v1/collections/{name}/reshard")
-    async def reshard(self, name: str, request: Request) -> dict[str, Any]:
+    @api.post("/v1/collections/{name}/reshard", response_model=ReshardResponse,
+              **body_doc(ReshardRequest, WRITES + (409,)))
+    async def reshard(self, name: str, request: Request):
+        """Change the shard count; only points whose ring owner changes move; reads go on (admin)."""
         return await self.service.reshard(name, await _json(request))
 
-    @api.post("/v1/collections/{name}/query/image", response_model=QueryResponse)
+    @api.post("/v1/collections/{name}/query/image", response_model=QueryResponse, responses=documented(READS))
     async def query_image(self, name: str, image: UploadFile = File(...), text: str | None = Form(None),
                           params: str | None = Form(None)):
         """Multipart: an image (and optional text), each embedded into its spaces and fused.
@@ -284,9 +352,18 @@ class Ingress:
         data = await image.read(process_state().max_upload_bytes + 1)
         return await self.service.query_image(name, data, text, params)
 
-    @api.post("/v1/collections/{name}/query/batch", response_model=BatchQueryResponse)
+    @api.post("/v1/collections/{name}/query/batch", response_model=BatchQueryResponse,
+              **body_doc(BatchQueryRequest, READS))
     async def query_batch(self, name: str, request: Request):
+        """Several queries in one request, answered in order."""
         return await self.service.query_batch(name, await _json(request))
+
+
+def build_guard(cfg: ClusterConfig, replicas: int = 1) -> Guard:
+    """API keys (config, PRISM_API_KEYS, the keys file) and rate limits of one ingress replica."""
+    rl = cfg.auth.rate_limits
+    return Guard(KeySource(cfg.auth.keys, cfg.keys_file), read_per_s=rl.read_per_s, write_per_s=rl.write_per_s,
+                 burst_s=rl.burst_s, replicas=replicas, metrics_open=cfg.auth.metrics == "open")
 
 
 class BuildArgs(BaseModel):

@@ -18,6 +18,8 @@ from cluster.config import CollectionConfig, FilterSettings, ImageLimits
 from cluster.errors import ConfigError, ShardUnavailable
 from cluster.ring import HashRing
 from router.filtering import NOTHING, Filtering
+from router.filters import normalise_meta
+from router.mapping import infer_fields
 from router.fusion import fuse
 from router.merge import merge_topk
 from router.models import (
@@ -29,6 +31,9 @@ from router.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate
 from router.timing import Stages
 from router.vectors import Encode, EncodeImages, Vectors, merge_updates
 from shards.api import ScoredId, SearchSpec, ShardApi, StoredPoint
+
+
+SCAN_PAGE = 1000  # ids per shard per page when the shards count
 
 
 class Coordinator:
@@ -51,6 +56,9 @@ class Coordinator:
         self.epoch, self.version = uuid.uuid4().hex, 0
         self.observe_stage, self.budget_ms, self.inline_payload_max = observe_stage, budget_ms, inline_payload_max
         self._index_types = {name: s.index.type for name, s in config.spaces.items()}
+        # Called with the fields dynamic mapping added (the service persists the collection's config).
+        self.on_mapping: Callable[[dict[str, str]], None] | None = None
+        self._mapping_lock = asyncio.Lock()
 
     @classmethod
     def from_clients(cls, config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *,
@@ -183,6 +191,39 @@ class Coordinator:
                 rows.update(answer)
         return rows, failed
 
+    async def scan(self, after: str, limit: int, dsl: dict[str, Any] | None = None) -> list[str]:
+        """The first `limit` matching ids above `after`, over every shard, in id order (a keyset page: each shard's
+        smallest ids, merged; parts of the filter Milvus cannot run are confirmed in Elasticsearch, widening the
+        fetch until the page fills). A shard that cannot answer is a 503: a page with a gap would skip points."""
+        expr, residual = self.filtering.split(dsl)
+        fetch = limit if residual is None else limit * self.filtering.settings.postfilter_overfetch
+        page: list[str] = []
+        while len(page) < limit:
+            answers = await asyncio.gather(*(sh.read(lambda c, a=after: c.scan(a, fetch, expr)) for sh in self.shards))
+            union = sorted(set().union(*answers))
+            merged = union[:fetch]  # every id up to merged[-1] is here: each shard gave its smallest
+            if not merged:
+                break
+            keep = merged if residual is None else await self.filtering.confirm(residual, merged)
+            page.extend(i for i in merged if i in keep)
+            if len(union) == len(merged) and all(len(a) < fetch for a in answers):
+                break  # nothing left above merged[-1] on any shard
+            after = merged[-1]
+        return page[:limit]
+
+    async def count(self, dsl: dict[str, Any] | None = None) -> int:
+        """Points matching `dsl` (all points without one): Elasticsearch counts when it is configured (it holds
+        one document per point); without it the shards page through their matching ids."""
+        if self.filtering.metadata is not None:
+            return await self.filtering.count(dsl)
+        total, after = 0, ""
+        while True:
+            ids = await self.scan(after, SCAN_PAGE, dsl)
+            total += len(ids)
+            if len(ids) < SCAN_PAGE:
+                return total
+            after = ids[-1]
+
     # -- writes ------------------------------------------------------------------------------------------------
     def _writable(self) -> None:
         if self.paused:
@@ -194,11 +235,29 @@ class Coordinator:
         shards by ring. `wait`: return once every acknowledging replica serves the points to searches (and
         Elasticsearch to filters); else at acknowledgement, visible within the backend's staleness bound."""
         self._writable()
+        if infer_fields((p.payload for p in points), self.config.metadata):
+            await self._map_new_fields(points)
         rows, notes, failed = await self.vectors.prepare_points(points)
         await self.filtering.write_through(rows, wait, lambda: self._write(  # Elasticsearch first, then the shards
             self.shards[s].upsert(batch, wait) for s, batch in self._by_shard(rows, lambda r: r.id).items()),
             self.fetch)
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
+
+    async def _map_new_fields(self, points: Sequence[Point]) -> None:
+        """Dynamic mapping: map the fields these points bring first (Elasticsearch, then the config everyone here
+        reads, then the catalog), once every payload of the batch fits the extended mapping; else a 422 naming
+        the field, and nothing is mapped or written."""
+        async with self._mapping_lock:  # two batches showing the same new field map it once
+            new = infer_fields((p.payload for p in points), self.config.metadata)
+            if not new:
+                return
+            extended = {**self.config.metadata, **new}
+            for i, p in enumerate(points):
+                normalise_meta(p.payload, extended, f"points[{i}].payload")
+            await self.filtering.extend_mapping(new)
+            self.config.metadata.update(new)
+            if self.on_mapping is not None:
+                self.on_mapping(new)
 
     async def update_vectors(self, updates: Sequence[Any], wait: bool = True) -> UpsertResponse:
         """Replace some spaces' vectors of existing points (a re-shot photo); the others are kept as stored."""

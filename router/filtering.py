@@ -12,7 +12,7 @@ from typing import Any
 
 from cluster.config import CollectionConfig, FilterSettings
 from cluster.errors import BackendError, IndexRefused, MetadataUnavailable
-from router.filters import and_, parse_filter, to_es
+from router.filters import Node, and_, parse_filter, split_conjuncts, to_es
 from router.merge import merge_topk
 from router.models import QueryRequest
 from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
@@ -103,6 +103,27 @@ class Filtering:
                 break
             fetch = bigger
         return kept[:need], rounds, failed
+
+    def split(self, dsl: dict[str, Any] | None) -> tuple[str | None, Node | None]:
+        """A filter as (the Milvus expression of what shards can run, the rest for Elasticsearch)."""
+        if dsl is None:
+            return None, None
+        expr, residual = split_conjuncts(parse_filter(dsl, self.config.metadata, "filter"), self.config.metadata)
+        if residual is not None:
+            self._store("this filter")
+        return expr, residual
+
+    async def confirm(self, node: Node, ids: list[str]) -> set[str]:
+        return await asyncio.to_thread(self._store("this filter").confirm, self.config.name, to_es(node), ids)
+
+    async def count(self, dsl: dict[str, Any] | None) -> int:
+        query = to_es(parse_filter(dsl, self.config.metadata, "filter")) if dsl is not None else {"match_all": {}}
+        return await asyncio.to_thread(self._store("count").count, self.config.name, query)
+
+    async def extend_mapping(self, fields: dict[str, str]) -> None:
+        """Map new payload fields in Elasticsearch (when configured); the caller records them in the config."""
+        if self.metadata is not None:
+            await asyncio.to_thread(self.metadata.put_mapping, self.config.name, fields)
 
     async def write_through(self, rows: Sequence[PointRow], wait: bool, write: Callable[[], Awaitable[Any]],
                             held: Fetch) -> None:

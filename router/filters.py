@@ -309,6 +309,8 @@ def normalise_meta(payload: dict[str, Any], mapping: dict[str, str], path: str =
         try:
             if ftype in NUMERIC:
                 meta[field] = _value(v, ftype, fp) if not isinstance(v, str) else _bad(fp, ftype, v)
+                if ftype == "integer" and meta[field] != int(meta[field]):
+                    _bad(fp, ftype, v)  # Elasticsearch would truncate it, and filters would disagree with shards
             elif ftype == "boolean":
                 meta[field] = _value(v, ftype, fp) if isinstance(v, bool) else _bad(fp, ftype, v)
             elif ftype == "date":

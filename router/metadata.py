@@ -65,6 +65,11 @@ class MetadataStore:
         self._call("create index", self.es.indices.create, index=name,
                    mappings={"dynamic": False, "properties": props})
 
+    def put_mapping(self, collection: str, fields: dict[str, str]) -> None:
+        """Map fields added to the collection's metadata mapping (dynamic mapping: before any document has them)."""
+        self._call("put mapping", self.es.indices.put_mapping, index=index_name(collection),
+                   properties={f: {"type": _ES_TYPES[t]} for f, t in fields.items()})
+
     def drop_index(self, collection: str) -> None:
         name = index_name(collection)
         if self._call("exists", self.es.indices.exists, index=name):

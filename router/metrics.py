@@ -73,6 +73,7 @@ class ProcessState:
     def __init__(self) -> None:
         self.metrics = Metrics()
         self.max_upload_bytes = MAX_UPLOAD_BYTES
+        self.guard: Any = None  # router.access.Guard once the ingress is configured
 
 
 _STATE: ProcessState | None = None

@@ -131,6 +131,24 @@ class QueryRequest(_Strict):
         return prefetch.limit if prefetch.limit is not None else self.limit + self.offset
 
 
+class Health(BaseModel):
+    status: str
+    version: str
+    collections: list[str]
+    encoders: dict[str, dict[str, Any]]
+    auth: bool  # whether API keys are required
+
+
+class Error(BaseModel):
+    """Every error answer: a stable code, a message for people, the field at fault where one is."""
+
+    error: str = Field(description="invalid_request, invalid_filter, unauthenticated, forbidden, rate_limited, "
+                                   "collection_not_found, shard_unavailable, ...")
+    message: str
+    field: str | None = None
+    shards: list[int] | None = None  # shard_unavailable: which shards did not answer
+
+
 class Hit(BaseModel):
     id: str
     score: float
@@ -326,6 +344,58 @@ class Record(BaseModel):
 class RetrieveResponse(BaseModel):
     points: list[Record]  # in the order asked; ids that no shard holds are in `missing`
     missing: list[str] = Field(default_factory=list)
+
+
+MAX_SCROLL_LIMIT = 1_000
+
+
+class ScrollRequest(_Strict):
+    """`POST .../points/scroll`: every point (matching `filter`) in id order, a page at a time. Pass the answer's
+    `next_cursor` back as `cursor`; no point comes twice in one scroll, and every point that exists throughout
+    it comes once, whatever is written meanwhile."""
+
+    filter: dict[str, Any] | None = None
+    limit: int = Field(default=100, ge=1, le=MAX_SCROLL_LIMIT)
+    cursor: str | None = Field(default=None, max_length=2 * MAX_ID_LENGTH)
+    with_payload: bool | list[str] | PayloadExclude = True
+    with_vectors: bool | list[str] = False
+
+    def returns(self) -> tuple[bool, list[str] | bool]:
+        return returns(self.with_payload, self.with_vectors)
+
+
+class ScrollResponse(BaseModel):
+    points: list[Record]
+    next_cursor: str | None = None  # null: the scroll is complete
+
+
+class CountRequest(_Strict):
+    """`POST .../points/count`: how many points (match `filter`)."""
+
+    filter: dict[str, Any] | None = None
+
+
+class CountResponse(BaseModel):
+    count: int
+
+
+class ReshardRequest(_Strict):
+    shards: int = Field(ge=1)
+
+
+class ReshardResponse(BaseModel):
+    collection: str
+    shards: int
+    moved: int
+    seconds: float
+
+
+class CollectionList(BaseModel):
+    collections: list[str]
+
+
+class DeletedCollection(BaseModel):
+    deleted: str
 
 
 class DeleteResponse(BaseModel):

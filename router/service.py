@@ -17,11 +17,13 @@ from cluster.errors import (
     BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
 )
 from router.cache import EmbeddingCache, LRUCache, request_key
+from router import limits as strict
 from router.coordinator import Coordinator
 from router.models import (
-    MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, DeleteRequest, DeleteResponse, QueryRequest,
-    QueryResponse, Record, RetrieveRequest, RetrieveResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest,
-    UpsertResponse, json_too_deep, select_payload,
+    MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, CountRequest, CountResponse, DeleteRequest,
+    DeleteResponse, QueryRequest, QueryResponse, Record, ReshardRequest, RetrieveRequest, RetrieveResponse,
+    ScrollRequest, ScrollResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, json_too_deep,
+    select_payload,
 )
 from router.reshard import reshard
 from router.vectors import Encode
@@ -85,8 +87,15 @@ class PrismService:
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
             budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max)
+        coord.on_mapping = lambda _new, coord=coord: self._save_catalog(coord.config)
         self.coordinators[cfg.name] = coord
         return coord
+
+    def _save_catalog(self, cfg: CollectionConfig) -> None:
+        path = self.catalog_dir / f"{cfg.name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(cfg.model_dump_json(indent=2))
+        tmp.replace(path)
 
     def _observer(self, name: str):
         if self.observe_shard is None:
@@ -103,12 +112,13 @@ class PrismService:
         if self.metadata is not None:
             self.metadata.ensure_index(cfg)
         self._open(cfg)
-        (self.catalog_dir / f"{cfg.name}.json").write_text(cfg.model_dump_json(indent=2))
+        self._save_catalog(cfg)
 
     async def create_collection(self, name: str, body: dict[str, Any]) -> CollectionInfo:
         if not isinstance(body, dict):
             raise InvalidRequest("collection body must be a JSON object")
         cfg = parse_model(CollectionConfig, {**body, "name": name}, "collection")
+        strict.check_layout(cfg, self.config.limits)
         self._check_encoders(cfg)
         async with self._lock:
             if name in self.coordinators:
@@ -180,12 +190,12 @@ class PrismService:
 
     async def reshard(self, name: str, body: Any) -> dict[str, Any]:
         """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile."""
-        if not isinstance(body, dict) or not isinstance(body.get("shards"), int) or isinstance(body.get("shards"), bool):
-            raise InvalidRequest("reshard body must be {\"shards\": N}", field="shards")
+        parse_model(ReshardRequest, body, "reshard request")
         t0 = time.perf_counter()
         async with self._lock:
             old = self.coordinator(name)
             cfg = parse_model(CollectionConfig, {**old.config.model_dump(), "shards": body["shards"]}, "reshard")
+            strict.check_layout(cfg, self.config.limits)
             if cfg.shards == old.config.shards:
                 return {"collection": name, "shards": cfg.shards, "moved": 0, "seconds": 0.0}
             n_old = old.config.shards
@@ -195,8 +205,9 @@ class PrismService:
                 return self.start_shards(cfg, specs[n_old:], create=True, first_shard=n_old)
 
             def switch(new: Coordinator) -> None:
+                new.on_mapping = lambda _new, coord=new: self._save_catalog(coord.config)
                 self.coordinators[name] = new
-                (self.catalog_dir / f"{name}.json").write_text(cfg.model_dump_json(indent=2))
+                self._save_catalog(cfg)
 
             moved = await reshard(old, cfg, start_added=start_added, stop=self.stop_shards, switch=switch)
         return {"collection": name, "shards": cfg.shards, "moved": moved,
@@ -222,16 +233,20 @@ class PrismService:
     async def upsert(self, name: str, body: Any) -> UpsertResponse:
         coord = self.coordinator(name)
         req = parse_model(UpsertRequest, body, "upsert request")
+        strict.check_write(len(req.points), self.config.limits)
         return await coord.upsert(req.points, req.wait)
 
     async def update_vectors(self, name: str, body: Any) -> UpsertResponse:
         coord = self.coordinator(name)
         req = parse_model(UpdateVectorsRequest, body, "vector update")
+        strict.check_write(len(req.points), self.config.limits)
         return await coord.update_vectors(req.points, req.wait)
 
     async def delete_points(self, name: str, body: Any) -> DeleteResponse:
         coord = self.coordinator(name)
         req = parse_model(DeleteRequest, body, "delete request")
+        strict.check_write(len(req.ids or []), self.config.limits, "ids")
+        strict.check_filter(req.filter, self.config.limits, "filter")
         if req.filter is not None:
             return await coord.delete_by_filter(req.filter)
         return await coord.delete(req.ids or [], req.wait)
@@ -241,6 +256,7 @@ class PrismService:
         never reported missing."""
         coord = self.coordinator(name)
         req = parse_model(RetrieveRequest, body, "retrieve request")
+        strict.check_write(len(req.ids), self.config.limits, "ids")
         want_payload, spaces = req.returns()
         spaces = list(coord.config.spaces) if spaces is True else spaces
         for i, space in enumerate(spaces):
@@ -254,6 +270,22 @@ class PrismService:
                            vectors=rows[i].vectors if spaces else None) for i in ids if i in rows],
             missing=[i for i in ids if i not in rows])
 
+    async def scroll(self, name: str, body: Any) -> ScrollResponse:
+        """A page of points in id order after the cursor (keyset paging: stable under concurrent writes)."""
+        coord = self.coordinator(name)
+        req = parse_model(ScrollRequest, body, "scroll request")
+        strict.check_filter(req.filter, self.config.limits, "filter")
+        ids = await coord.scan(decode_cursor(req.cursor) if req.cursor else "", req.limit, req.filter)
+        got = await self.retrieve(name, {"ids": ids, "with_payload": req.model_dump()["with_payload"],
+                                         "with_vectors": req.with_vectors}) if ids else RetrieveResponse(points=[])
+        return ScrollResponse(points=got.points, next_cursor=encode_cursor(ids[-1]) if len(ids) == req.limit else None)
+
+    async def count(self, name: str, body: Any) -> CountResponse:
+        coord = self.coordinator(name)
+        req = parse_model(CountRequest, body, "count request")
+        strict.check_filter(req.filter, self.config.limits, "filter")
+        return CountResponse(count=await coord.count(req.filter))
+
     async def point(self, name: str, point_id: str, with_vectors: bool = False) -> Record:
         """One point by id (`GET .../points/{id}`); 404 if no shard holds it."""
         got = await self.retrieve(name, {"ids": [point_id], "with_vectors": with_vectors})
@@ -262,7 +294,10 @@ class PrismService:
         return got.points[0]
 
     async def query(self, name: str, body: Any) -> QueryResponse:
-        return await self._query(self.coordinator(name), parse_model(QueryRequest, body, "query"))
+        coord = self.coordinator(name)
+        req = parse_model(QueryRequest, body, "query")
+        strict.check_query(req, self.config.limits)
+        return await self._query(coord, req)
 
     async def _query(self, coord: Coordinator, req: QueryRequest) -> QueryResponse:
         """Answer from the result cache when allowed; cache a complete answer unless a write ran meanwhile."""
@@ -314,7 +349,24 @@ class PrismService:
     async def query_batch(self, name: str, body: Any) -> BatchQueryResponse:
         coord = self.coordinator(name)
         req = parse_model(BatchQueryRequest, body, "batch query")
+        strict.check_batch(req, self.config.limits)
         return BatchQueryResponse(results=list(await asyncio.gather(*(self._query(coord, q) for q in req.queries))))
+
+
+def encode_cursor(after: str) -> str:
+    """An opaque scroll cursor: where the next page starts (after this id)."""
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidRequest("cursor: not a cursor this API handed out (pass next_cursor back unchanged)",
+                             field="cursor") from None
+    if not isinstance(after, str):
+        raise InvalidRequest("cursor: not a cursor this API handed out", field="cursor")
+    return after
 
 
 def metadata_store(config: ClusterConfig):

@@ -58,6 +58,9 @@ class RayShardClient:
     async def ids(self) -> list[str]:
         return await self._await(self.actor.ids.remote())
 
+    async def scan(self, after: str, limit: int, expr: str | None = None) -> list[str]:
+        return await self._await(self.actor.scan.remote(after, limit, expr))
+
     async def count(self) -> dict[str, int]:
         return await self._await(self.actor.count.remote())
 

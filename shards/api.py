@@ -100,6 +100,10 @@ class ShardApi(Protocol):
     async def ids(self) -> list[str]:
         """Every id held here, sorted."""
 
+    async def scan(self, after: str, limit: int, expr: str | None = None) -> list[str]:
+        """The first `limit` ids above `after` (in id order) held here in any space, matching `expr` if given:
+        one page of a keyset scroll, which no concurrent write can make repeat an id."""
+
     async def count(self) -> dict[str, int]:
         """Points per space."""
 

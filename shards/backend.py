@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from cluster.config import IndexConfig, SpaceConfig
 from cluster.errors import BackendError, InvalidRequest
 from shards.api import MAX_ID_LENGTH, ScoredId
-from shards.expr import ids_in
+from shards.expr import ids_in, quote_string
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,15 @@ class MilvusBackend:
                 out.extend(str(r[ID_FIELD]) for r in page)
         finally:
             it.close()
+
+    def scan(self, name: str, after: str, limit: int, expr: str | None = None) -> list[str]:
+        """The first `limit` ids above `after` in id order. A plain query with a limit returns SOME `limit` matches
+        (measured on milvus-lite: not the smallest ids); in iterator mode both backends reduce by primary key
+        and return the smallest, which keyset paging needs."""
+        cond = f"id > {quote_string(after)}" + (f" and ({expr})" if expr else "")
+        rows = self.client.query(name, filter=cond, output_fields=[ID_FIELD], limit=limit,
+                                 consistency_level="Bounded", iterator="True", reduce_stop_for_best="True")
+        return [str(r[ID_FIELD]) for r in rows]
 
     def rows(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Full stored rows (vector, payload, meta) of `ids`, read at Strong: copies and read-modify-writes

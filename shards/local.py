@@ -59,6 +59,9 @@ class LocalShardClient:
     async def ids(self) -> list[str]:
         return await asyncio.to_thread(self.target.ids)
 
+    async def scan(self, after: str, limit: int, expr: str | None = None) -> list[str]:
+        return await asyncio.to_thread(self.target.scan, after, limit, expr)
+
     async def count(self) -> dict[str, int]:
         return await asyncio.to_thread(self.target.count)
 

@@ -176,6 +176,14 @@ class Shard:
             out.update(self._call(self.backend.ids, name))
         return sorted(out)
 
+    def scan(self, after: str, limit: int, expr: str | None = None) -> list[str]:
+        """The first `limit` ids above `after` held here in any space (each space's first `limit`, merged)."""
+        self._ensure_open()
+        out: set[str] = set()
+        for name in self.names.values():
+            out.update(self._call(self.backend.scan, name, after, limit, expr))
+        return sorted(out)[:limit]
+
     def export(self, ids: Sequence[str]) -> list[PointRow]:
         """Whole stored points, for copying to another shard."""
         self._ensure_open()

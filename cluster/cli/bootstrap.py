@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cluster.config import ClusterConfig, ElasticsearchConfig, MilvusConfig
-from cluster.errors import BackendError
+from cluster.auth import KeySource, exposure
+from cluster.errors import BackendError, PrismError
 from cluster.services import (
     ServiceHandle, side_port, start_elasticsearch, start_milvus_server, stop_process_group, wait_http_ok,
 )
@@ -106,6 +107,12 @@ def ingress_environment(cfg: ClusterConfig, side_port: Callable[[], int]) -> tup
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "HTTP ingress: Serve's Python proxy"
 
 
+def check_access(cfg: ClusterConfig) -> str:
+    """The access-control line `prism up` prints; raises ConfigError (naming why) when it must not start."""
+    keys = len(KeySource(cfg.auth.keys, cfg.keys_file).ring)
+    return exposure(cfg.host, cfg.port, keys, cfg.insecure)
+
+
 def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> int:
     """Start everything, serve until SIGTERM/SIGINT, then stop everything. Returns an exit code."""
     import ray
@@ -118,6 +125,11 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
     existing = read_state(data)
     if existing and existing.get("pid") != os.getpid() and _alive(existing["pid"]):
         print(f"prism is already running from {data} (pid {existing['pid']}); run `prism down` first", file=sys.stderr)
+        return 2
+    try:
+        access_line = check_access(cfg)
+    except PrismError as exc:
+        print(f"prism up refused: {exc.message}", file=sys.stderr, flush=True)
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -137,18 +149,27 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
         env, ingress_line = ingress_environment(cfg, side_port)
         os.environ.update(env)
+        # Ray's control plane runs code for whoever reaches it: its token authentication stays on (Ray's default
+        # for local clusters since 2.59; RAY_AUTH_MODE=disabled is refused below), the node is advertised on
+        # loopback, and no dashboard (nor its Jobs API) is started.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if os.environ["RAY_AUTH_MODE"].lower() != "token":
+            print(f"prism up: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']!r} would let anyone who reaches Ray's ports "
+                  "run code; prism keeps it at 'token'", file=sys.stderr, flush=True)
+            os.environ["RAY_AUTH_MODE"] = "token"
         # Logical CPUs only: nothing in prism reserves whole cores (num_cpus=0), so 2-core machines don't hang.
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, namespace="prism",
-                 logging_level="WARNING", runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
-                                                                    "TRANSFORMERS_OFFLINE": "1"}})
+                 logging_level="WARNING", _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
         print(f"starting Serve on http://{cfg.host}:{cfg.port} ({ingress_line}) ...", flush=True)
         start_serve(cfg)
         state = {"pid": os.getpid(), "host": cfg.host, "port": cfg.port, "url": f"http://{cfg.host}:{cfg.port}",
                  "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
-                 "elasticsearch_pid": es.pid if es else None,
-                 "started": time.time()}
+                 "elasticsearch_pid": es.pid if es else None, "auth": access_line,
+                 "ray_auth": os.environ.get("RAY_AUTH_MODE", "unset"), "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)
+        print(access_line, flush=True)
         report_encoders(state["url"])
         if ready is not None:
             ready.set()
@@ -187,6 +208,8 @@ def start_detached(cfg: ClusterConfig, config_file: str | None = None, timeout_s
     cmd = [sys.executable, "-m", "cluster.cli", "up", "--data-dir", str(data), "--port", str(cfg.port),
            "--host", cfg.host, "--ingress", cfg.ingress, "--milvus", _milvus_arg(cfg.milvus),
            "--elasticsearch", cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else cfg.elasticsearch.mode]
+    if cfg.insecure:
+        cmd.append("--insecure")
     if config_file:
         cmd += ["--config", config_file]
     log = open(data / LOG_FILE, "ab")

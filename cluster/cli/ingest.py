@@ -120,14 +120,17 @@ class EmbedActor:
 
 def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int = 64, write_batch: int = 256,
                concurrency: int = 1, ledger_path: str | Path, models_dir: str | None = None,
-               progress: Callable[[int], None] | None = None) -> IngestReport:
+               progress: Callable[[int], None] | None = None, api_key: str | None = None) -> IngestReport:
     """Embed with Ray Data and write through prism's HTTP API; returns what happened."""
     import ray
 
     t0 = time.perf_counter()
     path = Path(path)
     url = url.rstrip("/")
-    info = httpx.get(f"{url}/v1/collections/{collection}", timeout=30)
+    from cluster.auth import client_headers
+
+    headers = client_headers(api_key)
+    info = httpx.get(f"{url}/v1/collections/{collection}", headers=headers, timeout=30)
     if info.status_code != 200:
         raise IngestError(f"collection {collection!r} at {url}: HTTP {info.status_code} {info.text[:200]}")
     spaces = {n: s for n, s in info.json()["config"]["spaces"].items() if s.get("encoder") and s.get("source")}
@@ -154,7 +157,7 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
                                                                "models_dir": models_dir},
                             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=0)
     fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
-    with httpx.Client(timeout=300) as client:
+    with httpx.Client(timeout=300, headers=headers) as client:
         for batch in ds.iter_batches(batch_size=write_batch, batch_format="default"):
             chunk, chunk_ids = [], []
             for s, err in zip(batch["point"], batch["error"]):

@@ -61,16 +61,19 @@ def up(
     elasticsearch: Optional[str] = typer.Option(
         None, "--elasticsearch", help="bundled | off | an Elasticsearch URL (auth: PRISM_ES_API_KEY or "
                                       "PRISM_ES_USERNAME / PRISM_ES_PASSWORD)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host without API keys."),
 ) -> None:
     """Start Ray, the services prism needs, the shard actors and the HTTP endpoint."""
     from cluster.cli import bootstrap
 
     try:
         cfg = load_config(config, port=port, host=host, ingress=ingress, data_dir=data_dir, milvus=_milvus(milvus),
-                          elasticsearch=_elasticsearch(elasticsearch))
+                          elasticsearch=_elasticsearch(elasticsearch), insecure=insecure or None)
+        access = bootstrap.check_access(bootstrap.resolve(cfg))
     except PrismError as exc:
         _fail(exc.message, 2)
     if detach:
+        err.print(access)
         try:
             state = bootstrap.start_detached(cfg, config_file=str(Path(config).resolve()) if config else None)
         except PrismError as exc:
@@ -103,25 +106,41 @@ def _url(url: Optional[str], data_dir: str) -> str:
     return state["url"]
 
 
+API_KEY = typer.Option(None, "--api-key", envvar="PRISM_API_KEY", help="API key (default: $PRISM_API_KEY).")
+
+
 @app.command()
 def status(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
-           url: Optional[str] = typer.Option(None, help="Endpoint (default: the recorded instance).")) -> None:
-    """Health, encoders, and per-shard point counts of every collection."""
+           url: Optional[str] = typer.Option(None, help="Endpoint (default: the recorded instance)."),
+           api_key: Optional[str] = API_KEY) -> None:
+    """Health, access control, encoders, and per-shard point counts of every collection."""
     import httpx
 
+    from cluster.auth import client_headers
+    from cluster.cli.bootstrap import read_state
+
     base = _url(url, data_dir)
+    headers = client_headers(api_key)
     try:
         h = httpx.get(base + "/health", timeout=10).json()
     except httpx.HTTPError as exc:
         _fail(f"{base} does not answer: {exc}")
     console.print(f"prism {h['version']} at {base}: [green]{h['status']}[/green]")
+    console.print(f"  API keys: {'required' if h.get('auth') else 'not required (auth off)'}")
+    state = read_state(data_dir) if not url else None
+    if state:
+        console.print(f"  Ray control plane: token authentication {'on' if state.get('ray_auth') == 'token' else 'OFF'}"
+                      " (RAY_AUTH_MODE), node on 127.0.0.1, no dashboard")
     for name, enc in h["encoders"].items():
         state = (f"{enc['dim']}-d on {enc.get('device', '?')} ({enc.get('dtype', '?')}, batches of "
                  f"{enc.get('max_batch_size', '?')})" if enc["available"] else
                  f"[red]unavailable[/red]: {enc['reason']}")
         console.print(f"  encoder {name}: {state}")
     for name in h["collections"]:
-        info = httpx.get(f"{base}/v1/collections/{name}", timeout=30).json()
+        r = httpx.get(f"{base}/v1/collections/{name}", headers=headers, timeout=30)
+        if r.status_code != 200:
+            _fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
+        info = r.json()
         table = Table(title=f"collection {name}: {info['counts']}")
         for col in ("shard", "replica", "state", "seq", "counts", "last error"):
             table.add_column(col)
@@ -142,6 +161,7 @@ def ingest(
                                           help="Acknowledged ids (default: DATA_DIR/ingest/<file>.<collection>.acked)."),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     url: Optional[str] = typer.Option(None),
+    api_key: Optional[str] = API_KEY,
 ) -> None:
     """Embed on Ray Data and upsert in batches, with a progress bar, a failure report, and resumability."""
     from cluster.cli.ingest import IngestError, read_points, run_ingest
@@ -153,7 +173,7 @@ def ingest(
         try:
             rep = run_ingest(file, collection, base, batch_size=batch, write_batch=write_batch, concurrency=concurrency,
                              ledger_path=ledger or Path(data_dir) / "ingest" / f"{file.name}.{collection}.acked",
-                             progress=lambda n: bar.advance(task, n))
+                             progress=lambda n: bar.advance(task, n), api_key=api_key)
         except IngestError as exc:
             _fail(f"{exc}; re-run the same command to resume")
     console.print(f"ingested {rep.upserted} points in {rep.seconds:.1f}s ({rep.points_per_s:.1f} points/s), "
@@ -174,12 +194,16 @@ def query(
     limit: int = typer.Option(5, "--limit", "-k"),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     url: Optional[str] = typer.Option(None),
+    api_key: Optional[str] = API_KEY,
 ) -> None:
     """Run a text query and print a ranked table."""
     import httpx
 
+    from cluster.auth import client_headers
+
     base = _url(url, data_dir)
-    info = httpx.get(f"{base}/v1/collections/{collection}", timeout=30)
+    headers = client_headers(api_key)
+    info = httpx.get(f"{base}/v1/collections/{collection}", headers=headers, timeout=30)
     if info.status_code != 200:
         _fail(info.json().get("message", info.text))
     spaces = space or [n for n, s in info.json()["config"]["spaces"].items() if s.get("encoder")]
@@ -190,7 +214,7 @@ def query(
             body["filter"] = json.loads(filter)
         except json.JSONDecodeError as exc:
             _fail(f"--filter is not JSON: {exc}", 2)
-    r = httpx.post(f"{base}/v1/collections/{collection}/query", json=body, timeout=60)
+    r = httpx.post(f"{base}/v1/collections/{collection}/query", json=body, headers=headers, timeout=60)
     if r.status_code != 200:
         _fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
     answer = r.json()
@@ -286,12 +310,16 @@ def reshard(
     shards: int = typer.Option(..., "--shards", min=1),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     url: Optional[str] = typer.Option(None),
+    api_key: Optional[str] = API_KEY,
 ) -> None:
     """Change a collection's shard count; only points whose ring owner changes move. Reads go on meanwhile."""
     import httpx
 
+    from cluster.auth import client_headers
+
     base = _url(url, data_dir)
-    r = httpx.post(f"{base}/v1/collections/{collection}/reshard", json={"shards": shards}, timeout=3600)
+    r = httpx.post(f"{base}/v1/collections/{collection}/reshard", json={"shards": shards},
+                   headers=client_headers(api_key), timeout=3600)
     if r.status_code != 200:
         _fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
     rep = r.json()
@@ -309,7 +337,7 @@ def loadtest(
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Query corpus, one query per line."),
     write_share: float = typer.Option(0.0, "--write-share", help="Fraction of steps that write (0..1)."),
     filter: Optional[str] = typer.Option(None, "--filter", help="Filter (JSON) for the filtered mix."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PRISM_API_KEY"),
+    api_key: Optional[str] = API_KEY,
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
 ) -> None:
     """Headless Locust run with realistic query mixes; writes CSV, summary.json and PNG plots."""
@@ -327,6 +355,90 @@ def loadtest(
     t = summary["total"]
     console.print(f"{t['requests']} requests, {t['qps']} req/s, p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, "
                   f"errors {t['error_rate']:.2%}, partial answers {summary['partial_rate']:.2%}; report in {out}")
+
+
+keys_app = typer.Typer(help="API keys: roles read | write | admin, optionally scoped to collections. Only salted "
+                              "hashes are stored; a running prism picks up changes within a second.",
+                         no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _keys_file(data_dir: str, keys_file: Optional[str]) -> Path:
+    from cluster.auth import keys_path
+
+    return Path(keys_file).expanduser().resolve() if keys_file else keys_path(data_dir)
+
+
+KEYS_FILE_OPT = typer.Option(None, "--keys-file", help="Default: DATA_DIR/api-keys.json (auth.keys_file).")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: str = typer.Option(..., "--role", help="read | write | admin"),
+    collections: Optional[str] = typer.Option(None, "--collections", help="Comma-separated scope (default: all)."),
+    label: Optional[str] = typer.Option(None, "--label", help="A note for `prism keys list`."),
+    data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+    keys_file: Optional[str] = KEYS_FILE_OPT,
+) -> None:
+    """Create a key and print it once (only its hash is kept)."""
+    from pydantic import ValidationError
+
+    from cluster.auth import new_key, read_keys_file, write_keys_file
+
+    if role not in ("read", "write", "admin"):
+        _fail(f"--role must be read, write or admin, got {role!r}", 2)
+    scope = [c.strip() for c in collections.split(",") if c.strip()] if collections else None
+    path = _keys_file(data_dir, keys_file)
+    try:
+        key, record = new_key(role, scope or None, label)  # type: ignore[arg-type]
+        write_keys_file(path, [*read_keys_file(path), record])
+    except (PrismError, ValidationError) as exc:
+        _fail(getattr(exc, "message", str(exc)), 2)
+    err.print(f"created key {record.id} ({role}{', collections ' + ','.join(scope) if scope else ''}) in {path}; "
+              "it is shown once, now:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"), keys_file: Optional[str] = KEYS_FILE_OPT,
+              ) -> None:
+    """The keys in the keys file (ids, roles, scopes; never the keys)."""
+    import datetime
+
+    from cluster.auth import read_keys_file
+
+    table = Table(title=f"API keys in {_keys_file(data_dir, keys_file)}")
+    for col in ("id", "role", "collections", "created", "label"):
+        table.add_column(col)
+    for r in read_keys_file(_keys_file(data_dir, keys_file)):
+        table.add_row(r.id, r.role, ",".join(r.collections) if r.collections else "all",
+                      datetime.datetime.fromtimestamp(r.created, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+                      if r.created else "", r.label or "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (the 8 hex digits after prism_)."),
+                data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+                keys_file: Optional[str] = KEYS_FILE_OPT) -> None:
+    """Revoke a key: a running prism refuses it within a second."""
+    from cluster.auth import read_keys_file, write_keys_file
+
+    path = _keys_file(data_dir, keys_file)
+    records = read_keys_file(path)
+    if not any(r.id == key_id for r in records):
+        _fail(f"no key {key_id!r} in {path}", 2)
+    write_keys_file(path, [r for r in records if r.id != key_id])
+    console.print(f"revoked {key_id}")
+
+
+@keys_app.command("export")
+def keys_export(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+                keys_file: Optional[str] = KEYS_FILE_OPT) -> None:
+    """Print the key records (hashes) as JSON for PRISM_API_KEYS (a Kubernetes Secret, the Helm value auth.keys)."""
+    from cluster.auth import read_keys_file
+
+    print(json.dumps([r.model_dump(exclude_none=True) for r in read_keys_file(_keys_file(data_dir, keys_file))]))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

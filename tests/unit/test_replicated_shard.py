@@ -62,6 +62,10 @@ class MemShard:
         self._check()
         return sorted(self.points)
 
+    async def scan(self, after, limit, expr=None):
+        self._check()
+        return sorted(i for i in self.points if i > after)[:limit]
+
     async def count(self):
         self._check()
         return {"v": len(self.points)}

@@ -1,0 +1,210 @@
+"""API keys: their format, salted hashes, roles and collection scopes, and where they are kept. Pure: no I/O but
+the keys file, no framework.
+
+A key reads `prism_<id>_<secret>`: `id` (8 hex digits) names the key in logs, files and `prism keys list`; only
+`sha256(salt || secret)` of the 192-bit random secret is ever stored. A slow password hash (scrypt, bcrypt) adds
+nothing against guessing a secret of that size and would cost milliseconds on every request.
+
+Roles nest: read (queries, GETs) < write (read + upserts, deletes, vector updates) < admin (everything:
+collections, reshard). A key may be scoped to some collections; it then sees and touches only those.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cluster.errors import ConfigError
+
+Role = Literal["read", "write", "admin"]
+ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
+KEY_PREFIX = "prism"
+KEYS_FILE = "api-keys.json"
+KEYS_ENV = "PRISM_API_KEYS"  # a JSON list of key records (hashes, never keys): how a Kubernetes Secret hands them in
+
+
+class KeyRecord(BaseModel):
+    """One stored key: never the key itself, only its id, salt and hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[0-9a-f]{8}$")
+    role: Role
+    collections: list[str] | None = None  # None: every collection
+    salt: str = Field(pattern=r"^[0-9a-f]{32}$")
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    created: float = 0.0
+    label: str | None = None
+
+    @field_validator("collections")
+    @classmethod
+    def _non_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("collections must name at least one collection (omit it for all)")
+        return value
+
+
+class Principal(BaseModel):
+    """Who a request comes from: a key's id, role and scope."""
+
+    key_id: str
+    role: Role
+    collections: list[str] | None = None
+
+    def allows(self, role: Role, collection: str | None) -> bool:
+        if ROLE_RANK[self.role] < ROLE_RANK[role]:
+            return False
+        return collection is None or self.collections is None or collection in self.collections
+
+
+def _digest(salt: str, secret: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
+
+
+def new_key(role: Role, collections: list[str] | None = None, label: str | None = None,
+            clock: Callable[[], float] = time.time) -> tuple[str, KeyRecord]:
+    """A fresh key (shown once) and the record that is stored instead of it."""
+    kid, secret, salt = secrets.token_hex(4), secrets.token_urlsafe(24), secrets.token_hex(16)
+    record = KeyRecord(id=kid, role=role, collections=collections, salt=salt, hash=_digest(salt, secret),
+                       created=round(clock(), 3), label=label)
+    return f"{KEY_PREFIX}_{kid}_{secret}", record
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed key, else None."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 8 or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+class KeyRing:
+    """The keys in force, by id. Verification compares hashes in constant time."""
+
+    def __init__(self, records: Iterable[KeyRecord] = ()):
+        self.records = {r.id: r for r in records}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def verify(self, key: str) -> Principal | None:
+        parsed = split_key(key)
+        record = self.records.get(parsed[0]) if parsed else None
+        if record is None:
+            # Same work as a real check, so timing does not tell a wrong id from a wrong secret.
+            hmac.compare_digest(_digest("00" * 16, parsed[1] if parsed else key), "0" * 64)
+            return None
+        if not hmac.compare_digest(_digest(record.salt, parsed[1]), record.hash):
+            return None
+        return Principal(key_id=record.id, role=record.role, collections=record.collections)
+
+
+def client_headers(key: str | None) -> dict[str, str]:
+    """What a client sends with a key (nothing without one)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure(host: str, port: int, keys: int, insecure: bool) -> str:
+    """The line `prism up` prints about access control; ConfigError when it must refuse to start: no keys on a
+    non-loopback address without --insecure."""
+    if keys:
+        return f"auth: on ({keys} API key{'s' if keys != 1 else ''}); /health and /docs stay open"
+    if is_loopback(host):
+        return (f"auth: off (no API keys; listening on {host} only). Create one with `prism keys create --role "
+                "admin` to require keys")
+    if insecure:
+        return (f"WARNING: auth is off and {host} is not a loopback address: anyone who reaches port {port} may "
+                "read, write and delete every collection (--insecure)")
+    raise ConfigError(f"refusing to serve on {host!r} without API keys: anyone who reaches port {port} could read, "
+                      "write and delete every collection. Create a key (`prism keys create --role admin`), bind "
+                      "127.0.0.1, or pass --insecure to accept the risk", field="host")
+
+
+def keys_path(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir).expanduser().resolve() / KEYS_FILE
+
+
+def read_keys_file(path: str | os.PathLike) -> list[KeyRecord]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    try:
+        raw = json.loads(p.read_text() or "{}")
+        return [KeyRecord.model_validate(r) for r in raw.get("keys", [])]
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"keys file {str(p)!r} is not a valid prism keys file: {exc}", field="auth.keys_file") from None
+
+
+def write_keys_file(path: str | os.PathLike, records: Iterable[KeyRecord]) -> None:
+    """Replace the keys file atomically, readable by its owner only (it holds hashes, but still)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"keys": [r.model_dump(exclude_none=True) for r in records]}, indent=2))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, p)
+
+
+def env_keys(environ: dict[str, str] | None = None) -> list[KeyRecord]:
+    raw = (os.environ if environ is None else environ).get(KEYS_ENV, "").strip()
+    if not raw:
+        return []
+    try:
+        data = json.loads(raw)
+        return [KeyRecord.model_validate(r) for r in (data["keys"] if isinstance(data, dict) else data)]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{KEYS_ENV} must be a JSON list of key records (`prism keys export` prints one): {exc}",
+                          field=KEYS_ENV) from None
+
+
+class KeySource:
+    """The keys in force: configured records, PRISM_API_KEYS, and the keys file, which is re-read when it changes
+    (checked at most every `recheck_s`, on an injected clock), so keys are created and revoked without a restart."""
+
+    def __init__(self, configured: Iterable[KeyRecord], keys_file: str | os.PathLike | None,
+                 environ: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic,
+                 recheck_s: float = 1.0):
+        self.fixed = [*configured, *env_keys(environ)]
+        self.file = Path(keys_file) if keys_file else None
+        self.clock, self.recheck_s = clock, recheck_s
+        self._stamp: tuple[int, int] | None = None
+        self._checked = float("-inf")
+        self.ring = KeyRing(self.fixed)
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> KeyRing:
+        now = self.clock()
+        if self.file is None or (not force and now - self._checked < self.recheck_s):
+            return self.ring
+        self._checked = now
+        try:
+            st = self.file.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp or force:
+            self._stamp = stamp
+            self.ring = KeyRing([*self.fixed, *(read_keys_file(self.file) if stamp else [])])
+        return self.ring

@@ -1,0 +1,92 @@
+"""Strict limits (Qdrant's "strict mode"): request bounds from config, checked before any work. Pure.
+
+Each violation is an InvalidRequest (422) naming the field and the limit, so a client knows what to change.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.config import CollectionConfig, StrictLimits
+from cluster.errors import InvalidRequest
+from router.models import BatchQueryRequest, QueryRequest
+
+_BOOL_KEYS = ("must", "filter", "should", "must_not")
+
+
+def filter_shape(dsl: Any) -> tuple[int, int]:
+    """(how deep `bool` clauses nest, how many clauses there are) in an Elasticsearch DSL filter, without
+    parsing it: a bound checked before the parser sees it."""
+    depth, clauses = 0, 0
+    stack: list[tuple[Any, int]] = [(dsl, 0)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, list):
+            stack.extend((x, d) for x in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        clauses += 1
+        body = node.get("bool")
+        if isinstance(body, dict):
+            depth = max(depth, d + 1)
+            for key in _BOOL_KEYS:
+                if key in body:
+                    stack.append((body[key], d + 1))
+    return depth, clauses
+
+
+def _over(field: str, value: int, limit: int, what: str) -> InvalidRequest:
+    return InvalidRequest(f"{field}: {value} {what} exceeds this cluster's limit of {limit} (limits.{_KEY[what]})",
+                          field=field)
+
+
+_KEY = {"results": "max_limit", "prefetches": "max_prefetch", "candidates": "max_prefetch_limit", "ef": "max_ef",
+        "nprobe": "max_nprobe", "queries": "max_batch_queries", "levels of bool nesting": "max_filter_depth",
+        "filter clauses": "max_filter_clauses", "points": "max_upsert_points", "ids": "max_upsert_points",
+        "shards": "max_shards", "replicas": "max_replicas"}
+
+
+def check_filter(dsl: Any, limits: StrictLimits, field: str) -> None:
+    if dsl is None:
+        return
+    depth, clauses = filter_shape(dsl)
+    if depth > limits.max_filter_depth:
+        raise _over(field, depth, limits.max_filter_depth, "levels of bool nesting")
+    if clauses > limits.max_filter_clauses:
+        raise _over(field, clauses, limits.max_filter_clauses, "filter clauses")
+
+
+def check_query(req: QueryRequest, limits: StrictLimits, at: str = "") -> None:
+    if req.limit + req.offset > limits.max_limit:
+        raise _over(f"{at}limit", req.limit + req.offset, limits.max_limit, "results")
+    if len(req.prefetch) > limits.max_prefetch:
+        raise _over(f"{at}prefetch", len(req.prefetch), limits.max_prefetch, "prefetches")
+    check_filter(req.filter, limits, f"{at}filter")
+    for i, p in enumerate(req.prefetch):
+        where = f"{at}prefetch[{i}]"
+        if p.limit is not None and p.limit > limits.max_prefetch_limit:
+            raise _over(f"{where}.limit", p.limit, limits.max_prefetch_limit, "candidates")
+        for name, bound in (("ef", limits.max_ef), ("nprobe", limits.max_nprobe)):
+            value = (p.params or {}).get(name)
+            if value is not None and value > bound:
+                raise _over(f"{where}.params.{name}", int(value), bound, name)
+        check_filter(p.filter, limits, f"{where}.filter")
+
+
+def check_batch(req: BatchQueryRequest, limits: StrictLimits) -> None:
+    if len(req.queries) > limits.max_batch_queries:
+        raise _over("queries", len(req.queries), limits.max_batch_queries, "queries")
+    for i, q in enumerate(req.queries):
+        check_query(q, limits, f"queries[{i}].")
+
+
+def check_write(count: int, limits: StrictLimits, field: str = "points") -> None:
+    if count > limits.max_upsert_points:
+        raise _over(field, count, limits.max_upsert_points, "ids" if field == "ids" else "points")
+
+
+def check_layout(cfg: CollectionConfig, limits: StrictLimits) -> None:
+    if cfg.shards > limits.max_shards:
+        raise _over("shards", cfg.shards, limits.max_shards, "shards")
+    if cfg.replicas > limits.max_replicas:
+        raise _over("replicas", cfg.replicas, limits.max_replicas, "replicas")

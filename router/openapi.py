@@ -1,0 +1,90 @@
+"""The OpenAPI description of the HTTP API: request bodies, error answers and security schemes.
+
+Endpoints read their JSON bodies themselves (nesting is bounded before parsing, and errors name the field), so
+FastAPI cannot see their request models; each route names its model here and `describe` adds the schemas, so
+`/openapi.json` documents every body, every answer and every error, and clients can be generated from it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from cluster.config import CollectionConfig
+from router.models import Error
+
+ERROR_TEXT = {
+    401: "no API key, or one that is not valid (WWW-Authenticate: Bearer)",
+    403: "the key lacks the role this endpoint needs, or is scoped to other collections",
+    404: "no such collection (or point)",
+    409: "the collection exists already, or is being resharded",
+    413: "the body is larger than max_upload_bytes",
+    422: "bad input: `field` names what to change",
+    429: "rate limit reached: retry after Retry-After seconds",
+    502: "Milvus or Elasticsearch failed on a write or an admin call",
+    503: "not enough shards answered (coverage), or an encoder or the metadata store is unavailable",
+}
+_HEADERS = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    429: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds until a request is admitted"}},
+}
+ACCESS = (401, 403, 429)
+BODY = (413, 422)
+READS = ACCESS + BODY + (404, 503)
+WRITES = ACCESS + BODY + (404, 502, 503)
+OPEN_ROUTES = ("/health", "/docs", "/redoc", "/openapi.json")
+
+REQUEST_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def documented(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses` for these error codes, each answered with the Error model."""
+    return {c: {"model": Error, "description": ERROR_TEXT[c], **({"headers": _HEADERS[c]} if c in _HEADERS else {})}
+            for c in sorted(set(codes))}
+
+
+def body_doc(model: type[BaseModel] | str, codes: tuple[int, ...]) -> dict[str, Any]:
+    """Route keywords documenting a JSON request body of `model` (its name, for models built in `schemas`)."""
+    name = model if isinstance(model, str) else model.__name__
+    if not isinstance(model, str):
+        REQUEST_MODELS[name] = model
+    body = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+    return {"responses": documented(codes), "openapi_extra": {"requestBody": body}}
+
+
+def _collection_spec() -> dict[str, Any]:
+    """A collection's PUT body: its config without `name` (the path gives it)."""
+    schema = CollectionConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema["properties"].pop("name", None)
+    schema["required"] = [r for r in schema.get("required", []) if r != "name"]
+    schema["title"] = "CollectionSpec"
+    return schema
+
+
+def request_schemas() -> dict[str, dict[str, Any]]:
+    """Component schemas of every request model (and what they refer to)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, model in REQUEST_MODELS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[name] = schema
+    spec = _collection_spec()
+    out.update(spec.pop("$defs", {}))
+    out["CollectionSpec"] = spec
+    return out
+
+
+def describe(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add request schemas and security to FastAPI's generated description (open routes need no key)."""
+    comps = schema.setdefault("components", {})
+    schemas = comps.setdefault("schemas", {})
+    for name, s in request_schemas().items():
+        schemas.setdefault(name, s)
+    comps["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"},
+                                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+    schema["security"] = [{"bearer": []}, {"apiKey": []}]
+    for path, ops in schema.get("paths", {}).items():
+        if path in OPEN_ROUTES:
+            for op in ops.values():
+                op["security"] = []
+    return schema

@@ -1,0 +1,165 @@
+"""Scroll, count and dynamic metadata mapping against brute force, on real Milvus (lite and server) and noida-db."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+import pytest
+
+from cluster.config import CollectionConfig
+from cluster.errors import InvalidRequest
+from router.coordinator import Coordinator
+from router.filters import parse_filter
+from router.metadata import MetadataStore, index_name
+from router.models import Point, QueryRequest
+from shards.local import local_shards, replica_specs, stop_local_shards
+from tests.oracle import evaluate
+
+DIM = 8
+_n = itertools.count()
+COLORS = ("red", "green", "blue")
+WORDS = ("waterproof", "boots", "trail", "jacket", "wool", "light")
+
+
+def make_points(n: int, seed: int, prefix: str = "p") -> list[Point]:
+    rng = np.random.default_rng(seed)
+    pts = []
+    for i in range(n):
+        v = rng.standard_normal((2, DIM))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        vectors = {"a": v[0].tolist(), "b": v[1].tolist()}
+        if i % 5 == 0:
+            vectors.pop("b")  # some points live in one space only: a scroll lists them once all the same
+        elif i % 7 == 0:
+            vectors.pop("a")
+        pts.append(Point(id=f"{prefix}{rng.integers(10**6):06d}-{i}", vectors=vectors, payload={
+            "color": COLORS[int(rng.integers(3))], "n": i, "title": " ".join(rng.choice(WORDS, 2))}))
+    return pts
+
+
+@pytest.fixture
+def world(milvus_backend, es_server, tmp_path):
+    milvus, uri = milvus_backend
+    cfg = CollectionConfig(name=f"sc{next(_n)}", shards=3, metadata={"color": "keyword", "n": "integer",
+                                                                       "title": "text"},
+                           spaces={"a": {"dim": DIM, "index": {"type": "FLAT"}},
+                                   "b": {"dim": DIM, "index": {"type": "FLAT"}}})
+    store = MetadataStore(es_server.uri)
+    store.ensure_index(cfg)
+    clients = local_shards(cfg, replica_specs(cfg, milvus, tmp_path, uri))
+    yield cfg, store, clients
+    stop_local_shards(clients, drop=True)
+    store.drop_index(cfg.name)
+
+
+async def scroll_all(coord: Coordinator, dsl, limit: int) -> list[str]:
+    out, after = [], ""
+    while True:
+        page = await coord.scan(after, limit, dsl)
+        out += page
+        if len(page) < limit:
+            return out
+        after = page[-1]
+
+
+FILTERS = [None, {"term": {"color": "red"}},                                   # none, pushdown
+           {"match": {"title": "boots"}},                                      # Elasticsearch only
+           {"bool": {"filter": [{"range": {"n": {"gte": 40}}}], "must_not": [{"match": {"title": "wool"}}]}}]
+
+
+@pytest.mark.parametrize("dsl", FILTERS, ids=["all", "pushdown", "es", "mixed"])
+def test_scroll_and_count_equal_brute_force(world, dsl):
+    cfg, store, clients = world
+    coord = Coordinator.from_clients(cfg, clients, metadata=store)
+    pts = make_points(150, 1)
+    asyncio.run(coord.upsert(pts))
+    node = parse_filter(dsl, cfg.metadata) if dsl else None
+    want = sorted(p.id for p in pts if node is None or evaluate(node, p.id, p.payload, cfg.metadata))
+    for limit in (1, 7, 1000):
+        assert asyncio.run(scroll_all(coord, dsl, limit)) == want
+    assert asyncio.run(coord.count(dsl)) == len(want)
+    if dsl is None or "term" in dsl:  # without Elasticsearch, shards count what they can filter themselves
+        bare = Coordinator.from_clients(cfg, clients)
+        assert asyncio.run(bare.count(dsl)) == len(want)
+
+
+def test_a_scroll_under_concurrent_upserts_returns_every_lasting_point_exactly_once(world):
+    cfg, store, clients = world
+    coord = Coordinator.from_clients(cfg, clients, metadata=store)
+    lasting = make_points(200, 2)
+    asyncio.run(coord.upsert(lasting))
+
+    async def run():
+        seen: list[str] = []
+        stop = asyncio.Event()
+
+        async def writer():
+            k = 0
+            while not stop.is_set():  # new points everywhere in the id order, and rewrites of lasting ones
+                await coord.upsert(make_points(10, 100 + k, prefix="p") + lasting[k * 5:(k + 1) * 5])
+                k += 1
+
+        async def reader():
+            after = ""
+            while True:
+                page = await coord.scan(after, 13)
+                seen.extend(page)
+                if len(page) < 13:
+                    break
+                after = page[-1]
+                await asyncio.sleep(0)  # let the writer in between pages
+            stop.set()
+
+        await asyncio.gather(writer(), reader())
+        return seen
+
+    seen = asyncio.run(run())
+    assert len(seen) == len(set(seen))                      # nothing twice
+    assert {p.id for p in lasting} <= set(seen)              # every point that existed throughout
+    assert seen == sorted(seen)
+
+
+def test_dynamic_mapping_filters_equal_brute_force_and_conflicts_write_nothing(world):
+    cfg, store, clients = world
+    cfg.metadata.clear()  # nothing declared
+    coord = Coordinator.from_clients(cfg, clients, metadata=store)
+    saved = []
+    coord.on_mapping = saved.append
+    rng = np.random.default_rng(3)
+    pts = []
+    for i in range(60):
+        v = rng.standard_normal(DIM)
+        pts.append(Point(id=f"d{i:03d}", vectors={"a": (v / np.linalg.norm(v)).tolist()}, payload={
+            "brand": ["acme", "zen", "orb"][i % 3], "stock": i % 7, "price": round(float(rng.uniform(1, 99)), 2),
+            "sale": i % 2 == 0, "added": f"2024-0{1 + i % 9}-1{i % 10}", "spec": {"nested": i}}))
+    asyncio.run(coord.upsert(pts[:30]))
+    asyncio.run(coord.upsert(pts[30:]))
+    assert cfg.metadata == {"brand": "keyword", "stock": "integer", "price": "float", "sale": "boolean",
+                            "added": "date"}
+    assert saved == [cfg.metadata]  # recorded once, for the service to persist
+    es_map = store.es.indices.get_mapping(index=index_name(cfg.name))[index_name(cfg.name)]["mappings"]
+    assert {f: m["type"] for f, m in es_map["properties"].items()}.items() >= {
+        "brand": "keyword", "stock": "long", "price": "double", "sale": "boolean", "added": "date"}.items()
+    queries = [{"term": {"brand": "zen"}}, {"range": {"stock": {"gte": 3, "lt": 6}}},
+               {"range": {"price": {"gt": 50}}}, {"term": {"sale": True}},
+               {"range": {"added": {"gte": "2024-05-01"}}},
+               {"bool": {"must": [{"terms": {"brand": ["acme", "orb"]}}], "must_not": [{"term": {"sale": False}}]}}]
+    probe = pts[0].vectors["a"]
+    for dsl in queries:
+        node = parse_filter(dsl, cfg.metadata)
+        want = sorted(p.id for p in pts if evaluate(node, p.id, p.payload, cfg.metadata))
+        assert asyncio.run(coord.count(dsl)) == len(want), dsl
+        req = QueryRequest.model_validate({"prefetch": [{"space": "a", "vector": probe, "limit": 100}],
+                                           "fusion": {"method": "none"}, "filter": dsl, "limit": 100})
+        got = asyncio.run(coord.query(req))
+        assert sorted(h.id for h in got.hits) == want, dsl
+    before = dict(cfg.metadata)
+    bad = [Point(id="x1", vectors={"a": probe}, payload={"brand": "new", "colour": "red"}),
+           Point(id="x2", vectors={"a": probe}, payload={"stock": "many"})]
+    with pytest.raises(InvalidRequest) as exc:
+        asyncio.run(coord.upsert(bad))
+    assert exc.value.field == "points[1].payload.stock"
+    assert cfg.metadata == before                       # not even `colour` was mapped
+    assert asyncio.run(coord.fetch(["x1", "x2"]))[0] == {}
+    assert not store.ids(cfg.name, {"ids": {"values": ["x1", "x2"]}})

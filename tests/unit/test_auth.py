@@ -1,0 +1,196 @@
+"""API keys, the route policy, token buckets and the guard (pure; the clock is a FakeClock)."""
+import json
+
+import pytest
+
+from cluster.auth import (
+    KEYS_ENV, KeyRecord, KeyRing, KeySource, client_headers, exposure, new_key, read_keys_file, split_key,
+    write_keys_file,
+)
+from cluster.errors import ConfigError
+from router.access import Guard, Refusal, TokenBuckets, presented_key, route_access
+from tests.clock import FakeClock
+
+
+def test_a_key_is_shown_once_and_only_its_salted_hash_is_kept():
+    key, rec = new_key("read", ["a"], "ci", clock=lambda: 5.0)
+    kid, secret = split_key(key)
+    assert kid == rec.id and secret not in rec.model_dump_json() and key not in rec.model_dump_json()
+    assert rec.created == 5.0 and rec.collections == ["a"]
+    key2, rec2 = new_key("read")
+    assert rec2.salt != rec.salt and rec2.hash != rec.hash and key2 != key
+    ring = KeyRing([rec, rec2])
+    assert ring.verify(key).key_id == rec.id and ring.verify(key2).collections is None
+
+
+@pytest.mark.parametrize("bad", ["", "prism", "prism_", "nope_12345678_x", "prism_1234567_x", "prism_deadbeef_",
+                                 "garbage with spaces"])
+def test_malformed_unknown_and_wrong_keys_verify_to_nobody(bad):
+    key, rec = new_key("admin")
+    ring = KeyRing([rec])
+    assert ring.verify(bad) is None
+    assert ring.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # one character off
+    assert ring.verify(f"prism_{'0' * 8}_{split_key(key)[1]}") is None     # right secret, other id
+
+
+def test_roles_nest_and_scopes_restrict():
+    _, rec = new_key("write", ["books"])
+    key, _ = new_key("write")
+    p = KeyRing([rec]).verify(key)
+    assert p is None
+    key, rec = new_key("write", ["books"])
+    p = KeyRing([rec]).verify(key)
+    assert p.allows("read", "books") and p.allows("write", "books") and not p.allows("admin", "books")
+    assert not p.allows("read", "films") and p.allows("read", None)
+
+
+def test_keys_file_round_trip_and_rotation_without_restart(tmp_path):
+    path = tmp_path / "keys.json"
+    clock = FakeClock(0.0)
+    source = KeySource([], path, environ={}, clock=clock)
+    assert len(source.refresh()) == 0
+    k1, r1 = new_key("read")
+    k2, r2 = new_key("admin")
+    write_keys_file(path, [r1, r2])
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert len(source.refresh()) == 0          # checked at most once a second
+    clock.advance(1.0)
+    ring = source.refresh()
+    assert ring.verify(k1) and ring.verify(k2)  # two keys valid at once
+    write_keys_file(path, [r2])                 # k1 revoked
+    clock.advance(1.0)
+    ring = source.refresh()
+    assert ring.verify(k1) is None and ring.verify(k2).role == "admin"
+    assert read_keys_file(path) == [r2]
+
+
+def test_keys_from_config_and_environment(tmp_path):
+    k1, r1 = new_key("read")
+    k2, r2 = new_key("write")
+    env = {KEYS_ENV: json.dumps([r2.model_dump()])}
+    ring = KeySource([r1], None, environ=env).refresh()
+    assert ring.verify(k1).role == "read" and ring.verify(k2).role == "write"
+    with pytest.raises(ConfigError, match=KEYS_ENV):
+        KeySource([], None, environ={KEYS_ENV: "[{\"id\": 1}]"})
+    (tmp_path / "bad.json").write_text("{\"keys\": [{\"id\": \"x\"}]}")
+    with pytest.raises(ConfigError, match="not a valid prism keys file"):
+        read_keys_file(tmp_path / "bad.json")
+
+
+def test_key_record_rejects_what_is_not_a_hash():
+    with pytest.raises(ValueError):
+        KeyRecord(id="12345678", role="read", salt="00" * 16, hash="plaintext-key")
+
+
+def test_exposure_refuses_a_public_bind_without_keys_unless_insecure():
+    assert "auth: off" in exposure("127.0.0.1", 8000, 0, False)
+    assert "auth: off" in exposure("localhost", 8000, 0, False)
+    assert "auth: on (2 API keys)" in exposure("0.0.0.0", 8000, 2, False)
+    with pytest.raises(ConfigError, match="refusing to serve on '0.0.0.0' without API keys"):
+        exposure("0.0.0.0", 8000, 0, False)
+    assert exposure("0.0.0.0", 8000, 0, True).startswith("WARNING: auth is off")
+
+
+ROUTES = [
+    ("GET", "/health", None), ("GET", "/docs", None), ("GET", "/openapi.json", None), ("GET", "/metrics", None),
+    ("GET", "/v1/collections", "read"), ("GET", "/v1/collections/c", "read"), ("PUT", "/v1/collections/c", "admin"),
+    ("DELETE", "/v1/collections/c", "admin"), ("POST", "/v1/collections/c/reshard", "admin"),
+    ("POST", "/v1/collections/c/points", "write"), ("POST", "/v1/collections/c/points/delete", "write"),
+    ("POST", "/v1/collections/c/points/vectors", "write"), ("POST", "/v1/collections/c/points/get", "read"),
+    ("POST", "/v1/collections/c/points/scroll", "read"), ("POST", "/v1/collections/c/points/count", "read"),
+    ("GET", "/v1/collections/c/points/p1", "read"), ("POST", "/v1/collections/c/query", "read"),
+    ("POST", "/v1/collections/c/query/batch", "read"), ("POST", "/v1/collections/c/query/image", "read"),
+    ("GET", "/nothing/here", "read"), ("POST", "/v1/collections/c/points/x/y", "admin"),
+]
+
+
+@pytest.mark.parametrize("method,path,role", ROUTES)
+def test_route_policy(method, path, role):
+    got, collection = route_access(method, path)
+    assert got == role
+    if path.startswith("/v1/collections/c"):
+        assert collection == "c"
+
+
+def test_metrics_can_be_keyed():
+    assert route_access("GET", "/metrics", metrics_open=False) == ("read", None)
+
+
+def test_key_headers():
+    assert presented_key([(b"authorization", b"Bearer abc")]) == "abc"
+    assert presented_key([(b"authorization", b"bearer  abc ")]) == "abc"
+    assert presented_key([(b"x-api-key", b"k")]) == "k"
+    assert presented_key([(b"authorization", b"Basic abc")]) is None
+    assert presented_key([]) is None
+    assert client_headers("k") == {"Authorization": "Bearer k"} and client_headers(None) == {}
+
+
+def test_token_bucket_refills_with_the_clock():
+    clock = FakeClock(0.0)
+    b = TokenBuckets(rate=2.0, burst=3.0, clock=clock)
+    assert [b.take("k") for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = b.take("k")
+    assert wait == pytest.approx(0.5)
+    assert b.take("other") == 0.0          # buckets are per key
+    clock.advance(0.5)
+    assert b.take("k") == 0.0 and b.take("k") == pytest.approx(0.5)
+    clock.advance(100)
+    assert [b.take("k") for _ in range(4)][:3] == [0.0, 0.0, 0.0]  # refills to the burst, no further
+
+
+def test_token_buckets_forget_the_least_recently_used():
+    b = TokenBuckets(rate=1.0, burst=1.0, clock=FakeClock(0.0), max_tracked=2)
+    b.take("a"), b.take("b"), b.take("c")
+    assert set(b._buckets) == {"b", "c"}
+
+
+def guard_with(*records, clock=None, **kw):
+    return Guard(KeySource(records, None, environ={}), clock=clock or FakeClock(0.0), **kw)
+
+
+def test_guard_matrix():
+    kr, rr = new_key("read")
+    kw, rw = new_key("write")
+    ka, ra = new_key("admin")
+    ks, rs = new_key("admin", ["other"])
+    g = guard_with(rr, rw, ra, rs)
+    hdr = lambda k: [(b"authorization", f"Bearer {k}".encode())] if k else []  # noqa: E731
+    cases = {None: 401, "prism_00000000_nope": 401, kr: "read", kw: "write", ka: "admin", ks: "scoped"}
+    for method, path, role in ROUTES:
+        for key, who in cases.items():
+            v = g.check(method, path, hdr(key), "1.2.3.4")
+            if role is None:
+                assert v is None
+            elif who == 401:
+                assert isinstance(v, Refusal) and v.status == 401 and v.headers()[0][0] == b"www-authenticate"
+            else:
+                rank = {"read": 0, "write": 1, "admin": 2}
+                in_scope = who != "scoped" or not path.startswith("/v1/collections/c")
+                allowed = (rank["admin" if who == "scoped" else who] >= rank[role]) and in_scope
+                assert (not isinstance(v, Refusal)) == allowed, (method, path, who, v)
+                if not allowed:
+                    assert v.status == 403 and "may not use" in v.message
+
+
+def test_guard_without_keys_lets_everything_through_but_still_limits_by_address():
+    clock = FakeClock(0.0)
+    g = guard_with(clock=clock, read_per_s=1.0, write_per_s=1.0, burst_s=2.0)
+    assert not g.auth_on
+    assert g.check("POST", "/v1/collections/c/query", [], "a") is None
+    assert g.check("POST", "/v1/collections/c/query", [], "a") is None
+    v = g.check("POST", "/v1/collections/c/query", [], "a")
+    assert v.status == 429 and dict(v.headers())[b"retry-after"] == b"1"
+    assert g.check("POST", "/v1/collections/c/query", [], "b") is None       # another client address
+    assert g.check("POST", "/v1/collections/c/points", [], "a") is None      # writes have their own bucket
+    assert g.check("GET", "/health", [], "a") is None                        # open routes are never limited
+    clock.advance(1.0)
+    assert g.check("POST", "/v1/collections/c/query", [], "a") is None       # recovered after the window
+
+
+def test_rate_is_divided_across_ingress_replicas():
+    clock = FakeClock(0.0)
+    k, r = new_key("read")
+    g = guard_with(r, clock=clock, read_per_s=10.0, burst_s=1.0, replicas=2)
+    hdr = [(b"x-api-key", k.encode())]
+    ok = sum(not isinstance(g.check("POST", "/v1/collections/c/query", hdr, None), Refusal) for _ in range(20))
+    assert ok == 5
