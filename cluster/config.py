@@ -253,6 +253,7 @@ class StrictLimits(_Strict):
     max_upsert_points: int = Field(default=2_000, ge=1, le=2_000)     # points (or ids) in one write request
     max_shards: int = Field(default=64, ge=1, le=256)                 # shards of a new collection
     max_replicas: int = Field(default=4, ge=1, le=8)                  # replicas of a new collection
+    max_collections: int = Field(default=1_000, ge=1, le=100_000)     # collections in the cluster
 
 
 class ClusterConfig(_Strict):

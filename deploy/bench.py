@@ -263,7 +263,8 @@ def zipf_queries(total: int, distinct: int = 1000, s: float = 1.1, seed: int = 7
 
 
 async def http_load(url: str, concurrency: int, total: int, body=_text_query,
-                    path: str = "/v1/collections/bench/query", seen=None) -> tuple[list[float], float, int]:
+                    path: str = "/v1/collections/bench/query", seen=None,
+                    headers: dict[str, str] | None = None) -> tuple[list[float], float, int]:
     """`total` POSTs of `body(i)` to `path`, `concurrency` at a time: (latencies ms, requests/s, errors).
     `seen(answer)` is called with each successful answer's JSON when given."""
     import httpx
@@ -271,7 +272,8 @@ async def http_load(url: str, concurrency: int, total: int, body=_text_query,
     lat: list[float] = []
     errors = 0
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency),
+                                 headers=headers) as c:
         async def one(i: int) -> None:
             nonlocal errors
             async with sem:
@@ -749,9 +751,9 @@ def write_json(name: str, payload: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
     ap.add_argument("--only",
-                    default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny",
+                    default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny,auth",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness, batching, tiny")
+                         "freshness, batching, tiny, auth")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -797,6 +799,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_tiny import run as bench_tiny
 
             write_json("tiny", {"machine": machine(), **bench_tiny(workdir / "tiny")})
+        if "auth" in sections:
+            from deploy.bench_auth import run as bench_auth
+
+            write_json("auth", {"machine": machine(), **bench_auth(workdir / "auth")})
         from deploy.report import write_report
 
         write_report()

@@ -131,6 +131,11 @@ SECTIONS = [
         "Ray Serve app of the same shape (FastAPI ingress, one call per shard actor), same run, behind each HTTP "
         "ingress (HAProxy, the default, and Serve's Python proxy); cache off, distinct queries. This machine's c=1 "
         "latencies vary by several ms between runs: compare rows of one run, and see the notes below for two runs.")),
+    ("auth", "deploy.bench_auth", "Access control: the cost of API keys and rate limits", lambda d: (
+        "`prism up` (milvus-lite, 2 shards, FLAT, 2,000 x 64-d points), vector queries (top 10, no payload, cache "
+        "off) at c=1 over HTTP; rounds alternate auth off (no key anywhere) and on (an API key required and "
+        "sent), the keys file switched while prism runs, rate limits configured (never binding) in both. "
+        f"Target: {d['target']}.")),
     ("encode", "deploy.bench_encode", "Encoders: prism's encoder class vs raw sentence-transformers", lambda d: (
         "all-MiniLM-L6-v2, distinct texts per batch, `python -m deploy.bench --only encode`; both sides on the "
         f"same device in the same run. Target: {d['target']}. Rows of a device this machine does not have say "

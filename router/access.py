@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster.auth import KeySource, Principal, Role
+from cluster.config import ClusterConfig
 
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _POINT_READS = frozenset({"get", "scroll", "count"})
@@ -141,3 +142,10 @@ class Guard:
                 return Refusal(429, "rate_limited", f"{'read' if role == 'read' else 'write'} rate limit reached; "
                                f"retry in {wait:.2f}s", retry_after_s=wait)
         return principal
+
+
+def build_guard(cfg: ClusterConfig, replicas: int = 1) -> Guard:
+    """API keys (config, PRISM_API_KEYS, the keys file) and rate limits of one ingress replica."""
+    rl = cfg.auth.rate_limits
+    return Guard(KeySource(cfg.auth.keys, cfg.keys_file), read_per_s=rl.read_per_s, write_per_s=rl.write_per_s,
+                 burst_s=rl.burst_s, replicas=replicas, metrics_open=cfg.auth.metrics == "open")

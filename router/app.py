@@ -9,15 +9,15 @@ from typing import Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import ClusterConfig
 from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError, describe
-from cluster.auth import KeySource
-from router.access import Guard, Refusal
+from router.access import Refusal
 from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, describe, documented
 from router.metrics import process_state
 from router.models import (
@@ -109,6 +109,19 @@ api.add_middleware(Observe)
 async def _prism_error(request: Request, exc: PrismError):
     process_state().metrics.errors.labels(_endpoint(request), exc.code).inc()
     return JSONResponse(status_code=exc.status, content=exc.to_dict())
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """Framework refusals (a malformed multipart body, an unknown path or method) in prism's Error shape; a body
+    the framework could not parse is bad input like any other: 422."""
+    status = 422 if exc.status_code == 400 else exc.status_code
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+    process_state().metrics.errors.labels(_endpoint(request), code).inc()
+    body = {"error": code, "message": str(exc.detail)}
+    if status == 422:
+        body["field"] = "body"
+    return JSONResponse(status_code=status, content=body, headers=getattr(exc, "headers", None))
 
 
 @api.exception_handler(RequestValidationError)
@@ -205,6 +218,7 @@ class Ingress:
     """HTTP API v1. Every endpoint delegates to PrismService."""
 
     async def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
+        from router.access import build_guard
         from router.service import PrismService, metadata_store
         from shards.actor import start_ray_shards, stop_ray_shards
 
@@ -259,7 +273,9 @@ class Ingress:
         return {"status": "ok", "version": VERSION, "collections": self.service.list_collections(),
                 "encoders": {s["name"]: s for s in statuses}, "auth": self.state.guard.auth_on}
 
-    @api.get("/metrics", responses=documented(ACCESS))
+    @api.get("/metrics", response_class=PlainTextResponse, responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+        **documented(ACCESS)})
     async def metrics(self) -> Response:
         """Prometheus text format. Open unless `auth.metrics: keyed` (then a read key)."""
         return Response(self.state.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -357,13 +373,6 @@ class Ingress:
     async def query_batch(self, name: str, request: Request):
         """Several queries in one request, answered in order."""
         return await self.service.query_batch(name, await _json(request))
-
-
-def build_guard(cfg: ClusterConfig, replicas: int = 1) -> Guard:
-    """API keys (config, PRISM_API_KEYS, the keys file) and rate limits of one ingress replica."""
-    rl = cfg.auth.rate_limits
-    return Guard(KeySource(cfg.auth.keys, cfg.keys_file), read_per_s=rl.read_per_s, write_per_s=rl.write_per_s,
-                 burst_s=rl.burst_s, replicas=replicas, metrics_open=cfg.auth.metrics == "open")
 
 
 class BuildArgs(BaseModel):

@@ -123,6 +123,9 @@ class PrismService:
         async with self._lock:
             if name in self.coordinators:
                 raise CollectionExists(f"collection {name!r} already exists")
+            if len(self.coordinators) >= self.config.limits.max_collections:
+                raise InvalidRequest(f"this cluster holds {len(self.coordinators)} collections, its limit "
+                                     "(limits.max_collections)", field="name")
             await asyncio.to_thread(self._create_sync, cfg)
         return await self.info(name)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cluster.config import ClusterConfig, ElasticsearchConfig, MilvusConfig
 from cluster.auth import KeySource, exposure
-from cluster.errors import BackendError, PrismError
+from cluster.errors import BackendError, ConfigError, PrismError
 from cluster.services import (
     ServiceHandle, side_port, start_elasticsearch, start_milvus_server, stop_process_group, wait_http_ok,
 )
@@ -110,7 +110,12 @@ def ingress_environment(cfg: ClusterConfig, side_port: Callable[[], int]) -> tup
 def check_access(cfg: ClusterConfig) -> str:
     """The access-control line `prism up` prints; raises ConfigError (naming why) when it must not start."""
     keys = len(KeySource(cfg.auth.keys, cfg.keys_file).ring)
-    return exposure(cfg.host, cfg.port, keys, cfg.insecure)
+    line = exposure(cfg.host, cfg.port, keys, cfg.insecure)
+    mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if mode != "token":
+        raise ConfigError(f"RAY_AUTH_MODE={mode!r}: Ray's control plane (GCS, raylets, workers) would run code for "
+                          "anyone who reaches its ports, which listen on every interface; unset it", field="RAY_AUTH_MODE")
+    return line
 
 
 def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> int:
@@ -149,14 +154,9 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
         env, ingress_line = ingress_environment(cfg, side_port)
         os.environ.update(env)
-        # Ray's control plane runs code for whoever reaches it: its token authentication stays on (Ray's default
-        # for local clusters since 2.59; RAY_AUTH_MODE=disabled is refused below), the node is advertised on
-        # loopback, and no dashboard (nor its Jobs API) is started.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        if os.environ["RAY_AUTH_MODE"].lower() != "token":
-            print(f"prism up: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']!r} would let anyone who reaches Ray's ports "
-                  "run code; prism keeps it at 'token'", file=sys.stderr, flush=True)
-            os.environ["RAY_AUTH_MODE"] = "token"
+        # Ray's control plane runs code for whoever reaches it: its token authentication stays on (Ray's own
+        # default for a new local cluster since 2.59, which makes the token; RAY_AUTH_MODE=disabled is refused in
+        # check_access), the node is advertised on loopback, and no dashboard (nor its Jobs API) is started.
         # Logical CPUs only: nothing in prism reserves whole cores (num_cpus=0), so 2-core machines don't hang.
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, namespace="prism",
                  logging_level="WARNING", _node_ip_address="127.0.0.1",

@@ -91,6 +91,9 @@ def test_values_files_validate(path):
     {"prism": {"collections": [{"name": "ok", "spaces": {"t": {"dim": 0}}}]}},
     {"prism": {"collections": [{"name": "ok", "spaces": {"t": {"dim": 4, "indexType": "DISKANN"}}}]}},
     {"service": {"port": 70000}},
+    {"auth": {"keys": [{"id": "k1", "role": "root", "salt": "s", "hash": "h"}]}},
+    {"auth": {"metrics": "public"}},
+    {"auth": {"rateLimits": {"readPerS": 0}}},
     {"head": {"resources": {"requests": {"cpu": "lots"}}}},
     {"unknownKey": 1},
 ])
@@ -110,12 +113,16 @@ def test_dockerfile_is_multistage_non_root_with_healthcheck():
     assert "torch==2.13.0" in text
 
 
+KEYED = {"auth": {"existingSecret": "prism-api-keys"}}  # the chart refuses to render without API keys
+
+
 def render(values: dict | None = None) -> list[dict]:
     """The chart rendered offline by Helm v4's own engine (helm-python-sdk); its Milvus / ECK dependency charts
     cannot be fetched offline, so what they would add is not rendered here."""
     from helm_python import Chart
 
-    out = Chart.load(str(CHART)).render(values=values or {}, name="prism", namespace="search")
+    out = Chart.load(str(CHART)).render(values=KEYED if values is None else values, name="prism",
+                                        namespace="search")
     return [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
 
 
@@ -129,7 +136,7 @@ def test_helm_lint_passes():
     from helm_python import lint
 
     for path in [None, *sorted((CHART / "examples").glob("*.yaml"))]:
-        result = lint(str(CHART), load(path) if path else None)
+        result = lint(str(CHART), load(path) if path else KEYED)
         errors = [m for m in result.get("messages") or [] if m.get("severity") == 3] + (result.get("errors") or [])
         # Only the absent dependency charts may be reported: they cannot be fetched offline.
         assert all("charts/ directory" in str(e) or "dependenc" in str(e) for e in errors), (path, errors)
@@ -175,9 +182,86 @@ def _ray_env(svc: dict) -> list[dict[str, str]]:
 @pytest.mark.parametrize("haproxy, want", [(None, "1"), (True, "1"), (False, "0")])
 def test_every_ray_pod_runs_the_configured_http_ingress(haproxy, want):
     """Serve's controller and replicas read RAY_SERVE_ENABLE_HA_PROXY from their pod: every Ray pod must agree."""
-    values = {} if haproxy is None else {"service": {"haproxy": haproxy}}
+    values = KEYED if haproxy is None else {**KEYED, "service": {"haproxy": haproxy}}
     svc = next(d for d in render(values) if d.get("kind") == "RayService")
     assert [env.get("RAY_SERVE_ENABLE_HA_PROXY") for env in _ray_env(svc)] == [want] * len(_ray_env(svc))
     manifests = yaml.safe_load_all((DEPLOY / "rayservice.yaml").read_text())
     plain = next(d for d in manifests if d and d.get("kind") == "RayService")
     assert all(env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" for env in _ray_env(plain))
+
+
+def test_without_api_keys_the_chart_refuses_to_render_unless_insecure():
+    from helm_python.errors import HelmError
+
+    with pytest.raises(HelmError, match="auth: no API keys"):
+        render({})
+    cfg = serve_config(render({"auth": {"insecure": True}}))
+    assert cfg.insecure is True
+
+
+def test_ray_control_plane_is_token_authenticated_and_fenced_by_a_network_policy():
+    docs = render()
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    svc = by[("RayService", "prism")]
+    assert svc["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": "prism-ray-token"}
+    token = by[("Secret", "prism-ray-token")]["data"]["auth_token"]
+    assert len(token) >= 48  # base64 of a 48-character random token
+    policy = by[("NetworkPolicy", "prism-ray")]
+    kubernetes_validate_doc(policy)
+    release = {"app.kubernetes.io/name": "prism", "app.kubernetes.io/instance": "prism"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == release
+    rules = policy["spec"]["ingress"]
+    assert rules[0] == {"from": [{"podSelector": {"matchLabels": release}}]}  # Ray's ports: the release's pods only
+    assert rules[1] == {"ports": [{"port": 8000, "protocol": "TCP"}]}       # prism HTTP from anywhere
+    pods = [svc["spec"]["rayClusterConfig"]["headGroupSpec"], *svc["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
+    assert all(p["template"]["metadata"]["labels"].items() >= release.items() for p in pods)
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [8000]   # nothing of Ray is exposed
+    own = by_kind(render({**KEYED, "rayAuth": {"existingSecret": "mine"}, "networkPolicy": {"enabled": False}}))
+    assert own["RayService"][0]["spec"]["rayClusterConfig"]["authOptions"]["secretName"] == "mine"
+    assert "NetworkPolicy" not in own and not any(d["metadata"]["name"].endswith("ray-token") for d in own["Secret"])
+
+
+def by_kind(docs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def kubernetes_validate_doc(doc: dict) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_api_keys_rate_and_strict_limits_reach_the_ingress():
+    from cluster.auth import new_key
+
+    _, rec = new_key("admin")
+    values = {"auth": {"keys": [rec.model_dump()], "metrics": "keyed",
+                       "rateLimits": {"readPerS": 500, "writePerS": 50, "burstS": 2},
+                       "limits": {"max_limit": 200, "max_upsert_points": 500}}}
+    docs = by_kind(render(values))
+    creds = next(d for d in docs["Secret"] if d["metadata"]["name"] == "prism-credentials")
+    assert json.loads(creds["stringData"]["PRISM_API_KEYS"]) == [rec.model_dump()]
+    cfg = serve_config(docs["RayService"])
+    assert cfg.auth.metrics == "keyed" and cfg.auth.rate_limits.read_per_s == 500
+    assert cfg.auth.rate_limits.write_per_s == 50 and cfg.auth.rate_limits.burst_s == 2
+    assert cfg.limits.max_limit == 200 and cfg.limits.max_upsert_points == 500
+    env = _ray_env_from(render(KEYED))
+    assert all(e.get("PRISM_API_KEYS") == {"secretKeyRef": {"name": "prism-api-keys", "key": "PRISM_API_KEYS"}}
+               for e in env)
+
+
+def _ray_env_from(docs: list[dict]) -> list[dict]:
+    spec = next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+    return [{e["name"]: e.get("valueFrom") for e in c.get("env", [])} for p in pods
+            for c in p["template"]["spec"]["containers"]]
+
+
+def test_the_plain_rayservice_enables_ray_token_auth():
+    svc = load(DEPLOY / "rayservice.yaml")
+    assert svc["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": "prism-ray-token"}
+    jsonschema.validate(svc, crd_schema())

@@ -13,6 +13,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- default (printf "%s-credentials" (include "prism.fullname" .)) .Values.credentials.existingSecret -}}
 {{- end -}}
 
+{{- define "prism.rayTokenSecret" -}}
+{{- default (printf "%s-ray-token" (include "prism.fullname" .)) .Values.rayAuth.existingSecret -}}
+{{- end -}}
+
 {{- define "prism.milvusUri" -}}
 {{- if .Values.milvus.bundled -}}
 {{- printf "http://%s-milvus:19530" .Release.Name -}}
@@ -54,6 +58,14 @@ applications:
         shard_timeout_s: {{ .Values.prism.shardTimeoutS }}
         encoder_replicas: {{ .Values.prism.encoderReplicas }}
         max_upload_bytes: {{ .Values.prism.maxUploadBytes | int }}
+        insecure: {{ .Values.auth.insecure }}
+        auth:
+          metrics: {{ .Values.auth.metrics }}
+          rate_limits:
+            read_per_s: {{ .Values.auth.rateLimits.readPerS | toJson }}
+            write_per_s: {{ .Values.auth.rateLimits.writePerS | toJson }}
+            burst_s: {{ .Values.auth.rateLimits.burstS }}
+        limits: {{ toJson .Values.auth.limits }}
         filters:
           mode: {{ .Values.prism.filters.mode }}
           prefilter_max_ids: {{ .Values.prism.filters.prefilterMaxIds | int }}

@@ -1,0 +1,316 @@
+"""Access control on a real `prism up`: started on 0.0.0.0 with --insecure and no keys (it warns), then keys are
+created with the CLI while it runs (auth turns on within a second), then every route x every kind of key; key
+rotation; rate limits; strict limits; the OpenAPI description; Ray's ports without Ray's token; schemathesis."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import psutil
+import pytest
+import yaml
+
+from cluster.services import free_port
+from tests.e2e.conftest import Instance, prism_cli
+
+pytestmark = pytest.mark.slow
+DIM = 4
+WRITES_PER_S = 4.0
+CONFIG = {"auth": {"rate_limits": {"write_per_s": WRITES_PER_S, "burst_s": 1.0}},
+          "limits": {"max_limit": 100, "max_upsert_points": 50, "max_shards": 2, "max_replicas": 2,
+                     "max_collections": 4}}
+
+
+def vec(i: float) -> list[float]:
+    return [1.0, i, 0.5, 0.25]
+
+
+def wait_until(predicate, timeout_s: float = 10.0, what: str = "condition"):
+    """Poll a condition (the server re-reads its keys file within a second)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.05)  # poll
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def create_key(data_dir: Path, role: str, collections: str | None = None) -> str:
+    args = ["keys", "create", "--role", role, "--data-dir", str(data_dir)]
+    if collections:
+        args += ["--collections", collections]
+    r = prism_cli(*args)
+    key = r.stdout.strip()
+    assert key.startswith("prism_") and key not in r.stderr, r.stdout + r.stderr
+    return key
+
+
+class Keyed:
+    """An httpx client that honours Retry-After on 429 (write routes share a small rate limit here)."""
+
+    def __init__(self, base: str):
+        self.http = httpx.Client(base_url=base, timeout=120)
+
+    def send(self, method: str, path: str, key: str | None, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        while True:
+            r = self.http.request(method, path, headers=headers, **kw)
+            if r.status_code != 429:
+                return r
+            time.sleep(float(r.headers["retry-after"]))  # poll: the limiter says when a token is back
+
+
+@pytest.fixture(scope="module")
+def secured(milvus_server, tmp_path_factory):
+    data = tmp_path_factory.mktemp("prism-secured")
+    cfg_file = data / "prism.yaml"
+    cfg_file.write_text(yaml.safe_dump(CONFIG))
+    port = free_port()
+    refused = prism_cli("up", "--detach", "--host", "0.0.0.0", "--port", str(port), "--data-dir", str(data),
+                        "--config", str(cfg_file), check=False, timeout=60)
+    assert refused.returncode == 2 and "refusing to serve on '0.0.0.0' without API keys" in refused.stderr
+    assert not (data / "prism-instance.json").exists()  # nothing was started
+    r = prism_cli("up", "--detach", "--insecure", "--host", "0.0.0.0", "--port", str(port), "--data-dir", str(data),
+                  "--config", str(cfg_file), "--milvus", milvus_server.uri, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "WARNING: auth is off and 0.0.0.0 is not a loopback address" in r.stderr
+    inst = Instance(data, port, milvus_server.uri)
+    inst.pid = json.loads((data / "prism-instance.json").read_text())["pid"]
+    inst.url = f"http://127.0.0.1:{port}"
+    client = Keyed(inst.url)
+    assert client.send("GET", "/v1/collections", None).status_code == 200  # auth off: open
+    keys = {role: create_key(data, role) for role in ("read", "write", "admin")}
+    keys["scoped"] = create_key(data, "admin", "other")
+    wait_until(lambda: client.send("GET", "/v1/collections", None).status_code == 401, what="auth to turn on")
+    assert client.send("GET", "/health", None).json()["auth"] is True
+    spec = {"spaces": {"v": {"dim": DIM, "index": {"type": "FLAT"}}}, "shards": 2}
+    assert client.send("PUT", "/v1/collections/books", keys["admin"], json=spec).status_code == 200
+    pts = [{"id": f"b{i}", "payload": {"genre": "sf" if i % 2 else "crime", "pages": 100 + i}, "vectors": {"v": vec(i)}}
+           for i in range(6)]
+    assert client.send("POST", "/v1/collections/books/points", keys["write"], json={"points": pts}).status_code == 200
+    inst.keys, inst.client = keys, client
+    yield inst
+    client.http.close()
+    prism_cli("down", "--data-dir", str(data), check=False)
+
+
+def routes(who: str) -> list[tuple[str, str, str, dict]]:
+    """(method, path, role needed, request kwargs); writes use ids of their own so refused ones can be checked."""
+    q = {"prefetch": [{"space": "v", "vector": vec(1)}], "fusion": {"method": "none"}, "limit": 3}
+    return [
+        ("GET", "/v1/collections", "read", {}),
+        ("GET", "/v1/collections/books", "read", {}),
+        ("POST", "/v1/collections/books/query", "read", {"json": q}),
+        ("POST", "/v1/collections/books/query/batch", "read", {"json": {"queries": [q]}}),
+        ("POST", "/v1/collections/books/points/get", "read", {"json": {"ids": ["b1"]}}),
+        ("POST", "/v1/collections/books/points/scroll", "read", {"json": {"limit": 2}}),
+        ("POST", "/v1/collections/books/points/count", "read", {"json": {}}),
+        ("GET", "/v1/collections/books/points/b1", "read", {}),
+        ("POST", "/v1/collections/books/points", "write",
+         {"json": {"points": [{"id": f"new-{who}", "vectors": {"v": vec(9)}}]}}),
+        ("POST", "/v1/collections/books/points/vectors", "write",
+         {"json": {"points": [{"id": "b2", "vectors": {"v": vec(2)}}]}}),
+        ("POST", "/v1/collections/books/points/delete", "write", {"json": {"ids": [f"gone-{who}"]}}),
+        ("POST", "/v1/collections/books/reshard", "admin", {"json": {"shards": 2}}),
+        ("PUT", f"/v1/collections/tmp_{who}", "admin",
+         {"json": {"spaces": {"v": {"dim": DIM, "index": {"type": "FLAT"}}}}}),
+        ("DELETE", f"/v1/collections/tmp_{who}", "admin", {}),
+    ]
+
+
+RANK = {"read": 0, "write": 1, "admin": 2}
+
+
+@pytest.mark.parametrize("who", ["none", "wrong", "read", "write", "admin", "scoped"])
+def test_every_route_answers_each_kind_of_key_as_documented(secured, who):
+    c, keys = secured.client, secured.keys
+    key = {"none": None, "wrong": "prism_00000000_not-a-real-key"}.get(who, keys.get(who))
+    for method, path, role, kw in routes(who):
+        r = c.send(method, path, key, **kw)
+        if who in ("none", "wrong"):
+            want = 401
+        elif who == "scoped":
+            want = 200 if path == "/v1/collections" else 403
+        else:
+            want = 200 if RANK[who] >= RANK[role] else 403
+        assert r.status_code == want, (who, method, path, r.status_code, r.text)
+        if want >= 400:
+            body = r.json()
+            assert body["error"] == ("unauthenticated" if want == 401 else "forbidden")
+            assert key is None or key not in r.text  # a key is never echoed
+            assert (r.headers.get("www-authenticate") == 'Bearer realm="prism"') == (want == 401)
+    for open_path in ("/health", "/metrics", "/openapi.json"):
+        assert c.send("GET", open_path, key).status_code == 200
+    if who == "scoped":
+        assert c.send("GET", "/v1/collections", key).json() == {"collections": []}  # books is out of its scope
+    # nothing a refused request asked for happened
+    admin = keys["admin"]
+    got = c.send("POST", "/v1/collections/books/points/get", admin, json={"ids": [f"new-{who}"]}).json()
+    assert bool(got["points"]) == (who in ("write", "admin")), got
+    names = c.send("GET", "/v1/collections", admin).json()["collections"]
+    assert "books" in names and f"tmp_{who}" not in names
+
+
+def test_keys_rotate_without_a_restart(secured):
+    c, data = secured.client, secured.data_dir
+    old, new = create_key(data, "read"), None
+    wait_until(lambda: c.send("GET", "/v1/collections", old).status_code == 200, what="the new key")
+    new = create_key(data, "read")
+    wait_until(lambda: c.send("GET", "/v1/collections", new).status_code == 200, what="the second key")
+    assert c.send("GET", "/v1/collections", old).status_code == 200  # both valid at once
+    prism_cli("keys", "revoke", old.split("_")[1], "--data-dir", str(data))
+    wait_until(lambda: c.send("GET", "/v1/collections", old).status_code == 401, what="the revocation")
+    assert c.send("GET", "/v1/collections", new).status_code == 200
+    listed = prism_cli("keys", "list", "--data-dir", str(data)).stdout
+    assert new.split("_")[1] in listed and old.split("_")[1] not in listed and new not in listed
+
+
+def test_a_burst_of_writes_gets_429_with_retry_after_then_recovers(secured):
+    http, key = secured.client.http, secured.keys["write"]
+    headers = {"X-API-Key": key}
+    statuses = []
+    # A write to a missing collection costs the limiter a token and the server almost nothing (then a 404), so
+    # the burst outruns the refill.
+    for _ in range(int(WRITES_PER_S) * 3):
+        r = http.post("/v1/collections/missing/points/delete", json={"ids": ["nobody"]}, headers=headers)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert statuses[-1] == 429 and 404 in statuses, statuses
+    assert r.json()["error"] == "rate_limited"
+    retry = int(r.headers["retry-after"])
+    assert 1 <= retry <= 2
+    t0 = time.monotonic()
+    wait_until(lambda: http.post("/v1/collections/missing/points/delete", json={"ids": ["nobody"]},
+                                 headers=headers).status_code == 404, timeout_s=retry + 2, what="recovery")
+    assert time.monotonic() - t0 <= retry + 1.5
+    # reads are not limited here, and limits are per key
+    assert all(http.get("/v1/collections", headers={"X-API-Key": secured.keys["read"]}).status_code == 200
+               for _ in range(10))
+
+
+@pytest.mark.parametrize("path,body,field,limit", [
+    ("query", {"prefetch": [{"space": "v", "vector": vec(1)}], "fusion": {"method": "none"}, "limit": 101},
+     "limit", "max_limit"),
+    ("points", {"points": [{"id": f"x{i}", "vectors": {"v": vec(i)}} for i in range(51)]}, "points",
+     "max_upsert_points"),
+])
+def test_strict_limits_are_422s_naming_field_and_limit(secured, path, body, field, limit):
+    r = secured.client.send("POST", f"/v1/collections/books/{path}", secured.keys["admin"], json=body)
+    assert r.status_code == 422 and r.json()["field"] == field and limit in r.json()["message"], r.text
+
+
+def test_layout_limits_refuse_a_collection_too_large(secured):
+    spec = {"spaces": {"v": {"dim": DIM}}, "shards": 3}
+    r = secured.client.send("PUT", "/v1/collections/big", secured.keys["admin"], json=spec)
+    assert r.status_code == 422 and r.json()["field"] == "shards" and "max_shards" in r.json()["message"]
+    assert "big" not in secured.client.send("GET", "/v1/collections", secured.keys["admin"]).json()["collections"]
+
+
+def test_openapi_documents_every_body_and_error(secured):
+    doc = secured.client.send("GET", "/openapi.json", None).json()
+    schemas = doc["components"]["schemas"]
+    assert {"bearer", "apiKey"} <= set(doc["components"]["securitySchemes"])
+    checked = 0
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            if path in ("/health", "/openapi.json", "/docs", "/redoc"):
+                assert op.get("security") == [], path
+                continue
+            assert {"401", "403", "429"} <= codes, (method, path, codes)
+            if method in ("post", "put"):
+                body = op.get("requestBody", {}).get("content", {})
+                assert body, (method, path)
+                for media in body.values():
+                    ref = media["schema"].get("$ref")
+                    if ref:  # JSON bodies: a named model; multipart (query/image): FastAPI's own form schema
+                        assert ref.split("/")[-1] in schemas, ref
+                assert "422" in codes and "413" in codes
+            if "{name}" in path and method != "put":  # PUT creates it
+                assert "404" in codes
+            for code in codes - {"200"}:
+                assert op["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+            checked += 1
+    assert checked >= 16
+
+
+def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
+    out = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    out.append((pid, conn.laddr.ip, conn.laddr.port))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+# A real method of each Ray service: called without Ray's token it must be refused, never answered.
+RAY_METHODS = {"gcs_server": "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",
+               "raylet": "/ray.rpc.NodeManagerService/GetNodeStats"}
+CORE_WORKER = "/ray.rpc.CoreWorkerService/NumPendingTasks"
+
+
+def _grpc_code(port: int, method: str) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        fn = ch.unary_unary(method, request_serializer=lambda x: x, response_deserializer=lambda x: x)
+        try:
+            fn(b"", timeout=5)
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+
+def test_ray_ports_refuse_callers_without_the_ray_token(secured):
+    """Ray's gRPC servers listen on every interface (Ray has no bind option); what keeps them shut is Ray's token
+    authentication, which `prism up` keeps on. Each is probed through loopback, which reaches a wildcard socket
+    just as another host would."""
+    state = json.loads((secured.data_dir / "prism-instance.json").read_text())
+    assert state["ray_auth"] == "token"
+    root = psutil.Process(secured.pid)
+    procs = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    ray_pids = {pid for pid, p in procs.items() if p.name() in RAY_METHODS or p.name().startswith("ray::")
+                or pid == secured.pid}
+    seen: dict[str, int] = {}
+    for pid, ip, port in _listening(ray_pids):
+        if ip in ("127.0.0.1", "::1"):
+            continue
+        name = procs[pid].name()
+        kind = name if name in RAY_METHODS else "core_worker"
+        code = _grpc_code(port, RAY_METHODS.get(name, CORE_WORKER))
+        assert code != "OK", f"{name} (pid {pid}) port {port} answered without Ray's token"
+        if code == "UNAUTHENTICATED":
+            seen[kind] = seen.get(kind, 0) + 1
+    assert seen.get("gcs_server") and seen.get("raylet") and seen.get("core_worker", 0) >= 3, seen
+    status = prism_cli("status", "--data-dir", str(secured.data_dir), env={"PRISM_API_KEY": secured.keys["read"]})
+    assert "token authentication on" in status.stdout and "API keys: required" in status.stdout
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(secured, tmp_path):
+    """A short fuzz run over the whole OpenAPI with an admin key (`make bench` documents a longer one)."""
+    exe = Path(sys.executable).with_name("schemathesis")
+    # Most generated names would only ever meet a 404: aim most at the real collection and point.
+    (tmp_path / "schemathesis.toml").write_text(
+        '[dictionaries.names]\nvalues = ["books", "missing"]\n'
+        '[dictionaries.points]\nvalues = ["b1", "b2", "absent"]\n'
+        '[parameters]\n"path.name" = { dictionary = "names", probability = 0.8 }\n'
+        '"path.point_id" = { dictionary = "points", probability = 0.8 }\n')
+    cmd = [str(exe), "--no-color", "run", f"{secured.url}/openapi.json", "-H", f"Authorization: Bearer {secured.keys['admin']}",
+           "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+           "response_schema_conformance", "--phases", "examples,coverage,fuzzing", "--max-examples", "8",
+           "--rate-limit", "auto", "--request-timeout", "60", "--workers", "2", "--max-time", "150",
+           "--seed", "17"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path,
+                       env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "No issues found" in r.stdout or "passed" in r.stdout.lower(), r.stdout[-3000:]
