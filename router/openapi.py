@@ -39,8 +39,9 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {}
 
 def documented(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
     """FastAPI `responses` for these error codes, each answered with the Error model."""
-    return {c: {"model": Error, "description": ERROR_TEXT[c], **({"headers": _HEADERS[c]} if c in _HEADERS else {})}
-            for c in sorted(set(codes))}
+    json_error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {c: {"model": Error, "description": ERROR_TEXT[c], "content": json_error,
+                **({"headers": _HEADERS[c]} if c in _HEADERS else {})} for c in sorted(set(codes))}
 
 
 def body_doc(model: type[BaseModel] | str, codes: tuple[int, ...]) -> dict[str, Any]:
@@ -84,7 +85,14 @@ def describe(schema: dict[str, Any]) -> dict[str, Any]:
                                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
     schema["security"] = [{"bearer": []}, {"apiKey": []}]
     for path, ops in schema.get("paths", {}).items():
-        if path in OPEN_ROUTES:
-            for op in ops.values():
+        for op in ops.values():
+            if path in OPEN_ROUTES:
                 op["security"] = []
+            # FastAPI documents its own validation error body; prism's handler answers those in the Error shape.
+            bad = op.get("responses", {}).get("422", {}).get("content", {}).get("application/json", {})
+            if bad.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                op["responses"]["422"] = {"description": ERROR_TEXT[422], "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
     return schema

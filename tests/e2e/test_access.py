@@ -308,8 +308,11 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(secured, tmp
     cmd = [str(exe), "--no-color", "run", f"{secured.url}/openapi.json", "-H", f"Authorization: Bearer {secured.keys['admin']}",
            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
            "response_schema_conformance", "--phases", "examples,coverage,fuzzing", "--max-examples", "8",
-           "--rate-limit", "auto", "--request-timeout", "60", "--workers", "2", "--max-time", "150",
-           "--seed", "17"]
+           "--rate-limit", "auto", "--request-timeout", "60", "--workers", "1", "--max-time", "90",
+           "--seed", "17",
+           # Dropping the collection the dictionaries aim at would leave every later case a 404; DELETE is
+           # covered by the matrix above.
+           "--exclude-method", "DELETE"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path,
                        env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]

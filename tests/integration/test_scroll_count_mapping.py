@@ -97,7 +97,8 @@ def test_a_scroll_under_concurrent_upserts_returns_every_lasting_point_exactly_o
         async def writer():
             k = 0
             while not stop.is_set():  # new points everywhere in the id order, and rewrites of lasting ones
-                await coord.upsert(make_points(10, 100 + k, prefix="p") + lasting[k * 5:(k + 1) * 5])
+                # wait=False: acknowledged at once, so writes land between pages on the server too
+                await coord.upsert(make_points(10, 100 + k, prefix="p") + lasting[k * 5:(k + 1) * 5], wait=False)
                 k += 1
 
         async def reader():
@@ -107,11 +108,12 @@ def test_a_scroll_under_concurrent_upserts_returns_every_lasting_point_exactly_o
                 seen.extend(page)
                 if len(page) < 13:
                     break
-                after = page[-1]
-                await asyncio.sleep(0)  # let the writer in between pages
+                after = page[-1]  # each scan waits on the shards' threads, so the writer runs between pages
             stop.set()
 
+        version0 = coord.version
         await asyncio.gather(writer(), reader())
+        assert coord.version - version0 >= 4, "the writer never ran during the scroll"
         return seen
 
     seen = asyncio.run(run())
