@@ -296,6 +296,25 @@ def test_ray_ports_refuse_callers_without_the_ray_token(secured):
     assert "token authentication on" in status.stdout and "API keys: required" in status.stdout
 
 
+def test_the_load_test_harness_sends_its_key(secured, tmp_path):
+    c, keys = secured.client, secured.keys
+    spec = {"spaces": {"text": {"dim": 384, "encoder": "minilm", "source": "description"}}}
+    assert c.send("PUT", "/v1/collections/shop", keys["admin"], json=spec).status_code == 200
+    pts = [{"id": f"s{i}", "payload": {"description": d}} for i, d in enumerate(
+        ["waterproof hiking boots", "wool sweater", "trail running shoes", "rain jacket"])]
+    assert c.send("POST", "/v1/collections/shop/points", keys["write"], json={"points": pts}).status_code == 200
+    refused = prism_cli("loadtest", "--url", secured.url, "--collection", "shop", "--run-time", "2s",
+                        "--out", str(tmp_path / "nokey"), check=False, env={"PRISM_API_KEY": ""})
+    assert refused.returncode == 2 and "HTTP 401" in refused.stderr and "Traceback" not in refused.stderr
+    out = tmp_path / "report"
+    r = prism_cli("loadtest", "--url", secured.url, "--collection", "shop", "--users", "2", "--spawn-rate", "2",
+                  "--run-time", "5s", "--out", str(out), "--api-key", keys["read"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    total = json.loads((out / "summary.json").read_text())["total"]
+    assert total["requests"] > 0 and total["error_rate"] == 0, total
+    c.send("DELETE", "/v1/collections/shop", keys["admin"])
+
+
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(secured, tmp_path):
     """A short fuzz run over the whole OpenAPI with an admin key (`make bench` documents a longer one)."""
     exe = Path(sys.executable).with_name("schemathesis")
