@@ -67,6 +67,35 @@ class SpaceConfig(_Strict):
         return self
 
 
+LEXICAL_FIELD_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]{0,63})(?:\^(\d+(?:\.\d+)?))?$")
+
+
+class LexicalSpaceConfig(_Strict):
+    """A lexical space: BM25 over payload text fields, answered by the metadata store (Elasticsearch) with the
+    collection's global term statistics. `fields` take an optional boost: `"name^2"`."""
+
+    kind: Literal["bm25"] = "bm25"
+    fields: list[str] = Field(min_length=1, max_length=32)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: list[str]) -> list[str]:
+        for f in value:
+            if not LEXICAL_FIELD_RE.match(f):
+                raise ValueError(f"field {f!r} must be a payload field name, optionally with a boost: 'name^2'")
+        if len({LEXICAL_FIELD_RE.match(f).group(1) for f in value}) != len(value):
+            raise ValueError(f"fields {value!r} name a field twice")
+        return value
+
+    def boosts(self) -> list[tuple[str, float]]:
+        """(field, boost) pairs."""
+        out = []
+        for f in self.fields:
+            m = LEXICAL_FIELD_RE.match(f)
+            out.append((m.group(1), float(m.group(2) or 1.0)))
+        return out
+
+
 class MilvusConfig(_Strict):
     """Where shard collections live: embedded milvus-lite, an external server, or the bundled 2.3 standalone."""
 
@@ -187,6 +216,29 @@ class CollectionConfig(_Strict):
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     write_quorum: Literal["all", "majority"] | int = "majority"
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Spaces of kind bm25 (given among `spaces` or here): Elasticsearch answers them; shards hold none.
+    lexical: dict[str, LexicalSpaceConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_lexical(cls, data: Any) -> Any:
+        """`spaces` may mix vector spaces and `{"kind": "bm25", ...}` ones; the lexical ones move to `lexical`."""
+        if not isinstance(data, dict) or not isinstance(data.get("spaces"), dict):
+            return data
+        spaces, lexical = {}, dict(data.get("lexical") or {})
+        for name, space in data["spaces"].items():
+            kind = space.get("kind") if isinstance(space, dict) else None
+            if kind == "bm25":
+                if name in lexical:
+                    raise ValueError(f"space {name!r} is given twice")
+                lexical[name] = space
+            elif kind == "dense":
+                spaces[name] = {k: v for k, v in space.items() if k != "kind"}
+            elif kind is not None:
+                raise ValueError(f"space {name!r}: unknown kind {kind!r}; known: dense, bm25")
+            else:
+                spaces[name] = space
+        return {**data, "spaces": spaces, **({"lexical": lexical} if lexical else {})}
 
     @field_validator("name")
     @classmethod
@@ -204,6 +256,20 @@ class CollectionConfig(_Strict):
             if not NAME_RE.match(name):
                 raise ValueError(f"space name {name!r} must match {NAME_RE.pattern}")
         return value
+
+    @model_validator(mode="after")
+    def _lexical_fields_are_text(self) -> "CollectionConfig":
+        for name in self.lexical:
+            if not NAME_RE.match(name):
+                raise ValueError(f"space name {name!r} must match {NAME_RE.pattern}")
+            if name in self.spaces:
+                raise ValueError(f"space {name!r} is both a vector and a lexical space")
+            for field, _ in self.lexical[name].boosts():
+                kind = self.metadata.setdefault(field, "text")
+                if kind != "text":
+                    raise ValueError(f"lexical space {name!r} reads field {field!r}, which is mapped as {kind!r}; "
+                                     "BM25 needs a text field")
+        return self
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> "CollectionConfig":

@@ -91,29 +91,38 @@ class Coordinator:
         budget_ms = req.budget_ms or self.budget_ms
         deadline = clock.t0 + budget_ms / 1000 if budget_ms else None
         ran: dict[str, dict[str, Any]] = {}
-        self.vectors.validate_query(req)
-        plans = await self.filtering.plan(req)
+        # Lexical (bm25) prefetches are answered by Elasticsearch; the rest (dense) by the shards.
+        lexical = self.filtering.lexical_prefetches(req)
+        dense = [i for i in range(len(req.prefetch)) if i not in lexical]
+        sub = req if not lexical else req.model_copy(update={"prefetch": [req.prefetch[i] for i in dense]})
+        self.vectors.validate_query(sub)
+        plans = dict(zip(dense, await self.filtering.plan(sub)))
         clock.lap("plan")
-        vectors, notes = await self.vectors.query_vectors(req)
+        vecs, notes = await self.vectors.query_vectors(sub) if dense else ([], [])
+        vectors = dict(zip(dense, vecs))
         clock.lap("embed")
         limits = [req.prefetch_limit(p) for p in req.prefetch]
         payload, spaces = req.returns()
-        inline = payload and not spaces and inline_payload(limits, self.config.shards, self.inline_payload_max)
-        specs = [SearchSpec(p.space, vectors[i], limits[i], plans[i].expr, p.params, req.consistency,
-                            inline and plans[i].kind != "postfilter") for i, p in enumerate(req.prefetch)]
+        inline = payload and not spaces and inline_payload([limits[i] for i in dense], self.config.shards,
+                                                           self.inline_payload_max)
+        specs = {i: SearchSpec(req.prefetch[i].space, vectors[i], limits[i], plans[i].expr, req.prefetch[i].params,
+                               req.consistency, inline and plans[i].kind != "postfilter") for i in dense}
         merged, failed = [[] for _ in req.prefetch], {}  # per prefetch: its global top-k; shard -> its error
-        direct = [i for i, pl in enumerate(plans) if pl.kind != "postfilter" and pl.expr != NOTHING]
+        direct = [i for i in dense if plans[i].kind != "postfilter" and plans[i].expr != NOTHING]
         if direct:
             lists, fails = await self._fan_out([specs[i] for i in direct], deadline, ran)
             failed.update(fails)
             for j, i in enumerate(direct):
                 merged[i] = merge_topk(lists[j], specs[i].limit)
         rounds = 0
-        for i, pl in enumerate(plans):
-            if pl.kind == "postfilter":
-                merged[i], r, fails = await self.filtering.postfilter(specs[i], pl, lambda s: self._fan_out(s, deadline, ran))
+        for i in dense:
+            if plans[i].kind == "postfilter":
+                merged[i], r, fails = await self.filtering.postfilter(specs[i], plans[i],
+                                                                      lambda s: self._fan_out(s, deadline, ran))
                 rounds = max(rounds, r)
                 failed.update(fails)
+        for i, space in lexical.items():
+            merged[i] = await self.filtering.lexical(space, req, i, limits[i], payload and not spaces)
         clock.lap("fan_out")
         failures = [ShardFailure(shard=s, reason=e.cause, message=e.message) for s, e in sorted(failed.items())]
         answered = req.check_coverage(self.config.shards, failures)
@@ -129,7 +138,8 @@ class Coordinator:
             hits=hits,
             coverage=Coverage(shards_total=self.config.shards, shards_answered=answered, failed=failures),
             partial=bool(failures), took_ms=clock.total_ms(), timings_ms=clock.laps if req.debug else None,
-            search_params=ran or None, filter_rounds=rounds, filter_plans=[pl.kind for pl in plans],
+            search_params=ran or None, filter_rounds=rounds,
+            filter_plans=[plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))],
             notes=notes + hydrate_notes,
         )
 

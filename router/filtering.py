@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, FilterSettings
-from cluster.errors import BackendError, IndexRefused, MetadataUnavailable
+from cluster.errors import BackendError, IndexRefused, InvalidRequest, MetadataUnavailable
 from router.filters import Node, and_, parse_filter, split_conjuncts, to_es
 from router.merge import merge_topk
 from router.models import QueryRequest
@@ -103,6 +103,35 @@ class Filtering:
                 break
             fetch = bigger
         return kept[:need], rounds, failed
+
+    def lexical_prefetches(self, req: QueryRequest) -> dict[int, Any]:
+        """The prefetches that name a lexical (bm25) space, checked: they take text, nothing else."""
+        out = {}
+        for i, p in enumerate(req.prefetch):
+            space = self.config.lexical.get(p.space)
+            if space is None:
+                continue
+            for kind in ("vector", "image", "params"):
+                if getattr(p, kind) is not None:
+                    raise InvalidRequest(f"prefetch[{i}].{kind}: space {p.space!r} is lexical (bm25): send text",
+                                         field=f"prefetch[{i}].{kind}")
+            if not p.text or not p.text.strip():
+                raise InvalidRequest(f"prefetch[{i}].text: a lexical space needs query text", field=f"prefetch[{i}].text")
+            self._store(f"lexical space {p.space!r}")
+            out[i] = space
+        return out
+
+    async def lexical(self, space: Any, req: QueryRequest, i: int, limit: int, with_payload: bool) -> list[ScoredId]:
+        """The global BM25 top `limit` of one lexical prefetch: Elasticsearch holds one document per point, so its
+        term statistics are the collection's, whatever the shard count; filters restrict it in filter context."""
+        mapping = self.config.metadata
+        p = req.prefetch[i]
+        top = parse_filter(req.filter, mapping, "filter") if req.filter is not None else None
+        own = parse_filter(p.filter, mapping, f"prefetch[{i}].filter") if p.filter is not None else None
+        node = and_(top, own)
+        hits = await asyncio.to_thread(self._store("a lexical space").lexical, self.config.name, space.boosts(),
+                                       p.text, to_es(node) if node is not None else None, limit, with_payload)
+        return [ScoredId(pid, score, payload) for pid, score, payload in hits]
 
     def split(self, dsl: dict[str, Any] | None) -> tuple[str | None, Node | None]:
         """A filter as (the Milvus expression of what shards can run, the rest for Elasticsearch)."""

@@ -106,6 +106,18 @@ class MetadataStore:
                          source=False, track_total_hits=False)
         return [h["_id"] for h in res["hits"]["hits"]]
 
+    def lexical(self, collection: str, fields: Sequence[tuple[str, float]], text: str, filters: dict[str, Any] | None,
+                limit: int, with_source: bool) -> list[tuple[str, float, dict[str, Any] | None]]:
+        """BM25 top `limit` over `fields` (each with its boost; scores add up, as `most_fields`), with the filter in
+        filter context (it restricts, it does not score): [(id, score, payload or None)]."""
+        query: dict[str, Any] = {"bool": {
+            "should": [{"match": {f: {"query": text, "boost": b}}} for f, b in fields], "minimum_should_match": 1,
+            **({"filter": [filters]} if filters else {})}}
+        res = self._call("search", self.es.search, index=index_name(collection), query=query, size=limit,
+                         source=with_source, track_total_hits=False)
+        return [(h["_id"], float(h["_score"]), h.get("_source") if with_source else None)
+                for h in res["hits"]["hits"]]
+
     def confirm(self, collection: str, query: dict[str, Any], ids: Sequence[str]) -> set[str]:
         """The subset of `ids` that match `query`."""
         if not ids:

@@ -67,3 +67,38 @@ def _comparable(v: Any, ftype: str) -> Any:
 def _in_range(c: Any, bounds: dict[str, Any]) -> bool:
     return ((("gt" not in bounds) or c > bounds["gt"]) and (("gte" not in bounds) or c >= bounds["gte"])
             and (("lt" not in bounds) or c < bounds["lt"]) and (("lte" not in bounds) or c <= bounds["lte"]))
+
+
+def bm25(docs: dict[str, dict[str, Any]], fields: list[tuple[str, float]], query: str,
+         k1: float = 1.2, b: float = 0.75) -> dict[str, float]:
+    """Reference BM25 (Lucene's formula, exact document lengths) of `query` over `docs` (id -> payload): per field,
+    with that field's own document count and average length, each query token scored, boosts multiplied, fields
+    added up (a bool of one `match` per field). Ids that match no token are absent."""
+    import math
+    import re
+
+    # Elasticsearch's standard analyzer (Unicode word boundaries): "chef's" and "1.8" are one token each.
+    word = re.compile(r"\d+(?:[.,]\d+)+|[^\W_]+(?:['\u2019][^\W_]+)*")
+
+    def tokens(text: str) -> list[str]:
+        return [t.lower() for t in word.findall(text)]
+
+    out: dict[str, float] = {}
+    q = tokens(query)
+    for field, boost in fields:
+        toks = {i: tokens(p[field]) for i, p in docs.items() if isinstance(p.get(field), str) and tokens(p[field])}
+        n_docs = len(toks)
+        if not n_docs:
+            continue
+        avgdl = sum(len(t) for t in toks.values()) / n_docs
+        for term in q:
+            n_t = sum(term in t for t in toks.values())
+            if not n_t:
+                continue
+            idf = math.log(1 + (n_docs - n_t + 0.5) / (n_t + 0.5))
+            for i, t in toks.items():
+                tf = t.count(term)
+                if tf:
+                    norm = k1 * (1 - b + b * len(t) / avgdl)
+                    out[i] = out.get(i, 0.0) + boost * idf * tf * (k1 + 1) / (tf + norm)
+    return out
