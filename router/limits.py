@@ -9,6 +9,11 @@ from typing import Any
 from cluster.config import CollectionConfig, StrictLimits
 from cluster.errors import InvalidRequest
 from router.models import BatchQueryRequest, QueryRequest
+from router.plan import SEARCH_PARAM_BOUNDS
+
+# A value no index accepts at all is reported by the index-bounds check (naming Milvus's range), not as a policy
+# limit; strict limits bound the values that would otherwise run.
+_HARD_MAX = {name: max(b[name][1] for b in SEARCH_PARAM_BOUNDS.values() if name in b) for name in ("ef", "nprobe")}
 
 _BOOL_KEYS = ("must", "filter", "should", "must_not")
 
@@ -68,7 +73,7 @@ def check_query(req: QueryRequest, limits: StrictLimits, at: str = "") -> None:
             raise _over(f"{where}.limit", p.limit, limits.max_prefetch_limit, "candidates")
         for name, bound in (("ef", limits.max_ef), ("nprobe", limits.max_nprobe)):
             value = (p.params or {}).get(name)
-            if value is not None and value > bound:
+            if value is not None and bound < value <= _HARD_MAX[name]:
                 raise _over(f"{where}.params.{name}", int(value), bound, name)
         check_filter(p.filter, limits, f"{where}.filter")
 

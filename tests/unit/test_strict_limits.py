@@ -76,3 +76,8 @@ def test_batch_write_and_layout_limits():
         with pytest.raises(InvalidRequest) as exc:
             check_layout(cfg, L)
         assert exc.value.field == field and f"max_{field}" in exc.value.message
+
+
+def test_values_no_index_accepts_are_left_to_the_index_bounds_check():
+    # ef = 100000000 is refused by check_search_params naming Milvus's own range (1..32768), not as a policy limit
+    check_query(q(prefetch=[{"space": "v", "vector": [1.0], "params": {"ef": 100_000_000}}]), L)
