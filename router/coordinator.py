@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, FilterSettings, ImageLimits
-from cluster.errors import ConfigError, ShardUnavailable
+from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable
 from cluster.ring import HashRing
 from router.filtering import NOTHING, Filtering
 from router.filters import normalise_meta
@@ -23,10 +23,11 @@ from router.mapping import infer_fields
 from router.fusion import fuse
 from router.merge import merge_topk
 from router.models import (
-    Coverage, DeleteResponse, Hit, Point, QueryRequest, QueryResponse, ShardFailure, UpsertResponse,
+    Coverage, DeleteResponse, Hit, HitGroup, Point, QueryRequest, QueryResponse, ShardFailure, UpsertResponse,
     select_payload,
 )
 from router.plan import INLINE_PAYLOAD_MAX, inline_payload
+from router.stages import Boost, Group, formula, group_by, mmr
 from router.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate
 from router.timing import Stages
 from router.vectors import Encode, EncodeImages, Vectors, merge_updates
@@ -91,6 +92,7 @@ class Coordinator:
         budget_ms = req.budget_ms or self.budget_ms
         deadline = clock.t0 + budget_ms / 1000 if budget_ms else None
         ran: dict[str, dict[str, Any]] = {}
+        self.check_stages(req)
         # Lexical (bm25) prefetches are answered by Elasticsearch; the rest (dense) by the shards.
         lexical = self.filtering.lexical_prefetches(req)
         dense = [i for i in range(len(req.prefetch)) if i not in lexical]
@@ -128,20 +130,63 @@ class Coordinator:
         answered = req.check_coverage(self.config.shards, failures)
         # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
-                     limit=req.offset + req.limit)
-        page = fused[req.offset : req.offset + req.limit]
-        clock.lap("merge_fuse")
+                     limit=max(req.offset + req.limit, req.candidates()))
         known = {h.id: h.payload for lst in merged for h in lst if h.payload is not None}
+        groups = None
+        if req.stages:  # on the global candidates too: never per shard
+            fused, groups = await self._stages(fused, req, known)
+            known.update({h.id: h.payload for h in fused if h.payload is not None})
+        page = fused[req.offset : req.offset + req.limit] if groups is None else [h for g in groups for h in g.hits]
+        clock.lap("merge_fuse")
         hits, hydrate_notes = await self._hydrate(page, req, known)
         clock.lap("hydrate")
+        by_id = {h.id: h for h in hits}
         return QueryResponse(
             hits=hits,
+            groups=None if groups is None else [HitGroup(value=g.value, hits=[by_id[h.id] for h in g.hits])
+                                                for g in groups],
             coverage=Coverage(shards_total=self.config.shards, shards_answered=answered, failed=failures),
             partial=bool(failures), took_ms=clock.total_ms(), timings_ms=clock.laps if req.debug else None,
             search_params=ran or None, filter_rounds=rounds,
             filter_plans=[plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))],
             notes=notes + hydrate_notes,
         )
+
+    def check_stages(self, req: QueryRequest) -> None:
+        """Stage fields must be mapped payload fields and MMR spaces vector spaces: a 422 naming the field."""
+        for i, st in enumerate(req.stages):
+            fields = ([(f"stages[{i}].formula.boost[{j}].field", b.field) for j, b in enumerate(st.formula.boost)]
+                      if st.formula else [(f"stages[{i}].group_by.field", st.group_by.field)] if st.group_by else [])
+            for where, field in fields:
+                if field not in self.config.metadata:
+                    raise InvalidRequest(f"{where}: field {field!r} is not in the metadata mapping (known: "
+                                         f"{', '.join(sorted(self.config.metadata)) or 'none'})", field=where)
+            if st.mmr and st.mmr.space not in self.config.spaces:
+                raise InvalidRequest(f"stages[{i}].mmr.space: {st.mmr.space!r} is not a vector space of "
+                                     f"{self.config.name!r} (has {sorted(self.config.spaces)})",
+                                     field=f"stages[{i}].mmr.space")
+
+    async def _stages(self, fused: list[ScoredId], req: QueryRequest, known: dict[str, dict[str, Any]]
+                      ) -> tuple[list[ScoredId], list[Group] | None]:
+        """The stages in order over the fused candidates (payloads and vectors fetched for them only)."""
+        pool = list(fused)
+        if any(st.formula or st.group_by for st in req.stages):
+            missing = [h.id for h in pool if h.id not in known]
+            rows, _ = await self.fetch(missing) if missing else ({}, {})
+            payloads = {**known, **{i: r.payload for i, r in rows.items()}}
+            pool = [ScoredId(h.id, h.score, payloads.get(h.id)) for h in pool]
+        groups = None
+        for st in req.stages:
+            if st.formula:
+                pool = formula(pool, [Boost(b.field, b.equals, b.add, b.decay, b.origin, b.scale, b.offset,
+                                            b.decay_at, b.multiply) for b in st.formula.boost])
+            elif st.mmr:
+                rows, _ = await self.fetch([h.id for h in pool], [st.mmr.space])
+                vectors = {i: r.vectors[st.mmr.space] for i, r in rows.items() if st.mmr.space in r.vectors}
+                pool = mmr(pool, vectors, st.mmr.lambda_)
+            else:
+                groups = group_by(pool, st.group_by.field, st.group_by.size, st.group_by.groups)
+        return pool, groups
 
     async def _fan_out(self, specs: list[SearchSpec], deadline: float | None = None, ran: dict | None = None
                        ) -> tuple[list[list[list[ScoredId]]], dict[int, ShardUnavailable]]:

@@ -78,6 +78,84 @@ def select_payload(payload: dict[str, Any], selector: bool | list[str] | Payload
     return {k: payload[k] for k in selector if k in payload}
 
 
+MAX_CANDIDATES = 1_000
+
+
+class BoostSpec(_Strict):
+    """One boost of a formula stage: `equals` + `add`, or a decay (`gauss` | `exp` | `linear`) around `origin` with
+    `scale` (numbers; dates as ISO strings with durations such as "7d"), added (times `add`, default 1) or, with
+    `multiply: true`, multiplied into the score."""
+
+    field: str
+    equals: str | int | float | bool | None = None
+    add: float | None = Field(default=None, ge=-1e6, le=1e6)
+    decay: Literal["gauss", "exp", "linear"] | None = None
+    origin: float | str | None = None
+    scale: float | str | None = None
+    offset: float | str = 0
+    decay_at: float = Field(default=0.5, gt=0, lt=1)  # the factor at offset + scale
+    multiply: bool = False
+
+    @model_validator(mode="after")
+    def _shape(self) -> "BoostSpec":
+        from router.stages import distance, number
+
+        if self.decay is None:
+            if self.equals is None or self.add is None or self.multiply:
+                raise ValueError("a boost is either {field, equals, add} or {field, decay, origin, scale[, multiply]}")
+            return self
+        if self.equals is not None:
+            raise ValueError("a decay boost takes no `equals`")
+        if self.origin is None or number(self.origin) is None:
+            raise ValueError(f"decay origin must be a number or an ISO date, got {self.origin!r}")
+        if abs(number(self.origin)) > 1e15:
+            raise ValueError(f"decay origin {self.origin!r} is out of range")
+        if self.scale is None or not 0 < (distance(self.scale) or 0) <= 1e15:
+            raise ValueError(f"decay scale must be a positive number or duration like '7d', got {self.scale!r}")
+        if distance(self.offset) is None or distance(self.offset) < 0:
+            raise ValueError(f"decay offset must be >= 0, got {self.offset!r}")
+        return self
+
+
+class FormulaStage(_Strict):
+    score: Literal["fused"] = "fused"
+    boost: list[BoostSpec] = Field(min_length=1, max_length=32)
+
+
+class MMRStage(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    space: str
+    lambda_: float = Field(default=0.7, ge=0, le=1, alias="lambda")
+
+
+class GroupByStage(_Strict):
+    field: str
+    size: int = Field(default=1, ge=1, le=100)
+    groups: int = Field(default=10, ge=1, le=1000)
+
+
+class Stage(_Strict):
+    """One post-fusion stage (exactly one of formula, mmr, group_by) and how many fused candidates it sees
+    (`candidates`, default (offset + limit) x 4, at most 1000)."""
+
+    formula: FormulaStage | None = None
+    mmr: MMRStage | None = None
+    group_by: GroupByStage | None = None
+    candidates: int | None = Field(default=None, ge=1, le=MAX_CANDIDATES)
+
+    @model_validator(mode="after")
+    def _one(self) -> "Stage":
+        given = [k for k in ("formula", "mmr", "group_by") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a stage is exactly one of formula, mmr, group_by (got {given or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("formula", "mmr", "group_by") if getattr(self, k) is not None)
+
+
 class QueryRequest(_Strict):
     """`POST /v1/collections/{name}/query`."""
 
@@ -100,6 +178,8 @@ class QueryRequest(_Strict):
     # Fewer answering shards than this share of all is a 503 instead of a partial answer.
     min_coverage: float | None = Field(default=None, ge=0, le=1)
     debug: bool = False   # true: the answer carries `timings_ms`, where the time went
+    # Applied in order after fusion, on the global candidates; a group_by stage, if any, comes last.
+    stages: list[Stage] = Field(default_factory=list, max_length=8)
 
     @model_validator(mode="after")
     def _consistent(self) -> "QueryRequest":
@@ -111,7 +191,16 @@ class QueryRequest(_Strict):
             )
         if self.fusion.method == "none" and len(self.prefetch) != 1:
             raise ValueError("fusion 'none' needs exactly one prefetch; use 'rrf' or 'dbsf' to combine several")
+        if any(s.group_by is not None for s in self.stages[:-1]):
+            raise ValueError("group_by must be the last stage (it turns the answer into groups)")
         return self
+
+    def candidates(self) -> int:
+        """How many fused candidates the stages see (0 without stages)."""
+        if not self.stages:
+            return 0
+        default = min((self.offset + self.limit) * 4, MAX_CANDIDATES)
+        return max(self.offset + self.limit, *(s.candidates or default for s in self.stages))
 
     def returns(self) -> tuple[bool, list[str] | bool]:
         return returns(self.with_payload, self.with_vectors)
@@ -127,8 +216,8 @@ class QueryRequest(_Strict):
         return answered
 
     def prefetch_limit(self, prefetch: Prefetch) -> int:
-        """A prefetch fetches at least what the final page needs."""
-        return prefetch.limit if prefetch.limit is not None else self.limit + self.offset
+        """A prefetch fetches at least what the final page (or the stages' candidates) needs."""
+        return prefetch.limit if prefetch.limit is not None else max(self.limit + self.offset, self.candidates())
 
 
 class Health(BaseModel):
@@ -168,8 +257,15 @@ class Coverage(BaseModel):
     failed: list[ShardFailure] = Field(default_factory=list)
 
 
+class HitGroup(BaseModel):
+    value: Any
+    hits: list[Hit]
+
+
 class QueryResponse(BaseModel):
     hits: list[Hit]
+    # with a group_by stage: the groups (hits then lists their hits in group order)
+    groups: list[HitGroup] | None = None
     coverage: Coverage
     partial: bool
     took_ms: float

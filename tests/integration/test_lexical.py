@@ -126,3 +126,115 @@ def test_lexical_space_config():
                                          "spaces": {"v": {"dim": 2}, "kw": {"kind": "bm25", "fields": ["title"]}}})
     with pytest.raises(ValueError, match="at least one vector space"):
         CollectionConfig.model_validate({"name": "c", "spaces": {"kw": {"kind": "bm25", "fields": ["t"]}}})
+
+
+# -- post-fusion stages: each against a brute force over the same fused candidates -----------------------------
+HYBRID = [{"space": "keywords", "text": "waterproof jacket for hiking", "limit": 40},
+          {"space": "emb", "vector": emb(3), "limit": 40}]
+
+
+def candidates(coord, n: int = 40) -> list[dict]:
+    """The fused candidates without stages, with payloads and emb vectors: what every stage starts from."""
+    req = QueryRequest.model_validate({"prefetch": HYBRID, "limit": n, "with_vectors": ["emb"]})
+    return [h.model_dump() for h in asyncio.run(coord.query(req)).hits]
+
+
+def staged(coord, stages: list[dict], limit: int = 10, **kw):
+    return asyncio.run(coord.query(QueryRequest.model_validate(
+        {"prefetch": HYBRID, "limit": limit, "stages": [{**s, "candidates": 40} for s in stages], **kw})))
+
+
+FORMULA = {"formula": {"boost": [{"field": "in_stock", "equals": True, "add": 0.02},
+                                 {"field": "price", "decay": "gauss", "origin": 50, "scale": 100, "multiply": True}]}}
+MMR = {"mmr": {"space": "emb", "lambda": 0.6}}
+GROUP = {"group_by": {"field": "category", "size": 2, "groups": 3}}
+
+
+def bf_formula(cands):
+    sigma2 = -(100.0 ** 2) / (2 * np.log(0.5))
+    out = []
+    for c in cands:
+        s = c["score"] + (0.02 if c["payload"].get("in_stock") is True else 0.0)
+        s *= float(np.exp(-(abs(c["payload"]["price"] - 50.0) ** 2) / (2 * sigma2)))
+        out.append({**c, "score": s})
+    return sorted(out, key=lambda c: (-c["score"], c["id"]))
+
+
+def bf_mmr(cands, lam=0.6):
+    vec = {c["id"]: np.asarray(c["vectors"]["emb"]) / np.linalg.norm(c["vectors"]["emb"]) for c in cands}
+    lo, hi = min(c["score"] for c in cands), max(c["score"] for c in cands)
+    rel = {c["id"]: (c["score"] - lo) / (hi - lo) for c in cands}
+    chosen, left = [], list(cands)
+    while left:
+        def val(c):
+            return lam * rel[c["id"]] - (1 - lam) * (max(float(vec[c["id"]] @ vec[x["id"]]) for x in chosen)
+                                                     if chosen else 0.0)
+        best = max(left, key=lambda c: (val(c), -left.index(c)))
+        chosen.append({**best, "score": val(best)})
+        left.remove(best)
+    return chosen
+
+
+def bf_group(cands, field="category", size=2, groups=3):
+    out: dict = {}
+    for c in cands:
+        v = c["payload"].get(field)
+        if v is None or (v not in out and len(out) >= groups) or len(out.get(v, [])) >= size:
+            continue
+        out.setdefault(v, []).append(c["id"])
+    return list(out.items())
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_each_stage_equals_its_brute_force(coords, shards):
+    coord = coords[shards]
+    cands = candidates(coord)
+    got = staged(coord, [FORMULA])
+    want = bf_formula(cands)[:10]
+    assert [c["id"] for c in want] != [c["id"] for c in cands[:10]]  # the boosts really reorder
+    assert [h.id for h in got.hits] == [c["id"] for c in want]
+    assert [h.score for h in got.hits] == pytest.approx([c["score"] for c in want], rel=1e-6)
+    got = staged(coord, [MMR])
+    want = bf_mmr(cands)[:10]
+    assert [c["id"] for c in want] != [c["id"] for c in cands[:10]]  # diversity really reorders
+    assert [h.id for h in got.hits] == [c["id"] for c in want]
+    assert [h.score for h in got.hits] == pytest.approx([c["score"] for c in want], abs=1e-6)
+    got = staged(coord, [GROUP])
+    assert len(got.groups) == 3 and any(len(g.hits) == 2 for g in got.groups)
+    assert [(g.value, [h.id for h in g.hits]) for g in got.groups] == bf_group(cands)
+    assert [h.id for h in got.hits] == [i for _, ids in bf_group(cands) for i in ids]
+
+
+@pytest.mark.parametrize("order", [("formula", "mmr", "group"), ("mmr", "formula", "group"), ("formula", "group")])
+def test_stages_compose_in_any_order_and_do_not_depend_on_the_shard_count(coords, order):
+    named = {"formula": (FORMULA, bf_formula), "mmr": (MMR, bf_mmr), "group": (GROUP, None)}
+    cands = candidates(coords[1])
+    for name in order:
+        if name != "group":
+            cands = named[name][1](cands)
+    want = bf_group(cands) if order[-1] == "group" else None
+    answers = [staged(coords[s], [named[n][0] for n in order]) for s in (1, 4)]
+    for got in answers:
+        assert [(g.value, [h.id for h in g.hits]) for g in got.groups] == want
+    assert [(h.id, round(h.score, 9)) for h in answers[0].hits] == [(h.id, round(h.score, 9)) for h in answers[1].hits]
+
+
+@pytest.mark.parametrize("stage,field", [
+    ({"formula": {"boost": [{"field": "nope", "equals": 1, "add": 1}]}}, "stages[0].formula.boost[0].field"),
+    ({"group_by": {"field": "nope"}}, "stages[0].group_by.field"),
+    ({"mmr": {"space": "keywords"}}, "stages[0].mmr.space"),
+    ({"mmr": {"space": "emb", "lambda": 1.5}}, "stages.0.mmr.lambda"),
+    ({"formula": {"boost": [{"field": "price", "decay": "cubic", "origin": 1, "scale": 1}]}},
+     "stages.0.formula.boost.0.decay"),
+    ({"formula": {"boost": [{"field": "price", "decay": "gauss", "origin": 1, "scale": 0}]}},
+     "stages.0.formula.boost.0"),
+])
+def test_bad_stage_input_is_a_422_naming_the_field(coords, stage, field):
+    from cluster.config import parse_model
+
+    with pytest.raises(InvalidRequest) as exc:
+        req = parse_model(QueryRequest, {"prefetch": HYBRID, "stages": [stage]}, "query")
+        asyncio.run(coords[1].query(req))
+    assert exc.value.field == field, exc.value.message
+    with pytest.raises(InvalidRequest, match="group_by must be the last stage"):
+        parse_model(QueryRequest, {"prefetch": HYBRID, "stages": [GROUP, FORMULA]}, "query")

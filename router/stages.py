@@ -1,0 +1,154 @@
+"""Post-fusion stages, applied in order to the GLOBAL fused candidates (never per shard). Pure functions over
+typed inputs; inputs are never mutated.
+
+- formula: the fused score plus (or times) boosts: `equals` (payload field equal to / containing a value: add a
+  constant) and decays (`gauss`, `exp`, `linear`, as Elasticsearch's decay functions) on a number or date field.
+  A point missing the field gets no boost (factor 1 when multiplying, nothing added otherwise).
+- mmr: maximal marginal relevance over the stored vectors of one space (cosine): at each step the candidate with
+  the best lambda * relevance - (1 - lambda) * (highest similarity to one already chosen), relevance being the
+  incoming score min-max scaled to [0, 1] over the candidates. The score becomes that objective.
+- group_by: hits grouped by a payload field's value (each value of a list field is a group), groups ordered by
+  their best hit, at most `size` hits per group and `groups` groups; hits without the field are left out.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router.filters import _DATE_RE, epoch_ms
+from shards.api import ScoredId
+
+_DURATION = {"ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3, "d": 86400e3, "w": 7 * 86400e3}
+
+
+def number(value: Any) -> float | None:
+    """A number, or an ISO date as epoch milliseconds; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str) and _DATE_RE.match(value):
+        return epoch_ms(value)
+    return None
+
+
+def distance(value: Any) -> float | None:
+    """A scale or offset: a number, or a duration such as "7d", "12h", "30m" (milliseconds)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        for unit in ("ms", "s", "m", "h", "d", "w"):
+            head = value[: -len(unit)]
+            if value.endswith(unit) and head.replace(".", "", 1).isdigit():
+                return float(head) * _DURATION[unit]
+    return None
+
+
+def decay(kind: str, value: float, origin: float, scale: float, offset: float = 0.0, at: float = 0.5) -> float:
+    """Elasticsearch's decay functions: 1 within `offset` of `origin`, `at` at `offset + scale`."""
+    d = max(0.0, abs(value - origin) - offset)
+    if d == 0:
+        return 1.0
+    if kind == "gauss":
+        out = math.exp(-(d * d) / (2 * (-(scale * scale) / (2 * math.log(at)))))
+    elif kind == "exp":
+        out = math.exp(math.log(at) / scale * d)
+    elif kind == "linear":
+        s = scale / (1.0 - at)
+        out = max(0.0, (s - d) / s)
+    else:
+        raise ValueError(f"unknown decay {kind!r}")
+    return out if math.isfinite(out) else 0.0  # far past the scale, whatever the float range says
+
+
+@dataclass(frozen=True)
+class Boost:
+    field: str
+    equals: Any = None
+    add: float | None = None
+    decay: str | None = None
+    origin: Any = None
+    scale: Any = None
+    offset: Any = 0
+    at: float = 0.5
+    multiply: bool = False
+
+    def apply(self, score: float, payload: dict[str, Any] | None) -> float:
+        value = (payload or {}).get(self.field)
+        if self.decay is None:
+            values = value if isinstance(value, list) else [value]
+            return score + self.add if value is not None and self.equals in values else score
+        v = number(value)
+        if v is None:
+            return score
+        factor = decay(self.decay, v, number(self.origin), distance(self.scale), distance(self.offset) or 0.0,
+                       self.at)
+        return score * factor if self.multiply else score + (1.0 if self.add is None else self.add) * factor
+
+
+def formula(hits: Sequence[ScoredId], boosts: Sequence[Boost]) -> list[ScoredId]:
+    """Each hit rescored by the boosts in order, then re-ranked (ties by id)."""
+    out = []
+    for h in hits:
+        s = float(h.score)
+        for b in boosts:
+            s = b.apply(s, h.payload)
+        out.append(ScoredId(h.id, s, h.payload))
+    return sorted(out, key=lambda h: (-h.score, h.id))
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+    return sum(x * y for x, y in zip(a, b)) / (na * nb) if na and nb else 0.0
+
+
+def mmr(hits: Sequence[ScoredId], vectors: dict[str, Sequence[float]], lam: float,
+        limit: int | None = None) -> list[ScoredId]:
+    """Maximal marginal relevance; hits without a stored vector in the space keep their order after the rest."""
+    pool = [h for h in hits if h.id in vectors]
+    rest = [h for h in hits if h.id not in vectors]
+    if not pool:
+        return list(hits)
+    lo, hi = min(h.score for h in pool), max(h.score for h in pool)
+    rel = {h.id: (h.score - lo) / (hi - lo) if hi > lo else 1.0 for h in pool}
+    chosen: list[ScoredId] = []
+    sim_to_chosen = {h.id: -math.inf for h in pool}
+    left = list(pool)
+    want = len(pool) if limit is None else min(limit, len(pool))
+    while left and len(chosen) < want:
+        def value(h: ScoredId) -> float:
+            penalty = sim_to_chosen[h.id] if chosen else 0.0
+            return lam * rel[h.id] - (1 - lam) * penalty
+
+        best = max(left, key=lambda h: (value(h), -left.index(h)))
+        chosen.append(ScoredId(best.id, value(best), best.payload))
+        left.remove(best)
+        for h in left:
+            sim_to_chosen[h.id] = max(sim_to_chosen[h.id], _cosine(vectors[h.id], vectors[best.id]))
+    return chosen + rest
+
+
+@dataclass(frozen=True)
+class Group:
+    value: Any
+    hits: list[ScoredId]
+
+
+def group_by(hits: Sequence[ScoredId], field: str, size: int, groups: int) -> list[Group]:
+    """Hits (best first) grouped by a payload field's value; groups in the order of their best hit."""
+    out: dict[Any, list[ScoredId]] = {}
+    for h in hits:
+        value = (h.payload or {}).get(field)
+        for v in (value if isinstance(value, list) else [value]):
+            if v is None or isinstance(v, (dict, list)):
+                continue
+            key = (type(v).__name__, v)
+            if key not in out:
+                if len(out) >= groups:
+                    continue
+                out[key] = []
+            if len(out[key]) < size:
+                out[key].append(h)
+    return [Group(value=k[1], hits=v) for k, v in out.items()]
