@@ -20,10 +20,11 @@ from cluster.ring import HashRing
 from router.filtering import NOTHING, Filtering
 from router.filters import normalise_meta
 from router.mapping import infer_fields
-from router.fusion import fuse
+from router.fusion import contributions, fuse
 from router.merge import merge_topk
 from router.models import (
-    Coverage, DeleteResponse, Hit, HitGroup, Point, QueryRequest, QueryResponse, ShardFailure, UpsertResponse,
+    Coverage, DeleteResponse, Explanation, Hit, HitGroup, Point, PrefetchExplanation, QueryRequest, QueryResponse,
+    ShardFailure, StageExplanation, UpsertResponse,
     select_payload,
 )
 from router.plan import INLINE_PAYLOAD_MAX, inline_payload
@@ -132,14 +133,17 @@ class Coordinator:
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
                      limit=max(req.offset + req.limit, req.candidates()))
         known = {h.id: h.payload for lst in merged for h in lst if h.payload is not None}
-        groups = None
+        groups, trail = None, {}
+        base = {h.id: h.score for h in fused}
         if req.stages:  # on the global candidates too: never per shard
-            fused, groups = await self._stages(fused, req, known)
+            fused, groups, trail = await self._stages(fused, req, known)
             known.update({h.id: h.payload for h in fused if h.payload is not None})
         page = fused[req.offset : req.offset + req.limit] if groups is None else [h for g in groups for h in g.hits]
         clock.lap("merge_fuse")
         hits, hydrate_notes = await self._hydrate(page, req, known)
         clock.lap("hydrate")
+        if req.explain:
+            hits = self._explain(hits, req, merged, base, trail)
         by_id = {h.id: h for h in hits}
         return QueryResponse(
             hits=hits,
@@ -166,9 +170,29 @@ class Coordinator:
                                      f"{self.config.name!r} (has {sorted(self.config.spaces)})",
                                      field=f"stages[{i}].mmr.space")
 
+    @staticmethod
+    def _explain(hits: list[Hit], req: QueryRequest, merged: list[list[ScoredId]], base: dict[str, float],
+                 trail: dict[str, list[StageExplanation]]) -> list[Hit]:
+        """Each hit's score taken apart: per prefetch its rank, raw score and contribution, then each stage."""
+        parts = contributions(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights)
+        ranks = [{} for _ in merged]
+        for li, lst in enumerate(merged):
+            for rank, h in enumerate(lst, start=1):
+                ranks[li].setdefault(h.id, (rank, float(h.score)))
+        out = []
+        for h in hits:
+            pre = [PrefetchExplanation(space=p.space, rank=ranks[li].get(h.id, (None, None))[0],
+                                       score=ranks[li].get(h.id, (None, None))[1],
+                                       contribution=parts.get(h.id, [0.0] * len(merged))[li])
+                   for li, p in enumerate(req.prefetch)]
+            out.append(h.model_copy(update={"explain": Explanation(
+                prefetch=pre, fused=base.get(h.id, h.score), stages=trail.get(h.id, []), score=h.score)}))
+        return out
+
     async def _stages(self, fused: list[ScoredId], req: QueryRequest, known: dict[str, dict[str, Any]]
-                      ) -> tuple[list[ScoredId], list[Group] | None]:
-        """The stages in order over the fused candidates (payloads and vectors fetched for them only)."""
+                      ) -> tuple[list[ScoredId], list[Group] | None, dict[str, list[StageExplanation]]]:
+        """The stages in order over the fused candidates (payloads and vectors fetched for them only); beside
+        them, each id's score before and after every stage."""
         pool = list(fused)
         if any(st.formula or st.group_by for st in req.stages):
             missing = [h.id for h in pool if h.id not in known]
@@ -176,7 +200,9 @@ class Coordinator:
             payloads = {**known, **{i: r.payload for i, r in rows.items()}}
             pool = [ScoredId(h.id, h.score, payloads.get(h.id)) for h in pool]
         groups = None
+        trail: dict[str, list[StageExplanation]] = {}
         for st in req.stages:
+            before = {h.id: h.score for h in pool}
             if st.formula:
                 pool = formula(pool, [Boost(b.field, b.equals, b.add, b.decay, b.origin, b.scale, b.offset,
                                             b.decay_at, b.multiply) for b in st.formula.boost])
@@ -186,7 +212,9 @@ class Coordinator:
                 pool = mmr(pool, vectors, st.mmr.lambda_)
             else:
                 groups = group_by(pool, st.group_by.field, st.group_by.size, st.group_by.groups)
-        return pool, groups
+            for h in pool:
+                trail.setdefault(h.id, []).append(StageExplanation(stage=st.kind, before=before[h.id], after=h.score))
+        return pool, groups, trail
 
     async def _fan_out(self, specs: list[SearchSpec], deadline: float | None = None, ran: dict | None = None
                        ) -> tuple[list[list[list[ScoredId]]], dict[int, ShardUnavailable]]:

@@ -104,3 +104,24 @@ def fuse(
         out = [ScoredId(h.id, float(h.score)) for h in lists[0]]
         return out if limit is None else out[:limit]
     raise InvalidRequest(f"unknown fusion method {method!r}", field="fusion.method")
+
+
+def contributions(method: str, lists: Sequence[Sequence[ScoredId]], *, k: int = DEFAULT_RRF_K,
+                  weights: Sequence[float] | None = None) -> dict[str, list[float]]:
+    """What each list added to each id's fused score (one entry per list, 0.0 where it added nothing), summed in
+    list order as `fuse` sums them, so the entries add up to the fused score exactly."""
+    ws = _check_weights(lists, weights)
+    out: dict[str, list[float]] = {}
+    for li, (lst, w) in enumerate(zip(lists, ws)):
+        if method == "none":
+            parts = {h.id: float(h.score) for h in reversed(lst)}
+        elif method == "dbsf":
+            parts = {i: w * v for i, v in _dbsf_normalise(lst).items()} if w else {}
+        else:
+            parts = {}
+            for rank, hit in enumerate(lst, start=1):
+                if w and hit.id not in parts:
+                    parts[hit.id] = w / (k + rank)
+        for i, v in parts.items():
+            out.setdefault(i, [0.0] * len(lists))[li] = v
+    return out

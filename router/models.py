@@ -180,6 +180,7 @@ class QueryRequest(_Strict):
     debug: bool = False   # true: the answer carries `timings_ms`, where the time went
     # Applied in order after fusion, on the global candidates; a group_by stage, if any, comes last.
     stages: list[Stage] = Field(default_factory=list, max_length=8)
+    explain: bool = False  # true: each hit says how its score came about (Hit.explain)
 
     @model_validator(mode="after")
     def _consistent(self) -> "QueryRequest":
@@ -238,11 +239,34 @@ class Error(BaseModel):
     shards: list[int] | None = None  # shard_unavailable: which shards did not answer
 
 
+class PrefetchExplanation(BaseModel):
+    space: str
+    rank: int | None = None     # 1-based rank in that prefetch's global top-k; null: not in it
+    score: float | None = None  # its raw score there
+    contribution: float         # what it added to the fused score
+
+
+class StageExplanation(BaseModel):
+    stage: str
+    before: float
+    after: float
+
+
+class Explanation(BaseModel):
+    """fused = the sum of the contributions; score = fused + the sum of every stage's (after - before)."""
+
+    prefetch: list[PrefetchExplanation]
+    fused: float
+    stages: list[StageExplanation] = Field(default_factory=list)
+    score: float
+
+
 class Hit(BaseModel):
     id: str
     score: float
     payload: dict[str, Any] | None = None
     vectors: dict[str, list[float]] | None = None
+    explain: Explanation | None = None  # with "explain": true
 
 
 class ShardFailure(BaseModel):

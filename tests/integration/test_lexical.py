@@ -238,3 +238,27 @@ def test_bad_stage_input_is_a_422_naming_the_field(coords, stage, field):
     assert exc.value.field == field, exc.value.message
     with pytest.raises(InvalidRequest, match="group_by must be the last stage"):
         parse_model(QueryRequest, {"prefetch": HYBRID, "stages": [GROUP, FORMULA]}, "query")
+
+
+@pytest.mark.parametrize("method", ["rrf", "dbsf"])
+def test_explanations_add_up_to_the_score(coords, method):
+    coord = coords[4]
+    got = asyncio.run(coord.query(QueryRequest.model_validate(
+        {"prefetch": HYBRID, "fusion": {"method": method, "weights": [1.0, 0.5]}, "limit": 10, "explain": True,
+         "stages": [FORMULA, MMR]})))
+    alone = [asyncio.run(coord.query(QueryRequest.model_validate({"prefetch": [p], "fusion": {"method": "none"},
+                                                                 "limit": 40}))).hits for p in HYBRID]
+    for h in got.hits:
+        e = h.explain
+        assert sum(p.contribution for p in e.prefetch) == pytest.approx(e.fused, abs=1e-12)
+        assert [s.stage for s in e.stages] == ["formula", "mmr"]
+        assert e.fused + sum(s.after - s.before for s in e.stages) == pytest.approx(h.score, abs=1e-9)
+        assert e.stages[0].before == e.fused and e.stages[1].before == e.stages[0].after and e.score == h.score
+        for p, hits in zip(e.prefetch, alone):  # rank and raw score as that prefetch ranked it alone
+            ids = [x.id for x in hits]
+            if p.rank is None:
+                assert h.id not in ids and p.contribution == 0.0
+            else:
+                assert ids[p.rank - 1] == h.id and p.score == pytest.approx(hits[p.rank - 1].score, rel=1e-6)
+    plain = asyncio.run(coord.query(QueryRequest.model_validate({"prefetch": HYBRID, "limit": 3})))
+    assert all(h.explain is None for h in plain.hits)

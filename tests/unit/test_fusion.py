@@ -98,3 +98,18 @@ def test_fuse_dispatch():
         fuse("borda", [a])
     assert fuse("rrf", [a], k=10) == rrf([a], k=10)
     assert fuse("dbsf", [a]) == dbsf([a])
+
+
+@pytest.mark.parametrize("method", ["rrf", "dbsf"])
+def test_contributions_add_up_to_the_fused_scores_exactly(method):
+    from router.fusion import contributions, fuse
+
+    lists = [[S("a", 0.9), S("b", 0.8), S("a", 0.1), S("c", 0.5)],
+             [S("c", 3.0), S("d", 1.0)], [S("b", 7.0)]]
+    weights = [1.0, 0.0, 2.5]
+    parts = contributions(method, lists, weights=weights)
+    fused = fuse(method, lists, weights=weights)
+    assert {h.id: h.score for h in fused} == {i: sum(p) for i, p in parts.items() if i in {h.id for h in fused}}
+    assert "d" not in parts and "d" not in {h.id for h in fused}  # only in a list of weight 0
+    single = contributions("none", [[S("x", 2.0), S("x", 1.0)]])
+    assert single == {"x": [2.0]}
