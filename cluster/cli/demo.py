@@ -70,6 +70,25 @@ def image_demo(base: str) -> None:
         print_hits(r.json(), f"{text!r} -> scikit-image photos (CLIP)")
 
 
+def hybrid_demo(base: str, print_hits) -> None:
+    """Keywords (BM25) + text + visual fused with RRF, then an in-stock boost and MMR; then a grouped answer."""
+    text = "waterproof jacket for hiking in the rain"
+    prefetch = [{"space": s, "text": text, "limit": 30} for s in ("keywords", "text", "visual")]
+    stages = [{"formula": {"boost": [{"field": "in_stock", "equals": True, "add": 0.01}]}},
+              {"mmr": {"space": "text", "lambda": 0.7}}]
+    r = httpx.post(f"{base}/v1/collections/products/query", timeout=60,
+                   json={"prefetch": prefetch, "fusion": {"method": "rrf"}, "limit": 5, "stages": stages})
+    r.raise_for_status()
+    print(f"hybrid query: {text!r}", flush=True)
+    print_hits(r.json(), "hybrid: keywords+text+visual, rrf, boost, mmr")
+    r = httpx.post(f"{base}/v1/collections/products/query", timeout=60, json={
+        "prefetch": prefetch, "fusion": {"method": "rrf"},
+        "stages": [{"group_by": {"field": "category", "size": 2, "groups": 3}}]})
+    r.raise_for_status()
+    for group in r.json()["groups"]:
+        print_hits({**r.json(), "hits": group["hits"]}, f"group: {group['value']}")
+
+
 def main() -> int:
     data_dir = tempfile.mkdtemp(prefix="prism-demo-")
     port = free_port()
@@ -88,6 +107,7 @@ def main() -> int:
             r.raise_for_status()
             title = f"{text!r} in {'+'.join(spaces)} ({fusion})" + (f" filter {json.dumps(flt)}" if flt else "")
             print_hits(r.json(), title)
+        hybrid_demo(base, print_hits)
         image_demo(base)
         prism("status", "--data-dir", data_dir)
         return 0

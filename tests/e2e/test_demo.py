@@ -12,6 +12,8 @@ def test_the_demo_runs_and_shows_answers():
     assert "prism is up at" in out and "ingested 64 points" in out and "prism is down" in out
     assert "'shoes for running on muddy trails' in text (none)" in out  # the first example query's table
     assert "image space off" in out or "scikit-image photos (CLIP)" in out  # says what it does about images
+    assert "hybrid: keywords+text+visual, rrf, boost, mmr" in out  # the hybrid query with stages
+    assert out.count("group: ") == 3                               # and the answer grouped by category
 
 
 def test_a_missing_config_file_is_a_clear_error_not_a_traceback(tmp_path):
