@@ -751,9 +751,10 @@ def write_json(name: str, payload: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
     ap.add_argument("--only",
-                    default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny,auth",
+                    default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny,auth,"
+                            "stages",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness, batching, tiny, auth")
+                         "freshness, batching, tiny, auth, stages")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -803,6 +804,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_auth import run as bench_auth
 
             write_json("auth", {"machine": machine(), **bench_auth(workdir / "auth")})
+        if "stages" in sections:
+            from deploy.bench_stages import run as bench_stages
+
+            write_json("stages", {"machine": machine(), **bench_stages(workdir / "stages")})
         from deploy.report import write_report
 
         write_report()

@@ -136,6 +136,11 @@ SECTIONS = [
         "off) at c=1 over HTTP; rounds alternate auth off (no key anywhere) and on (an API key required and "
         "sent), the keys file switched while prism runs, rate limits configured (never binding) in both. "
         f"Target: {d['target']}.")),
+    ("stages", "deploy.bench_stages", "Post-fusion stages: what formula, MMR and group_by cost", lambda d: (
+        f"{d['points']:,} points, {d['shards']} shards (milvus-lite, HNSW, in process), two {d['dim']}-d vector "
+        "spaces and a bm25 space over a short description (the bundled Elasticsearch API server); a bm25 + 2 vector "
+        "RRF query (limit 10, cache off) with no stage and with formula -> MMR -> group_by, interleaved query by "
+        f"query. Target: {d['target']}.")),
     ("encode", "deploy.bench_encode", "Encoders: prism's encoder class vs raw sentence-transformers", lambda d: (
         "all-MiniLM-L6-v2, distinct texts per batch, `python -m deploy.bench --only encode`; both sides on the "
         f"same device in the same run. Target: {d['target']}. Rows of a device this machine does not have say "

@@ -262,3 +262,13 @@ def test_explanations_add_up_to_the_score(coords, method):
                 assert ids[p.rank - 1] == h.id and p.score == pytest.approx(hits[p.rank - 1].score, rel=1e-6)
     plain = asyncio.run(coord.query(QueryRequest.model_validate({"prefetch": HYBRID, "limit": 3})))
     assert all(h.explain is None for h in plain.hits)
+
+
+def test_concatenated_pages_equal_one_big_page(coords):
+    """With the prefetch windows fixed, paging never repeats or skips a hit: ties are broken by id."""
+    body = {"prefetch": HYBRID, "fusion": {"method": "rrf"}, "with_payload": False}
+    big = asyncio.run(coords[4].query(QueryRequest.model_validate({**body, "limit": 20}))).hits
+    pages = [asyncio.run(coords[4].query(QueryRequest.model_validate({**body, "limit": 5, "offset": o}))).hits
+             for o in (0, 5, 10, 15)]
+    assert [(h.id, h.score) for p in pages for h in p] == [(h.id, h.score) for h in big]
+    assert len({h.id for p in pages for h in p}) == 20
