@@ -133,10 +133,10 @@ class Coordinator:
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
                      limit=max(req.offset + req.limit, req.candidates()))
         known = {h.id: h.payload for lst in merged for h in lst if h.payload is not None}
-        groups, trail = None, {}
+        groups, trail, stage_notes = None, {}, []
         base = {h.id: h.score for h in fused}
         if req.stages:  # on the global candidates too: never per shard
-            fused, groups, trail = await self._stages(fused, req, known)
+            fused, groups, trail, stage_notes = await self._stages(fused, req, known)
             known.update({h.id: h.payload for h in fused if h.payload is not None})
         page = fused[req.offset : req.offset + req.limit] if groups is None else [h for g in groups for h in g.hits]
         clock.lap("merge_fuse")
@@ -153,7 +153,7 @@ class Coordinator:
             partial=bool(failures), took_ms=clock.total_ms(), timings_ms=clock.laps if req.debug else None,
             search_params=ran or None, filter_rounds=rounds,
             filter_plans=[plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))],
-            notes=notes + hydrate_notes,
+            notes=notes + stage_notes + hydrate_notes,
         )
 
     def check_stages(self, req: QueryRequest) -> None:
@@ -190,13 +190,15 @@ class Coordinator:
         return out
 
     async def _stages(self, fused: list[ScoredId], req: QueryRequest, known: dict[str, dict[str, Any]]
-                      ) -> tuple[list[ScoredId], list[Group] | None, dict[str, list[StageExplanation]]]:
+                      ) -> tuple[list[ScoredId], list[Group] | None, dict[str, list[StageExplanation]], list[str]]:
         """The stages in order over the fused candidates (payloads and vectors fetched for them only); beside
-        them, each id's score before and after every stage."""
-        pool = list(fused)
+        them, each id's score before and after every stage, and notes on what could not be fetched."""
+        pool, notes = list(fused), []
         if any(st.formula or st.group_by for st in req.stages):
             missing = [h.id for h in pool if h.id not in known]
-            rows, _ = await self.fetch(missing) if missing else ({}, {})
+            rows, failed = await self.fetch(missing) if missing else ({}, {})
+            notes += [f"stages: payloads of shard {s} unavailable ({e.message}); its candidates were not boosted "
+                      "or grouped" for s, e in sorted(failed.items())]
             payloads = {**known, **{i: r.payload for i, r in rows.items()}}
             pool = [ScoredId(h.id, h.score, payloads.get(h.id)) for h in pool]
         groups = None
@@ -207,14 +209,16 @@ class Coordinator:
                 pool = formula(pool, [Boost(b.field, b.equals, b.add, b.decay, b.origin, b.scale, b.offset,
                                             b.decay_at, b.multiply) for b in st.formula.boost])
             elif st.mmr:
-                rows, _ = await self.fetch([h.id for h in pool], [st.mmr.space])
+                rows, failed = await self.fetch([h.id for h in pool], [st.mmr.space])
+                notes += [f"stages: vectors of shard {s} unavailable ({e.message}); its candidates kept their "
+                          "order after the others in MMR" for s, e in sorted(failed.items())]
                 vectors = {i: r.vectors[st.mmr.space] for i, r in rows.items() if st.mmr.space in r.vectors}
                 pool = mmr(pool, vectors, st.mmr.lambda_)
             else:
                 groups = group_by(pool, st.group_by.field, st.group_by.size, st.group_by.groups)
             for h in pool:
                 trail.setdefault(h.id, []).append(StageExplanation(stage=st.kind, before=before[h.id], after=h.score))
-        return pool, groups, trail
+        return pool, groups, trail, notes
 
     async def _fan_out(self, specs: list[SearchSpec], deadline: float | None = None, ran: dict | None = None
                        ) -> tuple[list[list[list[ScoredId]]], dict[int, ShardUnavailable]]:
