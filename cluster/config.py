@@ -223,8 +223,9 @@ class CollectionConfig(_Strict):
     @classmethod
     def _split_lexical(cls, data: Any) -> Any:
         """`spaces` may mix vector spaces and `{"kind": "bm25", ...}` ones; the lexical ones move to `lexical`."""
-        if not isinstance(data, dict) or not isinstance(data.get("spaces"), dict):
-            return data
+        if not isinstance(data, dict) or not isinstance(data.get("spaces"), dict) \
+                or not isinstance(data.get("lexical") or {}, dict):
+            return data  # the field validators say what is wrong with these
         spaces, lexical = {}, dict(data.get("lexical") or {})
         for name, space in data["spaces"].items():
             kind = space.get("kind") if isinstance(space, dict) else None

@@ -199,3 +199,14 @@ def test_the_readme_configuration_block_is_a_valid_config():
     block = re.search(r"## Configuration\n.*?```yaml\n(.*?)```", text, flags=re.S).group(1)
     cfg = ClusterConfig.model_validate(yaml.safe_load(block))
     assert cfg == ClusterConfig()  # the block shows the defaults, key by key
+
+
+@pytest.mark.parametrize("body", [{"lexical": [None, None], "spaces": {}},       # schemathesis found this: a 500
+                                  {"lexical": {"k": None}, "spaces": {"v": {"dim": 2}}},
+                                  {"spaces": {"k": {"kind": 5}}}])
+def test_malformed_lexical_spaces_are_invalid_requests(body):
+    from cluster.config import CollectionConfig, parse_model
+    from cluster.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        parse_model(CollectionConfig, {**body, "name": "c"}, "collection")
