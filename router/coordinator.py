@@ -131,7 +131,7 @@ class Coordinator:
         answered = req.check_coverage(self.config.shards, failures)
         # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
         fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
-                     limit=max(req.offset + req.limit, req.candidates()))
+                     limit=req.candidates() or req.window())
         known = {h.id: h.payload for lst in merged for h in lst if h.payload is not None}
         groups, trail, stage_notes = None, {}, []
         base = {h.id: h.score for h in fused}
@@ -153,7 +153,7 @@ class Coordinator:
             partial=bool(failures), took_ms=clock.total_ms(), timings_ms=clock.laps if req.debug else None,
             search_params=ran or None, filter_rounds=rounds,
             filter_plans=[plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))],
-            notes=notes + stage_notes + hydrate_notes,
+            notes=notes + stage_notes + hydrate_notes + ([req.window_note()] if req.window_note() else []),
         )
 
     def check_stages(self, req: QueryRequest) -> None:

@@ -67,6 +67,8 @@ def check_query(req: QueryRequest, limits: StrictLimits, at: str = "") -> None:
     if len(req.prefetch) > limits.max_prefetch:
         raise _over(f"{at}prefetch", len(req.prefetch), limits.max_prefetch, "prefetches")
     check_filter(req.filter, limits, f"{at}filter")
+    if req.fusion.window is not None and req.fusion.window > limits.max_prefetch_limit:
+        raise _over(f"{at}fusion.window", req.fusion.window, limits.max_prefetch_limit, "candidates")
     for i, p in enumerate(req.prefetch):
         where = f"{at}prefetch[{i}]"
         if p.limit is not None and p.limit > limits.max_prefetch_limit:

@@ -47,6 +47,12 @@ class Fusion(_Strict):
     method: Literal["rrf", "dbsf", "none"] = "rrf"
     k: int = Field(default=60, ge=1, le=100_000)
     weights: list[float] | None = None
+    # The fused list pages are cut from: each prefetch without its own limit contributes this many candidates.
+    # Every page of one query asked with the same window is a slice of the same list (default: see
+    # QueryRequest.window). offset + limit above an explicit window is a 422.
+    window: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description=(
+        "Candidates per prefetch without its own limit, and the ranked list pages are cut from (default 50 for a "
+        "fused query, offset + limit for one prefetch); offset + limit above it is a 422."))
 
     @field_validator("weights")
     @classmethod
@@ -79,6 +85,9 @@ def select_payload(payload: dict[str, Any], selector: bool | list[str] | Payload
 
 
 MAX_CANDIDATES = 1_000
+# A fused query (several prefetches, or stages) without fusion.window ranks and pages over this many candidates
+# per prefetch, so that pages within it never repeat or skip a hit whatever offset and limit each page asks.
+DEFAULT_WINDOW = 50
 
 
 class BoostSpec(_Strict):
@@ -137,7 +146,7 @@ class GroupByStage(_Strict):
 
 class Stage(_Strict):
     """One post-fusion stage (exactly one of formula, mmr, group_by) and how many fused candidates it sees
-    (`candidates`, default (offset + limit) x 4, at most 1000)."""
+    (`candidates`, default the query's window, see QueryRequest.window; at most 1000)."""
 
     formula: FormulaStage | None = None
     mmr: MMRStage | None = None
@@ -186,6 +195,10 @@ class QueryRequest(_Strict):
     def _consistent(self) -> "QueryRequest":
         if self.limit + self.offset > MAX_LIMIT:
             raise ValueError(f"limit + offset must be <= {MAX_LIMIT}, got {self.limit + self.offset}")
+        if self.fusion.window is not None and self.offset + self.limit > self.fusion.window:
+            raise ValueError(f"fusion.window: offset + limit ({self.offset + self.limit}) exceeds the window "
+                             f"({self.fusion.window}); set fusion.window to at least {self.offset + self.limit}, "
+                             "the same on every page")
         if self.fusion.weights is not None and len(self.fusion.weights) != len(self.prefetch):
             raise ValueError(
                 f"fusion.weights has {len(self.fusion.weights)} entries for {len(self.prefetch)} prefetches"
@@ -196,11 +209,33 @@ class QueryRequest(_Strict):
             raise ValueError("group_by must be the last stage (it turns the answer into groups)")
         return self
 
+    def fused(self) -> bool:
+        """Whether the answer is a ranking of its own (several prefetches, or stages), not one space's."""
+        return len(self.prefetch) > 1 or bool(self.stages)
+
+    def window(self) -> int:
+        """The length of the ranked list pages are cut from. fusion.window when given; else, for a fused query,
+        DEFAULT_WINDOW (widened to offset + limit past it, and the answer says so: pages asked with a narrower
+        window may then overlap); else offset + limit (one space's own ranking)."""
+        need = self.offset + self.limit
+        if self.fusion.window is not None:
+            return self.fusion.window
+        return max(need, DEFAULT_WINDOW) if self.fused() else need
+
+    def window_note(self) -> str | None:
+        need = self.offset + self.limit
+        if self.fusion.window is None and self.fused() and need > DEFAULT_WINDOW:
+            return (f"paging: offset + limit ({need}) is past the default fusion window ({DEFAULT_WINDOW}), which "
+                    f"was widened to {need}; pages asked with a narrower window can overlap this one: set "
+                    f"fusion.window to at least the deepest offset + limit you page to, on every page")
+        return None
+
     def candidates(self) -> int:
-        """How many fused candidates the stages see (0 without stages)."""
+        """How many fused candidates the stages see (0 without stages): each stage's own `candidates`, else the
+        window (never fewer than offset + limit), so that every page of a query sees the same candidates."""
         if not self.stages:
             return 0
-        default = min((self.offset + self.limit) * 4, MAX_CANDIDATES)
+        default = min(self.window(), MAX_CANDIDATES)
         return max(self.offset + self.limit, *(s.candidates or default for s in self.stages))
 
     def returns(self) -> tuple[bool, list[str] | bool]:
@@ -217,8 +252,8 @@ class QueryRequest(_Strict):
         return answered
 
     def prefetch_limit(self, prefetch: Prefetch) -> int:
-        """A prefetch fetches at least what the final page (or the stages' candidates) needs."""
-        return prefetch.limit if prefetch.limit is not None else max(self.limit + self.offset, self.candidates())
+        """A prefetch's own limit, else the query's window (or the stages' candidates, when more)."""
+        return prefetch.limit if prefetch.limit is not None else max(self.window(), self.candidates())
 
 
 class Health(BaseModel):

@@ -16,7 +16,7 @@ from cluster.errors import InvalidRequest
 from router.coordinator import Coordinator
 from router.filters import parse_filter
 from router.metadata import MetadataStore
-from router.models import Point, QueryRequest
+from router.models import DEFAULT_WINDOW, Point, QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
 from tests.oracle import bm25, evaluate
 
@@ -272,3 +272,27 @@ def test_concatenated_pages_equal_one_big_page(coords):
              for o in (0, 5, 10, 15)]
     assert [(h.id, h.score) for p in pages for h in p] == [(h.id, h.score) for h in big]
     assert len({h.id for p in pages for h in p}) == 20
+
+
+@pytest.mark.parametrize("stages", [[], [{"formula": {"boost": [{"field": "price", "decay": "exp", "origin": 50,
+                                                                  "scale": 40, "multiply": True}]}},
+                                          {"mmr": {"space": "emb", "lambda": 0.6}}]], ids=["fusion", "stages"])
+def test_pages_over_the_default_windows_never_repeat_or_skip(coords, stages):
+    """No prefetch limits given: every page is cut from the same window (fusion.window), whatever its offset."""
+    body = {"prefetch": [{k: v for k, v in p.items() if k != "limit"} for p in HYBRID], "with_payload": False,
+            "fusion": {"method": "rrf", "window": 30}, "stages": stages}
+    big = asyncio.run(coords[4].query(QueryRequest.model_validate({**body, "limit": 30}))).hits
+    pages = [asyncio.run(coords[4].query(QueryRequest.model_validate({**body, "limit": 6, "offset": o})))
+             for o in range(0, 30, 6)]
+    assert [(h.id, h.score) for p in pages for h in p.hits] == [(h.id, h.score) for h in big]
+    assert len({h.id for p in pages for h in p.hits}) == 30 and not any(p.notes for p in pages)
+    with pytest.raises(ValueError, match="set fusion.window to at least 36"):
+        QueryRequest.model_validate({**body, "limit": 6, "offset": 30})
+
+
+def test_a_page_past_the_default_window_says_it_was_widened(coords):
+    body = {"prefetch": [{k: v for k, v in p.items() if k != "limit"} for p in HYBRID], "with_payload": False}
+    deep = asyncio.run(coords[1].query(QueryRequest.model_validate({**body, "limit": 5, "offset": DEFAULT_WINDOW})))
+    assert len(deep.hits) == 5 and any(f"default fusion window ({DEFAULT_WINDOW})" in n for n in deep.notes)
+    first = asyncio.run(coords[1].query(QueryRequest.model_validate({**body, "limit": 5})))
+    assert len(first.hits) == 5 and not first.notes

@@ -4,7 +4,7 @@ from pydantic import ValidationError
 from cluster.config import ClusterConfig, CollectionConfig, IndexConfig, MilvusConfig, SpaceConfig, check_index_support, load_config
 from cluster.errors import FilterError, InvalidRequest
 from shards.expr import ids_in, literal, payload_field, quote_string
-from router.models import DeleteRequest, Fusion, Point, QueryRequest, UpsertRequest
+from router.models import DEFAULT_WINDOW, DeleteRequest, Fusion, Point, QueryRequest, UpsertRequest
 
 
 def space(dim=4, **kw):
@@ -78,6 +78,28 @@ def test_query_request_defaults_and_limits():
     assert r.limit == 10 and r.fusion.method == "rrf" and r.fusion.k == 60
     assert r.prefetch_limit(r.prefetch[0]) == 10
     assert q(offset=5).prefetch_limit(r.prefetch[0]) == 15
+
+
+def test_fused_queries_page_over_a_window_that_does_not_depend_on_the_page():
+    two = [{"space": "a", "vector": [0.1]}, {"space": "b", "vector": [0.2]}]
+    pages = [q(prefetch=two, limit=lim, offset=off) for lim, off in ((10, 0), (10, 10), (25, 25), (50, 0))]
+    # Every page of a fused query inside the default window asks each space for the same candidates.
+    assert {r.window() for r in pages} == {DEFAULT_WINDOW}
+    assert {r.prefetch_limit(r.prefetch[0]) for r in pages} == {DEFAULT_WINDOW}
+    assert all(r.window_note() is None for r in pages)
+    staged = [q(prefetch=two[:1], limit=5, offset=o, stages=[{"mmr": {"space": "a"}}]) for o in (0, 5, 45)]
+    assert {r.candidates() for r in staged} == {DEFAULT_WINDOW}  # stages see the same pool on every page
+    # Past the default window it widens, and says so; a window given explicitly is kept, or a 422.
+    deep = q(prefetch=two, limit=10, offset=DEFAULT_WINDOW)
+    assert deep.window() == DEFAULT_WINDOW + 10 and "fusion.window" in deep.window_note()
+    fixed = q(prefetch=two, limit=10, offset=190, fusion={"window": 200})
+    assert fixed.window() == 200 and fixed.prefetch_limit(fixed.prefetch[1]) == 200 and fixed.window_note() is None
+    with pytest.raises(ValidationError, match="set fusion.window to at least 210"):
+        q(prefetch=two, limit=10, offset=200, fusion={"window": 200})
+    # An explicit prefetch limit is that prefetch's window; one space alone pages over its own ranking.
+    mixed = q(prefetch=[{**two[0], "limit": 7}, two[1]])
+    assert [mixed.prefetch_limit(p) for p in mixed.prefetch] == [7, DEFAULT_WINDOW]
+    assert q(offset=30).window() == 40 and q(offset=30).window_note() is None
 
 
 @pytest.mark.parametrize(

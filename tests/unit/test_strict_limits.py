@@ -35,6 +35,7 @@ def test_filter_shape():
     ({"limit": 40, "offset": 11}, "limit", "max_limit"),
     ({"prefetch": [{"space": "v", "vector": [1.0]}] * 3}, "prefetch", "max_prefetch"),
     ({"prefetch": [{"space": "v", "vector": [1.0], "limit": 101}]}, "prefetch[0].limit", "max_prefetch_limit"),
+    ({"fusion": {"window": 101}}, "fusion.window", "max_prefetch_limit"),
     ({"prefetch": [{"space": "v", "vector": [1.0], "params": {"ef": 257}}]}, "prefetch[0].params.ef", "max_ef"),
     ({"prefetch": [{"space": "v", "vector": [1.0], "params": {"nprobe": 65}}]}, "prefetch[0].params.nprobe",
      "max_nprobe"),
