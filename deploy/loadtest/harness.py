@@ -89,24 +89,34 @@ def _f(v: str) -> float:
         return 0.0
 
 
+def _final_rows(out: Path) -> list[tuple[str, dict]]:
+    """(name, counts and percentiles) per request type, then ("Aggregated", ...): from the counts the locustfile
+    wrote once every user had stopped, else from locust_stats.csv (rewritten each second, so it can be short)."""
+    final = out / "final_stats.json"
+    if final.exists():
+        data = json.loads(final.read_text())
+        return [*data["types"].items(), ("Aggregated", data["total"])]
+    with open(out / "locust_stats.csv") as f:
+        return [(row["Name"], {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
+                               "p50_ms": _f(row["50%"]), "p95_ms": _f(row["95%"]), "p99_ms": _f(row["99%"]),
+                               "qps": round(_f(row["Requests/s"]), 2)}) for row in csv.DictReader(f)]
+
+
 def summarise(out: Path, **meta) -> dict:
     partials = json.loads((out / "partials.json").read_text()) if (out / "partials.json").exists() else {}
+    rows = _final_rows(out)
     per_type = {}
     total = None
-    with open(out / "locust_stats.csv") as f:
-        for row in csv.DictReader(f):
-            entry = {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
-                     "p50_ms": _f(row["50%"]), "p95_ms": _f(row["95%"]), "p99_ms": _f(row["99%"]),
-                     "qps": round(_f(row["Requests/s"]), 2)}
-            entry["error_rate"] = round(entry["failures"] / entry["requests"], 4) if entry["requests"] else 0.0
-            if row["Name"] == "Aggregated":
-                total = entry
-                continue
-            p = partials.get(row["Name"])
-            if p:
-                entry["answers"] = p["answers"]
-                entry["partial_rate"] = round(p["partial"] / p["answers"], 4) if p["answers"] else 0.0
-            per_type[row["Name"]] = entry
+    for name, entry in rows:
+        entry["error_rate"] = round(entry["failures"] / entry["requests"], 4) if entry["requests"] else 0.0
+        if name == "Aggregated":
+            total = entry
+            continue
+        p = partials.get(name)
+        if p:
+            entry["answers"] = p["answers"]
+            entry["partial_rate"] = round(p["partial"] / p["answers"], 4) if p["answers"] else 0.0
+        per_type[name] = entry
     answers = sum(p["answers"] for p in partials.values())
     partial = sum(p["partial"] for p in partials.values())
     return {**{k: str(v) for k, v in meta.items()}, "types": per_type, "total": total,

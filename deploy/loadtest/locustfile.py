@@ -40,12 +40,22 @@ def _record(name: str, response) -> None:
             _partials[name][1] += bool(a.get("partial"))
 
 
+def _entry(e) -> dict:
+    return {"requests": e.num_requests, "failures": e.num_failures, "qps": round(e.total_rps, 2),
+            **{f"p{int(p * 100)}_ms": float(e.get_response_time_percentile(p) or 0) for p in (0.5, 0.95, 0.99)}}
+
+
 @events.quitting.add_listener
-def _write_partials(environment, **_kw) -> None:
+def _write_final(environment, **_kw) -> None:
+    """At quitting every user has stopped, so these counts are final. (Locust rewrites locust_stats.csv once a second
+    and not again at the end: it can miss the last second of requests.)"""
     out = os.environ.get("PRISM_LT_OUT")
     if out:
         Path(out, "partials.json").write_text(json.dumps({k: {"answers": v[0], "partial": v[1]}
                                                           for k, v in _partials.items()}))
+        stats = {e.name: _entry(e) for e in environment.stats.entries.values()}
+        Path(out, "final_stats.json").write_text(json.dumps({"types": stats,
+                                                             "total": _entry(environment.stats.total)}))
 
 
 QUERY_MIX = [("text", 4), ("fused", 3), ("filtered", 2), ("batch", 1)]

@@ -27,7 +27,8 @@ def test_loadtest_runs_and_its_counts_match_the_server(products, prism_server, t
                   "--spawn-rate", "3", "--run-time", "10s", "--out", str(out), "--write-share", "0.1")
     after = c.get("/metrics").text
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("locust_stats.csv", "locust_stats_history.csv", "summary.json", "latency_percentiles.png", "qps.png"):
+    for name in ("locust_stats.csv", "locust_stats_history.csv", "final_stats.json", "summary.json",
+                 "latency_percentiles.png", "qps.png"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert {"query:text", "query:fused", "query:batch", "write:upsert", "write:delete"} <= set(summary["types"])
