@@ -94,4 +94,6 @@ def table(payload: dict) -> str:
         "| query | p50 ms |", "|---|---|",
         f"| bm25 + 2 vector spaces, RRF (fusion only) | {payload['p50_ms_fusion_only']} |",
         f"| the same + formula -> MMR -> group_by | {payload['p50_ms_with_stages']} |",
-        f"\nStages add {payload['overhead'] * 100:.1f}% to the p50 ({payload['points']:,} points; {payload['target']})."])
+        f"\nStages add {payload['overhead'] * 100:.1f}% to the p50 ({payload['points']:,} points; {payload['target']}).",
+        "Both queries use the default window (issue 15's stable paging): each prefetch fetches 50 and the stages see "
+        "50 fused candidates, on every page."])
