@@ -15,6 +15,7 @@ MAX_DIM = 32_768
 MAX_SHARDS = 256
 MAX_REPLICAS = 8
 DEFAULT_PORT = 8000
+DEFAULT_GRPC_PORT = 9000
 DEFAULT_DATA_DIR = ".prism"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # request bodies, uploads and images: larger is a 413
 MAX_IMAGE_PIXELS = 40_000_000       # decoded image size; larger is refused as a decompression bomb
@@ -332,6 +333,8 @@ class ClusterConfig(_Strict):
     # (each replica serves HTTP itself; no Python proxy hop). proxy: Serve's Python proxy. See docs/operations.md.
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    # The gRPC front door (router/proto/prism/v1/prism.proto) on the same host, through the same ingress; 0: off.
+    grpc_port: int = Field(default=DEFAULT_GRPC_PORT, ge=0, le=65535)
     milvus: MilvusConfig = Field(default_factory=MilvusConfig)
     elasticsearch: ElasticsearchConfig = Field(default_factory=ElasticsearchConfig)
     filters: FilterSettings = Field(default_factory=FilterSettings)

@@ -297,13 +297,13 @@ def bench_serving(n: int, shards: int, workdir: Path) -> dict:
 
     from cluster.cli import bootstrap
     from cluster.config import ClusterConfig
-    from cluster.services import free_port, start_milvus_server
+    from cluster.services import free_port, side_port, start_milvus_server
 
     print(f"[serving] n={n} shards={shards}", flush=True)
     server = start_milvus_server(workdir / "milvus-server")
     port = free_port()
     milvus = {"mode": "server", "uri": server.uri}
-    cfg = ClusterConfig(data_dir=str(workdir / "prism"), port=port, milvus=milvus)
+    cfg = ClusterConfig(data_dir=str(workdir / "prism"), port=port, grpc_port=side_port(), milvus=milvus)
     url = f"http://127.0.0.1:{port}"
     loads = ((1, 150), (8, 400), (32, 800))
     try:
@@ -561,14 +561,15 @@ def bench_ingest(workdir: Path, n: int = 3000) -> dict:
     from cluster.cli import bootstrap
     from cluster.config import ClusterConfig
     from cluster.cli.ingest import run_ingest
-    from cluster.services import free_port
+    from cluster.services import free_port, side_port
     from router.embed import load_encoder
 
     import ray
 
     print(f"[ingest] {n} points, MiniLM", flush=True)
     port = free_port()
-    cfg = ClusterConfig(data_dir=str(workdir / "prism"), port=port, elasticsearch={"mode": "off"})
+    cfg = ClusterConfig(data_dir=str(workdir / "prism"), port=port, grpc_port=side_port(),
+                        elasticsearch={"mode": "off"})
     from deploy.tinyclip import build_tiny_clip
 
     build_tiny_clip(workdir / "prism" / "models" / "clip")  # found by prism up in DATA_DIR/models

@@ -56,7 +56,7 @@ def run(workdir: Path) -> dict:
     from cluster.auth import keys_path, new_key, write_keys_file
     from cluster.cli import bootstrap
     from cluster.config import load_config
-    from cluster.services import free_port
+    from cluster.services import free_port, side_port
     from deploy.bench import http_load
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def run(workdir: Path) -> dict:
     cfg_file.write_text(yaml.safe_dump({"elasticsearch": {"mode": "off"},
                                         "auth": {"rate_limits": {"read_per_s": 1e6, "write_per_s": 1e6}}}))
     port = free_port()
-    cfg = load_config(cfg_file, port=port, data_dir=str(workdir / "prism"))
+    cfg = load_config(cfg_file, port=port, grpc_port=side_port(), data_dir=str(workdir / "prism"))
     url = f"http://127.0.0.1:{port}"
     key, record = new_key("admin")
     keys = keys_path(cfg.data_path)

@@ -146,7 +146,7 @@ def prism(workdir: Path, ingress: str, overrides: dict | None = None,
 
     from cluster.cli import bootstrap
     from cluster.config import load_config
-    from cluster.services import free_port
+    from cluster.services import free_port, side_port
 
     port = free_port()
     config_file = ROOT / "deploy" / "demo.yaml"
@@ -155,7 +155,8 @@ def prism(workdir: Path, ingress: str, overrides: dict | None = None,
         config_file = workdir / "demo-variant.yaml"
         workdir.mkdir(parents=True, exist_ok=True)
         config_file.write_text(yaml.safe_dump({**data, **overrides}))
-    cfg = load_config(config_file, port=port, ingress=ingress, data_dir=str(workdir / f"prism-{ingress}"))
+    cfg = load_config(config_file, port=port, grpc_port=side_port(), ingress=ingress,
+                      data_dir=str(workdir / f"prism-{ingress}"))
     try:
         bootstrap.start_detached(cfg, config_file=str(config_file))
         url = f"http://127.0.0.1:{port}"

@@ -374,6 +374,67 @@ class Ingress:
         """Several queries in one request, answered in order."""
         return await self.service.query_batch(name, await _json(request))
 
+    # ---- gRPC (router/proto/prism/v1/prism.proto): Serve calls these by method name; router.grpc_api runs each
+    # through the same guard and service as its HTTP endpoint. ----
+
+    async def _grpc(self, method: str, request: Any, grpc_context: Any) -> Any:
+        from router.grpc_api import handle
+
+        t0, status = time.perf_counter(), "OK"
+        try:
+            answer = await handle(method, request, grpc_context, service=self.service, guard=self.state.guard)
+            if method == "Query" and answer.partial:
+                self.state.metrics.partial.labels(request.collection).inc()
+            code = grpc_context.code()
+            if code is not None:
+                status = getattr(code, "name", str(code))
+                self.state.metrics.errors.labels(f"grpc:{method}", dict(grpc_context.trailing_metadata()).get(
+                    "prism-error", status.lower())).inc()
+            return answer
+        finally:
+            self.state.metrics.requests.labels(f"grpc:{method}", "GRPC", status).inc()
+            self.state.metrics.latency.labels(f"grpc:{method}", "GRPC").observe(time.perf_counter() - t0)
+
+    async def Query(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - gRPC method names
+        return await self._grpc("Query", request, grpc_context)
+
+    async def QueryBatch(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await self._grpc("QueryBatch", request, grpc_context)
+
+    async def Upsert(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await self._grpc("Upsert", request, grpc_context)
+
+    async def Delete(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await self._grpc("Delete", request, grpc_context)
+
+    async def UpdateVectors(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await self._grpc("UpdateVectors", request, grpc_context)
+
+    async def Create(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await self._grpc("Create", request, grpc_context)
+
+    async def Get(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await self._grpc("Get", request, grpc_context)
+
+    async def List(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await self._grpc("List", request, grpc_context)
+
+    async def Drop(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        return await self._grpc("Drop", request, grpc_context)
+
+    async def Check(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - grpc.health.v1
+        import grpc
+        from grpc_health.v1 import health_pb2
+
+        from router.grpc_api import health_status
+
+        status, why = health_status(request.service)
+        if status is None:
+            grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
+            grpc_context.set_details(why)
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=status)
+
 
 class BuildArgs(BaseModel):
     """Arguments of `router.app:build_app` in a Serve config: a config file path and/or an inline config."""
@@ -405,8 +466,14 @@ def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Applica
 
 
 def start_serve(cfg: ClusterConfig, app_name: str = "prism") -> None:
-    """Start Serve's HTTP proxy on the configured host/port and deploy the app (blocks until it is running)."""
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    """Start Serve's HTTP (and, unless grpc_port is 0, gRPC) ingress on the configured host and ports and deploy the
+    app (blocks until it is running)."""
+    from ray.serve.config import gRPCOptions
+
+    from router.grpc_api import SERVICER_FUNCTIONS
+
+    grpc = gRPCOptions(port=cfg.grpc_port, grpc_servicer_functions=SERVICER_FUNCTIONS) if cfg.grpc_port else None
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, grpc_options=grpc)
     serve.run(build_app(cfg), name=app_name, route_prefix="/")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -107,6 +108,23 @@ def ingress_environment(cfg: ClusterConfig, side_port: Callable[[], int]) -> tup
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "HTTP ingress: Serve's Python proxy"
 
 
+def check_ports(cfg: ClusterConfig) -> None:
+    """Raises ConfigError naming the port when the HTTP or gRPC port cannot be had (before anything starts)."""
+    for name, port in (("port", cfg.port), ("grpc_port", cfg.grpc_port)):
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((cfg.host, port))
+            except OSError as exc:
+                flag = "--grpc-port (0: no gRPC)" if name == "grpc_port" else "--port"
+                raise ConfigError(f"{name} {port} on {cfg.host} cannot be used ({exc.strerror}); pick another with "
+                                  f"{flag}", field=name) from None
+    if cfg.grpc_port and cfg.grpc_port == cfg.port:
+        raise ConfigError(f"grpc_port and port are both {cfg.port}", field="grpc_port")
+
+
 def check_access(cfg: ClusterConfig) -> str:
     """The access-control line `prism up` prints; raises ConfigError (naming why) when it must not start."""
     keys = len(KeySource(cfg.auth.keys, cfg.keys_file).ring)
@@ -133,6 +151,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         return 2
     try:
         access_line = check_access(cfg)
+        check_ports(cfg)
     except PrismError as exc:
         print(f"prism up refused: {exc.message}", file=sys.stderr, flush=True)
         return 2
@@ -153,7 +172,8 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         print("starting Ray ...", flush=True)
         # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
         env, ingress_line = ingress_environment(cfg, side_port)
-        os.environ.update(env)
+        # gRPC messages are bounded like HTTP bodies (Serve's own default is 2 GiB): larger is RESOURCE_EXHAUSTED.
+        os.environ.update({**env, "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.max_upload_bytes)})
         # Ray's control plane runs code for whoever reaches it: its token authentication stays on (Ray's own
         # default for a new local cluster since 2.59, which makes the token; RAY_AUTH_MODE=disabled is refused in
         # check_access), the node is advertised on loopback, and no dashboard (nor its Jobs API) is started.
@@ -164,11 +184,14 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         print(f"starting Serve on http://{cfg.host}:{cfg.port} ({ingress_line}) ...", flush=True)
         start_serve(cfg)
         state = {"pid": os.getpid(), "host": cfg.host, "port": cfg.port, "url": f"http://{cfg.host}:{cfg.port}",
+                 "grpc": f"{cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else None,
                  "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
                  "elasticsearch_pid": es.pid if es else None, "auth": access_line,
                  "ray_auth": os.environ.get("RAY_AUTH_MODE", "unset"), "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)
+        print(f"gRPC: {state['grpc']} (prism.v1.Search, prism.v1.Collections, grpc.health.v1.Health)" if state["grpc"]
+              else "gRPC: off (grpc_port 0)", flush=True)
         print(access_line, flush=True)
         report_encoders(state["url"])
         if ready is not None:
@@ -206,7 +229,7 @@ def start_detached(cfg: ClusterConfig, config_file: str | None = None, timeout_s
         raise BackendError(f"prism is already running from {data} (pid {existing['pid']})")
     state_path(data).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "cluster.cli", "up", "--data-dir", str(data), "--port", str(cfg.port),
-           "--host", cfg.host, "--ingress", cfg.ingress, "--milvus", _milvus_arg(cfg.milvus),
+           "--host", cfg.host, "--grpc-port", str(cfg.grpc_port), "--ingress", cfg.ingress, "--milvus", _milvus_arg(cfg.milvus),
            "--elasticsearch", cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else cfg.elasticsearch.mode]
     if cfg.insecure:
         cmd.append("--insecure")

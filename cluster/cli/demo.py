@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from cluster.services import free_port
+from cluster.services import free_port, side_port
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: cluster/cli/demo.py -> .
 CONFIG = ROOT / "deploy" / "demo.yaml"
@@ -94,7 +94,8 @@ def main() -> int:
     port = free_port()
     started = False
     try:
-        prism("up", "--detach", "--port", str(port), "--data-dir", data_dir, "--config", str(CONFIG))
+        prism("up", "--detach", "--port", str(port), "--grpc-port", str(side_port()), "--data-dir", data_dir,
+              "--config", str(CONFIG))
         started = True
         prism("ingest", str(CATALOG), "--collection", "products", "--data-dir", data_dir)
         base = f"http://127.0.0.1:{port}"

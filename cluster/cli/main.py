@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cluster.config import DEFAULT_DATA_DIR, DEFAULT_PORT, load_config
+from cluster.config import DEFAULT_DATA_DIR, DEFAULT_GRPC_PORT, DEFAULT_PORT, load_config
 from cluster.errors import PrismError
 
 app = typer.Typer(help="prism: sharded multimodal search on Ray + Milvus.", no_args_is_help=True,
@@ -52,6 +52,8 @@ def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once /health is green."),
     port: Optional[int] = typer.Option(None, help=f"HTTP port (default {DEFAULT_PORT})."),
     host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)."),
+    grpc_port: Optional[int] = typer.Option(None, "--grpc-port",
+                                            help=f"gRPC port (default {DEFAULT_GRPC_PORT}; 0: no gRPC)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=f"Data directory (default {DEFAULT_DATA_DIR})."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config file."),
     ingress: Optional[str] = typer.Option(
@@ -63,11 +65,11 @@ def up(
                                       "PRISM_ES_USERNAME / PRISM_ES_PASSWORD)."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host without API keys."),
 ) -> None:
-    """Start Ray, the services prism needs, the shard actors and the HTTP endpoint."""
+    """Start Ray, the services prism needs, the shard actors and the HTTP and gRPC endpoints."""
     from cluster.cli import bootstrap
 
     try:
-        cfg = load_config(config, port=port, host=host, ingress=ingress, data_dir=data_dir, milvus=_milvus(milvus),
+        cfg = load_config(config, port=port, grpc_port=grpc_port, host=host, ingress=ingress, data_dir=data_dir, milvus=_milvus(milvus),
                           elasticsearch=_elasticsearch(elasticsearch), insecure=insecure or None)
         access = bootstrap.check_access(bootstrap.resolve(cfg))
     except PrismError as exc:

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cluster.services import free_port
+from cluster.services import free_port, side_port
 
 
 def group_members(pgid: int) -> list[int]:
@@ -38,13 +38,17 @@ def prism_cli(*args: str, check: bool = True, timeout: float = 400,
 
 
 class Instance:
-    def __init__(self, data_dir: Path, port: int, milvus: str, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, port: int, milvus: str, env: dict[str, str] | None = None,
+                 grpc_port: int | None = None):
         self.data_dir, self.port, self.milvus, self.env = data_dir, port, milvus, env
+        self.grpc_port = side_port() if grpc_port is None else grpc_port
         self.url = f"http://127.0.0.1:{port}"
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.pid: int | None = None
 
     def up(self) -> None:
-        r = prism_cli("up", "--detach", "--port", str(self.port), "--data-dir", str(self.data_dir),
+        r = prism_cli("up", "--detach", "--port", str(self.port), "--grpc-port", str(self.grpc_port),
+                      "--data-dir", str(self.data_dir),
                       "--milvus", self.milvus, check=False, env=self.env)
         assert r.returncode == 0, r.stdout + r.stderr
         import json

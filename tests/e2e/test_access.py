@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from cluster.services import free_port
+from cluster.services import free_port, side_port
 from tests.e2e.conftest import Instance, prism_cli
 
 pytestmark = pytest.mark.slow
@@ -72,16 +72,18 @@ def secured(milvus_server, tmp_path_factory):
     data = tmp_path_factory.mktemp("prism-secured")
     cfg_file = data / "prism.yaml"
     cfg_file.write_text(yaml.safe_dump(CONFIG))
-    port = free_port()
-    refused = prism_cli("up", "--detach", "--host", "0.0.0.0", "--port", str(port), "--data-dir", str(data),
+    port, gport = free_port(), side_port()
+    refused = prism_cli("up", "--detach", "--host", "0.0.0.0", "--port", str(port), "--grpc-port", str(gport),
+                        "--data-dir", str(data),
                         "--config", str(cfg_file), check=False, timeout=60)
     assert refused.returncode == 2 and "refusing to serve on '0.0.0.0' without API keys" in refused.stderr
     assert not (data / "prism-instance.json").exists()  # nothing was started
-    r = prism_cli("up", "--detach", "--insecure", "--host", "0.0.0.0", "--port", str(port), "--data-dir", str(data),
+    r = prism_cli("up", "--detach", "--insecure", "--host", "0.0.0.0", "--port", str(port), "--grpc-port", str(gport),
+                  "--data-dir", str(data),
                   "--config", str(cfg_file), "--milvus", milvus_server.uri, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "WARNING: auth is off and 0.0.0.0 is not a loopback address" in r.stderr
-    inst = Instance(data, port, milvus_server.uri)
+    inst = Instance(data, port, milvus_server.uri, grpc_port=gport)
     inst.pid = json.loads((data / "prism-instance.json").read_text())["pid"]
     inst.url = f"http://127.0.0.1:{port}"
     client = Keyed(inst.url)
