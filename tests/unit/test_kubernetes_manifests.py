@@ -212,11 +212,12 @@ def test_ray_control_plane_is_token_authenticated_and_fenced_by_a_network_policy
     assert policy["spec"]["podSelector"]["matchLabels"] == release
     rules = policy["spec"]["ingress"]
     assert rules[0] == {"from": [{"podSelector": {"matchLabels": release}}]}  # Ray's ports: the release's pods only
-    assert rules[1] == {"ports": [{"port": 8000, "protocol": "TCP"}]}       # prism HTTP from anywhere
+    # prism HTTP and gRPC from anywhere
+    assert rules[1] == {"ports": [{"port": 8000, "protocol": "TCP"}, {"port": 9000, "protocol": "TCP"}]}
     pods = [svc["spec"]["rayClusterConfig"]["headGroupSpec"], *svc["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
     assert all(p["template"]["metadata"]["labels"].items() >= release.items() for p in pods)
     service = next(d for d in docs if d["kind"] == "Service")
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == [8000]   # nothing of Ray is exposed
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [8000, 9000]   # nothing of Ray is exposed
     own = by_kind(render({**KEYED, "rayAuth": {"existingSecret": "mine"}, "networkPolicy": {"enabled": False}}))
     assert own["RayService"][0]["spec"]["rayClusterConfig"]["authOptions"]["secretName"] == "mine"
     assert "NetworkPolicy" not in own and not any(d["metadata"]["name"].endswith("ray-token") for d in own["Secret"])
@@ -265,3 +266,32 @@ def test_the_plain_rayservice_enables_ray_token_auth():
     svc = load(DEPLOY / "rayservice.yaml")
     assert svc["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": "prism-ray-token"}
     jsonschema.validate(svc, crd_schema())
+
+
+def test_grpc_is_served_with_the_servicers_prism_registers_and_exposed_by_the_service():
+    from ray.serve.config import gRPCOptions
+
+    from router.grpc_api import SERVICER_FUNCTIONS
+
+    serve_cfg = load(DEPLOY / "serve-config.yaml")
+    opts = gRPCOptions(**serve_cfg["grpc_options"])
+    assert opts.grpc_servicer_functions == SERVICER_FUNCTIONS and len(opts.grpc_servicer_func_callable) == 3
+    assert ClusterConfig.model_validate(serve_cfg["applications"][0]["args"]["config"]).grpc_port == opts.port
+    svc = load(DEPLOY / "k8s" / "service.yaml")
+    assert {"name": "grpc", "port": 9000, "targetPort": 9000, "protocol": "TCP", "appProtocol": "grpc"} in \
+        svc["spec"]["ports"]
+    docs = render()
+    rs = next(d for d in docs if d["kind"] == "RayService")
+    cfg = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    assert cfg["grpc_options"]["grpc_servicer_functions"] == SERVICER_FUNCTIONS
+    assert serve_config([rs]).grpc_port == 9000
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-http"))
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [8000, 9000]
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"containerPort": 9000, "name": "grpc"} in head["ports"]
+    off = render({**KEYED, "grpc": {"enabled": False}})
+    rs_off = next(d for d in off if d["kind"] == "RayService")
+    assert "grpc_options" not in yaml.safe_load(rs_off["spec"]["serveConfigV2"])
+    assert serve_config([rs_off]).grpc_port == 0
+    service_off = next(d for d in off if d["kind"] == "Service" and d["metadata"]["name"].endswith("-http"))
+    assert [p["targetPort"] for p in service_off["spec"]["ports"]] == [8000]

@@ -39,6 +39,14 @@ proxy_location: EveryNode
 http_options:
   host: 0.0.0.0
   port: 8000
+{{- if .Values.grpc.enabled }}
+grpc_options:
+  port: 9000
+  grpc_servicer_functions:
+    - router.proto.prism.v1.prism_pb2_grpc.add_SearchServicer_to_server
+    - router.proto.prism.v1.prism_pb2_grpc.add_CollectionsServicer_to_server
+    - grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server
+{{- end }}
 applications:
   - name: prism
     route_prefix: /
@@ -48,6 +56,7 @@ applications:
         data_dir: /var/lib/prism
         host: 0.0.0.0
         port: 8000
+        grpc_port: {{ if .Values.grpc.enabled }}9000{{ else }}0{{ end }}
         milvus:
           mode: server
           uri: {{ include "prism.milvusUri" . }}
