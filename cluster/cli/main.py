@@ -108,6 +108,12 @@ def _url(url: Optional[str], data_dir: str) -> str:
     return state["url"]
 
 
+def _grpc_target(data_dir: str) -> str | None:
+    from cluster.cli.bootstrap import read_state
+
+    return (read_state(data_dir) or {}).get("grpc")
+
+
 API_KEY = typer.Option(None, "--api-key", envvar="PRISM_API_KEY", help="API key (default: $PRISM_API_KEY).")
 
 
@@ -340,6 +346,8 @@ def loadtest(
     write_share: float = typer.Option(0.0, "--write-share", help="Fraction of steps that write (0..1)."),
     filter: Optional[str] = typer.Option(None, "--filter", help="Filter (JSON) for the filtered mix."),
     api_key: Optional[str] = API_KEY,
+    protocol: str = typer.Option("http", "--protocol", help="http | grpc (the same mix through the gRPC API)."),
+    grpc: Optional[str] = typer.Option(None, "--grpc", help="gRPC host:port (default: the recorded instance's)."),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
 ) -> None:
     """Headless Locust run with realistic query mixes; writes CSV, summary.json and PNG plots."""
@@ -351,7 +359,8 @@ def loadtest(
     try:
         summary = run_loadtest(_url(url, data_dir), collection, users=users, spawn_rate=spawn_rate,
                                run_time=run_time, out_dir=out, corpus=corpus, write_share=write_share,
-                               filter_json=filter, api_key=api_key)
+                               filter_json=filter, api_key=api_key, protocol=protocol,
+                               grpc_target=(grpc or _grpc_target(data_dir)) if protocol == "grpc" else None)
     except LoadTestError as exc:
         _fail(str(exc), 2)
     t = summary["total"]

@@ -39,11 +39,15 @@ def preflight(url: str, collection: str, corpus: Path, headers: dict[str, str]) 
 def run_loadtest(url: str, collection: str, *, users: int = 8, spawn_rate: float = 8.0, run_time: str = "30s",
                  out_dir: str | Path = "loadtest-report", corpus: str | Path | None = None,
                  write_share: float = 0.0, filter_json: str | None = None, api_key: str | None = None,
-                 api_key_header: str = "X-API-Key") -> dict:
+                 api_key_header: str = "X-API-Key", protocol: str = "http", grpc_target: str | None = None) -> dict:
     if not 0 <= write_share <= 1:
         raise LoadTestError(f"write share must be between 0 and 1, got {write_share!r}")
     if users < 1:
         raise LoadTestError(f"users must be >= 1, got {users!r}")
+    if protocol not in ("http", "grpc"):
+        raise LoadTestError(f"protocol must be http or grpc, got {protocol!r}")
+    if protocol == "grpc" and not grpc_target:
+        raise LoadTestError("--protocol grpc needs the gRPC host:port (--grpc; default: the recorded instance's)")
     corpus = Path(corpus) if corpus else HERE / "queries.txt"
     headers = {api_key_header: api_key} if api_key else {}
     info = preflight(url, collection, corpus, headers)
@@ -57,7 +61,8 @@ def run_loadtest(url: str, collection: str, *, users: int = 8, spawn_rate: float
     env = {**os.environ, "PRISM_LT_COLLECTION": collection, "PRISM_LT_CORPUS": str(corpus),
            "PRISM_LT_WRITE_SHARE": str(write_share), "PRISM_LT_SPACES": json.dumps(spaces),
            "PRISM_LT_FILTER": filter_json or "null", "PRISM_LT_OUT": str(out),
-           "PRISM_LT_API_KEY": api_key or "", "PRISM_LT_API_KEY_HEADER": api_key_header}
+           "PRISM_LT_API_KEY": api_key or "", "PRISM_LT_API_KEY_HEADER": api_key_header,
+           "PRISM_LT_PROTOCOL": protocol, "PRISM_LT_GRPC_TARGET": grpc_target or ""}
     started = datetime.now(timezone.utc)
     proc = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--only-summary",
@@ -67,7 +72,8 @@ def run_loadtest(url: str, collection: str, *, users: int = 8, spawn_rate: float
     (out / "locust.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not (out / "locust_stats.csv").exists():
         raise LoadTestError(f"locust failed (exit {proc.returncode}); see {out / 'locust.log'}")
-    summary = summarise(out, url=url, collection=collection, users=users, run_time=run_time, started=started)
+    summary = summarise(out, url=url if protocol == "http" else f"grpc://{grpc_target}", collection=collection,
+                        users=users, run_time=run_time, started=started, protocol=protocol)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(out, summary)
     return summary

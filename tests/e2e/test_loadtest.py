@@ -61,3 +61,31 @@ def test_bad_configuration_is_a_clear_message_not_a_traceback(products, prism_se
     r = prism_cli("loadtest", "--url", prism_server.url, "--collection", "nope", "--run-time", "2s",
                   "--out", str(tmp_path / "c"), check=False)
     assert r.returncode == 2 and "'nope'" in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+
+def grpc_served(metrics_text: str, methods: tuple[str, ...]) -> int:
+    total = 0.0
+    for line in metrics_text.splitlines():
+        m = re.match(r'prism_requests_total\{endpoint="grpc:([^"]+)",method="GRPC",status="OK"\} ([0-9.e+]+)', line)
+        if m and m.group(1) in methods:
+            total += float(m.group(2))
+    return int(total)
+
+
+def test_loadtest_over_grpc_sends_its_mix_through_the_grpc_api(products, prism_server, tmp_path):
+    c = prism_server.client
+    before = c.get("/metrics").text
+    out = tmp_path / "grpc-report"
+    r = prism_cli("loadtest", "--url", prism_server.url, "--protocol", "grpc", "--grpc", prism_server.grpc_target,
+                  "--collection", "products", "--users", "2", "--spawn-rate", "2", "--run-time", "6s",
+                  "--out", str(out), "--write-share", "0.1")
+    after = c.get("/metrics").text
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == "grpc" and summary["url"] == f"grpc://{prism_server.grpc_target}"
+    assert {"query:text", "query:fused", "query:batch"} <= set(summary["types"])
+    assert summary["total"]["requests"] > 5 and summary["total"]["error_rate"] == 0.0
+    queries = sum(e["requests"] for k, e in summary["types"].items() if k.startswith("query:"))
+    seen = grpc_served(after, ("Query", "QueryBatch")) - grpc_served(before, ("Query", "QueryBatch"))
+    assert 0 <= seen - queries <= 2, (seen, queries)  # at most one call per user in flight at the stop
+    assert served(after, QUERIES) == served(before, QUERIES)  # none of it went over HTTP
