@@ -753,9 +753,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
     ap.add_argument("--only",
                     default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny,auth,"
-                            "stages",
+                            "stages,grpc",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness, batching, tiny, auth, stages")
+                         "freshness, batching, tiny, auth, stages, grpc")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -809,6 +809,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_stages import run as bench_stages
 
             write_json("stages", {"machine": machine(), **bench_stages(workdir / "stages")})
+        if "grpc" in sections:
+            from deploy.bench_grpc import run as bench_grpc
+
+            write_json("grpc", {"machine": machine(), **bench_grpc(workdir / "grpc")})
         from deploy.report import write_report
 
         write_report()

@@ -141,6 +141,10 @@ SECTIONS = [
         "spaces and a bm25 space over a short description (the bundled Elasticsearch API server); a bm25 + 2 vector "
         "RRF query (limit 10, cache off) with no stage and with formula -> MMR -> group_by, interleaved query by "
         f"query. Target: {d['target']}.")),
+    ("grpc", "deploy.bench_grpc", "gRPC beside HTTP: the same queries through both front doors", lambda d: (
+        "`prism up` with deploy/demo.yaml (milvus-lite, 2 shards, HNSW) holding the 64-product catalog; vector "
+        "queries (384-d, top 5, payloads) and text queries (distinct texts, MiniLM per query), cache off, at c=1 "
+        "(p50) and c=8 (QPS) over HTTP and over gRPC in the same run, rounds alternating which goes first.")),
     ("encode", "deploy.bench_encode", "Encoders: prism's encoder class vs raw sentence-transformers", lambda d: (
         "all-MiniLM-L6-v2, distinct texts per batch, `python -m deploy.bench --only encode`; both sides on the "
         f"same device in the same run. Target: {d['target']}. Rows of a device this machine does not have say "
