@@ -143,9 +143,14 @@ class PrismClient:
         """HTTP: GET /health. gRPC: grpc.health.v1.Health/Check -> {"status": "SERVING"}."""
         if self.protocol == "http":
             return self._call("GET", "/health")
+        import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        reply = health_pb2_grpc.HealthStub(self._channel).Check(health_pb2.HealthCheckRequest(), timeout=self.timeout)
+        try:
+            reply = health_pb2_grpc.HealthStub(self._channel).Check(health_pb2.HealthCheckRequest(),
+                                                                    timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise PrismClientError(exc.code().name, exc.code().name.lower(), exc.details() or "") from None
         return {"status": health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}
 
     def query(self, collection: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:

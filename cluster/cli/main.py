@@ -139,6 +139,17 @@ def status(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     if state:
         console.print(f"  Ray control plane: token authentication {'on' if state.get('ray_auth') == 'token' else 'OFF'}"
                       " (RAY_AUTH_MODE), node on 127.0.0.1, no dashboard")
+    if state and state.get("grpc"):
+        from cluster.client import PrismClient, PrismClientError
+
+        try:
+            with PrismClient(f"grpc://{state['grpc']}", timeout=10) as rpc:
+                grpc_health = rpc.health()["status"]
+        except PrismClientError as exc:
+            grpc_health = f"[red]{exc.status}[/red]: {exc.message}"
+        console.print(f"  gRPC: {state['grpc']} (grpc.health.v1: {grpc_health})")
+    elif state:
+        console.print("  gRPC: off (prism up --grpc-port 0)")
     for name, enc in h["encoders"].items():
         state = (f"{enc['dim']}-d on {enc.get('device', '?')} ({enc.get('dtype', '?')}, batches of "
                  f"{enc.get('max_batch_size', '?')})" if enc["available"] else
@@ -201,31 +212,42 @@ def query(
     filter: Optional[str] = typer.Option(None, "--filter", help="Elasticsearch query DSL (JSON)."),
     limit: int = typer.Option(5, "--limit", "-k"),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
-    url: Optional[str] = typer.Option(None),
+    url: Optional[str] = typer.Option(None, help="http(s)://host:port or grpc://host:port (default: the recorded "
+                                                 "instance)."),
+    protocol: str = typer.Option("http", "--protocol", help="http | grpc: with grpc, the recorded instance's gRPC "
+                                                             "port (or --url grpc://...)."),
     api_key: Optional[str] = API_KEY,
 ) -> None:
-    """Run a text query and print a ranked table."""
-    import httpx
+    """Run a text query and print a ranked table (through PrismClient, over HTTP or gRPC)."""
+    from cluster.client import PrismClient, PrismClientError
 
-    from cluster.auth import client_headers
-
-    base = _url(url, data_dir)
-    headers = client_headers(api_key)
-    info = httpx.get(f"{base}/v1/collections/{collection}", headers=headers, timeout=30)
-    if info.status_code != 200:
-        _fail(info.json().get("message", info.text))
-    spaces = space or [n for n, s in info.json()["config"]["spaces"].items() if s.get("encoder")]
-    body = {"prefetch": [{"space": s, "text": text} for s in spaces], "limit": limit,
-            "fusion": {"method": fusion if len(spaces) > 1 else "none"}}
+    if protocol not in ("http", "grpc"):
+        _fail(f"--protocol: expected http or grpc, got {protocol!r}", 2)
+    if url:
+        endpoint = url.rstrip("/")
+    elif protocol == "grpc":
+        target = _grpc_target(data_dir)
+        if not target:
+            _fail(f"no gRPC port recorded in {Path(data_dir).resolve()} (prism up --grpc-port 0?); pass "
+                  "--url grpc://host:port", 2)
+        endpoint = f"grpc://{target}"
+    else:
+        endpoint = _url(None, data_dir)
+    body: dict = {"limit": limit}
     if filter:
         try:
             body["filter"] = json.loads(filter)
         except json.JSONDecodeError as exc:
             _fail(f"--filter is not JSON: {exc}", 2)
-    r = httpx.post(f"{base}/v1/collections/{collection}/query", json=body, headers=headers, timeout=60)
-    if r.status_code != 200:
-        _fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
-    answer = r.json()
+    try:
+        with PrismClient(endpoint, api_key=api_key) as client:
+            spaces = space or [n for n, s in client.get_collection(collection)["config"]["spaces"].items()
+                               if s.get("encoder")]
+            body["prefetch"] = [{"space": s, "text": text} for s in spaces]
+            body["fusion"] = {"method": fusion if len(spaces) > 1 else "none"}
+            answer = client.query(collection, body)
+    except PrismClientError as exc:
+        _fail(f"{exc.status}: {exc.message}" + (f" ({exc.field})" if exc.field else ""))
     print_hits(answer, f"{text!r} in {'+'.join(spaces)} ({body['fusion']['method']})")
 
 
@@ -235,8 +257,11 @@ def print_hits(answer: dict, title: str) -> None:
         table.add_column(col)
     for i, h in enumerate(answer["hits"], start=1):
         p = h.get("payload") or {}
+        price = p.get("price", "")
+        if isinstance(price, float) and price.is_integer():
+            price = int(price)  # 29.0 over HTTP is 29 over gRPC (a Struct number): print both alike
         table.add_row(str(i), h["id"], f"{h['score']:.4f}", str(p.get("name", "")), str(p.get("category", "")),
-                      str(p.get("price", "")))
+                      str(price))
     console.print(table)
     cov = answer["coverage"]
     console.print(f"  {cov['shards_answered']}/{cov['shards_total']} shards answered, partial={answer['partial']}, "
