@@ -289,8 +289,14 @@ def test_grpc_is_served_with_the_servicers_prism_registers_and_exposed_by_the_se
     assert [p["targetPort"] for p in service["spec"]["ports"]] == [8000, 9000]
     head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"containerPort": 9000, "name": "grpc"} in head["ports"]
+    assert head["startupProbe"]["grpc"] == {"port": 9000}  # the standard health service gates start-up
+    plain = load(DEPLOY / "rayservice.yaml")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert plain["containers"][0]["startupProbe"]["grpc"] == {"port": 9000}
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "HealthCheckRequest" in dockerfile and "127.0.0.1:9000" in dockerfile and "EXPOSE 8000 9000" in dockerfile
     off = render({**KEYED, "grpc": {"enabled": False}})
     rs_off = next(d for d in off if d["kind"] == "RayService")
+    assert "startupProbe" not in rs_off["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "grpc_options" not in yaml.safe_load(rs_off["spec"]["serveConfigV2"])
     assert serve_config([rs_off]).grpc_port == 0
     service_off = next(d for d in off if d["kind"] == "Service" and d["metadata"]["name"].endswith("-http"))
