@@ -23,8 +23,10 @@ def test_readme_has_the_two_commands():
 def test_readme_api_example_runs(prism_server):
     found = snippets()
     assert found, "the README lost its API example"
+    assert any("grpc://" in code for code in found), "the README lost its gRPC example"
     for code in found:
         code = code.replace('BASE = "http://127.0.0.1:8000"', f'BASE = "{prism_server.url}"')
+        code = code.replace('"grpc://127.0.0.1:9000"', f'"grpc://{prism_server.grpc_target}"')
         exec(compile(code, "README.md", "exec"), {})
 
 
