@@ -25,13 +25,15 @@ class PrismClientError(Exception):
         self.status, self.error, self.message, self.field, self.retry_after = status, error, message, field, retry_after
 
 
-def _numbers(value: Any) -> Any:
+def struct_numbers(value: Any) -> Any:
+    """google.protobuf.Struct numbers are doubles: whole ones below 2^53 become ints again, as JSON `2` parses
+    (recursively). The server applies it to what a client sends, the client to what the server answers."""
     if isinstance(value, float):
         return int(value) if value.is_integer() and math.isfinite(value) and abs(value) < 2 ** 53 else value
     if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
+        return {k: struct_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_numbers(v) for v in value]
+        return [struct_numbers(v) for v in value]
     return value
 
 
@@ -70,7 +72,7 @@ def _wrap_vectors(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _unwrap_hit(h: dict[str, Any]) -> dict[str, Any]:
     if "payload" in h:
-        h["payload"] = _numbers(h["payload"])
+        h["payload"] = struct_numbers(h["payload"])
     h["vectors"] = {s: v.get("values", []) for s, v in h["vectors"].items()} if h.get("vectors") else None
     return h
 
@@ -80,7 +82,7 @@ def _answer(d: dict[str, Any]) -> dict[str, Any]:
     d["groups"] = [{**g, "hits": [_unwrap_hit(h) for h in g.get("hits", [])]} for g in d["groups"]] \
         if d.get("groups") else None
     for key in ("timings_ms", "search_params"):
-        d[key] = _numbers(d[key]) if d.get(key) else None
+        d[key] = struct_numbers(d[key]) if d.get(key) else None
     return d
 
 
@@ -211,7 +213,7 @@ class PrismClient:
 
     @staticmethod
     def _info(d: dict[str, Any]) -> dict[str, Any]:
-        d["config"] = _numbers(d.get("config", {}))
+        d["config"] = struct_numbers(d.get("config", {}))
         d["counts"] = {k: int(v) for k, v in d.get("counts", {}).items()}
         for s in d.get("shards", []):
             s["counts"] = {k: int(v) for k, v in s.get("counts", {}).items()}

@@ -212,6 +212,15 @@ class EncoderDeployment:
         return await self._encode_image_batch(image)
 
 
+def _grpc_method(name: str):
+    """An Ingress method for the gRPC method `name`: Serve's gRPC proxy calls it by that name."""
+    async def call(self: "Ingress", request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc(name, request, grpc_context)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
 @serve.ingress(api)
 class Ingress:
@@ -395,32 +404,10 @@ class Ingress:
             self.state.metrics.requests.labels(f"grpc:{method}", "GRPC", status).inc()
             self.state.metrics.latency.labels(f"grpc:{method}", "GRPC").observe(time.perf_counter() - t0)
 
-    async def Query(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - gRPC method names
-        return await self._grpc("Query", request, grpc_context)
-
-    async def QueryBatch(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await self._grpc("QueryBatch", request, grpc_context)
-
-    async def Upsert(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await self._grpc("Upsert", request, grpc_context)
-
-    async def Delete(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await self._grpc("Delete", request, grpc_context)
-
-    async def UpdateVectors(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await self._grpc("UpdateVectors", request, grpc_context)
-
-    async def Create(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await self._grpc("Create", request, grpc_context)
-
-    async def Get(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await self._grpc("Get", request, grpc_context)
-
-    async def List(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await self._grpc("List", request, grpc_context)
-
-    async def Drop(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        return await self._grpc("Drop", request, grpc_context)
+    # prism.v1.Search and prism.v1.Collections, one method per RPC (Serve looks each up by its name).
+    Query, QueryBatch, Upsert, Delete, UpdateVectors = (_grpc_method(m) for m in (  # noqa: N815
+        "Query", "QueryBatch", "Upsert", "Delete", "UpdateVectors"))
+    Create, Get, List, Drop = (_grpc_method(m) for m in ("Create", "Get", "List", "Drop"))  # noqa: N815
 
     async def Check(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - grpc.health.v1
         import grpc

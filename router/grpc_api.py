@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from pydantic import BaseModel
 
+from cluster.client import struct_numbers
 from cluster.errors import CollectionExists, InvalidRequest, PrismError, describe
 from router.access import Refusal
 from router.proto.prism.v1 import prism_pb2 as pb
@@ -60,17 +61,6 @@ class Context(Protocol):
 
 
 # ---- requests: proto -> HTTP body ----
-
-def _numbers(value: Any) -> Any:
-    """Struct numbers are doubles: integral ones become ints, as JSON `2` parses (recursively)."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and math.isfinite(value) and abs(value) < 2 ** 53 else value
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    return value
-
 
 def _plain(msg: Message) -> dict[str, Any]:
     """The message in proto's JSON mapping, with the proto field names; unset fields left out."""
@@ -108,14 +98,14 @@ def query_body(msg: pb.QueryRequest, collection: str | None = None) -> dict[str,
                              field="queries.collection")
     for p in d.get("prefetch", []):
         if "filter" in p:
-            p["filter"] = _numbers(p["filter"])
+            p["filter"] = struct_numbers(p["filter"])
         if "params" in p:
-            p["params"] = _numbers(p["params"])
+            p["params"] = struct_numbers(p["params"])
     if "filter" in d:
-        d["filter"] = _numbers(d["filter"])
+        d["filter"] = struct_numbers(d["filter"])
     for stage in d.get("stages", []):
         for boost in stage.get("formula", {}).get("boost", []):
-            boost.update({k: _numbers(boost[k]) for k in ("equals", "origin", "scale", "offset") if k in boost})
+            boost.update({k: struct_numbers(boost[k]) for k in ("equals", "origin", "scale", "offset") if k in boost})
     _selector(d, "with_payload")
     _selector(d, "with_vectors")
     return d
@@ -131,7 +121,7 @@ def upsert_body(msg: pb.UpsertRequest) -> dict[str, Any]:
     for p in d.get("points", []):
         p.setdefault("id", "")
         if "payload" in p:
-            p["payload"] = _numbers(p["payload"])
+            p["payload"] = struct_numbers(p["payload"])
         _vectors(p)
     return d
 
@@ -149,12 +139,12 @@ def delete_body(msg: pb.DeleteRequest) -> dict[str, Any]:
     d = _plain(msg)
     d.pop("collection", None)
     if "filter" in d:
-        d["filter"] = _numbers(d["filter"])
+        d["filter"] = struct_numbers(d["filter"])
     return d
 
 
 def spec_body(msg: pb.CreateCollectionRequest) -> dict[str, Any]:
-    return _numbers(_plain(msg).get("spec", {}))
+    return struct_numbers(_plain(msg).get("spec", {}))
 
 
 # ---- answers: model -> proto ----
