@@ -24,7 +24,7 @@ from router.fusion import contributions, fuse
 from router.merge import merge_topk
 from router.models import (
     Coverage, DeleteResponse, Explanation, Hit, HitGroup, Point, PrefetchExplanation, QueryRequest, QueryResponse,
-    ShardFailure, StageExplanation, UpsertResponse,
+    ShardFailure, StageExplanation, UpsertResponse, VerifyResponse,
     select_payload,
 )
 from router.plan import INLINE_PAYLOAD_MAX, inline_payload
@@ -311,6 +311,28 @@ class Coordinator:
                 return total
             after = ids[-1]
 
+    async def verify(self, sample: int = 100, list_extra_up_to: int = 10_000) -> VerifyResponse:
+        """Compare the ids the shards hold with Elasticsearch's documents: every shard id is looked up there a page
+        at a time; documents no shard holds are counted (and listed while the collection is small enough to name
+        every id in one query). Writes in flight while it runs can show as drift: run it again to tell."""
+        self.filtering._store("verify")  # a 503 naming Elasticsearch when it is not configured
+        held, missing, after, known = 0, [], "", []
+        while True:
+            ids = await self.scan(after, SCAN_PAGE)
+            held += len(ids)
+            missing += await self.filtering.unindexed(ids) if ids else []
+            if held <= list_extra_up_to:
+                known += ids
+            if len(ids) < SCAN_PAGE:
+                break
+            after = ids[-1]
+        documents = await self.filtering.documents()
+        extra = documents - (held - len(missing))
+        listed = await self.filtering.extra_documents(known, sample) if extra > 0 and held <= list_extra_up_to else []
+        return VerifyResponse(collection=self.config.name, shard_points=held, elasticsearch_documents=documents,
+                              missing_in_elasticsearch=len(missing), extra_in_elasticsearch=extra,
+                              sample_missing=missing[:sample], sample_extra=listed, drift=bool(missing or extra))
+
     # -- writes ------------------------------------------------------------------------------------------------
     def _writable(self) -> None:
         if self.paused:
@@ -359,8 +381,8 @@ class Coordinator:
     async def delete(self, ids: Sequence[str], wait: bool = True) -> DeleteResponse:
         self._writable()
         unique = list(dict.fromkeys(ids))
-        results = await self._write(self.shards[s].delete(batch, wait) for s, batch in self._by_shard(unique).items())
-        await self.filtering.unindex(unique, wait)
+        results = await self.filtering.delete_through(unique, wait, lambda: self._write(  # Elasticsearch first
+            self.shards[s].delete(batch, wait) for s, batch in self._by_shard(unique).items()), self.fetch)
         return DeleteResponse(deleted=sum(max(r) for r in results), visible=wait)
 
     async def _write(self, calls: Any) -> list:

@@ -174,10 +174,20 @@ class Filtering:
             await self._resync([r.id for r in rows], held, wait)
             raise
 
-    async def unindex(self, ids: list[str], wait: bool) -> None:
-        """Remove deleted points from Elasticsearch (after the shards deleted them)."""
-        if self.metadata is not None:
-            await asyncio.to_thread(self.metadata.delete, self.config.name, ids, wait)
+    async def delete_through(self, ids: list[str], wait: bool, write: Callable[[], Awaitable[Any]],
+                             held: Fetch) -> Any:
+        """Remove the ids from Elasticsearch, then `write` (delete them from) the shards: an Elasticsearch that
+        cannot take the delete refuses the request before any shard changes; when the shards fail, Elasticsearch
+        is put back in step with what they still hold. Returns what `write` returned."""
+        store = self.metadata
+        if store is None:
+            return await write()
+        await asyncio.to_thread(store.delete, self.config.name, ids, wait)
+        try:
+            return await write()
+        except BaseException:
+            await self._resync(ids, held, wait)
+            raise
 
     async def _resync(self, ids: list[str], held: Fetch, wait: bool) -> None:
         """Best effort (the request is failing already): a step that fails is logged with the ids left out."""
@@ -195,6 +205,20 @@ class Filtering:
                             len(unknown), sorted(failed))
         except Exception as exc:  # noqa: BLE001 - the original error is what the caller sees
             log.warning("could not put Elasticsearch back in step for %d ids: %s", len(ids), exc)
+
+    async def unindexed(self, ids: list[str]) -> list[str]:
+        """Those of `ids` Elasticsearch holds no document for (in the given order)."""
+        store = self._store("verify")
+        found = await asyncio.to_thread(store.confirm, self.config.name, {"match_all": {}}, ids)
+        return [i for i in ids if i not in found]
+
+    async def documents(self) -> int:
+        return await asyncio.to_thread(self._store("verify").count, self.config.name, {"match_all": {}})
+
+    async def extra_documents(self, known: list[str], limit: int) -> list[str]:
+        """Up to `limit` ids of documents Elasticsearch holds that are not in `known`."""
+        query = {"bool": {"must_not": [{"ids": {"values": known}}]}} if known else {"match_all": {}}
+        return sorted(await asyncio.to_thread(self._store("verify").ids, self.config.name, query, limit))
 
     async def delete_matching(self, dsl: dict[str, Any], delete: Callable[[list[str]], Awaitable[Any]],
                               page: int = DELETE_PAGE) -> int:

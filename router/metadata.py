@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig
-from cluster.errors import BackendError, FilterError, IndexRefused
+from cluster.errors import BackendError, FilterError, IndexRefused, MetadataUnavailable
 
 INDEX_PREFIX = "prism-"
 _ES_TYPES = {"keyword": "keyword", "float": "double", "integer": "long", "date": "date", "text": "text",
@@ -39,12 +39,18 @@ class MetadataStore:
         self.es = Elasticsearch(url, request_timeout=timeout_s, **auth)
 
     def _call(self, what: str, fn, *args, **kwargs):
-        from elasticsearch import BadRequestError
+        from elasticsearch import ApiError, BadRequestError, ConnectionError as Unreachable
 
         try:
             return fn(*args, **kwargs)
-        except BadRequestError as exc:
-            if "query" in kwargs:  # Elasticsearch refused a filter we passed on: the filter's fault, a 4xx
+        except Unreachable as exc:  # refused, reset or timed out (ConnectionTimeout is one): Elasticsearch is down
+            raise MetadataUnavailable(f"Elasticsearch at {self.url} is unreachable ({what}): {exc}; queries whose "
+                                      "filters or lexical spaces need it, counts and writes are refused until it "
+                                      "answers (vector queries with filters Milvus runs go on)") from exc
+        except ApiError as exc:
+            if exc.meta.status == 503:  # up, but no shard of the index can answer
+                raise MetadataUnavailable(f"Elasticsearch at {self.url} cannot serve {what}: {exc}") from exc
+            if isinstance(exc, BadRequestError) and "query" in kwargs:  # the filter's fault: a 4xx
                 raise FilterError(f"Elasticsearch refused this filter: {exc}", field="filter") from exc
             raise BackendError(f"Elasticsearch {what} failed at {self.url}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - Elasticsearch errors become typed prism errors here

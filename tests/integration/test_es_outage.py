@@ -1,0 +1,110 @@
+"""Elasticsearch down: what keeps working, what is refused (503 naming it), and that nothing diverges. A real
+noida-db stopped by process group and started again on the same port and data dir; real milvus-lite shards."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+import pytest
+
+from cluster.config import CollectionConfig, MilvusConfig
+from cluster.errors import MetadataUnavailable
+from cluster.services import free_port, start_elasticsearch
+from router.coordinator import Coordinator
+from router.metadata import MetadataStore
+from router.models import Point, QueryRequest
+from shards.local import local_shards, replica_specs, stop_local_shards
+
+DIM = 8
+_n = itertools.count()
+
+
+def unit(seed: int) -> list[float]:
+    v = np.random.default_rng(seed).standard_normal(DIM)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def points(ids: list[str], tag: str = "a") -> list[Point]:
+    return [Point(id=i, payload={"tag": tag, "note": f"note {i} about rain"}, vectors={"v": unit(k)})
+            for k, i in enumerate(ids)]
+
+
+def query(**extra) -> QueryRequest:
+    return QueryRequest(prefetch=[{"space": "v", "vector": unit(3)}], fusion={"method": "none"}, limit=5,
+                        cache=False, **extra)
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A coordinator over 2 milvus-lite shards and a noida-db it owns: (coordinator, restart, stop)."""
+    port, es_dir = free_port(), tmp_path / "es"
+    es = {"h": start_elasticsearch(es_dir, port)}
+    cfg = CollectionConfig(name=f"out{next(_n)}", shards=2, metadata={"tag": "keyword", "note": "text"},
+                           spaces={"v": {"dim": DIM, "index": {"type": "FLAT"}}})
+    store = MetadataStore(es["h"].uri, timeout_s=5)
+    store.ensure_index(cfg)
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path / "milvus", None))
+    coord = Coordinator.from_clients(cfg, clients, metadata=store)
+
+    def stop():
+        es["h"].stop()
+
+    def restart():
+        es["h"] = start_elasticsearch(es_dir, port)
+
+    yield coord, restart, stop
+    stop_local_shards(clients, drop=True)
+    es["h"].stop()
+
+
+def ids_of(answer) -> list[str]:
+    return [h.id for h in answer.hits]
+
+
+def test_an_elasticsearch_outage_refuses_what_needs_it_keeps_the_rest_and_loses_nothing(world):
+    coord, restart, stop = world
+    held = [f"p{i}" for i in range(12)]
+    asyncio.run(coord.upsert(points(held)))
+    before = {"plain": ids_of(asyncio.run(coord.query(query()))),
+              "pushdown": ids_of(asyncio.run(coord.query(query(filter={"term": {"tag": "a"}})))),
+              "residual": ids_of(asyncio.run(coord.query(query(filter={"match": {"note": "rain"}}))))}
+    assert len(before["plain"]) == 5 and before["pushdown"] == before["plain"] == before["residual"]
+    stop()
+
+    # No Elasticsearch needed: unfiltered queries and filters Milvus runs answer as before, complete.
+    for kind, req in (("plain", query()), ("pushdown", query(filter={"term": {"tag": "a"}}))):
+        answer = asyncio.run(coord.query(req))
+        assert ids_of(answer) == before[kind] and not answer.partial, kind
+    assert sorted(asyncio.run(coord.fetch(held))[0]) == sorted(held)  # points by id come from the shards
+    # Elasticsearch needed: a 503 naming it, for the query, the count and every write; nothing changes.
+    refused = [lambda: coord.query(query(filter={"match": {"note": "rain"}})), lambda: coord.count(),
+               lambda: coord.upsert(points(["new1", "new2"], tag="b")), lambda: coord.delete(["p0", "p1"]),
+               lambda: coord.delete_by_filter({"term": {"tag": "a"}}), lambda: coord.verify()]
+    for call in refused:
+        with pytest.raises(MetadataUnavailable, match="Elasticsearch at http://127.0.0.1:.* is unreachable") as e:
+            asyncio.run(call())
+        assert e.value.status == 503
+    rows, failed = asyncio.run(coord.fetch(held + ["new1", "new2"]))
+    assert not failed and sorted(rows) == sorted(held)  # the refused upsert wrote no shard, the delete deleted none
+
+    restart()  # same port, same data: the client reconnects by itself
+    report = asyncio.run(coord.verify())
+    assert not report.drift and report.shard_points == report.elasticsearch_documents == 12, report
+    assert ids_of(asyncio.run(coord.query(query(filter={"match": {"note": "rain"}})))) == before["residual"]
+    assert asyncio.run(coord.count()) == 12
+    asyncio.run(coord.delete(["p0"]))
+    asyncio.run(coord.upsert(points(["new1"], tag="b")))
+    assert asyncio.run(coord.count({"term": {"tag": "b"}})) == 1 and not asyncio.run(coord.verify()).drift
+
+
+def test_verify_names_the_points_the_two_stores_disagree_on(world):
+    coord, _, _ = world
+    asyncio.run(coord.upsert(points(["a1", "a2", "a3", "a4"])))
+    store: MetadataStore = coord.filtering.metadata
+    store.delete(coord.config.name, ["a2"])  # behind prism's back: a shard point Elasticsearch lost
+    store.upsert(coord.config.name, [("ghost", {"tag": "a"})])  # and a document no shard holds
+    report = asyncio.run(coord.verify())
+    assert report.drift and report.shard_points == 4 and report.elasticsearch_documents == 4
+    assert (report.missing_in_elasticsearch, report.sample_missing) == (1, ["a2"])
+    assert (report.extra_in_elasticsearch, report.sample_extra) == (1, ["ghost"])
