@@ -33,7 +33,7 @@ def route_access(method: str, path: str, metrics_open: bool = True) -> tuple[Rol
     name, rest = parts[2], parts[3:]
     if not rest:
         return ("read" if method in ("GET", "HEAD") else "admin"), name
-    if rest == ["reshard"]:
+    if rest in (["reshard"], ["verify"]):
         return "admin", name
     if rest[0] == "points":
         if method == "GET" or (len(rest) == 2 and rest[1] in _POINT_READS):

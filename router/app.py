@@ -24,7 +24,7 @@ from router.models import (
     MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
     CountResponse, DeletedCollection, DeleteRequest, DeleteResponse, Health, QueryRequest, QueryResponse, Record, ReshardRequest,
     ReshardResponse, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest,
-    UpsertRequest, UpsertResponse, json_too_deep,
+    UpsertRequest, UpsertResponse, VerifyResponse, json_too_deep,
 )
 
 log = logging.getLogger("prism.ingress")
@@ -335,6 +335,14 @@ class Ingress:
     async def count(self, name: str, request: Request):
         """How many points match `filter` (all points without one)."""
         return await self.service.count(name, await _json(request))
+
+    @api.get("/v1/collections/{name}/verify", response_model=VerifyResponse,
+             responses=documented(ACCESS + (404, 502, 503)))
+    async def verify(self, name: str):
+        """Do the shards (Milvus) and Elasticsearch hold the same points? Every id the shards hold is looked up in
+        Elasticsearch; documents no shard holds are counted. `drift: true` says they differ (admin; `prism
+        verify`). It reads the whole collection: run it after an outage, not per request."""
+        return await self.service.verify(name)
 
     @api.get("/v1/collections/{name}/points/{point_id}", response_model=Record,
              responses=documented(ACCESS + (404, 422, 503)))

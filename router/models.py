@@ -524,6 +524,19 @@ class ScrollResponse(BaseModel):
     next_cursor: str | None = None  # null: the scroll is complete
 
 
+class VerifyResponse(BaseModel):
+    """`GET .../verify`: do the shards (Milvus) and Elasticsearch hold the same points?"""
+
+    collection: str
+    shard_points: int  # distinct ids the shards hold
+    elasticsearch_documents: int
+    missing_in_elasticsearch: int  # held by a shard, no document in Elasticsearch
+    extra_in_elasticsearch: int  # documents whose id no shard holds
+    sample_missing: list[str] = []  # up to 100 of each, in id order
+    sample_extra: list[str] = []  # listed while the shards hold at most 10,000 points (counted always)
+    drift: bool
+
+
 class CountRequest(_Strict):
     """`POST .../points/count`: how many points (match `filter`)."""
 

@@ -22,8 +22,8 @@ from router.coordinator import Coordinator
 from router.models import (
     MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, CountRequest, CountResponse, DeleteRequest,
     DeleteResponse, QueryRequest, QueryResponse, Record, ReshardRequest, RetrieveRequest, RetrieveResponse,
-    ScrollRequest, ScrollResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, json_too_deep,
-    select_payload,
+    ScrollRequest, ScrollResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, VerifyResponse,
+    json_too_deep, select_payload,
 )
 from router.reshard import reshard
 from router.vectors import Encode
@@ -288,6 +288,10 @@ class PrismService:
         req = parse_model(CountRequest, body, "count request")
         strict.check_filter(req.filter, self.config.limits, "filter")
         return CountResponse(count=await coord.count(req.filter))
+
+    async def verify(self, name: str) -> VerifyResponse:
+        """Shards vs Elasticsearch for one collection: ids and counts, and whether they drifted apart."""
+        return await self.coordinator(name).verify()
 
     async def point(self, name: str, point_id: str, with_vectors: bool = False) -> Record:
         """One point by id (`GET .../points/{id}`); 404 if no shard holds it."""

@@ -186,7 +186,9 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         state = {"pid": os.getpid(), "host": cfg.host, "port": cfg.port, "url": f"http://{cfg.host}:{cfg.port}",
                  "grpc": f"{cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else None,
                  "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
-                 "elasticsearch_pid": es.pid if es else None, "auth": access_line,
+                 "elasticsearch_pid": es.pid if es else None,
+                 "elasticsearch": cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else None,
+                 "auth": access_line,
                  "ray_auth": os.environ.get("RAY_AUTH_MODE", "unset"), "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)

@@ -251,6 +251,41 @@ def query(
     print_hits(answer, f"{text!r} in {'+'.join(spaces)} ({body['fusion']['method']})")
 
 
+@app.command()
+def verify(
+    collection: str = typer.Option(..., "--collection", "-c"),
+    data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+    url: Optional[str] = typer.Option(None, help="Endpoint (default: the recorded instance)."),
+    api_key: Optional[str] = API_KEY,
+) -> None:
+    """Compare the ids the shards (Milvus) hold with Elasticsearch's documents; exit 1 when they drifted apart."""
+    import httpx
+
+    from cluster.auth import client_headers
+
+    base = _url(url, data_dir)
+    try:
+        r = httpx.get(f"{base}/v1/collections/{collection}/verify", headers=client_headers(api_key), timeout=600)
+    except httpx.HTTPError as exc:
+        _fail(f"{base} does not answer: {exc}")
+    if r.status_code != 200:
+        _fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
+    v = r.json()
+    table = Table(title=f"collection {collection}: shards vs Elasticsearch")
+    for col in ("points on shards", "Elasticsearch documents", "missing in Elasticsearch", "extra in Elasticsearch"):
+        table.add_column(col)
+    table.add_row(str(v["shard_points"]), str(v["elasticsearch_documents"]), str(v["missing_in_elasticsearch"]),
+                  str(v["extra_in_elasticsearch"]))
+    console.print(table)
+    if not v["drift"]:
+        console.print("  no drift: every point is in both stores")
+        return
+    for label, key in (("missing in Elasticsearch", "sample_missing"), ("extra in Elasticsearch", "sample_extra")):
+        if v[key]:
+            console.print(f"  {label}: {', '.join(v[key])}")
+    _fail("the shards and Elasticsearch differ (re-run if writes were in flight)")
+
+
 def print_hits(answer: dict, title: str) -> None:
     table = Table(title=title)
     for col in ("#", "id", "score", "name", "category", "price"):
