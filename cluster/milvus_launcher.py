@@ -6,6 +6,7 @@ second server on the machine dies at start. Here both are chosen free, and etcd 
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +15,21 @@ from cluster.services import free_port
 # The proxy's time-tick interval (ms; Milvus's default 200): a Strong read, and so a writer's wait=true, waits
 # for the next tick. Measured in docs/benchmarks.md (freshness: the tuning rows).
 TIME_TICK_MS = 200
+
+
+def _bind_reusable(port: int) -> socket.socket | None:
+    """The package's free-port probe, with SO_REUSEADDR as the server itself binds: a restart on the same ports
+    must not be pushed to others by the TIME_WAIT connections its clients left (the clients would dial the old
+    port forever). A port some process really listens on still fails."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
 
 
 def main(argv: list[str]) -> int:
@@ -43,6 +59,8 @@ def main(argv: list[str]) -> int:
         cfg.write_text(text.replace("timeTickInterval: 200 #", f"timeTickInterval: {time_tick_ms} #", 1))
 
     server.config.write_config = write_with_etcd_config
+    server.config.try_bind_port = _bind_reusable
+
 
     def _stop(*_):
         server.stop()

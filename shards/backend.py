@@ -98,12 +98,13 @@ class MilvusBackend:
     def has_collection(self, name: str) -> bool:
         return bool(self.client.has_collection(name))
 
-    def ensure_collection(self, name: str, space: SpaceConfig) -> None:
-        """Create the collection with its index (params really passed) unless it exists."""
+    def ensure_collection(self, name: str, space: SpaceConfig, load_timeout_s: float | None = None) -> None:
+        """Create the collection with its index (params really passed) unless it exists; an existing one is
+        loaded, waiting at most `load_timeout_s` (the load goes on in Milvus after that)."""
         from pymilvus import DataType, MilvusClient
 
         if self.has_collection(name):
-            self.client.load_collection(name)
+            self.client.load_collection(name, timeout=load_timeout_s)
             return
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH * 4)

@@ -11,6 +11,28 @@ from cluster.errors import BackendError, PrismError, SpaceNotFound
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint, group_specs
 from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend
 
+# A Milvus server that is down or restarting: a call is retried this many times, after these pauses, before the
+# replica reports the fault (the router then fails over, and its heal loop keeps probing with its own backoff).
+RETRY_PAUSES_S = (0.05, 0.25)
+# How long a request waits for its collections to load after a restart (of the actor or of Milvus) before it
+# fails, so that the router can fail over; the load itself goes on in Milvus and the heal probe waits for it.
+RELOAD_WAIT_S = 2.0
+HEAL_RELOAD_WAIT_S = 60.0
+
+
+def milvus_fault(exc: BaseException) -> str | None:
+    """'unreachable' (the server is down), 'not_loaded' (it restarted and has not loaded the collection yet),
+    'loading' (a load did not finish within its wait) or None (any other error: not retried here)."""
+    text = str(exc)
+    if "wait for loading collection timeout" in text:
+        return "loading"
+    if "not loaded" in text:
+        return "not_loaded"
+    if any(s in text for s in ("Fail connecting to server", "UNAVAILABLE", "failed to connect", "Connection refused",
+                               "Socket closed", "server unavailable")):
+        return "unreachable"
+    return None
+
 
 def milvus_collection_name(collection: str, space: str, shard: int, replica: int) -> str:
     """Unique on a shared server too: one collection per space per shard replica."""
@@ -31,17 +53,18 @@ class Shard:
         self.delay_s = 0.0  # test-only hook: searches take this much longer (a slow shard, on purpose)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def create(self) -> None:
+    def create(self, load_timeout_s: float | None = None) -> None:
         for space in self.config.spaces.values():
             check_index_support(space.index, self.spec.kind, self.spec.gpu)
         for space_name, space in self.config.spaces.items():
-            self.backend.ensure_collection(self.names[space_name], space)
+            self.backend.ensure_collection(self.names[space_name], space, load_timeout_s)
         self._open = True
 
-    def _ensure_open(self) -> None:
-        """A restarted actor reopens its persisted collections on first use (idempotent)."""
+    def _ensure_open(self, wait_s: float = RELOAD_WAIT_S) -> None:
+        """A restarted actor, or one whose Milvus server restarted, reopens its persisted collections on first
+        use (idempotent), waiting at most `wait_s` for them to load."""
         if not self._open:
-            self._call(self.create)
+            self._call(self.create, wait_s)
 
     def drop(self) -> None:
         for name in self.names.values():
@@ -53,7 +76,17 @@ class Shard:
         self.backend.close()
 
     def ping(self) -> dict[str, int]:
+        """Alive and serving: on a server, every collection is loaded (reloaded after a Milvus restart)."""
+        if self.spec.kind == "server":
+            self._ensure_open(HEAL_RELOAD_WAIT_S)
+            self._call(self._load_unloaded, HEAL_RELOAD_WAIT_S)
         return {"shard": self.shard, "replica": self.replica}
+
+    def _load_unloaded(self, wait_s: float = RELOAD_WAIT_S) -> None:
+        for name in self.names.values():
+            state = str(self.backend.client.get_load_state(name).get("state", ""))
+            if "NotLoad" in state or "Loaded" not in state:
+                self.backend.client.load_collection(name, timeout=wait_s)
 
     def describe_index(self, space: str) -> dict[str, Any]:
         return self.backend.describe_index(self._name(space))
@@ -205,10 +238,35 @@ class Shard:
         return self.names[space]
 
     def _call(self, fn, *args):
-        try:
-            return fn(*args)
-        except PrismError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - Milvus errors become typed prism errors here
-            raise BackendError(f"shard {self.shard} replica {self.replica}: {exc}") from exc
+        """`fn(*args)` against Milvus. A server that is unreachable is retried (RETRY_PAUSES_S); one that restarted
+        without this replica's collections loaded gets them reloaded, then the call is retried. Faults become
+        BackendError naming the replica and the cause."""
+        pauses = list(RETRY_PAUSES_S)
+        while True:
+            try:
+                return fn(*args)
+            except PrismError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Milvus errors become typed prism errors here
+                fault = milvus_fault(exc)
+                if fault == "not_loaded" and pauses:
+                    pauses.pop()
+                    try:
+                        self._load_unloaded()
+                    except Exception as again:  # noqa: BLE001
+                        raise BackendError(f"shard {self.shard} replica {self.replica}: reloading its collections "
+                                           f"after a Milvus restart failed: {again}") from again
+                    continue
+                if fault == "loading":
+                    self._open = False
+                    raise BackendError(f"shard {self.shard} replica {self.replica}: Milvus at {self.spec.uri} is "
+                                       "still loading this replica's collections (it restarted)") from exc
+                if fault == "unreachable":
+                    self._open = False  # reconnected later: reload first (a restarted server loads nothing)
+                    if pauses:
+                        time.sleep(pauses.pop(0))  # a backoff between real retries, not a synchronisation
+                        continue
+                    raise BackendError(f"shard {self.shard} replica {self.replica}: Milvus at {self.spec.uri} is "
+                                       f"unreachable ({1 + len(RETRY_PAUSES_S)} tries): {exc}") from exc
+                raise BackendError(f"shard {self.shard} replica {self.replica}: {exc}") from exc
 
