@@ -217,7 +217,8 @@ class PrismClient:
         d["counts"] = {k: int(v) for k, v in d.get("counts", {}).items()}
         for s in d.get("shards", []):
             s["counts"] = {k: int(v) for k, v in s.get("counts", {}).items()}
-            s["applied_seq"], s["shard_seq"] = int(s["applied_seq"]), int(s["shard_seq"])
+            for key in ("applied_seq", "shard_seq", "lag", "faults"):
+                s[key] = int(s.get(key, 0))
         return d
 
     def close(self) -> None:

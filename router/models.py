@@ -578,7 +578,11 @@ class ShardInfo(BaseModel):
     state: str = "live"  # live | stale (behind on writes) | dead
     applied_seq: int = 0
     shard_seq: int = 0
-    last_error: str | None = None
+    lag: int = Field(0, description="writes issued to this shard that the replica has not applied yet")
+    last_error: str | None = Field(None, description="the current error (cleared when the replica answers again)")
+    faults: int = Field(0, description="failures seen on this replica since the router started")
+    last_fault: str | None = Field(None, description="the last failure seen, kept after recovery")
+    last_fault_s_ago: float | None = None
 
 
 class CollectionInfo(BaseModel):

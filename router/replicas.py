@@ -61,6 +61,9 @@ class ReplicaState:
     ewma_ms: float | None = None
     next_probe_at: float = 0.0
     last_error: str = ""
+    faults: int = 0           # failures seen, ever (last_error clears on success; these stay for status)
+    last_fault: str = ""
+    last_fault_at: float | None = None
     samples: deque = field(default_factory=lambda: deque(maxlen=HEDGE_SAMPLES))  # recent read latencies, ms
 
     def state(self, committed: int) -> str:
@@ -158,6 +161,7 @@ class ReplicaSet:
         st = self.states[replica]
         st.failures += 1
         st.last_error = reason
+        self._fault(st, reason)
         if fatal or st.failures >= self.fail_threshold:
             st.healthy = False
             st.next_probe_at = self.clock() + self.probe_interval_s
@@ -173,16 +177,27 @@ class ReplicaSet:
                 out.append(st.replica)
         return out
 
+    def _fault(self, st: ReplicaState, reason: str) -> None:
+        st.faults += 1
+        st.last_fault, st.last_fault_at = reason, self.clock()
+
     def probe_failed(self, replica: int, reason: str) -> None:
         st = self.states[replica]
         st.healthy = False
         st.last_error = reason
+        self._fault(st, reason)
         st.next_probe_at = self.clock() + self.probe_interval_s
 
     def describe(self) -> list[dict]:
+        """Per replica: state, sequence numbers, lag (writes issued it has not applied), the current error and
+        the last fault ever seen (with its age in seconds), which outlives the recovery."""
+        now = self.clock()
         return [{"replica": st.replica, "state": st.state(self.committed), "applied_seq": st.applied_seq,
-                 "shard_seq": self.committed, "ewma_ms": None if st.ewma_ms is None else round(st.ewma_ms, 2),
-                 "last_error": st.last_error} for st in self.states]
+                 "shard_seq": self.committed, "lag": max(0, self.seq - st.applied_seq),
+                 "ewma_ms": None if st.ewma_ms is None else round(st.ewma_ms, 2),
+                 "last_error": st.last_error, "faults": st.faults, "last_fault": st.last_fault,
+                 "last_fault_s_ago": None if st.last_fault_at is None else round(now - st.last_fault_at, 1)}
+                for st in self.states]
 
 
 DEFAULT_TIMEOUT_S = 10.0

@@ -171,8 +171,10 @@ class PrismService:
                 st = states[s][r]
                 shards.append(ShardInfo(shard=s, replica=r, counts=c or {},
                                         state=st["state"] if c is not None else "dead",
-                                        applied_seq=st["applied_seq"], shard_seq=st["shard_seq"],
-                                        last_error=st["last_error"] or None))
+                                        applied_seq=st["applied_seq"], shard_seq=st["shard_seq"], lag=st["lag"],
+                                        last_error=st["last_error"] or None, faults=st["faults"],
+                                        last_fault=st["last_fault"] or None,
+                                        last_fault_s_ago=st["last_fault_s_ago"]))
             first = next((c for c in row if c is not None), None)
             for space, n in (first or {}).items():
                 totals[space] += n

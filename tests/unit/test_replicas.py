@@ -88,3 +88,20 @@ def test_an_unacknowledged_write_leaves_replicas_readable_but_heals_them():
     rs.applied(0, seq)  # only one replica applied it; quorum missed, no commit
     assert sorted(rs.read_order()) == [0, 1, 2]
     assert sorted(rs.needs_healing()) == [1, 2]  # they still get it by replay, so replicas converge
+
+
+def test_describe_keeps_the_last_fault_after_recovery_and_reports_lag():
+    clock = FakeClock(100.0)
+    rs = ReplicaSet(0, 2, clock=clock)
+    seq = rs.next_seq()
+    rs.applied(0, seq)
+    rs.commit(seq)
+    rs.on_failure(1, "replica 1: Milvus at http://m:19530 is unreachable")
+    clock.advance(7.0)
+    rs.on_success(1)
+    d = {x["replica"]: x for x in rs.describe()}
+    assert (d[0]["lag"], d[1]["lag"]) == (0, 1)  # replica 1 missed write 1
+    assert d[1]["last_error"] == "" and d[1]["faults"] == 1
+    assert d[1]["last_fault"] == "replica 1: Milvus at http://m:19530 is unreachable"
+    assert d[1]["last_fault_s_ago"] == 7.0
+    assert d[0]["last_fault"] == "" and d[0]["last_fault_s_ago"] is None and d[0]["faults"] == 0
