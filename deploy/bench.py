@@ -442,118 +442,6 @@ def bench_filters(n: int, shards: int, workdir: Path, n_queries: int = 30) -> di
             "unfiltered_p50_ms": unfiltered[0], "unfiltered_p99_ms": unfiltered[1], "runs": rows_out}
 
 
-def bench_chaos(workdir: Path, seconds: float = 60.0, kill_every_s: float = 10.0, concurrency: int = 8,
-                n: int = 20_000) -> dict:
-    """Mixed load (80% queries, 20% upserts) with a replica crashed every `kill_every_s`, in-process over Ray."""
-    import random
-
-    import ray
-
-    from router.models import Point
-    from shards.actor import start_ray_shards, stop_ray_shards
-
-    print(f"[chaos] {seconds:.0f}s, concurrency {concurrency}, a replica killed every {kill_every_s:.0f}s", flush=True)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench-chaos")
-    cfg = CollectionConfig(name="chaos", shards=3, replicas=2, write_quorum=1,
-                           spaces={"v": {"dim": 64, "index": {"type": "HNSW"}}})
-    specs = replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None)
-    clients = start_ray_shards(cfg, specs)
-    coord = Coordinator.from_clients(cfg, clients, timeout_s=5.0)
-    vecs = gaussian_mixture(n, 64, seed=5)
-    for i in range(0, n, 2000):
-        asyncio.run(coord.upsert([Point(id=f"p{j}", vectors={"v": vecs[j].tolist()}) for j in range(i, min(n, i + 2000))]))
-    qs = query_vectors(200, 64, seed=6, base_seed=5)
-    rng = random.Random(1)
-
-    async def run() -> dict:
-        t0 = time.perf_counter()
-        end = t0 + seconds
-        fault_start, fault_end = t0 + kill_every_s, t0 + seconds - kill_every_s
-        samples: list[tuple[float, float, str]] = []  # (t, ms, outcome)
-        acked: list[str] = []
-        recoveries: list[float] = []
-        next_id = [n]
-
-        async def worker() -> None:
-            while time.perf_counter() < end:
-                t = time.perf_counter()
-                try:
-                    if rng.random() < 0.2:
-                        ids = [f"w{next_id[0] + k}" for k in range(10)]
-                        next_id[0] += 10
-                        await coord.upsert([Point(id=i, vectors={"v": vecs[rng.randrange(n)].tolist()}) for i in ids])
-                        acked.extend(ids)
-                        outcome = "write"
-                    else:
-                        r = await coord.query(QueryRequest(prefetch=[{"space": "v", "vector": qs[rng.randrange(200)].tolist()}],
-                                                           fusion={"method": "none"}, limit=10, with_payload=False))
-                        outcome = "partial" if r.partial else "ok"
-                except Exception:  # noqa: BLE001 - counted as failed
-                    outcome = "failed"
-                samples.append((t - t0, (time.perf_counter() - t) * 1000, outcome))
-
-        async def healer() -> None:
-            while time.perf_counter() < end + 30:
-                await coord.heal()
-                await asyncio.sleep(0.5)
-
-        async def killer() -> None:
-            k = 0
-            await asyncio.sleep(kill_every_s)
-            while time.perf_counter() < fault_end:
-                shard, replica = k % 3, (k // 3) % 2
-                ray.kill(coord.shards[shard].clients[replica].actor, no_restart=False)
-                killed_at = time.perf_counter()
-                k += 1
-                while time.perf_counter() - killed_at < kill_every_s:
-                    await asyncio.sleep(0.2)
-                    states = [st["state"] for row in coord.replica_states() for st in row]
-                    if time.perf_counter() - killed_at > 0.5 and all(x == "live" for x in states):
-                        recoveries.append(time.perf_counter() - killed_at)
-                        break
-                await asyncio.sleep(max(0.0, kill_every_s - (time.perf_counter() - killed_at)))
-
-        heal_task = asyncio.create_task(healer())
-        await asyncio.gather(killer(), *(worker() for _ in range(concurrency)))
-        # Let every replica catch up, then check that no acknowledged write is missing anywhere.
-        deadline = time.perf_counter() + 30
-        while time.perf_counter() < deadline and not all(
-                st["state"] == "live" for row in coord.replica_states() for st in row):
-            await asyncio.sleep(0.5)
-        heal_task.cancel()
-        lost = 0
-        for s in range(cfg.shards):
-            mine = [i for i in acked if coord.shard_of(i) == s]
-            for c in coord.shards[s].clients:
-                held = await c.get(mine)
-                lost = max(lost, len(set(mine) - set(held)))
-        return {"samples": samples, "acked": len(acked), "lost": lost, "recoveries": recoveries,
-                "fault_window": (fault_start - t0, fault_end - t0)}
-
-    try:
-        out = asyncio.run(run())
-    finally:
-        stop_ray_shards(clients)
-        ray.shutdown()
-    samples, (fs, fe) = out["samples"], out["fault_window"]
-    reads = [x for x in samples if x[2] in ("ok", "partial", "failed")]
-
-    def p99(lo: float, hi: float) -> float:
-        return round(pct([ms for t, ms, o in reads if lo <= t < hi and o != "failed"], 99), 2)
-
-    result = {
-        "queries": len(reads), "failed": sum(o == "failed" for *_, o in samples),
-        "partial": sum(o == "partial" for *_, o in samples),
-        "p99_ms_steady": p99(0, fs), "p99_ms_during_faults": p99(fs, fe), "p99_ms_after": p99(fe, 1e9),
-        "recovery_s": round(max(out["recoveries"]), 2) if out["recoveries"] else None,
-        "recovery_s_mean": round(statistics.mean(out["recoveries"]), 2) if out["recoveries"] else None,
-        "kills": len(out["recoveries"]), "writes_acked": out["acked"], "writes_lost": out["lost"],
-        "seconds": seconds, "concurrency": concurrency, "points": n, "shards": 3, "replicas": 2,
-    }
-    print(f"[chaos] {json.dumps(result)}", flush=True)
-    return result
-
-
 def bench_ingest(workdir: Path, n: int = 3000) -> dict:
     """`prism ingest` on Ray Data vs a plain single-process encode+insert loop, into the same running prism."""
     import httpx
@@ -761,6 +649,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--backends", default="server,lite")
+    ap.add_argument("--chaos-faults", default="replica_kill,milvus_restart,es_outage",
+                    help="chaos runs to make; the other faults' rows in docs/bench/chaos.json are kept")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="prism-bench-"))
@@ -777,7 +667,16 @@ def main(argv: list[str] | None = None) -> None:
         if "filters" in sections:
             write_json("filters", {"machine": machine(), **bench_filters(args.n, args.shards, workdir / "filters")})
         if "chaos" in sections:
-            write_json("chaos", {"machine": machine(), **bench_chaos(workdir / "chaos")})
+            from deploy.bench_chaos import run as bench_chaos
+
+            chaos = bench_chaos(workdir / "chaos", only=tuple(args.chaos_faults.split(",")))
+            old_path = DOCS / "bench" / "chaos.json"
+            old = json.loads(old_path.read_text()).get("runs", []) if old_path.exists() else []
+            done = {r["fault"] for r in chaos["runs"]}
+            chaos["runs"] += [r for r in old if r.get("fault") not in done]
+            order = ["replica_kill", "node_loss", "milvus_restart", "es_outage", "ingress_restart"]
+            chaos["runs"].sort(key=lambda r: order.index(r["fault"]) if r["fault"] in order else len(order))
+            write_json("chaos", {"machine": machine(), **chaos})
         if "ingest" in sections:
             write_json("ingest", {"machine": machine(), **bench_ingest(workdir / "ingest")})
         if "scaling" in sections:
