@@ -1,6 +1,8 @@
 """One validated configuration, flowing one way: YAML/env -> ClusterConfig -> builders -> constructors."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import os
 import re
 from pathlib import Path
@@ -187,8 +189,18 @@ class PlacementConfig(_Strict):
 
 
 def shard_actor_options(placement: "PlacementConfig") -> dict:
-    """Ray options of a shard replica actor: never whole CPUs (2-core machines hang) and no GPU."""
-    return {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+    """Ray options of a shard replica actor: never whole CPUs (2-core machines hang) and no GPU. Where each one
+    runs (its scheduling strategy) is chosen per replica by `shards.actor.placement_strategy`."""
+    return {"num_cpus": 0}
+
+
+def replica_node(shard: int, replica: int, nodes: Sequence[str]) -> str | None:
+    """The node a shard replica is placed on: node (shard + replica) mod N of the alive nodes (a stable order), so
+    a shard's replicas land on different nodes while there are as many nodes as replicas, and shards' first
+    replicas rotate over the nodes. None with fewer than 2 nodes (nothing to choose)."""
+    if len(nodes) < 2:
+        return None
+    return nodes[(shard + replica) % len(nodes)]
 
 
 def encoder_actor_options(placement: "PlacementConfig") -> dict:
@@ -335,6 +347,10 @@ class ClusterConfig(_Strict):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     # The gRPC front door (router/proto/prism/v1/prism.proto) on the same host, through the same ingress; 0: off.
     grpc_port: int = Field(default=DEFAULT_GRPC_PORT, ge=0, le=65535)
+    # An existing Ray cluster to attach to (its GCS host:port, as `ray start --head` printed it); None: prism up
+    # starts a single-node Ray of its own. Its processes need the cluster's token (RAY_AUTH_TOKEN or
+    # ~/.ray/auth_token) and RAY_AUTH_MODE=token.
+    ray_address: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.\-]+:\d{1,5}$")
     milvus: MilvusConfig = Field(default_factory=MilvusConfig)
     elasticsearch: ElasticsearchConfig = Field(default_factory=ElasticsearchConfig)
     filters: FilterSettings = Field(default_factory=FilterSettings)

@@ -169,3 +169,83 @@ def start_elasticsearch(data_dir: str | os.PathLike, port: int | None = None,
                    "--host", "127.0.0.1", "--data-dir", str(data)],
                   data / "prism-noida.log", f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/", timeout_s,
                   "Elasticsearch API server (noida-db)")
+
+
+@dataclass
+class RayNode:
+    """A Ray node started with `ray start` in its own process group (raylet, object store, agents, workers)."""
+
+    pid: int          # the group: `ray start` exits once the node is up, its processes keep the group id
+    address: str      # the cluster's GCS address (host:port)
+    head: bool
+    log_path: str
+
+    def kill(self) -> None:
+        """The node gone at once, as when a machine dies: SIGKILL to every process of its session (Ray's worker
+        processes make process groups of their own, but stay in the session `ray start` began)."""
+        deadline = time.monotonic() + 15
+        while (members := session_members(self.pid)) and time.monotonic() < deadline:
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+
+    def stop(self) -> None:
+        stop_process_group(self.pid)
+        self.kill()  # whatever of the session outlived its group
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of the live processes whose session id is `sid` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            out.append(int(entry))
+    return out
+
+
+def ray_cluster_env(token: str) -> dict[str, str]:
+    """Environment of every process of a local multi-node Ray cluster: token authentication with one shared token,
+    and a GCS that declares a silent node dead within ~1.5 s (Ray's default: ~15 s)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
+            "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "500"}
+
+
+def start_ray_node(temp_dir: str | os.PathLike, token: str, *, address: str | None = None, num_cpus: int = 1,
+                   timeout_s: float = 120.0) -> RayNode:
+    """`ray start --head` (address None: on a free port) or `ray start --address ADDRESS` (a worker node), on
+    127.0.0.1, with its own sockets and logs under `temp_dir` (keep the path short: Unix socket paths are capped
+    at 107 bytes)."""
+    temp = Path(temp_dir)
+    temp.mkdir(parents=True, exist_ok=True)
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray_bin, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--disable-usage-stats"]
+    if address is None:
+        address = f"127.0.0.1:{free_port()}"
+        cmd += ["--head", "--port", address.rsplit(":", 1)[1], "--include-dashboard", "false", "--temp-dir", str(temp)]
+    else:
+        cmd += ["--address", address]
+    log_path = temp / f"ray-start-{'head' if '--head' in cmd else 'worker'}-{time.time_ns()}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, **ray_cluster_env(token)})
+    try:
+        rc = proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_process_group(proc.pid)
+        raise BackendError(f"ray start did not finish within {timeout_s:.0f}s; see {log_path}") from None
+    if rc != 0:
+        stop_process_group(proc.pid)
+        raise BackendError(f"ray start exited with code {rc}; see {log_path}:\n{log_path.read_text()[-2000:]}")
+    return RayNode(proc.pid, address, "--head" in cmd, str(log_path))

@@ -277,15 +277,148 @@ def es_outage(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, o
     return {**row, "points": n, "backend": "milvus-lite + noida-db, in-process shards"}
 
 
+def placement(coord: Coordinator) -> dict[str, Any]:
+    """Where every shard replica's actor runs (the node id each reports from its Ray runtime context, checked
+    against Ray's live node table) and whether each shard's replicas are on different nodes."""
+    import ray
+
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+    async def nodes_of(sh: Any) -> list[str | None]:
+        async def one(c: Any) -> str | None:
+            try:
+                return (await asyncio.wait_for(c.ping(), 10)).get("node")
+            except Exception:  # noqa: BLE001 - not answering: no node
+                return None
+        return list(await asyncio.gather(*(one(c) for c in sh.clients)))
+
+    async def all_nodes() -> dict[int, list[str | None]]:
+        return {sh.shard: await nodes_of(sh) for sh in coord.shards}
+
+    layout = asyncio.run(all_nodes())
+    spread = all(all(x in alive for x in nodes) and len(set(nodes)) == len(nodes) for nodes in layout.values())
+    return {"layout": layout, "nodes_alive": len(alive), "replicas_on_distinct_nodes": spread}
+
+
+def node_loss(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, down_s: float = 10.0) -> dict:
+    """A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`: two raylets, two
+    object stores), shard actors placed with each shard's replicas on different nodes (checked with Ray's state
+    API), 2 shards x 2 replicas at majority on milvus-lite; the worker node SIGKILLed (its whole process group)
+    under load, then started again `down_s` later."""
+    import os
+    import secrets
+    import sys
+    import tempfile
+
+    if "ray" in sys.modules:  # Ray reads RAY_AUTH_MODE once, at import: this run needs a process of its own
+        raise RuntimeError("node_loss must run in a fresh process: python -m deploy.bench_chaos node_loss")
+    token = secrets.token_hex(32)
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    import ray
+
+    from cluster.services import start_ray_node
+    from shards.actor import start_ray_shards, stop_ray_shards
+    from shards.local import replica_specs
+
+    temp = Path(tempfile.mkdtemp(prefix="prism-ray-", dir="/tmp"))  # short: Unix socket paths
+    head = start_ray_node(temp, token)
+    nodes = {"worker": start_ray_node(temp, token, address=head.address)}
+    cfg = CollectionConfig(name="chaosn", shards=2, replicas=2, write_quorum="majority",
+                           spaces={"v": {"dim": DIM, "index": {"type": "HNSW"}}})
+    clients = []
+    try:
+        ray.init(address=head.address, namespace="bench-node-loss", logging_level="ERROR",
+                 _node_ip_address="127.0.0.1")
+        clients = start_ray_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None))
+        coord = Coordinator.from_clients(cfg, clients, timeout_s=5.0)
+        where = placement(coord)
+        vecs = gaussian_mixture(n, DIM, seed=5)
+
+        async def inject(c: Coordinator) -> None:
+            await asyncio.to_thread(nodes["worker"].kill)
+            await asyncio.sleep(down_s)
+            nodes["worker"] = await asyncio.to_thread(start_ray_node, temp, token, address=head.address)
+
+        asyncio.run(_load(coord, vecs, n))
+        qs = [q.tolist() for q in query_vectors(200, DIM, seed=6, base_seed=5)]
+        row = asyncio.run(run_load(coord, Fault("node_loss", inject, notes=[
+            f"worker node killed (SIGKILL to every process of its session), back after {down_s:.0f} s; its replicas restart "
+            "on the surviving node (started again by their clients once Ray finds them unschedulable) and are caught up there"]), seconds=seconds, warmup_s=10,
+            concurrency=concurrency, vecs=vecs, qs=qs))
+        counts = asyncio.run(coord.counts())
+        row["replica_counts_equal"] = all(len({json.dumps(c, sort_keys=True) for c in row_}) == 1 for row_ in counts)
+        row["placement_before"] = where
+        row["placement_after"] = placement(coord)
+    finally:
+        try:
+            if clients:
+                stop_ray_shards(clients)
+        finally:
+            ray.shutdown()
+            nodes["worker"].stop()
+            head.stop()
+    return {**row, "points": n, "backend": "milvus-lite, Ray actors on 2 Ray nodes"}
+
+
+def node_loss_in_subprocess(seconds: float, concurrency: int, points: int = 5_000, timeout_s: float = 900) -> dict:
+    """`node_loss` in a fresh Python process (it connects to a Ray cluster of its own); its row."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="prism-chaos-") as tmp:
+        out = Path(tmp) / "row.json"
+        proc = subprocess.run([sys.executable, "-m", "deploy.bench_chaos", "node_loss", "--seconds", str(seconds),
+                               "--concurrency", str(concurrency), "--points", str(points), "--json", str(out)],
+                              capture_output=True, text=True, timeout=timeout_s, start_new_session=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"node_loss run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
 def run(workdir: Path, seconds: float = 60.0, concurrency: int = 8, only: tuple[str, ...] = ()) -> dict:
     runs = []
-    for name, fn in (("replica_kill", replica_kill), ("milvus_restart", milvus_restart), ("es_outage", es_outage)):
+    for name, fn in (("replica_kill", replica_kill), ("node_loss", node_loss), ("milvus_restart", milvus_restart),
+                     ("es_outage", es_outage)):
         if only and name not in only:
             continue
         print(f"[chaos] {name}: {seconds:.0f}s at concurrency {concurrency}", flush=True)
         # The Milvus restart itself takes ~40 s under load: a longer run leaves an `after` window.
-        row = fn(workdir / name, seconds + (40 if name == "milvus_restart" else 0), concurrency)
+        if name == "node_loss":
+            row = node_loss_in_subprocess(seconds, concurrency)
+        else:
+            row = fn(workdir / name, seconds + (40 if name == "milvus_restart" else 0), concurrency)
         print(f"[chaos] {json.dumps(row)}", flush=True)
         runs.append(row)
-    return {"runs": runs, "not_run": ["node_loss", "ingress_restart"],
+    return {"runs": runs, "not_run": ["ingress_restart"],
             "recovery_s_mean": round(statistics.mean(r["recovery_s"] for r in runs), 2) if runs else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One run, its row as JSON: `python -m deploy.bench_chaos FAULT --seconds S --concurrency C --json OUT`."""
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(prog="python -m deploy.bench_chaos")
+    ap.add_argument("fault", choices=["replica_kill", "node_loss", "milvus_restart", "es_outage"])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--points", type=int, default=5_000)
+    ap.add_argument("--json", help="write the row here (else stdout)")
+    args = ap.parse_args(argv)
+    fn = {"replica_kill": replica_kill, "node_loss": node_loss, "milvus_restart": milvus_restart,
+          "es_outage": es_outage}[args.fault]
+    with tempfile.TemporaryDirectory(prefix="prism-chaos-") as tmp:
+        row = fn(Path(tmp), args.seconds, args.concurrency, args.points)
+    text = json.dumps(row, indent=2)
+    if args.json:
+        Path(args.json).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

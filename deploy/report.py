@@ -266,6 +266,11 @@ def write_report() -> Path:
             if len(kinds) > 1:
                 extra.append("failed during the fault, by query: " + ", ".join(
                     f"{k} {v['failed']} of {v['queries']}" for k, v in sorted(kinds.items())))
+            if "placement_before" in r:
+                extra.append(f"each shard's replicas on different nodes before the loss: "
+                             f"{str(r['placement_before']['replicas_on_distinct_nodes']).lower()} (node ids reported by "
+                             f"the actors, checked against Ray's node table); replica counts equal after: "
+                             f"{str(r.get('replica_counts_equal')).lower()}")
             if "drift_after" in r:
                 extra.append(f"`prism verify` after it returned: drift {str(r['drift_after']).lower()} "
                              f"({r['verify']['shard_points']:,} shard points, "
@@ -273,8 +278,8 @@ def write_report() -> Path:
             if extra:
                 lines.append(f"- {r['fault']}: " + "; ".join(extra) + ".")
         if ch.get("not_run"):
-            lines.append(f"- Not run: {', '.join(ch['not_run'])} (the multi-node cluster and the shard-side "
-                         "sequencer they need are not built yet).")
+            lines.append(f"- Not run: {', '.join(ch['not_run'])} (the shard-side sequencer it needs, so that the "
+                         "operation log outlives an ingress, is not built yet).")
         lines.append("")
     ig = _load("ingest")
     if ig:

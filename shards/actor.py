@@ -4,21 +4,32 @@
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
 
-from cluster.config import CollectionConfig, PlacementConfig, shard_actor_options
+from cluster.config import CollectionConfig, PlacementConfig, replica_node, shard_actor_options
 from cluster.errors import ShardUnavailable
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
 from shards.shard import Shard
 
 NAMESPACE = "prism"
+
+
+class PlacedShard(Shard):
+    """A Shard that also says which Ray node it runs on (in `ping`), for status and placement checks."""
+
+    def ping(self) -> dict[str, Any]:
+        return {**super().ping(), "node": ray.get_runtime_context().get_node_id()}
+
+
 # max_restarts=-1: a crashed replica comes back, reopens its persisted collections and is caught up by the
 # coordinator before it serves reads again. Tasks are not retried: the coordinator fails over instead.
-ShardActor = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1, max_task_retries=0)(Shard)
+ShardActor = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1, max_task_retries=0)(PlacedShard)
 
 
 def actor_name(collection: str, shard: int, replica: int) -> str:
@@ -28,17 +39,45 @@ def actor_name(collection: str, shard: int, replica: int) -> str:
 class RayShardClient:
     """`ShardApi` over a ShardActor; actor death becomes ShardUnavailable, shard errors arrive as their own types."""
 
-    def __init__(self, actor: Any, shard: int, replica: int):
+    def __init__(self, actor: Any, shard: int, replica: int, respawn: Callable[[], Any] | None = None,
+                 name: str | None = None):
         self.actor = actor
+        self.name = name
         self.shard = shard
         self.replica = replica
+        self.respawn = respawn  # starts this replica's actor again, placed on a node alive now
+        self.respawned = 0
 
     async def _await(self, ref: Any) -> Any:
         try:
             return await ref
+        except ray.exceptions.ActorUnschedulableError as exc:
+            # Its node is gone (the actor is pinned to it): start it on a live node instead. It reopens the same
+            # collections; the router's heal probe reaches it and replays the writes it missed.
+            await self._replace()
+            raise ShardUnavailable(f"shard {self.shard} replica {self.replica}: its Ray node is gone; started again "
+                                   f"on a live node ({exc})", shards=[self.shard]) from exc
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             raise ShardUnavailable(f"shard {self.shard} replica {self.replica} actor is gone: {exc}",
                                    shards=[self.shard]) from exc
+
+    async def _replace(self, free_within_s: float = 10.0) -> None:
+        """Kill the stranded actor, wait for Ray to free its name (bounded), start it again on a live node."""
+        if self.respawn is None:
+            return
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        deadline = time.monotonic() + free_within_s
+        while self.name and time.monotonic() < deadline:
+            try:
+                ray.get_actor(self.name, namespace=NAMESPACE)
+            except ValueError:
+                break  # the name is free: the old actor is gone
+            await asyncio.sleep(0.2)  # polling Ray's actor table, with a deadline
+        self.actor = self.respawn()
+        self.respawned += 1
 
     async def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
         return await self._await(self.actor.search_many.remote(specs))
@@ -64,8 +103,27 @@ class RayShardClient:
     async def count(self) -> dict[str, int]:
         return await self._await(self.actor.count.remote())
 
-    async def ping(self) -> dict[str, int]:
+    async def ping(self) -> dict[str, Any]:
         return await self._await(self.actor.ping.remote())
+
+
+def alive_nodes() -> list[str]:
+    """Ids of the Ray nodes alive now, in a stable order."""
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def placement_strategy(shard: int, replica: int, nodes: list[str]) -> Any:
+    """Node affinity to `replica_node`; SPREAD on a single node, where there is nothing to choose.
+
+    Hard affinity: measured on Ray 2.60, a soft one sends actors to the head node whenever the chosen node is
+    still starting a worker (so replicas of a shard ended up together). A replica whose node is lost becomes
+    unschedulable and its client starts it again on a live node (`RayShardClient._replace`)."""
+    node = replica_node(shard, replica, nodes)
+    if node is None:
+        return "SPREAD"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
 def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *, detached: bool = False,
@@ -75,17 +133,22 @@ def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *
 
     `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
     clients: list[list[RayShardClient]] = []
-    # SPREAD places a shard's replicas on different Ray nodes when there are several (one node here: no-op).
     opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True,
                             **shard_actor_options(placement or PlacementConfig())}
+    nodes = alive_nodes()
     if detached:
         opts["lifetime"] = "detached"
+
+    def spawn(s: int, r: int, spec: BackendSpec, nodes: list[str]) -> Any:
+        return ShardActor.options(name=actor_name(config.name, s, r), **opts,
+                                  scheduling_strategy=placement_strategy(s, r, nodes)).remote(config, s, r, spec)
+
     for i, replica_specs in enumerate(specs):
         s = first_shard + i
         row = []
         for r, spec in enumerate(replica_specs):
-            actor = ShardActor.options(name=actor_name(config.name, s, r), **opts).remote(config, s, r, spec)
-            row.append(RayShardClient(actor, s, r))
+            row.append(RayShardClient(spawn(s, r, spec, nodes), s, r, name=actor_name(config.name, s, r),
+                                      respawn=lambda s=s, r=r, spec=spec: spawn(s, r, spec, alive_nodes())))
         clients.append(row)
     if create:
         ray.get([c.actor.create.remote() for row in clients for c in row])

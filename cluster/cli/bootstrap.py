@@ -178,9 +178,15 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         # default for a new local cluster since 2.59, which makes the token; RAY_AUTH_MODE=disabled is refused in
         # check_access), the node is advertised on loopback, and no dashboard (nor its Jobs API) is started.
         # Logical CPUs only: nothing in prism reserves whole cores (num_cpus=0), so 2-core machines don't hang.
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, namespace="prism",
-                 logging_level="WARNING", _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+        runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
+        if cfg.ray_address:  # an existing cluster (several nodes): its own auth, ports and resources
+            local = cfg.ray_address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")  # a cluster on loopback
+            ray.init(address=cfg.ray_address, namespace="prism", logging_level="WARNING", runtime_env=runtime_env,
+                     **({"_node_ip_address": "127.0.0.1"} if local else {}))
+            print(f"attached to the Ray cluster at {cfg.ray_address} ({len(ray.nodes())} nodes)", flush=True)
+        else:
+            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, namespace="prism",
+                     logging_level="WARNING", _node_ip_address="127.0.0.1", runtime_env=runtime_env)
         print(f"starting Serve on http://{cfg.host}:{cfg.port} ({ingress_line}) ...", flush=True)
         start_serve(cfg)
         state = {"pid": os.getpid(), "host": cfg.host, "port": cfg.port, "url": f"http://{cfg.host}:{cfg.port}",
@@ -188,7 +194,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
                  "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
                  "elasticsearch_pid": es.pid if es else None,
                  "elasticsearch": cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else None,
-                 "auth": access_line,
+                 "auth": access_line, "ray_address": cfg.ray_address,
                  "ray_auth": os.environ.get("RAY_AUTH_MODE", "unset"), "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)
@@ -235,6 +241,8 @@ def start_detached(cfg: ClusterConfig, config_file: str | None = None, timeout_s
            "--elasticsearch", cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else cfg.elasticsearch.mode]
     if cfg.insecure:
         cmd.append("--insecure")
+    if cfg.ray_address:
+        cmd += ["--ray-address", cfg.ray_address]
     if config_file:
         cmd += ["--config", config_file]
     log = open(data / LOG_FILE, "ab")

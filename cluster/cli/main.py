@@ -64,13 +64,17 @@ def up(
         None, "--elasticsearch", help="bundled | off | an Elasticsearch URL (auth: PRISM_ES_API_KEY or "
                                       "PRISM_ES_USERNAME / PRISM_ES_PASSWORD)."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host without API keys."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Attach to this running Ray cluster (host:port of its head) instead of starting "
+                                    "one; shard replicas are placed on different nodes."),
 ) -> None:
     """Start Ray, the services prism needs, the shard actors and the HTTP and gRPC endpoints."""
     from cluster.cli import bootstrap
 
     try:
         cfg = load_config(config, port=port, grpc_port=grpc_port, host=host, ingress=ingress, data_dir=data_dir, milvus=_milvus(milvus),
-                          elasticsearch=_elasticsearch(elasticsearch), insecure=insecure or None)
+                          elasticsearch=_elasticsearch(elasticsearch), insecure=insecure or None,
+                          ray_address=ray_address)
         access = bootstrap.check_access(bootstrap.resolve(cfg))
     except PrismError as exc:
         _fail(exc.message, 2)

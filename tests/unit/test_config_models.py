@@ -186,7 +186,7 @@ def test_gpu_placement_options():
     from cluster.config import PlacementConfig, encoder_actor_options, shard_actor_options
 
     cpu = PlacementConfig()
-    assert shard_actor_options(cpu) == {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+    assert shard_actor_options(cpu) == {"num_cpus": 0}
     assert encoder_actor_options(cpu) == {"num_cpus": 0}
     gpu = PlacementConfig(encoder_num_gpus=1)
     assert "num_gpus" not in shard_actor_options(gpu) and encoder_actor_options(gpu)["num_gpus"] == 1
@@ -232,3 +232,24 @@ def test_malformed_lexical_spaces_are_invalid_requests(body):
 
     with pytest.raises(InvalidRequest):
         parse_model(CollectionConfig, {**body, "name": "c"}, "collection")
+
+
+def test_replicas_of_a_shard_are_placed_on_different_nodes():
+    from cluster.config import replica_node
+
+    nodes = ["n-a", "n-b"]
+    for shard in range(4):
+        assert {replica_node(shard, r, nodes) for r in range(2)} == set(nodes)
+    assert [replica_node(s, 0, nodes) for s in range(4)] == ["n-a", "n-b", "n-a", "n-b"]  # first replicas rotate
+    three = ["a", "b", "c"]
+    assert len({replica_node(1, r, three) for r in range(3)}) == 3
+    assert replica_node(0, 1, ["only"]) is None and replica_node(0, 0, []) is None
+
+
+def test_ray_address_is_a_host_and_port():
+    from cluster.config import load_config
+
+    assert load_config(ray_address="10.0.0.5:6379").ray_address == "10.0.0.5:6379"
+    assert load_config().ray_address is None
+    with pytest.raises(Exception, match="ray_address"):
+        load_config(ray_address="ray://head:10001; rm -rf /")
