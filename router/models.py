@@ -583,6 +583,7 @@ class ShardInfo(BaseModel):
     faults: int = Field(0, description="failures seen on this replica since the router started")
     last_fault: str | None = Field(None, description="the last failure seen, kept after recovery")
     last_fault_s_ago: float | None = None
+    node: str | None = Field(None, description="the Ray node the replica runs on (none: in-process or not answering)")
 
 
 class CollectionInfo(BaseModel):

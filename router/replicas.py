@@ -201,7 +201,8 @@ class ReplicaSet:
 
 
 DEFAULT_TIMEOUT_S = 10.0
-OPLOG_MAX_OPS = 20_000   # per shard; a replica further behind than this needs a full resync (not automatic)
+OPLOG_MAX_OPS = 20_000   # per shard; a replica further behind than this is resynced by copying a caught-up one
+RESYNC_BATCH = 1_000     # points per page of such a copy
 HEAL_PING_TIMEOUT_S = 2.0
 # Errors that describe the request, not the replica: they propagate instead of triggering failover.
 REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
@@ -241,6 +242,7 @@ class ReplicatedShard:
         self.timeout_s = timeout_s
         self.observe = observe
         self.log: deque[LoggedOp] = deque(maxlen=OPLOG_MAX_OPS)
+        self.resyncs = 0  # replicas rebuilt by copying (they were further behind than the log)
         self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -424,13 +426,48 @@ class ReplicatedShard:
         await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)
         start = rs.states[r].applied_seq
         ops = [op for op in self.log if op.seq > start]
-        if ops and ops[0].seq != start + 1:
-            raise ShardUnavailable(f"replica {r} of shard {self.shard} is {rs.seq - start} writes behind, beyond the "
-                                   f"operation log ({OPLOG_MAX_OPS} ops): it needs a full resync", shards=[self.shard])
+        if start < rs.seq and (not ops or ops[0].seq != start + 1):  # the writes it missed left the log
+            await self._resync(r)
+            return
         for op in ops:  # replayed visibly: the replica serves reads (bounded ones too) as soon as it is caught up
             await asyncio.wait_for(_apply(client, op.kind, op.args, True), self.timeout_s)
             rs.applied(r, op.seq)
         rs.on_success(r)
+
+    async def _resync(self, r: int) -> None:
+        """Copy a caught-up replica onto replica `r`, which is further behind than the operation log: every point
+        the source holds (keyset pages of RESYNC_BATCH ids, exported whole and upserted visibly), then whatever
+        `r` holds that the source does not is deleted. Runs under the shard's write lock (writes wait; reads go to
+        the other replicas, as `r` is not readable until it is done)."""
+        rs, target = self.state, self.clients[r]
+        sources = [i for i in rs.read_order() if i != r and rs.states[i].applied_seq >= rs.seq and rs.states[i].healthy]
+        if not sources:
+            raise ShardUnavailable(f"replica {r} of shard {self.shard} is {rs.seq - rs.states[r].applied_seq} writes "
+                                   "behind, beyond the operation log, and no caught-up replica can be copied from",
+                                   shards=[self.shard])
+        src, behind = self.clients[sources[0]], rs.seq - rs.states[r].applied_seq
+        held: set[str] = set()
+        copied = removed = 0
+        after = ""
+        while page := await asyncio.wait_for(src.scan(after, RESYNC_BATCH), self.timeout_s):
+            rows = await asyncio.wait_for(src.export(page), self.timeout_s)
+            if rows:
+                await asyncio.wait_for(target.upsert(rows, True), self.timeout_s)
+            held.update(page)
+            copied += len(rows)
+            after = page[-1]
+        after = ""
+        while page := await asyncio.wait_for(target.scan(after, RESYNC_BATCH), self.timeout_s):
+            extra = [i for i in page if i not in held]
+            if extra:
+                await asyncio.wait_for(target.delete(extra, True), self.timeout_s)
+                removed += len(extra)
+            after = page[-1]
+        rs.applied(r, rs.seq)
+        rs.on_success(r)
+        self.resyncs += 1
+        log.warning("shard %d replica %d was %d writes behind, beyond the operation log: copied %d points from "
+                    "replica %d, removed %d", self.shard, r, behind, copied, sources[0], removed)
 
     # -- status ------------------------------------------------------------------------------------------------
     async def counts(self) -> list[dict[str, int] | None]:
@@ -439,6 +476,15 @@ class ReplicatedShard:
             try:
                 return await asyncio.wait_for(client.count(), self.timeout_s)
             except Exception:  # noqa: BLE001 - a replica that does not answer is reported as such
+                return None
+        return list(await asyncio.gather(*(one(c) for c in self.clients)))
+
+    async def nodes(self) -> list[str | None]:
+        """The Ray node each replica runs on (None: in-process, or not answering)."""
+        async def one(client: ShardApi) -> str | None:
+            try:
+                return (await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)).get("node")
+            except Exception:  # noqa: BLE001 - a replica that does not answer has no node to show
                 return None
         return list(await asyncio.gather(*(one(c) for c in self.clients)))
 

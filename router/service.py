@@ -163,7 +163,7 @@ class PrismService:
 
     async def info(self, name: str) -> CollectionInfo:
         coord = self.coordinator(name)
-        counts = await coord.counts()
+        counts, nodes = await asyncio.gather(coord.counts(), asyncio.gather(*(sh.nodes() for sh in coord.shards)))
         shards, totals = [], {s: 0 for s in coord.config.spaces}
         states = coord.replica_states()
         for s, row in enumerate(counts):
@@ -174,7 +174,7 @@ class PrismService:
                                         applied_seq=st["applied_seq"], shard_seq=st["shard_seq"], lag=st["lag"],
                                         last_error=st["last_error"] or None, faults=st["faults"],
                                         last_fault=st["last_fault"] or None,
-                                        last_fault_s_ago=st["last_fault_s_ago"]))
+                                        last_fault_s_ago=st["last_fault_s_ago"], node=nodes[s][r]))
             first = next((c for c in row if c is not None), None)
             for space, n in (first or {}).items():
                 totals[space] += n

@@ -22,6 +22,8 @@ def test_health_and_collection_info(products, prism_server):
     info = products.get("/v1/collections/products").json()
     assert info["counts"] == {"text": 64, "visual": 64, "emb": 64}
     assert sum(s["counts"]["text"] for s in info["shards"]) == 64 and len(info["shards"]) == 3
+    # Status per replica: the Ray node it runs on (one node here), its lag, its faults.
+    assert all(len(s["node"]) == 56 and s["lag"] == 0 and s["state"] == "live" for s in info["shards"]), info["shards"]
     r = products.put("/v1/collections/products", json=SPEC)
     assert r.status_code == 409
 

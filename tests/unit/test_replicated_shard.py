@@ -194,3 +194,41 @@ def test_a_read_slower_than_the_preferred_replicas_p95_is_hedged_to_the_next():
 def test_one_replica_is_never_hedged():
     rs, clients, _ = make(n=1)
     assert rs.hedge is False
+
+
+def test_a_replica_further_behind_than_the_log_is_resynced_from_a_caught_up_one():
+    from collections import deque
+
+    rs, clients, clock = make(3, quorum=1)
+    rs.log = deque(maxlen=5)  # a short operation log
+    run(rs.upsert([row(i) for i in range(4)]))
+    clients[2].fail = BackendError("down")
+    for _ in range(3):  # three failures in a row: dead
+        run(rs.upsert([row(9)]))
+    for i in range(10, 22):  # 12 more writes while replica 2 is down: far more than the log keeps
+        run(rs.upsert([row(i)]))
+    run(rs.delete(["p1"]))
+    clients[2].points["ghost"] = row(99)  # something only the stale replica holds
+    clients[2].fail = None
+    clock.advance(PROBE_INTERVAL_S)
+    assert run(rs.heal()) == (1, 0) and rs.resyncs == 1
+    assert clients[2].points.keys() == clients[0].points.keys() == clients[1].points.keys()
+    assert "ghost" not in clients[2].points and "p1" not in clients[2].points
+    assert rs.describe()[2]["state"] == "live" and rs.describe()[2]["lag"] == 0
+
+
+def test_resync_needs_a_caught_up_source():
+    from collections import deque
+
+    rs, clients, clock = make(2, quorum=1)
+    rs.log = deque(maxlen=2)
+    clients[1].fail = BackendError("down")
+    for i in range(6):
+        run(rs.upsert([row(i)]))
+    clients[0].fail, clients[1].fail = BackendError("down too"), None
+    clock.advance(PROBE_INTERVAL_S)
+    rs.state.states[0].healthy = False  # the only caught-up replica is gone
+    healed, _ = run(rs.heal())
+    d = rs.describe()[1]
+    assert healed == 0 and d["state"] != "live" and "no caught-up replica can be copied from" in d["last_error"]
+    assert clients[1].points == {}  # nothing half-copied
