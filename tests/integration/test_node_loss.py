@@ -21,3 +21,57 @@ def test_losing_a_ray_node_fails_no_read_and_loses_no_acknowledged_write():
     assert row["replica_counts_equal"], row
     after = row["placement_after"]["layout"]
     assert all(len(nodes) == 2 and None not in nodes for nodes in after.values()), after  # rebuilt, answering
+
+
+@pytest.mark.slow
+def test_prism_up_attaches_to_a_two_node_cluster_and_spreads_replicas(tmp_path):
+    """`prism up --ray-address` on a running two-node cluster (ray start --head + --address): no Ray of its own,
+    and GET /v1/collections/{name} shows each shard's replicas on different nodes."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from cluster.services import free_port, start_ray_node, stop_process_group
+
+    token = secrets.token_hex(32)
+    temp = Path(tempfile.mkdtemp(prefix="prism-ray-", dir="/tmp"))  # short: Unix socket paths
+    head = start_ray_node(temp, token)
+    worker = start_ray_node(temp, token, address=head.address)
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HF_HUB_OFFLINE": "1"}
+    with open(tmp_path / "up.log", "wb") as log:
+        up = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up", "--data-dir", str(tmp_path / "data"),
+                               "--port", str(port), "--grpc-port", "0", "--milvus", "lite", "--elasticsearch", "off",
+                               "--ray-address", head.address], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True, env=env)
+    try:
+        deadline, healthy = time.monotonic() + 240, False
+        while time.monotonic() < deadline and up.poll() is None and not healthy:
+            try:
+                healthy = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.5)  # polling a server that is starting, with a deadline
+        log_text = (tmp_path / "up.log").read_text(errors="replace")
+        assert healthy, log_text[-3000:]
+        assert f"attached to the Ray cluster at {head.address} (2 nodes)" in log_text
+        c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        r = c.put("/v1/collections/mn", json={"shards": 2, "replicas": 2,
+                                              "spaces": {"v": {"dim": 4, "index": {"type": "FLAT"}}}})
+        assert r.status_code == 200, r.text
+        shards = c.get("/v1/collections/mn").json()["shards"]
+        nodes = {s["shard"]: set() for s in shards}
+        for s in shards:
+            assert s["state"] == "live" and s["node"], s
+            nodes[s["shard"]].add(s["node"])
+        assert all(len(n) == 2 for n in nodes.values()), shards  # each shard's two replicas: two nodes
+        assert len(set().union(*nodes.values())) == 2
+    finally:
+        stop_process_group(up.pid)
+        worker.stop()
+        head.stop()
