@@ -198,8 +198,9 @@ class RayNode:
         self.kill()  # whatever of the session outlived its group
 
 
-def session_members(sid: int) -> list[int]:
-    """Pids of the live processes whose session id is `sid` (Linux /proc)."""
+def _members(index: int, value: int) -> list[int]:
+    """Pids of the live (not zombie) processes whose /proc stat field `index` (after the command name: 0 state,
+    1 ppid, 2 process group, 3 session) equals `value`. Linux only."""
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -208,10 +209,20 @@ def session_members(sid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
-        if fields[0] != "Z" and int(fields[3]) == sid:
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[index]) == value:
             out.append(int(entry))
     return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group `pgid`."""
+    return _members(2, pgid)
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of the live processes in session `sid` (what `ray start` began, its workers included)."""
+    return _members(3, sid)
 
 
 def ray_cluster_env(token: str) -> dict[str, str]:

@@ -13,22 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cluster.services import free_port, side_port
-
-
-def group_members(pgid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(entry))
-    return out
+from cluster.services import free_port, group_members, side_port
 
 
 def prism_cli(*args: str, check: bool = True, timeout: float = 400,
