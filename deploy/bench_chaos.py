@@ -300,11 +300,15 @@ def placement(coord: Coordinator) -> dict[str, Any]:
     return {"layout": layout, "nodes_alive": len(alive), "replicas_on_distinct_nodes": spread}
 
 
-def node_loss(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, down_s: float = 10.0) -> dict:
+def node_loss(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, down_s: float = 10.0,
+              cluster: dict | None = None) -> dict:
     """A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`: two raylets, two
-    object stores), shard actors placed with each shard's replicas on different nodes (checked with Ray's state
-    API), 2 shards x 2 replicas at majority on milvus-lite; the worker node SIGKILLed (its whole process group)
-    under load, then started again `down_s` later."""
+    object stores), shard actors placed with each shard's replicas on different nodes (checked against Ray's node
+    table), 2 shards x 2 replicas at majority on milvus-lite; the worker node SIGKILLed (every process of its
+    session) under load, then started again `down_s` later.
+
+    `cluster`: use a running two-node cluster instead of starting one ({"address", "worker_pid", "temp"}, the
+    token in RAY_AUTH_TOKEN); the worker this run starts again is stopped at its end, the head is left running."""
     import os
     import secrets
     import sys
@@ -312,22 +316,29 @@ def node_loss(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, d
 
     if "ray" in sys.modules:  # Ray reads RAY_AUTH_MODE once, at import: this run needs a process of its own
         raise RuntimeError("node_loss must run in a fresh process: python -m deploy.bench_chaos node_loss")
-    token = secrets.token_hex(32)
+    token = os.environ["RAY_AUTH_TOKEN"] if cluster else secrets.token_hex(32)
     os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     import ray
 
-    from cluster.services import start_ray_node
+    from cluster.services import RayNode, start_ray_node
     from shards.actor import start_ray_shards, stop_ray_shards
     from shards.local import replica_specs
 
-    temp = Path(tempfile.mkdtemp(prefix="prism-ray-", dir="/tmp"))  # short: Unix socket paths
-    head = start_ray_node(temp, token)
-    nodes = {"worker": start_ray_node(temp, token, address=head.address)}
+    if cluster:
+        temp = Path(cluster["temp"])
+        head = None
+        address = cluster["address"]
+        nodes = {"worker": RayNode(int(cluster["worker_pid"]), address, False, "")}
+    else:
+        temp = Path(tempfile.mkdtemp(prefix="prism-ray-", dir="/tmp"))  # short: Unix socket paths
+        head = start_ray_node(temp, token)
+        address = head.address
+        nodes = {"worker": start_ray_node(temp, token, address=address)}
     cfg = CollectionConfig(name="chaosn", shards=2, replicas=2, write_quorum="majority",
                            spaces={"v": {"dim": DIM, "index": {"type": "HNSW"}}})
     clients = []
     try:
-        ray.init(address=head.address, namespace="bench-node-loss", logging_level="ERROR",
+        ray.init(address=address, namespace="bench-node-loss", logging_level="ERROR",
                  _node_ip_address="127.0.0.1")
         clients = start_ray_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None))
         coord = Coordinator.from_clients(cfg, clients, timeout_s=5.0)
@@ -337,7 +348,7 @@ def node_loss(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, d
         async def inject(c: Coordinator) -> None:
             await asyncio.to_thread(nodes["worker"].kill)
             await asyncio.sleep(down_s)
-            nodes["worker"] = await asyncio.to_thread(start_ray_node, temp, token, address=head.address)
+            nodes["worker"] = await asyncio.to_thread(start_ray_node, temp, token, address=address)
 
         asyncio.run(_load(coord, vecs, n))
         qs = [q.tolist() for q in query_vectors(200, DIM, seed=6, base_seed=5)]
@@ -356,21 +367,28 @@ def node_loss(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, d
         finally:
             ray.shutdown()
             nodes["worker"].stop()
-            head.stop()
+            if head is not None:
+                head.stop()
     return {**row, "points": n, "backend": "milvus-lite, Ray actors on 2 Ray nodes"}
 
 
-def node_loss_in_subprocess(seconds: float, concurrency: int, points: int = 5_000, timeout_s: float = 900) -> dict:
-    """`node_loss` in a fresh Python process (it connects to a Ray cluster of its own); its row."""
+def node_loss_in_subprocess(seconds: float, concurrency: int, points: int = 5_000, timeout_s: float = 900,
+                            cluster: dict | None = None, down_s: float = 10.0, token: str | None = None) -> dict:
+    """`node_loss` in a fresh Python process (a process connects to one Ray cluster only); its row. `cluster` and
+    `token`: a running two-node cluster to use (see `node_loss`)."""
+    import os
     import subprocess
     import sys
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="prism-chaos-") as tmp:
         out = Path(tmp) / "row.json"
+        extra = ["--cluster", json.dumps(cluster)] if cluster else []
+        env = {**os.environ, **({"RAY_AUTH_TOKEN": token} if token else {})}
         proc = subprocess.run([sys.executable, "-m", "deploy.bench_chaos", "node_loss", "--seconds", str(seconds),
-                               "--concurrency", str(concurrency), "--points", str(points), "--json", str(out)],
-                              capture_output=True, text=True, timeout=timeout_s, start_new_session=True)
+                               "--concurrency", str(concurrency), "--points", str(points), "--down-s", str(down_s),
+                               "--json", str(out), *extra],
+                              capture_output=True, text=True, timeout=timeout_s, start_new_session=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"node_loss run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text())
@@ -405,11 +423,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--points", type=int, default=5_000)
     ap.add_argument("--json", help="write the row here (else stdout)")
+    ap.add_argument("--down-s", type=float, default=10.0, help="node_loss: how long the worker node stays down")
+    ap.add_argument("--cluster", help='node_loss: a running cluster, JSON {"address", "worker_pid", "temp"}')
     args = ap.parse_args(argv)
     fn = {"replica_kill": replica_kill, "node_loss": node_loss, "milvus_restart": milvus_restart,
           "es_outage": es_outage}[args.fault]
     with tempfile.TemporaryDirectory(prefix="prism-chaos-") as tmp:
-        row = fn(Path(tmp), args.seconds, args.concurrency, args.points)
+        if args.fault == "node_loss":
+            row = node_loss(Path(tmp), args.seconds, args.concurrency, args.points, args.down_s,
+                            json.loads(args.cluster) if args.cluster else None)
+        else:
+            row = fn(Path(tmp), args.seconds, args.concurrency, args.points)
     text = json.dumps(row, indent=2)
     if args.json:
         Path(args.json).write_text(text)

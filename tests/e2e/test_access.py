@@ -381,7 +381,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(secured, tmp
     cmd = [str(exe), "--no-color", "run", f"{secured.url}/openapi.json", "-H", f"Authorization: Bearer {secured.keys['admin']}",
            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
            "response_schema_conformance", "--phases", "examples,coverage,fuzzing", "--max-examples", "8",
-           "--rate-limit", "auto", "--request-timeout", "60", "--workers", "1", "--max-time", "90",
+           "--rate-limit", "auto", "--request-timeout", "60", "--workers", "1", "--max-time", "60",
            "--seed", "17",
            # Dropping the collection the dictionaries aim at would leave every later case a 404; DELETE is
            # covered by the matrix above.

@@ -1,7 +1,7 @@
 """The Milvus server down and back: reads and writes answer 503 with the cause while it is down (never a hang, never
 an acknowledged write that is then missing), and the shards reconnect and reload their collections by themselves
-once it returns. A real Milvus 2.3 standalone of its own, stopped by process group and started again on the same
-port and data dir; 2 shards x 2 replicas at quorum majority."""
+once it returns. A real Milvus 2.3 standalone of its own, killed (SIGKILL to its process group) and started again
+on the same port and data dir; 2 shards x 2 replicas at quorum majority."""
 from __future__ import annotations
 
 import asyncio
@@ -62,7 +62,7 @@ def test_milvus_restart_refuses_then_recovers_without_losing_an_acknowledged_wri
     acked = [f"p{i}" for i in range(40)]
     asyncio.run(coord.upsert(points(acked)))
     before = [h.id for h in asyncio.run(coord.query(query())).hits]
-    server["h"].stop()
+    server["h"].kill()  # a crash: SIGKILL to the server's whole process group
 
     # Down: a read is a 503 naming Milvus (every replica of every shard tried), within the retry budget.
     t0 = time.monotonic()
