@@ -280,20 +280,12 @@ def es_outage(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, o
 def placement(coord: Coordinator) -> dict[str, Any]:
     """Where every shard replica's actor runs (the node id each reports from its Ray runtime context, checked
     against Ray's live node table) and whether each shard's replicas are on different nodes."""
-    import ray
+    from shards.actor import alive_nodes
 
-    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-
-    async def nodes_of(sh: Any) -> list[str | None]:
-        async def one(c: Any) -> str | None:
-            try:
-                return (await asyncio.wait_for(c.ping(), 10)).get("node")
-            except Exception:  # noqa: BLE001 - not answering: no node
-                return None
-        return list(await asyncio.gather(*(one(c) for c in sh.clients)))
+    alive = set(alive_nodes())
 
     async def all_nodes() -> dict[int, list[str | None]]:
-        return {sh.shard: await nodes_of(sh) for sh in coord.shards}
+        return {sh.shard: await sh.nodes() for sh in coord.shards}
 
     layout = asyncio.run(all_nodes())
     spread = all(all(x in alive for x in nodes) and len(set(nodes)) == len(nodes) for nodes in layout.values())

@@ -470,23 +470,22 @@ class ReplicatedShard:
                     "replica %d, removed %d", self.shard, r, behind, copied, sources[0], removed)
 
     # -- status ------------------------------------------------------------------------------------------------
-    async def counts(self) -> list[dict[str, int] | None]:
-        """Points per space on every replica (None where one did not answer)."""
-        async def one(client: ShardApi) -> dict[str, int] | None:
+    async def _each(self, ask: Callable[[ShardApi], Awaitable[T]], timeout_s: float) -> list[T | None]:
+        """`ask` every replica at once; None where one did not answer (status reports it as such)."""
+        async def one(client: ShardApi) -> T | None:
             try:
-                return await asyncio.wait_for(client.count(), self.timeout_s)
+                return await asyncio.wait_for(ask(client), timeout_s)
             except Exception:  # noqa: BLE001 - a replica that does not answer is reported as such
                 return None
         return list(await asyncio.gather(*(one(c) for c in self.clients)))
 
+    async def counts(self) -> list[dict[str, int] | None]:
+        """Points per space on every replica (None where one did not answer)."""
+        return await self._each(lambda c: c.count(), self.timeout_s)
+
     async def nodes(self) -> list[str | None]:
         """The Ray node each replica runs on (None: in-process, or not answering)."""
-        async def one(client: ShardApi) -> str | None:
-            try:
-                return (await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)).get("node")
-            except Exception:  # noqa: BLE001 - a replica that does not answer has no node to show
-                return None
-        return list(await asyncio.gather(*(one(c) for c in self.clients)))
+        return await self._each(lambda c: c.node(), HEAL_PING_TIMEOUT_S)
 
     def describe(self) -> list[dict]:
         return self.state.describe()

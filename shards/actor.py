@@ -21,10 +21,10 @@ NAMESPACE = "prism"
 
 
 class PlacedShard(Shard):
-    """A Shard that also says which Ray node it runs on (in `ping`), for status and placement checks."""
+    """A Shard that also says which Ray node it runs on, for status and placement checks."""
 
-    def ping(self) -> dict[str, Any]:
-        return {**super().ping(), "node": ray.get_runtime_context().get_node_id()}
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
 
 # max_restarts=-1: a crashed replica comes back, reopens its persisted collections and is caught up by the
@@ -46,7 +46,6 @@ class RayShardClient:
         self.shard = shard
         self.replica = replica
         self.respawn = respawn  # starts this replica's actor again, placed on a node alive now
-        self.respawned = 0
 
     async def _await(self, ref: Any) -> Any:
         try:
@@ -77,7 +76,6 @@ class RayShardClient:
                 break  # the name is free: the old actor is gone
             await asyncio.sleep(0.2)  # polling Ray's actor table, with a deadline
         self.actor = self.respawn()
-        self.respawned += 1
 
     async def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
         return await self._await(self.actor.search_many.remote(specs))
@@ -103,8 +101,11 @@ class RayShardClient:
     async def count(self) -> dict[str, int]:
         return await self._await(self.actor.count.remote())
 
-    async def ping(self) -> dict[str, Any]:
+    async def ping(self) -> dict[str, int]:
         return await self._await(self.actor.ping.remote())
+
+    async def node(self) -> str | None:
+        return await self._await(self.actor.node.remote())
 
 
 def alive_nodes() -> list[str]:

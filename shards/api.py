@@ -108,4 +108,7 @@ class ShardApi(Protocol):
         """Points per space."""
 
     async def ping(self) -> dict[str, int]:
-        """Cheap liveness check: {shard, replica}."""
+        """Alive and serving ({shard, replica}); on a Milvus server, its collections reloaded if it restarted."""
+
+    async def node(self) -> str | None:
+        """The Ray node this replica runs on (None: in this process). Asks nothing of Milvus."""

@@ -68,6 +68,9 @@ class LocalShardClient:
     async def ping(self) -> dict[str, int]:
         return self.target.ping()
 
+    async def node(self) -> str | None:
+        return None
+
 
 def local_shards(collection: CollectionConfig, specs: list[list[BackendSpec]], create: bool = True,
                  first_shard: int = 0) -> list[list[LocalShardClient]]:

@@ -74,6 +74,10 @@ class MemShard:
         self._check()
         return {"shard": self.shard, "replica": self.replica}
 
+    async def node(self):
+        self._check()
+        return None
+
 
 def row(i):
     return PointRow(id=f"p{i}", payload={"i": i}, vectors={"v": [float(i), 0.0]})
