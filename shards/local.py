@@ -69,7 +69,7 @@ class LocalShardClient:
         return self.target.ping()
 
     async def node(self) -> str | None:
-        return None
+        return self.target.node()
 
 
 def local_shards(collection: CollectionConfig, specs: list[list[BackendSpec]], create: bool = True,

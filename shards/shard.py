@@ -82,6 +82,10 @@ class Shard:
             self._call(self._load_unloaded, HEAL_RELOAD_WAIT_S)
         return {"shard": self.shard, "replica": self.replica}
 
+    def node(self) -> str | None:
+        """The Ray node this replica runs on: None here (in this process); the Ray actor says its node."""
+        return None
+
     def _load_unloaded(self, wait_s: float = RELOAD_WAIT_S) -> None:
         for name in self.names.values():
             state = str(self.backend.client.get_load_state(name).get("state", ""))
