@@ -209,6 +209,20 @@ REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
 
 
 @dataclass(frozen=True)
+class ShardView:
+    """What a shard's sequencer knows about its replicas, as an ingress needs it to route reads.
+
+    `epoch` names the sequencer's journal: a view from another epoch (the journal was lost or the collection made
+    again) replaces the ingress's copy instead of being merged into it."""
+
+    epoch: str
+    seq: int
+    committed: int
+    applied: tuple[int, ...]
+    resyncs: int = 0
+
+
+@dataclass(frozen=True)
 class LoggedOp:
     """One sequenced write, kept so replicas that missed it can replay it in order."""
 
@@ -231,7 +245,11 @@ class ReplicatedShard:
     def __init__(self, shard: int, clients: Sequence[ShardApi], *, key: str = "", write_quorum: str | int = "majority",
                  timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
                  observe: Callable[[int, float], None] | None = None, batching: BatchSettings | None = None,
-                 hedge: bool = True):
+                 hedge: bool = True, journal: Any | None = None, sequencer: Any | None = None):
+        """`journal` (router.sequencer.Journal): persist the sequence numbers, the log and what each replica
+        applied, and start from what it holds (this object is then a shard's sequencer). `sequencer`: send writes
+        and heal passes to the shard's sequencer instead of ordering them here (this object is then one of any
+        number of ingress copies; its replica view follows the sequencer's answers)."""
         self.shard = shard
         self.batching = batching
         self.hedge = hedge and len(clients) > 1  # hedged reads need a second replica
@@ -243,6 +261,12 @@ class ReplicatedShard:
         self.observe = observe
         self.log: deque[LoggedOp] = deque(maxlen=OPLOG_MAX_OPS)
         self.resyncs = 0  # replicas rebuilt by copying (they were further behind than the log)
+        self.journal = journal
+        self.sequencer = sequencer
+        self.epoch = ""   # the sequencer's journal whose view this copy holds
+        if journal is not None:
+            self.log = journal.load(self.state)
+            self.epoch = journal.epoch
         self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -374,11 +398,19 @@ class ReplicatedShard:
         """Sequence the write, send it to every caught-up replica, acknowledge at the write quorum.
 
         Replicas that miss it (down, failed, or already behind) are stale until `heal` replays the log to them.
-        A write a replica refuses as a bad request never enters the log (replaying it would only fail again)."""
+        A write a replica refuses as a bad request never enters the log (replaying it would only fail again).
+        With a sequencer, it orders and sends the write and this copy adopts its replica view."""
+        if self.sequencer is not None:
+            acked, view = await self.sequencer.write(kind, args, wait)
+            self.adopt(view)
+            return acked
         async with self._lock():
             rs = self.state
             targets = rs.write_targets()
             seq = rs.next_seq()
+            op = LoggedOp(seq, kind, args)
+            if self.journal is not None:
+                self.journal.append(op, self.log)  # before any replica sees it: a restart replays it
             results = await asyncio.gather(
                 *(asyncio.wait_for(_apply(self.clients[r], kind, args, wait), self.timeout_s) for r in targets),
                 return_exceptions=True,
@@ -386,8 +418,11 @@ class ReplicatedShard:
             refused = next((res for res in results if isinstance(res, REQUEST_ERRORS)), None)
             if refused is not None:
                 rs.abandon(seq)
+                if self.journal is not None:
+                    self.journal.abandon(seq)
+                    self.journal.save(rs)
                 raise refused
-            self.log.append(LoggedOp(seq, kind, args))
+            self.log.append(op)
             acked, errors = [], []
             for r, res in zip(targets, results):
                 if isinstance(res, BaseException):
@@ -398,17 +433,24 @@ class ReplicatedShard:
                     rs.applied(r, seq)
                     rs.on_success(r)
                     acked.append(res)
+            if len(acked) >= self.quorum:
+                rs.commit(seq)
+            if self.journal is not None:
+                self.journal.save(rs)
             if len(acked) < self.quorum:
                 raise ShardUnavailable(
                     f"write to shard {self.shard} not acknowledged: {len(acked)} of {len(self.clients)} replicas "
                     f"applied it, quorum is {self.quorum}" + (f" ({'; '.join(errors)})" if errors else ""),
                     shards=[self.shard])
-            rs.commit(seq)
             return acked
 
     # -- healing -----------------------------------------------------------------------------------------------
     async def heal(self) -> tuple[int, int]:
-        """Probe dead replicas and replay missed writes to stale ones; returns (healed, failed)."""
+        """Probe dead replicas and replay missed writes to stale ones; returns (healed, failed).
+        With a sequencer, it heals (replays, resyncs) and this copy adopts its view, then probes the replicas
+        this copy saw fail on reads."""
+        if self.sequencer is not None:
+            return await self._heal_through_sequencer()
         healed = failed = 0
         for r in self.state.needs_healing():
             async with self._lock():
@@ -419,7 +461,45 @@ class ReplicatedShard:
                     self.state.probe_failed(r, f"heal: {describe(exc)}")
                     log.warning("shard %d replica %d: heal failed: %s", self.shard, r, describe(exc))
                     failed += 1
+        if self.journal is not None and (healed or failed):
+            self.journal.save(self.state)
         return healed, failed
+
+    async def _heal_through_sequencer(self) -> tuple[int, int]:
+        healed, failed, view = await self.sequencer.heal()
+        self.adopt(view)
+        rs, now = self.state, self.state.clock()
+        for st in rs.states:
+            if st.healthy or now < st.next_probe_at:
+                continue
+            try:
+                await asyncio.wait_for(self.clients[st.replica].ping(), HEAL_PING_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - recorded on the replica, retried on the next probe
+                rs.probe_failed(st.replica, f"probe: {describe(exc)}")
+                failed += 1
+            else:
+                rs.on_success(st.replica)
+                healed += 1
+        return healed, failed
+
+    # -- the sequencer's view ----------------------------------------------------------------------------------
+    def view(self) -> ShardView:
+        rs = self.state
+        return ShardView(self.epoch, rs.seq, rs.committed, tuple(st.applied_seq for st in rs.states), self.resyncs)
+
+    def adopt(self, view: ShardView) -> None:
+        """Take the sequencer's replica view. Views of one epoch only move forward (answers to concurrent writes
+        arrive in any order); a new epoch replaces this copy's."""
+        rs = self.state
+        if view.epoch != self.epoch:
+            self.epoch, rs.seq, rs.committed = view.epoch, view.seq, view.committed
+            for st, a in zip(rs.states, view.applied):
+                st.applied_seq = a
+        else:
+            rs.seq, rs.committed = max(rs.seq, view.seq), max(rs.committed, view.committed)
+            for st, a in zip(rs.states, view.applied):
+                st.applied_seq = max(st.applied_seq, a)
+        self.resyncs = view.resyncs
 
     async def _catch_up(self, r: int) -> None:
         rs, client = self.state, self.clients[r]
@@ -494,9 +574,18 @@ class ReplicatedShard:
 def replicate(config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *, first_shard: int = 0,
               timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
               observe: Callable[[int, float], None] | None = None,
-              batching: BatchSettings | None = None, hedge: bool = True) -> list[ReplicatedShard]:
-    """One ReplicatedShard per row of clients; `clients[i]` are the replicas of shard `first_shard + i`."""
-    return [ReplicatedShard(first_shard + i, row, key=f"{config.name}/{first_shard + i}",
-                            write_quorum=config.write_quorum, timeout_s=timeout_s, clock=clock, observe=observe,
-                            batching=batching, hedge=hedge)
-            for i, row in enumerate(clients)]
+              batching: BatchSettings | None = None, hedge: bool = True,
+              sequencers: Sequence[Any] | None = None) -> list[ReplicatedShard]:
+    """One ReplicatedShard per row of clients; `clients[i]` are the replicas of shard `first_shard + i`.
+    `sequencers[i]`: shard `first_shard + i`'s sequencer (router.sequencer); its current view is adopted at once,
+    so a new ingress never reads from a replica the sequencer knows is behind."""
+    out = []
+    for i, row in enumerate(clients):
+        seq = sequencers[i] if sequencers is not None else None
+        sh = ReplicatedShard(first_shard + i, row, key=f"{config.name}/{first_shard + i}",
+                             write_quorum=config.write_quorum, timeout_s=timeout_s, clock=clock, observe=observe,
+                             batching=batching, hedge=hedge, sequencer=seq)
+        if seq is not None:
+            sh.adopt(seq.initial)
+        out.append(sh)
+    return out

@@ -1,0 +1,150 @@
+"""A shard's sequencer and its journal, over in-memory replicas: durable ordering, restarts, several ingress copies.
+
+No Ray, no Milvus: the sequencer here is `LocalSequencer` (the Ray actor hosts the same ReplicatedShard + Journal).
+"""
+import asyncio
+import random
+
+import pytest
+
+from cluster.errors import InvalidRequest, ShardUnavailable
+from router.replicas import ReplicatedShard, ShardView
+from router.sequencer import Journal, LocalSequencer
+from shards.api import PointRow
+from tests.clock import FakeClock
+from tests.unit.test_replicated_shard import MemShard, row
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def host(path, clients, max_ops=20_000, quorum="majority"):
+    return ReplicatedShard(0, clients, key="t/0", write_quorum=quorum, clock=FakeClock(1000.0),
+                           journal=Journal(path, len(clients), max_ops=max_ops))
+
+
+def ingress(clients, sequencer):
+    copy = ReplicatedShard(0, clients, key="t/0", clock=FakeClock(1000.0), sequencer=sequencer)
+    copy.adopt(sequencer.initial)
+    return copy
+
+
+def test_the_journal_restores_sequence_log_and_what_each_replica_applied(tmp_path):
+    clients = [MemShard(0, r) for r in range(3)]
+    seq = host(tmp_path, clients)
+    run(seq.upsert([row(1)]))
+    clients[2].fail = ConnectionError("down")
+    run(seq.upsert([row(2)]))
+    run(seq.delete(["p1"]))
+    for c in clients:
+        c.refuse = True
+    with pytest.raises(InvalidRequest):  # abandoned: never replayed, its sequence number reused
+        run(seq.upsert([row(9)]))
+    seq.journal.close()
+
+    again = host(tmp_path, clients)  # the sequencer restarted (an ingress restart does not even touch it)
+    assert again.view() == ShardView(seq.journal.epoch, 3, 3, (3, 3, 1))
+    assert [(op.seq, op.kind) for op in again.log] == [(1, "upsert"), (2, "upsert"), (3, "delete")]
+    assert again.describe()[2]["state"] == "stale"
+    for c in clients:
+        c.refuse = False
+    clients[2].fail = None
+    assert run(again.heal()) == (1, 0)  # replica 2 gets writes 2 and 3 from the persisted log
+    assert all(set(c.points) == {"p2"} for c in clients)
+    run(again.upsert([row(4)]))
+    assert again.state.seq == 4
+
+
+def test_a_write_logged_before_a_crash_is_replayed_and_a_torn_last_frame_is_ignored(tmp_path):
+    clients = [MemShard(0, r) for r in range(2)]
+    seq = host(tmp_path, clients, quorum=1)
+    run(seq.upsert([row(1)]))
+    # The sequencer dies after logging write 2 and before any replica applied it, in the middle of a third frame.
+    seq.journal.append(type(seq.log[0])(2, "upsert", [row(2)]), seq.log)
+    seq.journal._fh.write(b"\x00\x00\x00\x00\x00\x00\x01\x00partial")
+    seq.journal.close()
+    again = host(tmp_path, clients, quorum=1)
+    assert again.state.seq == 2 and again.state.committed == 1
+    assert again.describe()[0]["state"] == "live"  # replicas hold every acknowledged write: still readable
+    assert run(again.heal()) == (2, 0)
+    assert all(set(c.points) == {"p1", "p2"} for c in clients)
+    assert again.journal.frames == 2  # the torn frame is gone from the file too
+
+
+def test_the_log_file_is_compacted_to_the_log_and_a_longer_outage_resyncs(tmp_path):
+    clients = [MemShard(0, r) for r in range(2)]
+    seq = host(tmp_path, clients, max_ops=5, quorum=1)
+    clients[1].fail = ConnectionError("down")
+    for i in range(12):
+        run(seq.upsert([row(i)]))
+    assert seq.journal.frames < 10
+    seq.journal.close()
+    again = host(tmp_path, clients, max_ops=5, quorum=1)
+    assert [op.seq for op in again.log] == [8, 9, 10, 11, 12]
+    clients[1].fail = None
+    assert run(again.heal()) == (1, 0)
+    assert again.resyncs == 1 and clients[1].points == clients[0].points
+
+
+def test_ingress_copies_route_reads_by_the_sequencers_view(tmp_path):
+    clients = [MemShard(0, r) for r in range(3)]
+    sq = LocalSequencer(host(tmp_path, clients))
+    a = ingress(clients, sq)
+    clients[1].fail = ConnectionError("down")
+    run(a.upsert([row(1)]))
+    clients[1].fail = None
+    # A second ingress, started after the write: it knows from the sequencer that replica 1 missed it.
+    b = ingress(clients, LocalSequencer(sq.host))
+    assert [st["state"] for st in b.describe()] == ["live", "stale", "live"]
+    assert 1 not in b.state.read_order()
+    assert run(b.heal()) == (1, 0)  # the sequencer replays; every copy that heals learns it
+    assert [st["state"] for st in b.describe()] == ["live"] * 3
+    assert run(a.heal()) == (0, 0) and [st["state"] for st in a.describe()] == ["live"] * 3
+
+
+def test_two_ingress_copies_writing_the_same_ids_leave_every_replica_identical(tmp_path):
+    clients = [MemShard(0, r) for r in range(3)]
+    sq = LocalSequencer(host(tmp_path, clients))
+    a, b = ingress(clients, sq), ingress(clients, sq)
+
+    async def writer(copy, tag, seed):
+        rng, acked = random.Random(seed), {}
+        for k in range(40):
+            i = rng.randrange(10)
+            point = PointRow(id=f"p{i}", payload={"by": tag, "k": k}, vectors={"v": [float(i), 0.0]})
+            await copy.upsert([point])
+            acked[point.id] = point.payload
+            await asyncio.sleep(0)  # let the other ingress's write interleave
+        return acked
+
+    async def both():
+        return await asyncio.gather(writer(a, "a", 1), writer(b, "b", 2))
+
+    run(both())
+    final = [{i: p.payload for i, p in c.points.items()} for c in clients]
+    assert final[0] == final[1] == final[2] and len(final[0]) == 10
+    assert sq.host.state.seq == 80 and [op.seq for op in sq.host.log] == list(range(1, 81))
+    # The last write of each id in sequence order is the value every replica holds.
+    last = {}
+    for op in sq.host.log:
+        for p in op.args:
+            last[p.id] = p.payload
+    assert final[0] == last
+
+
+def test_a_write_below_quorum_through_the_sequencer_says_why_and_a_new_epoch_replaces_the_view(tmp_path):
+    clients = [MemShard(0, r) for r in range(2)]
+    sq = LocalSequencer(host(tmp_path / "one", clients))
+    a = ingress(clients, sq)
+    run(a.upsert([row(1)]))
+    clients[1].fail = ConnectionError("down")
+    with pytest.raises(ShardUnavailable, match="quorum is 2"):
+        run(a.upsert([row(2)]))
+    assert a.state.seq == 1  # this copy learns of the attempt on its next heal
+    assert run(a.heal())[1] == 1 and a.state.seq == 2
+    fresh = LocalSequencer(host(tmp_path / "two", clients))  # the journal gone: its view starts over
+    a.sequencer = fresh
+    clients[1].fail = None
+    run(a.heal())
+    assert a.epoch == fresh.host.epoch and a.state.seq == 0
