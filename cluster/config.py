@@ -365,6 +365,9 @@ class ClusterConfig(_Strict):
     hedge_reads: bool = True  # replicas >= 2: a read slower than the replica's p95 also goes to the next replica
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
     encoder_replicas: int = Field(default=1, ge=1, le=16)
+    # Ray Serve replicas of the ingress (HTTP and gRPC). Any number: each shard's writes are ordered by its
+    # sequencer actor (docs/operations.md, "Write ordering"), not by an ingress.
+    ingress_replicas: int = Field(default=1, ge=1, le=16)
     # Where encoders run: auto = cuda when Ray gave the replica a GPU (placement.encoder_num_gpus) and torch sees
     # one, else cpu; cuda where none is visible is a startup error. dtype auto = float16 on cuda, float32 on cpu.
     encoder_device: Literal["auto", "cpu", "cuda"] = "auto"

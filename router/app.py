@@ -229,7 +229,7 @@ class Ingress:
     async def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
         from router.access import build_guard
         from router.service import PrismService, metadata_store
-        from shards.actor import start_ray_shards, stop_ray_shards
+        from shards.actor import start_ray_sequencers, start_ray_shards, stop_ray_sequencers, stop_ray_shards
 
         cfg = ClusterConfig.model_validate(config)
         self.state = process_state()
@@ -243,7 +243,11 @@ class Ingress:
             encoders={st["name"]: st for st in statuses},
             start_shards=lambda c, specs, create=True, first_shard=0: start_ray_shards(
                 c, specs, detached=True, create=create, first_shard=first_shard, placement=cfg.placement),
-            stop_shards=stop_ray_shards, observe_shard=self.state.metrics.observe_shard,
+            stop_shards=stop_ray_shards,
+            start_sequencers=lambda c, specs, first_shard=0: start_ray_sequencers(
+                c, specs, cfg.data_path, timeout_s=cfg.shard_timeout_s, detached=True, first_shard=first_shard,
+                placement=cfg.placement),
+            stop_sequencers=stop_ray_sequencers, observe_shard=self.state.metrics.observe_shard,
             observe_stage=self.state.metrics.observe_stage, metadata=metadata_store(cfg),
         )
         self.state.metrics.watch_caches({"results": self.service.results, "embeddings": self.service.embeddings})
@@ -457,7 +461,7 @@ def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Applica
                                    "batch_size": cfg.encoder_batch_size, "batch_wait_ms": cfg.encoder_batch_wait_ms})
         for name in ENCODERS
     }
-    return Ingress.bind(cfg.model_dump(), encoders)
+    return Ingress.options(num_replicas=cfg.ingress_replicas).bind(cfg.model_dump(), encoders)
 
 
 def start_serve(cfg: ClusterConfig, app_name: str = "prism") -> None:

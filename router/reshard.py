@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cluster.config import CollectionConfig
 from cluster.errors import BackendError, describe
@@ -59,16 +60,20 @@ async def copy_points(source: Coordinator, target: Coordinator, moves: Moves,
 async def reshard(old: Coordinator, config: CollectionConfig, *,
                   start_added: Callable[[], Sequence[Sequence[ShardApi]]],
                   stop: Callable[[Sequence[Sequence[ShardApi]], bool], None],
-                  switch: Callable[[Coordinator], None]) -> int:
+                  switch: Callable[[Coordinator], None],
+                  start_sequencers: Callable[[], Sequence[Any] | None] | None = None,
+                  stop_sequencers: Callable[[Sequence[Any], bool], None] | None = None) -> int:
     """Move `old`'s collection to `config.shards` shards; returns how many points moved.
 
     `start_added()` starts the shards beyond the old count (growing only), `stop(clients, drop)` stops shards,
-    `switch(new)` makes the new coordinator the one that serves."""
+    `switch(new)` makes the new coordinator the one that serves; `start_sequencers()` starts the added shards'
+    sequencers (None: this process orders their writes), `stop_sequencers` stops removed shards' ones."""
     n_old, n_new = old.config.shards, config.shards
     added_clients = list(await asyncio.to_thread(start_added)) if n_new > n_old else []
+    added_seqs = await asyncio.to_thread(start_sequencers) if n_new > n_old and start_sequencers else None
     tmpl = old.shards[0]
     added = replicate(config, added_clients, first_shard=n_old, timeout_s=tmpl.timeout_s, clock=tmpl.state.clock,
-                      observe=tmpl.observe, batching=tmpl.batching, hedge=tmpl.hedge)
+                      observe=tmpl.observe, batching=tmpl.batching, hedge=tmpl.hedge, sequencers=added_seqs)
     new = old.resized(config, old.shards[:n_new] + added)
     old.paused = f"resharding to {n_new} shards"
     copied: dict[int, list[str]] = {}
@@ -76,6 +81,8 @@ async def reshard(old: Coordinator, config: CollectionConfig, *,
         moves = await plan_moves(old, n_new)
         moved = await copy_points(old, new, moves, copied)
     except BaseException:
+        if added_seqs and stop_sequencers is not None:
+            await asyncio.to_thread(stop_sequencers, added_seqs, True)
         await _roll_back(old, copied, added_clients, stop)
         raise
     switch(new)
@@ -85,6 +92,9 @@ async def reshard(old: Coordinator, config: CollectionConfig, *,
                 for i in range(0, len(ids), DELETE_BATCH):
                     await new.shards[s].delete(ids[i : i + DELETE_BATCH])
         if n_new < n_old:
+            removed = [sh.sequencer for sh in old.shards[n_new:] if sh.sequencer is not None]
+            if removed and stop_sequencers is not None:
+                await asyncio.to_thread(stop_sequencers, removed, True)
             await asyncio.to_thread(stop, [sh.clients for sh in old.shards[n_new:]], True)
     except Exception as exc:  # noqa: BLE001 - the new layout serves; say what is left over
         raise BackendError(f"resharded to {n_new} shards, but removing the moved points' old copies failed "

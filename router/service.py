@@ -39,6 +39,7 @@ class PrismService:
 
     def __init__(self, config: ClusterConfig, *, encode: Encode | None = None, server_uri: str | None = None,
                  start_shards: StartShards | None = None, stop_shards: StopShards | None = None,
+                 start_sequencers: StartShards | None = None, stop_sequencers: StopShards | None = None,
                  observe_shard: Callable[[str, int, float], None] | None = None, metadata: Any | None = None,
                  encode_images: Any | None = None, encoders: dict[str, dict] | None = None,
                  observe_stage: Callable[[str, float], None] | None = None, clock: Callable[[], float] = time.monotonic):
@@ -51,6 +52,10 @@ class PrismService:
         self.server_uri = server_uri
         self.start_shards = start_shards or local_shards
         self.stop_shards = stop_shards or stop_local_shards
+        # Sequencers (router.sequencer) order each shard's writes outside this process, so that several ingress
+        # replicas can write and an ingress restart loses nothing; without them this process orders the writes.
+        self.start_sequencers = start_sequencers
+        self.stop_sequencers = stop_sequencers
         self.observe_shard = observe_shard
         self.metadata = metadata
         self.encode_images = encode_images
@@ -81,8 +86,9 @@ class PrismService:
         """Start (or reattach to) the collection's shard replicas, creating their Milvus collections if absent."""
         specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
         clients = self.start_shards(cfg, specs, create=True)
+        sequencers = self.start_sequencers(cfg, specs) if self.start_sequencers is not None else None
         coord = Coordinator.from_clients(
-            cfg, clients, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
+            cfg, clients, sequencers=sequencers, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
             batching=self.config.batching, hedge=self.config.hedge_reads,
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
@@ -157,6 +163,13 @@ class PrismService:
 
     def coordinator(self, name: str) -> Coordinator:
         coord = self.coordinators.get(name)
+        if self.start_sequencers is not None:  # several ingress replicas may share the catalog
+            path = self.catalog_dir / f"{name}.json"
+            if coord is None and path.exists():  # created through another ingress replica: open it here too
+                coord = self._open(CollectionConfig.model_validate_json(path.read_text()))
+            elif coord is not None and not path.exists():  # deleted through another one
+                self.coordinators.pop(name, None)
+                coord = None
         if coord is None:
             raise CollectionNotFound(f"collection {name!r} not found")
         return coord
@@ -184,13 +197,15 @@ class PrismService:
         async with self._lock:
             coord = self.coordinator(name)
             self.coordinators.pop(name)
+            if self.stop_sequencers is not None:
+                await asyncio.to_thread(self.stop_sequencers, [sh.sequencer for sh in coord.shards if sh.sequencer], True)
             await asyncio.to_thread(self.stop_shards, [sh.clients for sh in coord.shards], True)
             (self.catalog_dir / f"{name}.json").unlink(missing_ok=True)
             if self.metadata is not None:
                 await asyncio.to_thread(self.metadata.drop_index, name)
-            lite_dir = self.config.data_path / "milvus" / name
-            if lite_dir.exists():
-                shutil.rmtree(lite_dir, ignore_errors=True)
+            for kept in (self.config.data_path / "milvus" / name, self.config.data_path / "sequencer" / name):
+                if kept.exists():
+                    shutil.rmtree(kept, ignore_errors=True)
         return {"deleted": name}
 
     async def reshard(self, name: str, body: Any) -> dict[str, Any]:
@@ -205,16 +220,23 @@ class PrismService:
                 return {"collection": name, "shards": cfg.shards, "moved": 0, "seconds": 0.0}
             n_old = old.config.shards
 
+            specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
+
             def start_added() -> list:
-                specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
                 return self.start_shards(cfg, specs[n_old:], create=True, first_shard=n_old)
+
+            def start_added_sequencers() -> list | None:
+                if self.start_sequencers is None:
+                    return None
+                return self.start_sequencers(cfg, specs[n_old:], first_shard=n_old)
 
             def switch(new: Coordinator) -> None:
                 new.on_mapping = lambda _new, coord=new: self._save_catalog(coord.config)
                 self.coordinators[name] = new
                 self._save_catalog(cfg)
 
-            moved = await reshard(old, cfg, start_added=start_added, stop=self.stop_shards, switch=switch)
+            moved = await reshard(old, cfg, start_added=start_added, stop=self.stop_shards, switch=switch,
+                                  start_sequencers=start_added_sequencers, stop_sequencers=self.stop_sequencers)
         return {"collection": name, "shards": cfg.shards, "moved": moved,
                 "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -227,6 +249,8 @@ class PrismService:
         return total
 
     def list_collections(self) -> list[str]:
+        if self.start_sequencers is not None:  # the catalog, which every ingress replica writes
+            return sorted(p.stem for p in self.catalog_dir.glob("*.json"))
         return sorted(self.coordinators)
 
     def close(self) -> None:

@@ -1,12 +1,15 @@
-"""The Ray actor wrapping a plain Shard (same methods, same answers) and the client that calls it.
+"""The Ray actor wrapping a plain Shard (same methods, same answers) and the client that calls it; the actor
+hosting a shard's sequencer (router.sequencer) and its client.
 
 `num_cpus=0`: on a 2-core machine, actors reserving whole CPUs starve each other and calls hang silently.
 """
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -127,33 +130,141 @@ def placement_strategy(shard: int, replica: int, nodes: list[str]) -> Any:
     return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
+def _actor_options(detached: bool, placement: PlacementConfig | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True,
+                            **shard_actor_options(placement or PlacementConfig())}
+    if detached:
+        opts["lifetime"] = "detached"
+    return opts
+
+
+def _replica_client(config: CollectionConfig, s: int, r: int, spec: BackendSpec, opts: dict[str, Any],
+                    nodes: list[str]) -> RayShardClient:
+    """A client of replica r of shard s: its actor found by name, or started (placed on `nodes`)."""
+    def spawn(nodes: list[str]) -> Any:
+        return ShardActor.options(name=actor_name(config.name, s, r), **opts,
+                                  scheduling_strategy=placement_strategy(s, r, nodes)).remote(config, s, r, spec)
+
+    return RayShardClient(spawn(nodes), s, r, name=actor_name(config.name, s, r),
+                          respawn=lambda: spawn(alive_nodes()))
+
+
 def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *, detached: bool = False,
                      create: bool = True, first_shard: int = 0,
                      placement: PlacementConfig | None = None) -> list[list[RayShardClient]]:
     """Start (or find, by name) one actor per shard replica and open its collections.
 
     `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
-    clients: list[list[RayShardClient]] = []
-    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True,
-                            **shard_actor_options(placement or PlacementConfig())}
-    nodes = alive_nodes()
-    if detached:
-        opts["lifetime"] = "detached"
-
-    def spawn(s: int, r: int, spec: BackendSpec, nodes: list[str]) -> Any:
-        return ShardActor.options(name=actor_name(config.name, s, r), **opts,
-                                  scheduling_strategy=placement_strategy(s, r, nodes)).remote(config, s, r, spec)
-
-    for i, replica_specs in enumerate(specs):
-        s = first_shard + i
-        row = []
-        for r, spec in enumerate(replica_specs):
-            row.append(RayShardClient(spawn(s, r, spec, nodes), s, r, name=actor_name(config.name, s, r),
-                                      respawn=lambda s=s, r=r, spec=spec: spawn(s, r, spec, alive_nodes())))
-        clients.append(row)
+    opts, nodes = _actor_options(detached, placement), alive_nodes()
+    clients = [[_replica_client(config, first_shard + i, r, spec, opts, nodes) for r, spec in enumerate(row)]
+               for i, row in enumerate(specs)]
     if create:
         ray.get([c.actor.create.remote() for row in clients for c in row])
     return clients
+
+
+# -- sequencers ------------------------------------------------------------------------------------------------
+def sequencer_name(collection: str, shard: int) -> str:
+    return f"prism:{collection}:s{shard}:seq"
+
+
+def sequencer_dir(data_path: Path, collection: str, shard: int) -> Path:
+    return Path(data_path) / "sequencer" / collection / f"s{shard}"
+
+
+class SequencerHost:
+    """A shard's sequencer (router.sequencer): its ReplicatedShard write path over the replica actors, with a
+    journal in `journal_dir`. Restarted by Ray after a crash, it reloads the journal."""
+
+    def __init__(self, config: CollectionConfig, shard: int, specs: list[BackendSpec], journal_dir: str,
+                 timeout_s: float, detached: bool, placement: PlacementConfig | None):
+        from router.replicas import ReplicatedShard
+        from router.sequencer import Journal
+
+        opts, nodes = _actor_options(detached, placement), alive_nodes()
+        clients = [_replica_client(config, shard, r, spec, opts, nodes) for r, spec in enumerate(specs)]
+        self.host = ReplicatedShard(shard, clients, key=f"{config.name}/{shard}", write_quorum=config.write_quorum,
+                                    timeout_s=timeout_s, hedge=False, journal=Journal(Path(journal_dir), len(specs)))
+
+    async def write(self, kind: str, args: Any, wait: bool = True) -> tuple[list[int], Any]:
+        acked = await self.host._write(kind, args, wait)
+        return acked, self.host.view()
+
+    async def heal(self) -> tuple[int, int, Any]:
+        healed, failed = await self.host.heal()
+        return healed, failed, self.host.view()
+
+    async def view(self) -> Any:
+        return self.host.view()
+
+    async def close(self, drop: bool = False) -> None:
+        """Close the journal; `drop`: delete it (the collection or the shard is gone)."""
+        self.host.journal.close()
+        if drop:
+            shutil.rmtree(self.host.journal.path, ignore_errors=True)
+
+
+# Restarted after a crash (it reloads its journal); tasks are not retried: a write the caller saw fail may be
+# replayed from the journal, which is the same as once (upserts and deletes are idempotent).
+SequencerActor = ray.remote(num_cpus=0, max_concurrency=64, max_restarts=-1, max_task_retries=0)(SequencerHost)
+
+
+def head_node() -> str | None:
+    """The Ray head node's id (sequencers keep their journals on its disk, with the data dir)."""
+    for n in ray.nodes():
+        if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {}):
+            return n["NodeID"]
+    return None
+
+
+class RaySequencerClient:
+    """router.sequencer's sequencer API over a SequencerActor; `initial` is its view when this client was made."""
+
+    def __init__(self, actor: Any, shard: int, initial: Any):
+        self.actor = actor
+        self.shard = shard
+        self.initial = initial
+
+    async def _await(self, ref: Any) -> Any:
+        try:
+            return await ref
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise ShardUnavailable(f"shard {self.shard}: its sequencer is unavailable (Ray restarts it): {exc}",
+                                   shards=[self.shard]) from exc
+
+    async def write(self, kind: str, args: Any, wait: bool = True) -> tuple[list[int], Any]:
+        return await self._await(self.actor.write.remote(kind, args, wait))
+
+    async def heal(self) -> tuple[int, int, Any]:
+        return await self._await(self.actor.heal.remote())
+
+
+def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
+                         timeout_s: float, detached: bool = False, first_shard: int = 0,
+                         placement: PlacementConfig | None = None) -> list[RaySequencerClient]:
+    """Start (or find, by name) one sequencer per shard, on the head node, and read each one's view."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
+    if detached:
+        opts["lifetime"] = "detached"
+    head = head_node()
+    if head is not None:
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head, soft=False)
+    actors = [SequencerActor.options(name=sequencer_name(config.name, first_shard + i), **opts).remote(
+        config, first_shard + i, row, str(sequencer_dir(data_path, config.name, first_shard + i)), timeout_s,
+        detached, placement) for i, row in enumerate(specs)]
+    views = ray.get([a.view.remote() for a in actors])
+    return [RaySequencerClient(a, first_shard + i, v) for i, (a, v) in enumerate(zip(actors, views))]
+
+
+def stop_ray_sequencers(sequencers: list[RaySequencerClient], drop: bool = False) -> None:
+    for sq in sequencers:
+        try:
+            ray.get(sq.actor.close.remote(drop), timeout=10)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        ray.kill(sq.actor, no_restart=True)
 
 
 def stop_ray_shards(clients: list[list[RayShardClient]], drop: bool = False) -> None:

@@ -66,6 +66,7 @@ applications:
           url: {{ include "prism.esUrl" . }}
         shard_timeout_s: {{ .Values.prism.shardTimeoutS }}
         encoder_replicas: {{ .Values.prism.encoderReplicas }}
+        ingress_replicas: {{ .Values.prism.ingressReplicas }}
         max_upload_bytes: {{ .Values.prism.maxUploadBytes | int }}
         insecure: {{ .Values.auth.insecure }}
         auth:
