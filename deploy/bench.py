@@ -641,15 +641,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
     ap.add_argument("--only",
                     default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny,auth,"
-                            "stages,grpc",
+                            "stages,grpc,scaleout",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness, batching, tiny, auth, stages, grpc")
+                         "freshness, batching, tiny, auth, stages, grpc, scaleout")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--backends", default="server,lite")
-    ap.add_argument("--chaos-faults", default="replica_kill,milvus_restart,es_outage",
+    ap.add_argument("--chaos-faults", default="replica_kill,milvus_restart,es_outage,ingress_restart",
                     help="chaos runs to make; the other faults' rows in docs/bench/chaos.json are kept")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
@@ -677,6 +677,10 @@ def main(argv: list[str] | None = None) -> None:
             order = ["replica_kill", "node_loss", "milvus_restart", "es_outage", "ingress_restart"]
             chaos["runs"].sort(key=lambda r: order.index(r["fault"]) if r["fault"] in order else len(order))
             write_json("chaos", {"machine": machine(), **chaos})
+        if "scaleout" in sections:
+            from deploy.bench_scaleout import run as bench_scaleout
+
+            write_json("scaleout", {"machine": machine(), **bench_scaleout(workdir / "scaleout")})
         if "ingest" in sections:
             write_json("ingest", {"machine": machine(), **bench_ingest(workdir / "ingest")})
         if "scaling" in sections:

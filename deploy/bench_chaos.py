@@ -6,11 +6,13 @@ reports the queries, how many failed or came back partial, p99 during the fault 
 fault's end (the replica killed, the server back) until every replica is live again and a query answers complete,
 the writes acknowledged and how many of them some replica lacks at the end (every replica is read back).
 
-Faults built here: `replica_kill` (a shard replica's Ray actor killed every 10 s; Ray restarts it and the
-coordinator replays what it missed), `milvus_restart` (the Milvus 2.3 server all replicas use stopped by process
-group and started again on its port and data dir), `es_outage` (the Elasticsearch-API server stopped for
-`outage_s`; a third of the queries carry a filter only Elasticsearch can answer). `node_loss` and `ingress_restart`
-need the multi-node cluster and the shard-side sequencer of issue 18, not built: they are not rows.
+Faults: `replica_kill` (a shard replica's Ray actor killed every 10 s; Ray restarts it and the coordinator
+replays what it missed), `node_loss` (a second Ray node's raylet killed under load, in a subprocess attached to a
+two-node cluster), `milvus_restart` (the Milvus 2.3 server all replicas use stopped by process group and started
+again on its port and data dir), `es_outage` (the Elasticsearch-API server stopped for `outage_s`; a third of the
+queries carry a filter only Elasticsearch can answer), `ingress_restart` (writes ordered by the shards' sequencer
+actors; every 10 s a replica actor is killed and the ingress restarted at once: a new coordinator built from the
+actors and the sequencers' journals takes over the load).
 """
 from __future__ import annotations
 
@@ -386,10 +388,73 @@ def node_loss_in_subprocess(seconds: float, concurrency: int, points: int = 5_00
         return json.loads(out.read_text())
 
 
+class Restartable:
+    """The ingress as the load sees it: every call goes to the current coordinator; `restart()` builds a new one
+    the way a restarted ingress replica does (attach to the shard actors and sequencers by name) and drops the
+    old one, whose in-flight calls finish."""
+
+    def __init__(self, make: Callable[[], Coordinator]):
+        self.make = make
+        self.current = make()
+        self.restarts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current, name)
+
+    async def restart(self) -> None:
+        self.current = await asyncio.to_thread(self.make)
+        self.restarts += 1
+
+
+def ingress_restart(workdir: Path, seconds: float, concurrency: int, n: int = 5_000) -> dict:
+    """Ray actors on milvus-lite, 2 shards x 2 replicas, write quorum 1, writes through the shards' sequencers;
+    every 10 s one replica actor killed (Ray restarts it; it misses writes meanwhile) and the ingress restarted at
+    the same moment, so the new ingress must learn from the sequencer which replica is behind."""
+    import ray
+
+    from shards.actor import start_ray_sequencers, start_ray_shards, stop_ray_sequencers, stop_ray_shards
+    from shards.local import replica_specs
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench-chaos")
+    cfg = CollectionConfig(name="chaosi", shards=2, replicas=2, write_quorum=1,
+                           spaces={"v": {"dim": DIM, "index": {"type": "HNSW"}}})
+    specs = replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None)
+
+    def make() -> Coordinator:
+        return Coordinator.from_clients(cfg, start_ray_shards(cfg, specs), timeout_s=5.0,
+                                        sequencers=start_ray_sequencers(cfg, specs, workdir, timeout_s=5.0))
+
+    ingress = Restartable(make)
+    vecs = gaussian_mixture(n, DIM, seed=5)
+    restarts = max(1, int((seconds - 20) // 10))
+
+    async def inject(_c: Any) -> None:
+        for k in range(restarts):
+            ray.kill(ingress.shards[k % 2].clients[(k // 2) % 2].actor, no_restart=False)
+            await ingress.restart()
+            if k < restarts - 1:
+                await asyncio.sleep(10)
+
+    try:
+        asyncio.run(_load(ingress.current, vecs, n))
+        qs = [q.tolist() for q in query_vectors(200, DIM, seed=6, base_seed=5)]
+        fault = Fault("ingress_restart", inject, notes=[f"{restarts} ingress restarts, 10 s apart, each with a "
+                                                        "replica actor killed at the same moment"])
+        row = asyncio.run(run_load(ingress, fault, seconds=seconds, warmup_s=10, concurrency=concurrency,
+                                   vecs=vecs, qs=qs))
+        journal_seq = [sh.state.seq for sh in ingress.shards]
+    finally:
+        stop_ray_sequencers([sh.sequencer for sh in ingress.shards], drop=True)
+        stop_ray_shards([sh.clients for sh in ingress.shards])
+        ray.shutdown()
+    return {**row, "points": n, "restarts": ingress.restarts, "shard_seq_at_end": journal_seq,
+            "backend": "milvus-lite, Ray actors, sequencer actors"}
+
+
 def run(workdir: Path, seconds: float = 60.0, concurrency: int = 8, only: tuple[str, ...] = ()) -> dict:
     runs = []
     for name, fn in (("replica_kill", replica_kill), ("node_loss", node_loss), ("milvus_restart", milvus_restart),
-                     ("es_outage", es_outage)):
+                     ("es_outage", es_outage), ("ingress_restart", ingress_restart)):
         if only and name not in only:
             continue
         print(f"[chaos] {name}: {seconds:.0f}s at concurrency {concurrency}", flush=True)
@@ -400,7 +465,7 @@ def run(workdir: Path, seconds: float = 60.0, concurrency: int = 8, only: tuple[
             row = fn(workdir / name, seconds + (40 if name == "milvus_restart" else 0), concurrency)
         print(f"[chaos] {json.dumps(row)}", flush=True)
         runs.append(row)
-    return {"runs": runs, "not_run": ["ingress_restart"],
+    return {"runs": runs,
             "recovery_s_mean": round(statistics.mean(r["recovery_s"] for r in runs), 2) if runs else None}
 
 
@@ -410,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     ap = argparse.ArgumentParser(prog="python -m deploy.bench_chaos")
-    ap.add_argument("fault", choices=["replica_kill", "node_loss", "milvus_restart", "es_outage"])
+    ap.add_argument("fault", choices=["replica_kill", "node_loss", "milvus_restart", "es_outage", "ingress_restart"])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--points", type=int, default=5_000)
@@ -419,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cluster", help='node_loss: a running cluster, JSON {"address", "worker_pid", "temp"}')
     args = ap.parse_args(argv)
     fn = {"replica_kill": replica_kill, "node_loss": node_loss, "milvus_restart": milvus_restart,
-          "es_outage": es_outage}[args.fault]
+          "es_outage": es_outage, "ingress_restart": ingress_restart}[args.fault]
     with tempfile.TemporaryDirectory(prefix="prism-chaos-") as tmp:
         if args.fault == "node_loss":
             row = node_loss(Path(tmp), args.seconds, args.concurrency, args.points, args.down_s,

@@ -278,9 +278,20 @@ def write_report() -> Path:
             if extra:
                 lines.append(f"- {r['fault']}: " + "; ".join(extra) + ".")
         if ch.get("not_run"):
-            lines.append(f"- Not run: {', '.join(ch['not_run'])} (the shard-side sequencer it needs, so that the "
-                         "operation log outlives an ingress, is not built yet).")
+            lines.append(f"- Not run: {', '.join(ch['not_run'])}.")
         lines.append("")
+    so = _load("scaleout")
+    if so:
+        lines += ["## Ingress scale-out", "", f"Machine: {_machine_line(so['machine'])}.", "",
+                  f"Vector queries (top 10, {so['dim']}-d, {so['points']:,} points, {so['shards']} shards, "
+                  f"{so['backend']}) over HTTP at c={so['concurrency']}, {so['requests_per_round']} requests per round, "
+                  f"{so['rounds']} rounds alternating 1 and 2 ingress replicas (`ingress_replicas`); medians. Made by "
+                  "`python -m deploy.bench --only scaleout` (deploy/bench_scaleout.py).", "",
+                  "| ingress replicas | QPS | p50 ms | QPS per round |", "|---|---|---|---|",
+                  f"| 1 | {so['qps_ingress1']} | {so['p50_ms_ingress1']} | {so['qps_rounds']['1']} |",
+                  f"| 2 | {so['qps_ingress2']} | {so['p50_ms_ingress2']} | {so['qps_rounds']['2']} |", "",
+                  f"Ratio 2 / 1: {so['ratio']} on {so['cores']} cores, {so['errors']} errors. "
+                  + so.get("bound", ""), ""]
     ig = _load("ingest")
     if ig:
         lines += ["## Ingestion: Ray Data pipeline vs a plain loop", "",
