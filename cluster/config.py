@@ -368,6 +368,8 @@ class ClusterConfig(_Strict):
     # Ray Serve replicas of the ingress (HTTP and gRPC). Any number: each shard's writes are ordered by its
     # sequencer actor (docs/operations.md, "Write ordering"), not by an ingress.
     ingress_replicas: int = Field(default=1, ge=1, le=16)
+    # Set: Serve autoscales the ingress between ingress_replicas and this many replicas (by ongoing requests).
+    ingress_max_replicas: int | None = Field(default=None, ge=1, le=64)
     # Where encoders run: auto = cuda when Ray gave the replica a GPU (placement.encoder_num_gpus) and torch sees
     # one, else cpu; cuda where none is visible is a startup error. dtype auto = float16 on cuda, float32 on cpu.
     encoder_device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -381,6 +383,20 @@ class ClusterConfig(_Strict):
     # Serve without API keys on a non-loopback address (anyone who reaches the port may do anything).
     insecure: bool = False
     collections: list[CollectionConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ingress_range(self) -> "ClusterConfig":
+        if self.ingress_max_replicas is not None and self.ingress_max_replicas < self.ingress_replicas:
+            raise ValueError(f"ingress_max_replicas ({self.ingress_max_replicas}) must be at least ingress_replicas "
+                             f"({self.ingress_replicas})")
+        return self
+
+    def ingress_options(self) -> dict:
+        """The Serve deployment options of the ingress: a fixed replica count, or an autoscaling range."""
+        if self.ingress_max_replicas is None:
+            return {"num_replicas": self.ingress_replicas}
+        return {"autoscaling_config": {"min_replicas": self.ingress_replicas,
+                                       "max_replicas": self.ingress_max_replicas}}
 
     @property
     def data_path(self) -> Path:

@@ -676,6 +676,7 @@ def main(argv: list[str] | None = None) -> None:
             chaos["runs"] += [r for r in old if r.get("fault") not in done]
             order = ["replica_kill", "node_loss", "milvus_restart", "es_outage", "ingress_restart"]
             chaos["runs"].sort(key=lambda r: order.index(r["fault"]) if r["fault"] in order else len(order))
+            chaos["recovery_s_mean"] = round(sum(r["recovery_s"] for r in chaos["runs"]) / len(chaos["runs"]), 2)
             write_json("chaos", {"machine": machine(), **chaos})
         if "scaleout" in sections:
             from deploy.bench_scaleout import run as bench_scaleout

@@ -421,8 +421,10 @@ def ingress_restart(workdir: Path, seconds: float, concurrency: int, n: int = 5_
     specs = replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None)
 
     def make() -> Coordinator:
-        return Coordinator.from_clients(cfg, start_ray_shards(cfg, specs), timeout_s=5.0,
-                                        sequencers=start_ray_sequencers(cfg, specs, workdir, timeout_s=5.0))
+        # Detached, as the ingress starts them: the actors outlive the coordinator that started them.
+        return Coordinator.from_clients(cfg, start_ray_shards(cfg, specs, detached=True), timeout_s=5.0,
+                                        sequencers=start_ray_sequencers(cfg, specs, workdir, timeout_s=5.0,
+                                                                        detached=True))
 
     ingress = Restartable(make)
     vecs = gaussian_mixture(n, DIM, seed=5)

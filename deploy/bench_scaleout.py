@@ -22,15 +22,16 @@ def _vector_query(qs: list[list[float]]):
                       "fusion": {"method": "none"}, "limit": 10, "with_payload": False, "cache": False}
 
 
-def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, rounds: int = 3) -> dict:
+def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, rounds: int = 2) -> dict:
     import httpx
     import yaml
 
     from cluster.cli import bootstrap
     from cluster.config import ClusterConfig
     from cluster.services import free_port
-    from deploy.bench import http_load
+    from deploy.bench import cpu_per_request, cpu_ticks, http_load
 
+    workdir.mkdir(parents=True, exist_ok=True)
     qs = [q.tolist() for q in query_vectors(500, DIM, seed=8, base_seed=7)]
     vecs = gaussian_mixture(n, DIM, seed=7)
     port = free_port()
@@ -38,6 +39,8 @@ def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, round
     url = f"http://127.0.0.1:{port}"
     qps: dict[int, list[float]] = {1: [], 2: []}
     p50: dict[int, list[float]] = {1: [], 2: []}
+    p50_c1: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, dict[str, float]] = {}
     errors = 0
     try:
         for rnd in range(rounds):
@@ -54,8 +57,14 @@ def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, round
                             c.post("/v1/collections/bench/points", json={"points": [
                                 {"id": f"p{j}", "vectors": {"v": vecs[j].tolist()}}
                                 for j in range(i, min(n, i + 1000))]}).raise_for_status()
+                    journals = sorted(p.name for p in (cfg.data_path / "sequencer" / "bench").iterdir())
                 asyncio.run(http_load(url, 8, 100, _vector_query(qs)))  # warm-up: every replica sees requests
+                lat1, _, err1 = asyncio.run(http_load(url, 1, 100, _vector_query(qs)))
+                p50_c1[replicas].append(statistics.median(lat1))
+                before = cpu_ticks()
                 lat, rate, err = asyncio.run(http_load(url, 32, total, _vector_query(qs)))
+                cpu[replicas] = cpu_per_request(before, cpu_ticks(), total)  # the last round's
+                errors += err1
                 qps[replicas].append(rate)
                 p50[replicas].append(statistics.median(lat))
                 errors += err
@@ -68,6 +77,10 @@ def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, round
             "ratio": round(q2 / q1, 2), "qps_rounds": {str(k): [round(x, 1) for x in v] for k, v in qps.items()},
             "p50_ms_ingress1": round(statistics.median(p50[1]), 2),
             "p50_ms_ingress2": round(statistics.median(p50[2]), 2), "errors": errors,
+            "p50_ms_c1_ingress1": round(statistics.median(p50_c1[1]), 2),
+            "p50_ms_c1_ingress2": round(statistics.median(p50_c1[2]), 2),
+            "cpu_ms_per_request_c32": {str(k): v for k, v in cpu.items()},
+            "sequencer_journals": journals,
             "cores": len(os.sched_getaffinity(0)), "backend": "milvus-lite, Ray actors"}
 
 

@@ -461,7 +461,7 @@ def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Applica
                                    "batch_size": cfg.encoder_batch_size, "batch_wait_ms": cfg.encoder_batch_wait_ms})
         for name in ENCODERS
     }
-    return Ingress.options(num_replicas=cfg.ingress_replicas).bind(cfg.model_dump(), encoders)
+    return Ingress.options(**cfg.ingress_options()).bind(cfg.model_dump(), encoders)
 
 
 def start_serve(cfg: ClusterConfig, app_name: str = "prism") -> None:

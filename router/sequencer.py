@@ -136,9 +136,10 @@ class Journal:
             self._fh = None
 
 
-class LocalSequencer:
-    """A sequencer in this process (tests, and the shape of the Ray one): `host` is the shard's ReplicatedShard
-    with a journal. `initial` is its view when this client was made."""
+class Sequencer:
+    """A shard's sequencer: its ReplicatedShard, with a journal, behind write / heal / view. Used in this process
+    as it is (tests); the Ray actor (shards.actor.SequencerHost) is this class built over replica actors.
+    `initial` is the view when it was made, as the clients of the Ray one carry it."""
 
     def __init__(self, host: ReplicatedShard):
         if host.journal is None:
@@ -153,3 +154,6 @@ class LocalSequencer:
     async def heal(self) -> tuple[int, int, ShardView]:
         healed, failed = await self.host.heal()
         return healed, failed, self.host.view()
+
+    async def view(self) -> ShardView:
+        return self.host.view()

@@ -18,6 +18,8 @@ from cluster.config import CollectionConfig, PlacementConfig, replica_node, shar
 from cluster.errors import ShardUnavailable
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
+from router.replicas import ReplicatedShard
+from router.sequencer import Journal, Sequencer
 from shards.shard import Shard
 
 NAMESPACE = "prism"
@@ -159,8 +161,28 @@ def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *
     clients = [[_replica_client(config, first_shard + i, r, spec, opts, nodes) for r, spec in enumerate(row)]
                for i, row in enumerate(specs)]
     if create:
-        ray.get([c.actor.create.remote() for row in clients for c in row])
+        _create_all([c for row in clients for c in row])
     return clients
+
+
+def _create_all(clients: list[RayShardClient], within_s: float = 120.0) -> None:
+    """Open every replica's collections; a replica whose actor is restarting (it crashed) is asked again until it
+    is back, within `within_s`: an ingress starting meanwhile must not fail for it."""
+    deadline = time.monotonic() + within_s
+    pending = clients
+    while pending:
+        refs = [c.actor.create.remote() for c in pending]
+        retry = []
+        for c, ref in zip(pending, refs):
+            try:
+                ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                retry.append(c)
+        if retry:
+            time.sleep(0.2)  # polling a restarting actor, with a deadline
+        pending = retry
 
 
 # -- sequencers ------------------------------------------------------------------------------------------------
@@ -172,30 +194,17 @@ def sequencer_dir(data_path: Path, collection: str, shard: int) -> Path:
     return Path(data_path) / "sequencer" / collection / f"s{shard}"
 
 
-class SequencerHost:
-    """A shard's sequencer (router.sequencer): its ReplicatedShard write path over the replica actors, with a
-    journal in `journal_dir`. Restarted by Ray after a crash, it reloads the journal."""
+class SequencerHost(Sequencer):
+    """A shard's sequencer (router.sequencer) over the replica actors, with a journal in `journal_dir`.
+    Restarted by Ray after a crash, it reloads the journal."""
 
     def __init__(self, config: CollectionConfig, shard: int, specs: list[BackendSpec], journal_dir: str,
                  timeout_s: float, detached: bool, placement: PlacementConfig | None):
-        from router.replicas import ReplicatedShard
-        from router.sequencer import Journal
-
         opts, nodes = _actor_options(detached, placement), alive_nodes()
         clients = [_replica_client(config, shard, r, spec, opts, nodes) for r, spec in enumerate(specs)]
-        self.host = ReplicatedShard(shard, clients, key=f"{config.name}/{shard}", write_quorum=config.write_quorum,
-                                    timeout_s=timeout_s, hedge=False, journal=Journal(Path(journal_dir), len(specs)))
-
-    async def write(self, kind: str, args: Any, wait: bool = True) -> tuple[list[int], Any]:
-        acked = await self.host._write(kind, args, wait)
-        return acked, self.host.view()
-
-    async def heal(self) -> tuple[int, int, Any]:
-        healed, failed = await self.host.heal()
-        return healed, failed, self.host.view()
-
-    async def view(self) -> Any:
-        return self.host.view()
+        super().__init__(ReplicatedShard(shard, clients, key=f"{config.name}/{shard}",
+                                         write_quorum=config.write_quorum, timeout_s=timeout_s, hedge=False,
+                                         journal=Journal(Path(journal_dir), len(specs))))
 
     async def close(self, drop: bool = False) -> None:
         """Close the journal; `drop`: delete it (the collection or the shard is gone)."""

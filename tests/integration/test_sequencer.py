@@ -28,8 +28,8 @@ def ingress(cfg, tmp_path):
     from shards.actor import start_ray_sequencers, start_ray_shards
 
     specs = replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path, None)
-    clients = start_ray_shards(cfg, specs)
-    seqs = start_ray_sequencers(cfg, specs, tmp_path, timeout_s=10)
+    clients = start_ray_shards(cfg, specs, detached=True)  # as the ingress starts them: they outlive it
+    seqs = start_ray_sequencers(cfg, specs, tmp_path, timeout_s=10, detached=True)
     return Coordinator.from_clients(cfg, clients, sequencers=seqs, timeout_s=10)
 
 

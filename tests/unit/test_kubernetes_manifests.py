@@ -301,3 +301,13 @@ def test_grpc_is_served_with_the_servicers_prism_registers_and_exposed_by_the_se
     assert serve_config([rs_off]).grpc_port == 0
     service_off = next(d for d in off if d["kind"] == "Service" and d["metadata"]["name"].endswith("-http"))
     assert [p["targetPort"] for p in service_off["spec"]["ports"]] == [8000]
+
+
+def test_ingress_replicas_and_their_autoscaling_range_reach_the_serve_deployment():
+    fixed = serve_config(by_kind(render())["RayService"])
+    assert fixed.ingress_options() == {"num_replicas": 1}
+    scaled = serve_config(by_kind(render({**load(CHART / "examples" / "values-external.yaml"),
+                                           "auth": KEYED["auth"]}))["RayService"])
+    assert scaled.ingress_options() == {"autoscaling_config": {"min_replicas": 2, "max_replicas": 6}}
+    with pytest.raises(ValueError, match="ingress_max_replicas"):
+        ClusterConfig(ingress_replicas=3, ingress_max_replicas=2)

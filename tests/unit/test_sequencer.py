@@ -1,6 +1,6 @@
 """A shard's sequencer and its journal, over in-memory replicas: durable ordering, restarts, several ingress copies.
 
-No Ray, no Milvus: the sequencer here is `LocalSequencer` (the Ray actor hosts the same ReplicatedShard + Journal).
+No Ray, no Milvus: the sequencer here is `Sequencer` (the Ray actor is the same class over replica actors).
 """
 import asyncio
 import random
@@ -9,7 +9,7 @@ import pytest
 
 from cluster.errors import InvalidRequest, ShardUnavailable
 from router.replicas import ReplicatedShard, ShardView
-from router.sequencer import Journal, LocalSequencer
+from router.sequencer import Journal, Sequencer
 from shards.api import PointRow
 from tests.clock import FakeClock
 from tests.unit.test_replicated_shard import MemShard, row
@@ -89,13 +89,13 @@ def test_the_log_file_is_compacted_to_the_log_and_a_longer_outage_resyncs(tmp_pa
 
 def test_ingress_copies_route_reads_by_the_sequencers_view(tmp_path):
     clients = [MemShard(0, r) for r in range(3)]
-    sq = LocalSequencer(host(tmp_path, clients))
+    sq = Sequencer(host(tmp_path, clients))
     a = ingress(clients, sq)
     clients[1].fail = ConnectionError("down")
     run(a.upsert([row(1)]))
     clients[1].fail = None
     # A second ingress, started after the write: it knows from the sequencer that replica 1 missed it.
-    b = ingress(clients, LocalSequencer(sq.host))
+    b = ingress(clients, Sequencer(sq.host))
     assert [st["state"] for st in b.describe()] == ["live", "stale", "live"]
     assert 1 not in b.state.read_order()
     assert run(b.heal()) == (1, 0)  # the sequencer replays; every copy that heals learns it
@@ -105,7 +105,7 @@ def test_ingress_copies_route_reads_by_the_sequencers_view(tmp_path):
 
 def test_two_ingress_copies_writing_the_same_ids_leave_every_replica_identical(tmp_path):
     clients = [MemShard(0, r) for r in range(3)]
-    sq = LocalSequencer(host(tmp_path, clients))
+    sq = Sequencer(host(tmp_path, clients))
     a, b = ingress(clients, sq), ingress(clients, sq)
 
     async def writer(copy, tag, seed):
@@ -135,7 +135,7 @@ def test_two_ingress_copies_writing_the_same_ids_leave_every_replica_identical(t
 
 def test_a_write_below_quorum_through_the_sequencer_says_why_and_a_new_epoch_replaces_the_view(tmp_path):
     clients = [MemShard(0, r) for r in range(2)]
-    sq = LocalSequencer(host(tmp_path / "one", clients))
+    sq = Sequencer(host(tmp_path / "one", clients))
     a = ingress(clients, sq)
     run(a.upsert([row(1)]))
     clients[1].fail = ConnectionError("down")
@@ -143,7 +143,7 @@ def test_a_write_below_quorum_through_the_sequencer_says_why_and_a_new_epoch_rep
         run(a.upsert([row(2)]))
     assert a.state.seq == 1  # this copy learns of the attempt on its next heal
     assert run(a.heal())[1] == 1 and a.state.seq == 2
-    fresh = LocalSequencer(host(tmp_path / "two", clients))  # the journal gone: its view starts over
+    fresh = Sequencer(host(tmp_path / "two", clients))  # the journal gone: its view starts over
     a.sequencer = fresh
     clients[1].fail = None
     run(a.heal())

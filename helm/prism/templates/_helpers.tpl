@@ -67,6 +67,9 @@ applications:
         shard_timeout_s: {{ .Values.prism.shardTimeoutS }}
         encoder_replicas: {{ .Values.prism.encoderReplicas }}
         ingress_replicas: {{ .Values.prism.ingressReplicas }}
+        {{- with .Values.prism.ingressMaxReplicas }}
+        ingress_max_replicas: {{ . }}
+        {{- end }}
         max_upload_bytes: {{ .Values.prism.maxUploadBytes | int }}
         insecure: {{ .Values.auth.insecure }}
         auth:
