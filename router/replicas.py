@@ -263,6 +263,7 @@ class ReplicatedShard:
         self.resyncs = 0  # replicas rebuilt by copying (they were further behind than the log)
         self.journal = journal
         self.sequencer = sequencer
+        self.poll_sequencer = True  # False: the only ingress (see _heal_through_sequencer)
         self.epoch = ""   # the sequencer's journal whose view this copy holds
         if journal is not None:
             self.log = journal.load(self.state)
@@ -466,8 +467,12 @@ class ReplicatedShard:
         return healed, failed
 
     async def _heal_through_sequencer(self) -> tuple[int, int]:
-        healed, failed, view = await self.sequencer.heal()
-        self.adopt(view)
+        healed = failed = 0
+        # With one ingress every write's answer updates this view, so the sequencer is asked only when a replica
+        # is behind here; with several, each pass also learns what the others' writes left behind.
+        if self.poll_sequencer or self.state.needs_healing():
+            healed, failed, view = await self.sequencer.heal()
+            self.adopt(view)
         rs, now = self.state, self.state.clock()
         for st in rs.states:
             if st.healthy or now < st.next_probe_at:
@@ -575,10 +580,11 @@ def replicate(config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *
               timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
               observe: Callable[[int, float], None] | None = None,
               batching: BatchSettings | None = None, hedge: bool = True,
-              sequencers: Sequence[Any] | None = None) -> list[ReplicatedShard]:
+              sequencers: Sequence[Any] | None = None, poll_sequencer: bool = True) -> list[ReplicatedShard]:
     """One ReplicatedShard per row of clients; `clients[i]` are the replicas of shard `first_shard + i`.
     `sequencers[i]`: shard `first_shard + i`'s sequencer (router.sequencer); its current view is adopted at once,
-    so a new ingress never reads from a replica the sequencer knows is behind."""
+    so a new ingress never reads from a replica the sequencer knows is behind. `poll_sequencer=False`: this is
+    the only ingress, which asks the sequencers to heal only when its own view has a replica behind."""
     out = []
     for i, row in enumerate(clients):
         seq = sequencers[i] if sequencers is not None else None
@@ -587,5 +593,6 @@ def replicate(config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *
                              batching=batching, hedge=hedge, sequencer=seq)
         if seq is not None:
             sh.adopt(seq.initial)
+            sh.poll_sequencer = poll_sequencer
         out.append(sh)
     return out

@@ -73,7 +73,8 @@ async def reshard(old: Coordinator, config: CollectionConfig, *,
     added_seqs = await asyncio.to_thread(start_sequencers) if n_new > n_old and start_sequencers else None
     tmpl = old.shards[0]
     added = replicate(config, added_clients, first_shard=n_old, timeout_s=tmpl.timeout_s, clock=tmpl.state.clock,
-                      observe=tmpl.observe, batching=tmpl.batching, hedge=tmpl.hedge, sequencers=added_seqs)
+                      observe=tmpl.observe, batching=tmpl.batching, hedge=tmpl.hedge, sequencers=added_seqs,
+                      poll_sequencer=tmpl.poll_sequencer)
     new = old.resized(config, old.shards[:n_new] + added)
     old.paused = f"resharding to {n_new} shards"
     copied: dict[int, list[str]] = {}

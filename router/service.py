@@ -88,7 +88,8 @@ class PrismService:
         clients = self.start_shards(cfg, specs, create=True)
         sequencers = self.start_sequencers(cfg, specs) if self.start_sequencers is not None else None
         coord = Coordinator.from_clients(
-            cfg, clients, sequencers=sequencers, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
+            cfg, clients, sequencers=sequencers,
+            poll_sequencer=self.config.ingress_replicas > 1 or self.config.ingress_max_replicas is not None, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
             batching=self.config.batching, hedge=self.config.hedge_reads,
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,

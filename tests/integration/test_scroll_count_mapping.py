@@ -63,17 +63,39 @@ async def scroll_all(coord: Coordinator, dsl, limit: int) -> list[str]:
         after = page[-1]
 
 
+@pytest.fixture(scope="module", params=["lite", "server"])
+def loaded(request, es_server, tmp_path_factory):
+    """One collection per backend holding make_points(150, 1), shared by the read-only scroll/count checks."""
+    from cluster.config import MilvusConfig
+
+    if request.param == "lite":
+        milvus, uri = MilvusConfig(mode="lite"), None
+    else:
+        uri = request.getfixturevalue("milvus_server").uri
+        milvus = MilvusConfig(mode="server", uri=uri)
+    cfg = CollectionConfig(name=f"sc{next(_n)}", shards=3, metadata={"color": "keyword", "n": "integer",
+                                                                       "title": "text"},
+                           spaces={"a": {"dim": DIM, "index": {"type": "FLAT"}},
+                                   "b": {"dim": DIM, "index": {"type": "FLAT"}}})
+    store = MetadataStore(es_server.uri)
+    store.ensure_index(cfg)
+    clients = local_shards(cfg, replica_specs(cfg, milvus, tmp_path_factory.mktemp("scroll"), uri))
+    pts = make_points(150, 1)
+    asyncio.run(Coordinator.from_clients(cfg, clients, metadata=store).upsert(pts))
+    yield cfg, store, clients, pts
+    stop_local_shards(clients, drop=True)
+    store.drop_index(cfg.name)
+
+
 FILTERS = [None, {"term": {"color": "red"}},                                   # none, pushdown
            {"match": {"title": "boots"}},                                      # Elasticsearch only
            {"bool": {"filter": [{"range": {"n": {"gte": 40}}}], "must_not": [{"match": {"title": "wool"}}]}}]
 
 
 @pytest.mark.parametrize("dsl", FILTERS, ids=["all", "pushdown", "es", "mixed"])
-def test_scroll_and_count_equal_brute_force(world, dsl):
-    cfg, store, clients = world
+def test_scroll_and_count_equal_brute_force(loaded, dsl):
+    cfg, store, clients, pts = loaded
     coord = Coordinator.from_clients(cfg, clients, metadata=store)
-    pts = make_points(150, 1)
-    asyncio.run(coord.upsert(pts))
     node = parse_filter(dsl, cfg.metadata) if dsl else None
     want = sorted(p.id for p in pts if node is None or evaluate(node, p.id, p.payload, cfg.metadata))
     for limit in (1, 7, 1000):

@@ -148,3 +148,28 @@ def test_a_write_below_quorum_through_the_sequencer_says_why_and_a_new_epoch_rep
     clients[1].fail = None
     run(a.heal())
     assert a.epoch == fresh.host.epoch and a.state.seq == 0
+
+
+def test_the_only_ingress_asks_its_sequencer_to_heal_only_when_a_replica_is_behind(tmp_path):
+    clients = [MemShard(0, r) for r in range(3)]
+    sq = Sequencer(host(tmp_path, clients))
+    calls = []
+    real_heal = sq.heal
+
+    async def counted():
+        calls.append(1)
+        return await real_heal()
+
+    sq.heal = counted
+    only = ingress(clients, sq)
+    only.poll_sequencer = False
+    run(only.upsert([row(1)]))
+    assert run(only.heal()) == (0, 0) and calls == []   # nothing behind: no call
+    clients[2].fail = ConnectionError("down")
+    run(only.upsert([row(2)]))
+    clients[2].fail = None
+    assert run(only.heal()) == (1, 0) and len(calls) == 1
+    assert [st["state"] for st in only.describe()] == ["live"] * 3
+    polling = ingress(clients, sq)                       # one of several ingress replicas: asks every pass
+    run(polling.heal())
+    assert len(calls) == 2
