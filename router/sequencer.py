@@ -36,7 +36,6 @@ class Journal:
     """A shard's persisted operation log and replica state (see the module docstring)."""
 
     path: Path
-    replicas: int
     max_ops: int = OPLOG_MAX_OPS
     epoch: str = ""
     frames: int = 0                       # frames in ops.log now: compacted once twice `max_ops`

@@ -204,7 +204,7 @@ class SequencerHost(Sequencer):
         clients = [_replica_client(config, shard, r, spec, opts, nodes) for r, spec in enumerate(specs)]
         super().__init__(ReplicatedShard(shard, clients, key=f"{config.name}/{shard}",
                                          write_quorum=config.write_quorum, timeout_s=timeout_s, hedge=False,
-                                         journal=Journal(Path(journal_dir), len(specs))))
+                                         journal=Journal(Path(journal_dir))))
 
     async def close(self, drop: bool = False) -> None:
         """Close the journal; `drop`: delete it (the collection or the shard is gone)."""

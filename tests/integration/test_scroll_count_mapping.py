@@ -38,29 +38,28 @@ def make_points(n: int, seed: int, prefix: str = "p") -> list[Point]:
     return pts
 
 
-@pytest.fixture
-def world(milvus_backend, es_server, tmp_path):
-    milvus, uri = milvus_backend
+def open_world(milvus, uri, es_uri, path):
+    """A 3-shard collection over two spaces with declared metadata, its Elasticsearch index and its shards."""
     cfg = CollectionConfig(name=f"sc{next(_n)}", shards=3, metadata={"color": "keyword", "n": "integer",
                                                                        "title": "text"},
                            spaces={"a": {"dim": DIM, "index": {"type": "FLAT"}},
                                    "b": {"dim": DIM, "index": {"type": "FLAT"}}})
-    store = MetadataStore(es_server.uri)
+    store = MetadataStore(es_uri)
     store.ensure_index(cfg)
-    clients = local_shards(cfg, replica_specs(cfg, milvus, tmp_path, uri))
-    yield cfg, store, clients
+    return cfg, store, local_shards(cfg, replica_specs(cfg, milvus, path, uri))
+
+
+def close_world(cfg, store, clients):
     stop_local_shards(clients, drop=True)
     store.drop_index(cfg.name)
 
 
-async def scroll_all(coord: Coordinator, dsl, limit: int) -> list[str]:
-    out, after = [], ""
-    while True:
-        page = await coord.scan(after, limit, dsl)
-        out += page
-        if len(page) < limit:
-            return out
-        after = page[-1]
+@pytest.fixture
+def world(milvus_backend, es_server, tmp_path):
+    milvus, uri = milvus_backend
+    made = open_world(milvus, uri, es_server.uri, tmp_path)
+    yield made
+    close_world(*made)
 
 
 @pytest.fixture(scope="module", params=["lite", "server"])
@@ -73,18 +72,21 @@ def loaded(request, es_server, tmp_path_factory):
     else:
         uri = request.getfixturevalue("milvus_server").uri
         milvus = MilvusConfig(mode="server", uri=uri)
-    cfg = CollectionConfig(name=f"sc{next(_n)}", shards=3, metadata={"color": "keyword", "n": "integer",
-                                                                       "title": "text"},
-                           spaces={"a": {"dim": DIM, "index": {"type": "FLAT"}},
-                                   "b": {"dim": DIM, "index": {"type": "FLAT"}}})
-    store = MetadataStore(es_server.uri)
-    store.ensure_index(cfg)
-    clients = local_shards(cfg, replica_specs(cfg, milvus, tmp_path_factory.mktemp("scroll"), uri))
+    cfg, store, clients = open_world(milvus, uri, es_server.uri, tmp_path_factory.mktemp("scroll"))
     pts = make_points(150, 1)
     asyncio.run(Coordinator.from_clients(cfg, clients, metadata=store).upsert(pts))
     yield cfg, store, clients, pts
-    stop_local_shards(clients, drop=True)
-    store.drop_index(cfg.name)
+    close_world(cfg, store, clients)
+
+
+async def scroll_all(coord: Coordinator, dsl, limit: int) -> list[str]:
+    out, after = [], ""
+    while True:
+        page = await coord.scan(after, limit, dsl)
+        out += page
+        if len(page) < limit:
+            return out
+        after = page[-1]
 
 
 FILTERS = [None, {"term": {"color": "red"}},                                   # none, pushdown

@@ -21,7 +21,7 @@ def run(coro):
 
 def host(path, clients, max_ops=20_000, quorum="majority"):
     return ReplicatedShard(0, clients, key="t/0", write_quorum=quorum, clock=FakeClock(1000.0),
-                           journal=Journal(path, len(clients), max_ops=max_ops))
+                           journal=Journal(path, max_ops=max_ops))
 
 
 def ingress(clients, sequencer):
