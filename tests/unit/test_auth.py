@@ -101,7 +101,12 @@ ROUTES = [
     ("POST", "/v1/collections/c/points/scroll", "read"), ("POST", "/v1/collections/c/points/count", "read"),
     ("GET", "/v1/collections/c/points/p1", "read"), ("POST", "/v1/collections/c/query", "read"),
     ("POST", "/v1/collections/c/query/batch", "read"), ("POST", "/v1/collections/c/query/image", "read"),
-    ("GET", "/nothing/here", "read"), ("POST", "/v1/collections/c/points/x/y", "admin"),
+    ("GET", "/nothing/here", "admin"), ("POST", "/v1/collections/c/points/x/y", "admin"),
+    # Deny by default: a route prism does not serve needs admin (then 404/405), whatever it looks like.
+    ("GET", "/v1/collections/c/bogus", "admin"), ("POST", "/v1/collections/c/query/bogus", "admin"),
+    ("GET", "/v1/collections/c/points", "admin"), ("POST", "/v1/collections", "admin"), ("GET", "/v2/x", "admin"),
+    ("GET", "//v1/collections/c", "admin"), ("PATCH", "/v1/collections/c", "admin"),
+    ("GET", "/v1/collections/c/query", "admin"), ("POST", "/v1/collections/c/points/c/get", "admin"),
 ]
 
 
@@ -111,6 +116,22 @@ def test_route_policy(method, path, role):
     assert got == role
     if path.startswith("/v1/collections/c"):
         assert collection == "c"
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/collections/../catalog/c/points/delete", "/v1/collections/../catalog/c", "/v1/collections/..",
+    "/v1/collections//points/delete", "/v1/collections/a__b", "/v1/collections/" + "x" * 49,
+    "/v1/collections/c\x00/query", "/v1/collections/.c/points", "/v1/collections/c.json",
+])
+def test_a_path_whose_collection_is_not_a_name_is_refused_before_any_key_is_looked_at(path):
+    """C1: the name rule comes first: a 422 naming the field, for every key (and none), never a role or scope
+    decision about something that is not a collection name."""
+    kr, rr = new_key("read")
+    ks, rs = new_key("admin", ["c"])
+    g = guard_with(rr, rs)
+    for key in (None, kr, ks, "prism_00000000_nope"):
+        v = g.check("POST", path, [(b"x-api-key", key.encode())] if key else [], "1.2.3.4")
+        assert isinstance(v, Refusal) and v.status == 422 and v.field == "name", (path, key, v)
 
 
 def test_metrics_can_be_keyed():
@@ -186,6 +207,99 @@ def test_guard_without_keys_lets_everything_through_but_still_limits_by_address(
     assert g.check("GET", "/health", [], "a") is None                        # open routes are never limited
     clock.advance(1.0)
     assert g.check("POST", "/v1/collections/c/query", [], "a") is None       # recovered after the window
+
+
+def test_once_keys_are_required_an_empty_key_set_refuses_everything(tmp_path):
+    """H2: keys at start make auth required; revoking every key then shuts the API (401), never opens it."""
+    path = tmp_path / "keys.json"
+    k, r = new_key("admin")
+    write_keys_file(path, [r])
+    clock = FakeClock(0.0)
+    g = Guard(KeySource([], path, environ={}, clock=clock), clock=clock)
+    hdr = [(b"x-api-key", k.encode())]
+    assert g.auth_on and g.check("DELETE", "/v1/collections/c", hdr, "a") is not None
+    write_keys_file(path, [])
+    clock.advance(1.0)
+    for headers in ([], hdr):
+        v = g.check("DELETE", "/v1/collections/c", headers, "a")
+        assert isinstance(v, Refusal) and v.status == 401, v
+    assert g.auth_on
+    # ... and a server started without keys (loopback or --insecure) that gets one keeps requiring one
+    path2 = tmp_path / "later.json"
+    g2 = Guard(KeySource([], path2, environ={}, clock=clock), clock=clock)
+    assert not g2.auth_on and g2.check("DELETE", "/v1/collections/c", [], "a") is None
+    write_keys_file(path2, [r])
+    clock.advance(1.0)
+    assert isinstance(g2.check("DELETE", "/v1/collections/c", [], "a"), Refusal)
+    write_keys_file(path2, [])
+    clock.advance(1.0)
+    assert g2.check("DELETE", "/v1/collections/c", [], "a").status == 401
+
+
+def test_a_public_bind_without_keys_requires_them_unless_insecure():
+    """H2 for deployments `prism up` never checks (a Serve config on 0.0.0.0 with PRISM_API_KEYS='[]'): the
+    guard itself decides at start that keys are required, and refuses every request until there is one."""
+    from cluster.config import ClusterConfig
+    from router.access import build_guard
+
+    g = build_guard(ClusterConfig(host="0.0.0.0", auth={"keys_file": "/nonexistent/keys.json"}))
+    assert g.auth_on and g.check("GET", "/v1/collections", [], "a").status == 401
+    g = build_guard(ClusterConfig(host="0.0.0.0", insecure=True, auth={"keys_file": "/nonexistent/keys.json"}))
+    assert not g.auth_on and g.check("GET", "/v1/collections", [], "a") is None
+    g = build_guard(ClusterConfig(host="127.0.0.1", auth={"keys_file": "/nonexistent/keys.json"}))
+    assert not g.auth_on
+
+
+def test_a_batch_costs_one_token_per_query():
+    clock = FakeClock(0.0)
+    k, r = new_key("read")
+    g = guard_with(r, clock=clock, read_per_s=1.0, burst_s=10.0)
+    hdr = [(b"x-api-key", k.encode())]
+    assert g.check("POST", "/v1/collections/c/query/batch", hdr, None, cost=16) is not None  # admitted: 10 - 16
+    v = g.check("POST", "/v1/collections/c/query", hdr, None)
+    assert isinstance(v, Refusal) and v.status == 429 and v.retry_after_s == pytest.approx(7.0)
+    clock.advance(7.0)
+    assert not isinstance(g.check("POST", "/v1/collections/c/query", hdr, None), Refusal)
+
+
+def test_the_configured_rate_is_shared_by_the_ingress_replicas():
+    """build_guard divides by the configured ingress replicas (by the most it may scale to)."""
+    from cluster.config import ClusterConfig
+    from router.access import build_guard
+
+    k, r = new_key("read")
+    hdr = [(b"x-api-key", k.encode())]
+    for replicas, most, want in ((2, None, 5), (1, 4, 2)):
+        cfg = ClusterConfig(ingress_replicas=replicas, ingress_max_replicas=most,
+                            auth={"keys": [r.model_dump()], "rate_limits": {"read_per_s": 10.0, "burst_s": 1.0}})
+        g = build_guard(cfg)
+        g.buckets["read"].clock = FakeClock(0.0)
+        ok = sum(not isinstance(g.check("POST", "/v1/collections/c/query", hdr, None), Refusal) for _ in range(20))
+        assert ok == want, (replicas, most, ok)
+
+
+def test_the_keys_file_is_never_readable_by_others_not_even_while_written(tmp_path, monkeypatch):
+    """Low: the file (and its temporary twin) is created 0600; it is never chmod-ed after being written."""
+    import os
+
+    path = tmp_path / "keys.json"
+    seen: list[tuple[str, int]] = []
+
+    def snapshot(*_a, **_k):
+        for f in tmp_path.iterdir():
+            seen.append((f.name, f.stat().st_mode & 0o777))
+
+    real_replace, real_chmod = os.replace, os.chmod
+    monkeypatch.setattr(os, "replace", lambda *a, **k: (snapshot(), real_replace(*a, **k))[1])
+    monkeypatch.setattr(os, "chmod", lambda *a, **k: (snapshot(), real_chmod(*a, **k))[1])
+    old = os.umask(0o022)
+    try:
+        write_keys_file(path, [new_key("read")[1]])
+        write_keys_file(path, [new_key("admin")[1]])
+    finally:
+        os.umask(old)
+    assert seen and all(mode & 0o077 == 0 for _, mode in seen), seen
+    assert path.stat().st_mode & 0o777 == 0o600 and [f.name for f in tmp_path.iterdir()] == ["keys.json"]
 
 
 def test_rate_is_divided_across_ingress_replicas():

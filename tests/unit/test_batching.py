@@ -1,8 +1,6 @@
 """Micro-batching policy and the coalescer, over an in-memory shard: fewer calls, identical answers."""
 import asyncio
 
-import pytest
-
 from router.batching import Coalescer, take
 from shards.api import ScoredId, SearchSpec, group_specs
 
@@ -88,3 +86,46 @@ def test_the_window_waits_through_the_injected_pause():
         return await co.submit([spec(x=1)])
 
     assert asyncio.run(scenario()) == [[ScoredId("id1", 1.0)]] and slept == [0.002]
+
+
+def test_a_request_that_fails_its_batch_fails_alone():
+    """A search one request makes the shard refuse (a bad value) fails that request only: the coalescer splits a
+    failed batch and sends the halves again, so its batch-mates get their answers."""
+    class Picky:
+        def __init__(self):
+            self.calls: list[int] = []
+
+        async def search_many(self, specs):
+            self.calls.append(len(specs))
+            await asyncio.sleep(0)  # poll: let the other submits queue behind this call
+            if any(s.vector[0] < 0 for s in specs):
+                raise ValueError("the shard cannot encode this search")
+            return [[ScoredId(f"id{s.vector[0]:g}", s.vector[0])] for s in specs]
+
+    async def scenario():
+        shard = Picky()
+        co = Coalescer(shard.search_many, max_specs=64)
+        first = asyncio.create_task(co.submit([spec(x=100)]))
+        await asyncio.sleep(0)  # poll: the first call is in flight; the rest queue into one batch
+        tasks = [asyncio.create_task(co.submit([spec(x=-1.0 if i == 5 else float(i))])) for i in range(12)]
+        return shard, await first, await asyncio.gather(*tasks, return_exceptions=True)
+
+    shard, _, answers = asyncio.run(scenario())
+    assert isinstance(answers[5], ValueError)
+    assert all(a == [[ScoredId(f"id{i:g}", float(i))]] for i, a in enumerate(answers) if i != 5), answers
+    assert len(shard.calls) <= 2 + 2 * 4  # the batch, then halves down to the bad one: O(log n) calls
+
+
+def test_a_shard_that_is_down_is_not_asked_again_per_request():
+    from cluster.errors import ShardUnavailable
+
+    async def scenario():
+        shard = Shard(fail=ShardUnavailable("shard 0 unavailable: no replica answered", shards=[0], cause="timeout"))
+        co = Coalescer(shard.search_many)
+        tasks = [asyncio.create_task(co.submit([spec(x=i)])) for i in range(6)]
+        await asyncio.sleep(0)  # poll: queue them all
+        shard.gate.set()
+        return shard, await asyncio.gather(*tasks, return_exceptions=True)
+
+    shard, answers = asyncio.run(scenario())
+    assert all(isinstance(a, ShardUnavailable) for a in answers) and len(shard.calls) <= 2

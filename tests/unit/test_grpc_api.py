@@ -263,3 +263,93 @@ def test_every_method_of_the_proto_has_a_route_and_a_servicer():
     names = {m.name for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
     assert names == set(g.RPCS)
     assert all(hasattr(pbg, f.rsplit(".", 1)[1]) for f in g.SERVICER_FUNCTIONS if "prism" in f)
+
+
+ODD_NAMES = ["../catalog/a", "/etc/passwd", "a/../a", "..", "", "a\x00", "a__b", "x" * 300, "a.json", " a"]
+
+
+def _with_name(method: str, name: str):
+    named = {"Create": pb.CreateCollectionRequest, "Get": pb.GetCollectionRequest, "Drop": pb.DropCollectionRequest}
+    if method in named:
+        return named[method](name=name)
+    cls = {"Query": pb.QueryRequest, "QueryBatch": pb.QueryBatchRequest, "Upsert": pb.UpsertRequest,
+           "Delete": pb.DeleteRequest, "UpdateVectors": pb.UpdateVectorsRequest}[method]
+    return cls(collection=name)
+
+
+class Everything:
+    """A service that would do whatever it is asked: reaching it at all is the failure."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        async def record(*args, **kwargs):
+            self.calls.append((name, args))
+            raise AssertionError(f"{name}{args} reached the service")
+        return record
+
+
+@pytest.mark.parametrize("method", [m for m in g.RPCS if m != "List"])
+def test_odd_collection_names_are_refused_before_the_guard_and_the_service(method):
+    """C1: every method, with an admin key and a read key: the name rule answers first (INVALID_ARGUMENT naming
+    the field), the guard is never asked about a path built from such a name, the service never sees it."""
+    admin, admin_rec = new_key("admin")
+    read, read_rec = new_key("read")
+    asked: list[str] = []
+    guard = Guard(KeySource([admin_rec, read_rec], None, environ={}), clock=FakeClock())
+    real_check = guard.check
+    guard.check = lambda m, path, *a, **k: (asked.append(path), real_check(m, path, *a, **k))[1]
+    svc = Everything()
+    for name in ODD_NAMES:
+        for key in (admin, read, None):
+            ctx = Ctx([("x-api-key", key)] if key else [])
+            out = asyncio.run(g.handle(method, _with_name(method, name), ctx, service=svc, guard=guard))
+            assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT, (method, name, ctx.code, ctx.details)
+            assert ctx.trailing["prism-field"] == ("name" if method in ("Create", "Get", "Drop") else "collection")
+            assert out == g.RPCS[method].response()
+    assert asked == [] and svc.calls == []
+
+
+def test_an_exception_outside_the_error_tree_never_reaches_the_client_with_its_text():
+    """C1: a pydantic error quoting a file, an OSError naming a path: INTERNAL with a reference, nothing else."""
+    for exc in (ValueError("spaces: {'secret': 'FLAT'} at /etc/prism/catalog"), OSError(36, "File name too long",
+                                                                                      "/var/lib/prism/x.json")):
+        ctx = Ctx()
+        asyncio.run(g.handle("Query", pb.QueryRequest(collection="c"), ctx, service=Failing(exc), guard=None))
+        assert ctx.code == grpc.StatusCode.INTERNAL and ctx.trailing["prism-error"] == "internal"
+        assert "secret" not in ctx.details and "/var/lib" not in ctx.details and "/etc" not in ctx.details, ctx.details
+        assert "ref " in ctx.details
+
+
+def test_a_message_over_the_configured_size_is_refused():
+    svc = Recording()
+    q = pb.QueryRequest(collection="a", prefetch=[pb.Prefetch(space="t", vector=[0.5] * 1000)])
+    ctx = Ctx()
+    asyncio.run(g.handle("Query", q, ctx, service=svc, guard=None, max_message_bytes=1024))
+    assert ctx.code == grpc.StatusCode.RESOURCE_EXHAUSTED and ctx.trailing["prism-error"] == "payload_too_large"
+    assert svc.calls == []
+    asyncio.run(g.handle("Query", q, Ctx(), service=svc, guard=None, max_message_bytes=1 << 20))
+    assert len(svc.calls) == 1
+
+
+def test_a_grpc_batch_costs_one_token_per_query():
+    read, rec = new_key("read")
+    clock = FakeClock()
+    guard = Guard(KeySource([rec], None, environ={}), read_per_s=1, burst_s=5, clock=clock)
+
+    class Batch(Recording):
+        async def query_batch(self, name, body):
+            return type("A", (), {"results": []})()
+
+    svc = Batch()
+    md = [("x-api-key", read)]
+    q = pb.QueryRequest(prefetch=[pb.Prefetch(space="t", text="x")])
+    ctx = Ctx(md)
+    asyncio.run(g.handle("QueryBatch", pb.QueryBatchRequest(collection="a", queries=[q] * 8), ctx, service=svc,
+                         guard=guard))
+    assert ctx.code is None
+    ctx = Ctx(md)
+    asyncio.run(g.handle("Query", pb.QueryRequest(collection="a", prefetch=[q.prefetch[0]]), ctx, service=svc,
+                         guard=guard))
+    assert ctx.code == grpc.StatusCode.RESOURCE_EXHAUSTED and ctx.trailing["retry-after"] == "4"

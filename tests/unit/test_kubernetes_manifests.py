@@ -311,3 +311,30 @@ def test_ingress_replicas_and_their_autoscaling_range_reach_the_serve_deployment
     assert scaled.ingress_options() == {"autoscaling_config": {"min_replicas": 2, "max_replicas": 6}}
     with pytest.raises(ValueError, match="ingress_max_replicas"):
         ClusterConfig(ingress_replicas=3, ingress_max_replicas=2)
+
+
+def test_the_example_secret_ships_no_open_api_and_no_fixed_token():
+    """H2/Low: the Serve config binds 0.0.0.0 without `insecure`: an empty key list would start an API that refuses
+    everything (the guard requires keys there), and a placeholder must fail loudly rather than pass as keys. Ray's
+    token is made per cluster, never copied from an example."""
+    from cluster.auth import env_keys
+    from cluster.errors import ConfigError
+
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "secret.example.yaml").read_text()) if d]
+    creds = next(d for d in docs if d["metadata"]["name"] == "prism-credentials")["stringData"]
+    assert creds["PRISM_API_KEYS"].strip() not in ("", "[]"), creds["PRISM_API_KEYS"]
+    with pytest.raises(ConfigError):
+        env_keys({"PRISM_API_KEYS": creds["PRISM_API_KEYS"]})
+    assert all(d["metadata"]["name"] != "prism-ray-token" for d in docs), "a fixed Ray token in an example"
+    text = (DEPLOY / "k8s" / "secret.example.yaml").read_text()
+    assert "prism-ray-token" in text and "openssl rand" in text  # how to make one is said instead
+
+
+def test_the_grpc_message_bound_reaches_every_ray_pod():
+    """Medium: Serve's gRPC servers take their size bound from RAY_SERVE_GRPC_MAX_MESSAGE_SIZE (default 2 GiB);
+    every Ray pod of the plain RayService sets it to the config's grpc_max_message_bytes."""
+    svc = load(DEPLOY / "rayservice.yaml")
+    cfg = ClusterConfig.model_validate(load(DEPLOY / "serve-config.yaml")["applications"][0]["args"]["config"])
+    envs = _ray_env(svc)
+    assert envs and all(env.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE") == str(cfg.grpc_max_message_bytes)
+                        for env in envs), envs
