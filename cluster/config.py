@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cluster.auth import KEYS_FILE, KeyRecord
 from cluster.errors import ConfigError, InvalidRequest
+from cluster.names import NAME_RE, name_problem  # noqa: F401 - NAME_RE: the pattern, as the config names it
 
 MAX_DIM = 32_768
 MAX_SHARDS = 256
@@ -21,8 +22,6 @@ DEFAULT_GRPC_PORT = 9000
 DEFAULT_DATA_DIR = ".prism"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # request bodies, uploads and images: larger is a 413
 MAX_IMAGE_PIXELS = 40_000_000       # decoded image size; larger is refused as a decompression bomb
-
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 
 # Index types by where they can run. Milvus-lite (3.x) knows only the first set; the 2.3 server adds IVF_PQ;
 # GPU types need a GPU-capable Milvus server, which this project can only configure, never run, on CPU machines.
@@ -35,7 +34,7 @@ METADATA_TYPES = frozenset({"keyword", "float", "integer", "date", "text", "bool
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a collection spec is user input too
 
 
 class IndexConfig(_Strict):
@@ -257,8 +256,9 @@ class CollectionConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.match(value):
-            raise ValueError(f"collection name {value!r} must match {NAME_RE.pattern}")
+        problem = name_problem(value)  # cluster.names: the one rule, checked at every entry
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("spaces")
@@ -267,15 +267,17 @@ class CollectionConfig(_Strict):
         if not value:
             raise ValueError("a collection needs at least one vector space")
         for name in value:
-            if not NAME_RE.match(name):
-                raise ValueError(f"space name {name!r} must match {NAME_RE.pattern}")
+            problem = name_problem(name, "space name")
+            if problem:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
     def _lexical_fields_are_text(self) -> "CollectionConfig":
         for name in self.lexical:
-            if not NAME_RE.match(name):
-                raise ValueError(f"space name {name!r} must match {NAME_RE.pattern}")
+            problem = name_problem(name, "space name")
+            if problem:
+                raise ValueError(problem)
             if name in self.spaces:
                 raise ValueError(f"space {name!r} is both a vector and a lexical space")
             for field, _ in self.lexical[name].boosts():
@@ -334,6 +336,9 @@ class StrictLimits(_Strict):
     max_shards: int = Field(default=64, ge=1, le=256)                 # shards of a new collection
     max_replicas: int = Field(default=4, ge=1, le=8)                  # replicas of a new collection
     max_collections: int = Field(default=1_000, ge=1, le=100_000)     # collections in the cluster
+    # ids one scroll request examines at most when Elasticsearch must confirm its filter: past it the page comes
+    # back short, with a cursor that goes on from there and a note saying so (the work per request is bounded).
+    max_scroll_examined: int = Field(default=20_000, ge=10, le=1_000_000)
 
 
 class ClusterConfig(_Strict):
@@ -364,6 +369,12 @@ class ClusterConfig(_Strict):
     inline_payload_max: int = Field(default=256, ge=0, le=100_000)
     hedge_reads: bool = True  # replicas >= 2: a read slower than the replica's p95 also goes to the next replica
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
+    # The largest gRPC request message (bytes). Serve's gRPC servers read it from RAY_SERVE_GRPC_MAX_MESSAGE_SIZE,
+    # which `prism up` sets from here (Kubernetes: the pods' env); the ingress also refuses larger ones itself.
+    grpc_max_message_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024, le=(2 << 30) - 1)
+    # Host names HTTP requests may be addressed to (the Host header; `*` any, `*.example.com` its subdomains).
+    # Unset: loopback names when `host` is a loopback address (DNS rebinding cannot reach prism), else any.
+    allowed_hosts: list[str] | None = None
     encoder_replicas: int = Field(default=1, ge=1, le=16)
     # Ray Serve replicas of the ingress (HTTP and gRPC). Any number: each shard's writes are ordered by its
     # sequencer actor (docs/operations.md, "Write ordering"), not by an ingress.

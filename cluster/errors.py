@@ -5,7 +5,8 @@
     │   ├── FilterError             a malformed or untranslatable filter clause
     │   ├── ImageError              an image that cannot be read, fetched or decoded
     │   ├── ConfigError             a configuration value that cannot work (quorum, shard layout, ...)
-    │   └── PayloadTooLarge         413
+    │   ├── PayloadTooLarge         413
+    │   └── UnsupportedMediaType    415: a JSON body not labelled application/json
     ├── CollectionNotFound          404
     ├── SpaceNotFound               404: unknown named vector space
     ├── CollectionExists            409
@@ -13,10 +14,21 @@
     ├── ModelUnavailable            503: an encoder's weights are missing
     ├── MetadataUnavailable         503: a filter needs Elasticsearch and none is configured
     └── BackendError                502: Milvus / Elasticsearch failed on a write or an admin call
+
+Messages never carry the credentials of a URI (`https://user:secret@es:9200` reads `https://***@es:9200`): backend
+errors quote their endpoint, and an operator may have put a password in it.
 """
 from __future__ import annotations
 
+import re
+
 MAX_MESSAGE = 500
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@'\"]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user-info part of every URI in it (`user:password@`) replaced by `***@`."""
+    return _USERINFO.sub(r"\1***@", text) if "@" in text else text
 
 
 def truncate(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -27,7 +39,7 @@ def truncate(text: str, limit: int = MAX_MESSAGE) -> str:
 def describe(exc: BaseException, limit: int = 200) -> str:
     """A short, one-line account of an exception for answers and logs (prism errors by their message)."""
     text = exc.message if isinstance(exc, PrismError) else f"{type(exc).__name__}: {exc}"
-    return truncate(text, limit)
+    return truncate(redact(text), limit)
 
 
 class PrismError(Exception):
@@ -37,8 +49,9 @@ class PrismError(Exception):
     code = "internal"
 
     def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(truncate(message))
-        self.message = truncate(message)
+        message = truncate(redact(message))
+        super().__init__(message)
+        self.message = message
         self.field = field
 
     def to_dict(self) -> dict:
@@ -68,6 +81,11 @@ class ConfigError(InvalidRequest):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class CollectionNotFound(PrismError):

@@ -4,6 +4,7 @@ Each violation is an InvalidRequest (422) naming the field and the limit, so a c
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from cluster.config import CollectionConfig, StrictLimits
@@ -51,9 +52,27 @@ _KEY = {"results": "max_limit", "prefetches": "max_prefetch", "candidates": "max
         "shards": "max_shards", "replicas": "max_replicas"}
 
 
+def unusable_number(value: Any) -> Any:
+    """The first number in `value` that no store can compare with (NaN, an infinity: a gRPC Struct can carry
+    them; an integer beyond 64 bits), else None."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v) or isinstance(v, int) and not -2**63 <= v < 2**63:
+            return v
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
+
+
 def check_filter(dsl: Any, limits: StrictLimits, field: str) -> None:
     if dsl is None:
         return
+    bad = unusable_number(dsl)
+    if bad is not None:
+        raise InvalidRequest(f"{field}: {bad!r} is not a finite number a filter can compare with", field=field)
     depth, clauses = filter_shape(dsl)
     if depth > limits.max_filter_depth:
         raise _over(field, depth, limits.max_filter_depth, "levels of bool nesting")

@@ -1,12 +1,13 @@
 """Typed requests and responses of the HTTP API v1. One typed object in, one typed object out."""
 from __future__ import annotations
 
-import re
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cluster.errors import ShardUnavailable
+from cluster.names import MAX_NAME_LENGTH, id_problem
 from shards.api import MAX_ID_LENGTH, ScoredId  # noqa: F401 - ScoredId is part of the router's vocabulary too
 
 MAX_LIMIT = 10_000
@@ -16,14 +17,33 @@ MAX_BATCH_QUERIES = 64
 MAX_TEXT_CHARS = 20_000
 
 
+# Milvus keeps vectors as float32: a query component beyond it (1e39) would become inf there and score NaN.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Prefetch(_Strict):
+class _Query(_Strict):
+    # NaN and Infinity (a JSON 1e400 parses as one; a gRPC double can be one) are refused in every number of a
+    # query (vectors, weights, params, bounds): nothing downstream can rank with them, and they used to be 500s.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _ids_rule(value: Any) -> Any:
+    """cluster.names' id rule, for pydantic validators (a ValueError names the id)."""
+    if isinstance(value, str):
+        problem = id_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+class Prefetch(_Query):
     """One retrieval in one named space: a vector given as is, or text/image to embed."""
 
-    space: str
+    space: str = Field(max_length=MAX_NAME_LENGTH)
     vector: list[float] | None = None
     text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     image: str | None = None
@@ -38,10 +58,14 @@ class Prefetch(_Strict):
             raise ValueError(f"a prefetch needs exactly one of vector, text, image (got {given or 'none'})")
         if self.vector is not None and not self.vector:
             raise ValueError("vector must not be empty")
+        bad = next((x for x in self.vector or () if abs(x) > FLOAT32_MAX), None)
+        if bad is not None:
+            raise ValueError(f"vector component {bad!r} is beyond float32 (|x| <= {FLOAT32_MAX:.4g}), which Milvus "
+                             "stores")
         return self
 
 
-class Fusion(_Strict):
+class Fusion(_Query):
     """How per-space lists become one: reciprocal rank fusion, distribution-based score fusion, or none."""
 
     method: Literal["rrf", "dbsf", "none"] = "rrf"
@@ -90,7 +114,7 @@ MAX_CANDIDATES = 1_000
 DEFAULT_WINDOW = 50
 
 
-class BoostSpec(_Strict):
+class BoostSpec(_Query):
     """One boost of a formula stage: `equals` + `add`, or a decay (`gauss` | `exp` | `linear`) around `origin` with
     `scale` (numbers; dates as ISO strings with durations such as "7d"), added (times `add`, default 1) or, with
     `multiply: true`, multiplied into the score."""
@@ -126,25 +150,25 @@ class BoostSpec(_Strict):
         return self
 
 
-class FormulaStage(_Strict):
+class FormulaStage(_Query):
     score: Literal["fused"] = "fused"
     boost: list[BoostSpec] = Field(min_length=1, max_length=32)
 
 
-class MMRStage(_Strict):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class MMRStage(_Query):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     space: str
     lambda_: float = Field(default=0.7, ge=0, le=1, alias="lambda")
 
 
-class GroupByStage(_Strict):
+class GroupByStage(_Query):
     field: str
     size: int = Field(default=1, ge=1, le=100)
     groups: int = Field(default=10, ge=1, le=1000)
 
 
-class Stage(_Strict):
+class Stage(_Query):
     """One post-fusion stage (exactly one of formula, mmr, group_by) and how many fused candidates it sees
     (`candidates`, default the query's window, see QueryRequest.window; at most 1000)."""
 
@@ -165,7 +189,7 @@ class Stage(_Strict):
         return next(k for k in ("formula", "mmr", "group_by") if getattr(self, k) is not None)
 
 
-class QueryRequest(_Strict):
+class QueryRequest(_Query):
     """`POST /v1/collections/{name}/query`."""
 
     prefetch: list[Prefetch] = Field(min_length=1, max_length=MAX_PREFETCH)
@@ -338,7 +362,7 @@ class QueryResponse(BaseModel):
     search_params: dict[str, dict[str, Any]] | None = None
 
 
-class BatchQueryRequest(_Strict):
+class BatchQueryRequest(_Query):
     queries: list[QueryRequest] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
 
 
@@ -349,32 +373,15 @@ class BatchQueryResponse(BaseModel):
 # Elasticsearch refuses documents whose objects nest deeper than its mapping depth limit (20 by default), so a
 # payload is held to it before anything is written to Milvus or Elasticsearch.
 MAX_PAYLOAD_DEPTH = 20
-# A request body nesting deeper than this is refused before it is parsed.
-MAX_JSON_DEPTH = 64
-
-
-def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether the arrays and objects of a JSON text nest deeper than `limit`, found without parsing it (brackets
-    inside strings do not count). Cheap for ordinary bodies: one with no more brackets than `limit` cannot be."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
-    depth = 0
-    for tok in re.findall(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', raw):
-        if tok in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        elif tok in (b"]", b"}"):
-            depth -= 1
-    return False
-
-
 def object_depth(value: Any) -> tuple[int, str]:
-    """(how deep objects nest in `value`, the path to the deepest), counting only objects as Elasticsearch does."""
+    """(how deep objects nest in `value`, the path to the deepest), counting only objects as Elasticsearch does.
+    A number that is not finite (possible over gRPC, whose Struct numbers are doubles) is a ValueError."""
     best, path = 0, ""
     stack: list[tuple[Any, int, str]] = [(value, 0, "")]
     while stack:
         v, d, p = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{v!r} at {p!r} is not a finite number")
         if isinstance(v, dict):
             d += 1
             if d > best:
@@ -407,7 +414,7 @@ class Point(_Strict):
         # Integer ids are accepted and stored as their decimal string, as ids are Milvus VARCHAR keys.
         if isinstance(value, bool):
             raise ValueError("id must be a string or an integer")
-        return str(value) if isinstance(value, int) else value
+        return _ids_rule(str(value) if isinstance(value, int) else value)
 
 
 class UpsertRequest(_Strict):
@@ -446,6 +453,11 @@ class VectorUpdate(_Strict):
     vectors: dict[str, list[float]] | None = None
     sources: dict[str, Any] | None = None
 
+    @field_validator("id")
+    @classmethod
+    def _id_rule(cls, value: str) -> str:
+        return _ids_rule(value)
+
     @model_validator(mode="after")
     def _something(self) -> "VectorUpdate":
         if not self.vectors and not self.sources:
@@ -462,6 +474,11 @@ class DeleteRequest(_Strict):
     ids: list[str] | None = Field(default=None, max_length=MAX_BATCH_POINTS)
     filter: dict[str, Any] | None = None
     wait: bool = True  # as for upserts; a delete by filter always waits (it pages through Elasticsearch)
+
+    @field_validator("ids")
+    @classmethod
+    def _id_rule(cls, value: list[str] | None) -> list[str] | None:
+        return [_ids_rule(i) for i in value] if value else value
 
     @model_validator(mode="after")
     def _one(self) -> "DeleteRequest":
@@ -481,7 +498,7 @@ class RetrieveRequest(_Strict):
     @classmethod
     def _ids_str(cls, value: Any) -> Any:
         if isinstance(value, list):
-            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+            return [_ids_rule(str(v) if isinstance(v, int) and not isinstance(v, bool) else v) for v in value]
         return value
 
     def returns(self) -> tuple[bool, list[str] | bool]:
@@ -522,6 +539,8 @@ class ScrollRequest(_Strict):
 class ScrollResponse(BaseModel):
     points: list[Record]
     next_cursor: str | None = None  # null: the scroll is complete
+    # e.g. a page cut short by limits.max_scroll_examined (its cursor goes on from where the work stopped)
+    notes: list[str] = Field(default_factory=list)
 
 
 class VerifyResponse(BaseModel):

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from collections.abc import Hashable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-MAX_ID_LENGTH = 256
+from cluster.names import MAX_ID_LENGTH  # noqa: F401 - the id rule lives with the name rule
+
 # Read consistency per search: bounded (the default: never waits for writes; sees every write acknowledged with
 # wait=true), strong (waits until every write acknowledged before it is visible), eventual (no guarantee).
 CONSISTENCY_LEVELS = ("bounded", "strong", "eventual")

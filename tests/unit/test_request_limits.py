@@ -4,7 +4,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from router.models import MAX_JSON_DEPTH, MAX_PAYLOAD_DEPTH, Point, json_too_deep, object_depth
+from router.bodies import MAX_JSON_DEPTH, json_too_deep
+from router.models import MAX_PAYLOAD_DEPTH, Point, object_depth
 
 
 def nest(depth: int) -> dict:
