@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cluster.errors import ConfigError
+from cluster.names import name_problem
 
 Role = Literal["read", "write", "admin"]
 ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
@@ -49,6 +50,10 @@ class KeyRecord(BaseModel):
     def _non_empty(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and not value:
             raise ValueError("collections must name at least one collection (omit it for all)")
+        for name in value or ():
+            problem = name_problem(name)
+            if problem:
+                raise ValueError(problem)
         return value
 
 
@@ -158,13 +163,21 @@ def read_keys_file(path: str | os.PathLike) -> list[KeyRecord]:
 
 
 def write_keys_file(path: str | os.PathLike, records: Iterable[KeyRecord]) -> None:
-    """Replace the keys file atomically, readable by its owner only (it holds hashes, but still)."""
+    """Replace the keys file atomically, readable by its owner only (it holds hashes, but still): the new file is
+    created 0600 (O_EXCL, a fresh name), so it is never readable by others, not even before it is complete."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"keys": [r.model_dump(exclude_none=True) for r in records]}, indent=2))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, p)
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"keys": [r.model_dump(exclude_none=True) for r in records]}, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def env_keys(environ: dict[str, str] | None = None) -> list[KeyRecord]:

@@ -2,29 +2,28 @@
 every endpoint to a plain PrismService. `build_app` is the typed builder that deploy/ and helm/ reference."""
 
 import asyncio
-import json
 import logging
+import os
 import time
 from typing import Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError, describe
-from router.access import Refusal
-from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, describe, documented
+from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, describe
+from router.bodies import allowed_hosts, check_json_content_type, parse_json
+from router.edge import ERROR_HANDLERS, Observe, refusal_response
+from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, describe as describe_api, documented
 from router.metrics import process_state
 from router.models import (
-    MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
+    BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
     CountResponse, DeletedCollection, DeleteRequest, DeleteResponse, Health, QueryRequest, QueryResponse, Record, ReshardRequest,
     ReshardResponse, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest,
-    UpsertRequest, UpsertResponse, VerifyResponse, json_too_deep,
+    UpsertRequest, UpsertResponse, VerifyResponse,
 )
 
 log = logging.getLogger("prism.ingress")
@@ -38,7 +37,7 @@ def _openapi() -> dict[str, Any]:
     if api.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
-        api.openapi_schema = describe(get_openapi(title=api.title, version=api.version, description=api.description,
+        api.openapi_schema = describe_api(get_openapi(title=api.title, version=api.version, description=api.description,
                                                   routes=api.routes))
     return api.openapi_schema
 
@@ -46,108 +45,20 @@ def _openapi() -> dict[str, Any]:
 api.openapi = _openapi  # type: ignore[method-assign]
 
 
-def _endpoint(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
-
-
-def _refusal(r: Refusal) -> JSONResponse:
-    resp = JSONResponse(status_code=r.status, content={"error": r.error, "message": r.message})
-    for k, v in r.headers():
-        resp.headers[k.decode()] = v.decode()
-    return resp
-
-
-class Observe:
-    """Pure ASGI middleware: refuses a body longer than the limit by its Content-Length, asks the guard (API key,
-    role, scope, rate limit) before any endpoint runs, counts and times every request. (Starlette's
-    BaseHTTPMiddleware, which this replaced, costs a task group and a stream per request.)"""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0, state, status = time.perf_counter(), process_state(), 500
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
-        try:
-            if length.isdigit() and int(length) > state.max_upload_bytes:
-                status = 413
-                await JSONResponse(status_code=413, content={
-                    "error": "payload_too_large", "message": f"request body of {int(length)} bytes exceeds the "
-                    f"limit of {state.max_upload_bytes} bytes"})(scope, receive, send)
-                return
-            if state.guard is not None:
-                client = scope.get("client")
-                verdict = state.guard.check(scope["method"], scope["path"], scope["headers"],
-                                            client[0] if client else None)
-                if isinstance(verdict, Refusal):
-                    status = verdict.status
-                    state.metrics.errors.labels("unmatched", verdict.error).inc()
-                    await _refusal(verdict)(scope, receive, send)
-                    return
-                scope.setdefault("state", {})["principal"] = verdict
-
-            async def observed(message: dict) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
-            await self.app(scope, receive, observed)
-        finally:
-            endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
-            state.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            state.metrics.latency.labels(endpoint, scope["method"]).observe(time.perf_counter() - t0)
-
-
 api.add_middleware(Observe)
-
-
-@api.exception_handler(PrismError)
-async def _prism_error(request: Request, exc: PrismError):
-    process_state().metrics.errors.labels(_endpoint(request), exc.code).inc()
-    return JSONResponse(status_code=exc.status, content=exc.to_dict())
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException):
-    """Framework refusals (a malformed multipart body, an unknown path or method) in prism's Error shape; a body
-    the framework could not parse is bad input like any other: 422."""
-    status = 422 if exc.status_code == 400 else exc.status_code
-    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
-    process_state().metrics.errors.labels(_endpoint(request), code).inc()
-    body = {"error": code, "message": str(exc.detail)}
-    if status == 422:
-        body["field"] = "body"
-    return JSONResponse(status_code=status, content=body, headers=getattr(exc, "headers", None))
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError):
-    process_state().metrics.errors.labels(_endpoint(request), "invalid_request").inc()
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    message = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors[:5]
-    )
-    return JSONResponse(status_code=422, content={"error": "invalid_request", "message": message, "field": field})
+for _exc, _handler in ERROR_HANDLERS.items():
+    api.add_exception_handler(_exc, _handler)
 
 
 async def _json(request: Request) -> Any:
-    """Parse the body ourselves so malformed JSON is a clear 422 naming the position."""
+    """Parse the body ourselves (router.bodies): a JSON content type, bounded nesting, finite numbers, no lone
+    surrogates; malformed JSON is a clear 422 naming the position. The edge bounds the bytes read."""
     raw = await request.body()
     limit = process_state().max_upload_bytes
     if len(raw) > limit:
         raise PayloadTooLarge(f"request body of {len(raw)} bytes exceeds {limit} bytes")
-    if json_too_deep(raw):
-        raise InvalidRequest(f"request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels", field="body")
-    try:
-        return json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"malformed JSON body: {exc}", field="body") from None
+    check_json_content_type(request.headers.get("content-type"), raw)
+    return parse_json(raw)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
@@ -234,7 +145,15 @@ class Ingress:
         cfg = ClusterConfig.model_validate(config)
         self.state = process_state()
         self.state.max_upload_bytes = cfg.max_upload_bytes
+        self.state.allowed_hosts = allowed_hosts(cfg.host, cfg.allowed_hosts)
         self.state.guard = build_guard(cfg)
+        self.grpc_max_message_bytes = cfg.grpc_max_message_bytes
+        if self.state.guard.required and not len(self.state.guard.keys.refresh()):
+            log.warning("API keys are required (host %s, insecure off) but none is configured: every request is "
+                        "refused with 401 until one is (`prism keys create`, PRISM_API_KEYS)", cfg.host)
+        if cfg.grpc_port and os.environ.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE") != str(cfg.grpc_max_message_bytes):
+            log.warning("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE is not grpc_max_message_bytes (%d): Serve reads whole gRPC "
+                        "messages up to its own bound before prism refuses them", cfg.grpc_max_message_bytes)
         self.encoders = encoders
         server_uri = cfg.milvus.uri if cfg.milvus.mode != "lite" else None
         statuses = await asyncio.gather(*(h.status.remote() for h in encoders.values()))
@@ -280,11 +199,16 @@ class Ingress:
         return list(await asyncio.gather(*(handle.encode_image.remote(img) for img in images)))
 
     @api.get("/health", response_model=Health)
-    async def health(self):
-        """Liveness, version, collections, each encoder's state, and whether API keys are required. Always open."""
+    async def health(self, request: Request):
+        """Liveness, version, each encoder's state, whether API keys are required, and the collections the caller
+        may see: all with auth off; with auth on, those of the key sent (none without a valid key). Always open."""
         statuses = await asyncio.gather(*(h.status.remote() for h in self.encoders.values()))
-        return {"status": "ok", "version": VERSION, "collections": self.service.list_collections(),
-                "encoders": {s["name"]: s for s in statuses}, "auth": self.state.guard.auth_on}
+        guard, names = self.state.guard, self.service.list_collections()
+        if guard.auth_on:
+            who = guard.identify(request.scope["headers"])
+            names = [] if who is None else [n for n in names if who.allows("read", n)]
+        return {"status": "ok", "version": VERSION, "collections": names,
+                "encoders": {s["name"]: s for s in statuses}, "auth": guard.auth_on}
 
     @api.get("/metrics", response_class=PlainTextResponse, responses={
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
@@ -392,8 +316,17 @@ class Ingress:
     @api.post("/v1/collections/{name}/query/batch", response_model=BatchQueryResponse,
               **body_doc(BatchQueryRequest, READS))
     async def query_batch(self, name: str, request: Request):
-        """Several queries in one request, answered in order."""
-        return await self.service.query_batch(name, await _json(request))
+        """Several queries in one request, answered in order. Each query takes a token from the key's read rate
+        (the guard took the first)."""
+        body = await _json(request)
+        queries = body.get("queries") if isinstance(body, dict) else None
+        extra = len(queries) - 1 if isinstance(queries, list) else 0
+        rate = request.scope.get("state", {}).get("rate_key")
+        if extra > 0 and rate is not None:
+            refused = self.state.guard.charge(rate, "read", extra)
+            if refused is not None:
+                return refusal_response(refused)
+        return await self.service.query_batch(name, body)
 
     # ---- gRPC (router/proto/prism/v1/prism.proto): Serve calls these by method name; router.grpc_api runs each
     # through the same guard and service as its HTTP endpoint. ----
@@ -403,7 +336,8 @@ class Ingress:
 
         t0, status = time.perf_counter(), "OK"
         try:
-            answer = await handle(method, request, grpc_context, service=self.service, guard=self.state.guard)
+            answer = await handle(method, request, grpc_context, service=self.service, guard=self.state.guard,
+                                  max_message_bytes=self.grpc_max_message_bytes)
             if method == "Query" and answer.partial:
                 self.state.metrics.partial.labels(request.collection).inc()
             code = grpc_context.code()

@@ -9,13 +9,19 @@ with Serve's gRPC context, and tests call it with any object that has the same f
 - Errors: prism's error tree -> a gRPC status (ERROR_CODES), the message as details, and in trailing metadata
   `prism-error` (the code HTTP answers), `prism-field`, `retry-after`, plus the standard `grpc-status-details-bin`
   (google.rpc.Status with ErrorInfo, and BadRequest naming the field).
+- Names: the collection a request names is held to the name rule (cluster.names) before the guard builds the
+  HTTP path it rules on, so a name is never read as a path (`../catalog/x`) nor escapes a key's scope.
+- Failures outside prism's error tree answer INTERNAL with a reference to the ingress log, never their text (it
+  may quote files, paths or backend addresses).
 - Deadlines: Ray Serve does not hand a client's deadline to the replica, so clients send the time they give a
   call as `prism-budget-ms` metadata (PrismClient does it from its timeout); it becomes the query's `budget_ms`
   unless the request sets one. A client deadline still ends the call on the client's side.
 """
 from __future__ import annotations
 
+import logging
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,7 +34,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from pydantic import BaseModel
 
 from cluster.client import struct_numbers
-from cluster.errors import CollectionExists, InvalidRequest, PrismError, describe
+from cluster.errors import CollectionExists, InvalidRequest, PayloadTooLarge, PrismError, describe
+from cluster.names import check_name
 from router.access import Refusal
 from router.proto.prism.v1 import prism_pb2 as pb
 
@@ -39,6 +46,7 @@ SERVICER_FUNCTIONS = [
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
 BUDGET_METADATA = "prism-budget-ms"
+log = logging.getLogger("prism.grpc")
 
 # HTTP status -> gRPC status. 409 is ALREADY_EXISTS for an existing collection, ABORTED for other conflicts.
 ERROR_CODES: dict[int, grpc.StatusCode] = {
@@ -182,12 +190,14 @@ def _path(collection: str, rest: str = "") -> str:
 
 @dataclass(frozen=True)
 class Rpc:
-    """One gRPC method: the HTTP route whose access rule it follows, and how it calls the service."""
+    """One gRPC method: the HTTP route whose access rule it follows, and how it calls the service. `named`: the
+    request field holding the collection name ("" for none)."""
 
     http_method: str
     path: Callable[[Any], str]
     call: Callable[[Any, Any, Any, int | None], Awaitable[dict[str, Any]]]
     response: type[Message]
+    named: str = "collection"
 
 
 def _budget(body: dict[str, Any], budget_ms: int | None) -> dict[str, Any]:
@@ -247,10 +257,10 @@ RPCS: dict[str, Rpc] = {
     "Delete": Rpc("POST", lambda r: _path(r.collection, "/points/delete"), _delete, pb.DeleteResponse),
     "UpdateVectors": Rpc("POST", lambda r: _path(r.collection, "/points/vectors"), _update_vectors,
                          pb.UpsertResponse),
-    "Create": Rpc("PUT", lambda r: _path(r.name), _create, pb.CollectionInfo),
-    "Get": Rpc("GET", lambda r: _path(r.name), _get, pb.CollectionInfo),
-    "List": Rpc("GET", lambda r: "/v1/collections", _list, pb.CollectionList),
-    "Drop": Rpc("DELETE", lambda r: _path(r.name), _drop, pb.DroppedCollection),
+    "Create": Rpc("PUT", lambda r: _path(r.name), _create, pb.CollectionInfo, "name"),
+    "Get": Rpc("GET", lambda r: _path(r.name), _get, pb.CollectionInfo, "name"),
+    "List": Rpc("GET", lambda r: "/v1/collections", _list, pb.CollectionList, ""),
+    "Drop": Rpc("DELETE", lambda r: _path(r.name), _drop, pb.DroppedCollection, "name"),
 }
 
 
@@ -317,27 +327,39 @@ def budget_from(metadata: Any) -> int | None:
     return None
 
 
-async def handle(method: str, request: Message, context: Context, *, service: Any, guard: Any) -> Message:
-    """Run one gRPC call the way its HTTP endpoint runs: the guard, the service, the error tree."""
+async def handle(method: str, request: Message, context: Context, *, service: Any, guard: Any,
+                 max_message_bytes: int | None = None) -> Message:
+    """Run one gRPC call the way its HTTP endpoint runs: the name rule, the guard, the service, the error tree."""
     rpc = RPCS[method]
     metadata = context.invocation_metadata()
-    if guard is not None:
-        verdict = guard.check(rpc.http_method, rpc.path(request), _headers(metadata), _peer_host(context.peer()))
-        if isinstance(verdict, Refusal):
-            refuse(context, verdict.status, verdict.error, verdict.message, retry_after_s=verdict.retry_after_s)
-            return rpc.response()
-        principal = verdict
-    else:
-        principal = None
     try:
-        answer = to_message(await rpc.call(service, request, principal, budget_from(metadata)), rpc.response)
+        if max_message_bytes is not None and request.ByteSize() > max_message_bytes:
+            raise PayloadTooLarge(f"request message of {request.ByteSize()} bytes exceeds the limit of "
+                                  f"{max_message_bytes} bytes (grpc_max_message_bytes)")
+        if rpc.named:
+            check_name(getattr(request, rpc.named), field=rpc.named)
     except PrismError as exc:
         refuse(context, exc.status, exc.code, exc.message, exc.field)
         return rpc.response()
-    except json_format.ParseError as exc:
-        refuse(context, 500, "internal", f"the answer does not fit the proto: {describe(exc)}")
-        return rpc.response()
-    return answer
+    principal = None
+    if guard is not None:
+        cost = len(request.queries) if method == "QueryBatch" else 1
+        verdict = guard.check(rpc.http_method, rpc.path(request), _headers(metadata), _peer_host(context.peer()),
+                              cost=max(1, cost))
+        if isinstance(verdict, Refusal):
+            refuse(context, verdict.status, verdict.error, verdict.message, verdict.field,
+                   retry_after_s=verdict.retry_after_s)
+            return rpc.response()
+        principal = verdict
+    try:
+        return to_message(await rpc.call(service, request, principal, budget_from(metadata)), rpc.response)
+    except PrismError as exc:
+        refuse(context, exc.status, exc.code, exc.message, exc.field)
+    except Exception as exc:  # noqa: BLE001 - outside the error tree: logged here, never quoted to the client
+        ref = secrets.token_hex(4)
+        log.error("gRPC %s failed (ref %s): %s", method, ref, describe(exc), exc_info=exc)
+        refuse(context, 500, "internal", f"internal error (ref {ref}; the ingress log has the details)")
+    return rpc.response()
 
 
 def health_status(service: str) -> tuple[int | None, str]:

@@ -73,6 +73,7 @@ class ProcessState:
     def __init__(self) -> None:
         self.metrics = Metrics()
         self.max_upload_bytes = MAX_UPLOAD_BYTES
+        self.allowed_hosts: tuple[str, ...] | None = None  # router.bodies.allowed_hosts; None: any
         self.guard: Any = None  # router.access.Guard once the ingress is configured
 
 

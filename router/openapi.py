@@ -11,15 +11,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from cluster.config import CollectionConfig
+from cluster.names import MAX_NAME_LENGTH, NAME_PATTERN
 from router.models import Error
 
 ERROR_TEXT = {
+    400: "the Host header names a host this server does not answer for (allowed_hosts)",
     401: "no API key, or one that is not valid (WWW-Authenticate: Bearer)",
     403: "the key lacks the role this endpoint needs, or is scoped to other collections",
     404: "no such collection (or point)",
     409: "the collection exists already, or is being resharded",
     413: "the body is larger than max_upload_bytes",
-    422: "bad input: `field` names what to change",
+    415: "a JSON body not sent as Content-Type: application/json",
+    422: "bad input (a collection name or an id outside its rule too): `field` names what to change",
     429: "rate limit reached: retry after Retry-After seconds",
     502: "Milvus or Elasticsearch failed on a write or an admin call",
     503: "not enough shards answered (coverage), or an encoder or the metadata store is unavailable",
@@ -28,8 +31,8 @@ _HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
     429: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds until a request is admitted"}},
 }
-ACCESS = (401, 403, 429)
-BODY = (413, 422)
+ACCESS = (400, 401, 403, 429)
+BODY = (413, 415, 422)
 READS = ACCESS + BODY + (404, 503)
 WRITES = ACCESS + BODY + (404, 502, 503)
 OPEN_ROUTES = ("/health", "/docs", "/redoc", "/openapi.json")
@@ -88,6 +91,10 @@ def describe(schema: dict[str, Any]) -> dict[str, Any]:
         for op in ops.values():
             if path in OPEN_ROUTES:
                 op["security"] = []
+            for param in op.get("parameters", []):
+                if param.get("in") == "path" and param.get("name") == "name":  # the name rule (cluster.names)
+                    param["schema"] = {**param.get("schema", {}), "pattern": NAME_PATTERN,
+                                       "maxLength": MAX_NAME_LENGTH}
             # FastAPI documents its own validation error body; prism's handler answers those in the Error shape.
             bad = op.get("responses", {}).get("422", {}).get("content", {}).get("application/json", {})
             if bad.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):

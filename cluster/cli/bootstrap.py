@@ -172,8 +172,8 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         print("starting Ray ...", flush=True)
         # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
         env, ingress_line = ingress_environment(cfg, side_port)
-        # gRPC messages are bounded like HTTP bodies (Serve's own default is 2 GiB): larger is RESOURCE_EXHAUSTED.
-        os.environ.update({**env, "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.max_upload_bytes)})
+        # gRPC messages are bounded (Serve's own default is 2 GiB): larger is RESOURCE_EXHAUSTED.
+        os.environ.update({**env, "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.grpc_max_message_bytes)})
         # Ray's control plane runs code for whoever reaches it: its token authentication stays on (Ray's own
         # default for a new local cluster since 2.59, which makes the token; RAY_AUTH_MODE=disabled is refused in
         # check_access), the node is advertised on loopback, and no dashboard (nor its Jobs API) is started.
