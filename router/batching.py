@@ -6,6 +6,10 @@ which the shard runs as one Milvus search per group of compatible specs (`shards
 commit: a lone query goes at once; queries that arrive while a call to the shard is in flight wait for it and then
 go together (up to `max_specs`), optionally after a short `window_s` to gather more. No clock here: waiting is the
 in-flight call itself, or the injected sleep for the window.
+
+A batch that fails is split in halves and each half sent again (down to single requests), so a request the shard
+cannot run fails alone instead of failing the queries that happened to be batched with it; a shard that timed
+out or is unavailable is not asked again (every request of the batch gets that answer).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from cluster.errors import ShardUnavailable
 from shards.api import ScoredId, SearchSpec
 
 Send = Callable[[list[SearchSpec]], Awaitable[list[list[ScoredId]]]]
@@ -57,19 +62,33 @@ class Coalescer:
                 await self.sleep(self.window_s)
             n = take([len(s) for s, _ in self._queue], self.max_specs)
             batch, self._queue = self._queue[:n], self._queue[n:]
-            live = [(s, f) for s, f in batch if not f.done()]  # a cancelled caller's searches are not sent
-            if not live:
-                continue
-            self.calls += 1
-            try:
-                results = await self.send([spec for specs, _ in live for spec in specs])
-            except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the shard's error
-                for _, f in live:
-                    if not f.done():
-                        f.set_exception(exc)
-                continue
-            i = 0
-            for specs, f in live:
+            await self._send(batch)
+
+    async def _send(self, live: list[tuple[list[SearchSpec], asyncio.Future]]) -> None:
+        live = [(s, f) for s, f in live if not f.done()]  # a cancelled caller's searches are not sent
+        if not live:
+            return
+        self.calls += 1
+        try:
+            results = await self.send([spec for specs, _ in live for spec in specs])
+        except Exception as exc:  # noqa: BLE001 - the callers get the shard's error (see _isolatable)
+            if len(live) > 1 and _isolatable(exc):
+                half = len(live) // 2
+                await self._send(live[:half])
+                await self._send(live[half:])
+                return
+            for _, f in live:
                 if not f.done():
-                    f.set_result(results[i : i + len(specs)])
-                i += len(specs)
+                    f.set_exception(exc)
+            return
+        i = 0
+        for specs, f in live:
+            if not f.done():
+                f.set_result(results[i : i + len(specs)])
+            i += len(specs)
+
+
+def _isolatable(exc: Exception) -> bool:
+    """Whether a failed batch may be the fault of one of its requests: not when the shard timed out or no replica
+    was there (asking again per request would only multiply the load on a shard that is down)."""
+    return not (isinstance(exc, ShardUnavailable) and exc.cause in ("timeout", "unavailable"))

@@ -285,9 +285,19 @@ class Coordinator:
         """The first `limit` matching ids above `after`, over every shard, in id order (a keyset page: each shard's
         smallest ids, merged; parts of the filter Milvus cannot run are confirmed in Elasticsearch, widening the
         fetch until the page fills). A shard that cannot answer is a 503: a page with a gap would skip points."""
+        return (await self.scan_page(after, limit, dsl))[0]
+
+    async def scan_page(self, after: str, limit: int, dsl: dict[str, Any] | None = None,
+                        max_examined: int | None = None) -> tuple[list[str], str | None]:
+        """`scan`, examining at most `max_examined` ids when Elasticsearch must confirm the filter: (the page, the
+        last id examined when the bound cut the page short, else None). A filter nothing matches then costs a
+        request at most `max_examined` ids, not the whole collection."""
         expr, residual = self.filtering.split(dsl)
         fetch = limit if residual is None else limit * self.filtering.settings.postfilter_overfetch
+        if residual is not None and max_examined is not None:
+            fetch = min(fetch, max_examined)
         page: list[str] = []
+        examined = 0
         while len(page) < limit:
             answers = await asyncio.gather(*(sh.read(lambda c, a=after: c.scan(a, fetch, expr)) for sh in self.shards))
             union = sorted(set().union(*answers))
@@ -296,10 +306,13 @@ class Coordinator:
                 break
             keep = merged if residual is None else await self.filtering.confirm(residual, merged)
             page.extend(i for i in merged if i in keep)
+            examined += len(merged)
             if len(union) == len(merged) and all(len(a) < fetch for a in answers):
                 break  # nothing left above merged[-1] on any shard
             after = merged[-1]
-        return page[:limit]
+            if residual is not None and max_examined is not None and examined >= max_examined and len(page) < limit:
+                return page, after
+        return page[:limit], None
 
     async def count(self, dsl: dict[str, Any] | None = None) -> int:
         """Points matching `dsl` (all points without one): Elasticsearch counts when it is configured (it holds

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig
-from cluster.errors import BackendError, FilterError, IndexRefused, MetadataUnavailable
+from cluster.errors import BackendError, CollectionExists, FilterError, IndexRefused, MetadataUnavailable
 
 INDEX_PREFIX = "prism-"
 _ES_TYPES = {"keyword": "keyword", "float": "double", "integer": "long", "date": "date", "text": "text",
@@ -63,9 +63,18 @@ class MetadataStore:
             return False
 
     def ensure_index(self, cfg: CollectionConfig) -> None:
+        """The index of a collection prism knows (its catalog): made if it is missing, used as it is if not."""
+        if not self._call("exists", self.es.indices.exists, index=index_name(cfg.name)):
+            self.create_index(cfg)
+
+    def create_index(self, cfg: CollectionConfig) -> None:
+        """A new collection's index. One that exists already is refused (409), never adopted: its documents are
+        someone else's (another prism on this cluster, a name differing only in case, a leftover)."""
         name = index_name(cfg.name)
         if self._call("exists", self.es.indices.exists, index=name):
-            return
+            raise CollectionExists(f"Elasticsearch index {name!r} exists already and prism never adopts an index it "
+                                   f"did not make for this collection: delete it, or choose another name",
+                                   field="name")
         props = {f: {"type": _ES_TYPES[t]} for f, t in cfg.metadata.items()}
         # Unmapped payload fields stay in _source (returned, never indexed): only mapped fields are filterable.
         self._call("create index", self.es.indices.create, index=name,

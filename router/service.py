@@ -16,18 +16,21 @@ from cluster.config import ClusterConfig, CollectionConfig, check_index_support,
 from cluster.errors import (
     BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
 )
+from cluster.names import check_id, check_name
+from router.bodies import parse_json
 from router.cache import EmbeddingCache, LRUCache, request_key
+from router.catalog import Catalog
 from router import limits as strict
 from router.coordinator import Coordinator
 from router.models import (
-    MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, CountRequest, CountResponse, DeleteRequest,
+    BatchQueryRequest, BatchQueryResponse, CollectionInfo, CountRequest, CountResponse, DeleteRequest,
     DeleteResponse, QueryRequest, QueryResponse, Record, ReshardRequest, RetrieveRequest, RetrieveResponse,
     ScrollRequest, ScrollResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, VerifyResponse,
-    json_too_deep, select_payload,
+    select_payload,
 )
 from router.reshard import reshard
 from router.vectors import Encode
-from shards.local import local_shards, replica_specs, stop_local_shards
+from shards.local import leftovers, local_shards, replica_specs, stop_local_shards
 
 # start_shards(collection, specs, create=True, first_shard=0) -> shard clients; stop_shards(clients, drop)
 StartShards = Callable[..., list]
@@ -61,8 +64,7 @@ class PrismService:
         self.encode_images = encode_images
         # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
         self.encoders = encoders or {}
-        self.catalog_dir = config.data_path / "catalog"
-        self.catalog_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(config.data_path)
         self.coordinators: dict[str, Coordinator] = {}
         self._lock = asyncio.Lock()
 
@@ -70,8 +72,10 @@ class PrismService:
     def open_catalog(self) -> list[str]:
         """Reopen every collection recorded in the data dir (after a restart)."""
         names = []
-        for path in sorted(self.catalog_dir.glob("*.json")):
-            cfg = CollectionConfig.model_validate_json(path.read_text())
+        for name in self.catalog.names():
+            cfg = self.catalog.load(name)
+            if cfg is None:
+                continue
             if self.metadata is not None:
                 self.metadata.ensure_index(cfg)
             self._open(cfg)
@@ -94,46 +98,60 @@ class PrismService:
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
             budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max)
-        coord.on_mapping = lambda _new, coord=coord: self._save_catalog(coord.config)
+        coord.on_mapping = lambda _new, coord=coord: self.catalog.save(coord.config)
         self.coordinators[cfg.name] = coord
         return coord
-
-    def _save_catalog(self, cfg: CollectionConfig) -> None:
-        path = self.catalog_dir / f"{cfg.name}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(cfg.model_dump_json(indent=2))
-        tmp.replace(path)
 
     def _observer(self, name: str):
         if self.observe_shard is None:
             return None
         return lambda shard, seconds: self.observe_shard(name, shard, seconds)
 
-    def _create_sync(self, cfg: CollectionConfig) -> None:
+    def _create_sync(self, cfg: CollectionConfig, fresh: bool = False) -> None:
+        """Create a collection's index, shards and catalog entry. `fresh` (the API's create): Milvus data or an
+        Elasticsearch index that exist already under its names are refused (409), never adopted; collections
+        declared in the config are made or reopened as they are."""
         backend = "lite" if self.config.milvus.mode == "lite" else "server"
         for space_name, space in cfg.spaces.items():
             try:
                 check_index_support(space.index, backend, self.config.milvus.gpu)
             except InvalidRequest as exc:
                 raise InvalidRequest(f"spaces.{space_name}.{exc.message}", field=f"spaces.{space_name}.index.type")
+        if fresh:
+            found = leftovers(cfg, replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri))
+            if found:
+                raise CollectionExists(f"Milvus already holds data under the names of collection {cfg.name!r} "
+                                       f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) and prism never "
+                                       "adopts data it did not make for it: drop them, or choose another name",
+                                       field="name")
         if self.metadata is not None:
-            self.metadata.ensure_index(cfg)
-        self._open(cfg)
-        self._save_catalog(cfg)
+            (self.metadata.create_index if fresh else self.metadata.ensure_index)(cfg)
+        try:
+            self._open(cfg)
+            self.catalog.save(cfg)
+        except Exception:
+            if fresh and self.metadata is not None:  # the index is ours: a failed create leaves nothing behind
+                self.metadata.drop_index(cfg.name)
+            raise
 
     async def create_collection(self, name: str, body: dict[str, Any]) -> CollectionInfo:
+        check_name(name)
         if not isinstance(body, dict):
             raise InvalidRequest("collection body must be a JSON object")
         cfg = parse_model(CollectionConfig, {**body, "name": name}, "collection")
         strict.check_layout(cfg, self.config.limits)
         self._check_encoders(cfg)
         async with self._lock:
-            if name in self.coordinators:
+            if name in self.coordinators or self.catalog.exists(name):
                 raise CollectionExists(f"collection {name!r} already exists")
+            twin = next((n for n in {*self.coordinators, *self.catalog.names()} if n.lower() == name.lower()), None)
+            if twin is not None:  # one Elasticsearch index (names are lower-cased there), one file on some disks
+                raise CollectionExists(f"collection {twin!r} exists; names may not differ only in case ({name!r})",
+                                       field="name")
             if len(self.coordinators) >= self.config.limits.max_collections:
                 raise InvalidRequest(f"this cluster holds {len(self.coordinators)} collections, its limit "
                                      "(limits.max_collections)", field="name")
-            await asyncio.to_thread(self._create_sync, cfg)
+            await asyncio.to_thread(self._create_sync, cfg, True)
         return await self.info(name)
 
     def _check_encoders(self, cfg: CollectionConfig) -> None:
@@ -163,12 +181,13 @@ class PrismService:
                                      f"{space.modality}", field=f"spaces.{space_name}.modality")
 
     def coordinator(self, name: str) -> Coordinator:
+        check_name(name)  # every entry: no path is built from anything else
         coord = self.coordinators.get(name)
         if self.start_sequencers is not None:  # several ingress replicas may share the catalog
-            path = self.catalog_dir / f"{name}.json"
-            if coord is None and path.exists():  # created through another ingress replica: open it here too
-                coord = self._open(CollectionConfig.model_validate_json(path.read_text()))
-            elif coord is not None and not path.exists():  # deleted through another one
+            if coord is None and self.catalog.exists(name):  # created through another ingress replica: open it
+                cfg = self.catalog.load(name)
+                coord = self._open(cfg) if cfg is not None else None
+            elif coord is not None and not self.catalog.exists(name):  # deleted through another one
                 self.coordinators.pop(name, None)
                 coord = None
         if coord is None:
@@ -201,7 +220,7 @@ class PrismService:
             if self.stop_sequencers is not None:
                 await asyncio.to_thread(self.stop_sequencers, [sh.sequencer for sh in coord.shards if sh.sequencer], True)
             await asyncio.to_thread(self.stop_shards, [sh.clients for sh in coord.shards], True)
-            (self.catalog_dir / f"{name}.json").unlink(missing_ok=True)
+            self.catalog.remove(name)
             if self.metadata is not None:
                 await asyncio.to_thread(self.metadata.drop_index, name)
             for kept in (self.config.data_path / "milvus" / name, self.config.data_path / "sequencer" / name):
@@ -232,9 +251,9 @@ class PrismService:
                 return self.start_sequencers(cfg, specs[n_old:], first_shard=n_old)
 
             def switch(new: Coordinator) -> None:
-                new.on_mapping = lambda _new, coord=new: self._save_catalog(coord.config)
+                new.on_mapping = lambda _new, coord=new: self.catalog.save(coord.config)
                 self.coordinators[name] = new
-                self._save_catalog(cfg)
+                self.catalog.save(cfg)
 
             moved = await reshard(old, cfg, start_added=start_added, stop=self.stop_shards, switch=switch,
                                   start_sequencers=start_added_sequencers, stop_sequencers=self.stop_sequencers)
@@ -251,7 +270,7 @@ class PrismService:
 
     def list_collections(self) -> list[str]:
         if self.start_sequencers is not None:  # the catalog, which every ingress replica writes
-            return sorted(p.stem for p in self.catalog_dir.glob("*.json"))
+            return self.catalog.names()
         return sorted(self.coordinators)
 
     def close(self) -> None:
@@ -305,9 +324,16 @@ class PrismService:
         coord = self.coordinator(name)
         req = parse_model(ScrollRequest, body, "scroll request")
         strict.check_filter(req.filter, self.config.limits, "filter")
-        ids = await coord.scan(decode_cursor(req.cursor) if req.cursor else "", req.limit, req.filter)
+        bound = self.config.limits.max_scroll_examined
+        ids, stopped_at = await coord.scan_page(decode_cursor(req.cursor) if req.cursor else "", req.limit,
+                                                req.filter, max_examined=bound)
         got = await self.retrieve(name, {"ids": ids, "with_payload": req.model_dump()["with_payload"],
                                          "with_vectors": req.with_vectors}) if ids else RetrieveResponse(points=[])
+        if stopped_at is not None:  # the work bound, not the end: go on from the last id examined
+            return ScrollResponse(points=got.points, next_cursor=encode_cursor(stopped_at), notes=[
+                f"this page stopped after examining {bound} points (limits.max_scroll_examined) with {len(ids)} of "
+                f"{req.limit} matches: pass next_cursor back for more; the scroll is complete when next_cursor is "
+                "null"])
         return ScrollResponse(points=got.points, next_cursor=encode_cursor(ids[-1]) if len(ids) == req.limit else None)
 
     async def count(self, name: str, body: Any) -> CountResponse:
@@ -358,12 +384,7 @@ class PrismService:
         limit = self.config.max_upload_bytes
         if len(image) > limit:
             raise PayloadTooLarge(f"image upload exceeds {limit} bytes", field="image")
-        if params and json_too_deep(params.encode()):
-            raise InvalidRequest(f"params nest deeper than {MAX_JSON_DEPTH} levels", field="params")
-        try:
-            opts = json.loads(params) if params else {}
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"params: not JSON: {exc}", field="params") from None
+        opts = parse_json(params.encode("utf-8", "surrogatepass"), "params") if params else {}
         if not isinstance(opts, dict):
             raise InvalidRequest("params must be a JSON object", field="params")
         spaces = self.coordinator(name).config.spaces
@@ -400,7 +421,7 @@ def decode_cursor(cursor: str) -> str:
                              field="cursor") from None
     if not isinstance(after, str):
         raise InvalidRequest("cursor: not a cursor this API handed out", field="cursor")
-    return after
+    return check_id(after, field="cursor") if after else after
 
 
 def metadata_store(config: ClusterConfig):

@@ -33,6 +33,34 @@ def replica_specs(collection: CollectionConfig, milvus: MilvusConfig, data_dir: 
     return out
 
 
+def leftovers(collection: CollectionConfig, specs: list[list[BackendSpec]]) -> list[str]:
+    """Milvus data a NEW collection would otherwise adopt: milvus-lite databases already in its replicas'
+    directories, or collections of its names already on the server (another prism sharing that server, a
+    collection whose drop failed). Creating a collection refuses when there are any."""
+    from shards.backend import MilvusBackend
+    from shards.shard import milvus_collection_name
+
+    found: list[str] = []
+    servers: dict[str, MilvusBackend] = {}
+    try:
+        for s, row in enumerate(specs):
+            for r, spec in enumerate(row):
+                if spec.kind == "lite":
+                    db = Path(spec.uri)
+                    if db.exists() or any(db.parent.glob(f"{db.name}*")):
+                        found.append(str(db))
+                    continue
+                backend = servers.get(spec.uri)
+                if backend is None:
+                    backend = servers[spec.uri] = MilvusBackend(spec)
+                found += [name for space in collection.spaces
+                          if backend.has_collection(name := milvus_collection_name(collection.name, space, s, r))]
+    finally:
+        for backend in servers.values():
+            backend.close()
+    return found
+
+
 class LocalShardClient:
     """`ShardApi` over a plain Shard in this process, each call in a worker thread."""
 
