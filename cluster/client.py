@@ -5,6 +5,10 @@ the HTTP API's JSON shape).
     with PrismClient("grpc://127.0.0.1:9000", api_key=key) as c:      # or "http://127.0.0.1:8000"
         hits = c.query("products", {"prefetch": [{"space": "text", "text": "red shoes"}], "limit": 5})["hits"]
 
+`grpcs://host:port` speaks TLS: the server's certificate is checked against `tls_ca` (a PEM file's path or its
+bytes), else the system's CAs; there is no fallback to plaintext. Collection names are held to the server's name
+rule before any request is built from them (a 422 PrismClientError, nothing sent).
+
 Errors raise PrismClientError with the HTTP-style `error` code, `message`, `field` and `status` (the HTTP status,
 or the gRPC status code's name over gRPC). `timeout` on a call is its deadline; over gRPC the client also sends it
 as `prism-budget-ms` metadata, so the server answers (partially, with coverage) before the deadline passes.
@@ -86,20 +90,40 @@ def _answer(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-class PrismClient:
-    """`url`: http(s)://host:port for HTTP, grpc://host:port for gRPC."""
+def _named(name: str) -> str:
+    from cluster.names import name_problem
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0):
+    problem = name_problem(name)
+    if problem:
+        raise PrismClientError(422, "invalid_request", problem, "name")
+    return name
+
+
+class PrismClient:
+    """`url`: http(s)://host:port for HTTP, grpc://host:port for gRPC, grpcs://host:port for gRPC over TLS
+    (`tls_ca`: the CA's PEM, as a path or bytes; default: the system's CAs)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0,
+                 tls_ca: str | bytes | None = None):
         self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
-        self.protocol = "grpc" if self.url.startswith("grpc://") else "http"
+        self.protocol = "grpc" if self.url.startswith(("grpc://", "grpcs://")) else "http"
         if self.protocol == "grpc":
             import grpc
 
             from router.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
 
             self._pb = pb
-            self._channel = grpc.insecure_channel(self.url[len("grpc://"):], options=[
-                ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+            options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+            target = self.url.split("://", 1)[1]
+            if self.url.startswith("grpcs://"):
+                ca = tls_ca
+                if isinstance(ca, str):
+                    with open(ca, "rb") as f:
+                        ca = f.read()
+                self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca),
+                                                    options=options)
+            else:
+                self._channel = grpc.insecure_channel(target, options=options)
             self._search, self._collections = pbg.SearchStub(self._channel), pbg.CollectionsStub(self._channel)
         else:
             import httpx
@@ -156,6 +180,7 @@ class PrismClient:
         return {"status": health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}
 
     def query(self, collection: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        _named(collection)
         if self.protocol == "http":
             return self._call("POST", f"/v1/collections/{collection}/query", body, timeout)
         return _answer(self._rpc(self._search, "Query", query_proto_dict(body, collection), "QueryRequest", timeout,
@@ -163,6 +188,7 @@ class PrismClient:
 
     def query_batch(self, collection: str, queries: list[dict[str, Any]],
                     timeout: float | None = None) -> dict[str, Any]:
+        _named(collection)
         if self.protocol == "http":
             return self._call("POST", f"/v1/collections/{collection}/query/batch", {"queries": queries}, timeout)
         d = self._rpc(self._search, "QueryBatch", {"collection": collection,
@@ -171,12 +197,14 @@ class PrismClient:
         return {"results": [_answer(r) for r in d.get("results", [])]}
 
     def upsert(self, collection: str, points: list[dict[str, Any]], wait: bool = True) -> dict[str, Any]:
+        _named(collection)
         if self.protocol == "http":
             return self._call("POST", f"/v1/collections/{collection}/points", {"points": points, "wait": wait})
         return self._rpc(self._search, "Upsert", {"collection": collection, "points": _wrap_vectors(points),
                                                   "wait": wait}, "UpsertRequest", None)
 
     def update_vectors(self, collection: str, points: list[dict[str, Any]], wait: bool = True) -> dict[str, Any]:
+        _named(collection)
         if self.protocol == "http":
             return self._call("POST", f"/v1/collections/{collection}/points/vectors", {"points": points, "wait": wait})
         return self._rpc(self._search, "UpdateVectors", {"collection": collection, "points": _wrap_vectors(points),
@@ -184,6 +212,7 @@ class PrismClient:
 
     def delete(self, collection: str, ids: list[str] | None = None, filter: dict[str, Any] | None = None,
                wait: bool = True) -> dict[str, Any]:
+        _named(collection)
         body = {k: v for k, v in (("ids", ids), ("filter", filter)) if v is not None}
         if self.protocol == "http":
             return self._call("POST", f"/v1/collections/{collection}/points/delete", {**body, "wait": wait})
@@ -191,12 +220,14 @@ class PrismClient:
                          None)
 
     def create_collection(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        _named(name)
         if self.protocol == "http":
             return self._call("PUT", f"/v1/collections/{name}", spec)
         return self._info(self._rpc(self._collections, "Create", {"name": name, "spec": spec},
                                     "CreateCollectionRequest", None))
 
     def get_collection(self, name: str) -> dict[str, Any]:
+        _named(name)
         if self.protocol == "http":
             return self._call("GET", f"/v1/collections/{name}")
         return self._info(self._rpc(self._collections, "Get", {"name": name}, "GetCollectionRequest", None))
@@ -207,6 +238,7 @@ class PrismClient:
         return self._rpc(self._collections, "List", {}, "ListCollectionsRequest", None)["collections"]
 
     def drop_collection(self, name: str) -> dict[str, Any]:
+        _named(name)
         if self.protocol == "http":
             return self._call("DELETE", f"/v1/collections/{name}")
         return self._rpc(self._collections, "Drop", {"name": name}, "DropCollectionRequest", None)

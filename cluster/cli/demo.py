@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.text import Text
 
 from cluster.services import free_port, side_port
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: cluster/cli/demo.py -> .
 CONFIG = ROOT / "deploy" / "demo.yaml"
 CATALOG = ROOT / "deploy" / "data" / "catalog.jsonl"
-console = Console()
+console = Console(markup=False)  # text it did not write is printed as it is (see cluster.cli.main)
 
 QUERIES = [
     ("shoes for running on muddy trails", ["text"], "none", None),
@@ -29,7 +30,7 @@ QUERIES = [
 
 def prism(*args: str) -> None:
     cmd = [sys.executable, "-m", "cluster.cli", *args]
-    console.print(f"[dim]$ prism {' '.join(args)}[/dim]")
+    console.print(f"$ prism {' '.join(args)}", style="dim")
     subprocess.run(cmd, check=True)
 
 
@@ -40,8 +41,8 @@ def image_demo(base: str) -> None:
     """Text -> image over the scikit-image sample photos, when real CLIP weights are installed."""
     clip = httpx.get(f"{base}/health", timeout=30).json()["encoders"].get("clip", {})
     if not clip.get("available"):
-        console.print(f"[yellow]image space off:[/yellow] {clip.get('reason', 'no CLIP encoder')}; the text spaces "
-                      "above are what runs without CLIP weights")
+        console.print(Text.assemble(("image space off:", "yellow"), f" {clip.get('reason', 'no CLIP encoder')}; the "
+                                    "text spaces above are what runs without CLIP weights"))
         return
     import base64
     import io
@@ -113,7 +114,7 @@ def main() -> int:
         prism("status", "--data-dir", data_dir)
         return 0
     except (subprocess.CalledProcessError, httpx.HTTPError) as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
+        console.print(Text.assemble(("demo failed:", "red"), f" {exc}"))
         return 1
     finally:
         if started:

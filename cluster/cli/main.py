@@ -9,14 +9,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from cluster.config import DEFAULT_DATA_DIR, DEFAULT_GRPC_PORT, DEFAULT_PORT, load_config
 from cluster.errors import PrismError
 
 app = typer.Typer(help="prism: sharded multimodal search on Ray + Milvus.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True, soft_wrap=True)  # error messages are never hard-wrapped: scripts grep them
+# Markup off: the CLI prints text it did not write (server messages, names, paths, an HAProxy error quoting
+# `[file:55]`), which rich would read as markup (and fail on with MarkupError). Colour is given explicitly (Text).
+console = Console(markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)  # error messages are never hard-wrapped: scripts grep them
 
 
 def _milvus(value: Optional[str]) -> Optional[dict]:
@@ -43,8 +46,17 @@ def _elasticsearch(value: Optional[str]) -> Optional[dict]:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(Text.assemble(("error:", "red"), " ", str(message)))
     raise typer.Exit(code)
+
+
+def _collection(value: Optional[str]) -> Optional[str]:
+    """A --collection option: the name rule (cluster.names) before any request or path is built from it."""
+    from cluster.names import name_problem
+
+    if value is not None and name_problem(value):
+        _fail(name_problem(value), 2)
+    return value
 
 
 @app.command()
@@ -84,7 +96,8 @@ def up(
             state = bootstrap.start_detached(cfg, config_file=str(Path(config).resolve()) if config else None)
         except PrismError as exc:
             _fail(exc.message)
-        console.print(f"prism is up at [bold]{state['url']}[/bold] (pid {state['pid']}, data {state['data_dir']})")
+        console.print(Text.assemble("prism is up at ", (state["url"], "bold"),
+                                    f" (pid {state['pid']}, data {state['data_dir']})"))
         return
     raise typer.Exit(bootstrap.run_foreground(cfg))
 
@@ -134,10 +147,10 @@ def status(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     base = _url(url, data_dir)
     headers = client_headers(api_key)
     try:
-        h = httpx.get(base + "/health", timeout=10).json()
+        h = httpx.get(base + "/health", headers=headers, timeout=10).json()  # lists what this key may see
     except httpx.HTTPError as exc:
         _fail(f"{base} does not answer: {exc}")
-    console.print(f"prism {h['version']} at {base}: [green]{h['status']}[/green]")
+    console.print(Text.assemble(f"prism {h['version']} at {base}: ", (str(h["status"]), "green")))
     console.print(f"  API keys: {'required' if h.get('auth') else 'not required (auth off)'}")
     state = read_state(data_dir) if not url else None
     if state:
@@ -150,15 +163,15 @@ def status(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
             with PrismClient(f"grpc://{state['grpc']}", timeout=10) as rpc:
                 grpc_health = rpc.health()["status"]
         except PrismClientError as exc:
-            grpc_health = f"[red]{exc.status}[/red]: {exc.message}"
-        console.print(f"  gRPC: {state['grpc']} (grpc.health.v1: {grpc_health})")
+            grpc_health = Text.assemble((str(exc.status), "red"), f": {exc.message}")
+        console.print(Text.assemble(f"  gRPC: {state['grpc']} (grpc.health.v1: ", grpc_health, ")"))
     elif state:
         console.print("  gRPC: off (prism up --grpc-port 0)")
     for name, enc in h["encoders"].items():
         state = (f"{enc['dim']}-d on {enc.get('device', '?')} ({enc.get('dtype', '?')}, batches of "
                  f"{enc.get('max_batch_size', '?')})" if enc["available"] else
-                 f"[red]unavailable[/red]: {enc['reason']}")
-        console.print(f"  encoder {name}: {state}")
+                 Text.assemble(("unavailable", "red"), f": {enc['reason']}"))
+        console.print(Text.assemble(f"  encoder {name}: ", state))
     for name in h["collections"]:
         r = httpx.get(f"{base}/v1/collections/{name}", headers=headers, timeout=30)
         if r.status_code != 200:
@@ -192,6 +205,7 @@ def ingest(
     """Embed on Ray Data and upsert in batches, with a progress bar, a failure report, and resumability."""
     from cluster.cli.ingest import IngestError, read_points, run_ingest
 
+    _collection(collection)
     base = _url(url, data_dir)
     total = len(read_points(file)[0])
     with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
@@ -205,7 +219,7 @@ def ingest(
     console.print(f"ingested {rep.upserted} points in {rep.seconds:.1f}s ({rep.points_per_s:.1f} points/s), "
                   f"{rep.skipped} already acknowledged, {len(rep.failures)} failures")
     for ident, reason in rep.failures[:20]:
-        console.print(f"  [red]failed[/red] {ident}: {reason}")
+        console.print(Text.assemble("  ", ("failed", "red"), f" {ident}: {reason}"))
     if rep.failures:
         raise typer.Exit(1)
 
@@ -219,8 +233,9 @@ def query(
     filter: Optional[str] = typer.Option(None, "--filter", help="Elasticsearch query DSL (JSON)."),
     limit: int = typer.Option(5, "--limit", "-k"),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
-    url: Optional[str] = typer.Option(None, help="http(s)://host:port or grpc://host:port (default: the recorded "
-                                                 "instance)."),
+    url: Optional[str] = typer.Option(None, help="http(s)://host:port, grpc://host:port or grpcs://host:port (TLS; "
+                                                 "the CA from $PRISM_TLS_CA, else the system's) (default: the "
+                                                 "recorded instance)."),
     protocol: str = typer.Option("http", "--protocol", help="http | grpc: with grpc, the recorded instance's gRPC "
                                                              "port (or --url grpc://...)."),
     api_key: Optional[str] = API_KEY,
@@ -230,6 +245,7 @@ def query(
 
     if protocol not in ("http", "grpc"):
         _fail(f"--protocol: expected http or grpc, got {protocol!r}", 2)
+    _collection(collection)
     if url:
         endpoint = url.rstrip("/")
     elif protocol == "grpc":
@@ -247,7 +263,9 @@ def query(
         except json.JSONDecodeError as exc:
             _fail(f"--filter is not JSON: {exc}", 2)
     try:
-        with PrismClient(endpoint, api_key=api_key) as client:
+        import os
+
+        with PrismClient(endpoint, api_key=api_key, tls_ca=os.environ.get("PRISM_TLS_CA") or None) as client:
             spaces = space or [n for n, s in client.get_collection(collection)["config"]["spaces"].items()
                                if s.get("encoder")]
             body["prefetch"] = [{"space": s, "text": text} for s in spaces]
@@ -270,6 +288,7 @@ def verify(
 
     from cluster.auth import client_headers
 
+    _collection(collection)
     base = _url(url, data_dir)
     try:
         r = httpx.get(f"{base}/v1/collections/{collection}/verify", headers=client_headers(api_key), timeout=600)
@@ -349,7 +368,8 @@ def models_install(
     shutil.copytree(source, dest, symlinks=False)
     console.print(f"installed clip ({enc.dim}-d, text window {enc.max_tokens} tokens) at {dest}")
     if enc.dim != 512:
-        console.print(f"[yellow]note:[/yellow] {enc.dim}-d, not the 512-d of CLIP ViT-B/32; spaces must say dim {enc.dim}")
+        console.print(Text.assemble(("note:", "yellow"), f" {enc.dim}-d, not the 512-d of CLIP ViT-B/32; spaces must "
+                                    f"say dim {enc.dim}"))
 
 
 @models_app.command("list")
@@ -369,7 +389,7 @@ def models_list(
         try:
             path = Path(find())
         except PrismError as exc:
-            console.print(f"{name}: [red]missing[/red] ({exc.message})", soft_wrap=True)
+            console.print(Text.assemble(f"{name}: ", ("missing", "red"), f" ({exc.message})"), soft_wrap=True)
             continue
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         dim = ENCODER_DIMS[name]
@@ -392,6 +412,7 @@ def reshard(
 
     from cluster.auth import client_headers
 
+    _collection(collection)
     base = _url(url, data_dir)
     r = httpx.post(f"{base}/v1/collections/{collection}/reshard", json={"shards": shards},
                    headers=client_headers(api_key), timeout=3600)
@@ -465,7 +486,7 @@ def keys_create(
 
     if role not in ("read", "write", "admin"):
         _fail(f"--role must be read, write or admin, got {role!r}", 2)
-    scope = [c.strip() for c in collections.split(",") if c.strip()] if collections else None
+    scope = [_collection(c.strip()) for c in collections.split(",") if c.strip()] if collections else None
     path = _keys_file(data_dir, keys_file)
     try:
         key, record = new_key(role, scope or None, label)  # type: ignore[arg-type]
