@@ -641,9 +641,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
     ap.add_argument("--only",
                     default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny,auth,"
-                            "stages,grpc,scaleout",
+                            "stages,grpc,scaleout,json_depth",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness, batching, tiny, auth, stages, grpc, scaleout")
+                         "freshness, batching, tiny, auth, stages, grpc, scaleout, json_depth")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -713,6 +713,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_stages import run as bench_stages
 
             write_json("stages", {"machine": machine(), **bench_stages(workdir / "stages")})
+        if "json_depth" in sections:
+            from deploy.bench_json_depth import run as bench_json_depth
+
+            write_json("json_depth", {"machine": machine(), **bench_json_depth()})
         if "grpc" in sections:
             from deploy.bench_grpc import run as bench_grpc
 

@@ -145,6 +145,10 @@ SECTIONS = [
         "`prism up` with deploy/demo.yaml (milvus-lite, 2 shards, HNSW) holding the 64-product catalog; vector "
         "queries (384-d, top 5, payloads) and text queries (distinct texts, MiniLM per query), cache off, at c=1 "
         "(p50) and c=8 (QPS) over HTTP and over gRPC in the same run, rounds alternating which goes first.")),
+    ("json_depth", "deploy.bench_json_depth", "The body depth check: quadratic before issue 33, linear now", lambda d: (
+        "The check every JSON body passes before it is parsed, old (a regex tokeniser, kept in the bench) and new "
+        "(router.bodies.json_too_deep), in one process on the same bodies; median of repeats. Target: "
+        f"{d['target']}.")),
     ("encode", "deploy.bench_encode", "Encoders: prism's encoder class vs raw sentence-transformers", lambda d: (
         "all-MiniLM-L6-v2, distinct texts per batch, `python -m deploy.bench --only encode`; both sides on the "
         f"same device in the same run. Target: {d['target']}. Rows of a device this machine does not have say "
