@@ -30,20 +30,22 @@ def test_readme_api_example_runs(prism_server):
         exec(compile(code, "README.md", "exec"), {})
 
 
-def curl_json_examples() -> list[tuple[str, dict]]:
-    """`curl -s localhost:8000/PATH -d 'JSON'` examples in the README, as (path, body)."""
+def curl_json_examples() -> list[tuple[str, str, dict]]:
+    """`curl -s localhost:8000/PATH [-H 'HEADER'] -d 'JSON'` examples in the README, as (path, header, body)."""
     text = README.read_text()
     out = []
-    for m in re.finditer(r"curl -s localhost:8000(\S+) -d '(.*?)'", text, flags=re.S):
-        out.append((m.group(1), json.loads(m.group(2))))
+    for m in re.finditer(r"curl -s localhost:8000(\S+) (?:-H '([^']*)'\s*(?:\\\n\s*)?)?-d '(.*?)'", text, flags=re.S):
+        out.append((m.group(1), m.group(2) or "", json.loads(m.group(3))))
     return out
 
 
 def test_readme_curl_examples_run(prism_server, products, photos):
     examples = curl_json_examples()
     assert len(examples) >= 2
-    for path, body in examples:
-        r = prism_server.client.post(path, json=body)
+    for path, header, body in examples:
+        # JSON bodies must say so (a 415 otherwise): curl -d alone sends application/x-www-form-urlencoded
+        assert header.lower() == "content-type: application/json", (path, header)
+        r = prism_server.client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
         assert r.status_code == 200, (path, r.text)
         assert r.json()["hits"], path
 
