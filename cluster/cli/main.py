@@ -439,6 +439,7 @@ def loadtest(
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
 ) -> None:
     """Headless Locust run with realistic query mixes; writes CSV, summary.json and PNG plots."""
+    _collection(collection)
     try:
         from deploy.loadtest.harness import LoadTestError, run_loadtest
     except ImportError as exc:

@@ -28,7 +28,8 @@ def test_collection_names_are_checked_before_any_request(tmp_path):
                  ("verify", "--collection", "/etc/passwd"),
                  ("query", "hello", "--collection", "a__b"),
                  ("keys", "create", "--role", "read", "--collections", "ok,../x"),
-                 ("ingest", __file__, "--collection", "x/y")):
+                 ("ingest", __file__, "--collection", "x/y"),
+                 ("loadtest", "--collection", "..", "--run-time", "1s")):
         r = cli(*args, "--data-dir", str(tmp_path), *(() if args[0] == "keys" else ("--url", "http://127.0.0.1:9")))
         assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stdout, r.stderr)
         assert "is not valid" in r.stderr, (args, r.stderr)
