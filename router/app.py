@@ -16,9 +16,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError, describe
+from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PrismError
 from router.access import Refusal
-from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, describe, documented
+from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, documented, with_schemas
 from router.metrics import process_state
 from router.models import (
     MAX_JSON_DEPTH, BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
@@ -38,7 +38,7 @@ def _openapi() -> dict[str, Any]:
     if api.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
-        api.openapi_schema = describe(get_openapi(title=api.title, version=api.version, description=api.description,
+        api.openapi_schema = with_schemas(get_openapi(title=api.title, version=api.version, description=api.description,
                                                   routes=api.routes))
     return api.openapi_schema
 
@@ -252,20 +252,12 @@ class Ingress:
         )
         self.state.metrics.watch_caches({"results": self.service.results, "embeddings": self.service.embeddings})
         await asyncio.to_thread(self.service.open_catalog)
-        self._healer = asyncio.create_task(self._heal_forever())
+        from router.healing import HealLoop
 
-    async def _heal_forever(self, period_s: float = 1.0) -> None:
-        """Probe dead replicas and replay missed writes in the background; failures are logged and counted."""
-        while True:
-            await asyncio.sleep(period_s)
-            try:
-                done = await self.service.heal()
-            except Exception as exc:  # noqa: BLE001 - healing retries on the next tick
-                log.warning("healing pass failed: %s", describe(exc))
-                self.state.metrics.heal_failures.inc()
-                continue
-            if done["failed"]:
-                self.state.metrics.heal_failures.inc(done["failed"])
+        metrics = self.state.metrics
+        self.healer = HealLoop(self.service.heal, failed=metrics.heal_failures.inc,
+                               restarted=metrics.heal_loop_restarts.inc)
+        self._healer = asyncio.create_task(self.healer.supervise())  # held: a task nobody holds may be collected
 
     async def _encode(self, name: str, texts: list[str], document: bool = False) -> list[tuple[list[float], bool]]:
         handle = self.encoders.get(name)

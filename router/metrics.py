@@ -25,6 +25,8 @@ class Metrics:
                               registry=self.registry)
         self.heal_failures = Counter("prism_heal_failures_total", "Replica probes or catch-ups that failed in the "
                                      "background healer", registry=self.registry)
+        self.heal_loop_restarts = Counter("prism_heal_loop_restarts_total", "Times the background heal loop ended "
+                                          "and was restarted by its supervisor", registry=self.registry)
         self.stages = Histogram("prism_query_stage_seconds", "Time per query stage: plan, embed, fan_out, "
                                 "merge_fuse, hydrate", ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.partial = Counter("prism_partial_answers_total", "Query answers missing at least one shard",
