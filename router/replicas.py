@@ -402,9 +402,9 @@ class ReplicatedShard:
         A write a replica refuses as a bad request never enters the log (replaying it would only fail again).
         With a sequencer, it orders and sends the write and this copy adopts its replica view."""
         if self.sequencer is not None:
-            acked, view = await self.sequencer.write(kind, args, wait)
-            self.adopt(view)
-            return acked
+            answer = await self.sequencer.write(kind, args, wait)
+            self.adopt(answer.view)  # a refused write too: it may have left a replica behind
+            return answer.result()
         async with self._lock():
             rs = self.state
             targets = rs.write_targets()

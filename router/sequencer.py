@@ -16,6 +16,7 @@ upsert or delete applied twice is the same as once). A torn last frame (a crash 
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.errors import PrismError
+from router.healing import HealLoop
 from router.replicas import OPLOG_MAX_OPS, LoggedOp, ReplicaSet, ReplicatedShard, ShardView
 
 _LEN = struct.Struct(">Q")
@@ -135,24 +138,63 @@ class Journal:
             self._fh = None
 
 
+@dataclass(frozen=True)
+class WriteAnswer:
+    """A sequenced write's outcome and the sequencer's view after it. A refused write carries the view too: an
+    ingress that did not learn of the replica a failed write left behind would go on reading from it as if it
+    were caught up (measured: the cause of issue 26's diverged replicas)."""
+
+    acked: list[int]
+    view: ShardView
+    error: PrismError | None = None
+
+    def result(self) -> list[int]:
+        if self.error is not None:
+            raise self.error
+        return self.acked
+
+
 class Sequencer:
     """A shard's sequencer: its ReplicatedShard, with a journal, behind write / heal / view. Used in this process
     as it is (tests); the Ray actor (shards.actor.SequencerHost) is this class built over replica actors.
     `initial` is the view when it was made, as the clients of the Ray one carry it."""
 
-    def __init__(self, host: ReplicatedShard):
+    def __init__(self, host: ReplicatedShard, heal_interval_s: float | None = None):
+        """`heal_interval_s`: heal in the background this often (started on the first call, in the caller's event
+        loop), without waiting for an ingress to ask; None: only when asked (tests drive it)."""
         if host.journal is None:
             raise ValueError("a sequencer's ReplicatedShard needs a journal")
         self.host = host
         self.initial = host.view()
+        self.heal_interval_s = heal_interval_s
+        self.healer: HealLoop | None = None
+        self._background: asyncio.Task | None = None
 
-    async def write(self, kind: str, args: Any, wait: bool = True) -> tuple[list[int], ShardView]:
-        acked = await self.host._write(kind, args, wait)
-        return acked, self.host.view()
+    def _ensure_background(self) -> None:
+        """Start (or restart, should it have ended) the background heal loop in the running event loop."""
+        if self.heal_interval_s is None or (self._background is not None and not self._background.done()):
+            return
+        if self.healer is None:
+            self.healer = HealLoop(self.background_pass, period_s=self.heal_interval_s)
+        self._background = asyncio.get_running_loop().create_task(self.healer.supervise())
+
+    async def background_pass(self) -> dict[str, int]:
+        healed, failed = await self.host.heal()
+        return {"healed": healed, "failed": failed}
+
+    async def write(self, kind: str, args: Any, wait: bool = True) -> WriteAnswer:
+        self._ensure_background()
+        try:
+            acked = await self.host._write(kind, args, wait)
+        except PrismError as exc:
+            return WriteAnswer([], self.host.view(), exc)
+        return WriteAnswer(acked, self.host.view())
 
     async def heal(self) -> tuple[int, int, ShardView]:
+        self._ensure_background()
         healed, failed = await self.host.heal()
         return healed, failed, self.host.view()
 
     async def view(self) -> ShardView:
+        self._ensure_background()
         return self.host.view()

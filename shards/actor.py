@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from cluster.config import CollectionConfig, PlacementConfig, replica_node, shard_actor_options
+from cluster.config import CollectionConfig, PlacementConfig, ReplicationSettings, replica_node, shard_actor_options
 from cluster.errors import ShardUnavailable
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
@@ -199,12 +199,14 @@ class SequencerHost(Sequencer):
     Restarted by Ray after a crash, it reloads the journal."""
 
     def __init__(self, config: CollectionConfig, shard: int, specs: list[BackendSpec], journal_dir: str,
-                 timeout_s: float, detached: bool, placement: PlacementConfig | None):
+                 timeout_s: float, detached: bool, placement: PlacementConfig | None,
+                 replication: ReplicationSettings | None = None):
         opts, nodes = _actor_options(detached, placement), alive_nodes()
         clients = [_replica_client(config, shard, r, spec, opts, nodes) for r, spec in enumerate(specs)]
         super().__init__(ReplicatedShard(shard, clients, key=f"{config.name}/{shard}",
                                          write_quorum=config.write_quorum, timeout_s=timeout_s, hedge=False,
-                                         journal=Journal(Path(journal_dir))))
+                                         journal=Journal(Path(journal_dir))),
+                         heal_interval_s=(replication or ReplicationSettings()).heal_interval_s)
 
     async def close(self, drop: bool = False) -> None:
         """Close the journal; `drop`: delete it (the collection or the shard is gone)."""
@@ -241,7 +243,7 @@ class RaySequencerClient:
             raise ShardUnavailable(f"shard {self.shard}: its sequencer is unavailable (Ray restarts it): {exc}",
                                    shards=[self.shard]) from exc
 
-    async def write(self, kind: str, args: Any, wait: bool = True) -> tuple[list[int], Any]:
+    async def write(self, kind: str, args: Any, wait: bool = True) -> Any:
         return await self._await(self.actor.write.remote(kind, args, wait))
 
     async def heal(self) -> tuple[int, int, Any]:
@@ -250,7 +252,8 @@ class RaySequencerClient:
 
 def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
                          timeout_s: float, detached: bool = False, first_shard: int = 0,
-                         placement: PlacementConfig | None = None) -> list[RaySequencerClient]:
+                         placement: PlacementConfig | None = None,
+                         replication: ReplicationSettings | None = None) -> list[RaySequencerClient]:
     """Start (or find, by name) one sequencer per shard, on the head node, and read each one's view."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -262,7 +265,7 @@ def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head, soft=False)
     actors = [SequencerActor.options(name=sequencer_name(config.name, first_shard + i), **opts).remote(
         config, first_shard + i, row, str(sequencer_dir(data_path, config.name, first_shard + i)), timeout_s,
-        detached, placement) for i, row in enumerate(specs)]
+        detached, placement, replication) for i, row in enumerate(specs)]
     views = ray.get([a.view.remote() for a in actors])
     return [RaySequencerClient(a, first_shard + i, v) for i, (a, v) in enumerate(zip(actors, views))]
 

@@ -141,7 +141,10 @@ def test_a_write_below_quorum_through_the_sequencer_says_why_and_a_new_epoch_rep
     clients[1].fail = ConnectionError("down")
     with pytest.raises(ShardUnavailable, match="quorum is 2"):
         run(a.upsert([row(2)]))
-    assert a.state.seq == 1  # this copy learns of the attempt on its next heal
+    # The refusal carries the sequencer's view: this copy knows at once that replica 1 is behind (issue 26: a copy
+    # that learnt it only from successful writes read from the stale replica and never asked for a heal).
+    assert a.state.seq == 2 and [st.applied_seq for st in a.state.states] == [2, 1]
+    assert a.state.needs_healing() == [1]
     assert run(a.heal())[1] == 1 and a.state.seq == 2
     fresh = Sequencer(host(tmp_path / "two", clients))  # the journal gone: its view starts over
     a.sequencer = fresh
@@ -173,3 +176,22 @@ def test_the_only_ingress_asks_its_sequencer_to_heal_only_when_a_replica_is_behi
     polling = ingress(clients, sq)                       # one of several ingress replicas: asks every pass
     run(polling.heal())
     assert len(calls) == 2
+
+
+def test_the_only_ingress_heals_a_replica_that_a_refused_write_left_behind(tmp_path):
+    """Issue 26's cause, without Ray: below quorum, the write is refused (503) yet applied on one replica; the
+    only ingress (which asks its sequencer to heal only when its own view has a replica behind) must learn of it
+    from the refusal, heal it once it is back, and leave both replicas equal."""
+    clients = [MemShard(0, r) for r in range(2)]
+    sq = Sequencer(host(tmp_path, clients))
+    only = ingress(clients, sq)
+    only.poll_sequencer = False
+    run(only.upsert([row(1)]))
+    clients[1].fail = ConnectionError("killed")
+    for i in range(2, 6):
+        with pytest.raises(ShardUnavailable):
+            run(only.upsert([row(i)]))
+    clients[1].fail = None  # restarted, answering again: no read failed on it, so nothing else tells the ingress
+    run(only.heal())
+    assert set(clients[0].points) == set(clients[1].points) == {f"p{i}" for i in range(1, 6)}
+    assert [st["state"] for st in only.describe()] == ["live", "live"]
