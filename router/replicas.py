@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cluster.config import BatchSettings, CollectionConfig
-from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable, SpaceNotFound, describe
+from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable, SpaceNotFound, WriteRefused, describe
 from cluster.ring import HashRing
 from router.batching import Coalescer
 from router.plan import adapt_params
+from router.oplog import LoggedOp, OpLog
 from shards.api import PointRow, ScoredId, SearchSpec, ShardApi
 
 log = logging.getLogger(__name__)
@@ -201,11 +202,12 @@ class ReplicaSet:
 
 
 DEFAULT_TIMEOUT_S = 10.0
-OPLOG_MAX_OPS = 20_000   # per shard; a replica further behind than this is resynced by copying a caught-up one
 RESYNC_BATCH = 1_000     # points per page of such a copy
 HEAL_PING_TIMEOUT_S = 2.0
 # Errors that describe the request, not the replica: they propagate instead of triggering failover.
 REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
+# A replica's refusal of a write: the same write would be refused again, so it is never replayed (see _write).
+REFUSALS = (InvalidRequest, SpaceNotFound, WriteRefused)
 
 
 @dataclass(frozen=True)
@@ -222,20 +224,15 @@ class ShardView:
     resyncs: int = 0
 
 
-@dataclass(frozen=True)
-class LoggedOp:
-    """One sequenced write, kept so replicas that missed it can replay it in order."""
-
-    seq: int
-    kind: str  # "upsert" | "delete"
-    args: Sequence[Any]
-
-
 async def _apply(client: ShardApi, kind: str, args: Sequence[Any], wait: bool = True) -> int:
     if kind == "upsert":
         return await client.upsert(args, wait)
     if kind == "delete":
         return await client.delete(args, wait)
+    if kind == "restore":  # [rows to put back, ids to remove]: a refused write undone (ReplicatedShard._undo)
+        rows, gone = args
+        n = await client.upsert(rows, wait) if rows else 0
+        return n + (await client.delete(gone, wait) if gone else 0)
     raise ValueError(f"unknown write kind {kind!r}")
 
 
@@ -259,7 +256,7 @@ class ReplicatedShard:
         self.quorum = quorum(write_quorum, len(self.clients))
         self.timeout_s = timeout_s
         self.observe = observe
-        self.log: deque[LoggedOp] = deque(maxlen=OPLOG_MAX_OPS)
+        self.log = OpLog()  # bounded in count and bytes: a replica further behind is resynced from a caught-up one
         self.resyncs = 0  # replicas rebuilt by copying (they were further behind than the log)
         self.journal = journal
         self.sequencer = sequencer
@@ -398,8 +395,10 @@ class ReplicatedShard:
     async def _write(self, kind: str, args: Sequence[Any], wait: bool = True) -> list[int]:
         """Sequence the write, send it to every caught-up replica, acknowledge at the write quorum.
 
-        Replicas that miss it (down, failed, or already behind) are stale until `heal` replays the log to them.
-        A write a replica refuses as a bad request never enters the log (replaying it would only fail again).
+        Replicas that miss it (down, failed, or already behind) are stale until `heal` replays the log to them: a
+        write that missed its quorum rolls forward (503, "may still be applied"). A write refused (a bad request,
+        or a value Milvus will not store) ends nowhere: abandoned when every target refused it, undone where it
+        landed when only some did (docs/operations.md, "Replica agreement").
         With a sequencer, it orders and sends the write and this copy adopts its replica view."""
         if self.sequencer is not None:
             answer = await self.sequencer.write(kind, args, wait)
@@ -410,20 +409,26 @@ class ReplicatedShard:
             targets = rs.write_targets()
             seq = rs.next_seq()
             op = LoggedOp(seq, kind, args)
-            if self.journal is not None:
-                self.journal.append(op, self.log)  # before any replica sees it: a restart replays it
+            size = self.journal.append(op, self.log) if self.journal is not None else None  # before any replica
+            # sees it: a sequencer restart replays it
             results = await asyncio.gather(
                 *(asyncio.wait_for(_apply(self.clients[r], kind, args, wait), self.timeout_s) for r in targets),
                 return_exceptions=True,
             )
-            refused = next((res for res in results if isinstance(res, REQUEST_ERRORS)), None)
-            if refused is not None:
+            refusals = [(r, res) for r, res in zip(targets, results) if isinstance(res, REFUSALS)]
+            if refusals and len(refusals) == len(targets):  # refused everywhere: it landed nowhere
                 rs.abandon(seq)
                 if self.journal is not None:
                     self.journal.abandon(seq)
                     self.journal.save(rs)
-                raise refused
-            self.log.append(op)
+                raise refusals[0][1]
+            if refusals:  # refused by some, applied (or maybe applied) by others: undone where it landed
+                try:
+                    op, results = await self._undo(op, refusals[0][0], targets, results)
+                except Exception as exc:  # noqa: BLE001 - rolled forward instead: a replay refused is copied over
+                    log.warning("shard %d: undoing write %d failed (%s); the replicas that refused it are healed "
+                                "from one that applied it", self.shard, seq, describe(exc))
+            self.log.append(op, size)
             acked, errors = [], []
             for r, res in zip(targets, results):
                 if isinstance(res, BaseException):
@@ -438,12 +443,41 @@ class ReplicatedShard:
                 rs.commit(seq)
             if self.journal is not None:
                 self.journal.save(rs)
+            if refusals:
+                raise refusals[0][1]
             if len(acked) < self.quorum:
                 raise ShardUnavailable(
                     f"write to shard {self.shard} not acknowledged: {len(acked)} of {len(self.clients)} replicas "
-                    f"applied it, quorum is {self.quorum}" + (f" ({'; '.join(errors)})" if errors else ""),
-                    shards=[self.shard])
+                    f"applied it, quorum is {self.quorum}; it is logged and may still be applied (the replicas "
+                    "that missed it get it once back), so retrying it is safe"
+                    + (f" ({'; '.join(errors)})" if errors else ""), shards=[self.shard])
             return acked
+
+    async def _undo(self, op: LoggedOp, refuser: int, targets: list[int], results: list[Any]
+                    ) -> tuple[LoggedOp, list[Any]]:
+        """A write some targets refused and others applied: put back, on every replica, what the refusing one
+        holds for the write's ids (it holds them as they were before the write: the targets had all applied
+        every earlier write). The logged op becomes that restore, so replicas that missed it, or whose outcome is
+        unknown, replay the restore, never the refused write. Returns the restore and each target's outcome of it
+        (an exception where it is not known to hold it). Under the write lock."""
+        ids = [p.id for p in op.args] if op.kind == "upsert" else list(op.args)
+        before = await asyncio.wait_for(self.clients[refuser].export(ids), self.timeout_s)
+        restore = LoggedOp(op.seq, "restore", [before, sorted(set(ids) - {p.id for p in before})])
+        if self.journal is not None:
+            self.journal.replace(restore)  # the last frame of a seq wins on load
+        outcomes: list[Any] = []
+        for r, res in zip(targets, results):
+            if isinstance(res, REFUSALS):
+                outcomes.append(0)  # it never changed: it holds the restored state
+                continue
+            try:
+                outcomes.append(await asyncio.wait_for(_apply(self.clients[r], restore.kind, restore.args, True),
+                                                       self.timeout_s))
+            except Exception as exc:  # noqa: BLE001 - it stays behind and is healed with the restore
+                outcomes.append(exc)
+        log.warning("shard %d: write %d refused by replica %d and applied elsewhere: undone (%d ids)", self.shard,
+                    op.seq, refuser, len(ids))
+        return restore, outcomes
 
     # -- healing -----------------------------------------------------------------------------------------------
     async def heal(self) -> tuple[int, int]:
@@ -515,9 +549,36 @@ class ReplicatedShard:
             await self._resync(r)
             return
         for op in ops:  # replayed visibly: the replica serves reads (bounded ones too) as soon as it is caught up
-            await asyncio.wait_for(_apply(client, op.kind, op.args, True), self.timeout_s)
+            try:
+                await asyncio.wait_for(_apply(client, op.kind, op.args, True), self.timeout_s)
+            except REFUSALS as exc:
+                await self._skip_refused(r, op, exc)
             rs.applied(r, op.seq)
         rs.on_success(r)
+
+    async def _skip_refused(self, r: int, op: LoggedOp, exc: BaseException) -> None:
+        """Replica `r` refuses to replay `op`, which another replica applied: `r` takes that replica's rows for the
+        op's ids instead (the later ops replayed after it give every id its last value, as on the source). With no
+        replica that applied it, nobody holds it: the op is dropped from the log (replaying it forever would keep
+        `r` behind for good)."""
+        rs = self.state
+        ids = [p.id for p in op.args] if op.kind == "upsert" else \
+            list(op.args) if op.kind == "delete" else [p.id for p in op.args[0]] + list(op.args[1])
+        sources = sorted((i for i in range(len(self.clients)) if i != r and rs.states[i].healthy
+                          and rs.states[i].applied_seq >= op.seq), key=lambda i: -rs.states[i].applied_seq)
+        if not sources:
+            log.warning("shard %d: write %d refused on replay by replica %d (%s) and held by no replica: dropped",
+                        self.shard, op.seq, r, describe(exc))
+            return
+        await self._copy_ids(sources[0], r, ids)
+        log.warning("shard %d: write %d refused on replay by replica %d (%s): its %d ids copied from replica %d",
+                    self.shard, op.seq, r, describe(exc), len(ids), sources[0])
+
+    async def _copy_ids(self, src: int, dst: int, ids: Sequence[str]) -> None:
+        """Make replica `dst` hold what replica `src` holds for `ids` (rows copied, ids `src` lacks removed)."""
+        rows = await asyncio.wait_for(self.clients[src].export(list(ids)), self.timeout_s)
+        await asyncio.wait_for(_apply(self.clients[dst], "restore", [rows, sorted(set(ids) - {p.id for p in rows})]),
+                               self.timeout_s)
 
     async def _resync(self, r: int) -> None:
         """Copy a caught-up replica onto replica `r`, which is further behind than the operation log: every point

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, check_index_support
-from cluster.errors import BackendError, PrismError, SpaceNotFound
+from cluster.errors import BackendError, PrismError, SpaceNotFound, WriteRefused
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint, group_specs
 from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend
 
@@ -109,7 +109,7 @@ class Shard:
         written = []
         for space, rows in per_space.items():
             if rows:
-                self._call(self.backend.upsert, self.names[space], rows)
+                self._write_call(self.backend.upsert, self.names[space], rows)
                 written.append(self.names[space])
         if wait:
             self._wait_visible(written)
@@ -121,7 +121,7 @@ class Shard:
         found = set()
         for space, name in self.names.items():
             found.update(self._call(self.backend.get, name, list(ids)).keys())
-            self._call(self.backend.delete, name, list(ids))
+            self._write_call(self.backend.delete, name, list(ids))
         if wait and ids:
             self._wait_visible(list(self.names.values()))
         return len(found)
@@ -240,6 +240,17 @@ class Shard:
         if space not in self.names:
             raise SpaceNotFound(f"unknown space {space!r}; collection {self.config.name!r} has {sorted(self.names)}")
         return self.names[space]
+
+    def _write_call(self, fn, *args):
+        """`_call` for a write: an error from a Milvus that answered (not a fault of its state) is WriteRefused."""
+        try:
+            return self._call(fn, *args)
+        except BackendError as exc:
+            cause = exc.__cause__
+            if type(exc) is BackendError and cause is not None and not isinstance(cause, PrismError) \
+                    and milvus_fault(cause) is None:
+                raise WriteRefused(exc.message) from cause
+            raise
 
     def _call(self, fn, *args):
         """`fn(*args)` against Milvus. A server that is unreachable is retried (RETRY_PAUSES_S); one that restarted

@@ -201,10 +201,10 @@ def test_one_replica_is_never_hedged():
 
 
 def test_a_replica_further_behind_than_the_log_is_resynced_from_a_caught_up_one():
-    from collections import deque
+    from router.oplog import OpLog
 
     rs, clients, clock = make(3, quorum=1)
-    rs.log = deque(maxlen=5)  # a short operation log
+    rs.log = OpLog(max_ops=5)  # a short operation log
     run(rs.upsert([row(i) for i in range(4)]))
     clients[2].fail = BackendError("down")
     for _ in range(3):  # three failures in a row: dead
@@ -222,10 +222,10 @@ def test_a_replica_further_behind_than_the_log_is_resynced_from_a_caught_up_one(
 
 
 def test_resync_needs_a_caught_up_source():
-    from collections import deque
+    from router.oplog import OpLog
 
     rs, clients, clock = make(2, quorum=1)
-    rs.log = deque(maxlen=2)
+    rs.log = OpLog(max_ops=2)
     clients[1].fail = BackendError("down")
     for i in range(6):
         run(rs.upsert([row(i)]))
@@ -236,3 +236,112 @@ def test_resync_needs_a_caught_up_source():
     d = rs.describe()[1]
     assert healed == 0 and d["state"] != "live" and "no caught-up replica can be copied from" in d["last_error"]
     assert clients[1].points == {}  # nothing half-copied
+
+
+# -- refused writes end the same on every replica (issue 26; issue 33 H3) -------------------------------------------
+class Refuses(MemShard):
+    """A replica whose Milvus refuses writes while `refusing` (as a server refuses a value it cannot store)."""
+
+    def __init__(self, shard, replica):
+        super().__init__(shard, replica)
+        self.refusing = False
+
+    async def upsert(self, points, wait=True):
+        if self.refusing:
+            from cluster.errors import WriteRefused
+            raise WriteRefused(f"replica {self.replica}: Milvus refused the rows")
+        return await super().upsert(points, wait)
+
+    async def delete(self, ids, wait=True):
+        if self.refusing:
+            from cluster.errors import WriteRefused
+            raise WriteRefused(f"replica {self.replica}: Milvus refused the delete")
+        return await super().delete(ids, wait)
+
+
+def contents(clients):
+    return [{i: (p.payload, p.vectors) for i, p in c.points.items()} for c in clients]
+
+
+def test_a_write_every_replica_refuses_is_abandoned_and_never_replayed():
+    from cluster.errors import WriteRefused
+
+    clock = FakeClock(1000.0)
+    clients = [Refuses(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum="majority", clock=clock)
+    asyncio.run(rs.upsert([row(1)]))
+    for c in clients:
+        c.refusing = True
+    with pytest.raises(WriteRefused):
+        asyncio.run(rs.upsert([row(2)]))
+    assert rs.state.seq == 1 and [op.seq for op in rs.log] == [1]   # it never happened
+    assert rs.state.needs_healing() == [] and sorted(rs.state.write_targets()) == [0, 1]
+    for c in clients:
+        c.refusing = False
+    asyncio.run(rs.upsert([row(3)]))                                  # the shard takes writes again at once
+    assert contents(clients)[0] == contents(clients)[1] and set(clients[0].points) == {"p1", "p3"}
+
+
+@pytest.mark.parametrize("kind", ["upsert", "delete"])
+def test_a_write_some_replicas_refuse_is_undone_where_it_landed(kind):
+    clock = FakeClock(1000.0)
+    clients = [Refuses(0, r) for r in range(3)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum="majority", clock=clock)
+    asyncio.run(rs.upsert([row(1), row(2)]))
+    before = contents(clients)
+    clients[1].refusing = True
+    changed = PointRow(id="p1", payload={"i": "changed"}, vectors={"v": [9.0, 9.0]})
+    with pytest.raises(Exception, match="refused"):
+        asyncio.run(rs.upsert([changed, row(7)]) if kind == "upsert" else rs.delete(["p1", "p2"]))
+    assert contents(clients) == before                    # nowhere: every replica as before the write
+    assert [st["state"] for st in rs.describe()] == ["live"] * 3
+    clients[1].refusing = False
+    asyncio.run(rs.upsert([row(5)]))
+    assert contents(clients)[0] == contents(clients)[1] == contents(clients)[2]
+
+
+def test_a_replica_that_missed_a_partly_refused_write_replays_its_undo_not_the_write():
+    clock = FakeClock(1000.0)
+    clients = [Refuses(0, r) for r in range(3)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum=1, clock=clock)
+    asyncio.run(rs.upsert([row(1)]))
+    clients[2].fail = ConnectionError("down")
+    asyncio.run(rs.upsert([row(2)]))                      # replica 2 misses it: stale
+    clients[1].refusing = True
+    with pytest.raises(Exception, match="refused"):
+        asyncio.run(rs.upsert([PointRow(id="p2", payload={"i": "bad"}, vectors={"v": [1.0, 1.0]})]))
+    assert [op.kind for op in rs.log] == ["upsert", "upsert", "restore"]
+    clients[1].refusing = False
+    clients[2].fail = None
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    asyncio.run(rs.heal())
+    assert contents(clients)[0] == contents(clients)[1] == contents(clients)[2]
+    assert clients[2].points["p2"].payload == {"i": 2}
+
+
+def test_a_replay_a_replica_refuses_is_copied_from_one_that_applied_it():
+    clock = FakeClock(1000.0)
+    clients = [Refuses(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum=1, clock=clock)
+    clients[1].fail = ConnectionError("down")
+    asyncio.run(rs.upsert([row(1)]))
+    asyncio.run(rs.upsert([row(2)]))
+    clients[1].fail = None
+    clients[1].refusing = True                            # refuses the replay of write 1 (e.g. a stricter server)
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+
+    async def heal_refusing_once():
+        real = clients[1].upsert
+        calls = []
+
+        async def once(points, wait=True):
+            calls.append(1)
+            if len(calls) == 1:
+                return await real(points, wait)       # refused
+            clients[1].refusing = False
+            return await real(points, wait)
+        clients[1].upsert = once
+        return await rs.heal()
+    asyncio.run(heal_refusing_once())
+    assert contents(clients)[0] == contents(clients)[1] and set(clients[1].points) == {"p1", "p2"}
+    assert [st["state"] for st in rs.describe()] == ["live", "live"]
