@@ -106,8 +106,14 @@ class RayShardClient:
     async def count(self) -> dict[str, int]:
         return await self._await(self.actor.count.remote())
 
-    async def ping(self) -> dict[str, int]:
+    async def ping(self) -> dict[str, Any]:
         return await self._await(self.actor.ping.remote())
+
+    async def digest(self, rescan_after_s: float | None = None) -> dict[str, Any]:
+        return await self._await(self.actor.digest.remote(rescan_after_s))
+
+    async def bucket_hashes(self, buckets: Sequence[int]) -> dict[str, int]:
+        return await self._await(self.actor.bucket_hashes.remote(buckets))
 
     async def node(self) -> str | None:
         return await self._await(self.actor.node.remote())

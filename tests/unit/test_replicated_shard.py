@@ -21,6 +21,17 @@ class MemShard:
         self.fail: BaseException | None = None
         self.refuse = False
         self.writes = 0
+        self.incarnation = 0
+        self.history: list[dict[str, PointRow]] = []  # the points before each write, for restart(drop_last=k)
+
+    def restart(self, drop_last: int = 0):
+        """Fault injection: the process restarts (a new incarnation) having lost its last `drop_last` writes, as
+        a backend that acknowledged writes it had not made durable would."""
+        if drop_last:
+            self.points = self.history[-drop_last]
+            self.history = self.history[:-drop_last]
+        self.incarnation += 1
+        self.fail = None
 
     def _check(self):
         if self.fail is not None:
@@ -45,6 +56,7 @@ class MemShard:
         if self.refuse:
             raise InvalidRequest("points[0]: refused by the shard", field="points[0]")
         self.writes += 1
+        self.history.append(dict(self.points))
         for p in points:
             self.points[p.id] = p
         return len(points)
@@ -52,6 +64,7 @@ class MemShard:
     async def delete(self, ids, wait=True):
         self._check()
         self.writes += 1
+        self.history.append(dict(self.points))
         return sum(self.points.pop(i, None) is not None for i in ids)
 
     async def export(self, ids):
@@ -72,7 +85,25 @@ class MemShard:
 
     async def ping(self):
         self._check()
-        return {"shard": self.shard, "replica": self.replica}
+        return {"shard": self.shard, "replica": self.replica, "incarnation": self.incarnation}
+
+    def _digest(self):
+        from shards.digest import ReplicaDigest, row_hash
+
+        d = ReplicaDigest()
+        for p in self.points.values():
+            for space, v in p.vectors.items():
+                d.put(space, p.id, row_hash(space, p.id, v, p.payload, p.meta))
+        return d
+
+    async def digest(self, rescan_after_s=None):
+        self._check()
+        d = self._digest()
+        return {"incarnation": self.incarnation, "age_s": 0.0, "ids": len(d.ids), "buckets": d.buckets}
+
+    async def bucket_hashes(self, buckets):
+        self._check()
+        return self._digest().in_buckets(buckets)
 
     async def node(self):
         self._check()
