@@ -17,7 +17,7 @@ from typing import Any
 
 from cluster.errors import describe
 from shards.api import ShardApi
-from shards.digest import differing_buckets, differing_ids
+from shards.digest import differing_buckets
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 100  # differing ids named per replica in a report
@@ -25,11 +25,13 @@ MAX_LISTED = 100  # differing ids named per replica in a report
 
 @dataclass
 class Comparison:
-    """One shard's replicas against its reference: the ids each one holds differently (all of them)."""
+    """One shard's replicas compared: per replica, the ids it holds differently from the agreed value (all of
+    them), and for each such id a replica holding the agreed value."""
 
     shard: int
     reference: int | None
     differing: dict[int, list[str]] = field(default_factory=dict)   # replica -> differing ids
+    sources: dict[str, int] = field(default_factory=dict)           # differing id -> a replica with the agreed value
     unanswered: dict[int, str] = field(default_factory=dict)        # replica -> why it was not compared
     digests: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -38,9 +40,21 @@ class Comparison:
         return not any(self.differing.values()) and not self.unanswered
 
 
+def agreed(values: dict[int, int | None], reference: int) -> int | None:
+    """The value most replicas hold for an id (None: absent); a tie goes to the reference's."""
+    counts: dict[int | None, int] = {}
+    for v in values.values():
+        counts[v] = counts.get(v, 0) + 1
+    best = max(counts.values())
+    tied = [v for v, n in counts.items() if n == best]
+    return values[reference] if values[reference] in tied else tied[0]
+
+
 async def compare(shard: int, clients: Sequence[ShardApi], replicas: Sequence[int], reference: int, *,
                   rescan_after_s: float | None = None, timeout_s: float = 60.0) -> Comparison:
-    """Compare `replicas` (which include `reference`) by digest; per-id hashes only of differing buckets."""
+    """Compare `replicas` (which include `reference`) by digest. Equal digests: done. Otherwise the per-id hashes
+    of the differing buckets are fetched from every replica and each id takes the value most replicas hold (the
+    reference's on a tie: with two replicas, the one that has not restarted)."""
     out = Comparison(shard, reference)
 
     async def digest(r: int) -> None:
@@ -54,21 +68,36 @@ async def compare(shard: int, clients: Sequence[ShardApi], replicas: Sequence[in
     if ref is None:
         out.reference = None
         return out
-    for r in replicas:
-        if r == reference or r not in out.digests:
-            continue
-        buckets = differing_buckets(ref["buckets"], out.digests[r]["buckets"])
-        if not buckets:
-            out.differing[r] = []
-            continue
+    present = [r for r in replicas if r in out.digests]
+    buckets = sorted({b for r in present if r != reference
+                      for b in differing_buckets(ref["buckets"], out.digests[r]["buckets"])})
+    out.differing = {r: [] for r in present if r != reference}
+    if not buckets:
+        return out
+    hashes: dict[int, dict[str, int]] = {}
+
+    async def fetch(r: int) -> None:
         try:
-            mine, theirs = await asyncio.gather(
-                asyncio.wait_for(clients[reference].bucket_hashes(buckets), timeout_s),
-                asyncio.wait_for(clients[r].bucket_hashes(buckets), timeout_s))
+            hashes[r] = await asyncio.wait_for(clients[r].bucket_hashes(buckets), timeout_s)
         except Exception as exc:  # noqa: BLE001
             out.unanswered[r] = describe(exc)
+
+    await asyncio.gather(*(fetch(r) for r in present))
+    if reference not in hashes:
+        out.reference = None
+        return out
+    voters = [r for r in present if r in hashes]
+    ids = sorted({i for r in voters for i in hashes[r]})
+    for i in ids:
+        values = {r: hashes[r].get(i) for r in voters}
+        if len(set(values.values())) == 1:
             continue
-        out.differing[r] = differing_ids(mine, theirs)
+        want = agreed(values, reference)
+        holders = [r for r in voters if values[r] == want]
+        out.sources[i] = reference if reference in holders else holders[0]
+        for r in voters:
+            if values[r] != want:
+                out.differing.setdefault(r, []).append(i)
     return out
 
 

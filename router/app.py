@@ -251,6 +251,8 @@ class Ingress:
             observe_stage=self.state.metrics.observe_stage, metadata=metadata_store(cfg),
         )
         self.state.metrics.watch_caches({"results": self.service.results, "embeddings": self.service.embeddings})
+        self.state.metrics.watch_replicas(lambda: [(name, sh) for name, coord in list(self.service.coordinators.items())
+                                                   for sh in coord.shards])
         await asyncio.to_thread(self.service.open_catalog)
         from router.healing import HealLoop
 

@@ -575,7 +575,8 @@ class ShardInfo(BaseModel):
     shard: int
     replica: int
     counts: dict[str, int]
-    state: str = "live"  # live | stale (behind on writes) | dead
+    state: str = Field("live", description="live | stale (behind on writes) | verifying (restarted, not yet compared "
+                       "with the other replicas) | diverged (known to differ, being repaired) | dead")
     applied_seq: int = 0
     shard_seq: int = 0
     lag: int = Field(0, description="writes issued to this shard that the replica has not applied yet")
@@ -584,6 +585,9 @@ class ShardInfo(BaseModel):
     last_fault: str | None = Field(None, description="the last failure seen, kept after recovery")
     last_fault_s_ago: float | None = None
     node: str | None = Field(None, description="the Ray node the replica runs on (none: in-process or not answering)")
+    agreement: str = Field("agrees", description="anti-entropy's verdict: agrees | verifying | diverged")
+    digest_s_ago: float | None = Field(None, description="seconds since anti-entropy last found this replica equal to "
+                                       "the others (none: not compared yet)")
 
 
 class CollectionInfo(BaseModel):

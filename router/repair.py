@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cluster.errors import InvalidRequest, ShardUnavailable, SpaceNotFound, WriteRefused, describe
+from router.antientropy import Comparison, compare, now_s
 from router.oplog import LoggedOp
 
 log = logging.getLogger("router.replicas")
@@ -117,3 +118,51 @@ class Repairs:
         self.resyncs += 1
         log.warning("shard %d replica %d was %d writes behind, beyond the operation log: copied %d points from "
                     "replica %d, removed %d", self.shard, r, behind, copied, sources[0], removed)
+
+    # -- anti-entropy ------------------------------------------------------------------------------------------
+    async def anti_entropy(self, rescan_after_s: float | None = None) -> Comparison | None:
+        """Compare the caught-up healthy replicas by digest and copy the ids that differ from the reference onto
+        the others; a replica that differs is `diverged` (not live, read last) until a comparison finds it equal.
+        With one replica there is nothing to compare it with: it is taken as it is."""
+        rs = self.state
+        async with self._lock():
+            ready = [r for r in rs.preference if rs.states[r].healthy and rs.states[r].applied_seq >= rs.seq]
+            if len(rs.states) == 1 and ready:
+                rs.states[0].agreement, rs.states[0].checked_at = "", now_s()
+                return None
+            if len(ready) < 2:
+                return None  # the others are being healed; compared once they are caught up
+            trusted = [r for r in ready if not rs.states[r].agreement]
+            ref = (trusted or ready)[0]
+            found = await compare(self.shard, self.clients, ready, ref, rescan_after_s=rescan_after_s,
+                                  timeout_s=max(self.timeout_s, 60.0))
+            for r, d in found.digests.items():
+                rs.saw_incarnation(r, d.get("incarnation"))
+            for r, why in found.unanswered.items():
+                log.warning("shard %d replica %d: not compared: %s", self.shard, r, why)
+            if found.reference is None:
+                return found
+            for r, ids in found.differing.items():
+                st = rs.states[r]
+                if ids:
+                    self.mismatches += 1
+                    st.agreement = "diverged"
+                    log.warning("shard %d replica %d differs from the others in %d ids (first: %s): repairing",
+                                self.shard, r, len(ids), ids[:5])
+                    by_source: dict[int, list[str]] = {}
+                    for i in ids:
+                        by_source.setdefault(found.sources[i], []).append(i)
+                    for src, some in by_source.items():
+                        for k in range(0, len(some), RESYNC_BATCH):
+                            await self._copy_ids(src, r, some[k:k + RESYNC_BATCH])
+                    self.repairs += len(ids)
+            again = found
+            if any(found.differing.values()):  # repaired: found equal only by a comparison after the repairs
+                again = await compare(self.shard, self.clients, ready, ref, timeout_s=max(self.timeout_s, 60.0))
+            for r in found.differing:
+                if again.differing.get(r) == [] and r not in again.unanswered:
+                    rs.states[r].agreement, rs.states[r].checked_at = "", now_s()
+                # else: still differs (or did not answer): diverged until a later pass finds it equal
+            if not found.unanswered.get(ref):
+                rs.states[ref].agreement, rs.states[ref].checked_at = "", now_s()
+            return found

@@ -52,11 +52,18 @@ class ReplicaState:
     last_fault: str = ""
     last_fault_at: float | None = None
     samples: deque = field(default_factory=lambda: deque(maxlen=HEDGE_SAMPLES))  # recent read latencies, ms
+    # Anti-entropy's verdict: "" (agrees, or not yet compared since the sequencer started), "verifying" (it
+    # restarted since it was last compared: it may have lost writes), "diverged" (known to differ, being repaired).
+    agreement: str = ""
+    checked_at: float | None = None   # wall-clock time of the last comparison that found it equal
+    incarnation: str | int | None = None
 
     def state(self, committed: int) -> str:
         if not self.healthy:
             return "dead"
-        return "live" if self.applied_seq >= committed else "stale"
+        if self.applied_seq < committed:
+            return "stale"
+        return self.agreement or "live"
 
 
 @dataclass
@@ -82,7 +89,7 @@ class ReplicaSet:
 
     # -- reads -------------------------------------------------------------------------------------------------
     def read_order(self) -> list[int]:
-        """Healthy readable replicas (slow ones demoted), then dead-but-readable ones as a last resort."""
+        """Healthy readable replicas (slow ones demoted, unverified ones after), then dead-but-readable ones."""
         readable = [r for r in self.preference if self.states[r].applied_seq >= self.committed]
         healthy = [r for r in readable if self.states[r].healthy]
         best = min((self.states[r].ewma_ms for r in healthy if self.states[r].ewma_ms is not None), default=None)
@@ -92,7 +99,11 @@ class ReplicaSet:
             return best is not None and e is not None and e > SLOW_FACTOR * max(best, 1.0)
 
         ordered = [r for r in healthy if not slow(r)] + [r for r in healthy if slow(r)]
-        return ordered + [r for r in readable if not self.states[r].healthy]
+        # A replica that may differ (restarted, not yet compared) or is known to differ answers only when no
+        # agreeing one can; a dead one last.
+        agreeing = [r for r in ordered if not self.states[r].agreement]
+        return agreeing + [r for r in ordered if self.states[r].agreement] + \
+            [r for r in readable if not self.states[r].healthy]
 
     # -- writes ------------------------------------------------------------------------------------------------
     def write_targets(self) -> list[int]:
@@ -175,11 +186,26 @@ class ReplicaSet:
         self._fault(st, reason)
         st.next_probe_at = self.clock() + self.probe_interval_s
 
-    def describe(self) -> list[dict]:
+    def saw_incarnation(self, replica: int, incarnation: str | int | None) -> bool:
+        """A replica answered with its process incarnation; a new one (it restarted) makes it `verifying` until
+        anti-entropy has compared it with the others. Returns whether it restarted."""
+        st = self.states[replica]
+        if incarnation is None or incarnation == st.incarnation:
+            return False
+        restarted = st.incarnation is not None
+        st.incarnation = incarnation
+        if restarted and st.agreement != "diverged":
+            st.agreement = "verifying"
+        return restarted
+
+    def describe(self, wall: Callable[[], float] = time.time) -> list[dict]:
         """Per replica: state, sequence numbers, lag (writes issued it has not applied), the current error and
-        the last fault ever seen (with its age in seconds), which outlives the recovery."""
-        now = self.clock()
+        the last fault ever seen (with its age in seconds), which outlives the recovery, and when anti-entropy
+        last found it equal to the others (`digest_s_ago`)."""
+        now, wall_now = self.clock(), wall()
         return [{"replica": st.replica, "state": st.state(self.committed), "applied_seq": st.applied_seq,
+                 "agreement": st.agreement or "agrees",
+                 "digest_s_ago": None if st.checked_at is None else round(max(0.0, wall_now - st.checked_at), 1),
                  "shard_seq": self.committed, "lag": max(0, self.seq - st.applied_seq),
                  "ewma_ms": None if st.ewma_ms is None else round(st.ewma_ms, 2),
                  "last_error": st.last_error, "faults": st.faults, "last_fault": st.last_fault,

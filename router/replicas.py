@@ -47,6 +47,10 @@ class ShardView:
     committed: int
     applied: tuple[int, ...]
     resyncs: int = 0
+    agreement: tuple[str, ...] = ()               # per replica: "", "verifying" or "diverged" (anti-entropy)
+    checked_at: tuple[float | None, ...] = ()      # per replica: wall-clock time it was last found equal
+    mismatches: int = 0                           # replicas found differing from the reference, ever
+    repairs: int = 0                              # ids repaired by anti-entropy, ever
 
 
 class ReplicatedShard(Repairs):
@@ -71,6 +75,13 @@ class ReplicatedShard(Repairs):
         self.observe = observe
         self.log = OpLog()  # bounded in count and bytes: a replica further behind is resynced from a caught-up one
         self.resyncs = 0  # replicas rebuilt by copying (they were further behind than the log)
+        self.mismatches = 0  # anti-entropy: replicas found differing from the reference
+        self.repairs = 0     # anti-entropy: ids copied to a differing replica
+        # Anti-entropy (router.repair.Repairs.anti_entropy) during heal passes: every this many seconds and right
+        # after a replica restart; None: never (an ingress copy: its sequencer does it).
+        self.anti_entropy_interval_s: float | None = None
+        self.digest_rescan_s: float | None = None
+        self.next_anti_entropy = 0.0
         self.journal = journal
         self.sequencer = sequencer
         self.poll_sequencer = True  # False: the only ingress (see _heal_through_sequencer)
@@ -283,6 +294,16 @@ class ReplicatedShard(Repairs):
                     self.state.probe_failed(r, f"heal: {describe(exc)}")
                     log.warning("shard %d replica %d: heal failed: %s", self.shard, r, describe(exc))
                     failed += 1
+        if self.anti_entropy_interval_s is not None:
+            now = self.state.clock()
+            restarted = any(st.agreement == "verifying" for st in self.state.states)
+            if restarted or now >= self.next_anti_entropy:
+                self.next_anti_entropy = now + self.anti_entropy_interval_s
+                try:
+                    await self.anti_entropy(self.digest_rescan_s)
+                except Exception as exc:  # noqa: BLE001 - compared again on the next pass
+                    log.warning("shard %d: anti-entropy pass failed: %s", self.shard, describe(exc))
+                    failed += 1
         if self.journal is not None and (healed or failed):
             self.journal.save(self.state)
         return healed, failed
@@ -311,7 +332,9 @@ class ReplicatedShard(Repairs):
     # -- the sequencer's view ----------------------------------------------------------------------------------
     def view(self) -> ShardView:
         rs = self.state
-        return ShardView(self.epoch, rs.seq, rs.committed, tuple(st.applied_seq for st in rs.states), self.resyncs)
+        return ShardView(self.epoch, rs.seq, rs.committed, tuple(st.applied_seq for st in rs.states), self.resyncs,
+                         tuple(st.agreement for st in rs.states), tuple(st.checked_at for st in rs.states),
+                         self.mismatches, self.repairs)
 
     def adopt(self, view: ShardView) -> None:
         """Take the sequencer's replica view. Views of one epoch only move forward (answers to concurrent writes
@@ -325,11 +348,15 @@ class ReplicatedShard(Repairs):
             rs.seq, rs.committed = max(rs.seq, view.seq), max(rs.committed, view.committed)
             for st, a in zip(rs.states, view.applied):
                 st.applied_seq = max(st.applied_seq, a)
-        self.resyncs = view.resyncs
+        self.resyncs, self.mismatches, self.repairs = view.resyncs, view.mismatches, view.repairs
+        if len(view.agreement) == len(rs.states):
+            for st, a, t in zip(rs.states, view.agreement, view.checked_at):
+                st.agreement, st.checked_at = a, t
 
     async def _catch_up(self, r: int) -> None:
         rs, client = self.state, self.clients[r]
-        await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)
+        info = await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)
+        rs.saw_incarnation(r, (info or {}).get("incarnation"))
         start = rs.states[r].applied_seq
         ops = [op for op in self.log if op.seq > start]
         if start < rs.seq and (not ops or ops[0].seq != start + 1):  # the writes it missed left the log

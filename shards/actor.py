@@ -213,6 +213,10 @@ class SequencerHost(Sequencer):
                                          write_quorum=config.write_quorum, timeout_s=timeout_s, hedge=False,
                                          journal=Journal(Path(journal_dir))),
                          heal_interval_s=(replication or ReplicationSettings()).heal_interval_s)
+        settings = replication or ReplicationSettings()
+        # Anti-entropy runs in this sequencer's heal passes (router.repair.Repairs.anti_entropy).
+        self.host.anti_entropy_interval_s = settings.anti_entropy_interval_s or None
+        self.host.digest_rescan_s = settings.digest_rescan_s
 
     async def close(self, drop: bool = False) -> None:
         """Close the journal; `drop`: delete it (the collection or the shard is gone)."""

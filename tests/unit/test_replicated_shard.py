@@ -22,6 +22,7 @@ class MemShard:
         self.refuse = False
         self.writes = 0
         self.incarnation = 0
+        self.blackhole = False  # fault injection: writes are acknowledged and not stored
         self.history: list[dict[str, PointRow]] = []  # the points before each write, for restart(drop_last=k)
 
     def restart(self, drop_last: int = 0):
@@ -57,6 +58,8 @@ class MemShard:
             raise InvalidRequest("points[0]: refused by the shard", field="points[0]")
         self.writes += 1
         self.history.append(dict(self.points))
+        if self.blackhole:
+            return len(points)
         for p in points:
             self.points[p.id] = p
         return len(points)
@@ -65,6 +68,8 @@ class MemShard:
         self._check()
         self.writes += 1
         self.history.append(dict(self.points))
+        if self.blackhole:
+            return 0
         return sum(self.points.pop(i, None) is not None for i in ids)
 
     async def export(self, ids):
@@ -376,3 +381,74 @@ def test_a_replay_a_replica_refuses_is_copied_from_one_that_applied_it():
     asyncio.run(heal_refusing_once())
     assert contents(clients)[0] == contents(clients)[1] and set(clients[1].points) == {"p1", "p2"}
     assert [st["state"] for st in rs.describe()] == ["live", "live"]
+
+
+# -- anti-entropy over in-memory replicas (issue 26) -----------------------------------------------------------------
+def states(rs):
+    return [st["state"] for st in rs.describe()]
+
+
+def never_live_while_different(rs, clients):
+    """The promise: a replica whose contents differ from a caught-up one's is never reported live."""
+    ref = contents(clients)[0]
+    for r, st in enumerate(rs.describe()):
+        if st["state"] == "live" and r and contents(clients)[r] != ref:
+            raise AssertionError(f"replica {r} is live but differs: {rs.describe()}")
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_replica_that_restarts_without_its_last_k_writes_is_repaired_and_never_live_meanwhile(k):
+    clock = FakeClock(1000.0)
+    clients = [MemShard(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum="majority", clock=clock)
+    rs.anti_entropy_interval_s = 30.0
+    for i in range(10):
+        asyncio.run(rs.upsert([row(i)]))
+    asyncio.run(rs.delete(["p3"]))
+    asyncio.run(rs.heal())                                 # the first pass compares them: equal
+    assert states(rs) == ["live", "live"] and rs.mismatches == 0
+    assert all(st["digest_s_ago"] is not None for st in rs.describe())
+    clients[1].fail = ShardUnavailable("actor died", shards=[0])
+    with pytest.raises(ShardUnavailable):                  # the write that saw it die
+        asyncio.run(rs.upsert([row(20)]))
+    clients[1].restart(drop_last=k)                        # back, without its last k acknowledged writes
+    never_live_while_different(rs, clients)
+    clients[1].blackhole = True                            # it acknowledges writes it does not store: the
+                                                           # replay and the first repair do not land
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    asyncio.run(rs.heal())                                 # replays write 20, sees the new incarnation, compares
+    never_live_while_different(rs, clients)
+    assert states(rs)[1] == "diverged" and rs.mismatches == 1
+    assert rs.state.read_order() == [0, 1]                 # an agreeing replica answers first
+    clients[1].blackhole = False
+    asyncio.run(rs.heal())                                 # not due yet: nothing compared
+    assert states(rs)[1] == "diverged"
+    clock.advance(30.0)
+    asyncio.run(rs.heal())                                 # the periodic pass repairs it
+    assert contents(clients)[0] == contents(clients)[1] and states(rs) == ["live", "live"]
+    assert rs.repairs >= k and rs.mismatches == 2
+
+
+def test_an_idle_equal_shard_costs_one_digest_exchange_per_replica():
+    clock = FakeClock(1000.0)
+    clients = [MemShard(0, r) for r in range(3)]
+    rs = ReplicatedShard(0, clients, key="t/0", clock=clock)
+    rs.anti_entropy_interval_s = 30.0
+    asyncio.run(rs.upsert([row(i) for i in range(50)]))
+    calls = []
+    for c in clients:
+        real = c.bucket_hashes
+
+        async def counted(buckets, real=real):
+            calls.append(len(buckets))
+            return await real(buckets)
+        c.bucket_hashes = counted
+    asyncio.run(rs.heal())
+    assert calls == [] and states(rs) == ["live"] * 3
+    clients[2].points["p7"] = PointRow(id="p7", payload={"i": "behind prism's back"}, vectors={"v": [7.0, 0.0]})
+    clock.advance(30.0)
+    asyncio.run(rs.heal())
+    assert calls == [1, 1, 1] and rs.repairs == 1          # one bucket's hashes from each replica (2 of 3 win),
+                                                           # then equal digests confirm the repair
+    assert contents(clients)[0] == contents(clients)[1] == contents(clients)[2]
+    assert clients[2].points["p7"].payload == {"i": 7}      # the majority's value, whichever replica is reference
