@@ -104,3 +104,11 @@ async def compare(shard: int, clients: Sequence[ShardApi], replicas: Sequence[in
 def now_s() -> float:
     """Wall-clock seconds: digest ages travel between processes (sequencer -> ingress)."""
     return time.time()
+
+
+async def compare_shard_replicas(shard: int, clients: Sequence[ShardApi], order: Sequence[int],
+                                 timeout_s: float = 600.0) -> Comparison:
+    """Every replica of one shard compared with the others after a full rescan of each (verify: catches rows
+    changed behind prism's back, which a kept-up-to-date digest cannot see); `order[0]` is the reference."""
+    replicas = list(order) + [r for r in range(len(clients)) if r not in order]
+    return await compare(shard, clients, replicas, replicas[0], rescan_after_s=0.0, timeout_s=timeout_s)

@@ -534,7 +534,20 @@ class VerifyResponse(BaseModel):
     extra_in_elasticsearch: int  # documents whose id no shard holds
     sample_missing: list[str] = []  # up to 100 of each, in id order
     sample_extra: list[str] = []  # listed while the shards hold at most 10,000 points (counted always)
+    replicas_equal: bool = True  # every shard's replicas hold the same ids and contents (digests compared)
+    replica_differences: list["ReplicaDifference"] = []
     drift: bool
+
+
+class ReplicaDifference(BaseModel):
+    """One replica that holds some ids differently from the other replicas of its shard (or did not answer)."""
+
+    shard: int
+    replica: int
+    reference: int | None = Field(None, description="the replica it was compared with")
+    differing: int = Field(0, description="ids held only here, missing here, or with other contents")
+    ids: list[str] = Field([], description="up to 100 of them, in id order")
+    error: str | None = Field(None, description="why it could not be compared")
 
 
 class CountRequest(_Strict):

@@ -154,3 +154,43 @@ def test_replica_process_kills_under_writes_leave_every_replica_identical(ray_se
         assert acked <= held, sorted(acked - held)[:10]
     finally:
         stop(coord)
+
+
+def test_verify_finds_a_replica_altered_behind_prisms_back_and_anti_entropy_then_repairs_it(es_server, tmp_path):
+    """In process, over milvus-lite: rows written straight into one replica's Milvus collection (prism never saw
+    them) are named by verify (shard, replica, ids), and the next anti-entropy pass makes the replicas equal."""
+    from router.metadata import MetadataStore
+    from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD
+    from shards.local import local_shards, stop_local_shards
+
+    cfg = CollectionConfig(name=f"agree{next(_n)}", shards=1, replicas=2,
+                           spaces={"v": {"dim": DIM, "metric": "cosine", "index": {"type": "FLAT"}}})
+    store = MetadataStore(es_server.uri)
+    store.ensure_index(cfg)
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path, None))
+    try:
+        coord = Coordinator.from_clients(cfg, clients, metadata=store)
+        rng = np.random.default_rng(3)
+        asyncio.run(coord.upsert([point(i, rng) for i in range(40)]))
+        clean = asyncio.run(coord.verify())
+        assert clean.replicas_equal and not clean.drift, clean
+        one = clients[0][1].target
+        name = one.names["v"]
+        v = rng.standard_normal(DIM).astype(np.float32)
+        one.backend.upsert(name, [{ID_FIELD: "p000005", VECTOR_FIELD: (v / np.linalg.norm(v)).tolist(),
+                                   PAYLOAD_FIELD: {"i": 5, "tag": "changed behind prism's back"}, META_FIELD: {}}])
+        one.backend.delete(name, ["p000007"])
+        report = asyncio.run(coord.verify())
+        assert report.drift and not report.replicas_equal
+        [diff] = report.replica_differences
+        assert diff.shard == 0 and {diff.replica, diff.reference} == {0, 1}
+        assert diff.differing == 2 and diff.ids == ["p000005", "p000007"]
+        sh = coord.shards[0]
+        found = asyncio.run(sh.anti_entropy())                     # digests rebuilt by verify's rescan
+        assert found is not None and sh.repairs == 2 and sh.mismatches == 1
+        assert [st["state"] for st in sh.describe()] == ["live", "live"]
+        assert asyncio.run(coord.verify()).replicas_equal
+        assert not asyncio.run(differences(coord))
+    finally:
+        stop_local_shards(clients, drop=True)
+        store.drop_index(cfg.name)
