@@ -248,17 +248,22 @@ def write_report() -> Path:
                   + ", ".join(f"{r['seconds']:.0f} s ({r['fault']})" for r in ch["runs"]) + ", the fault injected after "
                   "10 s, the heal loop running as the router's does. `recovery s`: from the fault's end (the last "
                   "replica killed, the server back up) until every replica is live and a query answers complete. "
-                  "`writes lost`: acknowledged writes some replica lacks at the end (every replica read back). "
+                  "`writes lost`: acknowledged writes missing on ANY replica at the end (every replica read back). "
+                  "`diverged ids`: ids some replica holds differently from another replica of its shard at the end "
+                  "(digests after a full rescan: ids and contents). `equal after s`: from the fault's end until "
+                  "every shard's replicas first had equal digests (-: not within 120 s of the load's end). "
                   "Made by `python -m deploy.bench --only chaos` (deploy/bench_chaos.py).", "",
                   "| fault | backend | shards x replicas (quorum) | queries | failed (during fault) | partial | "
                   "p99 before ms | p99 during ms | p99 after ms | fault s | recovery s | writes acked | "
-                  "writes refused | writes lost |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "writes refused | writes lost | diverged ids | equal after s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in ch["runs"]:
             lines.append(f"| {r['fault']} | {r['backend']} | {r['shards']} x {r['replicas']} ({r['write_quorum']}) | "
                          f"{r['queries']} | {r['failed']} ({r['failed_during_fault']}) | {r['partial']} | "
                          f"{r['p99_ms_before']} | {r['p99_ms_during']} | {r['p99_ms_after']} | {r['fault_s']} | "
-                         f"{r['recovery_s']} | {r['writes_acked']} | {r['writes_refused']} | {r['writes_lost']} |")
+                         f"{r['recovery_s']} | {r['writes_acked']} | {r['writes_refused']} | {r['writes_lost']} | "
+                         f"{r.get('diverged_ids', 'not measured')} | "
+                         f"{'not measured' if 'diverged_ids' not in r else r.get('replicas_equal_after_s') or '-'} |")
         lines.append("")
         for r in ch["runs"]:
             extra = [*r.get("notes", [])]
