@@ -181,7 +181,8 @@ class ReplicationSettings(_Strict):
     # Anti-entropy: replicas compared by digest this often (and right after a replica restart); 0: off.
     anti_entropy_interval_s: float = Field(default=30.0, ge=0, le=86_400)
     # Each replica rebuilds its digest by a full scan this often (catches data changed behind prism's back).
-    digest_rescan_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    # Measured (docs/benchmarks.md, anti-entropy): the scan is most of anti-entropy's idle cost, hence 6 h.
+    digest_rescan_s: float = Field(default=21_600.0, gt=0, le=7 * 86_400)
 
 
 class PlacementConfig(_Strict):

@@ -263,7 +263,7 @@ def write_report() -> Path:
                          f"{r['p99_ms_before']} | {r['p99_ms_during']} | {r['p99_ms_after']} | {r['fault_s']} | "
                          f"{r['recovery_s']} | {r['writes_acked']} | {r['writes_refused']} | {r['writes_lost']} | "
                          f"{r.get('diverged_ids', 'not measured')} | "
-                         f"{'not measured' if 'diverged_ids' not in r else r.get('replicas_equal_after_s') or '-'} |")
+                         f"{'not measured' if 'diverged_ids' not in r else '-' if r.get('replicas_equal_after_s') is None else r['replicas_equal_after_s']} |")
         lines.append("")
         for r in ch["runs"]:
             extra = [*r.get("notes", [])]
@@ -285,6 +285,25 @@ def write_report() -> Path:
         if ch.get("not_run"):
             lines.append(f"- Not run: {', '.join(ch['not_run'])}.")
         lines.append("")
+    ae = _load("antientropy")
+    if ae:
+        lines += ["## Anti-entropy: idle cost and write-path cost", "",
+                  f"Machine: {_machine_line(ae['machine'])}.", "",
+                  f"An idle, equal collection of {ae['points']:,} points ({ae['dim']}-d, one shard, {ae['replicas']} "
+                  f"replicas, {ae['backend']}) compared by digest as a sequencer does every "
+                  f"{ae['anti_entropy_interval_s']:.0f} s, each replica's digest rebuilt by a full scan every "
+                  f"{ae['digest_rescan_s'] / 3600:.0f} h. Made by `python -m deploy.bench --only antientropy` "
+                  "(deploy/bench_antientropy.py).", "",
+                  "| what | measured |", "|---|---|",
+                  f"| digest build, both replicas (full scan; also each rescan) | {ae['digest_build_s_both_replicas']} s "
+                  f"wall, {ae['digest_build_cpu_s']} s CPU |",
+                  f"| one comparison of the equal replicas (CPU, median of {ae['passes']}; max) | "
+                  f"{ae['compare_cpu_ms_median']} ms ({ae['compare_cpu_ms_max']} ms) |",
+                  f"| idle cost: comparisons + rescans amortised, % of one core | {ae['idle_cpu_percent_of_one_core']} % |",
+                  f"| one-point upsert (wait=true), median, digest kept up to date vs none ({ae['upserts_per_mode']} "
+                  f"each, alternating blocks) | {ae['upsert_ms_median_digest_kept']} ms vs "
+                  f"{ae['upsert_ms_median_no_digest']} ms |", ""]
+        lines += [f"- {n}" for n in ae.get("notes", [])] + [""]
     so = _load("scaleout")
     if so:
         lines += ["## Ingress scale-out", "", f"Machine: {_machine_line(so['machine'])}.", "",
