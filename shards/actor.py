@@ -276,8 +276,26 @@ def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]
     actors = [SequencerActor.options(name=sequencer_name(config.name, first_shard + i), **opts).remote(
         config, first_shard + i, row, str(sequencer_dir(data_path, config.name, first_shard + i)), timeout_s,
         detached, placement, replication) for i, row in enumerate(specs)]
-    views = ray.get([a.view.remote() for a in actors])
+    views = _views(actors)
     return [RaySequencerClient(a, first_shard + i, v) for i, (a, v) in enumerate(zip(actors, views))]
+
+
+def _views(actors: list[Any], within_s: float = 120.0) -> list[Any]:
+    """Each sequencer's view; one that is restarting (it crashed: it reloads its journal) is asked again until it
+    answers, within `within_s`, as `_create_all` does for replicas: an ingress starting meanwhile must not fail."""
+    deadline, views = time.monotonic() + within_s, {}
+    while len(views) < len(actors):
+        for i, a in enumerate(actors):
+            if i in views:
+                continue
+            try:
+                views[i] = ray.get(a.view.remote())
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+        if len(views) < len(actors):
+            time.sleep(0.2)  # polling a restarting actor, with a deadline
+    return [views[i] for i in range(len(actors))]
 
 
 def stop_ray_sequencers(sequencers: list[RaySequencerClient], drop: bool = False) -> None:
