@@ -125,6 +125,12 @@ class Repairs:
         the others; a replica that differs is `diverged` (not live, read last) until a comparison finds it equal.
         With one replica there is nothing to compare it with: it is taken as it is."""
         rs = self.state
+        # Digests that need a full scan (first use after a restart, a rescan due) are built before the write lock
+        # is taken: writes go on meanwhile (each replica folds the writes that land during its scan into it).
+        warm = [r for r in rs.preference if rs.states[r].healthy and rs.states[r].applied_seq >= rs.seq]
+        if len(warm) > 1:
+            await asyncio.gather(*(asyncio.wait_for(self.clients[r].digest(rescan_after_s), max(self.timeout_s, 600.0))
+                                   for r in warm), return_exceptions=True)
         async with self._lock():
             ready = [r for r in rs.preference if rs.states[r].healthy and rs.states[r].applied_seq >= rs.seq]
             if len(rs.states) == 1 and ready:
@@ -134,8 +140,7 @@ class Repairs:
                 return None  # the others are being healed; compared once they are caught up
             trusted = [r for r in ready if not rs.states[r].agreement]
             ref = (trusted or ready)[0]
-            found = await compare(self.shard, self.clients, ready, ref, rescan_after_s=rescan_after_s,
-                                  timeout_s=max(self.timeout_s, 60.0))
+            found = await compare(self.shard, self.clients, ready, ref, timeout_s=max(self.timeout_s, 60.0))
             for r, d in found.digests.items():
                 rs.saw_incarnation(r, d.get("incarnation"))
             for r, why in found.unanswered.items():

@@ -59,7 +59,10 @@ class Shard:
         self.incarnation = uuid.uuid4().hex
         self._digest: ReplicaDigest | None = None
         self._digest_at = 0.0
-        self._digest_lock = threading.Lock()
+        self._digest_lock = threading.Lock()   # held briefly: digest reads and updates
+        self._build_lock = threading.Lock()    # held for a full scan
+        self._pending: list[tuple] | None = None  # writes landing during a scan, applied to it at its end
+        self._spoiled = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def create(self, load_timeout_s: float | None = None) -> None:
@@ -95,15 +98,31 @@ class Shard:
     def digest(self, rescan_after_s: float | None = None) -> dict[str, Any]:
         """This replica's bucket digests (shards.digest): {"incarnation", "age_s" (since the last full scan),
         "ids", "buckets"}. Built by a full scan on first use and again once older than `rescan_after_s` (0: now),
-        which also catches rows changed behind prism's back."""
+        which also catches rows changed behind prism's back. Writes are not held up by a scan: the ones that land
+        meanwhile are recorded and applied to the new digest before it is installed."""
         self._ensure_open()
-        with self._digest_lock:
-            now = time.monotonic()
-            if self._digest is None or (rescan_after_s is not None and now - self._digest_at >= rescan_after_s):
-                self._digest, self._digest_at = self._scan_digest(), time.monotonic()
-            d = self._digest
-            return {"incarnation": self.incarnation, "age_s": round(time.monotonic() - self._digest_at, 3),
-                    "ids": len(d.ids), "buckets": list(d.buckets)}
+        with self._build_lock:  # one scan at a time
+            with self._digest_lock:
+                due = self._digest is None or (rescan_after_s is not None
+                                               and time.monotonic() - self._digest_at >= rescan_after_s)
+            while due:
+                with self._digest_lock:
+                    self._pending, self._spoiled = [], False
+                started, fresh = time.monotonic(), None
+                try:
+                    fresh = self._scan_digest()
+                finally:
+                    with self._digest_lock:
+                        pending, spoiled, self._pending = self._pending or [], self._spoiled, None
+                        if not spoiled and fresh is not None:
+                            for op in pending:
+                                fresh.put(*op) if len(op) == 3 else fresh.remove(*op)
+                            self._digest, self._digest_at = fresh, started
+                due = spoiled  # a write failed part-way during the scan: it may or may not have seen it
+            with self._digest_lock:
+                d = self._digest
+                return {"incarnation": self.incarnation, "age_s": round(time.monotonic() - self._digest_at, 3),
+                        "ids": len(d.ids), "buckets": list(d.buckets)}
 
     def bucket_hashes(self, buckets: Sequence[int]) -> dict[str, int]:
         """Per-id hashes of the ids in `buckets` (the digest is built first if it is not yet)."""
@@ -119,23 +138,26 @@ class Shard:
         return d
 
     def _digest_written(self, per_space: dict[str, list[dict[str, Any]]]) -> None:
+        ops = [(space, r[ID_FIELD], row_hash(space, r[ID_FIELD], r[VECTOR_FIELD], r[PAYLOAD_FIELD], r[META_FIELD]))
+               for space, rows in per_space.items() for r in rows]
+        self._digest_apply(ops)
+
+    def _digest_deleted(self, ids: Sequence[str]) -> None:
+        self._digest_apply([(space, pid) for space in self.names for pid in ids])
+
+    def _digest_apply(self, ops: list[tuple]) -> None:
+        """(space, id, hash) puts and (space, id) removes, onto the digest and onto a scan in progress."""
         with self._digest_lock:
+            if self._pending is not None:
+                self._pending.extend(ops)
             if self._digest is not None:
-                for space, rows in per_space.items():
-                    for r in rows:
-                        self._digest.put(space, r[ID_FIELD], row_hash(space, r[ID_FIELD], r[VECTOR_FIELD],
-                                                                      r[PAYLOAD_FIELD], r[META_FIELD]))
+                for op in ops:
+                    self._digest.put(*op) if len(op) == 3 else self._digest.remove(*op)
 
     def _digest_invalid(self) -> None:
         with self._digest_lock:
             self._digest = None
-
-    def _digest_deleted(self, ids: Sequence[str]) -> None:
-        with self._digest_lock:
-            if self._digest is not None:
-                for space in self.names:
-                    for pid in ids:
-                        self._digest.remove(space, pid)
+            self._spoiled = self._pending is not None  # a scan in progress may or may not have seen it
 
     def node(self) -> str | None:
         """The Ray node this replica runs on: None here (in this process); the Ray actor says its node."""
