@@ -90,3 +90,19 @@ def test_the_ingress_module_binds_describe_once():
     tree = ast.parse(pathlib.Path("router/app.py").read_text())
     imported = [a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
     assert len(imported) == len(set(imported)), sorted(n for n in imported if imported.count(n) > 1)
+
+
+def test_replica_agreement_and_heal_loop_metrics_are_exposed():
+    from types import SimpleNamespace
+
+    from router.metrics import Metrics
+
+    m = Metrics()
+    shards = [SimpleNamespace(shard=0, mismatches=2, repairs=17), SimpleNamespace(shard=1, mismatches=0, repairs=0)]
+    m.watch_replicas(lambda: [("c", sh) for sh in shards])
+    m.heal_loop_restarts.inc()
+    text = m.render().decode()
+    assert 'prism_replica_digest_mismatches_total{collection="c",shard="0"} 2.0' in text
+    assert 'prism_replica_repairs_total{collection="c",shard="0"} 17.0' in text
+    assert 'prism_replica_repairs_total{collection="c",shard="1"} 0.0' in text
+    assert "prism_heal_loop_restarts_total 1.0" in text
