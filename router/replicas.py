@@ -311,8 +311,9 @@ class ReplicatedShard(Repairs):
     async def _heal_through_sequencer(self) -> tuple[int, int]:
         healed = failed = 0
         # With one ingress every write's answer updates this view, so the sequencer is asked only when a replica
-        # is behind here; with several, each pass also learns what the others' writes left behind.
-        if self.poll_sequencer or self.state.needs_healing():
+        # is behind here, or not known to agree (verifying, diverged: this copy learns when it is repaired); with
+        # several, each pass also learns what the others' writes left behind.
+        if self.poll_sequencer or self.state.needs_healing() or any(st.agreement for st in self.state.states):
             healed, failed, view = await self.sequencer.heal()
             self.adopt(view)
         rs, now = self.state, self.state.clock()
