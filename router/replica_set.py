@@ -186,15 +186,16 @@ class ReplicaSet:
         self._fault(st, reason)
         st.next_probe_at = self.clock() + self.probe_interval_s
 
-    def saw_incarnation(self, replica: int, incarnation: str | int | None) -> bool:
+    def saw_incarnation(self, replica: int, incarnation: str | int | None, verify: bool = True) -> bool:
         """A replica answered with its process incarnation; a new one (it restarted) makes it `verifying` until
-        anti-entropy has compared it with the others. Returns whether it restarted."""
+        anti-entropy has compared it with the others (`verify`: anti-entropy runs here; else nothing would ever
+        clear it). Returns whether it restarted."""
         st = self.states[replica]
         if incarnation is None or incarnation == st.incarnation:
             return False
         restarted = st.incarnation is not None
         st.incarnation = incarnation
-        if restarted and st.agreement != "diverged":
+        if restarted and verify and st.agreement != "diverged":
             st.agreement = "verifying"
         return restarted
 

@@ -357,7 +357,7 @@ class ReplicatedShard(Repairs):
     async def _catch_up(self, r: int) -> None:
         rs, client = self.state, self.clients[r]
         info = await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)
-        rs.saw_incarnation(r, (info or {}).get("incarnation"))
+        rs.saw_incarnation(r, (info or {}).get("incarnation"), verify=self.anti_entropy_interval_s is not None)
         start = rs.states[r].applied_seq
         ops = [op for op in self.log if op.seq > start]
         if start < rs.seq and (not ops or ops[0].seq != start + 1):  # the writes it missed left the log

@@ -452,3 +452,21 @@ def test_an_idle_equal_shard_costs_one_digest_exchange_per_replica():
                                                            # then equal digests confirm the repair
     assert contents(clients)[0] == contents(clients)[1] == contents(clients)[2]
     assert clients[2].points["p7"].payload == {"i": 7}      # the majority's value, whichever replica is reference
+
+
+def test_without_anti_entropy_a_restarted_replica_is_live_once_caught_up():
+    """Nothing would compare it: a restart must not leave it `verifying` for good (an in-process coordinator)."""
+    clock = FakeClock(1000.0)
+    clients = [MemShard(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum=1, clock=clock)
+    clients[1].fail = ShardUnavailable("actor died", shards=[0])
+    asyncio.run(rs.upsert([row(1)]))
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    clients[1].fail = None
+    asyncio.run(rs.heal())                                  # learns its first incarnation
+    clients[1].fail = ShardUnavailable("actor died", shards=[0])
+    asyncio.run(rs.upsert([row(2)]))
+    clients[1].restart()
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    asyncio.run(rs.heal())
+    assert states(rs) == ["live", "live"]
