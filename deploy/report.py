@@ -251,7 +251,9 @@ def write_report() -> Path:
                   "`writes lost`: acknowledged writes missing on ANY replica at the end (every replica read back). "
                   "`diverged ids`: ids some replica holds differently from another replica of its shard at the end "
                   "(digests after a full rescan: ids and contents). `equal after s`: from the fault's end until "
-                  "every shard's replicas first had equal digests (-: not within 120 s of the load's end). "
+                  "every shard's replicas first had equal digests, polled once a second while the load goes on (a write "
+                  "in flight makes a poll see them differ, so this is an upper bound; -: not within 120 s of the "
+                  "load's end). "
                   "Made by `python -m deploy.bench --only chaos` (deploy/bench_chaos.py).", "",
                   "| fault | backend | shards x replicas (quorum) | queries | failed (during fault) | partial | "
                   "p99 before ms | p99 during ms | p99 after ms | fault s | recovery s | writes acked | "

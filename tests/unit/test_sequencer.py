@@ -8,7 +8,7 @@ import random
 import pytest
 
 from cluster.errors import InvalidRequest, ShardUnavailable
-from router.replicas import ReplicatedShard, ShardView
+from router.replicas import ReplicatedShard
 from router.sequencer import Journal, Sequencer
 from shards.api import PointRow
 from tests.clock import FakeClock
