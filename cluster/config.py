@@ -172,6 +172,18 @@ class BatchSettings(_Strict):
     max_specs: int = Field(default=64, ge=1, le=4096)
 
 
+class ReplicationSettings(_Strict):
+    """How each shard's sequencer keeps its replicas equal (docs/operations.md, "Replica agreement")."""
+
+    # The sequencer's own heal pass (probe dead replicas, replay missed writes): it does not wait for an ingress.
+    heal_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    # Anti-entropy: replicas compared by digest this often (and right after a replica restart); 0: off.
+    anti_entropy_interval_s: float = Field(default=30.0, ge=0, le=86_400)
+    # Each replica rebuilds its digest by a full scan this often (catches data changed behind prism's back).
+    # Measured (docs/benchmarks.md, anti-entropy): the scan is most of anti-entropy's idle cost, hence 6 h.
+    digest_rescan_s: float = Field(default=21_600.0, gt=0, le=7 * 86_400)
+
+
 class PlacementConfig(_Strict):
     """Ray resources of prism's actors. Only encoders use GPUs: shard actors are Milvus clients and compute
     nothing on one (GPU indexes run inside a GPU-enabled Milvus, whose query and index nodes hold the GPUs)."""
@@ -362,6 +374,7 @@ class ClusterConfig(_Strict):
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     batching: BatchSettings = Field(default_factory=BatchSettings)
+    replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
     query_budget_ms: int | None = Field(default=None, ge=1, le=600_000)  # default per-request budget_ms
     # Payloads return with the search while shards x prefetch limits <= this; above it the page is hydrated in a

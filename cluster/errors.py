@@ -14,6 +14,8 @@
     ├── ModelUnavailable            503: an encoder's weights are missing
     ├── MetadataUnavailable         503: a filter needs Elasticsearch and none is configured
     └── BackendError                502: Milvus / Elasticsearch failed on a write or an admin call
+        ├── IndexRefused            Elasticsearch refused some documents of a bulk write
+        └── WriteRefused            a reachable Milvus refused a write (the data, not the server's state)
 
 Messages never carry the credentials of a URI (`https://user:secret@es:9200` reads `https://***@es:9200`): backend
 errors quote their endpoint, and an operator may have put a password in it.
@@ -134,6 +136,13 @@ class MetadataUnavailable(PrismError):
 class BackendError(PrismError):
     status = 502
     code = "backend_error"
+
+
+class WriteRefused(BackendError):
+    """A reachable Milvus refused a write for what it holds (a value it cannot store), not because it is down: the
+    same write would be refused again, so it is not retried or replayed (router.replicas: it ends nowhere)."""
+
+    code = "write_refused"
 
 
 class IndexRefused(BackendError):

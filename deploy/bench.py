@@ -641,15 +641,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
     ap.add_argument("--only",
                     default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny,auth,"
-                            "stages,grpc,scaleout,json_depth",
+                            "stages,grpc,scaleout,json_depth,antientropy",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness, batching, tiny, auth, stages, grpc, scaleout, json_depth")
+                         "freshness, batching, tiny, auth, stages, grpc, scaleout, json_depth, antientropy")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--backends", default="server,lite")
-    ap.add_argument("--chaos-faults", default="replica_kill,milvus_restart,es_outage,ingress_restart",
+    ap.add_argument("--chaos-faults", default="replica_kill,node_loss,milvus_restart,es_outage,ingress_restart",
                     help="chaos runs to make; the other faults' rows in docs/bench/chaos.json are kept")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
@@ -717,6 +717,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_json_depth import run as bench_json_depth
 
             write_json("json_depth", {"machine": machine(), **bench_json_depth()})
+        if "antientropy" in sections:
+            from deploy.bench_antientropy import run as bench_antientropy
+
+            write_json("antientropy", {"machine": machine(), **bench_antientropy(workdir / "antientropy")})
         if "grpc" in sections:
             from deploy.bench_grpc import run as bench_grpc
 

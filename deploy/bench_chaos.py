@@ -4,10 +4,13 @@ Load: `concurrency` workers for `seconds`, 80% vector queries (top 10) and 20% u
 coordinator's heal loop running every 0.5 s as the router's does. Each fault is injected after `warmup_s`; a run
 reports the queries, how many failed or came back partial, p99 during the fault and after it, the time from the
 fault's end (the replica killed, the server back) until every replica is live again and a query answers complete,
-the writes acknowledged and how many of them some replica lacks at the end (every replica is read back).
+and, at the end, every shard's replicas compared with each other and with what was acknowledged
+(deploy/chaos_checks.py): `diverged_ids` (ids a replica holds differently from its twin, after a full rescan),
+`replicas_equal_after_s` (from the fault's end until every shard's replicas first had equal digests) and
+`writes_lost` (acknowledged writes missing on ANY replica).
 
-Faults: `replica_kill` (a shard replica's Ray actor killed every 10 s; Ray restarts it and the coordinator
-replays what it missed), `node_loss` (a second Ray node's raylet killed under load, in a subprocess attached to a
+Faults: `replica_kill` (a shard replica actor's process SIGKILLed every 10 s, default quorum, writes through the
+sequencers; Ray restarts it and the sequencer replays what it missed), `node_loss` (a second Ray node's raylet killed under load, in a subprocess attached to a
 two-node cluster), `milvus_restart` (the Milvus 2.3 server all replicas use stopped by process group and started
 again on its port and data dir), `es_outage` (the Elasticsearch-API server stopped for `outage_s`; a third of the
 queries carry a filter only Elasticsearch can answer), `ingress_restart` (writes ordered by the shards' sequencer
@@ -29,6 +32,7 @@ from typing import Any
 from cluster.config import CollectionConfig, MilvusConfig
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.coordinator import Coordinator
+from deploy.chaos_checks import final_check, watch_equal
 from router.models import Point, QueryRequest
 
 DIM = 64
@@ -119,19 +123,19 @@ async def run_load(coord: Coordinator, fault: Fault, *, seconds: float, warmup_s
         window["recovered"] = time.perf_counter() - t0
 
     heal_task = asyncio.create_task(healer())
+    equal_task = asyncio.create_task(watch_equal(coord, window, t0))
     try:
         await asyncio.gather(injector(), *(worker() for _ in range(concurrency)))
         deadline = time.perf_counter() + 120
         while time.perf_counter() < deadline and not all_live(coord):
             await asyncio.sleep(0.5)
+        await asyncio.wait_for(equal_task, 120)  # the load is over: replicas must come to equal digests
+    except asyncio.TimeoutError:
+        pass  # reported as null: never equal within 120 s of the load's end
     finally:
         heal_task.cancel()
-    lost = 0
-    for sh in coord.shards:
-        mine = [i for i in acked if coord.shard_of(i) == sh.shard]
-        for c in sh.clients:
-            held = await c.get(mine)
-            lost = max(lost, len(set(mine) - set(held)))
+        equal_task.cancel()
+    checked = await final_check(coord, acked)
     fs, fe, rec = window["start"], window.get("end", window["start"]), window["recovered"]
     during = [ms for t, ms, o in samples if fs <= t < rec and o != "failed"]
     after = [ms for t, ms, o in samples if t >= rec and o != "failed"]
@@ -147,7 +151,8 @@ async def run_load(coord: Coordinator, fault: Fault, *, seconds: float, warmup_s
             "p99_ms_before": _pct([ms for t, ms, o in samples if t < fs and o != "failed"], 99),
             "p99_ms_during": _pct(during, 99), "p99_ms_after": _pct(after, 99),
             "fault_s": round(fe - fs, 2), "recovery_s": round(rec - fe, 2),
-            "writes_acked": len(acked), "writes_refused": refused_writes[0] * 10, "writes_lost": lost,
+            "writes_acked": len(acked), "writes_refused": refused_writes[0] * 10, **checked,
+            "replicas_equal_after_s": round(window["equal_at"] - fe, 2) if "equal_at" in window else None,
             "seconds": seconds, "concurrency": concurrency, "shards": coord.config.shards,
             "replicas": coord.config.replicas, "write_quorum": coord.config.write_quorum, "notes": fault.notes}
 
@@ -159,36 +164,47 @@ async def _load(coord: Coordinator, vecs: Any, n: int, payload: Callable[[int], 
 
 
 def replica_kill(workdir: Path, seconds: float, concurrency: int, n: int = 20_000) -> dict:
-    """Ray actors on milvus-lite, 3 shards x 2 replicas, write quorum 1; a replica killed every 10 s."""
+    """Ray actors on milvus-lite, 3 shards x 2 replicas at the default write quorum (majority), writes through the
+    shards' sequencers as the ingress sends them; a replica actor's PROCESS SIGKILLed every 10 s (Ray restarts it;
+    the sequencer replays what it missed and compares it with its twin)."""
+    import os
+    import signal
+
     import ray
 
-    from shards.actor import start_ray_shards, stop_ray_shards
+    from shards.actor import start_ray_sequencers, start_ray_shards, stop_ray_sequencers, stop_ray_shards
     from shards.local import replica_specs
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench-chaos")
-    cfg = CollectionConfig(name="chaos", shards=3, replicas=2, write_quorum=1,
-                           spaces={"v": {"dim": DIM, "index": {"type": "HNSW"}}})
-    clients = start_ray_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None))
-    coord = Coordinator.from_clients(cfg, clients, timeout_s=5.0)
+    cfg = CollectionConfig(name="chaos", shards=3, replicas=2, spaces={"v": {"dim": DIM, "index": {"type": "HNSW"}}})
+    specs = replica_specs(cfg, MilvusConfig(mode="lite"), workdir, None)
+    clients = start_ray_shards(cfg, specs, detached=True)
+    coord = Coordinator.from_clients(cfg, clients, timeout_s=5.0, poll_sequencer=False,
+                                     sequencers=start_ray_sequencers(cfg, specs, workdir, timeout_s=5.0, detached=True))
     vecs = gaussian_mixture(n, DIM, seed=5)
     kills = max(1, int((seconds - 20) // 10))
+
+    def pid_of(actor: Any) -> int:
+        return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=60)
 
     async def inject(c: Coordinator) -> None:
         for k in range(kills):
             shard, replica = k % 3, (k // 3) % 2
-            ray.kill(c.shards[shard].clients[replica].actor, no_restart=False)
+            os.kill(await asyncio.to_thread(pid_of, c.shards[shard].clients[replica].actor), signal.SIGKILL)
             if k < kills - 1:
                 await asyncio.sleep(10)
 
     try:
         asyncio.run(_load(coord, vecs, n))
         qs = [q.tolist() for q in query_vectors(200, DIM, seed=6, base_seed=5)]
-        row = asyncio.run(run_load(coord, Fault("replica_kill", inject, notes=[f"{kills} kills, 10 s apart"]),
-                                   seconds=seconds, warmup_s=10, concurrency=concurrency, vecs=vecs, qs=qs))
+        row = asyncio.run(run_load(coord, Fault("replica_kill", inject, notes=[
+            f"{kills} replica processes SIGKILLed, 10 s apart"]), seconds=seconds, warmup_s=10,
+            concurrency=concurrency, vecs=vecs, qs=qs))
     finally:
+        stop_ray_sequencers([sh.sequencer for sh in coord.shards], drop=True)
         stop_ray_shards(clients)
         ray.shutdown()
-    return {**row, "points": n, "backend": "milvus-lite, Ray actors"}
+    return {**row, "points": n, "backend": "milvus-lite, Ray actors, sequencer actors"}
 
 
 def milvus_restart(workdir: Path, seconds: float, concurrency: int, n: int = 5_000) -> dict:

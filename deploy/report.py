@@ -252,17 +252,24 @@ def write_report() -> Path:
                   + ", ".join(f"{r['seconds']:.0f} s ({r['fault']})" for r in ch["runs"]) + ", the fault injected after "
                   "10 s, the heal loop running as the router's does. `recovery s`: from the fault's end (the last "
                   "replica killed, the server back up) until every replica is live and a query answers complete. "
-                  "`writes lost`: acknowledged writes some replica lacks at the end (every replica read back). "
+                  "`writes lost`: acknowledged writes missing on ANY replica at the end (every replica read back). "
+                  "`diverged ids`: ids some replica holds differently from another replica of its shard at the end "
+                  "(digests after a full rescan: ids and contents). `equal after s`: from the fault's end until "
+                  "every shard's replicas first had equal digests, polled once a second while the load goes on (a write "
+                  "in flight makes a poll see them differ, so this is an upper bound; -: not within 120 s of the "
+                  "load's end). "
                   "Made by `python -m deploy.bench --only chaos` (deploy/bench_chaos.py).", "",
                   "| fault | backend | shards x replicas (quorum) | queries | failed (during fault) | partial | "
                   "p99 before ms | p99 during ms | p99 after ms | fault s | recovery s | writes acked | "
-                  "writes refused | writes lost |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "writes refused | writes lost | diverged ids | equal after s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in ch["runs"]:
             lines.append(f"| {r['fault']} | {r['backend']} | {r['shards']} x {r['replicas']} ({r['write_quorum']}) | "
                          f"{r['queries']} | {r['failed']} ({r['failed_during_fault']}) | {r['partial']} | "
                          f"{r['p99_ms_before']} | {r['p99_ms_during']} | {r['p99_ms_after']} | {r['fault_s']} | "
-                         f"{r['recovery_s']} | {r['writes_acked']} | {r['writes_refused']} | {r['writes_lost']} |")
+                         f"{r['recovery_s']} | {r['writes_acked']} | {r['writes_refused']} | {r['writes_lost']} | "
+                         f"{r.get('diverged_ids', 'not measured')} | "
+                         f"{'not measured' if 'diverged_ids' not in r else '-' if r.get('replicas_equal_after_s') is None else r['replicas_equal_after_s']} |")
         lines.append("")
         for r in ch["runs"]:
             extra = [*r.get("notes", [])]
@@ -284,6 +291,25 @@ def write_report() -> Path:
         if ch.get("not_run"):
             lines.append(f"- Not run: {', '.join(ch['not_run'])}.")
         lines.append("")
+    ae = _load("antientropy")
+    if ae:
+        lines += ["## Anti-entropy: idle cost and write-path cost", "",
+                  f"Machine: {_machine_line(ae['machine'])}.", "",
+                  f"An idle, equal collection of {ae['points']:,} points ({ae['dim']}-d, one shard, {ae['replicas']} "
+                  f"replicas, {ae['backend']}) compared by digest as a sequencer does every "
+                  f"{ae['anti_entropy_interval_s']:.0f} s, each replica's digest rebuilt by a full scan every "
+                  f"{ae['digest_rescan_s'] / 3600:.0f} h. Made by `python -m deploy.bench --only antientropy` "
+                  "(deploy/bench_antientropy.py).", "",
+                  "| what | measured |", "|---|---|",
+                  f"| digest build, both replicas (full scan; also each rescan) | {ae['digest_build_s_both_replicas']} s "
+                  f"wall, {ae['digest_build_cpu_s']} s CPU |",
+                  f"| one comparison of the equal replicas (CPU, median of {ae['passes']}; max) | "
+                  f"{ae['compare_cpu_ms_median']} ms ({ae['compare_cpu_ms_max']} ms) |",
+                  f"| idle cost: comparisons + rescans amortised, % of one core | {ae['idle_cpu_percent_of_one_core']} % |",
+                  f"| one-point upsert (wait=true), median, digest kept up to date vs none ({ae['upserts_per_mode']} "
+                  f"each, alternating blocks) | {ae['upsert_ms_median_digest_kept']} ms vs "
+                  f"{ae['upsert_ms_median_no_digest']} ms |", ""]
+        lines += [f"- {n}" for n in ae.get("notes", [])] + [""]
     so = _load("scaleout")
     if so:
         lines += ["## Ingress scale-out", "", f"Machine: {_machine_line(so['machine'])}.", "",

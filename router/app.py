@@ -14,10 +14,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, describe
+from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
 from router.bodies import allowed_hosts, check_json_content_type, parse_json
 from router.edge import ERROR_HANDLERS, Observe, refusal_response
-from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, describe as describe_api, documented
+from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, documented, with_schemas
 from router.metrics import process_state
 from router.models import (
     BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
@@ -37,7 +37,7 @@ def _openapi() -> dict[str, Any]:
     if api.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
-        api.openapi_schema = describe_api(get_openapi(title=api.title, version=api.version, description=api.description,
+        api.openapi_schema = with_schemas(get_openapi(title=api.title, version=api.version, description=api.description,
                                                   routes=api.routes))
     return api.openapi_schema
 
@@ -165,26 +165,20 @@ class Ingress:
             stop_shards=stop_ray_shards,
             start_sequencers=lambda c, specs, first_shard=0: start_ray_sequencers(
                 c, specs, cfg.data_path, timeout_s=cfg.shard_timeout_s, detached=True, first_shard=first_shard,
-                placement=cfg.placement),
+                placement=cfg.placement, replication=cfg.replication),
             stop_sequencers=stop_ray_sequencers, observe_shard=self.state.metrics.observe_shard,
             observe_stage=self.state.metrics.observe_stage, metadata=metadata_store(cfg),
         )
         self.state.metrics.watch_caches({"results": self.service.results, "embeddings": self.service.embeddings})
+        self.state.metrics.watch_replicas(lambda: [(name, sh) for name, coord in list(self.service.coordinators.items())
+                                                   for sh in coord.shards])
         await asyncio.to_thread(self.service.open_catalog)
-        self._healer = asyncio.create_task(self._heal_forever())
+        from router.healing import HealLoop
 
-    async def _heal_forever(self, period_s: float = 1.0) -> None:
-        """Probe dead replicas and replay missed writes in the background; failures are logged and counted."""
-        while True:
-            await asyncio.sleep(period_s)
-            try:
-                done = await self.service.heal()
-            except Exception as exc:  # noqa: BLE001 - healing retries on the next tick
-                log.warning("healing pass failed: %s", describe(exc))
-                self.state.metrics.heal_failures.inc()
-                continue
-            if done["failed"]:
-                self.state.metrics.heal_failures.inc(done["failed"])
+        metrics = self.state.metrics
+        self.healer = HealLoop(self.service.heal, failed=metrics.heal_failures.inc,
+                               restarted=metrics.heal_loop_restarts.inc)
+        self._healer = asyncio.create_task(self.healer.supervise())  # held: a task nobody holds may be collected
 
     async def _encode(self, name: str, texts: list[str], document: bool = False) -> list[tuple[list[float], bool]]:
         handle = self.encoders.get(name)

@@ -24,11 +24,12 @@ from router.fusion import contributions, fuse
 from router.merge import merge_topk
 from router.models import (
     Coverage, DeleteResponse, Explanation, Hit, HitGroup, Point, PrefetchExplanation, QueryRequest, QueryResponse,
-    ShardFailure, StageExplanation, UpsertResponse, VerifyResponse,
+    ReplicaDifference, ShardFailure, StageExplanation, UpsertResponse, VerifyResponse,
     select_payload,
 )
 from router.plan import INLINE_PAYLOAD_MAX, inline_payload
 from router.stages import Boost, Group, formula, group_by, mmr
+from router.antientropy import compare_shard_replicas
 from router.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate
 from router.timing import Stages
 from router.vectors import Encode, EncodeImages, Vectors, merge_updates
@@ -345,9 +346,25 @@ class Coordinator:
         documents = await self.filtering.documents()
         extra = documents - (held - len(missing))
         listed = await self.filtering.extra_documents(known, sample) if extra > 0 and held <= list_extra_up_to else []
+        replicas = await self.verify_replicas(sample)
         return VerifyResponse(collection=self.config.name, shard_points=held, elasticsearch_documents=documents,
                               missing_in_elasticsearch=len(missing), extra_in_elasticsearch=extra,
-                              sample_missing=missing[:sample], sample_extra=listed, drift=bool(missing or extra))
+                              sample_missing=missing[:sample], sample_extra=listed, replicas_equal=not replicas,
+                              replica_differences=replicas, drift=bool(missing or extra or replicas))
+
+    async def verify_replicas(self, sample: int = 100) -> list[ReplicaDifference]:
+        """Every shard's replicas compared with each other by digest after a full rescan (ids and contents)."""
+        found = await asyncio.gather(*(compare_shard_replicas(sh.shard, sh.clients, sh.state.read_order())
+                                       for sh in self.shards if len(sh.clients) > 1))
+        out = []
+        for c in found:
+            for r, why in sorted(c.unanswered.items()):
+                out.append(ReplicaDifference(shard=c.shard, replica=r, reference=c.reference, error=why))
+            for r, ids in sorted(c.differing.items()):
+                if ids:
+                    out.append(ReplicaDifference(shard=c.shard, replica=r, reference=c.reference,
+                                                 differing=len(ids), ids=ids[:sample]))
+        return out
 
     # -- writes ------------------------------------------------------------------------------------------------
     def _writable(self) -> None:

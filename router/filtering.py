@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, FilterSettings
-from cluster.errors import BackendError, IndexRefused, InvalidRequest, MetadataUnavailable
+from cluster.errors import BackendError, IndexRefused, InvalidRequest, MetadataUnavailable, ShardUnavailable
 from router.filters import Node, and_, parse_filter, split_conjuncts, to_es
 from router.merge import merge_topk
 from router.models import QueryRequest
@@ -31,6 +31,14 @@ Search = Callable[[list[SearchSpec]], Awaitable[tuple[list[list[list[ScoredId]]]
 # held(ids) -> (what the shards hold for them, by id; {shard that did not answer: its error})
 Fetch = Callable[[list[str]], Awaitable[tuple[dict[str, Any], dict[int, Any]]]]
 log = logging.getLogger("prism.filtering")
+
+
+def rolls_forward(exc: BaseException) -> bool:
+    """Whether a failed shard write will still be applied: one that missed its quorum (or whose sequencer did not
+    answer) is in the shard's log and reaches every replica once they are back, so Elasticsearch must keep it too
+    (rolling it back there made the stores end different). A refused write (4xx, or a value Milvus will not
+    store) ends nowhere, so Elasticsearch is put back."""
+    return isinstance(exc, ShardUnavailable)
 
 
 class Filtering:
@@ -170,7 +178,9 @@ class Filtering:
             raise
         try:
             await write()
-        except BaseException:
+        except BaseException as exc:
+            if rolls_forward(exc):  # the shards will hold it (logged, replayed to who missed it): so does ES
+                raise
             await self._resync([r.id for r in rows], held, wait)
             raise
 
@@ -185,7 +195,9 @@ class Filtering:
         await asyncio.to_thread(store.delete, self.config.name, ids, wait)
         try:
             return await write()
-        except BaseException:
+        except BaseException as exc:
+            if rolls_forward(exc):
+                raise
             await self._resync(ids, held, wait)
             raise
 

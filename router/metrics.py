@@ -25,6 +25,8 @@ class Metrics:
                               registry=self.registry)
         self.heal_failures = Counter("prism_heal_failures_total", "Replica probes or catch-ups that failed in the "
                                      "background healer", registry=self.registry)
+        self.heal_loop_restarts = Counter("prism_heal_loop_restarts_total", "Times the background heal loop ended "
+                                          "and was restarted by its supervisor", registry=self.registry)
         self.stages = Histogram("prism_query_stage_seconds", "Time per query stage: plan, embed, fan_out, "
                                 "merge_fuse, hydrate", ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.partial = Counter("prism_partial_answers_total", "Query answers missing at least one shard",
@@ -39,6 +41,10 @@ class Metrics:
     def watch_caches(self, caches: dict[str, Any]) -> None:
         """Expose each cache's hits, misses, evictions, expiries, entries and bytes (read at scrape time)."""
         self.registry.register(_CacheCollector(caches))
+
+    def watch_replicas(self, shards: Any) -> None:
+        """Expose anti-entropy's counts per shard; `shards()` yields (collection, ReplicatedShard) pairs."""
+        self.registry.register(_ReplicaCollector(shards))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -61,6 +67,26 @@ class _CacheCollector:
             for name, cache in self.caches.items():
                 fam.add_metric([name], get(cache))
             yield fam
+
+
+class _ReplicaCollector:
+    """prism_replica_digest_mismatches_total{collection,shard} (replicas anti-entropy found differing from the
+    others) and prism_replica_repairs_total{collection,shard} (ids it copied to repair them), as each shard's
+    sequencer reports them in its view (or this process counted them, without sequencers)."""
+
+    def __init__(self, shards: Any):
+        self.shards = shards
+
+    def collect(self):
+        mism = CounterMetricFamily("prism_replica_digest_mismatches", "Replicas anti-entropy found differing from "
+                                   "the others", labels=["collection", "shard"])
+        reps = CounterMetricFamily("prism_replica_repairs", "Ids anti-entropy copied to repair a differing replica",
+                                   labels=["collection", "shard"])
+        for name, sh in self.shards():
+            mism.add_metric([name, str(sh.shard)], sh.mismatches)
+            reps.add_metric([name, str(sh.shard)], sh.repairs)
+        yield mism
+        yield reps
 
 
 class ProcessState:

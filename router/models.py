@@ -553,7 +553,20 @@ class VerifyResponse(BaseModel):
     extra_in_elasticsearch: int  # documents whose id no shard holds
     sample_missing: list[str] = []  # up to 100 of each, in id order
     sample_extra: list[str] = []  # listed while the shards hold at most 10,000 points (counted always)
+    replicas_equal: bool = True  # every shard's replicas hold the same ids and contents (digests compared)
+    replica_differences: list["ReplicaDifference"] = []
     drift: bool
+
+
+class ReplicaDifference(BaseModel):
+    """One replica that holds some ids differently from the other replicas of its shard (or did not answer)."""
+
+    shard: int
+    replica: int
+    reference: int | None = Field(None, description="the replica it was compared with")
+    differing: int = Field(0, description="ids held only here, missing here, or with other contents")
+    ids: list[str] = Field([], description="up to 100 of them, in id order")
+    error: str | None = Field(None, description="why it could not be compared")
 
 
 class CountRequest(_Strict):
@@ -594,7 +607,8 @@ class ShardInfo(BaseModel):
     shard: int
     replica: int
     counts: dict[str, int]
-    state: str = "live"  # live | stale (behind on writes) | dead
+    state: str = Field("live", description="live | stale (behind on writes) | verifying (restarted, not yet compared "
+                       "with the other replicas) | diverged (known to differ, being repaired) | dead")
     applied_seq: int = 0
     shard_seq: int = 0
     lag: int = Field(0, description="writes issued to this shard that the replica has not applied yet")
@@ -603,6 +617,9 @@ class ShardInfo(BaseModel):
     last_fault: str | None = Field(None, description="the last failure seen, kept after recovery")
     last_fault_s_ago: float | None = None
     node: str | None = Field(None, description="the Ray node the replica runs on (none: in-process or not answering)")
+    agreement: str = Field("agrees", description="anti-entropy's verdict: agrees | verifying | diverged")
+    digest_s_ago: float | None = Field(None, description="seconds since anti-entropy last found this replica equal to "
+                                       "the others (none: not compared yet)")
 
 
 class CollectionInfo(BaseModel):

@@ -1,7 +1,7 @@
 """The OpenAPI description of the HTTP API: request bodies, error answers and security schemes.
 
 Endpoints read their JSON bodies themselves (nesting is bounded before parsing, and errors name the field), so
-FastAPI cannot see their request models; each route names its model here and `describe` adds the schemas, so
+FastAPI cannot see their request models; each route names its model here and `with_schemas` adds the schemas, so
 `/openapi.json` documents every body, every answer and every error, and clients can be generated from it.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def request_schemas() -> dict[str, dict[str, Any]]:
     return out
 
 
-def describe(schema: dict[str, Any]) -> dict[str, Any]:
+def with_schemas(schema: dict[str, Any]) -> dict[str, Any]:
     """Add request schemas and security to FastAPI's generated description (open routes need no key)."""
     comps = schema.setdefault("components", {})
     schemas = comps.setdefault("schemas", {})

@@ -1,14 +1,7 @@
-"""One shard's replicas: their ordering, health and write quorum (`ReplicaSet`, pure, clock injected) and the
-replication protocol over them (`ReplicatedShard`: read failover, hedged reads past a replica's p95, searches
-batched across concurrent queries, sequenced quorum writes, operation log, heal).
-
-A replica is *readable* when it has applied every acknowledged write of its shard (applied_seq >= committed; a
-write still in flight, or one that missed its quorum, does not make the others unreadable) and
-*healthy* unless it failed `fail_threshold` calls in a row (or its actor died). Reads go to healthy readable
-replicas in a stable ring order (so caches stay warm), demoting a replica whose latency EWMA is far above the
-best one; a dead-but-readable replica is tried only as a last resort. Writes go to the healthy replicas that have
-applied every write issued so far, and are acknowledged at the write quorum; the rest catch up by replaying the
-shard's operation log before they serve reads again.
+"""One shard's replicas behind one read/write interface (`ReplicatedShard`): read failover, hedged reads past a
+replica's p95, searches batched across concurrent queries, sequenced quorum writes, the operation log, heal, and
+anti-entropy. What it knows of each replica is a `router.replica_set.ReplicaSet`; how replicas are brought back in
+step is `router.repair`.
 """
 from __future__ import annotations
 
@@ -17,192 +10,26 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cluster.config import BatchSettings, CollectionConfig
-from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable, SpaceNotFound, describe
-from cluster.ring import HashRing
+from cluster.errors import InvalidRequest, ShardUnavailable, SpaceNotFound, describe
 from router.batching import Coalescer
 from router.plan import adapt_params
+from router.oplog import LoggedOp, OpLog
+from router.repair import REFUSALS, RESYNC_BATCH, Repairs, apply_op  # noqa: F401 - RESYNC_BATCH: re-exported
+from router.replica_set import (  # noqa: F401 - re-exported: callers import them from here
+    FAIL_THRESHOLD, PROBE_INTERVAL_S, ReplicaSet, ReplicaState, quorum,
+)
 from shards.api import PointRow, ScoredId, SearchSpec, ShardApi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-HEDGE_SAMPLES = 64      # latencies kept per replica for its p95
-HEDGE_MIN_SAMPLES = 10  # no hedging before a replica's p95 means something
-FAIL_THRESHOLD = 3
-PROBE_INTERVAL_S = 1.0
-EWMA_ALPHA = 0.2
-SLOW_FACTOR = 4.0
-
-
-def quorum(setting: str | int, replicas: int) -> int:
-    """How many replica acks a write needs: 'all', 'majority' (floor(n/2)+1) or an integer in 1..n."""
-    if setting == "all":
-        return replicas
-    if setting == "majority":
-        return replicas // 2 + 1
-    if isinstance(setting, bool) or not isinstance(setting, int) or not 1 <= setting <= replicas:
-        raise ConfigError(f"write quorum must be 'all', 'majority' or 1..{replicas}, got {setting!r}",
-                          field="write_quorum")
-    return setting
-
-
-@dataclass
-class ReplicaState:
-    replica: int
-    applied_seq: int = 0
-    failures: int = 0
-    healthy: bool = True
-    ewma_ms: float | None = None
-    next_probe_at: float = 0.0
-    last_error: str = ""
-    faults: int = 0           # failures seen, ever (last_error clears on success; these stay for status)
-    last_fault: str = ""
-    last_fault_at: float | None = None
-    samples: deque = field(default_factory=lambda: deque(maxlen=HEDGE_SAMPLES))  # recent read latencies, ms
-
-    def state(self, committed: int) -> str:
-        if not self.healthy:
-            return "dead"
-        return "live" if self.applied_seq >= committed else "stale"
-
-
-@dataclass
-class ReplicaSet:
-    """The replicas of one shard and what the coordinator knows about them."""
-
-    shard: int
-    replicas: int
-    key: str = ""
-    clock: Callable[[], float] = time.monotonic
-    fail_threshold: int = FAIL_THRESHOLD
-    probe_interval_s: float = PROBE_INTERVAL_S
-    seq: int = 0          # last write issued (in the operation log)
-    committed: int = 0    # last write acknowledged at quorum
-    states: list[ReplicaState] = field(default_factory=list)
-    preference: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.states = [ReplicaState(r) for r in range(self.replicas)]
-        # A stable per-shard preference from the ring: every coordinator sends this shard's reads to the same
-        # first replica, so its caches stay warm.
-        self.preference = [int(r) for r in HashRing(range(self.replicas)).preference(self.key or f"shard-{self.shard}")]
-
-    # -- reads -------------------------------------------------------------------------------------------------
-    def read_order(self) -> list[int]:
-        """Healthy readable replicas (slow ones demoted), then dead-but-readable ones as a last resort."""
-        readable = [r for r in self.preference if self.states[r].applied_seq >= self.committed]
-        healthy = [r for r in readable if self.states[r].healthy]
-        best = min((self.states[r].ewma_ms for r in healthy if self.states[r].ewma_ms is not None), default=None)
-
-        def slow(r: int) -> bool:
-            e = self.states[r].ewma_ms
-            return best is not None and e is not None and e > SLOW_FACTOR * max(best, 1.0)
-
-        ordered = [r for r in healthy if not slow(r)] + [r for r in healthy if slow(r)]
-        return ordered + [r for r in readable if not self.states[r].healthy]
-
-    # -- writes ------------------------------------------------------------------------------------------------
-    def write_targets(self) -> list[int]:
-        """Replicas that can apply the next write in order: caught up and healthy."""
-        return [r for r in self.preference if self.states[r].applied_seq >= self.seq and self.states[r].healthy]
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def abandon(self, seq: int) -> None:
-        """The write `seq` (the last one issued) was refused as a bad request: it never happened."""
-        if seq != self.seq:
-            raise RuntimeError(f"only the last write can be abandoned (last {self.seq}, got {seq})")
-        self.seq -= 1
-        for st in self.states:
-            st.applied_seq = min(st.applied_seq, self.seq)
-
-    def commit(self, seq: int) -> None:
-        """The write `seq` reached its quorum: replicas without it are stale from now on."""
-        self.committed = max(self.committed, seq)
-
-    def applied(self, replica: int, seq: int) -> None:
-        st = self.states[replica]
-        st.applied_seq = max(st.applied_seq, seq)
-
-    # -- health ------------------------------------------------------------------------------------------------
-    def on_success(self, replica: int, latency_s: float | None = None) -> None:
-        st = self.states[replica]
-        st.failures = 0
-        st.healthy = True
-        st.last_error = ""
-        if latency_s is not None:
-            self.observe_latency(replica, latency_s)
-
-    def observe_latency(self, replica: int, latency_s: float) -> None:
-        """A read's latency (or a lower bound of it, for a hedged read that lost): feeds the EWMA and the p95."""
-        st = self.states[replica]
-        ms = latency_s * 1000
-        st.ewma_ms = ms if st.ewma_ms is None else (1 - EWMA_ALPHA) * st.ewma_ms + EWMA_ALPHA * ms
-        st.samples.append(ms)
-
-    def hedge_after_s(self, replica: int) -> float | None:
-        """The replica's observed p95 in seconds: past it, a read is worth sending to another replica too.
-        None until enough reads were seen."""
-        samples = sorted(self.states[replica].samples)
-        if len(samples) < HEDGE_MIN_SAMPLES:
-            return None
-        return samples[min(len(samples) - 1, int(0.95 * len(samples)))] / 1000
-
-    def on_failure(self, replica: int, reason: str, fatal: bool = False) -> None:
-        """`fatal` (the actor is gone) marks it dead at once; otherwise after `fail_threshold` in a row."""
-        st = self.states[replica]
-        st.failures += 1
-        st.last_error = reason
-        self._fault(st, reason)
-        if fatal or st.failures >= self.fail_threshold:
-            st.healthy = False
-            st.next_probe_at = self.clock() + self.probe_interval_s
-
-    def needs_healing(self) -> list[int]:
-        """Replicas that are dead (probe due) or behind on writes."""
-        now = self.clock()
-        out = []
-        for st in self.states:
-            if not st.healthy and now < st.next_probe_at:
-                continue
-            if not st.healthy or st.applied_seq < self.seq:
-                out.append(st.replica)
-        return out
-
-    def _fault(self, st: ReplicaState, reason: str) -> None:
-        st.faults += 1
-        st.last_fault, st.last_fault_at = reason, self.clock()
-
-    def probe_failed(self, replica: int, reason: str) -> None:
-        st = self.states[replica]
-        st.healthy = False
-        st.last_error = reason
-        self._fault(st, reason)
-        st.next_probe_at = self.clock() + self.probe_interval_s
-
-    def describe(self) -> list[dict]:
-        """Per replica: state, sequence numbers, lag (writes issued it has not applied), the current error and
-        the last fault ever seen (with its age in seconds), which outlives the recovery."""
-        now = self.clock()
-        return [{"replica": st.replica, "state": st.state(self.committed), "applied_seq": st.applied_seq,
-                 "shard_seq": self.committed, "lag": max(0, self.seq - st.applied_seq),
-                 "ewma_ms": None if st.ewma_ms is None else round(st.ewma_ms, 2),
-                 "last_error": st.last_error, "faults": st.faults, "last_fault": st.last_fault,
-                 "last_fault_s_ago": None if st.last_fault_at is None else round(now - st.last_fault_at, 1)}
-                for st in self.states]
-
 
 DEFAULT_TIMEOUT_S = 10.0
-OPLOG_MAX_OPS = 20_000   # per shard; a replica further behind than this is resynced by copying a caught-up one
-RESYNC_BATCH = 1_000     # points per page of such a copy
 HEAL_PING_TIMEOUT_S = 2.0
 # Errors that describe the request, not the replica: they propagate instead of triggering failover.
 REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
@@ -220,26 +47,13 @@ class ShardView:
     committed: int
     applied: tuple[int, ...]
     resyncs: int = 0
+    agreement: tuple[str, ...] = ()               # per replica: "", "verifying" or "diverged" (anti-entropy)
+    checked_at: tuple[float | None, ...] = ()      # per replica: wall-clock time it was last found equal
+    mismatches: int = 0                           # replicas found differing from the reference, ever
+    repairs: int = 0                              # ids repaired by anti-entropy, ever
 
 
-@dataclass(frozen=True)
-class LoggedOp:
-    """One sequenced write, kept so replicas that missed it can replay it in order."""
-
-    seq: int
-    kind: str  # "upsert" | "delete"
-    args: Sequence[Any]
-
-
-async def _apply(client: ShardApi, kind: str, args: Sequence[Any], wait: bool = True) -> int:
-    if kind == "upsert":
-        return await client.upsert(args, wait)
-    if kind == "delete":
-        return await client.delete(args, wait)
-    raise ValueError(f"unknown write kind {kind!r}")
-
-
-class ReplicatedShard:
+class ReplicatedShard(Repairs):
     """The replicas of one shard behind one read/write interface; the router never picks a replica itself."""
 
     def __init__(self, shard: int, clients: Sequence[ShardApi], *, key: str = "", write_quorum: str | int = "majority",
@@ -259,8 +73,15 @@ class ReplicatedShard:
         self.quorum = quorum(write_quorum, len(self.clients))
         self.timeout_s = timeout_s
         self.observe = observe
-        self.log: deque[LoggedOp] = deque(maxlen=OPLOG_MAX_OPS)
+        self.log = OpLog()  # bounded in count and bytes: a replica further behind is resynced from a caught-up one
         self.resyncs = 0  # replicas rebuilt by copying (they were further behind than the log)
+        self.mismatches = 0  # anti-entropy: replicas found differing from the reference
+        self.repairs = 0     # anti-entropy: ids copied to a differing replica
+        # Anti-entropy (router.repair.Repairs.anti_entropy) during heal passes: every this many seconds and right
+        # after a replica restart; None: never (an ingress copy: its sequencer does it).
+        self.anti_entropy_interval_s: float | None = None
+        self.digest_rescan_s: float | None = None
+        self.next_anti_entropy = 0.0
         self.journal = journal
         self.sequencer = sequencer
         self.poll_sequencer = True  # False: the only ingress (see _heal_through_sequencer)
@@ -398,32 +219,40 @@ class ReplicatedShard:
     async def _write(self, kind: str, args: Sequence[Any], wait: bool = True) -> list[int]:
         """Sequence the write, send it to every caught-up replica, acknowledge at the write quorum.
 
-        Replicas that miss it (down, failed, or already behind) are stale until `heal` replays the log to them.
-        A write a replica refuses as a bad request never enters the log (replaying it would only fail again).
+        Replicas that miss it (down, failed, or already behind) are stale until `heal` replays the log to them: a
+        write that missed its quorum rolls forward (503, "may still be applied"). A write refused (a bad request,
+        or a value Milvus will not store) ends nowhere: abandoned when every target refused it, undone where it
+        landed when only some did (docs/operations.md, "Replica agreement").
         With a sequencer, it orders and sends the write and this copy adopts its replica view."""
         if self.sequencer is not None:
-            acked, view = await self.sequencer.write(kind, args, wait)
-            self.adopt(view)
-            return acked
+            answer = await self.sequencer.write(kind, args, wait)
+            self.adopt(answer.view)  # a refused write too: it may have left a replica behind
+            return answer.result()
         async with self._lock():
             rs = self.state
             targets = rs.write_targets()
             seq = rs.next_seq()
             op = LoggedOp(seq, kind, args)
-            if self.journal is not None:
-                self.journal.append(op, self.log)  # before any replica sees it: a restart replays it
+            size = self.journal.append(op, self.log) if self.journal is not None else None  # before any replica
+            # sees it: a sequencer restart replays it
             results = await asyncio.gather(
-                *(asyncio.wait_for(_apply(self.clients[r], kind, args, wait), self.timeout_s) for r in targets),
+                *(asyncio.wait_for(apply_op(self.clients[r], kind, args, wait), self.timeout_s) for r in targets),
                 return_exceptions=True,
             )
-            refused = next((res for res in results if isinstance(res, REQUEST_ERRORS)), None)
-            if refused is not None:
+            refusals = [(r, res) for r, res in zip(targets, results) if isinstance(res, REFUSALS)]
+            if refusals and len(refusals) == len(targets):  # refused everywhere: it landed nowhere
                 rs.abandon(seq)
                 if self.journal is not None:
                     self.journal.abandon(seq)
                     self.journal.save(rs)
-                raise refused
-            self.log.append(op)
+                raise refusals[0][1]
+            if refusals:  # refused by some, applied (or maybe applied) by others: undone where it landed
+                try:
+                    op, results = await self._undo(op, refusals[0][0], targets, results)
+                except Exception as exc:  # noqa: BLE001 - rolled forward instead: a replay refused is copied over
+                    log.warning("shard %d: undoing write %d failed (%s); the replicas that refused it are healed "
+                                "from one that applied it", self.shard, seq, describe(exc))
+            self.log.append(op, size)
             acked, errors = [], []
             for r, res in zip(targets, results):
                 if isinstance(res, BaseException):
@@ -438,11 +267,14 @@ class ReplicatedShard:
                 rs.commit(seq)
             if self.journal is not None:
                 self.journal.save(rs)
+            if refusals:
+                raise refusals[0][1]
             if len(acked) < self.quorum:
                 raise ShardUnavailable(
                     f"write to shard {self.shard} not acknowledged: {len(acked)} of {len(self.clients)} replicas "
-                    f"applied it, quorum is {self.quorum}" + (f" ({'; '.join(errors)})" if errors else ""),
-                    shards=[self.shard])
+                    f"applied it, quorum is {self.quorum}; it is logged and may still be applied (the replicas "
+                    "that missed it get it once back), so retrying it is safe"
+                    + (f" ({'; '.join(errors)})" if errors else ""), shards=[self.shard])
             return acked
 
     # -- healing -----------------------------------------------------------------------------------------------
@@ -462,6 +294,16 @@ class ReplicatedShard:
                     self.state.probe_failed(r, f"heal: {describe(exc)}")
                     log.warning("shard %d replica %d: heal failed: %s", self.shard, r, describe(exc))
                     failed += 1
+        if self.anti_entropy_interval_s is not None:
+            now = self.state.clock()
+            restarted = any(st.agreement == "verifying" for st in self.state.states)
+            if restarted or now >= self.next_anti_entropy:
+                self.next_anti_entropy = now + self.anti_entropy_interval_s
+                try:
+                    await self.anti_entropy(self.digest_rescan_s)
+                except Exception as exc:  # noqa: BLE001 - compared again on the next pass
+                    log.warning("shard %d: anti-entropy pass failed: %s", self.shard, describe(exc))
+                    failed += 1
         if self.journal is not None and (healed or failed):
             self.journal.save(self.state)
         return healed, failed
@@ -469,8 +311,9 @@ class ReplicatedShard:
     async def _heal_through_sequencer(self) -> tuple[int, int]:
         healed = failed = 0
         # With one ingress every write's answer updates this view, so the sequencer is asked only when a replica
-        # is behind here; with several, each pass also learns what the others' writes left behind.
-        if self.poll_sequencer or self.state.needs_healing():
+        # is behind here, or not known to agree (verifying, diverged: this copy learns when it is repaired); with
+        # several, each pass also learns what the others' writes left behind.
+        if self.poll_sequencer or self.state.needs_healing() or any(st.agreement for st in self.state.states):
             healed, failed, view = await self.sequencer.heal()
             self.adopt(view)
         rs, now = self.state, self.state.clock()
@@ -490,7 +333,9 @@ class ReplicatedShard:
     # -- the sequencer's view ----------------------------------------------------------------------------------
     def view(self) -> ShardView:
         rs = self.state
-        return ShardView(self.epoch, rs.seq, rs.committed, tuple(st.applied_seq for st in rs.states), self.resyncs)
+        return ShardView(self.epoch, rs.seq, rs.committed, tuple(st.applied_seq for st in rs.states), self.resyncs,
+                         tuple(st.agreement for st in rs.states), tuple(st.checked_at for st in rs.states),
+                         self.mismatches, self.repairs)
 
     def adopt(self, view: ShardView) -> None:
         """Take the sequencer's replica view. Views of one epoch only move forward (answers to concurrent writes
@@ -504,55 +349,28 @@ class ReplicatedShard:
             rs.seq, rs.committed = max(rs.seq, view.seq), max(rs.committed, view.committed)
             for st, a in zip(rs.states, view.applied):
                 st.applied_seq = max(st.applied_seq, a)
-        self.resyncs = view.resyncs
+        self.resyncs, self.mismatches, self.repairs = view.resyncs, view.mismatches, view.repairs
+        if len(view.agreement) == len(rs.states):
+            for st, a, t in zip(rs.states, view.agreement, view.checked_at):
+                st.agreement, st.checked_at = a, t
 
     async def _catch_up(self, r: int) -> None:
         rs, client = self.state, self.clients[r]
-        await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)
+        info = await asyncio.wait_for(client.ping(), HEAL_PING_TIMEOUT_S)
+        rs.saw_incarnation(r, (info or {}).get("incarnation"), verify=self.anti_entropy_interval_s is not None)
         start = rs.states[r].applied_seq
         ops = [op for op in self.log if op.seq > start]
         if start < rs.seq and (not ops or ops[0].seq != start + 1):  # the writes it missed left the log
             await self._resync(r)
             return
         for op in ops:  # replayed visibly: the replica serves reads (bounded ones too) as soon as it is caught up
-            await asyncio.wait_for(_apply(client, op.kind, op.args, True), self.timeout_s)
+            try:
+                await asyncio.wait_for(apply_op(client, op.kind, op.args, True), self.timeout_s)
+            except REFUSALS as exc:
+                await self._skip_refused(r, op, exc)
             rs.applied(r, op.seq)
         rs.on_success(r)
 
-    async def _resync(self, r: int) -> None:
-        """Copy a caught-up replica onto replica `r`, which is further behind than the operation log: every point
-        the source holds (keyset pages of RESYNC_BATCH ids, exported whole and upserted visibly), then whatever
-        `r` holds that the source does not is deleted. Runs under the shard's write lock (writes wait; reads go to
-        the other replicas, as `r` is not readable until it is done)."""
-        rs, target = self.state, self.clients[r]
-        sources = [i for i in rs.read_order() if i != r and rs.states[i].applied_seq >= rs.seq and rs.states[i].healthy]
-        if not sources:
-            raise ShardUnavailable(f"replica {r} of shard {self.shard} is {rs.seq - rs.states[r].applied_seq} writes "
-                                   "behind, beyond the operation log, and no caught-up replica can be copied from",
-                                   shards=[self.shard])
-        src, behind = self.clients[sources[0]], rs.seq - rs.states[r].applied_seq
-        held: set[str] = set()
-        copied = removed = 0
-        after = ""
-        while page := await asyncio.wait_for(src.scan(after, RESYNC_BATCH), self.timeout_s):
-            rows = await asyncio.wait_for(src.export(page), self.timeout_s)
-            if rows:
-                await asyncio.wait_for(target.upsert(rows, True), self.timeout_s)
-            held.update(page)
-            copied += len(rows)
-            after = page[-1]
-        after = ""
-        while page := await asyncio.wait_for(target.scan(after, RESYNC_BATCH), self.timeout_s):
-            extra = [i for i in page if i not in held]
-            if extra:
-                await asyncio.wait_for(target.delete(extra, True), self.timeout_s)
-                removed += len(extra)
-            after = page[-1]
-        rs.applied(r, rs.seq)
-        rs.on_success(r)
-        self.resyncs += 1
-        log.warning("shard %d replica %d was %d writes behind, beyond the operation log: copied %d points from "
-                    "replica %d, removed %d", self.shard, r, behind, copied, sources[0], removed)
 
     # -- status ------------------------------------------------------------------------------------------------
     async def _each(self, ask: Callable[[ShardApi], Awaitable[T]], timeout_s: float) -> list[T | None]:

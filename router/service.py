@@ -99,6 +99,10 @@ class PrismService:
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
             budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max)
         coord.on_mapping = lambda _new, coord=coord: self.catalog.save(coord.config)
+        if sequencers is None:  # this process orders the writes: its heal passes run anti-entropy too
+            for sh in coord.shards:
+                sh.anti_entropy_interval_s = self.config.replication.anti_entropy_interval_s or None
+                sh.digest_rescan_s = self.config.replication.digest_rescan_s
         self.coordinators[cfg.name] = coord
         return coord
 
@@ -207,7 +211,8 @@ class PrismService:
                                         applied_seq=st["applied_seq"], shard_seq=st["shard_seq"], lag=st["lag"],
                                         last_error=st["last_error"] or None, faults=st["faults"],
                                         last_fault=st["last_fault"] or None,
-                                        last_fault_s_ago=st["last_fault_s_ago"], node=nodes[s][r]))
+                                        last_fault_s_ago=st["last_fault_s_ago"], node=nodes[s][r],
+                                        agreement=st["agreement"], digest_s_ago=st["digest_s_ago"]))
             first = next((c for c in row if c is not None), None)
             for space, n in (first or {}).items():
                 totals[space] += n

@@ -6,6 +6,7 @@ space; the server's write path and the bulk-ingest pipeline (`cluster.cli.ingest
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,6 +21,10 @@ from router.plan import check_search_params
 from shards.api import PointRow
 
 MISSING_POINT = "no such point"
+FLOAT32_MAX = 3.4028234663852886e38  # Milvus stores float32: 1e39 passes a float64 finite check and becomes inf
+# Milvus 2.3's JSON field limit (common.JSONMaxLength, 65,536 bytes): a payload (or its filterable projection)
+# above it is refused by the server, so it is refused here first, before any store sees it.
+MAX_PAYLOAD_BYTES = 65_536
 
 # encode(encoder_name, texts, document=False) -> one (vector, truncated) per text (documents: chunked, averaged);
 # encode_images(encoder_name, PIL images) -> one (vector, False) per image
@@ -68,8 +73,9 @@ class Vectors:
     def check(vec: Sequence[float], space: SpaceConfig, field: str) -> None:
         if len(vec) != space.dim:
             raise InvalidRequest(f"{field}: expected {space.dim} dimensions, got {len(vec)}", field=field)
-        if not all(math.isfinite(x) for x in vec):
-            raise InvalidRequest(f"{field}: vector has NaN or infinite values", field=field)
+        if not all(math.isfinite(x) and -FLOAT32_MAX <= x <= FLOAT32_MAX for x in vec):
+            raise InvalidRequest(f"{field}: vector has NaN, infinite or out-of-range values (Milvus stores float32: "
+                                 f"each component must lie within +-{FLOAT32_MAX:.7g})", field=field)
         if space.metric == "cosine" and not any(vec):
             raise InvalidRequest(f"{field}: a zero vector has no direction, so cosine similarity is undefined for "
                                  "it; send a non-zero vector", field=field)
@@ -141,6 +147,11 @@ class Vectors:
                              + ", ".join(f"space {s!r} (field {self.config.spaces[s].source!r})" for s in empty)
                              + ": no vector there, so searches in it will not find this point")
             meta = normalise_meta(p.payload, self.config.metadata, f"points[{i}].payload")
+            for what, value in (("payload", payload), ("payload (its filterable fields)", meta)):
+                size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+                if size > MAX_PAYLOAD_BYTES:
+                    raise InvalidRequest(f"points[{i}].payload: the {what} takes {size} bytes as JSON; Milvus stores at "
+                                         f"most {MAX_PAYLOAD_BYTES}", field=f"points[{i}].payload")
             rows.append(PointRow(id=p.id, payload=payload, meta=meta, vectors=vectors))
         for space_name, items in texts.items():
             space = self.config.spaces[space_name]

@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from cluster.config import CollectionConfig, PlacementConfig, replica_node, shard_actor_options
+from cluster.config import CollectionConfig, PlacementConfig, ReplicationSettings, replica_node, shard_actor_options
 from cluster.errors import ShardUnavailable
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
@@ -106,8 +106,14 @@ class RayShardClient:
     async def count(self) -> dict[str, int]:
         return await self._await(self.actor.count.remote())
 
-    async def ping(self) -> dict[str, int]:
+    async def ping(self) -> dict[str, Any]:
         return await self._await(self.actor.ping.remote())
+
+    async def digest(self, rescan_after_s: float | None = None) -> dict[str, Any]:
+        return await self._await(self.actor.digest.remote(rescan_after_s))
+
+    async def bucket_hashes(self, buckets: Sequence[int]) -> dict[str, int]:
+        return await self._await(self.actor.bucket_hashes.remote(buckets))
 
     async def node(self) -> str | None:
         return await self._await(self.actor.node.remote())
@@ -199,12 +205,18 @@ class SequencerHost(Sequencer):
     Restarted by Ray after a crash, it reloads the journal."""
 
     def __init__(self, config: CollectionConfig, shard: int, specs: list[BackendSpec], journal_dir: str,
-                 timeout_s: float, detached: bool, placement: PlacementConfig | None):
+                 timeout_s: float, detached: bool, placement: PlacementConfig | None,
+                 replication: ReplicationSettings | None = None):
         opts, nodes = _actor_options(detached, placement), alive_nodes()
         clients = [_replica_client(config, shard, r, spec, opts, nodes) for r, spec in enumerate(specs)]
         super().__init__(ReplicatedShard(shard, clients, key=f"{config.name}/{shard}",
                                          write_quorum=config.write_quorum, timeout_s=timeout_s, hedge=False,
-                                         journal=Journal(Path(journal_dir))))
+                                         journal=Journal(Path(journal_dir))),
+                         heal_interval_s=(replication or ReplicationSettings()).heal_interval_s)
+        settings = replication or ReplicationSettings()
+        # Anti-entropy runs in this sequencer's heal passes (router.repair.Repairs.anti_entropy).
+        self.host.anti_entropy_interval_s = settings.anti_entropy_interval_s or None
+        self.host.digest_rescan_s = settings.digest_rescan_s
 
     async def close(self, drop: bool = False) -> None:
         """Close the journal; `drop`: delete it (the collection or the shard is gone)."""
@@ -241,7 +253,7 @@ class RaySequencerClient:
             raise ShardUnavailable(f"shard {self.shard}: its sequencer is unavailable (Ray restarts it): {exc}",
                                    shards=[self.shard]) from exc
 
-    async def write(self, kind: str, args: Any, wait: bool = True) -> tuple[list[int], Any]:
+    async def write(self, kind: str, args: Any, wait: bool = True) -> Any:
         return await self._await(self.actor.write.remote(kind, args, wait))
 
     async def heal(self) -> tuple[int, int, Any]:
@@ -250,7 +262,8 @@ class RaySequencerClient:
 
 def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
                          timeout_s: float, detached: bool = False, first_shard: int = 0,
-                         placement: PlacementConfig | None = None) -> list[RaySequencerClient]:
+                         placement: PlacementConfig | None = None,
+                         replication: ReplicationSettings | None = None) -> list[RaySequencerClient]:
     """Start (or find, by name) one sequencer per shard, on the head node, and read each one's view."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -262,9 +275,27 @@ def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head, soft=False)
     actors = [SequencerActor.options(name=sequencer_name(config.name, first_shard + i), **opts).remote(
         config, first_shard + i, row, str(sequencer_dir(data_path, config.name, first_shard + i)), timeout_s,
-        detached, placement) for i, row in enumerate(specs)]
-    views = ray.get([a.view.remote() for a in actors])
+        detached, placement, replication) for i, row in enumerate(specs)]
+    views = _views(actors)
     return [RaySequencerClient(a, first_shard + i, v) for i, (a, v) in enumerate(zip(actors, views))]
+
+
+def _views(actors: list[Any], within_s: float = 120.0) -> list[Any]:
+    """Each sequencer's view; one that is restarting (it crashed: it reloads its journal) is asked again until it
+    answers, within `within_s`, as `_create_all` does for replicas: an ingress starting meanwhile must not fail."""
+    deadline, views = time.monotonic() + within_s, {}
+    while len(views) < len(actors):
+        for i, a in enumerate(actors):
+            if i in views:
+                continue
+            try:
+                views[i] = ray.get(a.view.remote())
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+        if len(views) < len(actors):
+            time.sleep(0.2)  # polling a restarting actor, with a deadline
+    return [views[i] for i in range(len(actors))]
 
 
 def stop_ray_sequencers(sequencers: list[RaySequencerClient], drop: bool = False) -> None:

@@ -108,8 +108,16 @@ class ShardApi(Protocol):
     async def count(self) -> dict[str, int]:
         """Points per space."""
 
-    async def ping(self) -> dict[str, int]:
-        """Alive and serving ({shard, replica}); on a Milvus server, its collections reloaded if it restarted."""
+    async def ping(self) -> dict[str, Any]:
+        """Alive and serving ({shard, replica, incarnation}: new per process start); on a Milvus server, its
+        collections reloaded if it restarted."""
+
+    async def digest(self, rescan_after_s: float | None = None) -> dict[str, Any]:
+        """Bucket digests of what this replica holds (shards.digest): {incarnation, age_s, ids, buckets};
+        rebuilt by a full scan once older than `rescan_after_s`."""
+
+    async def bucket_hashes(self, buckets: Sequence[int]) -> dict[str, int]:
+        """Per-id content hashes of the ids in `buckets`."""
 
     async def node(self) -> str | None:
         """The Ray node this replica runs on (None: in this process). Asks nothing of Milvus."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import ConfigError
@@ -93,8 +94,14 @@ class LocalShardClient:
     async def count(self) -> dict[str, int]:
         return await asyncio.to_thread(self.target.count)
 
-    async def ping(self) -> dict[str, int]:
+    async def ping(self) -> dict[str, Any]:
         return self.target.ping()
+
+    async def digest(self, rescan_after_s: float | None = None) -> dict[str, Any]:
+        return await asyncio.to_thread(self.target.digest, rescan_after_s)
+
+    async def bucket_hashes(self, buckets: Sequence[int]) -> dict[str, int]:
+        return await asyncio.to_thread(self.target.bucket_hashes, buckets)
 
     async def node(self) -> str | None:
         return self.target.node()

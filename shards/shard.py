@@ -2,13 +2,16 @@
 `shards.api.ShardApi`, which `shards.local` (threads) and `shards.actor` (a Ray actor) make asynchronous."""
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, check_index_support
-from cluster.errors import BackendError, PrismError, SpaceNotFound
+from cluster.errors import BackendError, PrismError, SpaceNotFound, WriteRefused
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint, group_specs
+from shards.digest import ReplicaDigest, row_hash
 from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend
 
 # A Milvus server that is down or restarting: a call is retried this many times, after these pauses, before the
@@ -51,6 +54,15 @@ class Shard:
         self.names = {s: milvus_collection_name(config.name, s, shard, replica) for s in config.spaces}
         self._open = False
         self.delay_s = 0.0  # test-only hook: searches take this much longer (a slow shard, on purpose)
+        # New per process start: the sequencer sees a restart in it (ping, digest) and compares this replica with
+        # the others right away. The digest is built by a full scan on first use, then kept up to date by writes.
+        self.incarnation = uuid.uuid4().hex
+        self._digest: ReplicaDigest | None = None
+        self._digest_at = 0.0
+        self._digest_lock = threading.Lock()   # held briefly: digest reads and updates
+        self._build_lock = threading.Lock()    # held for a full scan
+        self._pending: list[tuple] | None = None  # writes landing during a scan, applied to it at its end
+        self._spoiled = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def create(self, load_timeout_s: float | None = None) -> None:
@@ -80,7 +92,72 @@ class Shard:
         if self.spec.kind == "server":
             self._ensure_open(HEAL_RELOAD_WAIT_S)
             self._call(self._load_unloaded, HEAL_RELOAD_WAIT_S)
-        return {"shard": self.shard, "replica": self.replica}
+        return {"shard": self.shard, "replica": self.replica, "incarnation": self.incarnation}
+
+    # -- digests (anti-entropy, verify) ------------------------------------------------------------------------
+    def digest(self, rescan_after_s: float | None = None) -> dict[str, Any]:
+        """This replica's bucket digests (shards.digest): {"incarnation", "age_s" (since the last full scan),
+        "ids", "buckets"}. Built by a full scan on first use and again once older than `rescan_after_s` (0: now),
+        which also catches rows changed behind prism's back. Writes are not held up by a scan: the ones that land
+        meanwhile are recorded and applied to the new digest before it is installed."""
+        self._ensure_open()
+        with self._build_lock:  # one scan at a time
+            with self._digest_lock:
+                due = self._digest is None or (rescan_after_s is not None
+                                               and time.monotonic() - self._digest_at >= rescan_after_s)
+            while due:
+                with self._digest_lock:
+                    self._pending, self._spoiled = [], False
+                started, fresh = time.monotonic(), None
+                try:
+                    fresh = self._scan_digest()
+                finally:
+                    with self._digest_lock:
+                        pending, spoiled, self._pending = self._pending or [], self._spoiled, None
+                        if not spoiled and fresh is not None:
+                            for op in pending:
+                                fresh.put(*op) if len(op) == 3 else fresh.remove(*op)
+                            self._digest, self._digest_at = fresh, started
+                due = spoiled  # a write failed part-way during the scan: it may or may not have seen it
+            with self._digest_lock:
+                d = self._digest
+                return {"incarnation": self.incarnation, "age_s": round(time.monotonic() - self._digest_at, 3),
+                        "ids": len(d.ids), "buckets": list(d.buckets)}
+
+    def bucket_hashes(self, buckets: Sequence[int]) -> dict[str, int]:
+        """Per-id hashes of the ids in `buckets` (the digest is built first if it is not yet)."""
+        self.digest()
+        with self._digest_lock:
+            return self._digest.in_buckets(buckets)
+
+    def _scan_digest(self) -> ReplicaDigest:
+        d = ReplicaDigest()
+        for space, name in self.names.items():
+            for pid, vec, payload, meta in self._call(lambda n=name: list(self.backend.iter_rows(n))):
+                d.put(space, pid, row_hash(space, pid, vec, payload, meta))
+        return d
+
+    def _digest_written(self, per_space: dict[str, list[dict[str, Any]]]) -> None:
+        ops = [(space, r[ID_FIELD], row_hash(space, r[ID_FIELD], r[VECTOR_FIELD], r[PAYLOAD_FIELD], r[META_FIELD]))
+               for space, rows in per_space.items() for r in rows]
+        self._digest_apply(ops)
+
+    def _digest_deleted(self, ids: Sequence[str]) -> None:
+        self._digest_apply([(space, pid) for space in self.names for pid in ids])
+
+    def _digest_apply(self, ops: list[tuple]) -> None:
+        """(space, id, hash) puts and (space, id) removes, onto the digest and onto a scan in progress."""
+        with self._digest_lock:
+            if self._pending is not None:
+                self._pending.extend(ops)
+            if self._digest is not None:
+                for op in ops:
+                    self._digest.put(*op) if len(op) == 3 else self._digest.remove(*op)
+
+    def _digest_invalid(self) -> None:
+        with self._digest_lock:
+            self._digest = None
+            self._spoiled = self._pending is not None  # a scan in progress may or may not have seen it
 
     def node(self) -> str | None:
         """The Ray node this replica runs on: None here (in this process); the Ray actor says its node."""
@@ -107,10 +184,15 @@ class Shard:
                 per_space[space].append({ID_FIELD: p.id, VECTOR_FIELD: vec, PAYLOAD_FIELD: p.payload,
                                          META_FIELD: p.meta})
         written = []
-        for space, rows in per_space.items():
-            if rows:
-                self._call(self.backend.upsert, self.names[space], rows)
-                written.append(self.names[space])
+        try:
+            for space, rows in per_space.items():
+                if rows:
+                    self._write_call(self.backend.upsert, self.names[space], rows)
+                    written.append(self.names[space])
+        except BaseException:
+            self._digest_invalid()  # some spaces may hold it: the next digest is a full scan
+            raise
+        self._digest_written(per_space)
         if wait:
             self._wait_visible(written)
         return len(points)
@@ -119,9 +201,14 @@ class Shard:
         """Delete from every space; returns how many of `ids` were visible here. `wait` as for upsert."""
         self._ensure_open()
         found = set()
-        for space, name in self.names.items():
-            found.update(self._call(self.backend.get, name, list(ids)).keys())
-            self._call(self.backend.delete, name, list(ids))
+        try:
+            for space, name in self.names.items():
+                found.update(self._call(self.backend.get, name, list(ids)).keys())
+                self._write_call(self.backend.delete, name, list(ids))
+        except BaseException:
+            self._digest_invalid()
+            raise
+        self._digest_deleted(ids)
         if wait and ids:
             self._wait_visible(list(self.names.values()))
         return len(found)
@@ -240,6 +327,17 @@ class Shard:
         if space not in self.names:
             raise SpaceNotFound(f"unknown space {space!r}; collection {self.config.name!r} has {sorted(self.names)}")
         return self.names[space]
+
+    def _write_call(self, fn, *args):
+        """`_call` for a write: an error from a Milvus that answered (not a fault of its state) is WriteRefused."""
+        try:
+            return self._call(fn, *args)
+        except BackendError as exc:
+            cause = exc.__cause__
+            if type(exc) is BackendError and cause is not None and not isinstance(cause, PrismError) \
+                    and milvus_fault(cause) is None:
+                raise WriteRefused(exc.message) from cause
+            raise
 
     def _call(self, fn, *args):
         """`fn(*args)` against Milvus. A server that is unreachable is retried (RETRY_PAUSES_S); one that restarted

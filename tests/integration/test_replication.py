@@ -170,14 +170,14 @@ def test_a_replica_further_behind_than_the_log_is_copied_back_automatically(ray_
     a gap in the log), so it runs in seconds: the replica is rebuilt from its caught-up sibling, deletes
     included, with no person doing anything."""
     import ray
-    from collections import deque
+    from router.oplog import OpLog
 
     from shards.actor import start_ray_shards
 
     cfg, specs, coord = build(tmp_path, shards=1, replicas=2, quorum=1)
     try:
         sh = coord.shards[0]
-        sh.log = deque(maxlen=100)
+        sh.log = OpLog(max_ops=100)
         load(coord, 200)
         ray.kill(sh.clients[1].actor, no_restart=True)  # down for good, until started again below
         vecs = vectors(300, 7)

@@ -10,27 +10,39 @@ import numpy as np
 import pytest
 
 from cluster.config import CollectionConfig
-from cluster.errors import BackendError, ShardUnavailable
+from cluster.errors import BackendError, ShardUnavailable, WriteRefused
 from router.coordinator import Coordinator
 from router.metadata import MetadataStore, index_name
 from router.models import Point
+from router.replicas import PROBE_INTERVAL_S
 from shards.local import local_shards, replica_specs, stop_local_shards
+from tests.clock import FakeClock
 
 DIM = 8
 _n = itertools.count()
 
 
 class DownForWrites:
-    """A replica that answers reads but whose writes fail as an unreachable actor's would."""
+    """A replica that answers reads but whose writes fail as an unreachable actor's would, while `down`."""
 
     def __init__(self, inner):
         self.inner = inner
+        self.down = True
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     async def upsert(self, points, wait=True):
-        raise ShardUnavailable(f"shard {self.inner.shard} is down", shards=[self.inner.shard])
+        if self.down:
+            raise ShardUnavailable(f"shard {self.inner.shard} is down", shards=[self.inner.shard])
+        return await self.inner.upsert(points, wait)
+
+
+class Refusing(DownForWrites):
+    """A replica whose Milvus refuses the write's data (as a server refuses a value it cannot store)."""
+
+    async def upsert(self, points, wait=True):
+        raise WriteRefused(f"shard {self.inner.shard}: Milvus refused the rows")
 
 
 def points(ids, rng):
@@ -75,13 +87,34 @@ def test_a_write_elasticsearch_refuses_reaches_no_shard(world):
     assert sorted(asyncio.run(coord.fetch(["a", "b", "c", "d"]))[0]) == ["a", "b", "c", "d"]
 
 
-def test_a_failed_shard_write_leaves_elasticsearch_listing_only_what_the_shards_hold(world):
+def test_a_write_that_missed_its_quorum_rolls_forward_in_elasticsearch_and_the_shards(world):
+    """Issue 33 (Medium): a write that missed its quorum is logged and replayed into Milvus once the replica is
+    back; Elasticsearch was rolled back meanwhile, so the stores ended different. Now it rolls forward in both."""
     cfg, store, clients, _ = world
     rng = np.random.default_rng(2)
+    clock = FakeClock()
     broken = [[DownForWrites(c) if s == 1 else c for c in r] for s, r in enumerate(clients)]
-    coord = Coordinator.from_clients(cfg, broken, metadata=store)
+    coord = Coordinator.from_clients(cfg, broken, metadata=store, clock=clock)
     ids = [f"p{i}" for i in range(20)]
-    with pytest.raises(ShardUnavailable):
+    with pytest.raises(ShardUnavailable, match="retrying it is safe"):
+        asyncio.run(coord.upsert(points(ids, rng)))
+    assert es_ids(store, cfg) == set(ids)            # Elasticsearch keeps the write: the shards will hold it
+    for b in broken[1]:
+        b.down = False                               # the replica is back; the heal loop replays the write
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    asyncio.run(coord.heal())
+    held, failed = asyncio.run(coord.fetch(ids))
+    assert not failed and set(held) == set(ids) == es_ids(store, cfg)  # the stores end the same
+
+
+def test_a_write_a_replica_refuses_is_put_back_in_elasticsearch(world):
+    """A refused write ends nowhere: Elasticsearch lists only what the shards hold for those ids."""
+    cfg, store, clients, _ = world
+    rng = np.random.default_rng(3)
+    refusing = [[Refusing(c) if s == 1 else c for c in r] for s, r in enumerate(clients)]
+    coord = Coordinator.from_clients(cfg, refusing, metadata=store)
+    ids = [f"q{i}" for i in range(20)]
+    with pytest.raises(WriteRefused):
         asyncio.run(coord.upsert(points(ids, rng)))
     held, failed = asyncio.run(coord.fetch(ids))
     assert not failed and held and all(coord.shard_of(i) == 0 for i in held)  # shard 0 wrote its part

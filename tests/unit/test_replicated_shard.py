@@ -21,6 +21,18 @@ class MemShard:
         self.fail: BaseException | None = None
         self.refuse = False
         self.writes = 0
+        self.incarnation = 0
+        self.blackhole = False  # fault injection: writes are acknowledged and not stored
+        self.history: list[dict[str, PointRow]] = []  # the points before each write, for restart(drop_last=k)
+
+    def restart(self, drop_last: int = 0):
+        """Fault injection: the process restarts (a new incarnation) having lost its last `drop_last` writes, as
+        a backend that acknowledged writes it had not made durable would."""
+        if drop_last:
+            self.points = self.history[-drop_last]
+            self.history = self.history[:-drop_last]
+        self.incarnation += 1
+        self.fail = None
 
     def _check(self):
         if self.fail is not None:
@@ -45,6 +57,9 @@ class MemShard:
         if self.refuse:
             raise InvalidRequest("points[0]: refused by the shard", field="points[0]")
         self.writes += 1
+        self.history.append(dict(self.points))
+        if self.blackhole:
+            return len(points)
         for p in points:
             self.points[p.id] = p
         return len(points)
@@ -52,6 +67,9 @@ class MemShard:
     async def delete(self, ids, wait=True):
         self._check()
         self.writes += 1
+        self.history.append(dict(self.points))
+        if self.blackhole:
+            return 0
         return sum(self.points.pop(i, None) is not None for i in ids)
 
     async def export(self, ids):
@@ -72,7 +90,25 @@ class MemShard:
 
     async def ping(self):
         self._check()
-        return {"shard": self.shard, "replica": self.replica}
+        return {"shard": self.shard, "replica": self.replica, "incarnation": self.incarnation}
+
+    def _digest(self):
+        from shards.digest import ReplicaDigest, row_hash
+
+        d = ReplicaDigest()
+        for p in self.points.values():
+            for space, v in p.vectors.items():
+                d.put(space, p.id, row_hash(space, p.id, v, p.payload, p.meta))
+        return d
+
+    async def digest(self, rescan_after_s=None):
+        self._check()
+        d = self._digest()
+        return {"incarnation": self.incarnation, "age_s": 0.0, "ids": len(d.ids), "buckets": d.buckets}
+
+    async def bucket_hashes(self, buckets):
+        self._check()
+        return self._digest().in_buckets(buckets)
 
     async def node(self):
         self._check()
@@ -201,10 +237,10 @@ def test_one_replica_is_never_hedged():
 
 
 def test_a_replica_further_behind_than_the_log_is_resynced_from_a_caught_up_one():
-    from collections import deque
+    from router.oplog import OpLog
 
     rs, clients, clock = make(3, quorum=1)
-    rs.log = deque(maxlen=5)  # a short operation log
+    rs.log = OpLog(max_ops=5)  # a short operation log
     run(rs.upsert([row(i) for i in range(4)]))
     clients[2].fail = BackendError("down")
     for _ in range(3):  # three failures in a row: dead
@@ -222,10 +258,10 @@ def test_a_replica_further_behind_than_the_log_is_resynced_from_a_caught_up_one(
 
 
 def test_resync_needs_a_caught_up_source():
-    from collections import deque
+    from router.oplog import OpLog
 
     rs, clients, clock = make(2, quorum=1)
-    rs.log = deque(maxlen=2)
+    rs.log = OpLog(max_ops=2)
     clients[1].fail = BackendError("down")
     for i in range(6):
         run(rs.upsert([row(i)]))
@@ -236,3 +272,201 @@ def test_resync_needs_a_caught_up_source():
     d = rs.describe()[1]
     assert healed == 0 and d["state"] != "live" and "no caught-up replica can be copied from" in d["last_error"]
     assert clients[1].points == {}  # nothing half-copied
+
+
+# -- refused writes end the same on every replica (issue 26; issue 33 H3) -------------------------------------------
+class Refuses(MemShard):
+    """A replica whose Milvus refuses writes while `refusing` (as a server refuses a value it cannot store)."""
+
+    def __init__(self, shard, replica):
+        super().__init__(shard, replica)
+        self.refusing = False
+
+    async def upsert(self, points, wait=True):
+        if self.refusing:
+            from cluster.errors import WriteRefused
+            raise WriteRefused(f"replica {self.replica}: Milvus refused the rows")
+        return await super().upsert(points, wait)
+
+    async def delete(self, ids, wait=True):
+        if self.refusing:
+            from cluster.errors import WriteRefused
+            raise WriteRefused(f"replica {self.replica}: Milvus refused the delete")
+        return await super().delete(ids, wait)
+
+
+def contents(clients):
+    return [{i: (p.payload, p.vectors) for i, p in c.points.items()} for c in clients]
+
+
+def test_a_write_every_replica_refuses_is_abandoned_and_never_replayed():
+    from cluster.errors import WriteRefused
+
+    clock = FakeClock(1000.0)
+    clients = [Refuses(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum="majority", clock=clock)
+    asyncio.run(rs.upsert([row(1)]))
+    for c in clients:
+        c.refusing = True
+    with pytest.raises(WriteRefused):
+        asyncio.run(rs.upsert([row(2)]))
+    assert rs.state.seq == 1 and [op.seq for op in rs.log] == [1]   # it never happened
+    assert rs.state.needs_healing() == [] and sorted(rs.state.write_targets()) == [0, 1]
+    for c in clients:
+        c.refusing = False
+    asyncio.run(rs.upsert([row(3)]))                                  # the shard takes writes again at once
+    assert contents(clients)[0] == contents(clients)[1] and set(clients[0].points) == {"p1", "p3"}
+
+
+@pytest.mark.parametrize("kind", ["upsert", "delete"])
+def test_a_write_some_replicas_refuse_is_undone_where_it_landed(kind):
+    clock = FakeClock(1000.0)
+    clients = [Refuses(0, r) for r in range(3)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum="majority", clock=clock)
+    asyncio.run(rs.upsert([row(1), row(2)]))
+    before = contents(clients)
+    clients[1].refusing = True
+    changed = PointRow(id="p1", payload={"i": "changed"}, vectors={"v": [9.0, 9.0]})
+    with pytest.raises(Exception, match="refused"):
+        asyncio.run(rs.upsert([changed, row(7)]) if kind == "upsert" else rs.delete(["p1", "p2"]))
+    assert contents(clients) == before                    # nowhere: every replica as before the write
+    assert [st["state"] for st in rs.describe()] == ["live"] * 3
+    clients[1].refusing = False
+    asyncio.run(rs.upsert([row(5)]))
+    assert contents(clients)[0] == contents(clients)[1] == contents(clients)[2]
+
+
+def test_a_replica_that_missed_a_partly_refused_write_replays_its_undo_not_the_write():
+    clock = FakeClock(1000.0)
+    clients = [Refuses(0, r) for r in range(3)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum=1, clock=clock)
+    asyncio.run(rs.upsert([row(1)]))
+    clients[2].fail = ConnectionError("down")
+    asyncio.run(rs.upsert([row(2)]))                      # replica 2 misses it: stale
+    clients[1].refusing = True
+    with pytest.raises(Exception, match="refused"):
+        asyncio.run(rs.upsert([PointRow(id="p2", payload={"i": "bad"}, vectors={"v": [1.0, 1.0]})]))
+    assert [op.kind for op in rs.log] == ["upsert", "upsert", "restore"]
+    clients[1].refusing = False
+    clients[2].fail = None
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    asyncio.run(rs.heal())
+    assert contents(clients)[0] == contents(clients)[1] == contents(clients)[2]
+    assert clients[2].points["p2"].payload == {"i": 2}
+
+
+def test_a_replay_a_replica_refuses_is_copied_from_one_that_applied_it():
+    clock = FakeClock(1000.0)
+    clients = [Refuses(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum=1, clock=clock)
+    clients[1].fail = ConnectionError("down")
+    asyncio.run(rs.upsert([row(1)]))
+    asyncio.run(rs.upsert([row(2)]))
+    clients[1].fail = None
+    clients[1].refusing = True                            # refuses the replay of write 1 (e.g. a stricter server)
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+
+    async def heal_refusing_once():
+        real = clients[1].upsert
+        calls = []
+
+        async def once(points, wait=True):
+            calls.append(1)
+            if len(calls) == 1:
+                return await real(points, wait)       # refused
+            clients[1].refusing = False
+            return await real(points, wait)
+        clients[1].upsert = once
+        return await rs.heal()
+    asyncio.run(heal_refusing_once())
+    assert contents(clients)[0] == contents(clients)[1] and set(clients[1].points) == {"p1", "p2"}
+    assert [st["state"] for st in rs.describe()] == ["live", "live"]
+
+
+# -- anti-entropy over in-memory replicas (issue 26) -----------------------------------------------------------------
+def states(rs):
+    return [st["state"] for st in rs.describe()]
+
+
+def never_live_while_different(rs, clients):
+    """The promise: a replica whose contents differ from a caught-up one's is never reported live."""
+    ref = contents(clients)[0]
+    for r, st in enumerate(rs.describe()):
+        if st["state"] == "live" and r and contents(clients)[r] != ref:
+            raise AssertionError(f"replica {r} is live but differs: {rs.describe()}")
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_replica_that_restarts_without_its_last_k_writes_is_repaired_and_never_live_meanwhile(k):
+    clock = FakeClock(1000.0)
+    clients = [MemShard(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum="majority", clock=clock)
+    rs.anti_entropy_interval_s = 30.0
+    for i in range(10):
+        asyncio.run(rs.upsert([row(i)]))
+    asyncio.run(rs.delete(["p3"]))
+    asyncio.run(rs.heal())                                 # the first pass compares them: equal
+    assert states(rs) == ["live", "live"] and rs.mismatches == 0
+    assert all(st["digest_s_ago"] is not None for st in rs.describe())
+    clients[1].fail = ShardUnavailable("actor died", shards=[0])
+    with pytest.raises(ShardUnavailable):                  # the write that saw it die
+        asyncio.run(rs.upsert([row(20)]))
+    clients[1].restart(drop_last=k)                        # back, without its last k acknowledged writes
+    never_live_while_different(rs, clients)
+    clients[1].blackhole = True                            # it acknowledges writes it does not store: the
+                                                           # replay and the first repair do not land
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    asyncio.run(rs.heal())                                 # replays write 20, sees the new incarnation, compares
+    never_live_while_different(rs, clients)
+    assert states(rs)[1] == "diverged" and rs.mismatches == 1
+    assert rs.state.read_order() == [0, 1]                 # an agreeing replica answers first
+    clients[1].blackhole = False
+    asyncio.run(rs.heal())                                 # not due yet: nothing compared
+    assert states(rs)[1] == "diverged"
+    clock.advance(30.0)
+    asyncio.run(rs.heal())                                 # the periodic pass repairs it
+    assert contents(clients)[0] == contents(clients)[1] and states(rs) == ["live", "live"]
+    assert rs.repairs >= k and rs.mismatches == 2
+
+
+def test_an_idle_equal_shard_costs_one_digest_exchange_per_replica():
+    clock = FakeClock(1000.0)
+    clients = [MemShard(0, r) for r in range(3)]
+    rs = ReplicatedShard(0, clients, key="t/0", clock=clock)
+    rs.anti_entropy_interval_s = 30.0
+    asyncio.run(rs.upsert([row(i) for i in range(50)]))
+    calls = []
+    for c in clients:
+        real = c.bucket_hashes
+
+        async def counted(buckets, real=real):
+            calls.append(len(buckets))
+            return await real(buckets)
+        c.bucket_hashes = counted
+    asyncio.run(rs.heal())
+    assert calls == [] and states(rs) == ["live"] * 3
+    clients[2].points["p7"] = PointRow(id="p7", payload={"i": "behind prism's back"}, vectors={"v": [7.0, 0.0]})
+    clock.advance(30.0)
+    asyncio.run(rs.heal())
+    assert calls == [1, 1, 1] and rs.repairs == 1          # one bucket's hashes from each replica (2 of 3 win),
+                                                           # then equal digests confirm the repair
+    assert contents(clients)[0] == contents(clients)[1] == contents(clients)[2]
+    assert clients[2].points["p7"].payload == {"i": 7}      # the majority's value, whichever replica is reference
+
+
+def test_without_anti_entropy_a_restarted_replica_is_live_once_caught_up():
+    """Nothing would compare it: a restart must not leave it `verifying` for good (an in-process coordinator)."""
+    clock = FakeClock(1000.0)
+    clients = [MemShard(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", write_quorum=1, clock=clock)
+    clients[1].fail = ShardUnavailable("actor died", shards=[0])
+    asyncio.run(rs.upsert([row(1)]))
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    clients[1].fail = None
+    asyncio.run(rs.heal())                                  # learns its first incarnation
+    clients[1].fail = ShardUnavailable("actor died", shards=[0])
+    asyncio.run(rs.upsert([row(2)]))
+    clients[1].restart()
+    clock.advance(PROBE_INTERVAL_S + 0.1)
+    asyncio.run(rs.heal())
+    assert states(rs) == ["live", "live"]

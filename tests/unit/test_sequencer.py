@@ -8,7 +8,7 @@ import random
 import pytest
 
 from cluster.errors import InvalidRequest, ShardUnavailable
-from router.replicas import ReplicatedShard, ShardView
+from router.replicas import ReplicatedShard
 from router.sequencer import Journal, Sequencer
 from shards.api import PointRow
 from tests.clock import FakeClock
@@ -44,7 +44,7 @@ def test_the_journal_restores_sequence_log_and_what_each_replica_applied(tmp_pat
     seq.journal.close()
 
     again = host(tmp_path, clients)  # the sequencer restarted (an ingress restart does not even touch it)
-    assert again.view() == ShardView(seq.journal.epoch, 3, 3, (3, 3, 1))
+    assert (again.view().epoch, again.view().seq, again.view().committed, again.view().applied) == (seq.journal.epoch, 3, 3, (3, 3, 1))
     assert [(op.seq, op.kind) for op in again.log] == [(1, "upsert"), (2, "upsert"), (3, "delete")]
     assert again.describe()[2]["state"] == "stale"
     for c in clients:
@@ -141,7 +141,10 @@ def test_a_write_below_quorum_through_the_sequencer_says_why_and_a_new_epoch_rep
     clients[1].fail = ConnectionError("down")
     with pytest.raises(ShardUnavailable, match="quorum is 2"):
         run(a.upsert([row(2)]))
-    assert a.state.seq == 1  # this copy learns of the attempt on its next heal
+    # The refusal carries the sequencer's view: this copy knows at once that replica 1 is behind (issue 26: a copy
+    # that learnt it only from successful writes read from the stale replica and never asked for a heal).
+    assert a.state.seq == 2 and [st.applied_seq for st in a.state.states] == [2, 1]
+    assert a.state.needs_healing() == [1]
     assert run(a.heal())[1] == 1 and a.state.seq == 2
     fresh = Sequencer(host(tmp_path / "two", clients))  # the journal gone: its view starts over
     a.sequencer = fresh
@@ -173,3 +176,93 @@ def test_the_only_ingress_asks_its_sequencer_to_heal_only_when_a_replica_is_behi
     polling = ingress(clients, sq)                       # one of several ingress replicas: asks every pass
     run(polling.heal())
     assert len(calls) == 2
+
+
+def test_the_only_ingress_heals_a_replica_that_a_refused_write_left_behind(tmp_path):
+    """Issue 26's cause, without Ray: below quorum, the write is refused (503) yet applied on one replica; the
+    only ingress (which asks its sequencer to heal only when its own view has a replica behind) must learn of it
+    from the refusal, heal it once it is back, and leave both replicas equal."""
+    clients = [MemShard(0, r) for r in range(2)]
+    sq = Sequencer(host(tmp_path, clients))
+    only = ingress(clients, sq)
+    only.poll_sequencer = False
+    run(only.upsert([row(1)]))
+    clients[1].fail = ConnectionError("killed")
+    for i in range(2, 6):
+        with pytest.raises(ShardUnavailable):
+            run(only.upsert([row(i)]))
+    clients[1].fail = None  # restarted, answering again: no read failed on it, so nothing else tells the ingress
+    run(only.heal())
+    assert set(clients[0].points) == set(clients[1].points) == {f"p{i}" for i in range(1, 6)}
+    assert [st["state"] for st in only.describe()] == ["live", "live"]
+
+
+# -- the journal's format and bounds (issue 33: H7, "journals are pickle") -------------------------------------------
+class Boom:
+    """What a pickle frame could carry: loading it would run code (here: write a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_the_journal_is_data_only_and_loading_one_never_runs_code(tmp_path):
+    import json
+    import pickle
+    import struct
+
+    clients = [MemShard(0, r) for r in range(2)]
+    seq = host(tmp_path, clients)
+    run(seq.upsert([PointRow(id="a", payload={"k": [1, "x"]}, meta={"k": 1}, vectors={"v": [0.1, 0.2]})]))
+    run(seq.delete(["a"]))
+    seq.journal.close()
+    raw = (tmp_path / "ops.log").read_bytes()
+    n = struct.unpack(">Q", raw[:8])[0]
+    first = json.loads(raw[8:8 + n])                       # plain JSON frames
+    assert first["kind"] == "upsert" and first["args"][0]["id"] == "a"
+    marker = tmp_path / "ran"
+    evil = pickle.dumps(("op", 3, "upsert", [Boom(marker)]))
+    with open(tmp_path / "ops.log", "ab") as fh:           # someone with write access to the data dir appends this
+        fh.write(struct.pack(">Q", len(evil)) + evil)
+    again = host(tmp_path, clients)
+    assert not marker.exists()                             # nothing ran
+    assert [(op.seq, op.kind) for op in again.log] == [(1, "upsert"), (2, "delete")]
+    assert again.log[0].args[0].vectors["v"] == pytest.approx([0.1, 0.2], rel=1e-6)  # float32, as Milvus keeps it
+
+
+def test_the_log_is_bounded_in_bytes_and_a_replica_behind_it_is_resynced(tmp_path):
+    from router.sequencer import Journal
+
+    clients = [MemShard(0, r) for r in range(2)]
+    big = lambda i: PointRow(id=f"p{i}", payload={"text": "x" * 4000}, vectors={"v": [float(i), 1.0]})  # noqa: E731
+    seq = ReplicatedShard(0, clients, key="t/0", write_quorum=1, clock=FakeClock(1000.0),
+                          journal=Journal(tmp_path, max_bytes=40_000))
+    clients[1].fail = ConnectionError("down")
+    for i in range(30):                                    # ~4 KB a write: the bound holds about 10
+        run(seq.upsert([big(i)]))
+    assert seq.log.bytes <= 40_000 and len(seq.log) < 12
+    assert seq.journal.file_bytes <= 2 * 40_000 + 5_000    # the file is compacted past twice the bound
+    seq.journal.close()
+    again = ReplicatedShard(0, clients, key="t/0", write_quorum=1, clock=FakeClock(1000.0),
+                            journal=Journal(tmp_path, max_bytes=40_000))
+    assert again.log.bytes <= 40_000 and again.state.seq == 30
+    clients[1].fail = None
+    assert run(again.heal()) == (1, 0) and again.resyncs == 1  # behind the log: copied from a caught-up replica
+    assert set(clients[1].points) == set(clients[0].points) and len(clients[0].points) == 30
+
+
+def test_loading_a_journal_larger_than_its_bound_keeps_only_the_bound(tmp_path):
+    from router.oplog import LoggedOp
+    from router.sequencer import Journal
+
+    j = Journal(tmp_path, max_bytes=10**9)
+    clients = [MemShard(0, r) for r in range(2)]
+    rs = ReplicatedShard(0, clients, key="t/0", clock=FakeClock(1000.0), journal=j)
+    for i in range(1, 201):
+        rs.log.append(LoggedOp(i, "upsert", [row(i)]), j.append(LoggedOp(i, "upsert", [row(i)]), rs.log))
+    j.close()
+    small = ReplicatedShard(0, clients, key="t/0", clock=FakeClock(1000.0), journal=Journal(tmp_path, max_bytes=2_000))
+    assert 0 < len(small.log) < 50 and small.log.bytes <= 2_000
+    assert [op.seq for op in small.log] == list(range(201 - len(small.log), 201))  # the newest are kept

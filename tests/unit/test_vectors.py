@@ -2,6 +2,7 @@
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 
 from cluster.config import CollectionConfig
 from cluster.errors import InvalidRequest
@@ -46,3 +47,30 @@ def test_search_params_are_those_the_index_reads_within_milvus_bounds(index, par
 def test_search_params_within_bounds_pass():
     cfg = CollectionConfig(name="p", shards=1, spaces={"v": {"dim": 3, "index": {"type": "HNSW"}}})
     Vectors(cfg).validate_query(QueryRequest(prefetch=[{"space": "v", "vector": [1, 0, 0], "params": {"ef": 128.0}}]))
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 3.5e38])
+def test_a_component_beyond_float32_is_refused_in_writes_and_queries(value):
+    """Issue 33 H3: 1e39 is finite in float64 and becomes inf in Milvus's float32: a 422 before any store sees it."""
+    v = Vectors(CFG)
+    with pytest.raises(InvalidRequest, match="float32") as err:
+        asyncio.run(v.prepare_points([Point(id="a", vectors={"l": [value, 0.1, 0.2]})]))
+    assert err.value.field == "points[0].vectors.l"
+    # Queries are refused by the request model itself (a 422 at parsing), before any validation step runs.
+    with pytest.raises(ValidationError, match="float32"):
+        QueryRequest(prefetch=[{"space": "l", "vector": [0.1, value, 0.2]}])
+    rows, _, _ = asyncio.run(v.prepare_points([Point(id="b", vectors={"l": [3.4e38, -3.4e38, 0.0]})]))
+    assert rows[0].vectors["l"][0] == 3.4e38  # the edge of the range is a value like any other
+
+
+def test_a_payload_larger_than_milvus_stores_is_refused_before_any_store():
+    from router.vectors import MAX_PAYLOAD_BYTES
+
+    v = Vectors(CFG)
+    big = {"text": "x" * MAX_PAYLOAD_BYTES}
+    with pytest.raises(InvalidRequest, match="bytes") as err:
+        asyncio.run(v.prepare_points([Point(id="a", payload=big, vectors={"l": [1.0, 0.0, 0.0]})]))
+    assert err.value.field == "points[0].payload"
+    fits = {"text": "x" * (MAX_PAYLOAD_BYTES - 100)}
+    rows, _, _ = asyncio.run(v.prepare_points([Point(id="a", payload=fits, vectors={"l": [1.0, 0.0, 0.0]})]))
+    assert rows[0].payload == fits

@@ -1,0 +1,215 @@
+"""What the coordinator knows about one shard's replicas (`ReplicaSet`, pure, clock injected): their ordering,
+health, applied sequence numbers, write quorum and agreement (anti-entropy's verdicts).
+
+A replica is *readable* when it has applied every acknowledged write of its shard (applied_seq >= committed; a
+write still in flight, or one that missed its quorum, does not make the others unreadable) and
+*healthy* unless it failed `fail_threshold` calls in a row (or its actor died). Reads go to healthy readable
+replicas in a stable ring order (so caches stay warm), demoting a replica whose latency EWMA is far above the
+best one; a replica not yet compared since it restarted, or known to differ from the others, comes after them,
+and a dead-but-readable replica is tried only as a last resort. Writes go to the healthy replicas that have
+applied every write issued so far, and are acknowledged at the write quorum.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cluster.errors import ConfigError
+from cluster.ring import HashRing
+
+HEDGE_SAMPLES = 64      # latencies kept per replica for its p95
+HEDGE_MIN_SAMPLES = 10  # no hedging before a replica's p95 means something
+FAIL_THRESHOLD = 3
+PROBE_INTERVAL_S = 1.0
+EWMA_ALPHA = 0.2
+SLOW_FACTOR = 4.0
+
+
+def quorum(setting: str | int, replicas: int) -> int:
+    """How many replica acks a write needs: 'all', 'majority' (floor(n/2)+1) or an integer in 1..n."""
+    if setting == "all":
+        return replicas
+    if setting == "majority":
+        return replicas // 2 + 1
+    if isinstance(setting, bool) or not isinstance(setting, int) or not 1 <= setting <= replicas:
+        raise ConfigError(f"write quorum must be 'all', 'majority' or 1..{replicas}, got {setting!r}",
+                          field="write_quorum")
+    return setting
+
+
+@dataclass
+class ReplicaState:
+    replica: int
+    applied_seq: int = 0
+    failures: int = 0
+    healthy: bool = True
+    ewma_ms: float | None = None
+    next_probe_at: float = 0.0
+    last_error: str = ""
+    faults: int = 0           # failures seen, ever (last_error clears on success; these stay for status)
+    last_fault: str = ""
+    last_fault_at: float | None = None
+    samples: deque = field(default_factory=lambda: deque(maxlen=HEDGE_SAMPLES))  # recent read latencies, ms
+    # Anti-entropy's verdict: "" (agrees, or not yet compared since the sequencer started), "verifying" (it
+    # restarted since it was last compared: it may have lost writes), "diverged" (known to differ, being repaired).
+    agreement: str = ""
+    checked_at: float | None = None   # wall-clock time of the last comparison that found it equal
+    incarnation: str | int | None = None
+
+    def state(self, committed: int) -> str:
+        if not self.healthy:
+            return "dead"
+        if self.applied_seq < committed:
+            return "stale"
+        return self.agreement or "live"
+
+
+@dataclass
+class ReplicaSet:
+    """The replicas of one shard and what the coordinator knows about them."""
+
+    shard: int
+    replicas: int
+    key: str = ""
+    clock: Callable[[], float] = time.monotonic
+    fail_threshold: int = FAIL_THRESHOLD
+    probe_interval_s: float = PROBE_INTERVAL_S
+    seq: int = 0          # last write issued (in the operation log)
+    committed: int = 0    # last write acknowledged at quorum
+    states: list[ReplicaState] = field(default_factory=list)
+    preference: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.states = [ReplicaState(r) for r in range(self.replicas)]
+        # A stable per-shard preference from the ring: every coordinator sends this shard's reads to the same
+        # first replica, so its caches stay warm.
+        self.preference = [int(r) for r in HashRing(range(self.replicas)).preference(self.key or f"shard-{self.shard}")]
+
+    # -- reads -------------------------------------------------------------------------------------------------
+    def read_order(self) -> list[int]:
+        """Healthy readable replicas (slow ones demoted, unverified ones after), then dead-but-readable ones."""
+        readable = [r for r in self.preference if self.states[r].applied_seq >= self.committed]
+        healthy = [r for r in readable if self.states[r].healthy]
+        best = min((self.states[r].ewma_ms for r in healthy if self.states[r].ewma_ms is not None), default=None)
+
+        def slow(r: int) -> bool:
+            e = self.states[r].ewma_ms
+            return best is not None and e is not None and e > SLOW_FACTOR * max(best, 1.0)
+
+        ordered = [r for r in healthy if not slow(r)] + [r for r in healthy if slow(r)]
+        # A replica that may differ (restarted, not yet compared) or is known to differ answers only when no
+        # agreeing one can; a dead one last.
+        agreeing = [r for r in ordered if not self.states[r].agreement]
+        return agreeing + [r for r in ordered if self.states[r].agreement] + \
+            [r for r in readable if not self.states[r].healthy]
+
+    # -- writes ------------------------------------------------------------------------------------------------
+    def write_targets(self) -> list[int]:
+        """Replicas that can apply the next write in order: caught up and healthy."""
+        return [r for r in self.preference if self.states[r].applied_seq >= self.seq and self.states[r].healthy]
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def abandon(self, seq: int) -> None:
+        """The write `seq` (the last one issued) was refused as a bad request: it never happened."""
+        if seq != self.seq:
+            raise RuntimeError(f"only the last write can be abandoned (last {self.seq}, got {seq})")
+        self.seq -= 1
+        for st in self.states:
+            st.applied_seq = min(st.applied_seq, self.seq)
+
+    def commit(self, seq: int) -> None:
+        """The write `seq` reached its quorum: replicas without it are stale from now on."""
+        self.committed = max(self.committed, seq)
+
+    def applied(self, replica: int, seq: int) -> None:
+        st = self.states[replica]
+        st.applied_seq = max(st.applied_seq, seq)
+
+    # -- health ------------------------------------------------------------------------------------------------
+    def on_success(self, replica: int, latency_s: float | None = None) -> None:
+        st = self.states[replica]
+        st.failures = 0
+        st.healthy = True
+        st.last_error = ""
+        if latency_s is not None:
+            self.observe_latency(replica, latency_s)
+
+    def observe_latency(self, replica: int, latency_s: float) -> None:
+        """A read's latency (or a lower bound of it, for a hedged read that lost): feeds the EWMA and the p95."""
+        st = self.states[replica]
+        ms = latency_s * 1000
+        st.ewma_ms = ms if st.ewma_ms is None else (1 - EWMA_ALPHA) * st.ewma_ms + EWMA_ALPHA * ms
+        st.samples.append(ms)
+
+    def hedge_after_s(self, replica: int) -> float | None:
+        """The replica's observed p95 in seconds: past it, a read is worth sending to another replica too.
+        None until enough reads were seen."""
+        samples = sorted(self.states[replica].samples)
+        if len(samples) < HEDGE_MIN_SAMPLES:
+            return None
+        return samples[min(len(samples) - 1, int(0.95 * len(samples)))] / 1000
+
+    def on_failure(self, replica: int, reason: str, fatal: bool = False) -> None:
+        """`fatal` (the actor is gone) marks it dead at once; otherwise after `fail_threshold` in a row."""
+        st = self.states[replica]
+        st.failures += 1
+        st.last_error = reason
+        self._fault(st, reason)
+        if fatal or st.failures >= self.fail_threshold:
+            st.healthy = False
+            st.next_probe_at = self.clock() + self.probe_interval_s
+
+    def needs_healing(self) -> list[int]:
+        """Replicas that are dead (probe due) or behind on writes."""
+        now = self.clock()
+        out = []
+        for st in self.states:
+            if not st.healthy and now < st.next_probe_at:
+                continue
+            if not st.healthy or st.applied_seq < self.seq:
+                out.append(st.replica)
+        return out
+
+    def _fault(self, st: ReplicaState, reason: str) -> None:
+        st.faults += 1
+        st.last_fault, st.last_fault_at = reason, self.clock()
+
+    def probe_failed(self, replica: int, reason: str) -> None:
+        st = self.states[replica]
+        st.healthy = False
+        st.last_error = reason
+        self._fault(st, reason)
+        st.next_probe_at = self.clock() + self.probe_interval_s
+
+    def saw_incarnation(self, replica: int, incarnation: str | int | None, verify: bool = True) -> bool:
+        """A replica answered with its process incarnation; a new one (it restarted) makes it `verifying` until
+        anti-entropy has compared it with the others (`verify`: anti-entropy runs here; else nothing would ever
+        clear it). Returns whether it restarted."""
+        st = self.states[replica]
+        if incarnation is None or incarnation == st.incarnation:
+            return False
+        restarted = st.incarnation is not None
+        st.incarnation = incarnation
+        if restarted and verify and st.agreement != "diverged":
+            st.agreement = "verifying"
+        return restarted
+
+    def describe(self, wall: Callable[[], float] = time.time) -> list[dict]:
+        """Per replica: state, sequence numbers, lag (writes issued it has not applied), the current error and
+        the last fault ever seen (with its age in seconds), which outlives the recovery, and when anti-entropy
+        last found it equal to the others (`digest_s_ago`)."""
+        now, wall_now = self.clock(), wall()
+        return [{"replica": st.replica, "state": st.state(self.committed), "applied_seq": st.applied_seq,
+                 "agreement": st.agreement or "agrees",
+                 "digest_s_ago": None if st.checked_at is None else round(max(0.0, wall_now - st.checked_at), 1),
+                 "shard_seq": self.committed, "lag": max(0, self.seq - st.applied_seq),
+                 "ewma_ms": None if st.ewma_ms is None else round(st.ewma_ms, 2),
+                 "last_error": st.last_error, "faults": st.faults, "last_fault": st.last_fault,
+                 "last_fault_s_ago": None if st.last_fault_at is None else round(now - st.last_fault_at, 1)}
+                for st in self.states]
+
