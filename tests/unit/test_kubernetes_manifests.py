@@ -190,13 +190,10 @@ def test_every_ray_pod_runs_the_configured_http_ingress(haproxy, want):
     assert all(env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" for env in _ray_env(plain))
 
 
-def test_without_api_keys_the_chart_refuses_to_render_unless_insecure():
-    from helm_python.errors import HelmError
-
-    with pytest.raises(HelmError, match="auth: no API keys"):
-        render({})
-    cfg = serve_config(render({"auth": {"insecure": True}}))
-    assert cfg.insecure is True
+def test_insecure_is_the_explicit_way_to_serve_without_keys():
+    docs = by_kind(render({"auth": {"insecure": True}}))
+    assert serve_config(docs["RayService"]).insecure is True
+    assert not any("PRISM_ADMIN_KEY" in e or "PRISM_API_KEYS" in e for e in _ray_env_from(docs["RayService"]))
 
 
 def test_ray_control_plane_is_token_authenticated_and_fenced_by_a_network_policy():
@@ -311,3 +308,53 @@ def test_ingress_replicas_and_their_autoscaling_range_reach_the_serve_deployment
     assert scaled.ingress_options() == {"autoscaling_config": {"min_replicas": 2, "max_replicas": 6}}
     with pytest.raises(ValueError, match="ingress_max_replicas"):
         ClusterConfig(ingress_replicas=3, ingress_max_replicas=2)
+
+
+def test_a_default_install_renders_and_generates_an_admin_key_the_ingress_accepts():
+    """`helm install` with no values: an admin key is generated into a Secret (kept across upgrades by `lookup`),
+    every Ray container gets it as PRISM_ADMIN_KEY, NOTES.txt says how to read it, and the key the Secret holds is
+    one the ingress accepts as admin when loaded as the pod loads it (cluster.auth through router.access)."""
+    import base64
+
+    from helm_python import Chart
+
+    from cluster.auth import ADMIN_KEY_ENV, KeySource, split_key
+    from router.access import Guard
+
+    docs = by_kind(render({}))
+    secret = next(d for d in docs["Secret"] if d["metadata"]["name"] == "prism-admin-key")
+    kubernetes_validate_doc(secret)
+    key = base64.b64decode(secret["data"]["admin-key"]).decode()
+    kid, secret_part = split_key(key)
+    assert len(kid) == 8 and int(kid, 16) >= 0 and len(secret_part) >= 32
+    assert serve_config(docs["RayService"]).insecure is False
+    ref = {"secretKeyRef": {"name": "prism-admin-key", "key": "admin-key"}}
+    assert all(env.get(ADMIN_KEY_ENV) == ref for env in _ray_env_from(docs["RayService"]))
+    # The pod: the Secret's value in its environment, read by the same KeySource the ingress builds.
+    guard = Guard(KeySource([], None, environ={ADMIN_KEY_ENV: key}))
+    delete = [(b"authorization", f"Bearer {key}".encode())]
+    principal = guard.check("DELETE", "/v1/collections/products", delete, "10.0.0.1")
+    assert principal is not None and principal.role == "admin" and principal.key_id == kid
+    assert guard.check("DELETE", "/v1/collections/products", [], "10.0.0.1").status == 401
+    wrong = [(b"authorization", f"Bearer {key[:-1]}{'A' if key[-1] != 'A' else 'B'}".encode())]
+    assert guard.check("DELETE", "/v1/collections/products", wrong, "10.0.0.1").status == 401
+    # A second render (a new install elsewhere) gets another key; the template keeps an existing one via lookup.
+    again = next(d for d in by_kind(render({}))["Secret"] if d["metadata"]["name"] == "prism-admin-key")
+    assert again["data"]["admin-key"] != secret["data"]["admin-key"]
+    template = (CHART / "templates" / "secret.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $adminName' in template
+    notes = Chart.load(str(CHART)).render(values={}, name="prism", namespace="search")
+    text = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
+    assert "kubectl get secret prism-admin-key -n search -o jsonpath='{.data.admin-key}' | base64 -d" in text
+    # Keys given (or insecure) generate none.
+    for values in (KEYED, {"auth": {"insecure": True}}):
+        assert not any(d["metadata"]["name"] == "prism-admin-key" for d in by_kind(render(values))["Secret"])
+
+
+def test_a_malformed_generated_key_is_refused_at_load():
+    from cluster.auth import ADMIN_KEY_ENV, env_keys
+    from cluster.errors import ConfigError
+
+    for bad in ("prism_deadbeef_short", "prism_XYZ12345_" + "a" * 40, "not-a-key"):
+        with pytest.raises(ConfigError, match=ADMIN_KEY_ENV):
+            env_keys({ADMIN_KEY_ENV: bad})

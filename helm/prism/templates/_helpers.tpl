@@ -13,6 +13,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- default (printf "%s-credentials" (include "prism.fullname" .)) .Values.credentials.existingSecret -}}
 {{- end -}}
 
+{{/* No keys given and not insecure: the chart generates an admin key (secret.yaml) and hands it to every pod. */}}
+{{- define "prism.generateAdminKey" -}}
+{{- if not (or .Values.auth.existingSecret .Values.auth.keys .Values.auth.insecure) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "prism.adminKeySecret" -}}
+{{- printf "%s-admin-key" (include "prism.fullname" .) -}}
+{{- end -}}
+
 {{- define "prism.rayTokenSecret" -}}
 {{- default (printf "%s-ray-token" (include "prism.fullname" .)) .Values.rayAuth.existingSecret -}}
 {{- end -}}
