@@ -178,6 +178,9 @@ class PlacementConfig(_Strict):
     nothing on one (GPU indexes run inside a GPU-enabled Milvus, whose query and index nodes hold the GPUs)."""
 
     encoder_num_gpus: float = Field(default=0.0, ge=0, le=8)
+    # Place the ingress replicas on the Ray head node, beside the sequencers: where the data dir (the catalog they
+    # write) is a volume of the head pod only (the Helm chart's ReadWriteOnce persistence).
+    ingress_on_head: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +189,9 @@ class PlacementConfig(_Strict):
             raise ValueError(f"shard_num_gpus={data['shard_num_gpus']!r} is gone: shard actors are Milvus clients and "
                              "use no GPU; GPU indexes need GPUs on Milvus's query and index nodes (milvus.gpu: true)")
         return data
+
+
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (1 unit)
 
 
 def shard_actor_options(placement: "PlacementConfig") -> dict:
@@ -393,10 +399,12 @@ class ClusterConfig(_Strict):
 
     def ingress_options(self) -> dict:
         """The Serve deployment options of the ingress: a fixed replica count, or an autoscaling range."""
-        if self.ingress_max_replicas is None:
-            return {"num_replicas": self.ingress_replicas}
-        return {"autoscaling_config": {"min_replicas": self.ingress_replicas,
-                                       "max_replicas": self.ingress_max_replicas}}
+        out: dict = ({"num_replicas": self.ingress_replicas} if self.ingress_max_replicas is None else
+                     {"autoscaling_config": {"min_replicas": self.ingress_replicas,
+                                             "max_replicas": self.ingress_max_replicas}})
+        if self.placement.ingress_on_head:  # Ray's own resource of the head node: a sliver of it per replica
+            out["ray_actor_options"] = {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}
+        return out
 
     @property
     def data_path(self) -> Path:

@@ -302,7 +302,8 @@ def test_grpc_is_served_with_the_servicers_prism_registers_and_exposed_by_the_se
 
 def test_ingress_replicas_and_their_autoscaling_range_reach_the_serve_deployment():
     fixed = serve_config(by_kind(render())["RayService"])
-    assert fixed.ingress_options() == {"num_replicas": 1}
+    assert fixed.ingress_options() == {"num_replicas": 1, "ray_actor_options": {  # on the head, with the data volume
+        "num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}}
     scaled = serve_config(by_kind(render({**load(CHART / "examples" / "values-external.yaml"),
                                            "auth": KEYED["auth"]}))["RayService"])
     assert scaled.ingress_options() == {"autoscaling_config": {"min_replicas": 2, "max_replicas": 6}}
@@ -358,3 +359,78 @@ def test_a_malformed_generated_key_is_refused_at_load():
     for bad in ("prism_deadbeef_short", "prism_XYZ12345_" + "a" * 40, "not-a-key"):
         with pytest.raises(ConfigError, match=ADMIN_KEY_ENV):
             env_keys({ADMIN_KEY_ENV: bad})
+
+
+HARDENED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pods(rayservice: dict) -> list[tuple[str, dict]]:
+    spec = rayservice["spec"]["rayClusterConfig"]
+    return [("head", spec["headGroupSpec"]["template"]["spec"]),
+            *((g["groupName"], g["template"]["spec"]) for g in spec.get("workerGroupSpecs", []))]
+
+
+def _check_hardened_pod(name: str, pod: dict) -> dict[str, dict]:
+    """Every container hardened, the pod spec a valid Kubernetes Pod; returns {mount path: its volume}."""
+    kubernetes_validate_doc({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": pod})
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts: dict[str, dict] = {}
+    for c in pod["containers"]:
+        assert c["securityContext"] == HARDENED, (name, c["name"])
+        for m in c["volumeMounts"]:
+            mounts[m["mountPath"]] = volumes[m["name"]]
+    # With a read-only root, everything Ray, HAProxy and prism write has a volume.
+    assert {"/var/lib/prism", "/tmp", "/home/prism"} <= set(mounts), (name, sorted(mounts))
+    return mounts
+
+
+def test_every_ray_container_is_hardened_and_the_data_dir_is_a_persistent_volume():
+    docs = by_kind(render({**KEYED, "gpu": {"enabled": True}}))
+    svc = docs["RayService"][0]
+    pods = dict(_pods(svc))
+    assert set(pods) == {"head", "cpu", "gpu"}
+    mounts = {name: _check_hardened_pod(name, pod) for name, pod in pods.items()}
+    # ReadWriteOnce (default): the claim on the head, where the sequencers keep their journals; the ingress (the
+    # catalog's writer) is placed there too; the workers' data dir is scratch.
+    pvc = next(d for d in docs["PersistentVolumeClaim"] if d["metadata"]["name"] == "prism-data")
+    kubernetes_validate_doc(pvc)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"] and pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert mounts["head"]["/var/lib/prism"]["persistentVolumeClaim"] == {"claimName": "prism-data"}
+    assert all("emptyDir" in mounts[w]["/var/lib/prism"] for w in ("cpu", "gpu"))
+    cfg = serve_config(docs["RayService"])
+    assert cfg.data_dir == "/var/lib/prism" and cfg.placement.ingress_on_head is True
+    assert cfg.ingress_options()["ray_actor_options"] == {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
+
+    shared = by_kind(render({**KEYED, "persistence": {"enabled": True, "accessMode": "ReadWriteMany", "size": "50Gi",
+                                                      "storageClass": "nfs", "existingClaim": ""}}))
+    pods = dict(_pods(shared["RayService"][0]))
+    assert all(_check_hardened_pod(n, p)["/var/lib/prism"]["persistentVolumeClaim"]["claimName"] == "prism-data"
+               for n, p in pods.items())
+    assert shared["PersistentVolumeClaim"][0]["spec"]["storageClassName"] == "nfs"
+    assert serve_config(shared["RayService"]).placement.ingress_on_head is False
+    assert "ray_actor_options" not in serve_config(shared["RayService"]).ingress_options()
+
+    mine = by_kind(render({**KEYED, "persistence": {"enabled": True, "existingClaim": "my-data"}}))
+    assert "PersistentVolumeClaim" not in mine
+    head = dict(_pods(mine["RayService"][0]))["head"]
+    assert _check_hardened_pod("head", head)["/var/lib/prism"]["persistentVolumeClaim"]["claimName"] == "my-data"
+
+    off = by_kind(render({**KEYED, "persistence": {"enabled": False}, "securityContext": {"readOnlyRootFilesystem": False}}))
+    assert "PersistentVolumeClaim" not in off
+    head = dict(_pods(off["RayService"][0]))["head"]
+    assert head["volumes"][0] == {"name": "data", "emptyDir": {}}
+    assert head["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+
+
+def test_the_plain_manifests_are_hardened_and_keep_the_data_dir_on_a_claim():
+    svc = load(DEPLOY / "rayservice.yaml")
+    pods = dict(_pods(svc))
+    mounts = {name: _check_hardened_pod(name, pod) for name, pod in pods.items()}
+    claim = load(DEPLOY / "k8s" / "pvc.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert mounts["head"]["/var/lib/prism"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    cfg = ClusterConfig.model_validate(load(DEPLOY / "serve-config.yaml")["applications"][0]["args"]["config"])
+    assert cfg.placement.ingress_on_head is True
