@@ -350,6 +350,9 @@ class ClusterConfig(_Strict):
     # The HTTP front door. haproxy: Ray Serve's HAProxy ingress, forwarding straight to the ingress replicas
     # (each replica serves HTTP itself; no Python proxy hop). proxy: Serve's Python proxy. See docs/operations.md.
     ingress: Literal["haproxy", "proxy"] = "haproxy"
+    # haproxy: a client must send a request's headers (and the first buffer of its body) within this many seconds,
+    # else 408 and the connection is closed (slowloris; cluster/haproxy_guard.py). Ray's own config waits an hour.
+    http_request_timeout_s: float = Field(default=10.0, gt=0, le=300)
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     # The gRPC front door (router/proto/prism/v1/prism.proto) on the same host, through the same ingress; 0: off.
     grpc_port: int = Field(default=DEFAULT_GRPC_PORT, ge=0, le=65535)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -230,6 +231,43 @@ def group_members(pgid: int) -> list[int]:
 def session_members(sid: int) -> list[int]:
     """Pids of the live processes in session `sid` (what `ray start` began, its workers included)."""
     return _members(3, sid)
+
+
+RAY_TOKEN_ENV, RAY_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+
+
+def ray_token_file(environ: dict[str, str] | None = None, home: str | os.PathLike | None = None) -> Path | None:
+    """The file Ray reads its control-plane token from: RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; None when
+    RAY_AUTH_TOKEN carries the token itself."""
+    env = os.environ if environ is None else environ
+    if env.get(RAY_TOKEN_ENV):
+        return None
+    if env.get(RAY_TOKEN_PATH_ENV):
+        return Path(env[RAY_TOKEN_PATH_ENV]).expanduser()
+    return Path(home if home is not None else Path.home()) / ".ray" / "auth_token"
+
+
+def secure_ray_token(environ: dict[str, str] | None = None, home: str | os.PathLike | None = None) -> Path | None:
+    """Make Ray's token file readable by its owner only, creating it (0600 from the first byte) when absent.
+
+    Ray 2.60 writes the token it generates for a new local cluster with the process umask (0644 measured), so any
+    local user could read it and run code through Ray's control plane. Called before `ray.init`: Ray then finds
+    the token and uses it. Returns the file (None when the token comes from RAY_AUTH_TOKEN)."""
+    env = os.environ if environ is None else environ
+    path = ray_token_file(env, home)
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not env.get(RAY_TOKEN_PATH_ENV):  # ~/.ray is Ray's own directory: nobody else lists it either
+        os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        return path
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))  # what Ray's own generator makes: 256 random bits, hex
+    return path
 
 
 def ray_cluster_env(token: str) -> dict[str, str]:

@@ -185,9 +185,13 @@ def test_every_ray_pod_runs_the_configured_http_ingress(haproxy, want):
     values = KEYED if haproxy is None else {**KEYED, "service": {"haproxy": haproxy}}
     svc = next(d for d in render(values) if d.get("kind") == "RayService")
     assert [env.get("RAY_SERVE_ENABLE_HA_PROXY") for env in _ray_env(svc)] == [want] * len(_ray_env(svc))
+    # HAProxy runs through the request-deadline guard (the image's `prism-haproxy`, pyproject's console script).
+    guarded = {"RAY_SERVE_HAPROXY_BINARY_PATH": "/usr/local/bin/prism-haproxy", "PRISM_HAPROXY_HTTP_REQUEST_TIMEOUT_S": "10"}
+    assert all((env.items() >= guarded.items()) == (want == "1") for env in _ray_env(svc))
     manifests = yaml.safe_load_all((DEPLOY / "rayservice.yaml").read_text())
     plain = next(d for d in manifests if d and d.get("kind") == "RayService")
-    assert all(env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" for env in _ray_env(plain))
+    assert all(env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and env.items() >= guarded.items() for env in _ray_env(plain))
+    assert 'prism-haproxy = "cluster.haproxy_guard:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_insecure_is_the_explicit_way_to_serve_without_keys():
