@@ -21,6 +21,7 @@ DEFAULT_GRPC_PORT = 9000
 DEFAULT_DATA_DIR = ".prism"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # request bodies, uploads and images: larger is a 413
 MAX_IMAGE_PIXELS = 40_000_000       # decoded image size; larger is refused as a decompression bomb
+MAX_REQUEST_PIXELS = 100_000_000    # all images of one request (e.g. 8 photos of 12 MP)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 
@@ -146,9 +147,17 @@ class FilterSettings(_Strict):
 class ImageLimits(_Strict):
     """Image inputs: size limits checked before decoding; URLs only when explicitly allowed."""
 
-    max_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
-    max_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1024)
-    allow_network: bool = False
+    max_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)         # one image's encoded bytes
+    max_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1024)        # one image (read from its header)
+    # All images of one request together (headers' pixel counts, before decoding): more is a 413 for the request.
+    max_request_pixels: int = Field(default=MAX_REQUEST_PIXELS, ge=1024)
+    # Decoding (and fetching) runs in this many threads per ingress process, off the event loop.
+    decode_workers: int = Field(default=2, ge=1, le=64)
+    # Decoded images are shrunk at once until their shorter side is this (CLIP reads 224 px; JPEGs are decoded at
+    # a reduced scale to begin with), so a request holds small images only.
+    downscale_side: int = Field(default=448, ge=64, le=8192)
+    allow_network: bool = False  # http(s) image URLs; public addresses only, no redirects, bounded size and time
+    fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)        # one URL, connect to last byte
 
 
 class CacheSettings(_Strict):

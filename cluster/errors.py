@@ -6,6 +6,7 @@
     │   ├── ImageError              an image that cannot be read, fetched or decoded
     │   ├── ConfigError             a configuration value that cannot work (quorum, shard layout, ...)
     │   └── PayloadTooLarge         413
+    │       └── ImageBudgetExceeded a request's images hold more pixels than images.max_request_pixels
     ├── CollectionNotFound          404
     ├── SpaceNotFound               404: unknown named vector space
     ├── CollectionExists            409
@@ -68,6 +69,10 @@ class ConfigError(InvalidRequest):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
+
+
+class ImageBudgetExceeded(PayloadTooLarge):
+    """The whole request is refused (not only the image that crossed the budget)."""
 
 
 class CollectionNotFound(PrismError):
