@@ -349,6 +349,10 @@ class StrictLimits(_Strict):
     max_shards: int = Field(default=64, ge=1, le=256)                 # shards of a new collection
     max_replicas: int = Field(default=4, ge=1, le=8)                  # replicas of a new collection
     max_collections: int = Field(default=1_000, ge=1, le=100_000)     # collections in the cluster
+    # Source text an encoder embeds (long ones are chunked into overlapping windows and averaged): per document
+    # (one payload field feeding one space) and per write request; the encoder's work grows with both.
+    max_document_chars: int = Field(default=100_000, ge=1, le=8_388_608)
+    max_request_document_chars: int = Field(default=2_000_000, ge=1, le=8_388_608)
 
 
 class ClusterConfig(_Strict):

@@ -264,12 +264,14 @@ class PrismService:
         coord = self.coordinator(name)
         req = parse_model(UpsertRequest, body, "upsert request")
         strict.check_write(len(req.points), self.config.limits)
+        strict.check_documents(req.points, coord.config, self.config.limits)
         return await coord.upsert(req.points, req.wait)
 
     async def update_vectors(self, name: str, body: Any) -> UpsertResponse:
         coord = self.coordinator(name)
         req = parse_model(UpdateVectorsRequest, body, "vector update")
         strict.check_write(len(req.points), self.config.limits)
+        strict.check_documents(req.points, coord.config, self.config.limits, sources=True)
         return await coord.update_vectors(req.points, req.wait)
 
     async def delete_points(self, name: str, body: Any) -> DeleteResponse:
