@@ -65,6 +65,9 @@ class Coordinator:
         # A partial vector update reads a point and writes it back: no other write of this process to that point
         # may land in between (it would be undone). Several ingress replicas: see docs/operations.md.
         self._points = KeyedLocks()
+        # Called before writes reach the shards (the service: is this layout still current, has another ingress
+        # paused writes?); raises to refuse the write.
+        self.before_write: Callable[[], None] | None = None
 
     @classmethod
     def from_clients(cls, config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *,
@@ -342,6 +345,8 @@ class Coordinator:
 
     # -- writes ------------------------------------------------------------------------------------------------
     def _writable(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
         if self.paused:
             raise ShardUnavailable(f"writes to {self.config.name!r} are paused: {self.paused}; retry shortly",
                                    shards=list(range(self.config.shards)))
@@ -358,6 +363,7 @@ class Coordinator:
         if infer_fields((p.payload for p in points), self.config.metadata):
             await self._map_new_fields(points)
         rows, notes, failed = await self.vectors.prepare_points(points)
+        self._writable()  # again: embedding takes time, and another ingress may have paused writes meanwhile
         await self.filtering.write_through(rows, wait, lambda: self._write(  # Elasticsearch first, then the shards
             self.shards[s].upsert(batch, wait) for s, batch in self._by_shard(rows, lambda r: r.id).items()),
             self.fetch)

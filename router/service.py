@@ -17,6 +17,7 @@ from cluster.errors import (
     BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
 )
 from router.cache import EmbeddingCache, LRUCache, request_key
+from router.catalog import Catalog, Entry
 from router import limits as strict
 from router.coordinator import Coordinator
 from router.models import (
@@ -25,7 +26,7 @@ from router.models import (
     ScrollRequest, ScrollResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, VerifyResponse,
     json_too_deep, select_payload,
 )
-from router.reshard import reshard
+from router.reshard import reshard_collection
 from router.vectors import Encode
 from shards.local import local_shards, replica_specs, stop_local_shards
 
@@ -61,21 +62,25 @@ class PrismService:
         self.encode_images = encode_images
         # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
         self.encoders = encoders or {}
-        self.catalog_dir = config.data_path / "catalog"
-        self.catalog_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(config.data_path / "catalog")  # shared by every ingress replica (router/catalog.py)
+        self.catalog_dir = self.catalog.dir
         self.coordinators: dict[str, Coordinator] = {}
+        self._seen: dict[str, tuple] = {}  # name -> (file stamp, version) of the catalog entry this process follows
         self._lock = asyncio.Lock()
 
     # -- collections -------------------------------------------------------------------------------------------
     def open_catalog(self) -> list[str]:
         """Reopen every collection recorded in the data dir (after a restart)."""
         names = []
-        for path in sorted(self.catalog_dir.glob("*.json")):
-            cfg = CollectionConfig.model_validate_json(path.read_text())
+        for name in self.catalog.names():
+            stamp, entry = self.catalog.stamp(name), self.catalog.read(name)
+            if entry is None:
+                continue
             if self.metadata is not None:
-                self.metadata.ensure_index(cfg)
-            self._open(cfg)
-            names.append(cfg.name)
+                self.metadata.ensure_index(entry.config)
+            self._open(entry.config).paused = entry.paused
+            self._seen[name] = (stamp, entry.version)
+            names.append(name)
         for cfg in self.config.collections:
             if cfg.name not in self.coordinators:
                 self._create_sync(cfg)
@@ -94,15 +99,53 @@ class PrismService:
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
             budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max)
-        coord.on_mapping = lambda _new, coord=coord: self._save_catalog(coord.config)
+        self._attach(coord)
         self.coordinators[cfg.name] = coord
         return coord
 
-    def _save_catalog(self, cfg: CollectionConfig) -> None:
-        path = self.catalog_dir / f"{cfg.name}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(cfg.model_dump_json(indent=2))
-        tmp.replace(path)
+    def _attach(self, coord: Coordinator) -> None:
+        coord.on_mapping = lambda new, coord=coord: self._save_mapping(coord, new)
+        if self.start_sequencers is not None:  # other ingress replicas may pause or reshard it meanwhile
+            coord.before_write = lambda coord=coord: self._check_current(coord)
+
+    def _note(self, name: str, entry: Entry) -> None:
+        self._seen[name] = (self.catalog.stamp(name), entry.version)
+
+    def _save_mapping(self, coord: Coordinator, new: dict[str, str]) -> None:
+        """Record fields dynamic mapping added, merged into the catalog entry as it is now (another ingress may
+        have mapped others since this one read it: they are kept, and adopted here)."""
+        name = coord.config.name
+        entry = self.catalog.update(name, lambda e: e.with_(config=e.config.model_copy(
+            update={"metadata": {**new, **e.config.metadata}})))
+        coord.config.metadata.update(entry.config.metadata)
+        self._note(name, entry)
+
+    def _sync(self, name: str, coord: Coordinator | None) -> Coordinator | None:
+        """This process's coordinator for `name` brought up to the catalog, which other ingress replicas write: a
+        collection created or deleted there, fields mapped there, a reshard's pause, a new shard layout."""
+        stamp = self.catalog.stamp(name)
+        seen = self._seen.get(name)
+        if coord is not None and stamp is not None and seen is not None and seen[0] == stamp:
+            return coord
+        entry = self.catalog.read(name) if stamp is not None else None
+        if entry is None:
+            self.coordinators.pop(name, None)
+            self._seen.pop(name, None)
+            return None
+        if coord is None or entry.config.shards != coord.config.shards:
+            coord = self._open(entry.config)  # attaches to the shards (and sequencers) another ingress started
+        else:
+            coord.config.metadata.update(entry.config.metadata)
+        coord.paused = entry.paused
+        self._seen[name] = (stamp, entry.version)
+        return coord
+
+    def _check_current(self, coord: Coordinator) -> None:
+        """Right before a write reaches the shards: refuse it if another ingress resharded the collection since
+        this request began (its ring is stale); a pause another ingress set is then in `coord.paused`."""
+        if self._sync(coord.config.name, coord) is not coord:
+            raise ShardUnavailable(f"collection {coord.config.name!r} was resharded meanwhile; retry",
+                                   shards=list(range(coord.config.shards)))
 
     def _observer(self, name: str):
         if self.observe_shard is None:
@@ -119,7 +162,7 @@ class PrismService:
         if self.metadata is not None:
             self.metadata.ensure_index(cfg)
         self._open(cfg)
-        self._save_catalog(cfg)
+        self._note(cfg.name, self.catalog.create(cfg))
 
     async def create_collection(self, name: str, body: dict[str, Any]) -> CollectionInfo:
         if not isinstance(body, dict):
@@ -128,7 +171,7 @@ class PrismService:
         strict.check_layout(cfg, self.config.limits)
         self._check_encoders(cfg)
         async with self._lock:
-            if name in self.coordinators:
+            if name in self.coordinators or self.catalog.stamp(name) is not None:  # or made through another ingress
                 raise CollectionExists(f"collection {name!r} already exists")
             if len(self.coordinators) >= self.config.limits.max_collections:
                 raise InvalidRequest(f"this cluster holds {len(self.coordinators)} collections, its limit "
@@ -164,13 +207,8 @@ class PrismService:
 
     def coordinator(self, name: str) -> Coordinator:
         coord = self.coordinators.get(name)
-        if self.start_sequencers is not None:  # several ingress replicas may share the catalog
-            path = self.catalog_dir / f"{name}.json"
-            if coord is None and path.exists():  # created through another ingress replica: open it here too
-                coord = self._open(CollectionConfig.model_validate_json(path.read_text()))
-            elif coord is not None and not path.exists():  # deleted through another one
-                self.coordinators.pop(name, None)
-                coord = None
+        if self.start_sequencers is not None:  # several ingress replicas share the catalog
+            coord = self._sync(name, coord)
         if coord is None:
             raise CollectionNotFound(f"collection {name!r} not found")
         return coord
@@ -201,7 +239,8 @@ class PrismService:
             if self.stop_sequencers is not None:
                 await asyncio.to_thread(self.stop_sequencers, [sh.sequencer for sh in coord.shards if sh.sequencer], True)
             await asyncio.to_thread(self.stop_shards, [sh.clients for sh in coord.shards], True)
-            (self.catalog_dir / f"{name}.json").unlink(missing_ok=True)
+            self.catalog.delete(name)
+            self._seen.pop(name, None)
             if self.metadata is not None:
                 await asyncio.to_thread(self.metadata.drop_index, name)
             for kept in (self.config.data_path / "milvus" / name, self.config.data_path / "sequencer" / name):
@@ -212,34 +251,8 @@ class PrismService:
     async def reshard(self, name: str, body: Any) -> dict[str, Any]:
         """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile."""
         parse_model(ReshardRequest, body, "reshard request")
-        t0 = time.perf_counter()
         async with self._lock:
-            old = self.coordinator(name)
-            cfg = parse_model(CollectionConfig, {**old.config.model_dump(), "shards": body["shards"]}, "reshard")
-            strict.check_layout(cfg, self.config.limits)
-            if cfg.shards == old.config.shards:
-                return {"collection": name, "shards": cfg.shards, "moved": 0, "seconds": 0.0}
-            n_old = old.config.shards
-
-            specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
-
-            def start_added() -> list:
-                return self.start_shards(cfg, specs[n_old:], create=True, first_shard=n_old)
-
-            def start_added_sequencers() -> list | None:
-                if self.start_sequencers is None:
-                    return None
-                return self.start_sequencers(cfg, specs[n_old:], first_shard=n_old)
-
-            def switch(new: Coordinator) -> None:
-                new.on_mapping = lambda _new, coord=new: self._save_catalog(coord.config)
-                self.coordinators[name] = new
-                self._save_catalog(cfg)
-
-            moved = await reshard(old, cfg, start_added=start_added, stop=self.stop_shards, switch=switch,
-                                  start_sequencers=start_added_sequencers, stop_sequencers=self.stop_sequencers)
-        return {"collection": name, "shards": cfg.shards, "moved": moved,
-                "seconds": round(time.perf_counter() - t0, 2)}
+            return await reshard_collection(self, name, body["shards"])
 
     async def heal(self) -> dict[str, int]:
         """One healing pass over every collection: {"healed": replicas caught up, "failed": probes that failed}."""
@@ -251,7 +264,7 @@ class PrismService:
 
     def list_collections(self) -> list[str]:
         if self.start_sequencers is not None:  # the catalog, which every ingress replica writes
-            return sorted(p.stem for p in self.catalog_dir.glob("*.json"))
+            return self.catalog.names()
         return sorted(self.coordinators)
 
     def close(self) -> None:
