@@ -179,8 +179,9 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
             cfg = cfg.model_copy(update={"elasticsearch": ElasticsearchConfig(mode="external", url=es.uri)})
         if cfg.milvus.mode == "bundled":
             print("starting the bundled Milvus 2.3 standalone server ...", flush=True)
-            milvus = start_milvus_server(data / "milvus-server")
-            cfg = cfg.model_copy(update={"milvus": MilvusConfig(mode="server", uri=milvus.uri, gpu=cfg.milvus.gpu)})
+            milvus = start_milvus_server(data / "milvus-server", auth=True)  # it listens on every interface
+            cfg = cfg.model_copy(update={"milvus": MilvusConfig(mode="server", uri=milvus.uri, token=milvus.token,
+                                                                gpu=cfg.milvus.gpu)})
         print("starting Ray ...", flush=True)
         # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
         guard = haproxy_guard.install(data / "haproxy" / "prism-haproxy") if cfg.ingress == "haproxy" else None
