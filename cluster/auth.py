@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +31,10 @@ ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
 KEY_PREFIX = "prism"
 KEYS_FILE = "api-keys.json"
 KEYS_ENV = "PRISM_API_KEYS"  # a JSON list of key records (hashes, never keys): how a Kubernetes Secret hands them in
+# One plaintext admin key, as the Helm chart generates it into a Secret on first install (Elasticsearch 8 does the
+# same with its `elastic` password): hashed with a fresh salt when loaded, never written anywhere by prism.
+ADMIN_KEY_ENV = "PRISM_ADMIN_KEY"
+MIN_SECRET_CHARS = 24  # a plaintext key handed in must carry at least ~140 random bits, as new_key's (32 characters)
 
 
 class KeyRecord(BaseModel):
@@ -180,16 +185,32 @@ def write_keys_file(path: str | os.PathLike, records: Iterable[KeyRecord]) -> No
         raise
 
 
+def record_for_key(key: str, role: Role, label: str | None = None, field: str = ADMIN_KEY_ENV) -> KeyRecord:
+    """The stored form of a key handed in as plaintext (a fresh salt; the key itself is not kept)."""
+    parsed = split_key(key.strip())
+    if parsed is None or not re.fullmatch(r"[0-9a-f]{8}", parsed[0]) or len(parsed[1]) < MIN_SECRET_CHARS:
+        raise ConfigError(f"{field} must be a key of the form prism_<8 hex digits>_<at least {MIN_SECRET_CHARS} "
+                          "characters> (the chart's generated Secret holds one)", field=field)
+    salt = secrets.token_hex(16)
+    return KeyRecord(id=parsed[0], role=role, salt=salt, hash=_digest(salt, parsed[1]), label=label)
+
+
 def env_keys(environ: dict[str, str] | None = None) -> list[KeyRecord]:
-    raw = (os.environ if environ is None else environ).get(KEYS_ENV, "").strip()
-    if not raw:
-        return []
-    try:
-        data = json.loads(raw)
-        return [KeyRecord.model_validate(r) for r in (data["keys"] if isinstance(data, dict) else data)]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{KEYS_ENV} must be a JSON list of key records (`prism keys export` prints one): {exc}",
-                          field=KEYS_ENV) from None
+    """Key records from PRISM_API_KEYS (JSON records) and PRISM_ADMIN_KEY (one plaintext admin key)."""
+    env = os.environ if environ is None else environ
+    out: list[KeyRecord] = []
+    raw = env.get(KEYS_ENV, "").strip()
+    if raw:
+        try:
+            data = json.loads(raw)
+            out = [KeyRecord.model_validate(r) for r in (data["keys"] if isinstance(data, dict) else data)]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{KEYS_ENV} must be a JSON list of key records (`prism keys export` prints one): "
+                              f"{exc}", field=KEYS_ENV) from None
+    admin = env.get(ADMIN_KEY_ENV, "").strip()
+    if admin:
+        out.append(record_for_key(admin, "admin", label="generated admin key (PRISM_ADMIN_KEY)"))
+    return out
 
 
 class KeySource:

@@ -22,6 +22,7 @@ DEFAULT_GRPC_PORT = 9000
 DEFAULT_DATA_DIR = ".prism"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # request bodies, uploads and images: larger is a 413
 MAX_IMAGE_PIXELS = 40_000_000       # decoded image size; larger is refused as a decompression bomb
+MAX_REQUEST_PIXELS = 100_000_000    # all images of one request (e.g. 8 photos of 12 MP)
 
 # Index types by where they can run. Milvus-lite (3.x) knows only the first set; the 2.3 server adds IVF_PQ;
 # GPU types need a GPU-capable Milvus server, which this project can only configure, never run, on CPU machines.
@@ -145,9 +146,17 @@ class FilterSettings(_Strict):
 class ImageLimits(_Strict):
     """Image inputs: size limits checked before decoding; URLs only when explicitly allowed."""
 
-    max_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
-    max_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1024)
-    allow_network: bool = False
+    max_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)         # one image's encoded bytes
+    max_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1024)        # one image (read from its header)
+    # All images of one request together (headers' pixel counts, before decoding): more is a 413 for the request.
+    max_request_pixels: int = Field(default=MAX_REQUEST_PIXELS, ge=1024)
+    # Decoding (and fetching) runs in this many threads per ingress process, off the event loop.
+    decode_workers: int = Field(default=2, ge=1, le=64)
+    # Decoded images are shrunk at once until their shorter side is this (CLIP reads 224 px; JPEGs are decoded at
+    # a reduced scale to begin with), so a request holds small images only.
+    downscale_side: int = Field(default=448, ge=64, le=8192)
+    allow_network: bool = False  # http(s) image URLs; public addresses only, no redirects, bounded size and time
+    fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)        # one URL, connect to last byte
 
 
 class CacheSettings(_Strict):
@@ -189,6 +198,9 @@ class PlacementConfig(_Strict):
     nothing on one (GPU indexes run inside a GPU-enabled Milvus, whose query and index nodes hold the GPUs)."""
 
     encoder_num_gpus: float = Field(default=0.0, ge=0, le=8)
+    # Place the ingress replicas on the Ray head node, beside the sequencers: where the data dir (the catalog they
+    # write) is a volume of the head pod only (the Helm chart's ReadWriteOnce persistence).
+    ingress_on_head: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +209,9 @@ class PlacementConfig(_Strict):
             raise ValueError(f"shard_num_gpus={data['shard_num_gpus']!r} is gone: shard actors are Milvus clients and "
                              "use no GPU; GPU indexes need GPUs on Milvus's query and index nodes (milvus.gpu: true)")
         return data
+
+
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (1 unit)
 
 
 def shard_actor_options(placement: "PlacementConfig") -> dict:
@@ -351,6 +366,10 @@ class StrictLimits(_Strict):
     # ids one scroll request examines at most when Elasticsearch must confirm its filter: past it the page comes
     # back short, with a cursor that goes on from there and a note saying so (the work per request is bounded).
     max_scroll_examined: int = Field(default=20_000, ge=10, le=1_000_000)
+    # Source text an encoder embeds (long ones are chunked into overlapping windows and averaged): per document
+    # (one payload field feeding one space) and per write request; the encoder's work grows with both.
+    max_document_chars: int = Field(default=100_000, ge=1, le=8_388_608)
+    max_request_document_chars: int = Field(default=2_000_000, ge=1, le=8_388_608)
 
 
 class ClusterConfig(_Strict):
@@ -361,6 +380,9 @@ class ClusterConfig(_Strict):
     # The HTTP front door. haproxy: Ray Serve's HAProxy ingress, forwarding straight to the ingress replicas
     # (each replica serves HTTP itself; no Python proxy hop). proxy: Serve's Python proxy. See docs/operations.md.
     ingress: Literal["haproxy", "proxy"] = "haproxy"
+    # haproxy: a client must send a request's headers (and the first buffer of its body) within this many seconds,
+    # else 408 and the connection is closed (slowloris; cluster/haproxy_guard.py). Ray's own config waits an hour.
+    http_request_timeout_s: float = Field(default=10.0, gt=0, le=300)
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     # The gRPC front door (router/proto/prism/v1/prism.proto) on the same host, through the same ingress; 0: off.
     grpc_port: int = Field(default=DEFAULT_GRPC_PORT, ge=0, le=65535)
@@ -417,10 +439,12 @@ class ClusterConfig(_Strict):
 
     def ingress_options(self) -> dict:
         """The Serve deployment options of the ingress: a fixed replica count, or an autoscaling range."""
-        if self.ingress_max_replicas is None:
-            return {"num_replicas": self.ingress_replicas}
-        return {"autoscaling_config": {"min_replicas": self.ingress_replicas,
-                                       "max_replicas": self.ingress_max_replicas}}
+        out: dict = ({"num_replicas": self.ingress_replicas} if self.ingress_max_replicas is None else
+                     {"autoscaling_config": {"min_replicas": self.ingress_replicas,
+                                             "max_replicas": self.ingress_max_replicas}})
+        if self.placement.ingress_on_head:  # Ray's own resource of the head node: a sliver of it per replica
+            out["ray_actor_options"] = {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}
+        return out
 
     @property
     def data_path(self) -> Path:

@@ -6,6 +6,7 @@
     │   ├── ImageError              an image that cannot be read, fetched or decoded
     │   ├── ConfigError             a configuration value that cannot work (quorum, shard layout, ...)
     │   ├── PayloadTooLarge         413
+    │   │   └── ImageBudgetExceeded a request's images hold more pixels than images.max_request_pixels
     │   └── UnsupportedMediaType    415: a JSON body not labelled application/json
     ├── CollectionNotFound          404
     ├── SpaceNotFound               404: unknown named vector space
@@ -88,6 +89,10 @@ class PayloadTooLarge(InvalidRequest):
 class UnsupportedMediaType(InvalidRequest):
     status = 415
     code = "unsupported_media_type"
+
+
+class ImageBudgetExceeded(PayloadTooLarge):
+    """The whole request is refused (not only the image that crossed the budget)."""
 
 
 class CollectionNotFound(PrismError):

@@ -5,6 +5,7 @@ second server on the machine dies at start. Here both are chosen free, and etcd 
 """
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -15,6 +16,7 @@ from cluster.services import free_port
 # The proxy's time-tick interval (ms; Milvus's default 200): a Strong read, and so a writer's wait=true, waits
 # for the next tick. Measured in docs/benchmarks.md (freshness: the tuning rows).
 TIME_TICK_MS = 200
+AUTH_ENV = "PRISM_MILVUS_AUTHORIZATION"  # "1": the server requires a user and password (common.security)
 
 
 def _bind_reusable(port: int) -> socket.socket | None:
@@ -60,6 +62,10 @@ def main(argv: list[str]) -> int:
 
     server.config.write_config = write_with_etcd_config
     server.config.try_bind_port = _bind_reusable
+    # Milvus 2.3 has no setting for the address it listens on (every port binds all interfaces), so its client
+    # port at least asks for credentials (cluster.services.start_milvus_server sets root's password).
+    if os.environ.get(AUTH_ENV) == "1":
+        server.config.set("authorization_enabled", True)
 
 
     def _stop(*_):

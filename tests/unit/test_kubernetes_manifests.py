@@ -185,18 +185,19 @@ def test_every_ray_pod_runs_the_configured_http_ingress(haproxy, want):
     values = KEYED if haproxy is None else {**KEYED, "service": {"haproxy": haproxy}}
     svc = next(d for d in render(values) if d.get("kind") == "RayService")
     assert [env.get("RAY_SERVE_ENABLE_HA_PROXY") for env in _ray_env(svc)] == [want] * len(_ray_env(svc))
+    # HAProxy runs through the request-deadline guard (the image's `prism-haproxy`, pyproject's console script).
+    guarded = {"RAY_SERVE_HAPROXY_BINARY_PATH": "/usr/local/bin/prism-haproxy", "PRISM_HAPROXY_HTTP_REQUEST_TIMEOUT_S": "10"}
+    assert all((env.items() >= guarded.items()) == (want == "1") for env in _ray_env(svc))
     manifests = yaml.safe_load_all((DEPLOY / "rayservice.yaml").read_text())
     plain = next(d for d in manifests if d and d.get("kind") == "RayService")
-    assert all(env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" for env in _ray_env(plain))
+    assert all(env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and env.items() >= guarded.items() for env in _ray_env(plain))
+    assert 'prism-haproxy = "cluster.haproxy_guard:main"' in (ROOT / "pyproject.toml").read_text()
 
 
-def test_without_api_keys_the_chart_refuses_to_render_unless_insecure():
-    from helm_python.errors import HelmError
-
-    with pytest.raises(HelmError, match="auth: no API keys"):
-        render({})
-    cfg = serve_config(render({"auth": {"insecure": True}}))
-    assert cfg.insecure is True
+def test_insecure_is_the_explicit_way_to_serve_without_keys():
+    docs = by_kind(render({"auth": {"insecure": True}}))
+    assert serve_config(docs["RayService"]).insecure is True
+    assert not any("PRISM_ADMIN_KEY" in e or "PRISM_API_KEYS" in e for e in _ray_env_from(docs["RayService"]))
 
 
 def test_ray_control_plane_is_token_authenticated_and_fenced_by_a_network_policy():
@@ -305,7 +306,8 @@ def test_grpc_is_served_with_the_servicers_prism_registers_and_exposed_by_the_se
 
 def test_ingress_replicas_and_their_autoscaling_range_reach_the_serve_deployment():
     fixed = serve_config(by_kind(render())["RayService"])
-    assert fixed.ingress_options() == {"num_replicas": 1}
+    assert fixed.ingress_options() == {"num_replicas": 1, "ray_actor_options": {  # on the head, with the data volume
+        "num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}}
     scaled = serve_config(by_kind(render({**load(CHART / "examples" / "values-external.yaml"),
                                            "auth": KEYED["auth"]}))["RayService"])
     assert scaled.ingress_options() == {"autoscaling_config": {"min_replicas": 2, "max_replicas": 6}}
@@ -338,3 +340,128 @@ def test_the_grpc_message_bound_reaches_every_ray_pod():
     envs = _ray_env(svc)
     assert envs and all(env.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE") == str(cfg.grpc_max_message_bytes)
                         for env in envs), envs
+
+
+def test_a_default_install_renders_and_generates_an_admin_key_the_ingress_accepts():
+    """`helm install` with no values: an admin key is generated into a Secret (kept across upgrades by `lookup`),
+    every Ray container gets it as PRISM_ADMIN_KEY, NOTES.txt says how to read it, and the key the Secret holds is
+    one the ingress accepts as admin when loaded as the pod loads it (cluster.auth through router.access)."""
+    import base64
+
+    from helm_python import Chart
+
+    from cluster.auth import ADMIN_KEY_ENV, KeySource, split_key
+    from router.access import Guard
+
+    docs = by_kind(render({}))
+    secret = next(d for d in docs["Secret"] if d["metadata"]["name"] == "prism-admin-key")
+    kubernetes_validate_doc(secret)
+    key = base64.b64decode(secret["data"]["admin-key"]).decode()
+    kid, secret_part = split_key(key)
+    assert len(kid) == 8 and int(kid, 16) >= 0 and len(secret_part) >= 32
+    assert serve_config(docs["RayService"]).insecure is False
+    ref = {"secretKeyRef": {"name": "prism-admin-key", "key": "admin-key"}}
+    assert all(env.get(ADMIN_KEY_ENV) == ref for env in _ray_env_from(docs["RayService"]))
+    # The pod: the Secret's value in its environment, read by the same KeySource the ingress builds.
+    guard = Guard(KeySource([], None, environ={ADMIN_KEY_ENV: key}))
+    delete = [(b"authorization", f"Bearer {key}".encode())]
+    principal = guard.check("DELETE", "/v1/collections/products", delete, "10.0.0.1")
+    assert principal is not None and principal.role == "admin" and principal.key_id == kid
+    assert guard.check("DELETE", "/v1/collections/products", [], "10.0.0.1").status == 401
+    wrong = [(b"authorization", f"Bearer {key[:-1]}{'A' if key[-1] != 'A' else 'B'}".encode())]
+    assert guard.check("DELETE", "/v1/collections/products", wrong, "10.0.0.1").status == 401
+    # A second render (a new install elsewhere) gets another key; the template keeps an existing one via lookup.
+    again = next(d for d in by_kind(render({}))["Secret"] if d["metadata"]["name"] == "prism-admin-key")
+    assert again["data"]["admin-key"] != secret["data"]["admin-key"]
+    template = (CHART / "templates" / "secret.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $adminName' in template
+    notes = Chart.load(str(CHART)).render(values={}, name="prism", namespace="search")
+    text = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
+    assert "kubectl get secret prism-admin-key -n search -o jsonpath='{.data.admin-key}' | base64 -d" in text
+    # Keys given (or insecure) generate none.
+    for values in (KEYED, {"auth": {"insecure": True}}):
+        assert not any(d["metadata"]["name"] == "prism-admin-key" for d in by_kind(render(values))["Secret"])
+
+
+def test_a_malformed_generated_key_is_refused_at_load():
+    from cluster.auth import ADMIN_KEY_ENV, env_keys
+    from cluster.errors import ConfigError
+
+    for bad in ("prism_deadbeef_short", "prism_XYZ12345_" + "a" * 40, "not-a-key"):
+        with pytest.raises(ConfigError, match=ADMIN_KEY_ENV):
+            env_keys({ADMIN_KEY_ENV: bad})
+
+
+HARDENED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pods(rayservice: dict) -> list[tuple[str, dict]]:
+    spec = rayservice["spec"]["rayClusterConfig"]
+    return [("head", spec["headGroupSpec"]["template"]["spec"]),
+            *((g["groupName"], g["template"]["spec"]) for g in spec.get("workerGroupSpecs", []))]
+
+
+def _check_hardened_pod(name: str, pod: dict) -> dict[str, dict]:
+    """Every container hardened, the pod spec a valid Kubernetes Pod; returns {mount path: its volume}."""
+    kubernetes_validate_doc({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": pod})
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts: dict[str, dict] = {}
+    for c in pod["containers"]:
+        assert c["securityContext"] == HARDENED, (name, c["name"])
+        for m in c["volumeMounts"]:
+            mounts[m["mountPath"]] = volumes[m["name"]]
+    # With a read-only root, everything Ray, HAProxy and prism write has a volume.
+    assert {"/var/lib/prism", "/tmp", "/home/prism"} <= set(mounts), (name, sorted(mounts))
+    return mounts
+
+
+def test_every_ray_container_is_hardened_and_the_data_dir_is_a_persistent_volume():
+    docs = by_kind(render({**KEYED, "gpu": {"enabled": True}}))
+    svc = docs["RayService"][0]
+    pods = dict(_pods(svc))
+    assert set(pods) == {"head", "cpu", "gpu"}
+    mounts = {name: _check_hardened_pod(name, pod) for name, pod in pods.items()}
+    # ReadWriteOnce (default): the claim on the head, where the sequencers keep their journals; the ingress (the
+    # catalog's writer) is placed there too; the workers' data dir is scratch.
+    pvc = next(d for d in docs["PersistentVolumeClaim"] if d["metadata"]["name"] == "prism-data")
+    kubernetes_validate_doc(pvc)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"] and pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert mounts["head"]["/var/lib/prism"]["persistentVolumeClaim"] == {"claimName": "prism-data"}
+    assert all("emptyDir" in mounts[w]["/var/lib/prism"] for w in ("cpu", "gpu"))
+    cfg = serve_config(docs["RayService"])
+    assert cfg.data_dir == "/var/lib/prism" and cfg.placement.ingress_on_head is True
+    assert cfg.ingress_options()["ray_actor_options"] == {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
+
+    shared = by_kind(render({**KEYED, "persistence": {"enabled": True, "accessMode": "ReadWriteMany", "size": "50Gi",
+                                                      "storageClass": "nfs", "existingClaim": ""}}))
+    pods = dict(_pods(shared["RayService"][0]))
+    assert all(_check_hardened_pod(n, p)["/var/lib/prism"]["persistentVolumeClaim"]["claimName"] == "prism-data"
+               for n, p in pods.items())
+    assert shared["PersistentVolumeClaim"][0]["spec"]["storageClassName"] == "nfs"
+    assert serve_config(shared["RayService"]).placement.ingress_on_head is False
+    assert "ray_actor_options" not in serve_config(shared["RayService"]).ingress_options()
+
+    mine = by_kind(render({**KEYED, "persistence": {"enabled": True, "existingClaim": "my-data"}}))
+    assert "PersistentVolumeClaim" not in mine
+    head = dict(_pods(mine["RayService"][0]))["head"]
+    assert _check_hardened_pod("head", head)["/var/lib/prism"]["persistentVolumeClaim"]["claimName"] == "my-data"
+
+    off = by_kind(render({**KEYED, "persistence": {"enabled": False}, "securityContext": {"readOnlyRootFilesystem": False}}))
+    assert "PersistentVolumeClaim" not in off
+    head = dict(_pods(off["RayService"][0]))["head"]
+    assert head["volumes"][0] == {"name": "data", "emptyDir": {}}
+    assert head["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+
+
+def test_the_plain_manifests_are_hardened_and_keep_the_data_dir_on_a_claim():
+    svc = load(DEPLOY / "rayservice.yaml")
+    pods = dict(_pods(svc))
+    mounts = {name: _check_hardened_pod(name, pod) for name, pod in pods.items()}
+    claim = load(DEPLOY / "k8s" / "pvc.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert mounts["head"]["/var/lib/prism"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    cfg = ClusterConfig.model_validate(load(DEPLOY / "serve-config.yaml")["applications"][0]["args"]["config"])
+    assert cfg.placement.ingress_on_head is True

@@ -82,3 +82,21 @@ def test_batch_write_and_layout_limits():
 def test_values_no_index_accepts_are_left_to_the_index_bounds_check():
     # ef = 100000000 is refused by check_search_params naming Milvus's own range (1..32768), not as a policy limit
     check_query(q(prefetch=[{"space": "v", "vector": [1.0], "params": {"ef": 100_000_000}}]), L)
+
+
+def test_source_text_is_bounded_per_document_and_per_request():
+    from router.limits import check_documents
+    from router.models import Point, VectorUpdate
+
+    cfg = CollectionConfig(name="d", spaces={"t": {"dim": 384, "encoder": "minilm", "source": "body"},
+                                             "v": {"dim": 2}})
+    lim = StrictLimits(max_document_chars=10, max_request_document_chars=25)
+    check_documents([Point(id="a", payload={"body": "x" * 10, "other": "y" * 1000})], cfg, lim)  # other: not embedded
+    check_documents([Point(id="a", payload={"body": "x" * 99}, vectors={"t": [0.1] * 384})], cfg, lim)  # given
+    with pytest.raises(InvalidRequest, match=r"points\[1\].payload.body: 11 characters .*limits.max_document_chars"):
+        check_documents([Point(id="a", payload={"body": "x"}), Point(id="b", payload={"body": "x" * 11})], cfg, lim)
+    with pytest.raises(InvalidRequest, match="limits.max_request_document_chars") as exc:
+        check_documents([Point(id=str(i), payload={"body": "x" * 9}) for i in range(3)], cfg, lim)
+    assert exc.value.field == "points"
+    with pytest.raises(InvalidRequest, match=r"points\[0\].sources.body"):
+        check_documents([VectorUpdate(id="a", sources={"body": "x" * 11})], cfg, lim, sources=True)

@@ -13,6 +13,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- default (printf "%s-credentials" (include "prism.fullname" .)) .Values.credentials.existingSecret -}}
 {{- end -}}
 
+{{/* No keys given and not insecure: the chart generates an admin key (secret.yaml) and hands it to every pod. */}}
+{{- define "prism.generateAdminKey" -}}
+{{- if not (or .Values.auth.existingSecret .Values.auth.keys .Values.auth.insecure) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "prism.adminKeySecret" -}}
+{{- printf "%s-admin-key" (include "prism.fullname" .) -}}
+{{- end -}}
+
+{{- define "prism.dataClaim" -}}
+{{- default (printf "%s-data" (include "prism.fullname" .)) .Values.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* The data volume is on the head pod only (ReadWriteOnce, or no persistence): the ingress runs there too. */}}
+{{- define "prism.ingressOnHead" -}}
+{{- if not (and .Values.persistence.enabled (eq .Values.persistence.accessMode "ReadWriteMany")) -}}true{{- end -}}
+{{- end -}}
+
 {{- define "prism.rayTokenSecret" -}}
 {{- default (printf "%s-ray-token" (include "prism.fullname" .)) .Values.rayAuth.existingSecret -}}
 {{- end -}}
@@ -84,6 +102,7 @@ applications:
           prefilter_max_ids: {{ .Values.prism.filters.prefilterMaxIds | int }}
         placement:
           encoder_num_gpus: {{ if .Values.gpu.enabled }}{{ .Values.gpu.encoderNumGpus }}{{ else }}0{{ end }}
+          ingress_on_head: {{ if include "prism.ingressOnHead" . }}true{{ else }}false{{ end }}
         collections:
         {{- range .Values.prism.collections }}
           - name: {{ .name }}

@@ -1,0 +1,133 @@
+"""Two ingress replicas (two PrismService instances in this process) over one data dir, sharing shard replicas and
+sequencers as Ray's named actors are shared (real milvus-lite): what one of them changes in the catalog (a new
+field's mapping, a reshard's pause, a new shard layout) the other sees and never overwrites."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from cluster.config import ClusterConfig, CollectionConfig
+from cluster.errors import ShardUnavailable
+from cluster.ring import HashRing
+from router.replicas import ReplicatedShard
+from router.sequencer import Journal, Sequencer
+from router.service import PrismService
+from shards.local import local_shards
+
+DIM = 4
+
+
+class Actors:
+    """Shard replicas and sequencers by (collection, shard): started once, attached to by every ingress."""
+
+    def __init__(self, data_dir):
+        self.data_dir, self.shards, self.sequencers = data_dir, {}, {}
+
+    def start_shards(self, cfg: CollectionConfig, specs, create=True, first_shard=0):
+        out = []
+        for i, row in enumerate(specs):
+            key = (cfg.name, first_shard + i)
+            if key not in self.shards:
+                self.shards[key] = local_shards(cfg, [row], create=create, first_shard=first_shard + i)[0]
+            out.append(self.shards[key])
+        return out
+
+    def stop_shards(self, clients, drop=False):
+        for row in clients:
+            for c in row:
+                c.target.drop() if drop else c.target.close()
+                self.shards.pop((c.target.config.name, c.shard), None)
+
+    def start_sequencers(self, cfg: CollectionConfig, specs, first_shard=0):
+        out = []
+        for i in range(len(specs)):
+            s = first_shard + i
+            if (cfg.name, s) not in self.sequencers:
+                host = ReplicatedShard(s, self.shards[(cfg.name, s)], key=f"{cfg.name}/{s}",
+                                       write_quorum=cfg.write_quorum,
+                                       journal=Journal(self.data_dir / "sequencer" / cfg.name / f"s{s}"))
+                self.sequencers[(cfg.name, s)] = Sequencer(host)
+            out.append(self.sequencers[(cfg.name, s)])
+        return out
+
+    def stop_sequencers(self, seqs, drop=False):
+        for seq in seqs:
+            seq.host.journal.close()
+            self.sequencers = {k: v for k, v in self.sequencers.items() if v is not seq}
+
+    def service(self) -> PrismService:
+        cfg = ClusterConfig(data_dir=str(self.data_dir), elasticsearch={"mode": "off"}, shard_timeout_s=0.5,
+                            ingress_replicas=2)
+        return PrismService(cfg, start_shards=self.start_shards, stop_shards=self.stop_shards,
+                            start_sequencers=self.start_sequencers, stop_sequencers=self.stop_sequencers)
+
+
+def vec(i: int) -> list[float]:
+    v = np.random.default_rng(i).standard_normal(DIM)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def pts(ids, **payload):
+    return {"points": [{"id": i, "payload": {"n": k, **payload}, "vectors": {"v": vec(k)}} for k, i in enumerate(ids)]}
+
+
+@pytest.fixture
+def pair(tmp_path):
+    actors = Actors(tmp_path)
+    a, b = actors.service(), actors.service()
+    asyncio.run(a.create_collection("c", {"spaces": {"v": {"dim": DIM, "index": {"type": "FLAT"}}}, "shards": 2,
+                                          "replicas": 2}))
+    yield a, b, actors
+    for (_, _), seq in list(actors.sequencers.items()):
+        seq.host.journal.close()
+    for row in actors.shards.values():
+        for c in row:
+            c.target.close()
+
+
+def catalog(tmp_path) -> dict:
+    return json.loads((tmp_path / "catalog" / "c.json").read_text())
+
+
+def test_fields_mapped_through_either_ingress_are_all_kept(pair, tmp_path):
+    a, b, _ = pair
+    asyncio.run(b.upsert("c", pts(["b0"])))  # b opens the collection (its view of the catalog: no color, no size)
+    asyncio.run(a.upsert("c", pts(["a1"], color="red")))   # a maps `color`
+    asyncio.run(b.upsert("c", pts(["b1"], size=3)))        # b maps `size`, from a view that lacked `color`
+    assert {"color": "keyword", "size": "integer"}.items() <= catalog(tmp_path)["metadata"].items()
+    assert {"color", "size"} <= set(a.coordinator("c").config.metadata)
+    assert {"color", "size"} <= set(b.coordinator("c").config.metadata)  # each adopted the other's field
+    assert catalog(tmp_path)["_catalog"]["version"] == 4  # created, then `n`, `color` and `size` mapped
+
+
+def test_a_reshard_through_one_ingress_pauses_the_other_and_it_follows_the_new_layout(pair, tmp_path):
+    a, b, actors = pair
+    first = [f"p{i}" for i in range(60)]
+    asyncio.run(b.upsert("c", pts(first)))
+
+    async def scenario():
+        task = asyncio.create_task(a.reshard("c", {"shards": 3}))
+        while a.coordinators["c"].paused is None and not task.done():
+            await asyncio.sleep(0)  # poll: until a has paused writes
+        assert not task.done()
+        with pytest.raises(ShardUnavailable, match="resharding"):  # b refuses writes while a moves points
+            await b.upsert("c", pts(["late"]))
+        return await task
+
+    report = asyncio.run(scenario())
+    assert report["shards"] == 3 and catalog(tmp_path)["shards"] == 3 and catalog(tmp_path)["_catalog"]["paused"] is None
+    coord_b = b.coordinator("c")
+    assert coord_b.config.shards == 3 and len(coord_b.shards) == 3  # b follows the new layout
+    more = [f"q{i}" for i in range(60)]
+    asyncio.run(b.upsert("c", pts(more)))  # written by b's 3-shard ring
+    ring = HashRing(range(3))
+    for s in range(3):
+        held = [set(asyncio.run(c.ids())) for c in actors.shards[("c", s)]]
+        assert held[0] == held[1]  # both replicas of every shard agree
+        assert held[0] == {i for i in first + more if int(ring.get(i)) == s}  # each point on its owner only
+    for svc in (a, b):
+        got = asyncio.run(svc.retrieve("c", {"ids": first + more + ["late"]}))
+        assert len(got.points) == 120 and got.missing == ["late"]
