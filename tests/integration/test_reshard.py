@@ -69,6 +69,9 @@ def test_reshard_four_to_five_moves_a_fifth_and_loses_nothing(tmp_path):
     # Both replicas of every shard hold the same points.
     counts = asyncio.run(coord.counts())
     assert all(len({c["v"] for c in row}) == 1 for row in counts)
+    # The added shard is compared by anti-entropy like the kept ones (this process orders their writes).
+    interval = service.config.replication.anti_entropy_interval_s
+    assert interval and [sh.anti_entropy_interval_s for sh in coord.shards] == [interval] * 5
     assert service.list_collections() == ["rs"]
     service.close()
 
