@@ -139,7 +139,8 @@ class Ingress:
 
     async def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
         from router.access import build_guard
-        from router.service import PrismService, metadata_store
+        from router.metadata import metadata_store
+        from router.service import PrismService
         from shards.actor import start_ray_sequencers, start_ray_shards, stop_ray_sequencers, stop_ray_shards
 
         cfg = ClusterConfig.model_validate(config)

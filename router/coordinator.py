@@ -25,19 +25,16 @@ from router.locks import KeyedLocks
 from router.merge import merge_topk
 from router.models import (
     Coverage, DeleteResponse, Explanation, Hit, HitGroup, Point, PrefetchExplanation, QueryRequest, QueryResponse,
-    ReplicaDifference, ShardFailure, StageExplanation, UpsertResponse, VerifyResponse,
+    ShardFailure, StageExplanation, UpsertResponse, VerifyResponse,
     select_payload,
 )
-from router.plan import INLINE_PAYLOAD_MAX, inline_payload
+from router.plan import INLINE_PAYLOAD_MAX, SCAN_PAGE, inline_payload
 from router.stages import Boost, Group, formula, group_by, mmr
-from router.antientropy import compare_shard_replicas
 from router.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate
 from router.timing import Stages
 from router.vectors import Encode, EncodeImages, Vectors, merge_updates
+from router.verify import verify_collection
 from shards.api import ScoredId, SearchSpec, ShardApi, StoredPoint
-
-
-SCAN_PAGE = 1000  # ids per shard per page when the shards count
 
 
 class Coordinator:
@@ -336,42 +333,8 @@ class Coordinator:
             after = ids[-1]
 
     async def verify(self, sample: int = 100, list_extra_up_to: int = 10_000) -> VerifyResponse:
-        """Compare the ids the shards hold with Elasticsearch's documents: every shard id is looked up there a page
-        at a time; documents no shard holds are counted (and listed while the collection is small enough to name
-        every id in one query). Writes in flight while it runs can show as drift: run it again to tell."""
-        self.filtering._store("verify")  # a 503 naming Elasticsearch when it is not configured
-        held, missing, after, known = 0, [], "", []
-        while True:
-            ids = await self.scan(after, SCAN_PAGE)
-            held += len(ids)
-            missing += await self.filtering.unindexed(ids) if ids else []
-            if held <= list_extra_up_to:
-                known += ids
-            if len(ids) < SCAN_PAGE:
-                break
-            after = ids[-1]
-        documents = await self.filtering.documents()
-        extra = documents - (held - len(missing))
-        listed = await self.filtering.extra_documents(known, sample) if extra > 0 and held <= list_extra_up_to else []
-        replicas = await self.verify_replicas(sample)
-        return VerifyResponse(collection=self.config.name, shard_points=held, elasticsearch_documents=documents,
-                              missing_in_elasticsearch=len(missing), extra_in_elasticsearch=extra,
-                              sample_missing=missing[:sample], sample_extra=listed, replicas_equal=not replicas,
-                              replica_differences=replicas, drift=bool(missing or extra or replicas))
-
-    async def verify_replicas(self, sample: int = 100) -> list[ReplicaDifference]:
-        """Every shard's replicas compared with each other by digest after a full rescan (ids and contents)."""
-        found = await asyncio.gather(*(compare_shard_replicas(sh.shard, sh.clients, sh.state.read_order())
-                                       for sh in self.shards if len(sh.clients) > 1))
-        out = []
-        for c in found:
-            for r, why in sorted(c.unanswered.items()):
-                out.append(ReplicaDifference(shard=c.shard, replica=r, reference=c.reference, error=why))
-            for r, ids in sorted(c.differing.items()):
-                if ids:
-                    out.append(ReplicaDifference(shard=c.shard, replica=r, reference=c.reference,
-                                                 differing=len(ids), ids=ids[:sample]))
-        return out
+        """Shards vs Elasticsearch, and every shard's replicas with each other (router.verify)."""
+        return await verify_collection(self, sample, list_extra_up_to)
 
     # -- writes ------------------------------------------------------------------------------------------------
     def _writable(self) -> None:

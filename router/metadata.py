@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cluster.config import CollectionConfig
-from cluster.errors import BackendError, CollectionExists, FilterError, IndexRefused, MetadataUnavailable
+from cluster.config import ClusterConfig, CollectionConfig
+from cluster.errors import (
+    BackendError, CollectionExists, FilterError, IndexRefused, InvalidRequest, MetadataUnavailable,
+)
 
 INDEX_PREFIX = "prism-"
 _ES_TYPES = {"keyword": "keyword", "float": "double", "integer": "long", "date": "date", "text": "text",
@@ -139,3 +141,17 @@ class MetadataStore:
             return set()
         q = {"bool": {"filter": [query, {"ids": {"values": list(ids)}}]}}
         return set(self.ids(collection, q, limit=len(ids)))
+
+
+def metadata_store(config: ClusterConfig) -> MetadataStore | None:
+    """The configured metadata store, or None when Elasticsearch is off (filters then push down only)."""
+    es = config.elasticsearch
+    if es.mode == "off":
+        return None
+    if not es.url:
+        raise InvalidRequest("elasticsearch: no url (the bundled server is started by `prism up`)",
+                             field="elasticsearch.url")
+    store = MetadataStore(es.url, api_key=es.api_key, username=es.username, password=es.password)
+    if not store.ping():
+        raise BackendError(f"Elasticsearch at {es.url!r} does not answer")
+    return store

@@ -20,6 +20,7 @@ MILVUS_MAX_TOPK = 16_384
 # Payloads ride with the search while the candidates all shards return (shards x the prefetch limits) stay at or
 # under this; above it the router hydrates the final page in a second call. Measured in docs/bench/notes.md.
 INLINE_PAYLOAD_MAX = 256
+SCAN_PAGE = 1000  # ids per shard per page when counting or verifying by walking the shards
 
 
 @dataclass(frozen=True)

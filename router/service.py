@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -14,12 +13,13 @@ from typing import Any
 
 from cluster.config import ClusterConfig, CollectionConfig, check_index_support, parse_model
 from cluster.errors import (
-    BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
+    CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
 )
-from cluster.names import check_id, check_name
+from cluster.names import check_name
 from router.bodies import parse_json
 from router.cache import EmbeddingCache, LRUCache, request_key
 from router.catalog import Catalog, Entry
+from router.cursor import decode_cursor, encode_cursor
 from router import limits as strict
 from router.coordinator import Coordinator
 from router.models import (
@@ -441,34 +441,3 @@ class PrismService:
         strict.check_batch(req, self.config.limits)
         return BatchQueryResponse(results=list(await asyncio.gather(*(self._query(coord, q) for q in req.queries))))
 
-
-def encode_cursor(after: str) -> str:
-    """An opaque scroll cursor: where the next page starts (after this id)."""
-    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
-    except (ValueError, KeyError, TypeError):
-        raise InvalidRequest("cursor: not a cursor this API handed out (pass next_cursor back unchanged)",
-                             field="cursor") from None
-    if not isinstance(after, str):
-        raise InvalidRequest("cursor: not a cursor this API handed out", field="cursor")
-    return check_id(after, field="cursor") if after else after
-
-
-def metadata_store(config: ClusterConfig):
-    """The configured metadata store, or None when Elasticsearch is off (filters then push down only)."""
-    es = config.elasticsearch
-    if es.mode == "off":
-        return None
-    if not es.url:
-        raise InvalidRequest("elasticsearch: no url (the bundled server is started by `prism up`)",
-                             field="elasticsearch.url")
-    from router.metadata import MetadataStore
-
-    store = MetadataStore(es.url, api_key=es.api_key, username=es.username, password=es.password)
-    if not store.ping():
-        raise BackendError(f"Elasticsearch at {es.url!r} does not answer")
-    return store

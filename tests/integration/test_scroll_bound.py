@@ -16,7 +16,7 @@ N, BOUND = 150, 40
 def service(tmp_path, es_uri) -> PrismService:
     cfg = ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "external", "url": es_uri},
                         limits={"max_scroll_examined": BOUND})
-    from router.service import metadata_store
+    from router.metadata import metadata_store
 
     return PrismService(cfg, metadata=metadata_store(cfg))
 

@@ -58,7 +58,7 @@ def test_every_id_entry_uses_the_rule():
                  lambda i: DeleteRequest(ids=["ok", i]), lambda i: RetrieveRequest(ids=[i])):
         with pytest.raises(ValidationError, match="control character"):
             make("a\x01b")
-    from router.service import decode_cursor, encode_cursor
+    from router.cursor import decode_cursor, encode_cursor
 
     with pytest.raises(InvalidRequest) as e:
         decode_cursor(encode_cursor("a\x01"))
