@@ -8,7 +8,7 @@ import random
 import pytest
 
 from cluster.errors import InvalidRequest, ShardUnavailable
-from router.replicas import ReplicatedShard
+from router.replicas import SEQUENCER_POLL_S, ReplicatedShard
 from router.sequencer import Journal, Sequencer
 from shards.api import PointRow
 from tests.clock import FakeClock
@@ -349,3 +349,9 @@ def test_a_sequencer_killed_between_its_replica_sends_leaves_no_replica_differen
         run(only.heal())
     assert set(clients[0].points) == set(clients[1].points) == {"p1", "p2"}, only.describe()
     assert [st["state"] for st in only.describe()] == ["live", "live"]
+    asked = sq.calls
+    run(only.heal())
+    assert sq.calls == asked                       # nothing behind, not due: no call
+    only.state.clock.advance(SEQUENCER_POLL_S)     # a sequencer restarted while idle is asked within this
+    run(only.heal())
+    assert sq.calls == asked + 1
