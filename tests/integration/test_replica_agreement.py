@@ -239,3 +239,40 @@ def PointRowOf(p: Point):  # noqa: N802 - a Point as the shard stores it
     from shards.api import PointRow
 
     return PointRow(id=p.id, payload=p.payload, meta={}, vectors=p.vectors)
+
+
+def test_a_point_rewritten_without_one_of_its_spaces_is_copied_exactly_and_anti_entropy_settles(tmp_path):
+    """Review of issue 26. Two spaces; a point written with vectors in both, then rewritten with a vector in one
+    only (the upsert's note says searches in the other will not find it). A copy of that point (anti-entropy's
+    repair, a resync, an undo) must make the target hold exactly what the source holds, space by space, or the
+    replicas never compare equal again: anti-entropy would find them different on every pass."""
+    from shards.local import local_shards, stop_local_shards
+
+    spaces = {"a": {"dim": 4, "metric": "cosine", "index": {"type": "FLAT"}},
+              "b": {"dim": 4, "metric": "cosine", "index": {"type": "FLAT"}}}
+    cfg = CollectionConfig(name=f"agree{next(_n)}", shards=1, replicas=2, spaces=spaces)
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path, None))
+    try:
+        coord = Coordinator.from_clients(cfg, clients)
+        sh = coord.shards[0]
+        asyncio.run(coord.upsert([Point(id="x", payload={"v": 1}, vectors={"a": [1, 0, 0, 0], "b": [0, 1, 0, 0]}),
+                                  Point(id="y", payload={"v": 1}, vectors={"a": [1, 1, 0, 0], "b": [0, 1, 1, 0]})]))
+        asyncio.run(coord.upsert([Point(id="x", payload={"v": 2}, vectors={"a": [1, 0, 0, 1]})]))
+
+        def per_space(r):
+            t = clients[0][r].target
+            return {s: t.backend.rows(n, ["x", "y"]) for s, n in t.names.items()}
+
+        assert per_space(0) == per_space(1)
+        assert "x" not in per_space(0)["b"]      # the rewrite has no vector in b: b does not hold it any more
+        other = sh.state.preference[1]           # not the reference (with two replicas a tie goes to it)
+        one = clients[0][other].target           # it loses x behind prism's back; anti-entropy repairs it
+        one.backend.delete(one.names["a"], ["x"])
+        one.backend.delete(one.names["b"], ["x"])
+        asyncio.run(sh.anti_entropy(0.0))
+        assert per_space(0) == per_space(1), (per_space(0), per_space(1))
+        assert [st["state"] for st in sh.describe()] == ["live", "live"]
+        found = asyncio.run(sh.anti_entropy(0.0))  # and the next pass finds nothing to repair
+        assert found is not None and found.equal and sh.mismatches == 1
+    finally:
+        stop_local_shards(clients, drop=True)
