@@ -35,6 +35,7 @@ HEAL_PING_TIMEOUT_S = 2.0
 # restarted (it reloads its journal) runs its own heal loop only once called, and what a write in flight when it
 # died left on some replicas only is replayed by a heal pass.
 SEQUENCER_POLL_S = 5.0
+SEQUENCER_RETRY_PAUSE_S = 0.05  # first pause before a write is sent again to a sequencer that did not answer
 # Errors that describe the request, not the replica: they propagate instead of triggering failover.
 REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
 
@@ -231,11 +232,7 @@ class ReplicatedShard(Repairs):
         landed when only some did (docs/operations.md, "Replica agreement").
         With a sequencer, it orders and sends the write and this copy adopts its replica view."""
         if self.sequencer is not None:
-            try:
-                answer = await self.sequencer.write(kind, args, wait)
-            except BaseException:
-                self.ask_sequencer = True  # no view came back: it may have died with the write on some replicas
-                raise
+            answer = await self._through_sequencer(kind, args, wait)
             self.adopt(answer.view)  # a refused write too: it may have left a replica behind
             return answer.result()
         async with self._lock():
@@ -286,6 +283,26 @@ class ReplicatedShard(Repairs):
                     "that missed it get it once back), so retrying it is safe"
                     + (f" ({'; '.join(errors)})" if errors else ""), shards=[self.shard])
             return acked
+
+    async def _through_sequencer(self, kind: str, args: Sequence[Any], wait: bool) -> Any:
+        """The sequencer's answer to the write. A call that fails on the way (its actor died or is restarting)
+        is sent again until it answers, within `timeout_s`: the write may or may not be in its journal (one that
+        waited for the shard's write lock when it died is not), and the caller's ShardUnavailable would roll it
+        forward (Elasticsearch keeps it) whether or not anything will replay it; applied twice is the same as
+        once. Any failure leaves this copy asking the sequencer to heal on its next pass."""
+        deadline, pause = time.monotonic() + self.timeout_s, SEQUENCER_RETRY_PAUSE_S
+        while True:
+            try:
+                return await self.sequencer.write(kind, args, wait)
+            except ShardUnavailable:
+                self.ask_sequencer = True  # no view came back: it may have died with the write on some replicas
+                if time.monotonic() + pause > deadline:
+                    raise
+            except BaseException:
+                self.ask_sequencer = True
+                raise
+            await asyncio.sleep(pause)  # a backoff while Ray restarts the sequencer, not a synchronisation
+            pause = min(2 * pause, 1.0)
 
     # -- healing -----------------------------------------------------------------------------------------------
     async def heal(self) -> tuple[int, int]:
