@@ -511,3 +511,23 @@ def test_verify_on_a_busy_shard_does_not_report_a_write_in_flight_as_a_differenc
 
     assert run(scenario()) == []
     assert contents(clients)[0] == contents(clients)[1]
+
+
+def test_a_replica_missing_a_write_another_applied_is_neither_live_nor_read_first():
+    """Review of issue 26. Below quorum (majority of 2), a write lands on replica 0 only: it is not acknowledged,
+    so replica 1 still holds every acknowledged write, but the two differ until the heal pass replays it. Meanwhile
+    replica 1 must not show as live, and reads must go to the replica holding the write while it answers (here
+    replica 1 is the preferred one: it was read first before)."""
+    rs, clients, _ = make(n=2, quorum="majority")
+    run(rs.upsert([row(1)]))
+    first, other = rs.state.preference
+    clients[first].fail = ConnectionError("a blip: this write only")
+    with pytest.raises(ShardUnavailable):
+        run(rs.upsert([row(2)]))
+    clients[first].fail = None
+    assert "p2" in clients[other].points and "p2" not in clients[first].points
+    assert states(rs)[first] != "live" and states(rs)[other] == "live", rs.describe()
+    assert rs.state.read_order() == [other, first]   # still readable (every acknowledged write), but last
+    run(rs.heal())
+    assert contents(clients)[0] == contents(clients)[1] and states(rs) == ["live", "live"]
+    assert rs.state.read_order()[0] == first
