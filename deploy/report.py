@@ -254,7 +254,8 @@ def write_report() -> Path:
                   "replica killed, the server back up) until every replica is live and a query answers complete. "
                   "`writes lost`: acknowledged writes missing on ANY replica at the end (every replica read back). "
                   "`diverged ids`: ids some replica holds differently from another replica of its shard at the end "
-                  "(digests after a full rescan: ids and contents). `equal after s`: from the fault's end until "
+                  "(digests after a full rescan: ids and contents; `not compared` when a replica's digest did not "
+                  "answer, never 0 unseen). `equal after s`: from the fault's end until "
                   "every shard's replicas first had equal digests, polled once a second while the load goes on (a write "
                   "in flight makes a poll see them differ, so this is an upper bound; -: not within 120 s of the "
                   "load's end). "
@@ -268,7 +269,7 @@ def write_report() -> Path:
                          f"{r['queries']} | {r['failed']} ({r['failed_during_fault']}) | {r['partial']} | "
                          f"{r['p99_ms_before']} | {r['p99_ms_during']} | {r['p99_ms_after']} | {r['fault_s']} | "
                          f"{r['recovery_s']} | {r['writes_acked']} | {r['writes_refused']} | {r['writes_lost']} | "
-                         f"{r.get('diverged_ids', 'not measured')} | "
+                         f"{r.get('diverged_ids', 'not measured') if r.get('diverged_ids', 0) is not None else 'not compared (%s replicas)' % r.get('replicas_not_compared')} | "
                          f"{'not measured' if 'diverged_ids' not in r else '-' if r.get('replicas_equal_after_s') is None else r['replicas_equal_after_s']} |")
         lines.append("")
         for r in ch["runs"]:

@@ -607,7 +607,9 @@ class ShardInfo(BaseModel):
     shard: int
     replica: int
     counts: dict[str, int]
-    state: str = Field("live", description="live | stale (behind on writes) | verifying (restarted, not yet compared "
+    state: str = Field("live", description="live | stale (behind on writes) | behind (holds every acknowledged write "
+                       "but lacks one another replica applied: a write below quorum, being replayed; read only when "
+                       "no replica holding it answers) | verifying (restarted, not yet compared "
                        "with the other replicas) | diverged (known to differ, being repaired) | dead")
     applied_seq: int = 0
     shard_seq: int = 0
