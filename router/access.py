@@ -179,7 +179,9 @@ class Guard:
                                + ("" if len(ring) else " (none is configured: create one with `prism keys create`)"))
             principal = ring.verify(key)
             if principal is None:
-                return Refusal(401, "unauthenticated", "the API key is not valid (unknown, revoked or mistyped)")
+                why = (" (the keys file cannot be read: the ingress log says why)" if self.keys.problem else "")
+                return Refusal(401, "unauthenticated", "the API key is not valid (unknown, revoked or mistyped)"
+                               + why)
             if not principal.allows(role, collection):
                 what = (f"collection {collection!r}" if collection and principal.collections is not None
                         and collection not in principal.collections else f"role {role!r}")
@@ -211,9 +213,11 @@ def build_guard(cfg: ClusterConfig) -> Guard:
     Keys are required when there are some at start, and also without any when the API is bound to a non-loopback
     address and `insecure` is not set (a Serve config on 0.0.0.0 with an empty PRISM_API_KEYS: `prism up` refuses
     that before starting; here the API answers 401 until a key exists). Rates are the cluster's: each replica
-    enforces its share, rate / the most ingress replicas there may be."""
+    enforces its share, rate / the most ingress replicas there may be. A keys file that exists, even one holding
+    no key (every key revoked), makes keys required on loopback too: a restart must not open the API."""
     rl = cfg.auth.rate_limits
     replicas = max(cfg.ingress_replicas, cfg.ingress_max_replicas or 0)
-    return Guard(KeySource(cfg.auth.keys, cfg.keys_file), read_per_s=rl.read_per_s, write_per_s=rl.write_per_s,
+    keys = KeySource(cfg.auth.keys, cfg.keys_file)
+    return Guard(keys, read_per_s=rl.read_per_s, write_per_s=rl.write_per_s,
                  burst_s=rl.burst_s, replicas=replicas, metrics_open=cfg.auth.metrics == "open",
-                 required=not cfg.insecure and not is_loopback(cfg.host))
+                 required=not cfg.insecure and (not is_loopback(cfg.host) or keys.file_exists))

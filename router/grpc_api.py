@@ -342,16 +342,16 @@ async def handle(method: str, request: Message, context: Context, *, service: An
         refuse(context, exc.status, exc.code, exc.message, exc.field)
         return rpc.response()
     principal = None
-    if guard is not None:
-        cost = len(request.queries) if method == "QueryBatch" else 1
-        verdict = guard.check(rpc.http_method, rpc.path(request), _headers(metadata), _peer_host(context.peer()),
-                              cost=max(1, cost))
-        if isinstance(verdict, Refusal):
-            refuse(context, verdict.status, verdict.error, verdict.message, verdict.field,
-                   retry_after_s=verdict.retry_after_s)
-            return rpc.response()
-        principal = verdict
     try:
+        if guard is not None:  # inside the try: whatever the guard raises is answered without its text too
+            cost = len(request.queries) if method == "QueryBatch" else 1
+            verdict = guard.check(rpc.http_method, rpc.path(request), _headers(metadata),
+                                  _peer_host(context.peer()), cost=max(1, cost))
+            if isinstance(verdict, Refusal):
+                refuse(context, verdict.status, verdict.error, verdict.message, verdict.field,
+                       retry_after_s=verdict.retry_after_s)
+                return rpc.response()
+            principal = verdict
         return to_message(await rpc.call(service, request, principal, budget_from(metadata)), rpc.response)
     except PrismError as exc:
         refuse(context, exc.status, exc.code, exc.message, exc.field)

@@ -353,3 +353,18 @@ def test_a_grpc_batch_costs_one_token_per_query():
     asyncio.run(g.handle("Query", pb.QueryRequest(collection="a", prefetch=[q.prefetch[0]]), ctx, service=svc,
                          guard=guard))
     assert ctx.code == grpc.StatusCode.RESOURCE_EXHAUSTED and ctx.trailing["retry-after"] == "4"
+
+
+def test_a_guard_failure_answers_internal_without_its_text():
+    """Found by the issue 33 review: the guard ran outside handle's error handling, so anything it raised (a keys
+    file it could not parse) reached the client as Serve's INTERNAL with the exception's text (the file's path)."""
+    class Broken:
+        def check(self, *args, **kwargs):
+            raise OSError(13, "Permission denied", "/var/lib/prism/api-keys.json")
+
+    svc = Recording()
+    ctx = Ctx()
+    out = asyncio.run(g.handle("Query", pb.QueryRequest(collection="c"), ctx, service=svc, guard=Broken()))
+    assert ctx.code == grpc.StatusCode.INTERNAL and ctx.trailing["prism-error"] == "internal"
+    assert "/var/lib" not in ctx.details and "ref " in ctx.details and out == pb.QueryResponse()
+    assert svc.calls == []
