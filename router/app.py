@@ -19,6 +19,7 @@ from router.bodies import allowed_hosts, check_json_content_type, parse_json
 from router.edge import ERROR_HANDLERS, Observe, refusal_response
 from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, describe as describe_api, documented
 from router.metrics import process_state
+from router.qdrant.routes import mount as mount_qdrant
 from router.models import (
     BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
     CountResponse, DeletedCollection, DeleteRequest, DeleteResponse, Health, QueryRequest, QueryResponse, Record, ReshardRequest,
@@ -48,6 +49,7 @@ api.openapi = _openapi  # type: ignore[method-assign]
 api.add_middleware(Observe)
 for _exc, _handler in ERROR_HANDLERS.items():
     api.add_exception_handler(_exc, _handler)
+mount_qdrant(api)  # the Qdrant-compatible REST API under /qdrant (router/qdrant)
 
 
 async def _json(request: Request) -> Any:
@@ -170,6 +172,7 @@ class Ingress:
             observe_stage=self.state.metrics.observe_stage, metadata=metadata_store(cfg),
         )
         self.state.metrics.watch_caches({"results": self.service.results, "embeddings": self.service.embeddings})
+        self.state.service = self.service  # what the /qdrant routes call
         await asyncio.to_thread(self.service.open_catalog)
         self._healer = asyncio.create_task(self._heal_forever())
 

@@ -14,12 +14,12 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.config import CollectionConfig, FilterSettings, ImageLimits
+from cluster.config import METADATA_TYPES, CollectionConfig, FilterSettings, ImageLimits
 from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable
 from cluster.ring import HashRing
 from router.filtering import NOTHING, Filtering
 from router.filters import normalise_meta
-from router.mapping import infer_fields
+from router.mapping import FIELD_RE, infer_fields
 from router.fusion import contributions, fuse
 from router.merge import merge_topk
 from router.models import (
@@ -369,9 +369,8 @@ class Coordinator:
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
 
     async def _map_new_fields(self, points: Sequence[Point]) -> None:
-        """Dynamic mapping: map the fields these points bring first (Elasticsearch, then the config everyone here
-        reads, then the catalog), once every payload of the batch fits the extended mapping; else a 422 naming
-        the field, and nothing is mapped or written."""
+        """Dynamic mapping: map the fields these points bring first, once every payload of the batch fits the
+        extended mapping; else a 422 naming the field, and nothing is mapped or written."""
         async with self._mapping_lock:  # two batches showing the same new field map it once
             new = infer_fields((p.payload for p in points), self.config.metadata)
             if not new:
@@ -379,10 +378,27 @@ class Coordinator:
             extended = {**self.config.metadata, **new}
             for i, p in enumerate(points):
                 normalise_meta(p.payload, extended, f"points[{i}].payload")
-            await self.filtering.extend_mapping(new)
-            self.config.metadata.update(new)
-            if self.on_mapping is not None:
-                self.on_mapping(new)
+            await self._extend_mapping(new)
+
+    async def map_fields(self, fields: dict[str, str]) -> dict[str, str]:
+        """Map payload fields before any point brings them (a Qdrant payload index); a field mapped already keeps
+        its type. Returns these fields' types as they stand."""
+        for field, kind in fields.items():
+            if not FIELD_RE.match(field) or kind not in METADATA_TYPES:
+                raise InvalidRequest(f"field {field!r} ({kind!r}): names are letters, digits, '_' and '-' (at most "
+                                     f"64), types one of {sorted(METADATA_TYPES)}", field="field_name")
+        async with self._mapping_lock:
+            new = {f: k for f, k in fields.items() if f not in self.config.metadata}
+            if new:
+                await self._extend_mapping(new)
+        return {f: self.config.metadata[f] for f in fields}
+
+    async def _extend_mapping(self, new: dict[str, str]) -> None:
+        """Elasticsearch first (it may refuse), then the config everyone here reads, then the catalog."""
+        await self.filtering.extend_mapping(new)
+        self.config.metadata.update(new)
+        if self.on_mapping is not None:
+            self.on_mapping(new)
 
     async def update_vectors(self, updates: Sequence[Any], wait: bool = True) -> UpsertResponse:
         """Replace some spaces' vectors of existing points (a re-shot photo); the others are kept as stored."""

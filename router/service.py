@@ -268,6 +268,14 @@ class PrismService:
                 total[key] += n
         return total
 
+    def collection_config(self, name: str) -> CollectionConfig:
+        """A collection's config as it stands: spaces, layout, and the metadata mapping with its dynamic fields."""
+        return self.coordinator(name).config
+
+    async def map_fields(self, name: str, fields: dict[str, str]) -> dict[str, str]:
+        """Map payload fields ahead of the points that bring them; a field mapped already keeps its type."""
+        return await self.coordinator(name).map_fields(fields)
+
     def list_collections(self) -> list[str]:
         if self.start_sequencers is not None:  # the catalog, which every ingress replica writes
             return self.catalog.names()
