@@ -84,7 +84,7 @@ def _filter(flt: Any, mapping: dict[str, str], path: str) -> dict[str, Any]:
 
 
 def _condition(c: Any, mapping: dict[str, str], path: str) -> dict[str, Any]:
-    if not isinstance(c, dict) or not c:
+    if not isinstance(c, dict):
         raise BadFormat(f"{path}: a condition is an object, got {_show(c)}")
     if "key" in c:
         kinds = [k for k in c if k != "key"]
