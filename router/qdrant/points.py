@@ -4,7 +4,8 @@ payload and vector selectors answers share. Everything goes through PrismService
 
 - Ids: router.qdrant.ids (integers and UUIDs, stored as strings that order as Qdrant orders them).
 - Vectors of a Cosine vector are normalised on upsert (float32, as Qdrant stores them), so what comes back and
-  what is scored are what Qdrant would have; a zero vector is refused (prism cannot rank it by angle).
+  what is scored are what Qdrant would have; a zero vector is refused (prism cannot rank it by angle; Qdrant
+  stores it).
 - A batch naming an id twice keeps its last point (Qdrant applies a batch in order).
 - Payload updates read the points and write them back whole (prism has no partial payload write): not atomic with
   writes to the same points made meanwhile. A missing point named by id is a 404 before anything is written.
@@ -12,12 +13,13 @@ payload and vector selectors answers share. Everything goes through PrismService
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
 
 from cluster.config import CollectionConfig
-from cluster.errors import PointNotFound
+from cluster.errors import InvalidRequest, PointNotFound
 from router.qdrant.collections import UNNAMED, space_of, unnamed
 from router.qdrant.errors import BadFormat, Unsupported
 from router.qdrant.filters import translate
@@ -26,6 +28,7 @@ from router.qdrant.models import (
     DeletePayload, PayloadExclude, PayloadInclude, PointRequest, PointsBatch, PointsList, ScrollRequest, Selector,
     SetPayload, UpdateVectors, CountRequest, parse,
 )
+from router.models import FLOAT32_MAX
 from router.service import encode_cursor
 
 SCROLL_PAGE = 1000  # prism's largest scroll page
@@ -107,11 +110,20 @@ def vectors_in(cfg: CollectionConfig, vector: Any, field: str) -> dict[str, list
         {space_of(cfg, n, f"{field}.{n}")[0]: v for n, v in vector.items()}
     out = {}
     for name, value in given.items():
-        vec = _dense(value, f"{field}.{name}" if not isinstance(vector, list) else field)
-        if cfg.spaces[name].metric == "cosine":
+        where = f"{field}.{name}" if not isinstance(vector, list) else field
+        vec, space = _dense(value, where), cfg.spaces[name]
+        # Checked here, before prism sees the batch: prism maps new payload fields before it embeds and checks
+        # vectors, and a refused batch must leave no mapping behind either.
+        if len(vec) != space.dim:
+            raise InvalidRequest(f"{where}: Vector dimension error: expected dim: {space.dim}, got {len(vec)}")
+        if not all(math.isfinite(x) and abs(x) <= FLOAT32_MAX for x in vec):
+            raise InvalidRequest(f"{where}: vector components must be finite float32 numbers")
+        if space.metric == "cosine":
             arr = np.asarray(vec, dtype=np.float32)
             norm = np.linalg.norm(arr)
-            vec = (arr / norm).tolist() if norm > 1e-8 else vec
+            if not norm > 0:
+                raise InvalidRequest(f"{where}: a zero vector has no direction; prism cannot rank it by cosine")
+            vec = (arr / norm).tolist()
         out[name] = vec
     return out
 
