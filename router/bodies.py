@@ -14,12 +14,14 @@ or InvalidRequest out.
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from cluster.errors import InvalidRequest, UnsupportedMediaType
+from cluster.names import check_id
 
 # A request body nesting deeper than this is refused before it is parsed.
 MAX_JSON_DEPTH = 64
@@ -109,3 +111,19 @@ def host_allowed(host_header: str | None, allowed: tuple[str, ...] | None) -> bo
         if host == pattern:
             return True
     return False
+
+
+def encode_cursor(after: str) -> str:
+    """An opaque scroll cursor: where the next page starts (after this id)."""
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidRequest("cursor: not a cursor this API handed out (pass next_cursor back unchanged)",
+                             field="cursor") from None
+    if not isinstance(after, str):
+        raise InvalidRequest("cursor: not a cursor this API handed out", field="cursor")
+    return check_id(after, field="cursor") if after else after

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -16,12 +15,12 @@ from cluster.config import ClusterConfig, CollectionConfig, check_index_support,
 from cluster.errors import (
     BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
 )
-from cluster.names import check_id, check_name
-from router.bodies import parse_json
+from cluster.names import check_name
+from router.bodies import decode_cursor, encode_cursor, parse_json  # noqa: F401 - callers import the cursors here
 from router.cache import EmbeddingCache, LRUCache, request_key
 from router.catalog import Catalog
 from router import limits as strict
-from router.coordinator import Coordinator
+from router.coordinator import Coordinator, Prefetched
 from router.models import (
     BatchQueryRequest, BatchQueryResponse, CollectionInfo, CountRequest, CountResponse, DeleteRequest,
     DeleteResponse, QueryRequest, QueryResponse, Record, ReshardRequest, RetrieveRequest, RetrieveResponse,
@@ -362,10 +361,18 @@ class PrismService:
         return got.points[0]
 
     async def query(self, name: str, body: Any) -> QueryResponse:
+        return await self._query(*self._checked_query(name, body))
+
+    async def prefetch(self, name: str, body: Any) -> Prefetched:
+        """A query's prefetches, each its own global top list, unfused (for callers that fuse: router.qdrant)."""
+        coord, req = self._checked_query(name, body)
+        return await coord.prefetch(req)
+
+    def _checked_query(self, name: str, body: Any) -> tuple[Coordinator, QueryRequest]:
         coord = self.coordinator(name)
         req = parse_model(QueryRequest, body, "query")
         strict.check_query(req, self.config.limits)
-        return await self._query(coord, req)
+        return coord, req
 
     async def _query(self, coord: Coordinator, req: QueryRequest) -> QueryResponse:
         """Answer from the result cache when allowed; cache a complete answer unless a write ran meanwhile."""
@@ -414,22 +421,6 @@ class PrismService:
         req = parse_model(BatchQueryRequest, body, "batch query")
         strict.check_batch(req, self.config.limits)
         return BatchQueryResponse(results=list(await asyncio.gather(*(self._query(coord, q) for q in req.queries))))
-
-
-def encode_cursor(after: str) -> str:
-    """An opaque scroll cursor: where the next page starts (after this id)."""
-    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
-    except (ValueError, KeyError, TypeError):
-        raise InvalidRequest("cursor: not a cursor this API handed out (pass next_cursor back unchanged)",
-                             field="cursor") from None
-    if not isinstance(after, str):
-        raise InvalidRequest("cursor: not a cursor this API handed out", field="cursor")
-    return check_id(after, field="cursor") if after else after
 
 
 def metadata_store(config: ClusterConfig):

@@ -8,12 +8,12 @@ runs with its own filter AND those of all levels above it, as Qdrant's server do
 
 How it runs on prism:
 - a lone nearest query is one prism query (payloads and vectors come with it);
-- otherwise every nearest leaf of the tree runs in ONE prism query, one prefetch per leaf, each with its own
-  limit and filter: fused with `explain`, whose per-prefetch ranks and raw scores give back each leaf's own list
-  (the fused list is asked as long as all leaves together, so every point of every list is in it). Trees too
-  large for one prism query (limits.max_prefetch, limits.max_limit) run their leaves as one prism batch.
-  Fusion then runs here, with Qdrant's arithmetic (router.qdrant.fusion), and rescoring nodes run one prism
-  query restricted to the ids found below them. The page's payloads and vectors are fetched once, at the end.
+- otherwise every nearest leaf of the tree runs in ONE prism call, one prefetch per leaf, each with its own
+  limit and filter, which gives back each leaf's own global top list (PrismService.prefetch: prism's planning,
+  fan-out and merge, without its fusion); trees with more leaves than limits.max_prefetch make several such calls
+  side by side. Fusion then runs here, with Qdrant's arithmetic (router.qdrant.fusion), and rescoring nodes run
+  one prism query restricted to the ids found below them. Payloads come with the search when prism ships them
+  inline (few candidates), else the page's payloads (and any vectors asked for) are fetched once, at the end.
 Scores are Qdrant's: Cosine and Dot as they are, Euclid the distance (prism ranks by minus its square).
 score_threshold: a nearest search keeps scores strictly better than it (for Euclid, distances below it), a fusion
 keeps scores at or above it (qdrant-client's local mode, which mirrors the server).
@@ -78,6 +78,11 @@ class Query:
         self.service, self.name = service, name
         self.cfg = service.collection_config(name)
         self.leaves: list[Node] = []
+        # What the answer carries (payloads? which spaces' vectors?), asked of the prism query that ends the
+        # evaluation (a top-level fusion: the leaves' query; rescoring: its own), so no second round trip fetches
+        # the page; what came back, by id.
+        self.carry: tuple[bool, list[str]] = (False, [])
+        self.rows: dict[str, Any] = {}
 
     # -- the tree --------------------------------------------------------------------------------------------
     async def node(self, p: Prefetch, above: list[dict[str, Any]], where: str, limit: int) -> Node:
@@ -180,31 +185,21 @@ class Query:
         return (await self.service.query(self.name, body)).hits
 
     async def _leaf_lists(self) -> list[list[tuple[str, float]]]:
-        """Every nearest leaf's own top list, in one prism query when it fits, else one prism batch."""
-        leaves, limits = self.leaves, self.service.config.limits
+        """Every nearest leaf's own top list: one prism prefetch call (plan, embed, fan out, merge; no fusion) for
+        up to limits.max_prefetch leaves, several side by side beyond that."""
+        per_call = self.service.config.limits.max_prefetch
         spec = [{"space": n.space, "vector": n.vector, "limit": n.limit, **({"params": n.params} if n.params else {}),
-                 **({"filter": _and(n.filters)} if n.filters else {})} for n in leaves]
-        total = sum(n.limit for n in leaves)
-        if len(leaves) <= limits.max_prefetch and total <= limits.max_limit:
-            answer = await self.service.query(self.name, {
-                "prefetch": spec, "fusion": {"method": "rrf", "window": total}, "limit": total,
-                "with_payload": False, "explain": True, "require_complete": True})
-            ranked: list[list[tuple[int, str, float]]] = [[] for _ in leaves]
-            for hit in answer.hits:
-                for li, part in enumerate(hit.explain.prefetch):
-                    if part.rank is not None:
-                        ranked[li].append((part.rank, hit.id, part.score))
-            lists = [[(i, s) for _, i, s in sorted(lst)] for lst in ranked]
-        else:
-            answer = await self.service.query_batch(self.name, {"queries": [
-                {"prefetch": [{k: v for k, v in s.items() if k != "filter"}], "fusion": {"method": "none"},
-                 "limit": s["limit"], "with_payload": False, "require_complete": True,
-                 **({"filter": s["filter"]} if "filter" in s else {})} for s in spec]})
-            lists = [[(h.id, h.score) for h in r.hits] for r in answer.results]
-        return [_kept([(i, qdrant_score(s, n.metric)) for i, s in lst], n.threshold, n.metric)
-                for n, lst in zip(leaves, lists)]
+                 **({"filter": _and(n.filters)} if n.filters else {})} for n in self.leaves]
+        got = await asyncio.gather(*(self.service.prefetch(self.name, {
+            "prefetch": spec[at:at + per_call], "with_payload": self.carry[0], "require_complete": True})
+            for at in range(0, len(spec), per_call)))
+        lists = [lst for g in got for lst in g.lists]
+        for lst in lists:
+            self.rows.update((h.id, h) for h in lst if h.payload is not None)
+        return [_kept([(h.id, qdrant_score(h.score, n.metric)) for h in lst], n.threshold, n.metric)
+                for n, lst in zip(self.leaves, lists)]
 
-    async def _eval(self, node: Node, want: int, lists: list) -> list[tuple[str, float]]:
+    async def _eval(self, node: Node, want: int, lists: list, top: bool = False) -> list[tuple[str, float]]:
         if node.kind == "nearest":
             return lists[node.leaf]
         below = [await self._eval(c, c.limit, lists) for c in node.children]
@@ -212,7 +207,11 @@ class Query:
             ids = list(dict.fromkeys(i for lst in below for i, _ in lst))
             if not ids:
                 return []
-            hits = await self._search(node, want, extra=[{"ids": {"values": ids}}])
+            carry = self.carry if top else (False, [])
+            hits = await self._search(node, want, extra=[{"ids": {"values": ids}}], payload=carry[0],
+                                      spaces=carry[1])
+            if top:
+                self.rows.update((h.id, h) for h in hits)
             return _kept([(h.id, qdrant_score(h.score, node.metric)) for h in hits], node.threshold, node.metric)
         fused = fusion.rrf(below, want, node.k, node.weights) if node.kind == "rrf" else fusion.dbsf(below, want)
         return _kept(fused, node.threshold, None)
@@ -231,13 +230,18 @@ class Query:
                                         top.metric)}
             return {"points": [record(self.cfg, h.id, h.payload, h.vectors, with_payload, req.with_vector,
                                       qdrant_score(h.score, top.metric)) for h in hits if h.id in kept]}
+        want = (bool(with_payload), spaces)
+        self.carry = want if top.kind in ("rrf", "dbsf") else (False, [])
         lists = await self._leaf_lists() if self.leaves else []
-        page = (await self._eval(top, limit + offset, lists))[offset:]
-        rows: dict[str, Any] = {}
-        if page and (with_payload or spaces):
-            got = await self.service.retrieve(self.name, {"ids": [i for i, _ in page], "with_payload": True,
+        self.carry = want
+        page = (await self._eval(top, limit + offset, lists, top=True))[offset:]
+        rows = {i: self.rows[i] for i, _ in page if i in self.rows} if any(want) else {}
+        missing = [i for i, _ in page if i not in rows or spaces and getattr(rows[i], "vectors", None) is None] \
+            if any(want) else []
+        if missing:  # payloads that did not come with the search (too many candidates to ship), vectors
+            got = await self.service.retrieve(self.name, {"ids": missing, "with_payload": True,
                                                           "with_vectors": spaces or False})
-            rows = {r.id: r for r in got.points}
+            rows.update((r.id, r) for r in got.points)
         return {"points": [record(self.cfg, i, getattr(rows.get(i), "payload", None),
                                   getattr(rows.get(i), "vectors", None), with_payload, req.with_vector, s)
                            for i, s in page]}
