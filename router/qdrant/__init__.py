@@ -6,8 +6,10 @@ ids mapped reversibly onto prism's string ids (ids), Qdrant's own fusion arithme
 collections, points and queries (collections, points, query), Qdrant-shaped errors (errors), the route policy the
 guard applies (policy) and the FastAPI router (routes), mounted by router/app.py with `mount(api)`.
 
-What it may import: `router.service.PrismService` (every read and write goes through it, so the guard, limits,
-write-through and replication are prism's own), the pure modules `router.bodies`, `router.filters`,
-`router.models` and `cluster.errors` / `cluster.names`, and FastAPI. Nothing in prism imports this package except
-router/app.py (the mount), router/access.py (the policy) and router/edge.py (the error shape of refusals).
+What it may import (tests/unit/test_qdrant.py reads the imports): `router.service.PrismService`, reached as this
+replica's service through `router.metrics.process_state()` (every read and write goes through it, so the guard,
+limits, write-through and replication are prism's own); the pure modules `router.bodies`, `router.filters`,
+`router.models`, `cluster.config` (types), `cluster.errors` and `cluster.names`; FastAPI, pydantic and numpy.
+Nothing in prism imports this package but router/app.py (the mount), router/access.py (the policy) and
+router/edge.py (the error shape of refusals).
 """

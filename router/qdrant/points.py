@@ -28,8 +28,8 @@ from router.qdrant.models import (
     DeletePayload, PayloadExclude, PayloadInclude, PointRequest, PointsBatch, PointsList, ScrollRequest, Selector,
     SetPayload, UpdateVectors, CountRequest, parse,
 )
+from router.bodies import encode_cursor
 from router.models import FLOAT32_MAX
-from router.service import encode_cursor
 
 SCROLL_PAGE = 1000  # prism's largest scroll page
 _operations = itertools.count(1)  # Qdrant numbers update operations; this ingress replica numbers its own

@@ -295,3 +295,32 @@ def test_collection_spec_maps_qdrant_parameters_onto_prisms():
 def test_collection_features_prism_lacks_are_400s(body, what):
     with pytest.raises(Unsupported, match=what):
         collection_spec(parse(CreateCollection, body, "c"))
+
+
+# -- the package boundary (router/qdrant/__init__.py) ------------------------------------------------------------------
+ALLOWED = {"router.qdrant", "router.service", "router.metrics", "router.bodies", "router.filters", "router.models",
+           "cluster.config", "cluster.errors", "cluster.names"}
+MAY_IMPORT_IT = {"router/app.py", "router/access.py", "router/edge.py"}
+
+
+def _imports(path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+
+
+def test_the_qdrant_package_imports_prism_only_through_its_allowed_modules():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "router" / "qdrant").glob("*.py"):
+        for mod in _imports(path):
+            if mod.split(".")[0] in ("router", "cluster", "shards", "deploy", "ray", "pymilvus", "elasticsearch"):
+                assert any(mod == a or mod.startswith(a + ".") for a in ALLOWED), (path.name, mod)
+    users = {str(p.relative_to(root)) for d in ("router", "cluster", "shards", "deploy") for p in (root / d).rglob("*.py")
+             if "qdrant" not in p.parts and any(m.startswith("router.qdrant") for m in _imports(p))}
+    assert users == MAY_IMPORT_IT, users
