@@ -641,9 +641,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
     ap.add_argument("--only",
                     default="core,serving,filters,chaos,sizing,ingest,scaling,encode,freshness,batching,tiny,auth,"
-                            "stages,grpc,scaleout,json_depth,antientropy",
+                            "stages,grpc,scaleout,json_depth,antientropy,qdrant",
                     help="comma list of sections: core, serving, filters, chaos, sizing, ingest, scaling, encode, "
-                         "freshness, batching, tiny, auth, stages, grpc, scaleout, json_depth, antientropy")
+                         "freshness, batching, tiny, auth, stages, grpc, scaleout, json_depth, antientropy, qdrant")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--shards", type=int, default=4)
@@ -725,6 +725,10 @@ def main(argv: list[str] | None = None) -> None:
             from deploy.bench_grpc import run as bench_grpc
 
             write_json("grpc", {"machine": machine(), **bench_grpc(workdir / "grpc")})
+        if "qdrant" in sections:
+            from deploy.bench_qdrant import run as bench_qdrant
+
+            write_json("qdrant", {"machine": machine(), **bench_qdrant(workdir / "qdrant")})
         from deploy.report import write_report
 
         write_report()

@@ -145,6 +145,12 @@ SECTIONS = [
         "`prism up` with deploy/demo.yaml (milvus-lite, 2 shards, HNSW) holding the 64-product catalog; vector "
         "queries (384-d, top 5, payloads) and text queries (distinct texts, MiniLM per query), cache off, at c=1 "
         "(p50) and c=8 (QPS) over HTTP and over gRPC in the same run, rounds alternating which goes first.")),
+    ("qdrant", "deploy.bench_qdrant", "The Qdrant-compatible API beside prism's own", lambda d: (
+        f"`prism up` (milvus-lite, {d['shards']} shards, Elasticsearch off) holding one collection made through "
+        f"/qdrant: {d['points']:,} points, two {d['dim']}-d Cosine vectors (HNSW, Qdrant's defaults), a small "
+        "payload. The same queries (distinct vectors, payloads) through `/qdrant/.../points/query` and "
+        "`/v1/.../query`, one httpx client for both, at c=1 (p50) and c=8 (QPS); rounds alternate which API goes "
+        "first.")),
     ("json_depth", "deploy.bench_json_depth", "The body depth check: quadratic before issue 33, linear now", lambda d: (
         "The check every JSON body passes before it is parsed, old (a regex tokeniser, kept in the bench) and new "
         "(router.bodies.json_too_deep), in one process on the same bodies; median of repeats. Target: "

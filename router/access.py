@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from cluster.auth import KeyRing, KeySource, Principal, Role, is_loopback
 from cluster.config import ClusterConfig
 from cluster.names import name_problem
+from router.qdrant.policy import qdrant_access
 
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _POINT_READS = frozenset({"get", "scroll", "count"})
@@ -37,6 +38,8 @@ def route_access(method: str, path: str, metrics_open: bool = True) -> tuple[Rol
     parts = path.split("/")[1:]
     if len(parts) > 1 and parts[-1] == "":
         parts = parts[:-1]  # one trailing slash (Starlette redirects it): the same route
+    if parts[0] == "qdrant":
+        return qdrant_access(method, parts[1:])  # type: ignore[return-value]
     if parts[:2] != ["v1", "collections"]:
         return "admin", None
     if len(parts) == 2:
@@ -113,13 +116,13 @@ class Refusal:
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    """The key from `Authorization: Bearer <key>`, `X-API-Key: <key>` or `api-key: <key>` (Qdrant's header)."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-        elif name == b"x-api-key" and value.strip():
+        elif name in (b"x-api-key", b"api-key") and value.strip():
             return value.decode("latin-1").strip()
     return None
 
@@ -175,7 +178,7 @@ class Guard:
             key = presented_key(headers)
             if key is None:
                 return Refusal(401, "unauthenticated", "this endpoint needs an API key: send "
-                               "`Authorization: Bearer <key>` or `X-API-Key: <key>`"
+                               "`Authorization: Bearer <key>`, `X-API-Key: <key>` or `api-key: <key>`"
                                + ("" if len(ring) else " (none is configured: create one with `prism keys create`)"))
             principal = ring.verify(key)
             if principal is None:

@@ -25,6 +25,10 @@ from shards.expr import MAX_STRING, list_literal, literal, quote_string
 MAX_DEPTH = 64
 MAX_TERMS = 1024
 META_FIELD = "meta"
+# The constants, as expressions every Milvus parses: the 2.3 server refuses `true` / `false` literals beside
+# `and` / `or` ("can only be used between boolean expressions"). An id is never empty (cluster.names).
+MATCH_NONE = 'id == ""'
+MATCH_ALL = 'id != ""'
 NUMERIC = frozenset({"integer", "float"})
 _TOKEN_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
@@ -346,10 +350,10 @@ def to_milvus(node: Node, mapping: dict[str, str]) -> str | None:
             ors = [to_milvus(c, mapping) for c in node.should]
             if any(e is None for e in ors):
                 return None
-            parts.append("(" + " or ".join(f"({e})" for e in ors) + ")" if ors else "(false)")
-        return " and ".join(parts) if parts else "(true)"
+            parts.append("(" + " or ".join(f"({e})" for e in ors) + ")" if ors else f"({MATCH_NONE})")
+        return " and ".join(parts) if parts else f"({MATCH_ALL})"
     if isinstance(node, Ids):
-        return f"id in {list_literal(node.values)}" if node.values else "(false)"
+        return f"id in {list_literal(node.values)}" if node.values else f"({MATCH_NONE})"
     ftype = mapping[node.field]
     col = f'{META_FIELD}[{quote_string(node.field)}]'
     guard = f"(exists {col})"

@@ -107,6 +107,24 @@ ROUTES = [
     ("GET", "/v1/collections/c/points", "admin"), ("POST", "/v1/collections", "admin"), ("GET", "/v2/x", "admin"),
     ("GET", "//v1/collections/c", "admin"), ("PATCH", "/v1/collections/c", "admin"),
     ("GET", "/v1/collections/c/query", "admin"), ("POST", "/v1/collections/c/points/c/get", "admin"),
+    # The Qdrant-compatible API (router/qdrant/policy.py): reads read, point writes write, collections admin.
+    ("GET", "/qdrant", None), ("GET", "/qdrant/", None), ("POST", "/qdrant", "admin"),
+    ("GET", "/qdrant/collections", "read"), ("GET", "/qdrant/collections/c", "read"),
+    ("GET", "/qdrant/collections/c/exists", "read"), ("PUT", "/qdrant/collections/c", "admin"),
+    ("DELETE", "/qdrant/collections/c", "admin"), ("PATCH", "/qdrant/collections/c", "admin"),
+    ("PUT", "/qdrant/collections/c/index", "write"), ("DELETE", "/qdrant/collections/c/index/f", "write"),
+    ("PUT", "/qdrant/collections/c/points", "write"), ("POST", "/qdrant/collections/c/points", "read"),
+    ("GET", "/qdrant/collections/c/points/7", "read"), ("POST", "/qdrant/collections/c/points/scroll", "read"),
+    ("POST", "/qdrant/collections/c/points/count", "read"), ("POST", "/qdrant/collections/c/points/query", "read"),
+    ("POST", "/qdrant/collections/c/points/query/batch", "read"),
+    ("POST", "/qdrant/collections/c/points/delete", "write"), ("POST", "/qdrant/collections/c/points/payload", "write"),
+    ("PUT", "/qdrant/collections/c/points/payload", "write"),
+    ("POST", "/qdrant/collections/c/points/payload/delete", "write"),
+    ("POST", "/qdrant/collections/c/points/payload/clear", "write"),
+    ("PUT", "/qdrant/collections/c/points/vectors", "write"),
+    ("GET", "/qdrant/aliases", "admin"), ("POST", "/qdrant/collections/c/points/query/bogus", "admin"),
+    ("PUT", "/qdrant/collections/c/points/scroll", "admin"), ("DELETE", "/qdrant/collections/c/points", "admin"),
+    ("POST", "/qdrant/collections/c/snapshots", "admin"), ("PUT", "/qdrant/collections/c/index/f/g", "admin"),
 ]
 
 
@@ -114,7 +132,7 @@ ROUTES = [
 def test_route_policy(method, path, role):
     got, collection = route_access(method, path)
     assert got == role
-    if path.startswith("/v1/collections/c"):
+    if path.startswith(("/v1/collections/c", "/qdrant/collections/c")):
         assert collection == "c"
 
 
@@ -142,6 +160,7 @@ def test_key_headers():
     assert presented_key([(b"authorization", b"Bearer abc")]) == "abc"
     assert presented_key([(b"authorization", b"bearer  abc ")]) == "abc"
     assert presented_key([(b"x-api-key", b"k")]) == "k"
+    assert presented_key([(b"api-key", b" q ")]) == "q"  # Qdrant's header (qdrant-client's api_key)
     assert presented_key([(b"authorization", b"Basic abc")]) is None
     assert presented_key([]) is None
     assert client_headers("k") == {"Authorization": "Bearer k"} and client_headers(None) == {}
@@ -187,7 +206,7 @@ def test_guard_matrix():
                 assert isinstance(v, Refusal) and v.status == 401 and v.headers()[0][0] == b"www-authenticate"
             else:
                 rank = {"read": 0, "write": 1, "admin": 2}
-                in_scope = who != "scoped" or not path.startswith("/v1/collections/c")
+                in_scope = who != "scoped" or not path.startswith(("/v1/collections/c", "/qdrant/collections/c"))
                 allowed = (rank["admin" if who == "scoped" else who] >= rank[role]) and in_scope
                 assert (not isinstance(v, Refusal)) == allowed, (method, path, who, v)
                 if not allowed:
