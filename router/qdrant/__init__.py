@@ -8,7 +8,7 @@ guard applies (policy) and the FastAPI router (routes), mounted by router/app.py
 
 What it may import (tests/unit/test_qdrant.py reads the imports): `router.service.PrismService`, reached as this
 replica's service through `router.metrics.process_state()` (every read and write goes through it, so the guard,
-limits, write-through and replication are prism's own); the pure modules `router.bodies`, `router.filters`,
+limits, write-through and replication are prism's own); the pure modules `router.bodies`, `router.cursor`, `router.filters`,
 `router.models`, `cluster.config` (types), `cluster.errors` and `cluster.names`; FastAPI, pydantic and numpy.
 Nothing in prism imports this package but router/app.py (the mount), router/access.py (the policy) and
 router/edge.py (the error shape of refusals).

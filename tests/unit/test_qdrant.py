@@ -298,8 +298,8 @@ def test_collection_features_prism_lacks_are_400s(body, what):
 
 
 # -- the package boundary (router/qdrant/__init__.py) ------------------------------------------------------------------
-ALLOWED = {"router.qdrant", "router.service", "router.metrics", "router.bodies", "router.filters", "router.models",
-           "cluster.config", "cluster.errors", "cluster.names"}
+ALLOWED = {"router.qdrant", "router.service", "router.metrics", "router.bodies", "router.cursor", "router.filters",
+           "router.models", "cluster.config", "cluster.errors", "cluster.names"}
 MAY_IMPORT_IT = {"router/app.py", "router/access.py", "router/edge.py"}
 
 
