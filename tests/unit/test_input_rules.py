@@ -224,3 +224,18 @@ def test_an_integer_field_takes_only_what_a_long_holds():
             normalise_meta({"n": v}, {"n": "integer"})
         assert e.value.field == "payload.n"
     assert normalise_meta({"n": 2.0 ** 62}, {"n": "integer"}) == {"n": 2.0 ** 62}
+
+
+@pytest.mark.parametrize("dsl", [{"term": {"n": 2 ** 63}}, {"range": {"n": {"lt": 1e19}}}, {"terms": {"n": [1, -(2 ** 64)]}},
+                                 {"range": {"n": {"gte": "99999999999999999999"}}}])
+def test_a_filter_on_an_integer_field_takes_only_what_a_long_holds(dsl):
+    """The same 64-bit rule for filter values: Elasticsearch refuses a long query value out of range and Milvus an
+    INT64 literal past it, which answered 502 or counted against a replica; now a FilterError (422) naming the path."""
+    from cluster.errors import FilterError
+    from router.filters import parse_filter
+
+    with pytest.raises(FilterError, match="64-bit") as e:
+        parse_filter(dsl, {"n": "integer"})
+    assert e.value.field.startswith("filter.")
+    parse_filter({"range": {"n": {"gte": -(2 ** 63), "lte": 2 ** 63 - 1}}}, {"n": "integer"})
+    parse_filter({"range": {"f": {"lt": 1e300}}}, {"f": "float"})
