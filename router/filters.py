@@ -30,6 +30,9 @@ META_FIELD = "meta"
 MATCH_NONE = 'id == ""'
 MATCH_ALL = 'id != ""'
 NUMERIC = frozenset({"integer", "float"})
+# What an Elasticsearch `long` (an integer field's mapping) and a Milvus INT64 hold: an integer past it is refused at
+# the edge (422), in any payload (router.models) and in integer fields and their filters (here), not by a store.
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _TOKEN_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
@@ -252,6 +255,9 @@ def _value(v: Any, ftype: str, path: str) -> Any:
                 raise FilterError(f"{path}: expected a number, got {_show(v)}", field=path) from None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise FilterError(f"{path}: expected a finite number, got {_show(v)}", field=path)
+        if ftype == "integer" and not INT64_MIN <= v <= INT64_MAX:  # exact for floats too: 2.0**63 is out
+            raise FilterError(f"{path}: an integer field holds 64-bit integers (-2**63 .. 2**63-1, an Elasticsearch "
+                              f"long), got {_show(v)}", field=path)
         return v
     if ftype == "boolean":
         if isinstance(v, str) and v in ("true", "false"):
