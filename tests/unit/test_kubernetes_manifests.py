@@ -357,6 +357,18 @@ def test_the_grpc_message_bound_reaches_every_ray_pod():
                         for env in envs), envs
 
 
+@pytest.mark.parametrize("values", [{}, {"grpc": {"maxMessageBytes": 65536}}], ids=["default", "set"])
+def test_the_chart_sets_the_grpc_message_bound_in_every_ray_pod(values):
+    """Medium (issue 33): under Helm too, every Ray pod's RAY_SERVE_GRPC_MAX_MESSAGE_SIZE is the ingress's
+    grpc_max_message_bytes (before: unset, so Serve read gRPC messages up to 2 GiB before prism refused them)."""
+    svc = by_kind(render({**KEYED, **values}))["RayService"][0]
+    cfg = serve_config([svc])
+    assert cfg.grpc_max_message_bytes == values.get("grpc", {}).get("maxMessageBytes", 8 << 20)
+    envs = _ray_env(svc)
+    assert envs and all(env.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE") == str(cfg.grpc_max_message_bytes)
+                        for env in envs), envs
+
+
 def test_a_default_install_renders_and_generates_an_admin_key_the_ingress_accepts():
     """`helm install` with no values: an admin key is generated into a Secret (kept across upgrades by `lookup`),
     every Ray container gets it as PRISM_ADMIN_KEY, NOTES.txt says how to read it, and the key the Secret holds is

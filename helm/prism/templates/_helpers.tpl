@@ -75,6 +75,7 @@ applications:
         host: 0.0.0.0
         port: 8000
         grpc_port: {{ if .Values.grpc.enabled }}9000{{ else }}0{{ end }}
+        grpc_max_message_bytes: {{ .Values.grpc.maxMessageBytes | int }}
         milvus:
           mode: server
           uri: {{ include "prism.milvusUri" . }}
