@@ -418,7 +418,7 @@ BAD_INPUT = [
     ("point id in superscript digits", "GET", "points/%C2%B9", None, None, 400),
     ("point id of 5000 digits", "GET", "points/" + "9" * 5000, None, None, 400),
     ("rrf k beyond 64 bits", "POST", "points/query",
-     b'{"prefetch": [{"query": [1, 0, 0, 0]}], "query": {"rrf": {"k": 1' + b'0' * 400 + b'}}}', None, 422),
+     b'{"prefetch": [{"query": [1, 0, 0, 0]}], "query": {"rrf": {"k": 1' + b'0' * 400 + b'}}}', None, 400),
     ("more searches than limits.max_batch_queries", "POST", "points/query/batch",
      {"searches": [{"query": [1, 0, 0, 0], "limit": 1}] * 65}, None, 422),
 ]
