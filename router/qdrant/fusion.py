@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from cluster.errors import InvalidRequest
 
 DEFAULT_RRF_K = 2
+MAX_RRF_K = 2**64 - 1  # Qdrant's k is an unsigned 64-bit integer; a larger int does not even convert to a float
 Scored = tuple[str, float]
 
 
@@ -27,8 +28,9 @@ def rrf(lists: Sequence[Sequence[Scored]], limit: int, k: int | None = None,
         weights: Sequence[float] | None = None) -> list[Scored]:
     """Reciprocal rank fusion, Qdrant's formula; the best `limit` (id, score) pairs."""
     k = DEFAULT_RRF_K if k is None else k
-    if k < 1:
-        raise InvalidRequest(f"rrf.k must be at least 1, got {k}", field="rrf.k")
+    if not 1 <= k <= MAX_RRF_K:
+        got = k if k < 1 else "a larger number"  # str() of a huge int is slow, past 4300 digits refused
+        raise InvalidRequest(f"rrf.k must be at least 1 and at most 2**64 - 1, got {got}", field="rrf.k")
     if weights is not None and len(weights) != len(lists):
         raise InvalidRequest(f"rrf.weights has {len(weights)} entries for {len(lists)} prefetches",
                              field="rrf.weights")

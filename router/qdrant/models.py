@@ -8,13 +8,15 @@ documented as accepted without effect.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr, ValidationError
 
 from router.qdrant.errors import BadFormat, OutOfRange
 
 PointId = Union[StrictInt, StrictStr]
+# A vector component: a JSON number. Strict, as Qdrant's server is: lax pydantic reads "0.5" as 0.5 and true as 1.0.
+Number = Annotated[float, Strict()]
 Json = dict[str, Any]
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short",
                            "too_long"})
@@ -87,13 +89,13 @@ class CreateFieldIndex(_Model):
 # -- points ----------------------------------------------------------------------------------------------------
 class PointStruct(_Model):
     id: PointId
-    vector: list[float] | Json  # the unnamed vector, or named ones: {name: [floats]}
+    vector: list[Number] | Json  # the unnamed vector, or named ones: {name: [floats]}
     payload: Json | None = None
 
 
 class Batch(_Model):
     ids: list[PointId]
-    vectors: list[list[float]] | dict[str, list[list[float]]]
+    vectors: list[list[Number]] | dict[str, list[list[Number]]]
     payloads: list[Json | None] | None = None
 
 
@@ -113,7 +115,7 @@ class PointsBatch(_Write):
 
 class PointVectors(_Model):
     id: PointId
-    vector: list[float] | Json
+    vector: list[Number] | Json
 
 
 class UpdateVectors(_Write):

@@ -23,7 +23,7 @@ from cluster.errors import InvalidRequest, PointNotFound
 from router.qdrant.collections import UNNAMED, space_of, unnamed
 from router.qdrant.errors import BadFormat, Unsupported
 from router.qdrant.filters import translate
-from router.qdrant.ids import from_prism, to_prism
+from router.qdrant.ids import MAX_UINT, from_prism, to_prism
 from router.qdrant.models import (
     DeletePayload, PayloadExclude, PayloadInclude, PointRequest, PointsBatch, PointsList, ScrollRequest, Selector,
     SetPayload, UpdateVectors, CountRequest, parse,
@@ -268,8 +268,18 @@ async def retrieve(service: Any, name: str, body: Any) -> list[dict[str, Any]]:
             for i in ids if i in found]  # in the order asked, as often as asked (Qdrant's local mode does so)
 
 
+def path_id(point_id: str) -> int | str:
+    """The Qdrant id a URL path segment spells: ASCII digits are an integer (str.isdigit also takes "²" and "١",
+    which int() refuses or reads as 1); anything else is a UUID or refused by to_prism."""
+    if point_id.isascii() and point_id.isdigit():
+        if len(point_id) > len(str(MAX_UINT)):  # int() of 4300+ digits raises; no such id exists anyway
+            raise InvalidRequest(f"point id {point_id[:30]}... is not an unsigned 64-bit integer")
+        return int(point_id)
+    return point_id
+
+
 async def point(service: Any, name: str, point_id: str) -> dict[str, Any]:
-    pid: Any = int(point_id) if point_id.isdigit() else point_id
+    pid = path_id(point_id)
     got = await retrieve(service, name, {"ids": [pid], "with_payload": True, "with_vector": True})
     if not got:
         raise PointNotFound(f"No point with id {pid} found")

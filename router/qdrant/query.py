@@ -28,7 +28,7 @@ from typing import Any
 from cluster.errors import PointNotFound
 from router.qdrant import fusion
 from router.qdrant.collections import space_of
-from router.qdrant.errors import BadFormat, Unsupported
+from router.qdrant.errors import BadFormat, OutOfRange, Unsupported
 from router.qdrant.filters import translate
 from router.qdrant.ids import to_prism
 from router.qdrant.models import Prefetch, QueryRequest, QueryRequestBatch, parse
@@ -251,6 +251,14 @@ async def query(service: Any, name: str, body: Any) -> dict[str, Any]:
     return await Query(service, name).run(parse(QueryRequest, body, "query"))
 
 
+def check_batch_size(service: Any, n: int) -> None:
+    """prism's own batch limit holds here too (before any token of the key's read rate is taken for it)."""
+    most = service.config.limits.max_batch_queries
+    if n > most:
+        raise OutOfRange(f"searches: {n} queries exceed this cluster's limit of {most} (limits.max_batch_queries)")
+
+
 async def query_batch(service: Any, name: str, body: Any) -> list[dict[str, Any]]:
     req = parse(QueryRequestBatch, body, "query batch")
+    check_batch_size(service, len(req.searches))
     return list(await asyncio.gather(*(Query(service, name).run(q) for q in req.searches)))

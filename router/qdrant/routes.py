@@ -154,6 +154,8 @@ async def query_batch(name: str, request: Request):
     t0 = time.perf_counter()
     body = await _json(request)
     searches = body.get("searches") if isinstance(body, dict) else None
+    if isinstance(searches, list):
+        query.check_batch_size(_service(), len(searches))
     extra = len(searches) - 1 if isinstance(searches, list) else 0
     rate = request.scope.get("state", {}).get("rate_key")
     if extra > 0 and rate is not None:

@@ -360,8 +360,11 @@ def test_integer_and_uuid_ids_round_trip(prism_server, clients):
 # -- bad input: each class a 4xx in Qdrant's shape, and nothing written ---------------------------------------------
 def _state(prism_server):
     c = prism_server.client
-    points = c.post("/v1/collections/qd_bad/points/scroll", json={"limit": 1000}).json()["points"]
-    return sorted((p["id"], json.dumps(p["payload"], sort_keys=True)) for p in points), \
+    points = c.post("/v1/collections/qd_bad/points/scroll",
+                    json={"limit": 1000, "with_vectors": True}).json()["points"]
+    verify = c.get("/v1/collections/qd_bad/verify").json()  # Elasticsearch against every replica of every shard
+    assert verify["replicas_equal"] and not verify["drift"], verify
+    return sorted((p["id"], json.dumps(p["payload"], sort_keys=True), json.dumps(p["vectors"])) for p in points), \
         c.get("/v1/collections/qd_bad").json()["config"]["metadata"]
 
 
@@ -402,6 +405,22 @@ BAD_INPUT = [
     ("collection exists", "PUT", "", {"vectors": {"size": 4, "distance": "Cosine"}}, None, 409),
     ("collection name outside prism's rule", "GET", "../bad-name", None, None, 422),
     ("a path not served", "POST", "points/discover", {}, None, 404),
+    # review of issue 31: a vector of strings or bools is not a vector (Qdrant refuses it; pydantic's lax mode
+    # turned "0.1" into 0.1 and true into 1.0, and wrote the point)
+    ("vector of strings", "PUT", "points", {"points": [{**GOOD, "vector": ["0.1", "0.2", "0.3", "0.4"]}]}, None, 400),
+    ("vector of bools", "PUT", "points", {"points": [{**GOOD, "vector": [True, False, False, True]}]}, None, 400),
+    ("batch vectors of strings", "PUT", "points", {"batch": {"ids": [1000], "vectors": [["1", "0", "0", "0"]]}},
+     None, 400),
+    ("update vectors with strings", "PUT", "points/vectors", {"points": [{"id": 1, "vector": ["0", "0", "1", "0"]}]},
+     None, 400),
+    # a path id in digits that are not ASCII (int() reads them; Qdrant does not), or too long for int() at all
+    ("point id in Arabic-Indic digits", "GET", "points/%D9%A1", None, None, 400),
+    ("point id in superscript digits", "GET", "points/%C2%B9", None, None, 400),
+    ("point id of 5000 digits", "GET", "points/" + "9" * 5000, None, None, 400),
+    ("rrf k beyond 64 bits", "POST", "points/query",
+     b'{"prefetch": [{"query": [1, 0, 0, 0]}], "query": {"rrf": {"k": 1' + b'0' * 400 + b'}}}', None, 400),
+    ("more searches than limits.max_batch_queries", "POST", "points/query/batch",
+     {"searches": [{"query": [1, 0, 0, 0], "limit": 1}] * 65}, None, 422),
 ]
 
 

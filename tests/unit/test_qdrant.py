@@ -18,7 +18,7 @@ from router.qdrant.collections import collection_spec
 from router.qdrant.errors import BadFormat, OutOfRange, Unsupported, status_and_message
 from router.qdrant.filters import FALSE, translate
 from router.qdrant.ids import MAX_UINT, from_prism, to_prism
-from router.qdrant.models import CreateCollection, QueryRequest, parse
+from router.qdrant.models import CreateCollection, PointsBatch, PointsList, QueryRequest, UpdateVectors, parse
 from tests.oracle import evaluate
 
 
@@ -258,6 +258,24 @@ def test_shape_errors_are_400s_and_range_errors_422s():
     with pytest.raises(OutOfRange):
         parse(QueryRequest, {"limit": 0}, "query")
     assert status_and_message(OutOfRange("x"))[0] == 422 and status_and_message(BadFormat("x"))[0] == 400
+
+
+@pytest.mark.parametrize("model, body", [
+    (PointsList, {"points": [{"id": 1, "vector": ["0.5", "1", "0", "0"]}]}),
+    (PointsList, {"points": [{"id": 1, "vector": [True, False, 0, 0]}]}),
+    (PointsBatch, {"batch": {"ids": [1], "vectors": [["1", 0, 0, 0]]}}),
+    (PointsBatch, {"batch": {"ids": [1], "vectors": [[1, 0, False, 0]]}}),
+    (UpdateVectors, {"points": [{"id": 1, "vector": ["1", 0, 0, 0]}]}),
+])
+def test_vectors_of_strings_or_bools_are_400s_not_numbers(model, body):
+    """Review of issue 31: pydantic's lax mode read "0.5" as 0.5 and true as 1.0, so such a point was written."""
+    with pytest.raises(BadFormat):
+        parse(model, body, "upsert points")
+
+
+def test_rrf_k_beyond_what_a_float_holds_is_a_4xx_not_an_overflow():
+    with pytest.raises(InvalidRequest, match="rrf.k"):
+        fusion.rrf([[("a", 0.5)]], 5, k=10**400)
 
 
 def test_prism_errors_map_onto_qdrants_status_classes():
