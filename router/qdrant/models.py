@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr, ValidationError
 
+from router.models import MAX_LIMIT
 from router.qdrant.errors import BadFormat, OutOfRange
 
 PointId = Union[StrictInt, StrictStr]
@@ -148,7 +149,7 @@ class DeletePayload(Selector):
 
 class ScrollRequest(_Model):
     offset: PointId | None = None
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)  # Qdrant has no bound; prism's queries have this one
     filter: Json | None = None
     with_payload: WithPayload | None = None
     with_vector: WithVector | None = None

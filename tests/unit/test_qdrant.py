@@ -342,3 +342,15 @@ def test_the_qdrant_package_imports_prism_only_through_its_allowed_modules():
     users = {str(p.relative_to(root)) for d in ("router", "cluster", "shards", "deploy") for p in (root / d).rglob("*.py")
              if "qdrant" not in p.parts and any(m.startswith("router.qdrant") for m in _imports(p))}
     assert users == MAY_IMPORT_IT, users
+
+
+def test_a_scroll_limit_is_bounded_like_a_query_limit():
+    """Found by the issue 31 review: a scroll `limit` of 10**12 was taken, and the scroll read the whole collection
+    into one answer. It is bounded as prism bounds a query's limit (10,000: a 422, Qdrant's class for out of range)."""
+    from router.models import MAX_LIMIT
+    from router.qdrant.models import ScrollRequest, parse
+
+    assert parse(ScrollRequest, {"limit": MAX_LIMIT}, "scroll points").limit == MAX_LIMIT
+    for limit in (MAX_LIMIT + 1, 10 ** 12):
+        with pytest.raises(OutOfRange, match="limit"):
+            parse(ScrollRequest, {"limit": limit}, "scroll points")
