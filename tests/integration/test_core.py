@@ -12,7 +12,7 @@ from cluster.errors import InvalidRequest, SpaceNotFound
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.coordinator import Coordinator
 from router.models import Point, QueryRequest
-from shards.api import PointRow, ShardApi
+from shards.api import ShardApi
 from shards.local import local_shards, replica_specs
 
 N = 5_000
