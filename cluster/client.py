@@ -110,7 +110,7 @@ class PrismClient:
         if self.protocol == "grpc":
             import grpc
 
-            from router.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
+            from cluster.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
 
             self._pb = pb
             options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]

@@ -31,7 +31,7 @@ async def grpc_load(target: str, concurrency: int, total: int, body: Callable[[i
     from google.protobuf import json_format
 
     from cluster.client import query_proto_dict
-    from router.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
+    from cluster.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
 
     msgs = [json_format.ParseDict(query_proto_dict(body(i), "products"), pb.QueryRequest()) for i in range(total)]
     lat: list[float] = []

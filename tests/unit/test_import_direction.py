@@ -60,3 +60,14 @@ def test_the_benchmarks_share_helpers_without_a_circle():
     benches = {m for m in g if m.startswith("deploy.bench")}
     assert not g["deploy.benchlib"] & benches, "benchlib imports no benchmark"
     assert all("deploy.bench" not in g[m] for m in g), "nothing imports the dispatcher back"
+
+
+def test_the_floor_of_cluster_imports_nothing_above_it():
+    """cluster/ but its entry points (cluster/cli) is the floor: config, errors, ring, services, the client and the
+    gRPC stubs it shares with the server. It imports neither router, shards nor deploy."""
+    above = ("router", "shards", "deploy")
+    for path in (ROOT / "cluster").rglob("*.py"):
+        if "cli" in path.relative_to(ROOT / "cluster").parts:
+            continue
+        wrong = sorted(i for i in imports(path) if i.split(".")[0] in above)
+        assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"
