@@ -65,7 +65,6 @@ class PrismService:
         # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
         self.encoders = encoders or {}
         self.catalog = Catalog(config.data_path / "catalog")  # shared by every ingress replica (router/catalog.py)
-        self.catalog_dir = self.catalog.dir
         self.coordinators: dict[str, Coordinator] = {}
         self._seen: dict[str, tuple] = {}  # name -> (file stamp, version) of the catalog entry this process follows
         self._lock = asyncio.Lock()

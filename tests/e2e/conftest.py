@@ -11,10 +11,23 @@ import json
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from cluster.ports import ENV_NAMES as DIRECT_INGRESS_ENV
-from cluster.services import free_port, group_members, side_port
+from cluster.services import free_port, side_port
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group `pgid`."""
+    out = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (OSError, psutil.Error):  # gone meanwhile
+            continue
+    return out
 
 
 def prism_cli(*args: str, check: bool = True, timeout: float = 400,
