@@ -249,7 +249,7 @@ class PrismClient:
         d["counts"] = {k: int(v) for k, v in d.get("counts", {}).items()}
         for s in d.get("shards", []):
             s["counts"] = {k: int(v) for k, v in s.get("counts", {}).items()}
-            for key in ("applied_seq", "shard_seq", "lag", "faults"):
+            for key in ("applied_seq", "committed_seq", "lag", "faults"):
                 s[key] = int(s.get(key, 0))
         return d
 
