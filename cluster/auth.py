@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -34,6 +35,7 @@ KEYS_ENV = "PRISM_API_KEYS"  # a JSON list of key records (hashes, never keys): 
 # One plaintext admin key, as the Helm chart generates it into a Secret on first install (Elasticsearch 8 does the
 # same with its `elastic` password): hashed with a fresh salt when loaded, never written anywhere by prism.
 ADMIN_KEY_ENV = "PRISM_ADMIN_KEY"
+_log = logging.getLogger("prism.auth")
 MIN_SECRET_CHARS = 24  # a plaintext key handed in must carry at least ~140 random bits, as new_key's (32 characters)
 
 
@@ -136,11 +138,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def exposure(host: str, port: int, keys: int, insecure: bool) -> str:
+def exposure(host: str, port: int, keys: int, insecure: bool, keys_file_exists: bool = False) -> str:
     """The line `prism up` prints about access control; ConfigError when it must refuse to start: no keys on a
-    non-loopback address without --insecure."""
+    non-loopback address without --insecure. A keys file that exists but holds no key (every key revoked) keeps
+    auth on, on loopback too: keys were chosen, and a restart must not open the API."""
     if keys:
         return f"auth: on ({keys} API key{'s' if keys != 1 else ''}); /health and /docs stay open"
+    if keys_file_exists and is_loopback(host) and not insecure:
+        return ("auth: on, but no API key exists (the keys file holds none: every key was revoked): every request "
+                "is refused with 401 until `prism keys create` makes one (delete the keys file to serve without "
+                "keys)")
     if is_loopback(host):
         return (f"auth: off (no API keys; listening on {host} only). Create one with `prism keys create --role "
                 "admin` to require keys")
@@ -215,7 +222,11 @@ def env_keys(environ: dict[str, str] | None = None) -> list[KeyRecord]:
 
 class KeySource:
     """The keys in force: configured records, PRISM_API_KEYS, and the keys file, which is re-read when it changes
-    (checked at most every `recheck_s`, on an injected clock), so keys are created and revoked without a restart."""
+    (checked at most every `recheck_s`, on an injected clock), so keys are created and revoked without a restart.
+
+    A keys file that cannot be read at start is a ConfigError (the server does not start); one that stops being
+    readable later (a bad edit, a half-written copy) counts as holding no key until it reads again: the keys read
+    before it may include revoked ones, so they are not kept. `problem` says why (for the log, never a client)."""
 
     def __init__(self, configured: Iterable[KeyRecord], keys_file: str | os.PathLike | None,
                  environ: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic,
@@ -226,7 +237,10 @@ class KeySource:
         self._stamp: tuple[int, int] | None = None
         self._checked = float("-inf")
         self.ring = KeyRing(self.fixed)
+        self.problem: str | None = None
+        self._started = False  # at start a file that cannot be read is raised: the server must not start on it
         self.refresh(force=True)
+        self._started = True
 
     def refresh(self, force: bool = False) -> KeyRing:
         now = self.clock()
@@ -240,5 +254,18 @@ class KeySource:
             stamp = None
         if stamp != self._stamp or force:
             self._stamp = stamp
-            self.ring = KeyRing([*self.fixed, *(read_keys_file(self.file) if stamp else [])])
+            try:
+                self.ring = KeyRing([*self.fixed, *(read_keys_file(self.file) if stamp else [])])
+                self.problem = None
+            except (ConfigError, OSError) as exc:
+                if not self._started:
+                    raise
+                self.ring = KeyRing(self.fixed)
+                self.problem = getattr(exc, "message", None) or str(exc)
+                _log.error("%s; until it reads again only keys from the config and the environment are valid",
+                           self.problem)
         return self.ring
+
+    @property
+    def file_exists(self) -> bool:
+        return self.file is not None and self.file.exists()

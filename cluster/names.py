@@ -11,7 +11,8 @@ Collection names become file names (`catalog/<name>.json`, `milvus/<name>/`), El
   lower-cased, and some file systems fold case): the service refuses the second one.
 
 Point ids may hold any character but control characters (C0, DEL, C1) and lone surrogates: they travel as Milvus
-VARCHAR keys, Elasticsearch `_id`s, filter literals and cursor text, and must come back out of each unchanged.
+VARCHAR keys, Elasticsearch `_id`s, filter literals and cursor text, and must come back out of each unchanged. An id
+has at most 256 characters and 512 bytes in UTF-8 (Elasticsearch refuses a longer `_id`; 128 emoji fit, 200 do not).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,47}$"
 NAME_RE = re.compile(NAME_PATTERN)
 MAX_NAME_LENGTH = 48
 MAX_ID_LENGTH = 256
+MAX_ID_BYTES = 512  # Elasticsearch's bound on `_id` (UTF-8 bytes); past it a write fails in the store, not here
 _BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
@@ -53,8 +55,10 @@ def id_problem(value: object) -> str | None:
         return f"an id must be a string, got {type(value).__name__}"
     if not value:
         return "an id must not be empty"
-    if len(value) > MAX_ID_LENGTH:
-        return f"an id has at most {MAX_ID_LENGTH} characters, got {len(value)}"
+    size = len(value.encode("utf-8", "surrogatepass"))  # a lone surrogate is refused below, by name
+    if len(value) > MAX_ID_LENGTH or size > MAX_ID_BYTES:
+        return (f"an id has at most {MAX_ID_LENGTH} characters and {MAX_ID_BYTES} bytes in UTF-8, got {len(value)} "
+                f"characters, {size} bytes")
     bad = _BAD_ID_CHAR.search(value)
     if bad:
         ch = bad.group()

@@ -56,6 +56,7 @@ SECTIONS: dict[str, Callable | None] = {
     "json_depth": lambda a, w: section("json_depth")(),
     "antientropy": lambda a, w: section("antientropy")(w),
     "grpc": lambda a, w: section("grpc")(w),
+    "qdrant": lambda a, w: section("qdrant")(w),
 }
 
 

@@ -37,18 +37,23 @@ async def watch_equal(coord: Any, since: dict[str, float], t0: float, period_s: 
 
 
 async def final_check(coord: Any, acked: list[str]) -> dict[str, Any]:
-    """`diverged_ids`: ids some replica of their shard holds differently from another (full rescan); `writes_lost`:
-    acknowledged ids missing on ANY replica; `replicas_behind`: replicas whose applied seq is behind their shard's
-    last write (what the journal says they still need)."""
+    """`diverged_ids`: ids some replica of their shard holds differently from another (full rescan), None when a
+    replica could not be compared (counted in `replicas_not_compared`: never reported as equal unseen);
+    `writes_lost`: acknowledged ids missing on ANY replica; `replicas_behind`: replicas whose applied seq is behind
+    their shard's last write (what the journal says they still need)."""
     diverged: set[str] = set()
     missing: set[str] = set()
+    uncompared = 0
     for sh in coord.shards:
         if len(sh.clients) > 1:
             found = await compare_shard_replicas(sh.shard, sh.clients, list(range(len(sh.clients))))
             diverged |= {i for ids in found.differing.values() for i in ids}
+            # The reference not answering leaves nothing compared: every replica of the shard is unseen.
+            uncompared += len(sh.clients) if found.reference is None else len(found.unanswered)
         mine = [i for i in acked if coord.shard_of(i) == sh.shard]
         for c in sh.clients:
             held = await c.get(mine)
             missing |= set(mine) - set(held)
     behind = sum(st["lag"] > 0 for row in coord.replica_states() for st in row)
-    return {"diverged_ids": len(diverged), "writes_lost": len(missing), "replicas_behind": behind}
+    return {"diverged_ids": None if uncompared else len(diverged), "replicas_not_compared": uncompared,
+            "writes_lost": len(missing), "replicas_behind": behind}

@@ -145,6 +145,12 @@ SECTIONS = [
         "`prism up` with deploy/demo.yaml (milvus-lite, 2 shards, HNSW) holding the 64-product catalog; vector "
         "queries (384-d, top 5, payloads) and text queries (distinct texts, MiniLM per query), cache off, at c=1 "
         "(p50) and c=8 (QPS) over HTTP and over gRPC in the same run, rounds alternating which goes first.")),
+    ("qdrant", "deploy.bench_qdrant", "The Qdrant-compatible API beside prism's own", lambda d: (
+        f"`prism up` (milvus-lite, {d['shards']} shards, Elasticsearch off) holding one collection made through "
+        f"/qdrant: {d['points']:,} points, two {d['dim']}-d Cosine vectors (HNSW, Qdrant's defaults), a small "
+        "payload. The same queries (distinct vectors, payloads) through `/qdrant/.../points/query` and "
+        "`/v1/.../query`, one httpx client for both, at c=1 (p50) and c=8 (QPS); rounds alternate which API goes "
+        "first.")),
     ("json_depth", "deploy.bench_json_depth", "The body depth check: quadratic before issue 33, linear now", lambda d: (
         "The check every JSON body passes before it is parsed, old (a regex tokeniser, kept in the bench) and new "
         "(router.bodies.json_too_deep), in one process on the same bodies; median of repeats. Target: "
@@ -254,7 +260,8 @@ def write_report() -> Path:
                   "replica killed, the server back up) until every replica is live and a query answers complete. "
                   "`writes lost`: acknowledged writes missing on ANY replica at the end (every replica read back). "
                   "`diverged ids`: ids some replica holds differently from another replica of its shard at the end "
-                  "(digests after a full rescan: ids and contents). `equal after s`: from the fault's end until "
+                  "(digests after a full rescan: ids and contents; `not compared` when a replica's digest did not "
+                  "answer, never 0 unseen). `equal after s`: from the fault's end until "
                   "every shard's replicas first had equal digests, polled once a second while the load goes on (a write "
                   "in flight makes a poll see them differ, so this is an upper bound; -: not within 120 s of the "
                   "load's end). "
@@ -268,7 +275,7 @@ def write_report() -> Path:
                          f"{r['queries']} | {r['failed']} ({r['failed_during_fault']}) | {r['partial']} | "
                          f"{r['p99_ms_before']} | {r['p99_ms_during']} | {r['p99_ms_after']} | {r['fault_s']} | "
                          f"{r['recovery_s']} | {r['writes_acked']} | {r['writes_refused']} | {r['writes_lost']} | "
-                         f"{r.get('diverged_ids', 'not measured')} | "
+                         f"{r.get('diverged_ids', 'not measured') if r.get('diverged_ids', 0) is not None else 'not compared (%s replicas)' % r.get('replicas_not_compared')} | "
                          f"{'not measured' if 'diverged_ids' not in r else '-' if r.get('replicas_equal_after_s') is None else r['replicas_equal_after_s']} |")
         lines.append("")
         for r in ch["runs"]:

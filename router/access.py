@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from cluster.auth import KeyRing, KeySource, Principal, Role, is_loopback
 from cluster.config import ClusterConfig
 from cluster.names import name_problem
+from router.qdrant.policy import qdrant_access
 
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _POINT_READS = frozenset({"get", "scroll", "count"})
@@ -37,6 +38,8 @@ def route_access(method: str, path: str, metrics_open: bool = True) -> tuple[Rol
     parts = path.split("/")[1:]
     if len(parts) > 1 and parts[-1] == "":
         parts = parts[:-1]  # one trailing slash (Starlette redirects it): the same route
+    if parts[0] == "qdrant":
+        return qdrant_access(method, parts[1:])  # type: ignore[return-value]
     if parts[:2] != ["v1", "collections"]:
         return "admin", None
     if len(parts) == 2:
@@ -113,13 +116,13 @@ class Refusal:
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    """The key from `Authorization: Bearer <key>`, `X-API-Key: <key>` or `api-key: <key>` (Qdrant's header)."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-        elif name == b"x-api-key" and value.strip():
+        elif name in (b"x-api-key", b"api-key") and value.strip():
             return value.decode("latin-1").strip()
     return None
 
@@ -175,11 +178,13 @@ class Guard:
             key = presented_key(headers)
             if key is None:
                 return Refusal(401, "unauthenticated", "this endpoint needs an API key: send "
-                               "`Authorization: Bearer <key>` or `X-API-Key: <key>`"
+                               "`Authorization: Bearer <key>`, `X-API-Key: <key>` or `api-key: <key>`"
                                + ("" if len(ring) else " (none is configured: create one with `prism keys create`)"))
             principal = ring.verify(key)
             if principal is None:
-                return Refusal(401, "unauthenticated", "the API key is not valid (unknown, revoked or mistyped)")
+                why = (" (the keys file cannot be read: the ingress log says why)" if self.keys.problem else "")
+                return Refusal(401, "unauthenticated", "the API key is not valid (unknown, revoked or mistyped)"
+                               + why)
             if not principal.allows(role, collection):
                 what = (f"collection {collection!r}" if collection and principal.collections is not None
                         and collection not in principal.collections else f"role {role!r}")
@@ -211,9 +216,11 @@ def build_guard(cfg: ClusterConfig) -> Guard:
     Keys are required when there are some at start, and also without any when the API is bound to a non-loopback
     address and `insecure` is not set (a Serve config on 0.0.0.0 with an empty PRISM_API_KEYS: `prism up` refuses
     that before starting; here the API answers 401 until a key exists). Rates are the cluster's: each replica
-    enforces its share, rate / the most ingress replicas there may be."""
+    enforces its share, rate / the most ingress replicas there may be. A keys file that exists, even one holding
+    no key (every key revoked), makes keys required on loopback too: a restart must not open the API."""
     rl = cfg.auth.rate_limits
     replicas = max(cfg.ingress_replicas, cfg.ingress_max_replicas or 0)
-    return Guard(KeySource(cfg.auth.keys, cfg.keys_file), read_per_s=rl.read_per_s, write_per_s=rl.write_per_s,
+    keys = KeySource(cfg.auth.keys, cfg.keys_file)
+    return Guard(keys, read_per_s=rl.read_per_s, write_per_s=rl.write_per_s,
                  burst_s=rl.burst_s, replicas=replicas, metrics_open=cfg.auth.metrics == "open",
-                 required=not cfg.insecure and not is_loopback(cfg.host))
+                 required=not cfg.insecure and (not is_loopback(cfg.host) or keys.file_exists))

@@ -19,6 +19,7 @@ from router.bodies import allowed_hosts, check_json_content_type, parse_json
 from router.edge import ERROR_HANDLERS, Observe, refusal_response
 from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, documented, with_schemas
 from router.metrics import process_state
+from router.qdrant.routes import mount as mount_qdrant
 from router.models import (
     BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
     CountResponse, DeletedCollection, DeleteRequest, DeleteResponse, Health, QueryRequest, QueryResponse, Record, ReshardRequest,
@@ -48,6 +49,7 @@ api.openapi = _openapi  # type: ignore[method-assign]
 api.add_middleware(Observe)
 for _exc, _handler in ERROR_HANDLERS.items():
     api.add_exception_handler(_exc, _handler)
+mount_qdrant(api)  # the Qdrant-compatible REST API under /qdrant (router/qdrant)
 
 
 async def _json(request: Request) -> Any:
@@ -173,6 +175,7 @@ class Ingress:
         self.state.metrics.watch_caches({"results": self.service.results, "embeddings": self.service.embeddings})
         self.state.metrics.watch_replicas(lambda: [(name, sh) for name, coord in list(self.service.coordinators.items())
                                                    for sh in coord.shards])
+        self.state.service = self.service  # what the /qdrant routes call
         await asyncio.to_thread(self.service.open_catalog)
         from router.healing import HealLoop
 

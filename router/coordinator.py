@@ -11,30 +11,42 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.config import CollectionConfig, FilterSettings, ImageLimits
+from cluster.config import METADATA_TYPES, CollectionConfig, FilterSettings, ImageLimits
 from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable
 from cluster.ring import HashRing
 from router.filtering import NOTHING, Filtering
 from router.filters import normalise_meta
-from router.mapping import infer_fields
-from router.fusion import contributions, fuse
+from router.mapping import FIELD_RE, infer_fields
+from router.fusion import fuse
 from router.locks import KeyedLocks
 from router.merge import merge_topk
 from router.models import (
-    Coverage, DeleteResponse, Explanation, Hit, HitGroup, Point, PrefetchExplanation, QueryRequest, QueryResponse,
-    ShardFailure, StageExplanation, UpsertResponse, VerifyResponse,
-    select_payload,
+    Coverage, DeleteResponse, Hit, HitGroup, Point, QueryRequest, QueryResponse, ShardFailure, StageExplanation,
+    UpsertResponse, VerifyResponse, select_payload,
 )
 from router.plan import INLINE_PAYLOAD_MAX, SCAN_PAGE, inline_payload
-from router.stages import Boost, Group, formula, group_by, mmr
+from router.stages import Boost, Group, check_stages, explain, formula, group_by, mmr
 from router.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate
 from router.timing import Stages
 from router.vectors import Encode, EncodeImages, Vectors, merge_updates
 from router.verify import verify_collection
 from shards.api import ScoredId, SearchSpec, ShardApi, StoredPoint
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """Each prefetch's global top list, unfused, and how they were found (what a query answer reports)."""
+
+    lists: list[list[ScoredId]]
+    coverage: Coverage
+    plans: list[str]  # per prefetch: none | pushdown | prefilter | postfilter | lexical
+    rounds: int
+    notes: list[str]
+    ran: dict[str, dict[str, Any]]  # the search params a budget chose, per space and shard
 
 
 class Coordinator:
@@ -98,10 +110,44 @@ class Coordinator:
     # -- reads -------------------------------------------------------------------------------------------------
     async def query(self, req: QueryRequest) -> QueryResponse:
         clock = Stages(self.observe_stage)
+        got = await self._prefetch(req, clock)
+        merged = got.lists
+        # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
+        fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
+                     limit=req.candidates() or req.window())
+        known = {h.id: h.payload for lst in merged for h in lst if h.payload is not None}
+        groups, trail, stage_notes = None, {}, []
+        base = {h.id: h.score for h in fused}
+        if req.stages:  # on the global candidates too: never per shard
+            fused, groups, trail, stage_notes = await self._stages(fused, req, known)
+            known.update({h.id: h.payload for h in fused if h.payload is not None})
+        page = fused[req.offset : req.offset + req.limit] if groups is None else [h for g in groups for h in g.hits]
+        clock.lap("merge_fuse")
+        hits, hydrate_notes = await self._hydrate(page, req, known)
+        clock.lap("hydrate")
+        if req.explain:
+            hits = explain(hits, req, merged, base, trail)
+        by_id = {h.id: h for h in hits}
+        return QueryResponse(
+            hits=hits,
+            groups=None if groups is None else [HitGroup(value=g.value, hits=[by_id[h.id] for h in g.hits])
+                                                for g in groups],
+            coverage=got.coverage, partial=bool(got.coverage.failed), took_ms=clock.total_ms(),
+            timings_ms=clock.laps if req.debug else None, search_params=got.ran or None, filter_rounds=got.rounds,
+            filter_plans=got.plans,
+            notes=got.notes + stage_notes + hydrate_notes + ([req.window_note()] if req.window_note() else []),
+        )
+
+    async def prefetch(self, req: QueryRequest) -> Prefetched:
+        """Each prefetch's own global top list, unfused: for callers that fuse them themselves (router.qdrant)."""
+        return await self._prefetch(req, Stages(self.observe_stage))
+
+    async def _prefetch(self, req: QueryRequest, clock: Stages) -> Prefetched:
+        """Plan, embed, fan out, merge: each prefetch's global top list (payloads with it when they came inline)."""
         budget_ms = req.budget_ms or self.budget_ms
         deadline = clock.t0 + budget_ms / 1000 if budget_ms else None
         ran: dict[str, dict[str, Any]] = {}
-        self.check_stages(req)
+        check_stages(req, self.config)
         # Lexical (bm25) prefetches are answered by Elasticsearch; the rest (dense) by the shards.
         lexical = self.filtering.lexical_prefetches(req)
         dense = [i for i in range(len(req.prefetch)) if i not in lexical]
@@ -137,65 +183,9 @@ class Coordinator:
         clock.lap("fan_out")
         failures = [ShardFailure(shard=s, reason=e.cause, message=e.message) for s, e in sorted(failed.items())]
         answered = req.check_coverage(self.config.shards, failures)
-        # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
-        fused = fuse(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights,
-                     limit=req.candidates() or req.window())
-        known = {h.id: h.payload for lst in merged for h in lst if h.payload is not None}
-        groups, trail, stage_notes = None, {}, []
-        base = {h.id: h.score for h in fused}
-        if req.stages:  # on the global candidates too: never per shard
-            fused, groups, trail, stage_notes = await self._stages(fused, req, known)
-            known.update({h.id: h.payload for h in fused if h.payload is not None})
-        page = fused[req.offset : req.offset + req.limit] if groups is None else [h for g in groups for h in g.hits]
-        clock.lap("merge_fuse")
-        hits, hydrate_notes = await self._hydrate(page, req, known)
-        clock.lap("hydrate")
-        if req.explain:
-            hits = self._explain(hits, req, merged, base, trail)
-        by_id = {h.id: h for h in hits}
-        return QueryResponse(
-            hits=hits,
-            groups=None if groups is None else [HitGroup(value=g.value, hits=[by_id[h.id] for h in g.hits])
-                                                for g in groups],
-            coverage=Coverage(shards_total=self.config.shards, shards_answered=answered, failed=failures),
-            partial=bool(failures), took_ms=clock.total_ms(), timings_ms=clock.laps if req.debug else None,
-            search_params=ran or None, filter_rounds=rounds,
-            filter_plans=[plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))],
-            notes=notes + stage_notes + hydrate_notes + ([req.window_note()] if req.window_note() else []),
-        )
-
-    def check_stages(self, req: QueryRequest) -> None:
-        """Stage fields must be mapped payload fields and MMR spaces vector spaces: a 422 naming the field."""
-        for i, st in enumerate(req.stages):
-            fields = ([(f"stages[{i}].formula.boost[{j}].field", b.field) for j, b in enumerate(st.formula.boost)]
-                      if st.formula else [(f"stages[{i}].group_by.field", st.group_by.field)] if st.group_by else [])
-            for where, field in fields:
-                if field not in self.config.metadata:
-                    raise InvalidRequest(f"{where}: field {field!r} is not in the metadata mapping (known: "
-                                         f"{', '.join(sorted(self.config.metadata)) or 'none'})", field=where)
-            if st.mmr and st.mmr.space not in self.config.spaces:
-                raise InvalidRequest(f"stages[{i}].mmr.space: {st.mmr.space!r} is not a vector space of "
-                                     f"{self.config.name!r} (has {sorted(self.config.spaces)})",
-                                     field=f"stages[{i}].mmr.space")
-
-    @staticmethod
-    def _explain(hits: list[Hit], req: QueryRequest, merged: list[list[ScoredId]], base: dict[str, float],
-                 trail: dict[str, list[StageExplanation]]) -> list[Hit]:
-        """Each hit's score taken apart: per prefetch its rank, raw score and contribution, then each stage."""
-        parts = contributions(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights)
-        ranks = [{} for _ in merged]
-        for li, lst in enumerate(merged):
-            for rank, h in enumerate(lst, start=1):
-                ranks[li].setdefault(h.id, (rank, float(h.score)))
-        out = []
-        for h in hits:
-            pre = [PrefetchExplanation(space=p.space, rank=ranks[li].get(h.id, (None, None))[0],
-                                       score=ranks[li].get(h.id, (None, None))[1],
-                                       contribution=parts.get(h.id, [0.0] * len(merged))[li])
-                   for li, p in enumerate(req.prefetch)]
-            out.append(h.model_copy(update={"explain": Explanation(
-                prefetch=pre, fused=base.get(h.id, h.score), stages=trail.get(h.id, []), score=h.score)}))
-        return out
+        return Prefetched(merged, Coverage(shards_total=self.config.shards, shards_answered=answered, failed=failures),
+                          [plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))], rounds,
+                          notes, ran)
 
     async def _stages(self, fused: list[ScoredId], req: QueryRequest, known: dict[str, dict[str, Any]]
                       ) -> tuple[list[ScoredId], list[Group] | None, dict[str, list[StageExplanation]], list[str]]:
@@ -363,9 +353,8 @@ class Coordinator:
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
 
     async def _map_new_fields(self, points: Sequence[Point]) -> None:
-        """Dynamic mapping: map the fields these points bring first (Elasticsearch, then the config everyone here
-        reads, then the catalog), once every payload of the batch fits the extended mapping; else a 422 naming
-        the field, and nothing is mapped or written."""
+        """Dynamic mapping: map the fields these points bring first, once every payload of the batch fits the
+        extended mapping; else a 422 naming the field, and nothing is mapped or written."""
         async with self._mapping_lock:  # two batches showing the same new field map it once
             new = infer_fields((p.payload for p in points), self.config.metadata)
             if not new:
@@ -373,10 +362,27 @@ class Coordinator:
             extended = {**self.config.metadata, **new}
             for i, p in enumerate(points):
                 normalise_meta(p.payload, extended, f"points[{i}].payload")
-            await self.filtering.extend_mapping(new)
-            self.config.metadata.update(new)
-            if self.on_mapping is not None:
-                self.on_mapping(new)
+            await self._extend_mapping(new)
+
+    async def map_fields(self, fields: dict[str, str]) -> dict[str, str]:
+        """Map payload fields before any point brings them (a Qdrant payload index); a field mapped already keeps
+        its type. Returns these fields' types as they stand."""
+        for field, kind in fields.items():
+            if not FIELD_RE.match(field) or kind not in METADATA_TYPES:
+                raise InvalidRequest(f"field {field!r} ({kind!r}): names are letters, digits, '_' and '-' (at most "
+                                     f"64), types one of {sorted(METADATA_TYPES)}", field="field_name")
+        async with self._mapping_lock:
+            new = {f: k for f, k in fields.items() if f not in self.config.metadata}
+            if new:
+                await self._extend_mapping(new)
+        return {f: self.config.metadata[f] for f in fields}
+
+    async def _extend_mapping(self, new: dict[str, str]) -> None:
+        """Elasticsearch first (it may refuse), then the config everyone here reads, then the catalog."""
+        await self.filtering.extend_mapping(new)
+        self.config.metadata.update(new)
+        if self.on_mapping is not None:
+            self.on_mapping(new)
 
     async def update_vectors(self, updates: Sequence[Any], wait: bool = True) -> UpsertResponse:
         """Replace some spaces' vectors of existing points (a re-shot photo); the others are kept as stored. The

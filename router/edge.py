@@ -23,12 +23,16 @@ from cluster.errors import PayloadTooLarge, PrismError, describe
 from router.access import Refusal, rate_key
 from router.bodies import host_allowed
 from router.metrics import process_state
+from router.qdrant.errors import body as qdrant_error
+from router.qdrant.policy import PREFIX as QDRANT
 
 log = logging.getLogger("prism.ingress")
 
 
-def refusal_response(r: Refusal) -> JSONResponse:
-    resp = JSONResponse(status_code=r.status, content=r.body())
+def refusal_response(r: Refusal, path: str = "") -> JSONResponse:
+    """The guard's answer, in prism's Error shape, or in Qdrant's on the Qdrant-compatible API (/qdrant)."""
+    content = qdrant_error(r.message) if path == QDRANT or path.startswith(QDRANT + "/") else r.body()
+    resp = JSONResponse(status_code=r.status, content=content)
     for k, v in r.headers():
         resp.headers[k.decode()] = v.decode()
     return resp
@@ -117,20 +121,20 @@ class Observe:
             host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
             if not host_allowed(host, state.allowed_hosts):
                 await refusal_response(Refusal(400, "invalid_host", f"this server does not answer for host {host!r} "
-                                               "(allowed_hosts)"))(scope, receive, observed)
+                                               "(allowed_hosts)"), scope["path"])(scope, receive, observed)
                 return
             length = next((v for k, v in headers if k == b"content-length"), b"")
             if length.isdigit() and int(length) > state.max_upload_bytes:
                 await refusal_response(Refusal(413, "payload_too_large", f"request body of {int(length)} bytes "
-                                               f"exceeds the limit of {state.max_upload_bytes} bytes"))(
-                    scope, receive, observed)
+                                               f"exceeds the limit of {state.max_upload_bytes} bytes"),
+                                       scope["path"])(scope, receive, observed)
                 return
             if state.guard is not None:
                 client = scope.get("client")
                 verdict = state.guard.check(scope["method"], scope["path"], headers, client[0] if client else None)
                 if isinstance(verdict, Refusal):
                     state.metrics.errors.labels("unmatched", verdict.error).inc()
-                    await refusal_response(verdict)(scope, receive, observed)
+                    await refusal_response(verdict, scope["path"])(scope, receive, observed)
                     return
                 scope.setdefault("state", {}).update(principal=verdict,
                                                      rate_key=rate_key(verdict, client[0] if client else None))

@@ -12,7 +12,7 @@ from typing import Any
 
 from cluster.config import CollectionConfig, FilterSettings
 from cluster.errors import BackendError, IndexRefused, InvalidRequest, MetadataUnavailable, ShardUnavailable
-from router.filters import Node, and_, parse_filter, split_conjuncts, to_es
+from router.filters import MATCH_NONE, Node, and_, parse_filter, split_conjuncts, to_es
 from router.merge import merge_topk
 from router.models import QueryRequest
 from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
@@ -23,7 +23,7 @@ from shards.expr import ids_in
 # a larger id set cannot be fetched in one request, so it is post-filtered instead (measured: a forced
 # pre-filter of 20,185 ids failed with "Result window is too large").
 PREFILTER_HARD_MAX_IDS = 10_000
-NOTHING = "(false)"  # a pre-filter whose id set is empty: nothing to search
+NOTHING = f"({MATCH_NONE})"  # a pre-filter whose id set is empty: nothing to search
 DELETE_PAGE = 1000
 
 # search(specs) -> (per spec, each answering shard's hits; {failed shard: its error})

@@ -25,7 +25,14 @@ from shards.expr import MAX_STRING, list_literal, literal, quote_string
 MAX_DEPTH = 64
 MAX_TERMS = 1024
 META_FIELD = "meta"
+# The constants, as expressions every Milvus parses: the 2.3 server refuses `true` / `false` literals beside
+# `and` / `or` ("can only be used between boolean expressions"). An id is never empty (cluster.names).
+MATCH_NONE = 'id == ""'
+MATCH_ALL = 'id != ""'
 NUMERIC = frozenset({"integer", "float"})
+# What an Elasticsearch `long` (an integer field's mapping) and a Milvus INT64 hold: an integer past it is refused at
+# the edge (422), in any payload (router.models) and in integer fields and their filters (here), not by a store.
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _TOKEN_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
@@ -248,6 +255,9 @@ def _value(v: Any, ftype: str, path: str) -> Any:
                 raise FilterError(f"{path}: expected a number, got {_show(v)}", field=path) from None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise FilterError(f"{path}: expected a finite number, got {_show(v)}", field=path)
+        if ftype == "integer" and not INT64_MIN <= v <= INT64_MAX:  # exact for floats too: 2.0**63 is out
+            raise FilterError(f"{path}: an integer field holds 64-bit integers (-2**63 .. 2**63-1, an Elasticsearch "
+                              f"long), got {_show(v)}", field=path)
         return v
     if ftype == "boolean":
         if isinstance(v, str) and v in ("true", "false"):
@@ -346,10 +356,10 @@ def to_milvus(node: Node, mapping: dict[str, str]) -> str | None:
             ors = [to_milvus(c, mapping) for c in node.should]
             if any(e is None for e in ors):
                 return None
-            parts.append("(" + " or ".join(f"({e})" for e in ors) + ")" if ors else "(false)")
-        return " and ".join(parts) if parts else "(true)"
+            parts.append("(" + " or ".join(f"({e})" for e in ors) + ")" if ors else f"({MATCH_NONE})")
+        return " and ".join(parts) if parts else f"({MATCH_ALL})"
     if isinstance(node, Ids):
-        return f"id in {list_literal(node.values)}" if node.values else "(false)"
+        return f"id in {list_literal(node.values)}" if node.values else f"({MATCH_NONE})"
     ftype = mapping[node.field]
     col = f'{META_FIELD}[{quote_string(node.field)}]'
     guard = f"(exists {col})"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -71,8 +72,15 @@ class Context(Protocol):
 # ---- requests: proto -> HTTP body ----
 
 def _plain(msg: Message) -> dict[str, Any]:
-    """The message in proto's JSON mapping, with the proto field names; unset fields left out."""
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    """The message in proto's JSON mapping, with the proto field names; unset fields left out. A Struct number that
+    is NaN or infinite has no JSON form (the HTTP body could not carry it either): a 422 naming the field."""
+    try:
+        return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    except json_format.SerializeToJsonError as exc:
+        named = re.findall(r"serialize (\w+) field", str(exc))  # proto's own field names, innermost last
+        field = named[-1] if named else None
+        raise InvalidRequest(f"{field or 'request'}: holds a number that is NaN or infinite; numbers must be finite",
+                             field=field) from None
 
 
 def _vectors(d: dict[str, Any], key: str = "vectors") -> None:
@@ -318,7 +326,7 @@ def budget_from(metadata: Any) -> int | None:
         if key.lower() == BUDGET_METADATA:
             try:
                 ms = int(float(value))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: "inf"
                 raise InvalidRequest(f"{BUDGET_METADATA}: not a number of milliseconds: {value!r}",
                                      field=BUDGET_METADATA) from None
             if ms < 1:
@@ -342,16 +350,16 @@ async def handle(method: str, request: Message, context: Context, *, service: An
         refuse(context, exc.status, exc.code, exc.message, exc.field)
         return rpc.response()
     principal = None
-    if guard is not None:
-        cost = len(request.queries) if method == "QueryBatch" else 1
-        verdict = guard.check(rpc.http_method, rpc.path(request), _headers(metadata), _peer_host(context.peer()),
-                              cost=max(1, cost))
-        if isinstance(verdict, Refusal):
-            refuse(context, verdict.status, verdict.error, verdict.message, verdict.field,
-                   retry_after_s=verdict.retry_after_s)
-            return rpc.response()
-        principal = verdict
     try:
+        if guard is not None:  # inside the try: whatever the guard raises is answered without its text too
+            cost = len(request.queries) if method == "QueryBatch" else 1
+            verdict = guard.check(rpc.http_method, rpc.path(request), _headers(metadata),
+                                  _peer_host(context.peer()), cost=max(1, cost))
+            if isinstance(verdict, Refusal):
+                refuse(context, verdict.status, verdict.error, verdict.message, verdict.field,
+                       retry_after_s=verdict.retry_after_s)
+                return rpc.response()
+            principal = verdict
         return to_message(await rpc.call(service, request, principal, budget_from(metadata)), rpc.response)
     except PrismError as exc:
         refuse(context, exc.status, exc.code, exc.message, exc.field)

@@ -101,6 +101,7 @@ class ProcessState:
         self.max_upload_bytes = MAX_UPLOAD_BYTES
         self.allowed_hosts: tuple[str, ...] | None = None  # router.bodies.allowed_hosts; None: any
         self.guard: Any = None  # router.access.Guard once the ingress is configured
+        self.service: Any = None  # router.service.PrismService once the ingress is configured (router.qdrant)
 
 
 _STATE: ProcessState | None = None

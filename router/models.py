@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cluster.errors import ShardUnavailable
 from cluster.names import MAX_NAME_LENGTH, id_problem
+from router.filters import INT64_MAX, INT64_MIN
 from shards.api import MAX_ID_LENGTH, ScoredId  # noqa: F401 - ScoredId is part of the router's vocabulary too
 
 MAX_LIMIT = 10_000
@@ -375,13 +376,17 @@ class BatchQueryResponse(BaseModel):
 MAX_PAYLOAD_DEPTH = 20
 def object_depth(value: Any) -> tuple[int, str]:
     """(how deep objects nest in `value`, the path to the deepest), counting only objects as Elasticsearch does.
-    A number that is not finite (possible over gRPC, whose Struct numbers are doubles) is a ValueError."""
+    A number that is not finite (possible over gRPC, whose Struct numbers are doubles) or an integer beyond 64 bits
+    (Elasticsearch maps it as a long, or cannot parse it nested) is a ValueError."""
     best, path = 0, ""
     stack: list[tuple[Any, int, str]] = [(value, 0, "")]
     while stack:
         v, d, p = stack.pop()
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{v!r} at {p!r} is not a finite number")
+        if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
+            raise ValueError(f"the integer at {p!r} ({len(str(abs(v)))} digits) is beyond 64-bit: payload integers "
+                             "are -2**63 .. 2**63-1, as Elasticsearch's long")
         if isinstance(v, dict):
             d += 1
             if d > best:
@@ -607,7 +612,9 @@ class ShardInfo(BaseModel):
     shard: int
     replica: int
     counts: dict[str, int]
-    state: str = Field("live", description="live | stale (behind on writes) | verifying (restarted, not yet compared "
+    state: str = Field("live", description="live | stale (behind on writes) | behind (holds every acknowledged write "
+                       "but lacks one another replica applied: a write below quorum, being replayed; read only when "
+                       "no replica holding it answers) | verifying (restarted, not yet compared "
                        "with the other replicas) | diverged (known to differ, being repaired) | dead")
     applied_seq: int = 0
     committed_seq: int = Field(0, description="the shard's last write acknowledged at its write quorum; a replica "

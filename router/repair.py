@@ -119,6 +119,25 @@ class Repairs:
         log.warning("shard %d replica %d was %d writes behind, beyond the operation log: copied %d points from "
                     "replica %d, removed %d", self.shard, r, behind, copied, sources[0], removed)
 
+    # -- verify ------------------------------------------------------------------------------------------------
+    async def compare_replicas(self) -> Comparison:
+        """`prism verify`'s comparison of this shard's replicas: each rebuilds its digest by a full scan first
+        (outside the write lock: writes go on; it catches rows changed behind prism's back), then they are compared
+        under the write lock, between writes: a write that has reached one replica and not yet another is not a
+        difference (on a busy shard it would otherwise be named, and verify exit 1 on equal replicas). With a
+        sequencer, the sequencer compares (it holds the shard's write lock). The reference is the first readable
+        replica."""
+        if getattr(self, "sequencer", None) is not None:
+            return await self.sequencer.compare()
+        rs = self.state
+        order = rs.read_order()
+        replicas = order + [r for r in range(len(self.clients)) if r not in order]
+        limit = max(self.timeout_s, 600.0)
+        await asyncio.gather(*(asyncio.wait_for(self.clients[r].digest(0.0), limit) for r in replicas),
+                             return_exceptions=True)  # one that fails is scanned (or reported) by compare below
+        async with self._lock():
+            return await compare(self.shard, self.clients, replicas, replicas[0], timeout_s=limit)
+
     # -- anti-entropy ------------------------------------------------------------------------------------------
     async def anti_entropy(self, rescan_after_s: float | None = None) -> Comparison | None:
         """Compare the caught-up healthy replicas by digest and copy the ids that differ from the reference onto

@@ -58,11 +58,15 @@ class ReplicaState:
     checked_at: float | None = None   # wall-clock time of the last comparison that found it equal
     incarnation: str | int | None = None
 
-    def state(self, committed: int) -> str:
+    def state(self, committed: int, latest: int | None = None) -> str:
+        """`latest`: the most any replica of the shard has applied (a replica below it lacks a write that
+        another applied: one that missed its quorum, still rolling forward)."""
         if not self.healthy:
             return "dead"
         if self.applied_seq < committed:
             return "stale"
+        if latest is not None and self.applied_seq < latest:
+            return "behind"
         return self.agreement or "live"
 
 
@@ -99,11 +103,17 @@ class ReplicaSet:
             return best is not None and e is not None and e > SLOW_FACTOR * max(best, 1.0)
 
         ordered = [r for r in healthy if not slow(r)] + [r for r in healthy if slow(r)]
-        # A replica that may differ (restarted, not yet compared) or is known to differ answers only when no
-        # agreeing one can; a dead one last.
-        agreeing = [r for r in ordered if not self.states[r].agreement]
-        return agreeing + [r for r in ordered if self.states[r].agreement] + \
+        # A replica that may differ (restarted, not yet compared), is known to differ, or lacks a write another
+        # applied (below quorum, being replayed) answers only when no agreeing one can; a dead one last.
+        latest = self.latest()
+        agreeing = [r for r in ordered if not self.states[r].agreement and self.states[r].applied_seq >= latest]
+        return agreeing + [r for r in ordered if r not in agreeing] + \
             [r for r in readable if not self.states[r].healthy]
+
+    def latest(self) -> int:
+        """The most any replica has applied. Applied seqs are recorded once a write has ended on every target,
+        so a replica below it lacks a write another one holds, not one in flight."""
+        return max(st.applied_seq for st in self.states)
 
     # -- writes ------------------------------------------------------------------------------------------------
     def write_targets(self) -> list[int]:
@@ -204,7 +214,8 @@ class ReplicaSet:
         the last fault ever seen (with its age in seconds), which outlives the recovery, and when anti-entropy
         last found it equal to the others (`digest_s_ago`)."""
         now, wall_now = self.clock(), wall()
-        return [{"replica": st.replica, "state": st.state(self.committed), "applied_seq": st.applied_seq,
+        latest = self.latest()
+        return [{"replica": st.replica, "state": st.state(self.committed, latest), "applied_seq": st.applied_seq,
                  "agreement": st.agreement or "agrees",
                  "digest_s_ago": None if st.checked_at is None else round(max(0.0, wall_now - st.checked_at), 1),
                  "committed_seq": self.committed, "lag": max(0, self.seq - st.applied_seq),

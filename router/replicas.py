@@ -31,6 +31,11 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 10.0
 HEAL_PING_TIMEOUT_S = 2.0
+# The only ingress asks its sequencer this often even when its view shows nothing to heal: a sequencer that Ray
+# restarted (it reloads its journal) runs its own heal loop only once called, and what a write in flight when it
+# died left on some replicas only is replayed by a heal pass.
+SEQUENCER_POLL_S = 5.0
+SEQUENCER_RETRY_PAUSE_S = 0.05  # first pause before a write is sent again to a sequencer that did not answer
 # Errors that describe the request, not the replica: they propagate instead of triggering failover.
 REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
 
@@ -85,6 +90,8 @@ class ReplicatedShard(Repairs):
         self.journal = journal
         self.sequencer = sequencer
         self.poll_sequencer = True  # False: the only ingress (see _heal_through_sequencer)
+        self.ask_sequencer = False  # a call to the sequencer failed (it may have died mid-write): ask it next pass
+        self.next_sequencer_poll = clock() + SEQUENCER_POLL_S
         self.epoch = ""   # the sequencer's journal whose view this copy holds
         if journal is not None:
             self.log = journal.load(self.state)
@@ -225,7 +232,7 @@ class ReplicatedShard(Repairs):
         landed when only some did (docs/operations.md, "Replica agreement").
         With a sequencer, it orders and sends the write and this copy adopts its replica view."""
         if self.sequencer is not None:
-            answer = await self.sequencer.write(kind, args, wait)
+            answer = await self._through_sequencer(kind, args, wait)
             self.adopt(answer.view)  # a refused write too: it may have left a replica behind
             return answer.result()
         async with self._lock():
@@ -277,6 +284,26 @@ class ReplicatedShard(Repairs):
                     + (f" ({'; '.join(errors)})" if errors else ""), shards=[self.shard])
             return acked
 
+    async def _through_sequencer(self, kind: str, args: Sequence[Any], wait: bool) -> Any:
+        """The sequencer's answer to the write. A call that fails on the way (its actor died or is restarting)
+        is sent again until it answers, within `timeout_s`: the write may or may not be in its journal (one that
+        waited for the shard's write lock when it died is not), and the caller's ShardUnavailable would roll it
+        forward (Elasticsearch keeps it) whether or not anything will replay it; applied twice is the same as
+        once. Any failure leaves this copy asking the sequencer to heal on its next pass."""
+        deadline, pause = time.monotonic() + self.timeout_s, SEQUENCER_RETRY_PAUSE_S
+        while True:
+            try:
+                return await self.sequencer.write(kind, args, wait)
+            except ShardUnavailable:
+                self.ask_sequencer = True  # no view came back: it may have died with the write on some replicas
+                if time.monotonic() + pause > deadline:
+                    raise
+            except BaseException:
+                self.ask_sequencer = True
+                raise
+            await asyncio.sleep(pause)  # a backoff while Ray restarts the sequencer, not a synchronisation
+            pause = min(2 * pause, 1.0)
+
     # -- healing -----------------------------------------------------------------------------------------------
     async def heal(self) -> tuple[int, int]:
         """Probe dead replicas and replay missed writes to stale ones; returns (healed, failed).
@@ -311,12 +338,16 @@ class ReplicatedShard(Repairs):
     async def _heal_through_sequencer(self) -> tuple[int, int]:
         healed = failed = 0
         # With one ingress every write's answer updates this view, so the sequencer is asked only when a replica
-        # is behind here, or not known to agree (verifying, diverged: this copy learns when it is repaired); with
-        # several, each pass also learns what the others' writes left behind.
-        if self.poll_sequencer or self.state.needs_healing() or any(st.agreement for st in self.state.states):
-            healed, failed, view = await self.sequencer.heal()
-            self.adopt(view)
+        # is behind here, or not known to agree (verifying, diverged: this copy learns when it is repaired), after
+        # a call to it failed (it died, maybe mid-write: a restarted sequencer heals only once called), and every
+        # SEQUENCER_POLL_S; with several, each pass also learns what the others' writes left behind.
         rs, now = self.state, self.state.clock()
+        if self.poll_sequencer or self.ask_sequencer or now >= self.next_sequencer_poll or rs.needs_healing() \
+                or any(st.agreement for st in rs.states):
+            self.ask_sequencer = True
+            healed, failed, view = await self.sequencer.heal()
+            self.ask_sequencer, self.next_sequencer_poll = False, now + SEQUENCER_POLL_S
+            self.adopt(view)
         for st in rs.states:
             if st.healthy or now < st.next_probe_at:
                 continue

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import PrismError
+from router.antientropy import Comparison
 from router.healing import HealLoop
 from router.oplog import OPLOG_MAX_BYTES, OPLOG_MAX_OPS, LoggedOp, OpLog, decode_frame, encode_abandon, encode_op
 from router.replicas import ReplicaSet, ReplicatedShard, ShardView
@@ -222,3 +223,8 @@ class Sequencer:
     async def view(self) -> ShardView:
         self._ensure_background()
         return self.host.view()
+
+    async def compare(self) -> Comparison:
+        """verify's comparison of the shard's replicas, between writes (it holds the write lock)."""
+        self._ensure_background()
+        return await self.host.compare_replicas()

@@ -21,7 +21,7 @@ from router.cache import EmbeddingCache, LRUCache, request_key
 from router.catalog import Catalog, Entry
 from router.cursor import decode_cursor, encode_cursor
 from router import limits as strict
-from router.coordinator import Coordinator
+from router.coordinator import Coordinator, Prefetched
 from router.models import (
     BatchQueryRequest, BatchQueryResponse, CollectionInfo, CountRequest, CountResponse, DeleteRequest,
     DeleteResponse, QueryRequest, QueryResponse, Record, ReshardRequest, RetrieveRequest, RetrieveResponse,
@@ -299,6 +299,14 @@ class PrismService:
                 total[key] += n
         return total
 
+    def collection_config(self, name: str) -> CollectionConfig:
+        """A collection's config as it stands: spaces, layout, and the metadata mapping with its dynamic fields."""
+        return self.coordinator(name).config
+
+    async def map_fields(self, name: str, fields: dict[str, str]) -> dict[str, str]:
+        """Map payload fields ahead of the points that bring them; a field mapped already keeps its type."""
+        return await self.coordinator(name).map_fields(fields)
+
     def list_collections(self) -> list[str]:
         if self.start_sequencers is not None:  # the catalog, which every ingress replica writes
             return self.catalog.names()
@@ -387,10 +395,18 @@ class PrismService:
         return got.points[0]
 
     async def query(self, name: str, body: Any) -> QueryResponse:
+        return await self._query(*self._checked_query(name, body))
+
+    async def prefetch(self, name: str, body: Any) -> Prefetched:
+        """A query's prefetches, each its own global top list, unfused (for callers that fuse: router.qdrant)."""
+        coord, req = self._checked_query(name, body)
+        return await coord.prefetch(req)
+
+    def _checked_query(self, name: str, body: Any) -> tuple[Coordinator, QueryRequest]:
         coord = self.coordinator(name)
         req = parse_model(QueryRequest, body, "query")
         strict.check_query(req, self.config.limits)
-        return await self._query(coord, req)
+        return coord, req
 
     async def _query(self, coord: Coordinator, req: QueryRequest) -> QueryResponse:
         """Answer from the result cache when allowed; cache a complete answer unless a write ran meanwhile."""

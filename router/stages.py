@@ -9,6 +9,7 @@ typed inputs; inputs are never mutated.
   incoming score min-max scaled to [0, 1] over the candidates. The score becomes that objective.
 - group_by: hits grouped by a payload field's value (each value of a list field is a group), groups ordered by
   their best hit, at most `size` hits per group and `groups` groups; hits without the field are left out.
+- explain: each hit's score taken apart, per prefetch and per stage (a query with `explain: true`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.errors import InvalidRequest
 from router.filters import _DATE_RE, epoch_ms
+from router.fusion import contributions
+from router.models import Explanation, Hit, PrefetchExplanation, QueryRequest, StageExplanation
 from shards.api import ScoredId
 
 _DURATION = {"ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3, "d": 86400e3, "w": 7 * 86400e3}
@@ -152,3 +156,36 @@ def group_by(hits: Sequence[ScoredId], field: str, size: int, groups: int) -> li
             if len(out[key]) < size:
                 out[key].append(h)
     return [Group(value=k[1], hits=v) for k, v in out.items()]
+
+
+def explain(hits: list[Hit], req: QueryRequest, merged: list[list[ScoredId]], base: dict[str, float],
+            trail: dict[str, list[StageExplanation]]) -> list[Hit]:
+    """Each hit's score taken apart: per prefetch its rank, raw score and contribution, then each stage."""
+    parts = contributions(req.fusion.method, merged, k=req.fusion.k, weights=req.fusion.weights)
+    ranks: list[dict[str, tuple[int, float]]] = [{} for _ in merged]
+    for li, lst in enumerate(merged):
+        for rank, h in enumerate(lst, start=1):
+            ranks[li].setdefault(h.id, (rank, float(h.score)))
+    out = []  # built from values computed here: model_construct skips validating them again
+    for h in hits:
+        pre = [PrefetchExplanation.model_construct(space=p.space, rank=ranks[li].get(h.id, (None, None))[0],
+                                                   score=ranks[li].get(h.id, (None, None))[1],
+                                                   contribution=parts.get(h.id, [0.0] * len(merged))[li])
+               for li, p in enumerate(req.prefetch)]
+        out.append(h.model_copy(update={"explain": Explanation.model_construct(
+            prefetch=pre, fused=base.get(h.id, h.score), stages=trail.get(h.id, []), score=h.score)}))
+    return out
+
+
+def check_stages(req: QueryRequest, config: Any) -> None:
+    """Stage fields must be mapped payload fields and MMR spaces vector spaces: a 422 naming the field."""
+    for i, st in enumerate(req.stages):
+        fields = ([(f"stages[{i}].formula.boost[{j}].field", b.field) for j, b in enumerate(st.formula.boost)]
+                  if st.formula else [(f"stages[{i}].group_by.field", st.group_by.field)] if st.group_by else [])
+        for where, field in fields:
+            if field not in config.metadata:
+                raise InvalidRequest(f"{where}: field {field!r} is not in the metadata mapping (known: "
+                                     f"{', '.join(sorted(config.metadata)) or 'none'})", field=where)
+        if st.mmr and st.mmr.space not in config.spaces:
+            raise InvalidRequest(f"stages[{i}].mmr.space: {st.mmr.space!r} is not a vector space of "
+                                 f"{config.name!r} (has {sorted(config.spaces)})", field=f"stages[{i}].mmr.space")

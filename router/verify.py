@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from router.antientropy import compare_shard_replicas
 from router.models import ReplicaDifference, VerifyResponse
 from router.plan import SCAN_PAGE
 
@@ -40,9 +39,9 @@ async def verify_collection(coord: Coordinator, sample: int = 100, list_extra_up
 
 
 async def verify_replicas(coord: Coordinator, sample: int = 100) -> list[ReplicaDifference]:
-    """Every shard's replicas compared with each other by digest after a full rescan (ids and contents)."""
-    found = await asyncio.gather(*(compare_shard_replicas(sh.shard, sh.clients, sh.state.read_order())
-                                   for sh in coord.shards if len(sh.clients) > 1))
+    """Every shard's replicas compared with each other by digest after a full rescan (ids and contents), between
+    writes (router.repair.Repairs.compare_replicas)."""
+    found = await asyncio.gather(*(sh.compare_replicas() for sh in coord.shards if len(sh.clients) > 1))
     out = []
     for c in found:
         for r, why in sorted(c.unanswered.items()):

@@ -259,6 +259,9 @@ class RaySequencerClient:
     async def heal(self) -> tuple[int, int, Any]:
         return await self._await(self.actor.heal.remote())
 
+    async def compare(self) -> Any:
+        return await self._await(self.actor.compare.remote())
+
 
 def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
                          timeout_s: float, detached: bool = False, first_shard: int = 0,

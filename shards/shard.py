@@ -173,27 +173,39 @@ class Shard:
 
     # -- writes ------------------------------------------------------------------------------------------------
     def upsert(self, points: Sequence[PointRow], wait: bool = True) -> int:
-        """Each space stores the points carrying its vector; `wait`: return once every search here sees them."""
+        """Each space stores the points carrying its vector, and no longer holds those that carry none there (an
+        upsert replaces the whole point: a row left in a space from an earlier version would keep that version's
+        payload, and no copy of the point, which has one payload, could reproduce it); `wait`: return once every
+        search here sees them."""
         self._ensure_open()
         per_space: dict[str, list[dict[str, Any]]] = {s: [] for s in self.config.spaces}
+        without: dict[str, list[str]] = {s: [] for s in self.config.spaces}
         for p in points:
             for space, vec in p.vectors.items():
                 if space not in per_space:
                     raise SpaceNotFound(f"unknown space {space!r} for point {p.id!r}", field="vectors")
                 per_space[space].append({ID_FIELD: p.id, VECTOR_FIELD: vec, PAYLOAD_FIELD: p.payload,
                                          META_FIELD: p.meta})
+            for space in self.config.spaces:
+                if space not in p.vectors:
+                    without[space].append(p.id)
         written = []
         try:
             for space, rows in per_space.items():
                 if rows:
                     self._write_call(self.backend.upsert, self.names[space], rows)
                     written.append(self.names[space])
+            for space, ids in without.items():
+                if ids:
+                    self._write_call(self.backend.delete, self.names[space], ids)
+                    written.append(self.names[space])
         except BaseException:
             self._digest_invalid()  # some spaces may hold it: the next digest is a full scan
             raise
         self._digest_written(per_space)
+        self._digest_apply([(space, pid) for space, ids in without.items() for pid in ids])
         if wait:
-            self._wait_visible(written)
+            self._wait_visible(list(dict.fromkeys(written)))
         return len(points)
 
     def delete(self, ids: Sequence[str], wait: bool = True) -> int:

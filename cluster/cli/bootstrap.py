@@ -154,8 +154,8 @@ def check_ports(cfg: ClusterConfig) -> None:
 
 def check_access(cfg: ClusterConfig) -> str:
     """The access-control line `prism up` prints; raises ConfigError (naming why) when it must not start."""
-    keys = len(KeySource(cfg.auth.keys, cfg.keys_file).ring)
-    line = exposure(cfg.host, cfg.port, keys, cfg.insecure)
+    source = KeySource(cfg.auth.keys, cfg.keys_file)
+    line = exposure(cfg.host, cfg.port, len(source.ring), cfg.insecure, keys_file_exists=source.file_exists)
     mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
     if mode != "token":
         raise ConfigError(f"RAY_AUTH_MODE={mode!r}: Ray's control plane (GCS, raylets, workers) would run code for "

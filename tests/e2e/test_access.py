@@ -212,6 +212,72 @@ def test_grpc_methods_answer_each_kind_of_key_as_http_does(secured, who):
     assert "books" in names and f"tmpg_{who}" not in names
 
 
+WHO = ["none", "wrong", "read", "write", "admin", "scoped"]
+QID = {who: 501 + i for i, who in enumerate(WHO)}  # each kind of key writes a point of its own
+
+
+def qdrant_calls(c, who: str) -> list[tuple[str, object]]:
+    """(role needed, call) through qdrant-client for each kind of /qdrant route."""
+    from qdrant_client import models
+
+    return [
+        ("read", lambda: c.get_collections()),
+        ("read", lambda: c.get_collection("books")),
+        ("read", lambda: c.query_points("books", query=vec(1), using="v", limit=3)),
+        ("read", lambda: c.count("books")),
+        ("read", lambda: c.scroll("books", limit=2)),
+        ("read", lambda: c.retrieve("books", [1])),
+        ("write", lambda: c.upsert("books", [models.PointStruct(id=QID[who], vector={"v": vec(9)},
+                                                                payload={"who": who})])),
+        ("write", lambda: c.set_payload("books", {"seen": who}, points=[QID[who]])),
+        ("write", lambda: c.delete("books", models.PointIdsList(points=[900]))),
+        ("admin", lambda: c.create_collection(f"qtmp_{who}", vectors_config=models.VectorParams(
+            size=DIM, distance=models.Distance.DOT))),
+        ("admin", lambda: c.delete_collection(f"qtmp_{who}")),
+    ]
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_the_qdrant_api_takes_prisms_keys_in_its_api_key_header(secured, who):
+    """qdrant-client's `api_key` (sent as `api-key`) is a prism key: its role and scope decide, refusals come in
+    Qdrant's shape, and nothing a refused call asked for happens."""
+    from qdrant_client import QdrantClient
+    from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    keys = secured.keys
+    key = {"none": None, "wrong": "prism_00000000_not-a-real-key"}.get(who, keys.get(who))
+    c = QdrantClient(url=secured.url, prefix="qdrant", api_key=key, timeout=60, check_compatibility=False)
+    for i, (role, call) in enumerate(qdrant_calls(c, who)):
+        if who in ("none", "wrong"):
+            want = 401
+        elif who == "scoped":  # an admin key scoped to another collection: it may list, nothing else here
+            want = 200 if i == 0 else 403
+        else:
+            want = 200 if RANK[who] >= RANK[role] else 403
+        while True:
+            try:
+                answer, got, body = call(), 200, None
+            except ResourceExhaustedResponse as exc:  # writes share a small rate limit here
+                time.sleep(exc.retry_after_s)  # poll: the limiter says when a token is back
+                continue
+            except UnexpectedResponse as exc:
+                answer, got, body = None, exc.status_code, json.loads(exc.content)
+            break
+        assert got == want, (who, role, i, got, body)
+        if want >= 400:
+            assert set(body) == {"status", "time"} and (key is None or key not in json.dumps(body)), body
+        if who == "scoped" and i == 0:
+            assert "books" not in {d.name for d in answer.collections}  # out of its scope
+    assert httpx.get(f"{secured.url}/qdrant").status_code == 200  # the root (title, version) is open
+    admin = keys["admin"]
+    got = QdrantClient(url=secured.url, prefix="qdrant", api_key=admin, check_compatibility=False).retrieve(
+        "books", [QID[who]])
+    assert [p.payload for p in got] == ([{"who": who, "seen": who}] if who in ("write", "admin") else []), got
+    names = secured.client.send("GET", "/v1/collections", admin).json()["collections"]
+    assert f"qtmp_{who}" not in names
+
+
 def test_keys_rotate_without_a_restart(secured):
     c, data = secured.client, secured.data_dir
     old, new = create_key(data, "read"), None

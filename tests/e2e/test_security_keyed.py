@@ -72,6 +72,8 @@ def keyed(milvus_server, tmp_path_factory):
 
     inst = Keyed()
     inst.data_dir, inst.http, inst.keys, inst.grpc_target = data, http, keys, f"127.0.0.1:{gport}"
+    inst.up = ["up", "--detach", "--port", str(port), "--grpc-port", str(gport), "--data-dir", str(data),
+               "--config", str(data / "prism.yaml"), "--milvus", milvus_server.uri]
     yield inst
     http.close()
     prism_cli("down", "--data-dir", str(data), check=False)
@@ -194,6 +196,40 @@ def test_a_batch_costs_one_read_token_per_query_over_grpc(keyed):
         assert code == "RESOURCE_EXHAUSTED" and trailing.get("prism-error") == "rate_limited", (code, details)
 
 
+def test_a_corrupt_keys_file_shuts_the_api_without_quoting_it(keyed):
+    """Found by the issue 33 review: a keys file that does not parse made the next HTTP request a 500 and the next
+    gRPC call an INTERNAL quoting the file's path and the parser's text; every later request then ran on the keys
+    read before, revoked ones included. Now such a file holds no key: 401 over both, no path, nothing changed."""
+    path = keyed.data_dir / "api-keys.json"
+    good = path.read_text()
+    admin = keyed.keys["admin"]
+    seen = []
+    try:
+        broken = path.with_name("broken.tmp")
+        broken.write_text("{not json")
+        broken.replace(path)  # at once: the server never sees an empty file on the way
+        with grpc.insecure_channel(keyed.grpc_target) as ch:
+            def refused() -> bool:
+                r = keyed.http.get("/v1/collections", headers=bearer(admin))
+                code, details, _ = call(ch, admin, "Collections", "Get", "GetCollectionRequest", {"name": "vault"})
+                seen.append((r.status_code, r.text, code, details))
+                return r.status_code == 401 and code == "UNAUTHENTICATED"
+
+            # Before: one 500 / INTERNAL (quoting the file), then the old keys again, for good.
+            wait_until(refused, what="the admin key to be refused once the file is unreadable")
+            for _ in range(3):
+                code, details, _ = call(ch, admin, "Search", "Delete", "DeleteRequest",
+                                        {"collection": "vault", "filter": {"bool": {}}})
+                assert code == "UNAUTHENTICATED" and str(keyed.data_dir) not in details, (code, details)
+                r = keyed.http.delete("/v1/collections/vault", headers=bearer(admin))
+                assert r.status_code == 401 and str(keyed.data_dir) not in r.text, r.text
+        assert not [s for s in seen if str(keyed.data_dir) in s[1] + s[3] or s[0] >= 500], seen
+    finally:
+        path.write_text(good)
+    wait_until(lambda: keyed.http.get("/v1/collections", headers=bearer(admin)).status_code == 200, what="the keys")
+    assert vault_count(keyed) == POINTS
+
+
 def test_revoking_every_key_shuts_the_api_instead_of_opening_it(keyed):
     """Auth was required at start (keys existed): with every key revoked, an unauthenticated DELETE is refused over
     HTTP and gRPC and the collection survives; a new key works again."""
@@ -209,6 +245,14 @@ def test_revoking_every_key_shuts_the_api_instead_of_opening_it(keyed):
     with grpc.insecure_channel(keyed.grpc_target) as ch:
         code, _, _ = call(ch, None, "Collections", "Drop", "DropCollectionRequest", {"name": "vault"})
         assert code == "UNAUTHENTICATED"
+    assert keyed.http.get("/health").json()["auth"] is True
+    # ... and a restart with every key revoked keeps it shut (it opened before: found by the issue 33 review)
+    prism_cli("down", "--data-dir", str(data))
+    r = prism_cli(*keyed.up, check=False)
+    assert r.returncode == 0 and "auth: on" in r.stderr, r.stdout + r.stderr  # the access line goes to stderr
+    assert keyed.http.delete("/v1/collections/vault").status_code == 401
+    with grpc.insecure_channel(keyed.grpc_target) as ch:
+        assert call(ch, None, "Collections", "Drop", "DropCollectionRequest", {"name": "vault"})[0] == "UNAUTHENTICATED"
     assert keyed.http.get("/health").json()["auth"] is True
     admin = create_key(data, "admin")
     wait_until(lambda: keyed.http.get("/v1/collections", headers=bearer(admin)).status_code == 200, what="a new key")

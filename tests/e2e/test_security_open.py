@@ -28,7 +28,7 @@ def post_raw(c, path: str, raw: bytes | str, headers=None):
 def scratch(prism_server):
     """A small collection of its own (the shared `products` keeps its exact contents for other tests)."""
     c = prism_server.client
-    spec = {"spaces": {"v": {"dim": 4, "index": {"type": "FLAT"}}}, "shards": 2, "metadata": {"tag": "keyword"}}
+    spec = {"spaces": {"v": {"dim": 4, "index": {"type": "FLAT"}}}, "shards": 2, "metadata": {"tag": "keyword", "n": "integer"}}
     assert c.put("/v1/collections/scratch", json=spec).status_code == 200
     pts = [{"id": f"s{i}", "payload": {"tag": "a" if i % 2 else "b"}, "vectors": {"v": [1.0, i, 0.5, 0.25]}}
            for i in range(10)]
@@ -214,6 +214,46 @@ def test_ids_with_control_characters_are_refused_at_every_entry(scratch, prism_s
             pbg.SearchStub(ch).Upsert(msg, timeout=60)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert count(c) == n
+    v = c.get("/v1/collections/scratch/verify").json()
+    assert v["shard_points"] == n and not v["drift"], v
+
+
+def test_numbers_and_ids_a_store_would_refuse_are_422_and_write_nothing(scratch, prism_server):
+    """Found by the issue 33 review (each answered as noted before the fix): payload integers past 64 bits (a new
+    field of 10**400: 500; 10**30 in a nested object: 502 from Elasticsearch; 2**63 in an integer field: stored,
+    though an Elasticsearch long holds at most 2**63-1), an id of 800 UTF-8 bytes (502: Elasticsearch's `_id`
+    holds 512), and over gRPC NaN in a Struct (INTERNAL), 1e300 in an integer field (UNAVAILABLE), an infinite
+    `prism-budget-ms` (INTERNAL). Each is a 422 / INVALID_ARGUMENT and no store changes."""
+    c = scratch
+    n = count(c)
+    mapping = c.get("/v1/collections/scratch").json()["config"]["metadata"]
+    point = '{"points": [{"id": %s, "payload": %s, "vectors": {"v": [1, 0, 0, 0]}}]}'
+    for pid, payload in (('"big1"', '{"fresh": 1%s}' % ("0" * 400)), ('"big2"', '{"o": {"x": 1%s}}' % ("0" * 30)),
+                         ('"big3"', '{"n": 9223372036854775808}'), ('"big4"', '{"n": 1e300}'),
+                         (json.dumps("\U0001f600" * 200), '{}')):
+        r = post_raw(c, "/v1/collections/scratch/points", point % (pid, payload))
+        assert r.status_code == 422, (pid, payload[:40], r.status_code, r.text)
+    q = {"prefetch": [{"space": "v", "vector": [1, 0, 0, 0]}], "limit": 3}
+    with grpc.insecure_channel(prism_server.grpc_target) as ch:
+        stub = pbg.SearchStub(ch)
+        calls = []
+        for value in (float("nan"), 1e300):
+            up = pb.UpsertRequest(collection="scratch", points=[pb.Point(id="big5")])
+            up.points[0].vectors["v"].values.extend([1, 0, 0, 0])
+            up.points[0].payload["n"] = value
+            calls.append((stub.Upsert, up, []))
+        nan_filter = json_format.ParseDict({"collection": "scratch", **q}, pb.QueryRequest())
+        nan_filter.filter.update({"range": {"n": {"gte": float("nan")}}})
+        calls.append((stub.Query, nan_filter, []))
+        calls.append((stub.Query, json_format.ParseDict({"collection": "scratch", **q}, pb.QueryRequest()),
+                      [("prism-budget-ms", "inf")]))
+        for fn, msg, md in calls:
+            with pytest.raises(grpc.RpcError) as e:
+                fn(msg, metadata=md, timeout=60)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (msg, e.value.code(), e.value.details())
+    got = c.post("/v1/collections/scratch/points/get", json={"ids": [f"big{i}" for i in range(1, 6)]}).json()
+    assert got["points"] == [] and count(c) == n
+    assert c.get("/v1/collections/scratch").json()["config"]["metadata"] == mapping  # no field mapped either
     v = c.get("/v1/collections/scratch/verify").json()
     assert v["shard_points"] == n and not v["drift"], v
 

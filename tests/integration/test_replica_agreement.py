@@ -239,3 +239,102 @@ def PointRowOf(p: Point):  # noqa: N802 - a Point as the shard stores it
     from shards.api import PointRow
 
     return PointRow(id=p.id, payload=p.payload, meta={}, vectors=p.vectors)
+
+
+def test_a_point_rewritten_without_one_of_its_spaces_is_copied_exactly_and_anti_entropy_settles(tmp_path):
+    """Review of issue 26. Two spaces; a point written with vectors in both, then rewritten with a vector in one
+    only (the upsert's note says searches in the other will not find it). A copy of that point (anti-entropy's
+    repair, a resync, an undo) must make the target hold exactly what the source holds, space by space, or the
+    replicas never compare equal again: anti-entropy would find them different on every pass."""
+    from shards.local import local_shards, stop_local_shards
+
+    spaces = {"a": {"dim": 4, "metric": "cosine", "index": {"type": "FLAT"}},
+              "b": {"dim": 4, "metric": "cosine", "index": {"type": "FLAT"}}}
+    cfg = CollectionConfig(name=f"agree{next(_n)}", shards=1, replicas=2, spaces=spaces)
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path, None))
+    try:
+        coord = Coordinator.from_clients(cfg, clients)
+        sh = coord.shards[0]
+        asyncio.run(coord.upsert([Point(id="x", payload={"v": 1}, vectors={"a": [1, 0, 0, 0], "b": [0, 1, 0, 0]}),
+                                  Point(id="y", payload={"v": 1}, vectors={"a": [1, 1, 0, 0], "b": [0, 1, 1, 0]})]))
+        asyncio.run(coord.upsert([Point(id="x", payload={"v": 2}, vectors={"a": [1, 0, 0, 1]})]))
+
+        def per_space(r):
+            t = clients[0][r].target
+            return {s: t.backend.rows(n, ["x", "y"]) for s, n in t.names.items()}
+
+        assert per_space(0) == per_space(1)
+        assert "x" not in per_space(0)["b"]      # the rewrite has no vector in b: b does not hold it any more
+        other = sh.state.preference[1]           # not the reference (with two replicas a tie goes to it)
+        one = clients[0][other].target           # it loses x behind prism's back; anti-entropy repairs it
+        one.backend.delete(one.names["a"], ["x"])
+        one.backend.delete(one.names["b"], ["x"])
+        asyncio.run(sh.anti_entropy(0.0))
+        assert per_space(0) == per_space(1), (per_space(0), per_space(1))
+        assert [st["state"] for st in sh.replica_report()] == ["live", "live"]
+        found = asyncio.run(sh.anti_entropy(0.0))  # and the next pass finds nothing to repair
+        assert found is not None and found.equal and sh.mismatches == 1
+    finally:
+        stop_local_shards(clients, drop=True)
+
+
+def test_writes_whose_sequencer_died_before_logging_them_end_the_same_in_elasticsearch_and_the_shards(es_server,
+                                                                                                      tmp_path):
+    """Review of issue 26. A sequencer that dies drops the writes it had not logged yet (those waiting for the
+    shard's write lock, say); the ingress gets ShardUnavailable for each, which rolls forward: Elasticsearch keeps
+    the upsert or the delete, on the promise that the journal replays it to the shards. For a write never logged
+    nothing replays it: the two stores must still end the same (verify finds no drift)."""
+    from cluster.errors import ShardUnavailable
+    from router.metadata import MetadataStore
+    from router.replicas import ReplicatedShard
+    from router.sequencer import Journal, Sequencer
+    from shards.local import local_shards, stop_local_shards
+
+    cfg = CollectionConfig(name=f"agree{next(_n)}", shards=1, replicas=2,
+                           spaces={"v": {"dim": DIM, "metric": "cosine", "index": {"type": "FLAT"}}})
+    store = MetadataStore(es_server.uri)
+    store.ensure_index(cfg)
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path, None))
+    sq = Sequencer(ReplicatedShard(0, clients[0], key=f"{cfg.name}/0", journal=Journal(tmp_path / "journal")))
+
+    class DiesBeforeLogging:
+        """The ingress's handle on the sequencer actor; `deaths`: that many calls meet it dead (not logged)."""
+        initial, deaths = sq.initial, 0
+
+        async def write(self, kind, args, wait=True):
+            if self.deaths:
+                self.deaths -= 1
+                raise ShardUnavailable("shard 0: its sequencer is unavailable (Ray restarts it): the actor died",
+                                       shards=[0])
+            return await sq.write(kind, args, wait)
+
+        async def heal(self):
+            return await sq.heal()
+
+        async def compare(self):
+            return await sq.compare()
+
+    handle = DiesBeforeLogging()
+    try:
+        coord = Coordinator.from_clients(cfg, clients, sequencers=[handle], metadata=store, poll_sequencer=False)
+        rng = np.random.default_rng(5)
+        asyncio.run(coord.upsert([point(i, rng) for i in range(5)]))
+        handle.deaths = 1
+        try:
+            asyncio.run(coord.upsert([point(7, rng)]))
+        except ShardUnavailable:
+            pass  # a 503 is fine; the stores disagreeing afterwards is not
+        handle.deaths = 1
+        try:
+            asyncio.run(coord.delete(["p000001"]))
+        except ShardUnavailable:
+            pass
+        for _ in range(2):
+            asyncio.run(coord.heal())
+        report = asyncio.run(coord.verify())
+        assert not report.drift, report
+        assert not asyncio.run(differences(coord))
+    finally:
+        sq.host.journal.close()
+        stop_local_shards(clients, drop=True)
+        store.drop_index(cfg.name)

@@ -91,10 +91,13 @@ async def scroll_all(coord: Coordinator, dsl, limit: int) -> list[str]:
 
 FILTERS = [None, {"term": {"color": "red"}},                                   # none, pushdown
            {"match": {"title": "boots"}},                                      # Elasticsearch only
-           {"bool": {"filter": [{"range": {"n": {"gte": 40}}}], "must_not": [{"match": {"title": "wool"}}]}}]
+           {"bool": {"filter": [{"range": {"n": {"gte": 40}}}], "must_not": [{"match": {"title": "wool"}}]}},
+           # constants: an empty id list (nothing), an empty bool (everything), nothing beside something
+           {"ids": {"values": []}}, {"bool": {}},
+           {"bool": {"should": [{"ids": {"values": []}}, {"term": {"color": "red"}}], "minimum_should_match": 1}}]
 
 
-@pytest.mark.parametrize("dsl", FILTERS, ids=["all", "pushdown", "es", "mixed"])
+@pytest.mark.parametrize("dsl", FILTERS, ids=["all", "pushdown", "es", "mixed", "nothing", "everything", "or_nothing"])
 def test_scroll_and_count_equal_brute_force(loaded, dsl):
     cfg, store, clients, pts = loaded
     coord = Coordinator.from_clients(cfg, clients, metadata=store)

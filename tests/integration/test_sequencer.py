@@ -131,5 +131,14 @@ def test_two_ingress_copies_writing_the_same_ids_leave_every_replica_identical(r
         assert all(held[i]["by"] == "a" for i in own_a) and all(held[i]["by"] == "b" for i in own_b)
         got_a, got_b = asyncio.run(a.fetch(shared)), asyncio.run(b.fetch(shared))
         assert {i: r.payload for i, r in got_a[0].items()} == {i: r.payload for i, r in got_b[0].items()}
+        from router.verify import verify_replicas
+
+        assert asyncio.run(verify_replicas(b)) == []               # compared by each shard's sequencer actor
+        one = a.shards[0].clients[1]                               # a row changed behind prism's back shows
+        [row] = asyncio.run(one.export(asyncio.run(one.ids())[:1]))
+        row.payload = {"by": "behind prism's back"}
+        asyncio.run(one.upsert([row]))
+        [diff] = asyncio.run(verify_replicas(b))
+        assert diff.shard == 0 and diff.ids == [row.id] and diff.differing == 1
     finally:
         stop(a)

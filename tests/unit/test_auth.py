@@ -107,6 +107,24 @@ ROUTES = [
     ("GET", "/v1/collections/c/points", "admin"), ("POST", "/v1/collections", "admin"), ("GET", "/v2/x", "admin"),
     ("GET", "//v1/collections/c", "admin"), ("PATCH", "/v1/collections/c", "admin"),
     ("GET", "/v1/collections/c/query", "admin"), ("POST", "/v1/collections/c/points/c/get", "admin"),
+    # The Qdrant-compatible API (router/qdrant/policy.py): reads read, point writes write, collections admin.
+    ("GET", "/qdrant", None), ("GET", "/qdrant/", None), ("POST", "/qdrant", "admin"),
+    ("GET", "/qdrant/collections", "read"), ("GET", "/qdrant/collections/c", "read"),
+    ("GET", "/qdrant/collections/c/exists", "read"), ("PUT", "/qdrant/collections/c", "admin"),
+    ("DELETE", "/qdrant/collections/c", "admin"), ("PATCH", "/qdrant/collections/c", "admin"),
+    ("PUT", "/qdrant/collections/c/index", "write"), ("DELETE", "/qdrant/collections/c/index/f", "write"),
+    ("PUT", "/qdrant/collections/c/points", "write"), ("POST", "/qdrant/collections/c/points", "read"),
+    ("GET", "/qdrant/collections/c/points/7", "read"), ("POST", "/qdrant/collections/c/points/scroll", "read"),
+    ("POST", "/qdrant/collections/c/points/count", "read"), ("POST", "/qdrant/collections/c/points/query", "read"),
+    ("POST", "/qdrant/collections/c/points/query/batch", "read"),
+    ("POST", "/qdrant/collections/c/points/delete", "write"), ("POST", "/qdrant/collections/c/points/payload", "write"),
+    ("PUT", "/qdrant/collections/c/points/payload", "write"),
+    ("POST", "/qdrant/collections/c/points/payload/delete", "write"),
+    ("POST", "/qdrant/collections/c/points/payload/clear", "write"),
+    ("PUT", "/qdrant/collections/c/points/vectors", "write"),
+    ("GET", "/qdrant/aliases", "admin"), ("POST", "/qdrant/collections/c/points/query/bogus", "admin"),
+    ("PUT", "/qdrant/collections/c/points/scroll", "admin"), ("DELETE", "/qdrant/collections/c/points", "admin"),
+    ("POST", "/qdrant/collections/c/snapshots", "admin"), ("PUT", "/qdrant/collections/c/index/f/g", "admin"),
 ]
 
 
@@ -114,7 +132,7 @@ ROUTES = [
 def test_route_policy(method, path, role):
     got, collection = route_access(method, path)
     assert got == role
-    if path.startswith("/v1/collections/c"):
+    if path.startswith(("/v1/collections/c", "/qdrant/collections/c")):
         assert collection == "c"
 
 
@@ -142,6 +160,7 @@ def test_key_headers():
     assert presented_key([(b"authorization", b"Bearer abc")]) == "abc"
     assert presented_key([(b"authorization", b"bearer  abc ")]) == "abc"
     assert presented_key([(b"x-api-key", b"k")]) == "k"
+    assert presented_key([(b"api-key", b" q ")]) == "q"  # Qdrant's header (qdrant-client's api_key)
     assert presented_key([(b"authorization", b"Basic abc")]) is None
     assert presented_key([]) is None
     assert client_headers("k") == {"Authorization": "Bearer k"} and client_headers(None) == {}
@@ -187,7 +206,7 @@ def test_guard_matrix():
                 assert isinstance(v, Refusal) and v.status == 401 and v.headers()[0][0] == b"www-authenticate"
             else:
                 rank = {"read": 0, "write": 1, "admin": 2}
-                in_scope = who != "scoped" or not path.startswith("/v1/collections/c")
+                in_scope = who != "scoped" or not path.startswith(("/v1/collections/c", "/qdrant/collections/c"))
                 allowed = (rank["admin" if who == "scoped" else who] >= rank[role]) and in_scope
                 assert (not isinstance(v, Refusal)) == allowed, (method, path, who, v)
                 if not allowed:
@@ -309,3 +328,50 @@ def test_rate_is_divided_across_ingress_replicas():
     hdr = [(b"x-api-key", k.encode())]
     ok = sum(not isinstance(g.check("POST", "/v1/collections/c/query", hdr, None), Refusal) for _ in range(20))
     assert ok == 5
+
+
+def test_a_keys_file_that_cannot_be_read_shuts_the_api_and_never_raises(tmp_path):
+    """Found by the issue 33 review: a corrupt keys file made the next request a 500 (over gRPC an INTERNAL quoting
+    the file's path and the parser's text) and every later one run on the keys read before it, revoked ones
+    included. Now a file that cannot be read counts as holding no key: only keys from the config and the
+    environment stay valid, nothing raises, and the answer names no path."""
+    path = tmp_path / "api-keys.json"
+    k_file, r_file = new_key("admin")
+    write_keys_file(path, [r_file])
+    k_env, _ = new_key("admin")
+    clock = FakeClock(0.0)
+    g = Guard(KeySource([], path, environ={"PRISM_ADMIN_KEY": k_env}, clock=clock), clock=clock)
+    by_file, by_env = [(b"x-api-key", k_file.encode())], [(b"x-api-key", k_env.encode())]
+    assert not isinstance(g.check("DELETE", "/v1/collections/c", by_file, "a"), Refusal)
+    for broken in ("{not json", '{"keys": "x"}', "[]", '{"keys": [{"id": "zz"}]}'):
+        path.write_text(broken)
+        clock.advance(1.0)
+        for _ in range(2):  # the first look and every later one
+            v = g.check("DELETE", "/v1/collections/c", by_file, "a")
+            assert isinstance(v, Refusal) and v.status == 401, (broken, v)
+            assert str(tmp_path) not in v.message and "keys file" in v.message, v.message
+            assert not isinstance(g.check("DELETE", "/v1/collections/c", by_env, "a"), Refusal)
+        assert g.auth_on
+    write_keys_file(path, [r_file])
+    clock.advance(1.0)
+    assert not isinstance(g.check("DELETE", "/v1/collections/c", by_file, "a"), Refusal)
+
+
+def test_a_server_restarted_after_every_key_was_revoked_stays_shut(tmp_path):
+    """Found by the issue 33 review: keys made on a loopback install, all revoked, then a restart: the API
+    opened (auth was decided by the keys there were at start, none). A keys file, even an empty one, means keys
+    were chosen: auth stays required until a key exists; deleting the file (or `insecure`) is the way back."""
+    from cluster.config import ClusterConfig
+    from router.access import build_guard
+
+    path = tmp_path / "api-keys.json"
+    write_keys_file(path, [])
+    cfg = ClusterConfig(host="127.0.0.1", auth={"keys_file": str(path)})
+    g = build_guard(cfg)
+    assert g.auth_on
+    v = g.check("DELETE", "/v1/collections/c", [], "a")
+    assert isinstance(v, Refusal) and v.status == 401
+    assert exposure("127.0.0.1", 8000, 0, False, keys_file_exists=True).startswith("auth: on")
+    assert not build_guard(cfg.model_copy(update={"insecure": True})).auth_on
+    path.unlink()
+    assert not build_guard(cfg).auth_on  # no file, loopback: the local default, auth off

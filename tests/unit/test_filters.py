@@ -86,7 +86,8 @@ def test_milvus_translation_guards_every_leaf_and_escapes():
     e = to_milvus(parse_filter({"terms": {"qty": [1, 2]}}, MAPPING), MAPPING)
     assert e == '(exists meta["qty"]) and (meta["qty"] == 1.0 or meta["qty"] == 2.0)'
     assert "1714608000000.0" in to_milvus(parse_filter({"range": {"day": {"gte": "2024-05-02"}}}, MAPPING), MAPPING)
-    assert to_milvus(parse_filter({"ids": {"values": []}}, MAPPING), MAPPING) == "(false)"
+    assert to_milvus(parse_filter({"ids": {"values": []}}, MAPPING), MAPPING) == '(id == "")'
+    assert to_milvus(parse_filter({"bool": {}}, MAPPING), MAPPING) == '(id != "")'
     assert to_milvus(parse_filter({"match": {"title": "x"}}, MAPPING), MAPPING) is None
     assert to_milvus(parse_filter({"bool": {"should": [{"term": {"cat": "a"}}] * 3, "minimum_should_match": 2}}, MAPPING), MAPPING) is None
     assert to_milvus(parse_filter({"range": {"cat": {"gte": "m"}}}, MAPPING), MAPPING) is None

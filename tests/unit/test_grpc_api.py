@@ -362,3 +362,36 @@ def test_a_grpc_batch_costs_one_token_per_query():
     asyncio.run(g.handle("Query", pb.QueryRequest(collection="a", prefetch=[q.prefetch[0]]), ctx, service=svc,
                          guard=guard))
     assert ctx.code == grpc.StatusCode.RESOURCE_EXHAUSTED and ctx.trailing["retry-after"] == "4"
+
+
+def test_a_guard_failure_answers_internal_without_its_text():
+    """Found by the issue 33 review: the guard ran outside handle's error handling, so anything it raised (a keys
+    file it could not parse) reached the client as Serve's INTERNAL with the exception's text (the file's path)."""
+    class Broken:
+        def check(self, *args, **kwargs):
+            raise OSError(13, "Permission denied", "/var/lib/prism/api-keys.json")
+
+    svc = Recording()
+    ctx = Ctx()
+    out = asyncio.run(g.handle("Query", pb.QueryRequest(collection="c"), ctx, service=svc, guard=Broken()))
+    assert ctx.code == grpc.StatusCode.INTERNAL and ctx.trailing["prism-error"] == "internal"
+    assert "/var/lib" not in ctx.details and "ref " in ctx.details and out == pb.QueryResponse()
+    assert svc.calls == []
+
+
+def test_nan_in_a_struct_or_an_infinite_budget_is_invalid_argument_not_internal():
+    """Found by the issue 33 review: a Struct number NaN (a payload value, a filter bound) cannot be turned into JSON
+    and the ValueError answered INTERNAL; `prism-budget-ms: inf` raised OverflowError, INTERNAL too."""
+    svc = Recording()
+    up = pb.UpsertRequest(collection="a", points=[pb.Point(id="p")])
+    up.points[0].payload["n"] = float("nan")
+    q = pb.QueryRequest(collection="a", prefetch=[pb.Prefetch(space="t", vector=[1.0])])
+    q.filter.update({"range": {"n": {"gte": float("inf")}}})
+    for method, req, md in (("Upsert", up, ()), ("Query", q, ()),
+                            ("Query", pb.QueryRequest(collection="a", prefetch=[pb.Prefetch(space="t", text="x")]),
+                             [("prism-budget-ms", "inf")])):
+        ctx = Ctx(md)
+        asyncio.run(g.handle(method, req, ctx, service=svc, guard=None))
+        assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT, (method, ctx.code, ctx.details)
+        assert ctx.trailing["prism-error"] == "invalid_request"
+    assert svc.calls == []

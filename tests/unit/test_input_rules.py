@@ -181,3 +181,61 @@ def test_an_unreachable_elasticsearch_with_credentials_in_its_url_is_reported_wi
     with pytest.raises(MetadataUnavailable) as e:
         store.count("c", {"match_all": {}})
     assert "hunter2" not in e.value.message and "127.0.0.1" in e.value.message
+
+
+def test_an_id_is_bounded_in_utf8_bytes_as_elasticsearch_bounds_its_ids():
+    """Found by the issue 33 review: 200 emoji (800 UTF-8 bytes) passed the 256-character rule, then Elasticsearch
+    refused the document (`_id` holds at most 512 bytes): a 502 over HTTP, UNAVAILABLE over gRPC."""
+    from pydantic import ValidationError
+
+    from router.models import DeleteRequest, Point
+
+    assert id_problem("\U0001f600" * 128) is None  # 512 bytes
+    for value in ("\U0001f600" * 129, "\u4e2d" * 200, "é" * 257):
+        assert "bytes" in (id_problem(value) or ""), value
+        with pytest.raises(ValidationError, match="bytes"):
+            Point(id=value)
+        with pytest.raises(ValidationError, match="bytes"):
+            DeleteRequest(ids=[value])
+
+
+@pytest.mark.parametrize("payload", [{"n": 2 ** 63}, {"n": -(2 ** 63) - 1}, {"fresh": 10 ** 400},
+                                     {"o": {"x": 10 ** 30}}, {"l": [1, 2, 10 ** 20]}])
+def test_payload_integers_beyond_64_bits_are_refused(payload):
+    """Found by the issue 33 review: 10**400 in a new payload field was a 500 (OverflowError in the mapping check),
+    10**30 in a nested object a 502 (Elasticsearch could not parse it), 2**63 was stored (a long holds at most
+    2**63-1: a real Elasticsearch refuses it)."""
+    from pydantic import ValidationError
+
+    from router.models import Point
+
+    with pytest.raises(ValidationError, match="64-bit"):
+        Point(id="p", payload=payload)
+    Point(id="p", payload={"n": 2 ** 63 - 1, "m": -(2 ** 63), "f": 1e300})
+
+
+def test_an_integer_field_takes_only_what_a_long_holds():
+    """1e300 (a double over gRPC, or JSON `1e300`) is integral, so the integer check let it through to Elasticsearch,
+    which refused it (502 / UNAVAILABLE)."""
+    from router.filters import normalise_meta
+
+    for v in (1e300, 2.0 ** 63, -(2.0 ** 64)):
+        with pytest.raises(InvalidRequest) as e:
+            normalise_meta({"n": v}, {"n": "integer"})
+        assert e.value.field == "payload.n"
+    assert normalise_meta({"n": 2.0 ** 62}, {"n": "integer"}) == {"n": 2.0 ** 62}
+
+
+@pytest.mark.parametrize("dsl", [{"term": {"n": 2 ** 63}}, {"range": {"n": {"lt": 1e19}}}, {"terms": {"n": [1, -(2 ** 64)]}},
+                                 {"range": {"n": {"gte": "99999999999999999999"}}}])
+def test_a_filter_on_an_integer_field_takes_only_what_a_long_holds(dsl):
+    """The same 64-bit rule for filter values: Elasticsearch refuses a long query value out of range and Milvus an
+    INT64 literal past it, which answered 502 or counted against a replica; now a FilterError (422) naming the path."""
+    from cluster.errors import FilterError
+    from router.filters import parse_filter
+
+    with pytest.raises(FilterError, match="64-bit") as e:
+        parse_filter(dsl, {"n": "integer"})
+    assert e.value.field.startswith("filter.")
+    parse_filter({"range": {"n": {"gte": -(2 ** 63), "lte": 2 ** 63 - 1}}}, {"n": "integer"})
+    parse_filter({"range": {"f": {"lt": 1e300}}}, {"f": "float"})

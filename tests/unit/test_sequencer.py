@@ -8,7 +8,7 @@ import random
 import pytest
 
 from cluster.errors import InvalidRequest, ShardUnavailable
-from router.replicas import ReplicatedShard
+from router.replicas import SEQUENCER_POLL_S, ReplicatedShard
 from router.sequencer import Journal, Sequencer
 from shards.api import PointRow
 from tests.clock import FakeClock
@@ -266,3 +266,92 @@ def test_loading_a_journal_larger_than_its_bound_keeps_only_the_bound(tmp_path):
     small = ReplicatedShard(0, clients, key="t/0", clock=FakeClock(1000.0), journal=Journal(tmp_path, max_bytes=2_000))
     assert 0 < len(small.log) < 50 and small.log.bytes <= 2_000
     assert [op.seq for op in small.log] == list(range(201 - len(small.log), 201))  # the newest are kept
+
+
+# -- a sequencer that dies mid-write (review of issue 26) -------------------------------------------------------------
+class Gated(MemShard):
+    """A replica whose writes can be held (`gate`) or announce that they landed (`landed`)."""
+
+    def __init__(self, shard, replica):
+        super().__init__(shard, replica)
+        self.gate: asyncio.Event | None = None
+        self.landed: asyncio.Event | None = None
+
+    async def upsert(self, points, wait=True):
+        if self.gate is not None:
+            await self.gate.wait()
+        n = await super().upsert(points, wait)
+        if self.landed is not None:
+            self.landed.set()
+        return n
+
+
+class RestartingSequencer:
+    """The ingress's handle on a sequencer actor that Ray restarts from its journal: `crash` (set during a write)
+    kills the process mid-write: the write's replica calls stop where they are, the ingress gets ShardUnavailable,
+    and a new Sequencer is built from the same journal, its background loop not running until someone calls it."""
+
+    def __init__(self, path, clients):
+        self.path, self.clients = path, clients
+        self.current = Sequencer(host(path, clients))
+        self.initial = self.current.initial
+        self.crash: asyncio.Event | None = None
+        self.calls = 0
+
+    def _restart(self):
+        self.current.host.journal.close()
+        self.current = Sequencer(host(self.path, self.clients))
+
+    async def write(self, kind, args, wait=True):
+        self.calls += 1
+        task = asyncio.ensure_future(self.current.write(kind, args, wait))
+        if self.crash is None:
+            return await task
+        crash = asyncio.ensure_future(self.crash.wait())
+        await asyncio.wait({task, crash}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            crash.cancel()
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self._restart()
+        raise ShardUnavailable("shard 0: its sequencer is unavailable (Ray restarts it)", shards=[0])
+
+    async def heal(self):
+        self.calls += 1
+        return await self.current.heal()
+
+
+def test_a_sequencer_killed_between_its_replica_sends_leaves_no_replica_different_with_no_write_after(tmp_path):
+    """The sequencer dies after one replica applied a write and before the other did (and before it saved what
+    they applied). Ray restarts it from its journal, but nothing calls it: its own heal loop starts on its first
+    call, and the only ingress (poll_sequencer False) asks it only when its own view shows a replica behind, which
+    it does not (the write's answer never came). With no further write, the replicas must still end equal, and the
+    ingress must not go on showing both live while they differ."""
+    clients = [Gated(0, r) for r in range(2)]
+    sq = RestartingSequencer(tmp_path, clients)
+    only = ingress(clients, sq)
+    only.poll_sequencer = False
+    run(only.upsert([row(1)]))
+
+    async def crash_mid_write():
+        sq.crash, clients[0].landed, clients[1].gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        write = asyncio.ensure_future(only.upsert([row(2)]))
+        await clients[0].landed.wait()
+        sq.crash.set()
+        with pytest.raises(ShardUnavailable):
+            await write
+        sq.crash = clients[0].landed = clients[1].gate = None
+
+    run(crash_mid_write())
+    assert "p2" in clients[0].points and "p2" not in clients[1].points   # the fault, as made
+    for _ in range(2):                                                    # the ingress's heal loop; no write comes
+        run(only.heal())
+    assert set(clients[0].points) == set(clients[1].points) == {"p1", "p2"}, only.replica_report()
+    assert [st["state"] for st in only.replica_report()] == ["live", "live"]
+    asked = sq.calls
+    run(only.heal())
+    assert sq.calls == asked                       # nothing behind, not due: no call
+    only.state.clock.advance(SEQUENCER_POLL_S)     # a sequencer restarted while idle is asked within this
+    run(only.heal())
+    assert sq.calls == asked + 1
