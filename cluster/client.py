@@ -110,7 +110,7 @@ class PrismClient:
         if self.protocol == "grpc":
             import grpc
 
-            from router.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
+            from cluster.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
 
             self._pb = pb
             options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
@@ -249,7 +249,7 @@ class PrismClient:
         d["counts"] = {k: int(v) for k, v in d.get("counts", {}).items()}
         for s in d.get("shards", []):
             s["counts"] = {k: int(v) for k, v in s.get("counts", {}).items()}
-            for key in ("applied_seq", "shard_seq", "lag", "faults"):
+            for key in ("applied_seq", "committed_seq", "lag", "faults"):
                 s[key] = int(s.get(key, 0))
         return d
 

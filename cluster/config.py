@@ -384,7 +384,7 @@ class ClusterConfig(_Strict):
     # else 408 and the connection is closed (slowloris; cluster/haproxy_guard.py). Ray's own config waits an hour.
     http_request_timeout_s: float = Field(default=10.0, gt=0, le=300)
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
-    # The gRPC front door (router/proto/prism/v1/prism.proto) on the same host, through the same ingress; 0: off.
+    # The gRPC front door (cluster/proto/prism/v1/prism.proto) on the same host, through the same ingress; 0: off.
     grpc_port: int = Field(default=DEFAULT_GRPC_PORT, ge=0, le=65535)
     # An existing Ray cluster to attach to (its GCS host:port, as `ray start --head` printed it); None: prism up
     # starts a single-node Ray of its own. Its processes need the cluster's token (RAY_AUTH_TOKEN or

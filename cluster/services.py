@@ -274,11 +274,6 @@ def _members(index: int, value: int) -> list[int]:
     return out
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the live processes in process group `pgid`."""
-    return _members(2, pgid)
-
-
 def session_members(sid: int) -> list[int]:
     """Pids of the live processes in session `sid` (what `ray start` began, its workers included)."""
     return _members(3, sid)

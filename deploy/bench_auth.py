@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.benchlib import http_load
+
 DIM, N, ROUNDS, QUERIES = 64, 2000, 6, 200
 PATH = "/v1/collections/bench/query"
 
@@ -57,7 +59,6 @@ def run(workdir: Path) -> dict:
     from cluster.cli import bootstrap
     from cluster.config import load_config
     from cluster.services import free_port, side_port
-    from deploy.bench import http_load
 
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_file = workdir / "auth.yaml"

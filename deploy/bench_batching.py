@@ -9,6 +9,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from deploy.benchlib import pct, run_concurrent
+
 
 N, DIM, SHARDS, QUERIES = 50_000, 384, 4, 400
 
@@ -18,7 +20,6 @@ def run_backend(backend: str, workdir: Path) -> dict:
 
     from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
     from cluster.services import start_milvus_server
-    from deploy.bench import pct, run_concurrent
     from deploy.datasets import gaussian_mixture, query_vectors
     from router.coordinator import Coordinator
     from router.models import Point, QueryRequest

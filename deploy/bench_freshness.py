@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.benchlib import pct
+
 N, DIM, SHARDS, BATCH = 20_000, 384, 2, 10
 RATES = {"idle": 0, "w5": 5, "w50": 50}
 
@@ -71,7 +73,6 @@ async def _writer(coord, rate: float, stop: asyncio.Event, vecs, wait: bool, lat
 def run_backend(backend: str, workdir: Path, seconds: float = 8.0, time_tick_ms: int | None = None) -> dict:
     from cluster.config import CollectionConfig, MilvusConfig
     from cluster.services import start_milvus_server
-    from deploy.bench import pct
     from deploy.datasets import gaussian_mixture, query_vectors
     from router.coordinator import Coordinator
     from router.models import Point, QueryRequest

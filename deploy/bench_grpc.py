@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.benchlib import catalog_text_query, catalog_vector_query, http_load
+
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS, C1_QUERIES, C8_QUERIES = 4, 200, 480
 QUERY = "/v1/collections/products/query"
@@ -29,7 +31,7 @@ async def grpc_load(target: str, concurrency: int, total: int, body: Callable[[i
     from google.protobuf import json_format
 
     from cluster.client import query_proto_dict
-    from router.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
+    from cluster.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
 
     msgs = [json_format.ParseDict(query_proto_dict(body(i), "products"), pb.QueryRequest()) for i in range(total)]
     lat: list[float] = []
@@ -54,7 +56,6 @@ async def grpc_load(target: str, concurrency: int, total: int, body: Callable[[i
 
 
 def _measure(url: str, target: str, protocol: str, body: Callable[[int], dict], offset: int) -> dict:
-    from deploy.bench import http_load
 
     def load(c: int, n: int):
         shifted = lambda i: body(offset + i)  # noqa: E731 - distinct queries in every round and protocol
@@ -73,8 +74,6 @@ def run(workdir: Path) -> dict:
     from cluster.cli import bootstrap
     from cluster.config import load_config
     from cluster.services import free_port
-    from deploy.bench import http_load
-    from deploy.bench_tiny import _text, _vector
 
     workdir.mkdir(parents=True, exist_ok=True)
     port, grpc_port = free_port(), free_port()
@@ -82,7 +81,7 @@ def run(workdir: Path) -> dict:
     url, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
     import json
 
-    kinds = {"vector": _vector, "text": _text}
+    kinds = {"vector": catalog_vector_query, "text": catalog_text_query}
     rounds: list[dict] = []
     try:
         bootstrap.start_detached(cfg, config_file=str(ROOT / "deploy" / "demo.yaml"))

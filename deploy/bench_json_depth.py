@@ -14,6 +14,8 @@ import re
 import statistics
 import time
 
+from deploy.benchlib import machine, write_json
+
 OLD_SIZES = (8 << 10, 16 << 10, 32 << 10)
 NEW_SIZES = (8 << 10, 32 << 10, 1 << 20, 8 << 20)
 TARGET = "a 1 MB adversarial body is judged in well under a second (the old check took 134 s live)"
@@ -78,6 +80,4 @@ def table(payload: dict) -> str:
 
 
 if __name__ == "__main__":
-    from deploy.bench import machine, write_json
-
     write_json("json_depth", {"machine": machine(), **run()})

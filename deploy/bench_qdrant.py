@@ -71,7 +71,7 @@ async def _paired_c1(url: str, kind: str, start: int, pairs: int) -> dict[str, l
 
 def _blocks_c8(url: str, kind: str, start: int, order: tuple[str, str]) -> dict[str, dict[str, float]]:
     """c=8 in alternating blocks; requests/s and the ingress replica's CPU ms per request (from /proc), per API."""
-    from deploy.bench import cpu_ticks, http_load
+    from deploy.benchlib import cpu_ticks, http_load
 
     out: dict[str, dict[str, float]] = {api: {"seconds": 0.0, "requests": 0, "ingress_cpu_ticks": 0} for api in order}
     for b in range(C8_BLOCKS):
@@ -100,7 +100,7 @@ def run(workdir: Path) -> dict:
     from cluster.cli import bootstrap
     from cluster.config import load_config
     from cluster.services import free_port, side_port
-    from deploy.bench import http_load
+    from deploy.benchlib import http_load
 
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_file = workdir / "qdrant.yaml"

@@ -12,6 +12,7 @@ import os
 import statistics
 from pathlib import Path
 
+from deploy.benchlib import cpu_per_request, cpu_ticks, http_load
 from deploy.datasets import gaussian_mixture, query_vectors
 
 DIM = 64
@@ -29,7 +30,6 @@ def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, round
     from cluster.cli import bootstrap
     from cluster.config import ClusterConfig
     from cluster.services import free_port
-    from deploy.bench import cpu_per_request, cpu_ticks, http_load
 
     workdir.mkdir(parents=True, exist_ok=True)
     qs = [q.tolist() for q in query_vectors(500, DIM, seed=8, base_seed=7)]

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 from fastapi import Request
 
+from deploy.benchlib import catalog_text_query, catalog_vector_query, cpu_per_request, cpu_ticks, http_load
+
 SHARDS = 2
 ROOT = Path(__file__).resolve().parent.parent
 QUERY = "/v1/collections/products/query"
 
 
 def _measure(url: str, body: Callable[[int], dict]) -> dict:
-    from deploy.bench import http_load
 
     asyncio.run(http_load(url, 4, 40, body, QUERY))  # warm-up
     lat1, _, e1 = asyncio.run(http_load(url, 1, 200, body, QUERY))
@@ -32,21 +33,9 @@ def _measure(url: str, body: Callable[[int], dict]) -> dict:
     return {"p50_ms_c1": round(float(np.percentile(lat1, 50)), 2), "qps_c32": round(qps32, 1), "errors": e1 + e32}
 
 
-def _vector(i: int, payload: bool = True) -> dict:
-    v = np.random.default_rng(i).standard_normal(384)
-    return {"prefetch": [{"space": "text", "vector": (v / np.linalg.norm(v)).tolist()}], "fusion": {"method": "none"},
-            "limit": 5, "cache": False, **({} if payload else {"with_payload": False})}
-
-
-def _text(i: int) -> dict:
-    return {"prefetch": [{"space": "text", "text": f"something warm for a cold hike, take {i}"}],
-            "fusion": {"method": "none"}, "limit": 5, "cache": False}
-
-
 def breakdown(url: str) -> dict:
     """Where a vector query's time goes (`debug: true` stages, median) at c=1 and c=32, and the CPU each Ray
     process spends per request at c=1 (from /proc): the stack's own cost, stage by stage."""
-    from deploy.bench import cpu_per_request, cpu_ticks, http_load
 
     out: dict = {}
     for c, total in ((1, 200), (32, 960)):
@@ -57,7 +46,8 @@ def breakdown(url: str) -> dict:
                 laps.setdefault(k, []).append(v)
 
         before = cpu_ticks()
-        lat, _, errors = asyncio.run(http_load(url, c, total, lambda i: {**_vector(i), "debug": True}, QUERY, seen))
+        lat, _, errors = asyncio.run(http_load(url, c, total, lambda i: {**catalog_vector_query(i), "debug": True},
+                                               QUERY, seen))
         after = cpu_ticks()
         stages = {k: round(float(np.median(v)), 2) for k, v in laps.items()}
         http = round(float(np.percentile(lat, 50)), 2)
@@ -114,7 +104,7 @@ def floor(ingress: str) -> dict:
         serve.run(Floor.bind(SHARDS), name="floor", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         _wait_routed(url)
-        return _measure(url, _vector)
+        return _measure(url, catalog_vector_query)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -163,7 +153,8 @@ def prism(workdir: Path, ingress: str, overrides: dict | None = None,
         rows = [json.loads(line) for line in (ROOT / "deploy" / "data" / "catalog.jsonl").read_text().splitlines()]
         points = [{"id": r["id"], "payload": {k: v for k, v in r.items() if k != "id"}} for r in rows]
         httpx.post(f"{url}/v1/collections/products/points", json={"points": points}, timeout=300).raise_for_status()
-        make = {"vector": _vector, "vector_nopayload": lambda i: _vector(i, payload=False), "text": _text}
+        make = {"vector": catalog_vector_query, "vector_nopayload": lambda i: catalog_vector_query(i, payload=False),
+                "text": catalog_text_query}
         out = {}
         for name in bodies:
             for k, v in _measure(url, make[name]).items():

@@ -20,7 +20,6 @@ from shards.api import ShardApi
 from shards.digest import differing_buckets
 
 log = logging.getLogger(__name__)
-MAX_LISTED = 100  # differing ids named per replica in a report
 
 
 @dataclass

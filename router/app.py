@@ -326,7 +326,7 @@ class Ingress:
                 return refusal_response(refused)
         return await self.service.query_batch(name, body)
 
-    # ---- gRPC (router/proto/prism/v1/prism.proto): Serve calls these by method name; router.grpc_api runs each
+    # ---- gRPC (cluster/proto/prism/v1/prism.proto): Serve calls these by method name; router.grpc_api runs each
     # through the same guard and service as its HTTP endpoint. ----
 
     async def _grpc(self, method: str, request: Any, grpc_context: Any) -> Any:

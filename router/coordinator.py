@@ -427,7 +427,7 @@ class Coordinator:
 
     # -- status ------------------------------------------------------------------------------------------------
     def replica_states(self) -> list[list[dict]]:
-        return [sh.describe() for sh in self.shards]
+        return [sh.replica_report() for sh in self.shards]
 
     async def counts(self) -> list[list[dict[str, int] | None]]:
         """Point count per space for every shard replica (None where a replica did not answer)."""

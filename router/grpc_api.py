@@ -1,4 +1,4 @@
-"""gRPC API v1 (router/proto/prism/v1/prism.proto): each method mapped to its HTTP endpoint, the same service call
+"""gRPC API v1 (cluster/proto/prism/v1/prism.proto): each method mapped to its HTTP endpoint, the same service call
 and the same access rule. No Ray and no Serve here: the Serve ingress (router/app.py) hands each call to `handle`
 with Serve's gRPC context, and tests call it with any object that has the same five methods.
 
@@ -38,12 +38,12 @@ from cluster.client import struct_numbers
 from cluster.errors import CollectionExists, InvalidRequest, PayloadTooLarge, PrismError, describe
 from cluster.names import check_name
 from router.access import Refusal
-from router.proto.prism.v1 import prism_pb2 as pb
+from cluster.proto.prism.v1 import prism_pb2 as pb
 
 SERVICES = ("prism.v1.Search", "prism.v1.Collections", "grpc.health.v1.Health")
 SERVICER_FUNCTIONS = [
-    "router.proto.prism.v1.prism_pb2_grpc.add_SearchServicer_to_server",
-    "router.proto.prism.v1.prism_pb2_grpc.add_CollectionsServicer_to_server",
+    "cluster.proto.prism.v1.prism_pb2_grpc.add_SearchServicer_to_server",
+    "cluster.proto.prism.v1.prism_pb2_grpc.add_CollectionsServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
 BUDGET_METADATA = "prism-budget-ms"

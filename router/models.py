@@ -617,7 +617,8 @@ class ShardInfo(BaseModel):
                        "no replica holding it answers) | verifying (restarted, not yet compared "
                        "with the other replicas) | diverged (known to differ, being repaired) | dead")
     applied_seq: int = 0
-    shard_seq: int = 0
+    committed_seq: int = Field(0, description="the shard's last write acknowledged at its write quorum; a replica "
+                               "with applied_seq below it is stale")
     lag: int = Field(0, description="writes issued to this shard that the replica has not applied yet")
     last_error: str | None = Field(None, description="the current error (cleared when the replica answers again)")
     faults: int = Field(0, description="failures seen on this replica since the router started")

@@ -209,7 +209,7 @@ class ReplicaSet:
             st.agreement = "verifying"
         return restarted
 
-    def describe(self, wall: Callable[[], float] = time.time) -> list[dict]:
+    def replica_report(self, wall: Callable[[], float] = time.time) -> list[dict]:
         """Per replica: state, sequence numbers, lag (writes issued it has not applied), the current error and
         the last fault ever seen (with its age in seconds), which outlives the recovery, and when anti-entropy
         last found it equal to the others (`digest_s_ago`)."""
@@ -218,7 +218,7 @@ class ReplicaSet:
         return [{"replica": st.replica, "state": st.state(self.committed, latest), "applied_seq": st.applied_seq,
                  "agreement": st.agreement or "agrees",
                  "digest_s_ago": None if st.checked_at is None else round(max(0.0, wall_now - st.checked_at), 1),
-                 "shard_seq": self.committed, "lag": max(0, self.seq - st.applied_seq),
+                 "committed_seq": self.committed, "lag": max(0, self.seq - st.applied_seq),
                  "ewma_ms": None if st.ewma_ms is None else round(st.ewma_ms, 2),
                  "last_error": st.last_error, "faults": st.faults, "last_fault": st.last_fault,
                  "last_fault_s_ago": None if st.last_fault_at is None else round(now - st.last_fault_at, 1)}

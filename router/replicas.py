@@ -421,8 +421,8 @@ class ReplicatedShard(Repairs):
         """The Ray node each replica runs on (None: in-process, or not answering)."""
         return await self._each(lambda c: c.node(), HEAL_PING_TIMEOUT_S)
 
-    def describe(self) -> list[dict]:
-        return self.state.describe()
+    def replica_report(self) -> list[dict]:
+        return self.state.replica_report()
 
 
 def replicate(config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *, first_shard: int = 0,

@@ -65,7 +65,6 @@ class PrismService:
         # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
         self.encoders = encoders or {}
         self.catalog = Catalog(config.data_path / "catalog")  # shared by every ingress replica (router/catalog.py)
-        self.catalog_dir = self.catalog.dir
         self.coordinators: dict[str, Coordinator] = {}
         self._seen: dict[str, tuple] = {}  # name -> (file stamp, version) of the catalog entry this process follows
         self._lock = asyncio.Lock()
@@ -260,7 +259,7 @@ class PrismService:
                 st = states[s][r]
                 shards.append(ShardInfo(shard=s, replica=r, counts=c or {},
                                         state=st["state"] if c is not None else "dead",
-                                        applied_seq=st["applied_seq"], shard_seq=st["shard_seq"], lag=st["lag"],
+                                        applied_seq=st["applied_seq"], committed_seq=st["committed_seq"], lag=st["lag"],
                                         last_error=st["last_error"] or None, faults=st["faults"],
                                         last_fault=st["last_fault"] or None,
                                         last_fault_s_ago=st["last_fault_s_ago"], node=nodes[s][r],

@@ -12,10 +12,6 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from cluster.names import MAX_ID_LENGTH  # noqa: F401 - the id rule lives with the name rule
 
-# Read consistency per search: bounded (the default: never waits for writes; sees every write acknowledged with
-# wait=true), strong (waits until every write acknowledged before it is visible), eventual (no guarantee).
-CONSISTENCY_LEVELS = ("bounded", "strong", "eventual")
-
 
 class ScoredId(NamedTuple):
     """One search hit: higher score is always better (L2 distances are negated). `payload` is the stored payload
@@ -35,6 +31,8 @@ class SearchSpec:
     limit: int
     expr: str | None = None
     params: dict[str, Any] | None = None
+    # bounded (the default: never waits for writes; sees every write acknowledged with wait=true), strong (waits
+    # until every write acknowledged before it is visible), eventual (no guarantee)
     consistency: str = "bounded"
     # Return each hit's payload with the search itself (saves the router a second round trip to the owning
     # shards when the page is small; see router.plan.inline_payload).

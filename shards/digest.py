@@ -89,8 +89,3 @@ class ReplicaDigest:
 def differing_buckets(a: Sequence[int], b: Sequence[int]) -> list[int]:
     """Buckets whose digests differ (an empty replica's digests are all 0)."""
     return [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-
-
-def differing_ids(a: Mapping[str, int], b: Mapping[str, int]) -> list[str]:
-    """Ids held by one side only, or held by both with different contents, sorted."""
-    return sorted(i for i in set(a) | set(b) if a.get(i) != b.get(i))

@@ -7,12 +7,10 @@ Nothing else in prism builds expression text from user values.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 
 from cluster.errors import FilterError
 
-_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 MAX_STRING = 4096
 
@@ -51,13 +49,6 @@ def literal(value: object) -> str:
 
 def list_literal(values: Iterable[object]) -> str:
     return "[" + ", ".join(literal(v) for v in values) + "]"
-
-
-def payload_field(name: str) -> str:
-    """`payload["name"]`: payload fields live in one JSON column beside the vector."""
-    if not _FIELD_RE.match(name):
-        raise FilterError(f"field name {name!r} is not filterable (letters, digits, underscore)")
-    return f'payload["{name}"]'
 
 
 def ids_in(ids: Iterable[str]) -> str:

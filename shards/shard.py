@@ -53,7 +53,6 @@ class Shard:
         self.backend = MilvusBackend(spec)
         self.names = {s: milvus_collection_name(config.name, s, shard, replica) for s in config.spaces}
         self._open = False
-        self.delay_s = 0.0  # test-only hook: searches take this much longer (a slow shard, on purpose)
         # New per process start: the sequencer sees a restart in it (ping, digest) and compares this replica with
         # the others right away. The digest is built by a full scan on first use, then kept up to date by writes.
         self.incarnation = uuid.uuid4().hex
@@ -264,8 +263,6 @@ class Shard:
     def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
         """Several single-vector searches in one call; compatible ones (same space, limit, filter, params and
         consistency: several queries batched by the router) run as ONE Milvus search with nq > 1."""
-        if self.delay_s:
-            time.sleep(self.delay_s)
         out: list[list[ScoredId]] = [[] for _ in specs]
         for idx in group_specs(specs):
             s = specs[idx[0]]

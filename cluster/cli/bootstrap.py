@@ -22,6 +22,7 @@ from cluster import haproxy_guard
 from cluster.config import ClusterConfig, ElasticsearchConfig, MilvusConfig
 from cluster.auth import KeySource, exposure
 from cluster.errors import BackendError, ConfigError, PrismError
+from cluster.ports import PortBlock, claim_direct_ingress_ports, direct_ingress_from_environment
 from cluster.services import (
     ServiceHandle, secure_ray_token, side_port, start_elasticsearch, start_milvus_server, stop_process_group,
     wait_http_ok,
@@ -120,6 +121,20 @@ def ingress_environment(cfg: ClusterConfig, side_port: Callable[[], int],
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "HTTP ingress: Serve's Python proxy"
 
 
+def direct_ingress(cfg: ClusterConfig, env: dict[str, str]) -> tuple[dict[str, str], str, PortBlock | None]:
+    """The direct-ingress port ranges this instance's Serve takes (cluster/ports.py: its own block, so that two
+    instances on one host never answer each other's calls), a line saying which, and the claim to hold while it
+    runs. Ranges an operator set in the environment stand; with Serve's Python proxy there is no direct ingress."""
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        return {}, "", None
+    given = direct_ingress_from_environment()
+    if given is not None:
+        return given, "direct-ingress ports as set in the environment (" + ", ".join(
+            f"{k}={v}" for k, v in given.items()) + ")", None
+    block = claim_direct_ingress_ports(max(cfg.ingress_replicas, cfg.ingress_max_replicas or 0))
+    return block.env(), f"direct-ingress ports {block.describe_ranges()}", block
+
+
 def check_ports(cfg: ClusterConfig) -> None:
     """Raises ConfigError naming the port when the HTTP or gRPC port cannot be had (before anything starts)."""
     for name, port in (("port", cfg.port), ("grpc_port", cfg.grpc_port)):
@@ -172,6 +187,8 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     milvus: ServiceHandle | None = None
     es: ServiceHandle | None = None
+    direct: PortBlock | None = None
+    ranges: dict[str, str] = {}
     try:
         if cfg.elasticsearch.mode == "bundled":
             print("starting the bundled Elasticsearch API server (noida-db) ...", flush=True)
@@ -186,6 +203,10 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
         guard = haproxy_guard.install(data / "haproxy" / "prism-haproxy") if cfg.ingress == "haproxy" else None
         env, ingress_line = ingress_environment(cfg, side_port, guard)
+        if not cfg.ray_address:  # an existing cluster's Serve has its own ranges, which this env cannot reach
+            ranges, line, direct = direct_ingress(cfg, env)
+            env.update(ranges)
+            ingress_line += f"; {line}" if line else ""
         # gRPC messages are bounded (Serve's own default is 2 GiB): larger is RESOURCE_EXHAUSTED.
         os.environ.update({**env, "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(cfg.grpc_max_message_bytes)})
         # Ray's control plane runs code for whoever reaches it: its token authentication stays on (Ray's own
@@ -209,7 +230,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
                  "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
                  "elasticsearch_pid": es.pid if es else None,
                  "elasticsearch": cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else None,
-                 "auth": access_line, "ray_address": cfg.ray_address,
+                 "auth": access_line, "ray_address": cfg.ray_address, "direct_ingress": ranges or None,
                  "ray_auth": os.environ.get("RAY_AUTH_MODE", "unset"), "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)
@@ -237,6 +258,8 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
             for service in (milvus, es):
                 if service is not None:
                     service.stop()
+            if direct is not None:
+                direct.release()
             st = read_state(data)
             if st and st.get("pid") == os.getpid():
                 state_path(data).unlink(missing_ok=True)

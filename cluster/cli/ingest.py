@@ -18,8 +18,6 @@ from typing import Any
 
 import httpx
 
-FAIL_AFTER_ENV = "PRISM_INGEST_FAIL_AFTER"  # tests: simulate a crash after this many acknowledged points
-
 
 class IngestError(Exception):
     pass
@@ -156,7 +154,6 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
         ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"encoder": encoder, "spaces": enc_spaces,
                                                                "models_dir": models_dir},
                             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=0)
-    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
     with httpx.Client(timeout=300, headers=headers) as client:
         for batch in ds.iter_batches(batch_size=write_batch, batch_format="default"):
             chunk, chunk_ids = [], []
@@ -182,7 +179,5 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
                     report.failures.extend((i, f"HTTP {r.status_code}: {msg[:200]}") for i in chunk_ids)
             if progress:
                 progress(len(batch["point"]))
-            if fail_after and report.upserted >= fail_after:
-                raise IngestError(f"injected failure after {report.upserted} points ({FAIL_AFTER_ENV})")
     report.seconds = time.perf_counter() - t0
     return report

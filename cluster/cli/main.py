@@ -178,13 +178,13 @@ def status(data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
             _fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
         info = r.json()
         table = Table(title=f"collection {name}: {info['counts']}")
-        for col in ("shard", "replica", "node", "state", "seq", "lag", "counts", "last fault"):
+        for col in ("shard", "replica", "node", "state", "applied/committed", "lag", "counts", "last fault"):
             table.add_column(col)
         for s in info["shards"]:
             fault = s.get("last_error") or ""
             if not fault and s.get("last_fault"):
                 fault = f"{s['last_fault']} ({s['last_fault_s_ago']:.0f} s ago, {s['faults']} in all; recovered)"
-            table.add_row(str(s["shard"]), str(s["replica"]), (s.get("node") or "-")[:8], s["state"], f"{s['applied_seq']}/{s['shard_seq']}",
+            table.add_row(str(s["shard"]), str(s["replica"]), (s.get("node") or "-")[:8], s["state"], f"{s['applied_seq']}/{s['committed_seq']}",
                           str(s.get("lag", 0)), json.dumps(s["counts"]), fault)
         console.print(table)
 

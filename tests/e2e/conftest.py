@@ -11,15 +11,32 @@ import json
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
-from cluster.services import free_port, group_members, side_port
+from cluster.ports import ENV_NAMES as DIRECT_INGRESS_ENV
+from cluster.services import free_port, side_port
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group `pgid`."""
+    out = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (OSError, psutil.Error):  # gone meanwhile
+            continue
+    return out
 
 
 def prism_cli(*args: str, check: bool = True, timeout: float = 400,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # Serve's direct-ingress ranges are left to `prism up` (each instance claims its own block), even where the
+    # environment sets them: instances started here must never share ports.
+    base = {k: v for k, v in os.environ.items() if k not in DIRECT_INGRESS_ENV}
     return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, check=check, env={**os.environ, **(env or {})})
+                          timeout=timeout, check=check, env={**base, **(env or {})})
 
 
 class Instance:

@@ -456,3 +456,51 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(secured, tmp
                        env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "No issues found" in r.stdout or "passed" in r.stdout.lower(), r.stdout[-3000:]
+
+
+def test_two_instances_on_one_host_answer_only_their_own_calls(secured, prism_server, products):
+    """Each `prism up` serves from its own block of Serve direct-ingress ports (cluster/ports.py). With Serve's
+    fixed ranges the second instance's gRPC server bound the first one's port too (SO_REUSEPORT), and a gRPC
+    connection through one instance's HAProxy could land on the other instance's replica (measured: 20 of 20 calls
+    to one instance answered by the other, in one of two runs)."""
+    from cluster.client import PrismClient, PrismClientError
+
+    def session_ports(sid: int) -> set[int]:
+        """Ports the processes of a `prism up` session (Serve, its replicas, HAProxy) listen on."""
+        pids = set()
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == sid:
+                    pids.add(p.pid)
+            except OSError:
+                continue
+        return {port for _, _, port in _listening(pids)}
+
+    ports = {inst.pid: session_ports(inst.pid) for inst in (secured, prism_server)}
+    blocks = {}
+    for inst, other in ((secured, prism_server), (prism_server, secured)):
+        d = json.loads((inst.data_dir / "prism-instance.json").read_text())["direct_ingress"]
+        http = set(range(int(d["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(d["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])))
+        grpc_ = set(range(int(d["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"]), int(d["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"])))
+        blocks[inst.pid] = http | grpc_
+        # Its ingress replica serves HTTP and gRPC from its own block, and the other instance from none of it.
+        assert ports[inst.pid] & http and ports[inst.pid] & grpc_, (inst.url, sorted(ports[inst.pid]), d)
+        assert not ports[other.pid] & blocks[inst.pid], (inst.url, sorted(ports[other.pid] & blocks[inst.pid]))
+    assert not blocks[secured.pid] & blocks[prism_server.pid]
+    for _ in range(20):  # a new connection each time
+        with PrismClient(f"grpc://{secured.grpc_target}", api_key=secured.keys["admin"]) as rpc:
+            names = rpc.list_collections()
+        assert "books" in names and "products" not in names
+        with PrismClient(f"grpc://{prism_server.grpc_target}") as rpc:
+            names = rpc.list_collections()
+        assert "products" in names and "books" not in names
+        with PrismClient(f"grpc://{secured.grpc_target}") as rpc, pytest.raises(PrismClientError) as refused:
+            rpc.list_collections()  # no key: the secured instance refuses, never the open one answers
+        assert refused.value.status == "UNAUTHENTICATED", refused.value
+        for inst, mine, other in ((secured, "books", "products"), (prism_server, "products", "books")):
+            headers = {"Authorization": f"Bearer {secured.keys['admin']}"} if inst is secured else {}
+            with httpx.Client(base_url=inst.url, timeout=60, headers=headers) as http:
+                names = http.get("/v1/collections").json()["collections"]
+            assert mine in names and other not in names
+        with httpx.Client(base_url=secured.url, timeout=60) as http:
+            assert http.get("/v1/collections").status_code == 401

@@ -140,7 +140,7 @@ def test_the_standard_error_details_name_the_field(prism_server):
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
-    from router.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
+    from cluster.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
 
     with grpc.insecure_channel(prism_server.grpc_target) as ch:
         with pytest.raises(grpc.RpcError) as e:

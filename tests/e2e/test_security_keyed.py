@@ -14,7 +14,7 @@ import yaml
 from google.protobuf import json_format
 
 from cluster.services import free_port, side_port
-from router.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
+from cluster.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
 from tests.e2e.conftest import prism_cli
 
 pytestmark = pytest.mark.slow

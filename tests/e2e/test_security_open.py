@@ -14,7 +14,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from router.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
+from cluster.proto.prism.v1 import prism_pb2 as pb, prism_pb2_grpc as pbg
 from tests.e2e.conftest import emb
 
 JSON = {"content-type": "application/json"}

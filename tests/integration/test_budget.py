@@ -13,19 +13,45 @@ from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
 from router.coordinator import Coordinator
 from router.models import Point, QueryRequest
-from shards.local import local_shards, replica_specs, stop_local_shards
+from shards.api import SearchSpec
+from shards.local import LocalShardClient, replica_specs, stop_local_shards
+from shards.shard import Shard
 
 DIM = 8
 _n = itertools.count()
 
 
+class SlowShard(Shard):
+    """A real shard replica whose searches take `delay_s` longer: slow on purpose (the product has no such hook)."""
+
+    delay_s = 0.0
+
+    def search_many(self, specs):
+        time.sleep(self.delay_s)  # the slowness under test, not a synchronisation
+        return super().search_many(specs)
+
+
+def slow_shards(cfg: CollectionConfig, tmp_path) -> list[list[LocalShardClient]]:
+    """`shards.local.local_shards` with SlowShard replicas."""
+    specs = replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path)
+    clients = [[LocalShardClient(SlowShard(cfg, s, r, spec)) for r, spec in enumerate(row)] for s, row in enumerate(specs)]
+    for row in clients:
+        for c in row:
+            c.target.create()
+    return clients
+
+
 @pytest.fixture
 def slow_shard(tmp_path):
     cfg = CollectionConfig(name=f"budget{next(_n)}", shards=2, spaces={"v": {"dim": DIM, "index": {"type": "FLAT"}}})
-    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path))
+    clients = slow_shards(cfg, tmp_path)
     vecs = np.random.default_rng(0).standard_normal((100, DIM))
     asyncio.run(Coordinator.from_clients(cfg, clients).upsert(
         [Point(id=f"p{i}", vectors={"v": vecs[i].tolist()}) for i in range(100)]))
+    # A replica's first search after the writes loads its collection (100-250 ms measured on this 2-core machine),
+    # which would eat the healthy shard's share of a 300 ms budget: warmed here, as a serving shard is.
+    for row in clients:
+        row[0].target.search_many([SearchSpec("v", vecs[0].tolist(), 5)])
     clients[1][0].target.delay_s = 1.5  # shard 1 answers far too late
     yield cfg, clients, vecs
     clients[1][0].target.delay_s = 0.0
@@ -63,7 +89,7 @@ def test_a_slow_preferred_replica_does_not_slow_the_answer(tmp_path):
     """Hedged reads: past the preferred replica's p95 the other replica is asked too; the first answer wins."""
     cfg = CollectionConfig(name=f"hedge{next(_n)}", shards=1, replicas=2,
                            spaces={"v": {"dim": DIM, "index": {"type": "FLAT"}}})
-    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path))
+    clients = slow_shards(cfg, tmp_path)
     try:
         coord = Coordinator.from_clients(cfg, clients)
         vecs = np.random.default_rng(1).standard_normal((50, DIM))
@@ -91,7 +117,7 @@ def test_a_slow_preferred_replica_does_not_slow_the_answer(tmp_path):
 
 def test_a_small_budget_runs_a_smaller_ef_and_the_answer_says_so(tmp_path):
     cfg = CollectionConfig(name=f"ef{next(_n)}", shards=2, spaces={"v": {"dim": DIM, "index": {"type": "HNSW"}}})
-    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path))
+    clients = slow_shards(cfg, tmp_path)
     try:
         coord = Coordinator.from_clients(cfg, clients)
         vecs = np.random.default_rng(2).standard_normal((200, DIM))

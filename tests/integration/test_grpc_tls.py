@@ -47,7 +47,7 @@ def collections_servicer():
     import asyncio
 
     from router import grpc_api
-    from router.proto.prism.v1 import prism_pb2_grpc as pbg
+    from cluster.proto.prism.v1 import prism_pb2_grpc as pbg
 
     class Collections(pbg.CollectionsServicer):
         def List(self, request, context):  # noqa: N802 - the gRPC method name
@@ -60,7 +60,7 @@ def collections_servicer():
 def tls_server(tmp_path):
     from grpc_health.v1 import health, health_pb2_grpc
 
-    from router.proto.prism.v1 import prism_pb2_grpc as pbg
+    from cluster.proto.prism.v1 import prism_pb2_grpc as pbg
 
     cert, key, ca_file = self_signed(tmp_path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from deploy.tinyclip import build_tiny_clip
+from router.embed import cuda_visible
 
 
 def cli(*args, env=None):
@@ -20,7 +21,10 @@ def test_models_install_and_list(tmp_path, monkeypatch):
     models = tmp_path / "models"
     r = cli("list", "--models-dir", str(models), env=env)
     assert r.returncode == 0 and "missing" in r.stdout
-    assert "device here (encoder_device: auto): cpu, float32" in r.stdout  # no GPU on this project's machines
+    # What auto picks on this machine: the GPU in fp16 where torch sees one, else the CPU in fp32 and why not.
+    cuda, why = cuda_visible()
+    assert ("device here (encoder_device: auto): cuda, float16\n" if cuda else
+            f"device here (encoder_device: auto): cpu, float32 ({why})\n") in r.stdout, r.stdout
     r = cli("install", "clip", "--from", str(src), "--models-dir", str(models), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "installed clip (16-d" in r.stdout and (models / "clip" / "config.json").is_file()

@@ -141,7 +141,7 @@ def test_replica_process_kills_under_writes_leave_every_replica_identical(ray_se
             if diff:
                 import ray
                 diff.append(f"sequencer views {[ray.get(sh.sequencer.actor.view.remote()) for sh in coord.shards]}")
-                diff.append(f"ingress views {[sh.view() for sh in coord.shards]} {[sh.describe() for sh in coord.shards]}")
+                diff.append(f"ingress views {[sh.view() for sh in coord.shards]} {[sh.replica_report() for sh in coord.shards]}")
             return diff
 
         diff = asyncio.run(scenario())
@@ -188,7 +188,7 @@ def test_verify_finds_a_replica_altered_behind_prisms_back_and_anti_entropy_then
         sh = coord.shards[0]
         found = asyncio.run(sh.anti_entropy())                     # digests rebuilt by verify's rescan
         assert found is not None and sh.repairs == 2 and sh.mismatches == 1
-        assert [st["state"] for st in sh.describe()] == ["live", "live"]
+        assert [st["state"] for st in sh.replica_report()] == ["live", "live"]
         assert asyncio.run(coord.verify()).replicas_equal
         assert not asyncio.run(differences(coord))
     finally:
@@ -271,7 +271,7 @@ def test_a_point_rewritten_without_one_of_its_spaces_is_copied_exactly_and_anti_
         one.backend.delete(one.names["b"], ["x"])
         asyncio.run(sh.anti_entropy(0.0))
         assert per_space(0) == per_space(1), (per_space(0), per_space(1))
-        assert [st["state"] for st in sh.describe()] == ["live", "live"]
+        assert [st["state"] for st in sh.replica_report()] == ["live", "live"]
         found = asyncio.run(sh.anti_entropy(0.0))  # and the next pass finds nothing to repair
         assert found is not None and found.equal and sh.mismatches == 1
     finally:

@@ -184,7 +184,7 @@ def test_a_replica_further_behind_than_the_log_is_copied_back_automatically(ray_
         for j in range(300):  # 300 single-point writes it misses, and a delete
             asyncio.run(coord.upsert([Point(id=f"n{j}", payload={"j": j}, vectors={"v": vecs[j].tolist()})]))
         asyncio.run(coord.delete(["p0", "p1"]))
-        assert sh.state.describe()[1]["state"] == "dead"
+        assert sh.state.replica_report()[1]["state"] == "dead"
         sh.clients[1] = start_ray_shards(cfg, specs)[0][1]  # the same actor name and milvus-lite directory
         sh.state.clock.advance(PROBE_INTERVAL_S)
         assert asyncio.run(coord.heal()) == {"healed": 1, "failed": 0} and sh.resyncs == 1
@@ -193,6 +193,6 @@ def test_a_replica_further_behind_than_the_log_is_copied_back_automatically(ray_
         ids = [f"p{j}" for j in range(2, 200)] + [f"n{j}" for j in range(300)]
         assert set(asyncio.run(sh.clients[1].get(ids))) == set(ids)
         assert not asyncio.run(sh.clients[1].get(["p0", "p1"]))
-        assert sh.state.describe()[1]["state"] == "live"
+        assert sh.state.replica_report()[1]["state"] == "live"
     finally:
         teardown(coord)

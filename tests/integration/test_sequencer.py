@@ -58,9 +58,9 @@ def heal_until_live(coord, within_s=90.0):
             asyncio.run(coord.heal())
         except Exception:  # noqa: BLE001 - the sequencer may still be restarting
             pass
-        if all(st["state"] == "live" for sh in coord.shards for st in sh.describe()):
+        if all(st["state"] == "live" for sh in coord.shards for st in sh.replica_report()):
             return
-    raise AssertionError([sh.describe() for sh in coord.shards])
+    raise AssertionError([sh.replica_report() for sh in coord.shards])
 
 
 def stop(coord):
@@ -89,7 +89,7 @@ def test_an_ingress_restart_and_a_sequencer_restart_lose_no_replication_state(ra
         ray.kill(ray.get_actor(sequencer_name(cfg.name, 0), namespace=NAMESPACE), no_restart=False)
         del a  # the ingress restarts: a new one knows only what the actors and the journal tell it
         b = ingress(cfg, tmp_path)
-        view = b.shards[0].describe()
+        view = b.shards[0].replica_report()
         assert [st["state"] for st in view] == ["live", "stale", "live"], view
         assert view[1]["lag"] == 1 and view[0]["applied_seq"] == 2
         assert 1 not in b.shards[0].state.read_order()          # never read stale data meanwhile

@@ -11,7 +11,7 @@ from tests.unit.test_replicated_shard import MemShard, row
 
 
 def coord_over(rs):
-    return SimpleNamespace(shards=[rs], shard_of=lambda i: 0, replica_states=lambda: [rs.describe()])
+    return SimpleNamespace(shards=[rs], shard_of=lambda i: 0, replica_states=lambda: [rs.replica_report()])
 
 
 def test_a_replica_that_does_not_answer_its_digest_is_not_counted_as_equal():

@@ -3,7 +3,7 @@ from pydantic import ValidationError
 
 from cluster.config import ClusterConfig, CollectionConfig, IndexConfig, MilvusConfig, SpaceConfig, check_index_support, load_config
 from cluster.errors import FilterError, InvalidRequest
-from shards.expr import ids_in, literal, payload_field, quote_string
+from shards.expr import ids_in, literal, quote_string
 from router.models import DEFAULT_WINDOW, DeleteRequest, Fusion, Point, QueryRequest, UpsertRequest
 
 
@@ -156,9 +156,6 @@ def test_expression_literals_are_escaped_not_spliced():
     with pytest.raises(FilterError):
         literal({"a": 1})
     assert ids_in(["a", 'b"']) == 'id in ["a", "b\\""]'
-    assert payload_field("price") == 'payload["price"]'
-    with pytest.raises(FilterError):
-        payload_field('price"] or 1==1 or payload["x')
 
 
 def test_env_overrides_reach_only_their_keys(tmp_path):

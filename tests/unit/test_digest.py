@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import random
 
-from shards.digest import BUCKETS, ReplicaDigest, bucket_of, differing_buckets, differing_ids, row_hash
+from shards.digest import BUCKETS, ReplicaDigest, bucket_of, differing_buckets, row_hash
+
+
+def differing_ids(a: dict[str, int], b: dict[str, int]) -> list[str]:
+    """Ids held by one side only, or held by both with different contents, sorted."""
+    return sorted(i for i in set(a) | set(b) if a.get(i) != b.get(i))
 
 
 def fill(d: ReplicaDigest, ids, tag="x"):

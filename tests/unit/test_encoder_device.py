@@ -1,4 +1,9 @@
-"""Encoder device, dtype and batch settings: pure selection rules, and the real model on this machine's CPU."""
+"""Encoder device, dtype and batch settings: pure selection rules, and the real model on this machine's device
+(its CPU, or its GPU where torch sees one: the same tests pass on both)."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from cluster.config import ClusterConfig
@@ -46,14 +51,31 @@ def test_config_keys_and_their_bad_values():
         ClusterConfig(encoder_device="gpu")
 
 
-def test_the_real_model_here_runs_on_the_cpu_in_fp32():
+def test_the_real_model_runs_where_auto_puts_it_on_this_machine():
+    """auto outside Ray: cuda in fp16 when torch sees a GPU here, else cpu in fp32; cpu can always be asked for."""
     from router.embed import load_encoder
 
-    assert cuda_visible()[0] is False  # this project's machines: CPU only
+    cuda, _ = cuda_visible()
     enc = load_encoder("minilm")
-    assert (enc.device, enc.dtype, enc.batch_size) == ("cpu", "float32", 32)
-    with pytest.raises(ConfigError, match="encoder 'minilm'"):
-        load_encoder("minilm", device="cuda")
+    want = ("cuda", "float16", BATCH_BY_DEVICE["cuda"][0]) if cuda else ("cpu", "float32", BATCH_BY_DEVICE["cpu"][0])
+    assert (enc.device, enc.dtype, enc.batch_size) == want
+    cpu = load_encoder("minilm", device="cpu")
+    assert (cpu.device, cpu.dtype, cpu.batch_size) == ("cpu", "float32", 32)
+
+
+def test_cuda_asked_for_where_torch_sees_none_is_refused_at_load():
+    """Run where torch sees no GPU: this machine when it has none, else a child process with every GPU hidden."""
+    code = ("from cluster.errors import ConfigError\nfrom router.embed import load_encoder\n"
+            "try:\n    load_encoder('minilm', device='cuda')\nexcept ConfigError as exc:\n    print('refused:', exc.message)\n")
+    if not cuda_visible()[0]:
+        from router.embed import load_encoder
+
+        with pytest.raises(ConfigError, match="encoder 'minilm': encoder_device is 'cuda' but"):
+            load_encoder("minilm", device="cuda")
+        return
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert "refused: encoder 'minilm': encoder_device is 'cuda' but" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
 @pytest.mark.skipif(not cuda_visible()[0], reason="no CUDA device here: " + cuda_visible()[1])

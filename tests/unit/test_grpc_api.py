@@ -21,11 +21,11 @@ from cluster.errors import (BackendError, CollectionExists, CollectionNotFound, 
 from router import grpc_api as g
 from router.access import Guard
 from router.models import QueryResponse, UpsertResponse
-from router.proto.prism.v1 import prism_pb2 as pb
+from cluster.proto.prism.v1 import prism_pb2 as pb
 from tests.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTO = "router/proto/prism/v1/prism.proto"
+PROTO = "cluster/proto/prism/v1/prism.proto"
 
 
 def test_generated_stubs_match_the_proto(tmp_path):
@@ -33,9 +33,18 @@ def test_generated_stubs_match_the_proto(tmp_path):
                         f"--grpc_python_out={tmp_path}", PROTO], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     for name in ("prism_pb2.py", "prism_pb2_grpc.py"):
-        fresh, committed = tmp_path / "router/proto/prism/v1" / name, ROOT / "router/proto/prism/v1" / name
+        fresh, committed = tmp_path / "cluster/proto/prism/v1" / name, ROOT / "cluster/proto/prism/v1" / name
         assert filecmp.cmp(fresh, committed, shallow=False), (
             f"{committed} differs from what {PROTO} generates: regenerate it (command in the proto's header)")
+
+
+def test_the_proto_ships_in_the_package():
+    """The .proto is package data of the package that holds it (other languages' stubs are made from it)."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {p for pkg, globs in data.items() for g in globs for p in (ROOT / pkg.replace(".", "/")).glob(g)}
+    assert ROOT / PROTO in shipped
 
 
 def f32(values) -> list[float]:
@@ -258,7 +267,7 @@ def test_health_names_the_services():
 
 
 def test_every_method_of_the_proto_has_a_route_and_a_servicer():
-    from router.proto.prism.v1 import prism_pb2_grpc as pbg
+    from cluster.proto.prism.v1 import prism_pb2_grpc as pbg
 
     names = {m.name for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
     assert names == set(g.RPCS)

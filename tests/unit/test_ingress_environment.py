@@ -1,8 +1,13 @@
-"""The HTTP ingress Ray is started with: HAProxy (default) or Serve's Python proxy, said in one line."""
+"""The HTTP ingress Ray is started with: HAProxy (default) or Serve's Python proxy, said in one line; and the
+direct-ingress ports each instance claims for its own."""
 import itertools
+import random
 import socket
 
+import pytest
+
 from cluster.config import ClusterConfig
+from cluster.ports import claim_direct_ingress_ports
 from cluster.services import SIDE_PORTS, side_port
 from cluster.cli.bootstrap import ingress_environment
 
@@ -52,3 +57,98 @@ def test_the_guard_puts_a_request_deadline_in_every_defaults_section_once():
     assert "timeout http-request 3600s" not in out  # replaced
     assert "    timeout http-request 1s" in sections  # a frontend's own setting is the operator's: kept
     assert with_request_timeout(out, 30).count("timeout http-request 30000ms") == 2
+
+
+# ---- Serve's direct-ingress ports: a block per instance (cluster/ports.py) ----
+
+def held_by_child(where, seed: int):
+    """Another process claims a block (as a second `prism up` would) and holds it until its stdin closes."""
+    import subprocess
+    import sys
+
+    code = ("import random, sys\nfrom pathlib import Path\nfrom cluster.ports import claim_direct_ingress_ports\n"
+            f"b = claim_direct_ingress_ports(1, where=Path({str(where)!r}), rng=random.Random({seed}))\n"
+            "print(b.http[0], b.http[1], b.grpc[0], b.grpc[1], flush=True)\nsys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lo, mid, mid2, hi = map(int, child.stdout.readline().split())
+    return child, (lo, mid), (mid2, hi)
+
+
+def test_a_block_has_room_for_every_ingress_replica_in_its_own_ranges(tmp_path):
+    from cluster.ports import DIRECT_INGRESS_PORTS, ENV_NAMES, ports_needed
+
+    for replicas in (1, 16, 64):
+        b = claim_direct_ingress_ports(replicas, where=tmp_path)
+        try:
+            (h0, h1), (g0, g1) = b.http, b.grpc
+            assert h1 - h0 >= ports_needed(replicas) and g1 - g0 >= ports_needed(replicas)
+            assert DIRECT_INGRESS_PORTS[0] <= h0 < h1 <= g0 < g1 <= DIRECT_INGRESS_PORTS[1] + 1
+            assert b.env() == dict(zip(ENV_NAMES, map(str, (h0, h1, g0, g1))))
+        finally:
+            b.release()
+
+
+def test_two_instances_never_get_overlapping_ports_and_a_released_block_is_free_again(tmp_path):
+    first = claim_direct_ingress_ports(1, where=tmp_path, rng=random.Random(3))
+    second = claim_direct_ingress_ports(1, where=tmp_path, rng=random.Random(3))  # tries the same block first
+    ports = [set(range(*b.http)) | set(range(*b.grpc)) for b in (first, second)]
+    assert ports[0] and ports[1] and not ports[0] & ports[1]
+    first.release()
+    again = claim_direct_ingress_ports(1, where=tmp_path, rng=random.Random(3))
+    assert (again.http, again.grpc) == (first.http, first.grpc)
+    again.release()
+    second.release()
+
+
+def test_a_block_another_process_holds_is_skipped_until_that_process_ends(tmp_path):
+    child, http, grpc = held_by_child(tmp_path, seed=5)
+    try:
+        mine = claim_direct_ingress_ports(1, where=tmp_path, rng=random.Random(5))
+        assert not (set(range(*mine.http)) | set(range(*mine.grpc))) & (set(range(*http)) | set(range(*grpc)))
+        mine.release()
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    after = claim_direct_ingress_ports(1, where=tmp_path, rng=random.Random(5))  # its lock went with it
+    assert (after.http, after.grpc) == (http, grpc)
+    after.release()
+
+
+def test_a_port_in_use_keeps_its_block_out(tmp_path):
+    probe = claim_direct_ingress_ports(1, where=tmp_path, rng=random.Random(9))
+    taken = probe.grpc[0] + 1
+    probe.release()
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", taken))
+        s.listen()
+        b = claim_direct_ingress_ports(1, where=tmp_path, rng=random.Random(9))
+        assert b.http[0] != probe.http[0] and taken not in range(*b.http) and taken not in range(*b.grpc)
+        b.release()
+
+
+def test_a_full_band_is_an_error_naming_it(tmp_path):
+    from cluster.errors import BackendError
+    from cluster.ports import SLOT
+
+    band = (31000, 31000 + 2 * SLOT - 1)  # room for exactly one block of one replica
+    b = claim_direct_ingress_ports(1, where=tmp_path, band=band)
+    with pytest.raises(BackendError, match="no free block of 32 ports .* in 31000-31031"):
+        claim_direct_ingress_ports(1, where=tmp_path, band=band)
+    b.release()
+
+
+def test_prism_up_claims_a_block_with_haproxy_and_keeps_ranges_an_operator_set(monkeypatch):
+    from cluster.cli.bootstrap import direct_ingress
+    from cluster.ports import ENV_NAMES
+
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    ranges, line, block = direct_ingress(ClusterConfig(), {"RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    try:
+        assert ranges == block.env() and set(ranges) == set(ENV_NAMES) and line.startswith("direct-ingress ports HTTP ")
+    finally:
+        block.release()
+    assert direct_ingress(ClusterConfig(ingress="proxy"), {"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == ({}, "", None)
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", "43000")
+    ranges, line, block = direct_ingress(ClusterConfig(), {"RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    assert ranges == {"RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "43000"} and block is None and "43000" in line

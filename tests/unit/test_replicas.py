@@ -78,8 +78,8 @@ def test_describe():
     rs.next_seq()
     rs.applied(0, 1)
     rs.commit(1)
-    d = rs.describe()
-    assert d[0]["state"] == "live" and d[1]["state"] == "stale" and d[0]["shard_seq"] == 1
+    d = rs.replica_report()
+    assert d[0]["state"] == "live" and d[1]["state"] == "stale" and d[0]["committed_seq"] == 1
 
 
 def test_an_unacknowledged_write_leaves_replicas_readable_but_heals_them():
@@ -99,7 +99,7 @@ def test_describe_keeps_the_last_fault_after_recovery_and_reports_lag():
     rs.on_failure(1, "replica 1: Milvus at http://m:19530 is unreachable")
     clock.advance(7.0)
     rs.on_success(1)
-    d = {x["replica"]: x for x in rs.describe()}
+    d = {x["replica"]: x for x in rs.replica_report()}
     assert (d[0]["lag"], d[1]["lag"]) == (0, 1)  # replica 1 missed write 1
     assert d[1]["last_error"] == "" and d[1]["faults"] == 1
     assert d[1]["last_fault"] == "replica 1: Milvus at http://m:19530 is unreachable"

@@ -147,7 +147,7 @@ def test_a_write_refused_as_bad_request_never_enters_the_log():
     run(rs.upsert([row(3)]))
     assert [op.seq for op in rs.log] == [1, 2]
     assert run(rs.heal()) == (0, 0)
-    assert all(st["state"] == "live" for st in rs.describe())
+    assert all(st["state"] == "live" for st in rs.replica_report())
     assert all(set(c.points) == {"p1", "p3"} for c in clients)
 
 
@@ -158,12 +158,12 @@ def test_reads_fail_over_and_a_dead_replica_is_probed_only_after_its_interval():
     clients[first].fail = ShardUnavailable("gone")
     hits = run(rs.read(lambda c: c.search_many([SearchSpec("v", [2.0, 0.0], 1)])))
     assert hits[0][0] == ScoredId("p2", 0.0)
-    assert rs.describe()[first]["state"] == "dead"
+    assert rs.replica_report()[first]["state"] == "dead"
     clients[first].fail = None
     assert run(rs.heal()) == (0, 0)  # its probe is not due yet
     clock.advance(PROBE_INTERVAL_S)
     assert run(rs.heal()) == (1, 0)
-    assert rs.describe()[first]["state"] == "live"
+    assert rs.replica_report()[first]["state"] == "live"
 
 
 def test_a_replica_that_missed_writes_is_not_read_until_it_caught_up():
@@ -171,10 +171,10 @@ def test_a_replica_that_missed_writes_is_not_read_until_it_caught_up():
     clients[2].fail = BackendError("disk full")
     for i in range(3):
         run(rs.upsert([row(i)]))  # majority (2 of 3) acks each write
-    assert rs.describe()[2]["state"] == "stale" and set(clients[2].points) == set()
+    assert rs.replica_report()[2]["state"] == "stale" and set(clients[2].points) == set()
     assert 2 not in rs.state.read_order()
     assert run(rs.heal()) == (0, 1)  # still failing: the probe fails, and it waits for the next one
-    assert rs.describe()[2]["state"] == "dead"
+    assert rs.replica_report()[2]["state"] == "dead"
     clients[2].fail = None
     assert run(rs.heal()) == (0, 0)
     clock.advance(PROBE_INTERVAL_S)
@@ -207,7 +207,7 @@ def test_request_errors_on_reads_propagate_without_failover():
 
     with pytest.raises(InvalidRequest):
         run(rs.read(bad))
-    assert all(st["state"] == "live" for st in rs.describe())
+    assert all(st["state"] == "live" for st in rs.replica_report())
 
 
 def test_a_read_slower_than_the_preferred_replicas_p95_is_hedged_to_the_next():
@@ -228,7 +228,7 @@ def test_a_read_slower_than_the_preferred_replicas_p95_is_hedged_to_the_next():
     before = rs.hedged  # a warm-up read can hedge too (its p95 is microseconds): count this read's only
     assert run(rs.read(lambda c: c.ids())) == ["p0", "p1", "p2"]
     assert rs.hedged == before + 1
-    assert rs.describe()[first]["state"] == "live"  # slow is not dead
+    assert rs.replica_report()[first]["state"] == "live"  # slow is not dead
 
 
 def test_one_replica_is_never_hedged():
@@ -254,7 +254,7 @@ def test_a_replica_further_behind_than_the_log_is_resynced_from_a_caught_up_one(
     assert run(rs.heal()) == (1, 0) and rs.resyncs == 1
     assert clients[2].points.keys() == clients[0].points.keys() == clients[1].points.keys()
     assert "ghost" not in clients[2].points and "p1" not in clients[2].points
-    assert rs.describe()[2]["state"] == "live" and rs.describe()[2]["lag"] == 0
+    assert rs.replica_report()[2]["state"] == "live" and rs.replica_report()[2]["lag"] == 0
 
 
 def test_resync_needs_a_caught_up_source():
@@ -269,7 +269,7 @@ def test_resync_needs_a_caught_up_source():
     clock.advance(PROBE_INTERVAL_S)
     rs.state.states[0].healthy = False  # the only caught-up replica is gone
     healed, _ = run(rs.heal())
-    d = rs.describe()[1]
+    d = rs.replica_report()[1]
     assert healed == 0 and d["state"] != "live" and "no caught-up replica can be copied from" in d["last_error"]
     assert clients[1].points == {}  # nothing half-copied
 
@@ -330,7 +330,7 @@ def test_a_write_some_replicas_refuse_is_undone_where_it_landed(kind):
     with pytest.raises(Exception, match="refused"):
         asyncio.run(rs.upsert([changed, row(7)]) if kind == "upsert" else rs.delete(["p1", "p2"]))
     assert contents(clients) == before                    # nowhere: every replica as before the write
-    assert [st["state"] for st in rs.describe()] == ["live"] * 3
+    assert [st["state"] for st in rs.replica_report()] == ["live"] * 3
     clients[1].refusing = False
     asyncio.run(rs.upsert([row(5)]))
     assert contents(clients)[0] == contents(clients)[1] == contents(clients)[2]
@@ -380,20 +380,20 @@ def test_a_replay_a_replica_refuses_is_copied_from_one_that_applied_it():
         return await rs.heal()
     asyncio.run(heal_refusing_once())
     assert contents(clients)[0] == contents(clients)[1] and set(clients[1].points) == {"p1", "p2"}
-    assert [st["state"] for st in rs.describe()] == ["live", "live"]
+    assert [st["state"] for st in rs.replica_report()] == ["live", "live"]
 
 
 # -- anti-entropy over in-memory replicas (issue 26) -----------------------------------------------------------------
 def states(rs):
-    return [st["state"] for st in rs.describe()]
+    return [st["state"] for st in rs.replica_report()]
 
 
 def never_live_while_different(rs, clients):
     """The promise: a replica whose contents differ from a caught-up one's is never reported live."""
     ref = contents(clients)[0]
-    for r, st in enumerate(rs.describe()):
+    for r, st in enumerate(rs.replica_report()):
         if st["state"] == "live" and r and contents(clients)[r] != ref:
-            raise AssertionError(f"replica {r} is live but differs: {rs.describe()}")
+            raise AssertionError(f"replica {r} is live but differs: {rs.replica_report()}")
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -407,7 +407,7 @@ def test_a_replica_that_restarts_without_its_last_k_writes_is_repaired_and_never
     asyncio.run(rs.delete(["p3"]))
     asyncio.run(rs.heal())                                 # the first pass compares them: equal
     assert states(rs) == ["live", "live"] and rs.mismatches == 0
-    assert all(st["digest_s_ago"] is not None for st in rs.describe())
+    assert all(st["digest_s_ago"] is not None for st in rs.replica_report())
     clients[1].fail = ShardUnavailable("actor died", shards=[0])
     with pytest.raises(ShardUnavailable):                  # the write that saw it die
         asyncio.run(rs.upsert([row(20)]))
@@ -526,7 +526,7 @@ def test_a_replica_missing_a_write_another_applied_is_neither_live_nor_read_firs
         run(rs.upsert([row(2)]))
     clients[first].fail = None
     assert "p2" in clients[other].points and "p2" not in clients[first].points
-    assert states(rs)[first] != "live" and states(rs)[other] == "live", rs.describe()
+    assert states(rs)[first] != "live" and states(rs)[other] == "live", rs.replica_report()
     assert rs.state.read_order() == [other, first]   # still readable (every acknowledged write), but last
     run(rs.heal())
     assert contents(clients)[0] == contents(clients)[1] and states(rs) == ["live", "live"]

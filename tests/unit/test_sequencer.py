@@ -46,7 +46,7 @@ def test_the_journal_restores_sequence_log_and_what_each_replica_applied(tmp_pat
     again = host(tmp_path, clients)  # the sequencer restarted (an ingress restart does not even touch it)
     assert (again.view().epoch, again.view().seq, again.view().committed, again.view().applied) == (seq.journal.epoch, 3, 3, (3, 3, 1))
     assert [(op.seq, op.kind) for op in again.log] == [(1, "upsert"), (2, "upsert"), (3, "delete")]
-    assert again.describe()[2]["state"] == "stale"
+    assert again.replica_report()[2]["state"] == "stale"
     for c in clients:
         c.refuse = False
     clients[2].fail = None
@@ -66,7 +66,7 @@ def test_a_write_logged_before_a_crash_is_replayed_and_a_torn_last_frame_is_igno
     seq.journal.close()
     again = host(tmp_path, clients, quorum=1)
     assert again.state.seq == 2 and again.state.committed == 1
-    assert again.describe()[0]["state"] == "live"  # replicas hold every acknowledged write: still readable
+    assert again.replica_report()[0]["state"] == "live"  # replicas hold every acknowledged write: still readable
     assert run(again.heal()) == (2, 0)
     assert all(set(c.points) == {"p1", "p2"} for c in clients)
     assert again.journal.frames == 2  # the torn frame is gone from the file too
@@ -96,11 +96,11 @@ def test_ingress_copies_route_reads_by_the_sequencers_view(tmp_path):
     clients[1].fail = None
     # A second ingress, started after the write: it knows from the sequencer that replica 1 missed it.
     b = ingress(clients, Sequencer(sq.host))
-    assert [st["state"] for st in b.describe()] == ["live", "stale", "live"]
+    assert [st["state"] for st in b.replica_report()] == ["live", "stale", "live"]
     assert 1 not in b.state.read_order()
     assert run(b.heal()) == (1, 0)  # the sequencer replays; every copy that heals learns it
-    assert [st["state"] for st in b.describe()] == ["live"] * 3
-    assert run(a.heal()) == (0, 0) and [st["state"] for st in a.describe()] == ["live"] * 3
+    assert [st["state"] for st in b.replica_report()] == ["live"] * 3
+    assert run(a.heal()) == (0, 0) and [st["state"] for st in a.replica_report()] == ["live"] * 3
 
 
 def test_two_ingress_copies_writing_the_same_ids_leave_every_replica_identical(tmp_path):
@@ -172,7 +172,7 @@ def test_the_only_ingress_asks_its_sequencer_to_heal_only_when_a_replica_is_behi
     run(only.upsert([row(2)]))
     clients[2].fail = None
     assert run(only.heal()) == (1, 0) and len(calls) == 1
-    assert [st["state"] for st in only.describe()] == ["live"] * 3
+    assert [st["state"] for st in only.replica_report()] == ["live"] * 3
     polling = ingress(clients, sq)                       # one of several ingress replicas: asks every pass
     run(polling.heal())
     assert len(calls) == 2
@@ -194,7 +194,7 @@ def test_the_only_ingress_heals_a_replica_that_a_refused_write_left_behind(tmp_p
     clients[1].fail = None  # restarted, answering again: no read failed on it, so nothing else tells the ingress
     run(only.heal())
     assert set(clients[0].points) == set(clients[1].points) == {f"p{i}" for i in range(1, 6)}
-    assert [st["state"] for st in only.describe()] == ["live", "live"]
+    assert [st["state"] for st in only.replica_report()] == ["live", "live"]
 
 
 # -- the journal's format and bounds (issue 33: H7, "journals are pickle") -------------------------------------------
@@ -347,8 +347,8 @@ def test_a_sequencer_killed_between_its_replica_sends_leaves_no_replica_differen
     assert "p2" in clients[0].points and "p2" not in clients[1].points   # the fault, as made
     for _ in range(2):                                                    # the ingress's heal loop; no write comes
         run(only.heal())
-    assert set(clients[0].points) == set(clients[1].points) == {"p1", "p2"}, only.describe()
-    assert [st["state"] for st in only.describe()] == ["live", "live"]
+    assert set(clients[0].points) == set(clients[1].points) == {"p1", "p2"}, only.replica_report()
+    assert [st["state"] for st in only.replica_report()] == ["live", "live"]
     asked = sq.calls
     run(only.heal())
     assert sq.calls == asked                       # nothing behind, not due: no call

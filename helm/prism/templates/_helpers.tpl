@@ -61,8 +61,8 @@ http_options:
 grpc_options:
   port: 9000
   grpc_servicer_functions:
-    - router.proto.prism.v1.prism_pb2_grpc.add_SearchServicer_to_server
-    - router.proto.prism.v1.prism_pb2_grpc.add_CollectionsServicer_to_server
+    - cluster.proto.prism.v1.prism_pb2_grpc.add_SearchServicer_to_server
+    - cluster.proto.prism.v1.prism_pb2_grpc.add_CollectionsServicer_to_server
     - grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server
 {{- end }}
 applications:

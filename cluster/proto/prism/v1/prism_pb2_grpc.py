@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from router.proto.prism.v1 import prism_pb2 as router_dot_proto_dot_prism_dot_v1_dot_prism__pb2
+from cluster.proto.prism.v1 import prism_pb2 as cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in router/proto/prism/v1/prism_pb2_grpc.py depends on'
+        + ' but the generated code in cluster/proto/prism/v1/prism_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,28 +38,28 @@ class SearchStub:
         """
         self.Query = channel.unary_unary(
                 '/prism.v1.Search/Query',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryResponse.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryResponse.FromString,
                 _registered_method=True)
         self.QueryBatch = channel.unary_unary(
                 '/prism.v1.Search/QueryBatch',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchResponse.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchResponse.FromString,
                 _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/prism.v1.Search/Upsert',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/prism.v1.Search/Delete',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteResponse.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.UpdateVectors = channel.unary_unary(
                 '/prism.v1.Search/UpdateVectors',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpdateVectorsRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpdateVectorsRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.FromString,
                 _registered_method=True)
 
 
@@ -108,28 +108,28 @@ def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Query': grpc.unary_unary_rpc_method_handler(
                     servicer.Query,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryResponse.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryResponse.SerializeToString,
             ),
             'QueryBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryBatch,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchResponse.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchResponse.SerializeToString,
             ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteResponse.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteResponse.SerializeToString,
             ),
             'UpdateVectors': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateVectors,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpdateVectorsRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpdateVectorsRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -159,8 +159,8 @@ class Search:
             request,
             target,
             '/prism.v1.Search/Query',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryResponse.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -186,8 +186,8 @@ class Search:
             request,
             target,
             '/prism.v1.Search/QueryBatch',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchResponse.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.QueryBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -213,8 +213,8 @@ class Search:
             request,
             target,
             '/prism.v1.Search/Upsert',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -240,8 +240,8 @@ class Search:
             request,
             target,
             '/prism.v1.Search/Delete',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteResponse.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -267,8 +267,8 @@ class Search:
             request,
             target,
             '/prism.v1.Search/UpdateVectors',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpdateVectorsRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpdateVectorsRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.UpsertResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -293,23 +293,23 @@ class CollectionsStub:
         """
         self.Create = channel.unary_unary(
                 '/prism.v1.Collections/Create',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CreateCollectionRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/prism.v1.Collections/Get',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.GetCollectionRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.GetCollectionRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.FromString,
                 _registered_method=True)
         self.List = channel.unary_unary(
                 '/prism.v1.Collections/List',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListCollectionsRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionList.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionList.FromString,
                 _registered_method=True)
         self.Drop = channel.unary_unary(
                 '/prism.v1.Collections/Drop',
-                request_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.SerializeToString,
-                response_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.FromString,
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.FromString,
                 _registered_method=True)
 
 
@@ -351,23 +351,23 @@ def add_CollectionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Create': grpc.unary_unary_rpc_method_handler(
                     servicer.Create,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CreateCollectionRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.GetCollectionRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.GetCollectionRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.SerializeToString,
             ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListCollectionsRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionList.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionList.SerializeToString,
             ),
             'Drop': grpc.unary_unary_rpc_method_handler(
                     servicer.Drop,
-                    request_deserializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.FromString,
-                    response_serializer=router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.SerializeToString,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,8 +397,8 @@ class Collections:
             request,
             target,
             '/prism.v1.Collections/Create',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CreateCollectionRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CreateCollectionRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -424,8 +424,8 @@ class Collections:
             request,
             target,
             '/prism.v1.Collections/Get',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.GetCollectionRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.GetCollectionRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -451,8 +451,8 @@ class Collections:
             request,
             target,
             '/prism.v1.Collections/List',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListCollectionsRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionList.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListCollectionsRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.CollectionList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -478,8 +478,8 @@ class Collections:
             request,
             target,
             '/prism.v1.Collections/Drop',
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.SerializeToString,
-            router_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.FromString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.FromString,
             options,
             channel_credentials,
             insecure,
