@@ -12,6 +12,16 @@ from cluster.services import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_serve_parses_the_grpc_options_of_serve_config():
+    """Serve's own gRPCOptions takes deploy/serve-config.yaml's grpc_options and resolves prism's three servicers."""
+    from ray.serve.config import gRPCOptions
+
+    from router.grpc_api import SERVICER_FUNCTIONS
+
+    opts = gRPCOptions(**yaml.safe_load((ROOT / "deploy" / "serve-config.yaml").read_text())["grpc_options"])
+    assert opts.grpc_servicer_functions == SERVICER_FUNCTIONS and len(opts.grpc_servicer_func_callable) == 3
+
+
 def test_serve_config_import_path_builds_and_serves(ray_session, tmp_path, monkeypatch):
     from ray import serve
 
