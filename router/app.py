@@ -14,8 +14,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
-from router.bodies import allowed_hosts, check_json_content_type, parse_json
+from cluster.errors import InvalidRequest, ModelUnavailable
+from router.bodies import allowed_hosts, read_json
 from router.edge import ERROR_HANDLERS, Observe, refusal_response
 from router.openapi import ACCESS, BODY, READS, WRITES, body_doc, documented, with_schemas
 from router.metrics import process_state
@@ -55,12 +55,7 @@ mount_qdrant(api)  # the Qdrant-compatible REST API under /qdrant (router/qdrant
 async def _json(request: Request) -> Any:
     """Parse the body ourselves (router.bodies): a JSON content type, bounded nesting, finite numbers, no lone
     surrogates; malformed JSON is a clear 422 naming the position. The edge bounds the bytes read."""
-    raw = await request.body()
-    limit = process_state().max_upload_bytes
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body of {len(raw)} bytes exceeds {limit} bytes")
-    check_json_content_type(request.headers.get("content-type"), raw)
-    return parse_json(raw)
+    return await read_json(request, process_state().max_upload_bytes)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)

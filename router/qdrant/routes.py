@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import JSONResponse
 
-from cluster.errors import CollectionNotFound, PayloadTooLarge, ShardUnavailable
-from router.bodies import check_json_content_type, parse_json
+from cluster.errors import CollectionNotFound, ShardUnavailable
+from router.bodies import read_json
 from router.qdrant import collections, points, query
 from router.qdrant.errors import QdrantRoute, Unsupported, body as error_body
 from router.qdrant.policy import PREFIX
@@ -35,14 +35,9 @@ def _service() -> Any:
 
 
 async def _json(request: Request) -> Any:
-    raw = await request.body()
     from router.metrics import process_state
 
-    limit = process_state().max_upload_bytes
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body of {len(raw)} bytes exceeds {limit} bytes")
-    check_json_content_type(request.headers.get("content-type"), raw)
-    return parse_json(raw)
+    return await read_json(request, process_state().max_upload_bytes)
 
 
 def ok(result: Any, started: float) -> JSONResponse:
