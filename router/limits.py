@@ -10,6 +10,7 @@ from typing import Any
 
 from cluster.config import CollectionConfig, StrictLimits
 from cluster.errors import InvalidRequest
+from router.filters import INT64_MAX, INT64_MIN
 from router.models import BatchQueryRequest, QueryRequest
 from router.plan import SEARCH_PARAM_BOUNDS
 
@@ -60,7 +61,7 @@ def unusable_number(value: Any) -> Any:
     stack = [value]
     while stack:
         v = stack.pop()
-        if isinstance(v, float) and not math.isfinite(v) or isinstance(v, int) and not -2**63 <= v < 2**63:
+        if isinstance(v, float) and not math.isfinite(v) or isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
             return v
         if isinstance(v, dict):
             stack.extend(v.values())
