@@ -50,18 +50,23 @@ def _points(rng: np.random.Generator, start: int, stop: int) -> list[models.Poin
     return out
 
 
+def _create_scene(c, name: str, shards: int) -> None:
+    """Three named vectors (Cosine, Euclid, Dot; exact search: hnsw m=0 is prism's FLAT) and a text payload index."""
+    c.create_collection(name, vectors_config={
+        "text": models.VectorParams(size=8, distance=models.Distance.COSINE),
+        "image": models.VectorParams(size=6, distance=models.Distance.EUCLID),
+        "dot": models.VectorParams(size=4, distance=models.Distance.DOT)},
+        hnsw_config=models.HnswConfigDiff(m=0), shard_number=shards)
+    c.create_payload_index(name, "desc", models.PayloadSchemaType.TEXT)
+
+
 @pytest.fixture(scope="module")
 def loaded(clients):
     """The same collection on both sides: three named vectors (Cosine, Euclid, Dot; exact search: hnsw m=0 is
     prism's FLAT), three shards, a text payload index, points upserted in batches."""
     rng = np.random.default_rng(31)
     for c in clients:
-        c.create_collection("qd_scene", vectors_config={
-            "text": models.VectorParams(size=8, distance=models.Distance.COSINE),
-            "image": models.VectorParams(size=6, distance=models.Distance.EUCLID),
-            "dot": models.VectorParams(size=4, distance=models.Distance.DOT)},
-            hnsw_config=models.HnswConfigDiff(m=0), shard_number=3)
-        c.create_payload_index("qd_scene", "desc", models.PayloadSchemaType.TEXT)
+        _create_scene(c, "qd_scene", shards=3)
     for start in range(0, N, 60):
         batch = _points(rng, start, start + 60)
         for c in clients:
@@ -282,12 +287,7 @@ CONDITIONS = {
 def filtered(clients):
     rng = np.random.default_rng(7)
     for c in clients:
-        c.create_collection("qd_filters", vectors_config={
-            "text": models.VectorParams(size=8, distance=models.Distance.COSINE),
-            "image": models.VectorParams(size=6, distance=models.Distance.EUCLID),
-            "dot": models.VectorParams(size=4, distance=models.Distance.DOT)},
-            hnsw_config=models.HnswConfigDiff(m=0), shard_number=2)
-        c.create_payload_index("qd_filters", "desc", models.PayloadSchemaType.TEXT)
+        _create_scene(c, "qd_filters", shards=2)
     pts = _points(rng, 0, 120)
     for c in clients:
         c.upsert("qd_filters", pts, wait=True)
