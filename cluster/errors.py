@@ -145,7 +145,7 @@ class BackendError(PrismError):
 
 class WriteRefused(BackendError):
     """A reachable Milvus refused a write for what it holds (a value it cannot store), not because it is down: the
-    same write would be refused again, so it is not retried or replayed (router.replicas: it ends nowhere)."""
+    same write would be refused again, so it is not retried or replayed (router.replication.replicas: it ends nowhere)."""
 
     code = "write_refused"
 

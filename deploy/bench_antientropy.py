@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.config import CollectionConfig, MilvusConfig, ReplicationSettings
-from router.replicas import ReplicatedShard
+from router.replication.replicas import ReplicatedShard
 from shards.api import PointRow
 from shards.local import local_shards, replica_specs, stop_local_shards
 

@@ -38,7 +38,7 @@ def _wait(predicate, timeout_s: float = 10.0) -> None:
 def guard_us() -> dict:
     """Microseconds per Guard.check in this process: auth off vs on (a key verified), rate limit taken in both."""
     from cluster.auth import KeySource, new_key
-    from router.access import Guard
+    from router.serving.access import Guard
 
     key, rec = new_key("admin")
     out = {}

@@ -21,8 +21,8 @@ def run_backend(backend: str, workdir: Path) -> dict:
     from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
     from cluster.services import start_milvus_server
     from deploy.datasets import gaussian_mixture, query_vectors
-    from router.coordinator import Coordinator
-    from router.models import Point, QueryRequest
+    from router.collection.coordinator import Coordinator
+    from router.schema.models import Point, QueryRequest
     from shards.actor import start_ray_shards, stop_ray_shards
     from shards.local import local_shards, replica_specs, stop_local_shards
 

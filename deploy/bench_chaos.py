@@ -31,9 +31,9 @@ from typing import Any
 
 from cluster.config import CollectionConfig, MilvusConfig
 from deploy.datasets import gaussian_mixture, query_vectors
-from router.coordinator import Coordinator
+from router.collection.coordinator import Coordinator
 from deploy.chaos_checks import final_check, watch_equal
-from router.models import Point, QueryRequest
+from router.schema.models import Point, QueryRequest
 
 DIM = 64
 
@@ -172,7 +172,8 @@ def replica_kill(workdir: Path, seconds: float, concurrency: int, n: int = 20_00
 
     import ray
 
-    from shards.actor import start_ray_sequencers, start_ray_shards, stop_ray_sequencers, stop_ray_shards
+    from router.replication.ray_sequencer import start_ray_sequencers, stop_ray_sequencers
+    from shards.actor import start_ray_shards, stop_ray_shards
     from shards.local import replica_specs
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench-chaos")
@@ -245,7 +246,7 @@ def es_outage(workdir: Path, seconds: float, concurrency: int, n: int = 5_000, o
     """milvus-lite shards and a noida-db metadata store stopped for `outage_s`; queries: a third unfiltered, a
     third with a filter Milvus runs (term on a keyword), a third with a full-text filter only Elasticsearch runs."""
     from cluster.services import free_port, start_elasticsearch
-    from router.metadata import MetadataStore
+    from router.metadata.store import MetadataStore
     from shards.local import local_shards, replica_specs, stop_local_shards
 
     port, es_dir = free_port(), workdir / "es"
@@ -428,7 +429,8 @@ def ingress_restart(workdir: Path, seconds: float, concurrency: int, n: int = 5_
     the same moment, so the new ingress must learn from the sequencer which replica is behind."""
     import ray
 
-    from shards.actor import start_ray_sequencers, start_ray_shards, stop_ray_sequencers, stop_ray_shards
+    from router.replication.ray_sequencer import start_ray_sequencers, stop_ray_sequencers
+    from shards.actor import start_ray_shards, stop_ray_shards
     from shards.local import replica_specs
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="bench-chaos")

@@ -14,10 +14,10 @@ from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
 from cluster.ring import HashRing
 from deploy.benchlib import close_all, load_points, machine, pct, run_concurrent
 from deploy.datasets import gaussian_mixture, query_vectors
-from router.coordinator import Coordinator
-from router.fusion import rrf
-from router.merge import merge_topk
-from router.models import QueryRequest, ScoredId
+from router.collection.coordinator import Coordinator
+from router.ranking.fusion import rrf
+from router.ranking.merge import merge_topk
+from router.schema.models import QueryRequest, ScoredId
 from shards.local import local_shards, replica_specs
 
 

@@ -43,7 +43,7 @@ def measure(device: str, seconds: float = 5.0) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from router.embed import load_encoder, minilm_path
+    from router.encoding.embed import load_encoder, minilm_path
 
     enc = load_encoder("minilm", device=device)
     raw = SentenceTransformer(minilm_path(), device=device, local_files_only=True)
@@ -64,7 +64,7 @@ def measure(device: str, seconds: float = 5.0) -> dict:
 
 
 def run(seconds: float = 5.0, out: Path = OUT) -> dict:
-    from router.embed import cuda_visible
+    from router.encoding.embed import cuda_visible
 
     results = [measure("cpu", seconds)]
     seen, why = cuda_visible()

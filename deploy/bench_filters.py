@@ -13,8 +13,8 @@ from cluster.config import CollectionConfig, MilvusConfig
 from cluster.ring import HashRing
 from deploy.benchlib import close_all, pct
 from deploy.datasets import gaussian_mixture, query_vectors
-from router.coordinator import Coordinator
-from router.models import QueryRequest
+from router.collection.coordinator import Coordinator
+from router.schema.models import QueryRequest
 from shards.api import PointRow
 from shards.local import local_shards, replica_specs
 
@@ -23,7 +23,7 @@ def run(n: int, shards: int, workdir: Path, n_queries: int = 30) -> dict:
     """Filtered query latency per plan path at 1/10/50% selectivity, beside the unfiltered query (same run)."""
     from cluster.config import FilterSettings
     from cluster.services import start_elasticsearch, start_milvus_server
-    from router.metadata import MetadataStore
+    from router.metadata.store import MetadataStore
 
     print(f"[filters] n={n} shards={shards}", flush=True)
     server = start_milvus_server(workdir / "milvus-server")

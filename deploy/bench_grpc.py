@@ -131,7 +131,7 @@ def table(payload: dict) -> str:
     spread = [r["vector_p50_ms_c1_grpc"] - r["vector_p50_ms_c1_http"] for r in payload["rounds"]]
     lines.append(f"\nMedians of {len(payload['rounds'])} rounds; per round, the vector query's gRPC minus HTTP p50 "
                  f"ranged {min(spread):+.2f} to {max(spread):+.2f} ms. Both doors run the same guard and service code "
-                 "(router/grpc_api.py converts the messages); HTTP goes through HAProxy straight to the ingress "
+                 "(router/serving/grpc_api.py converts the messages); HTTP goes through HAProxy straight to the ingress "
                  "replica, gRPC through Serve's gRPC proxy. This machine's c=1 latencies move by several ms between "
                  "rounds of the same protocol: the two doors cost the same within that noise.")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ def run(workdir: Path, n: int = 3000) -> dict:
     from cluster.config import ClusterConfig
     from cluster.cli.ingest import run_ingest
     from cluster.services import free_port, side_port
-    from router.embed import load_encoder
+    from router.encoding.embed import load_encoder
 
     import ray
 
@@ -81,7 +81,7 @@ def _ingest_text_image(url: str, workdir: Path, n: int) -> dict:
     from PIL import Image
 
     from cluster.cli.ingest import run_ingest
-    from router.embed import load_encoder
+    from router.encoding.embed import load_encoder
 
     health = httpx.get(f"{url}/health", timeout=30).json()["encoders"]["clip"]
     dim = health["dim"]
@@ -103,7 +103,7 @@ def _ingest_text_image(url: str, workdir: Path, n: int) -> dict:
                      models_dir=str(workdir / "prism" / "models"))
     ray.shutdown()
     enc = load_encoder("clip", str(workdir / "prism" / "models"))
-    from router.images import decode_base64, decode_image
+    from router.encoding.images import decode_base64, decode_image
 
     t0 = time.perf_counter()
     objs = [json.loads(x) for x in src.read_text().splitlines()]

@@ -2,7 +2,7 @@
 
 The check runs on every JSON body before it is parsed, holding the GIL. The old one tokenised with a regex that
 rescanned an unterminated string from every quote: quadratic, 3.8 s for 32 KB of the issue's body. The new one
-(router.bodies.json_too_deep) is linear. Both run here, in this process, on the same bodies: the issue's
+(router.schema.bodies.json_too_deep) is linear. Both run here, in this process, on the same bodies: the issue's
 adversarial one (`{` x 65 then an unterminated run of `\\"` pairs), a body of a million `[]` pairs, and an
 ordinary 8 MB upsert (2,000 points of 384 floats). The old check is run only up to 32 KB (seconds there, hours at 1 MB).
 Writes docs/bench/json_depth.json.
@@ -22,7 +22,7 @@ TARGET = "a 1 MB adversarial body is judged in well under a second (the old chec
 
 
 def old_json_too_deep(raw: bytes, limit: int = 64) -> bool:
-    """The check as it was before issue 33 (router/models.py), kept here as the baseline."""
+    """The check as it was before issue 33 (router/schema/models.py), kept here as the baseline."""
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return False
     depth = 0
@@ -50,7 +50,7 @@ def _ms(check, raw: bytes, repeats: int) -> float:
 
 
 def run(workdir=None) -> dict:
-    from router.bodies import json_too_deep
+    from router.schema.bodies import json_too_deep
 
     json_too_deep(b"[" * 100)  # numpy imported once, outside the timings
     rows = []

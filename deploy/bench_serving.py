@@ -18,7 +18,7 @@ from shards.local import local_shards, replica_specs
 
 def encode_throughput(seconds: float = 10.0, batch: int = 32) -> float:
     """Raw MiniLM batched encode of one process, one torch thread (as each encoder replica runs)."""
-    from router.embed import load_encoder
+    from router.encoding.embed import load_encoder
 
     enc = load_encoder("minilm")
     texts = [QUERY_TEXTS[i % len(QUERY_TEXTS)] + f" {i}" for i in range(batch)]

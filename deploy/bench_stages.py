@@ -27,9 +27,9 @@ STAGES = [{"formula": {"boost": [{"field": "in_stock", "equals": True, "add": 0.
 def run(workdir: Path) -> dict:
     from cluster.config import CollectionConfig, MilvusConfig
     from cluster.services import start_elasticsearch
-    from router.coordinator import Coordinator
-    from router.metadata import MetadataStore
-    from router.models import Point, QueryRequest
+    from router.collection.coordinator import Coordinator
+    from router.metadata.store import MetadataStore
+    from router.schema.models import Point, QueryRequest
     from shards.local import local_shards, replica_specs, stop_local_shards
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from router.antientropy import compare, compare_shard_replicas
+from router.replication.antientropy import compare, compare_shard_replicas
 
 
 async def replicas_equal_now(coord: Any) -> bool:

@@ -153,7 +153,7 @@ SECTIONS = [
         "first.")),
     ("json_depth", "deploy.bench_json_depth", "The body depth check: quadratic before issue 33, linear now", lambda d: (
         "The check every JSON body passes before it is parsed, old (a regex tokeniser, kept in the bench) and new "
-        "(router.bodies.json_too_deep), in one process on the same bodies; median of repeats. Target: "
+        "(router.schema.bodies.json_too_deep), in one process on the same bodies; median of repeats. Target: "
         f"{d['target']}.")),
     ("encode", "deploy.bench_encode", "Encoders: prism's encoder class vs raw sentence-transformers", lambda d: (
         "all-MiniLM-L6-v2, distinct texts per batch, `python -m deploy.bench --only encode`; both sides on the "

@@ -1,1 +1,3 @@
-"""prism router: request models, pure planning/merge/fusion, the coordinator and what it delegates to, the ingress."""
+"""prism router: everything between a request and the shards, as a stack of packages by job (docs/architecture.md):
+serving > collection > {metadata, encoding} > {replication, ranking} > schema > filters. Each imports only those
+below it (tests/unit/test_architecture.py)."""

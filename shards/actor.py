@@ -1,25 +1,21 @@
-"""The Ray actor wrapping a plain Shard (same methods, same answers) and the client that calls it; the actor
-hosting a shard's sequencer (router.sequencer) and its client.
+"""The Ray actor wrapping a plain Shard (same methods, same answers) and the client that calls it. (A shard's
+sequencer runs in its own actor, router.replication.ray_sequencer, over these replica actors.)
 
 `num_cpus=0`: on a 2-core machine, actors reserving whole CPUs starve each other and calls hang silently.
 """
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import ray
 
-from cluster.config import CollectionConfig, PlacementConfig, ReplicationSettings, replica_node, shard_actor_options
+from cluster.config import CollectionConfig, PlacementConfig, replica_node, shard_actor_options
 from cluster.errors import ShardUnavailable
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
-from router.replicas import ReplicatedShard
-from router.sequencer import Journal, Sequencer
 from shards.shard import Shard
 
 NAMESPACE = "prism"
@@ -138,7 +134,7 @@ def placement_strategy(shard: int, replica: int, nodes: list[str]) -> Any:
     return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
-def _actor_options(detached: bool, placement: PlacementConfig | None) -> dict[str, Any]:
+def actor_options(detached: bool, placement: PlacementConfig | None) -> dict[str, Any]:
     opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True,
                             **shard_actor_options(placement or PlacementConfig())}
     if detached:
@@ -146,7 +142,7 @@ def _actor_options(detached: bool, placement: PlacementConfig | None) -> dict[st
     return opts
 
 
-def _replica_client(config: CollectionConfig, s: int, r: int, spec: BackendSpec, opts: dict[str, Any],
+def replica_client(config: CollectionConfig, s: int, r: int, spec: BackendSpec, opts: dict[str, Any],
                     nodes: list[str]) -> RayShardClient:
     """A client of replica r of shard s: its actor found by name, or started (placed on `nodes`)."""
     def spawn(nodes: list[str]) -> Any:
@@ -163,8 +159,8 @@ def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *
     """Start (or find, by name) one actor per shard replica and open its collections.
 
     `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
-    opts, nodes = _actor_options(detached, placement), alive_nodes()
-    clients = [[_replica_client(config, first_shard + i, r, spec, opts, nodes) for r, spec in enumerate(row)]
+    opts, nodes = actor_options(detached, placement), alive_nodes()
+    clients = [[replica_client(config, first_shard + i, r, spec, opts, nodes) for r, spec in enumerate(row)]
                for i, row in enumerate(specs)]
     if create:
         _create_all([c for row in clients for c in row])
@@ -189,125 +185,6 @@ def _create_all(clients: list[RayShardClient], within_s: float = 120.0) -> None:
         if retry:
             time.sleep(0.2)  # polling a restarting actor, with a deadline
         pending = retry
-
-
-# -- sequencers ------------------------------------------------------------------------------------------------
-def sequencer_name(collection: str, shard: int) -> str:
-    return f"prism:{collection}:s{shard}:seq"
-
-
-def sequencer_dir(data_path: Path, collection: str, shard: int) -> Path:
-    return Path(data_path) / "sequencer" / collection / f"s{shard}"
-
-
-class SequencerHost(Sequencer):
-    """A shard's sequencer (router.sequencer) over the replica actors, with a journal in `journal_dir`.
-    Restarted by Ray after a crash, it reloads the journal."""
-
-    def __init__(self, config: CollectionConfig, shard: int, specs: list[BackendSpec], journal_dir: str,
-                 timeout_s: float, detached: bool, placement: PlacementConfig | None,
-                 replication: ReplicationSettings | None = None):
-        opts, nodes = _actor_options(detached, placement), alive_nodes()
-        clients = [_replica_client(config, shard, r, spec, opts, nodes) for r, spec in enumerate(specs)]
-        super().__init__(ReplicatedShard(shard, clients, key=f"{config.name}/{shard}",
-                                         write_quorum=config.write_quorum, timeout_s=timeout_s, hedge=False,
-                                         journal=Journal(Path(journal_dir))),
-                         heal_interval_s=(replication or ReplicationSettings()).heal_interval_s)
-        settings = replication or ReplicationSettings()
-        # Anti-entropy runs in this sequencer's heal passes (router.repair.Repairs.anti_entropy).
-        self.host.anti_entropy_interval_s = settings.anti_entropy_interval_s or None
-        self.host.digest_rescan_s = settings.digest_rescan_s
-
-    async def close(self, drop: bool = False) -> None:
-        """Close the journal; `drop`: delete it (the collection or the shard is gone)."""
-        self.host.journal.close()
-        if drop:
-            shutil.rmtree(self.host.journal.path, ignore_errors=True)
-
-
-# Restarted after a crash (it reloads its journal); tasks are not retried: a write the caller saw fail may be
-# replayed from the journal, which is the same as once (upserts and deletes are idempotent).
-SequencerActor = ray.remote(num_cpus=0, max_concurrency=64, max_restarts=-1, max_task_retries=0)(SequencerHost)
-
-
-def head_node() -> str | None:
-    """The Ray head node's id (sequencers keep their journals on its disk, with the data dir)."""
-    for n in ray.nodes():
-        if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {}):
-            return n["NodeID"]
-    return None
-
-
-class RaySequencerClient:
-    """router.sequencer's sequencer API over a SequencerActor; `initial` is its view when this client was made."""
-
-    def __init__(self, actor: Any, shard: int, initial: Any):
-        self.actor = actor
-        self.shard = shard
-        self.initial = initial
-
-    async def _await(self, ref: Any) -> Any:
-        try:
-            return await ref
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            raise ShardUnavailable(f"shard {self.shard}: its sequencer is unavailable (Ray restarts it): {exc}",
-                                   shards=[self.shard]) from exc
-
-    async def write(self, kind: str, args: Any, wait: bool = True) -> Any:
-        return await self._await(self.actor.write.remote(kind, args, wait))
-
-    async def heal(self) -> tuple[int, int, Any]:
-        return await self._await(self.actor.heal.remote())
-
-    async def compare(self) -> Any:
-        return await self._await(self.actor.compare.remote())
-
-
-def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
-                         timeout_s: float, detached: bool = False, first_shard: int = 0,
-                         placement: PlacementConfig | None = None,
-                         replication: ReplicationSettings | None = None) -> list[RaySequencerClient]:
-    """Start (or find, by name) one sequencer per shard, on the head node, and read each one's view."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
-    if detached:
-        opts["lifetime"] = "detached"
-    head = head_node()
-    if head is not None:
-        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head, soft=False)
-    actors = [SequencerActor.options(name=sequencer_name(config.name, first_shard + i), **opts).remote(
-        config, first_shard + i, row, str(sequencer_dir(data_path, config.name, first_shard + i)), timeout_s,
-        detached, placement, replication) for i, row in enumerate(specs)]
-    views = _views(actors)
-    return [RaySequencerClient(a, first_shard + i, v) for i, (a, v) in enumerate(zip(actors, views))]
-
-
-def _views(actors: list[Any], within_s: float = 120.0) -> list[Any]:
-    """Each sequencer's view; one that is restarting (it crashed: it reloads its journal) is asked again until it
-    answers, within `within_s`, as `_create_all` does for replicas: an ingress starting meanwhile must not fail."""
-    deadline, views = time.monotonic() + within_s, {}
-    while len(views) < len(actors):
-        for i, a in enumerate(actors):
-            if i in views:
-                continue
-            try:
-                views[i] = ray.get(a.view.remote())
-            except ray.exceptions.ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-        if len(views) < len(actors):
-            time.sleep(0.2)  # polling a restarting actor, with a deadline
-    return [views[i] for i in range(len(actors))]
-
-
-def stop_ray_sequencers(sequencers: list[RaySequencerClient], drop: bool = False) -> None:
-    for sq in sequencers:
-        try:
-            ray.get(sq.actor.close.remote(drop), timeout=10)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        ray.kill(sq.actor, no_restart=True)
 
 
 def stop_ray_shards(clients: list[list[RayShardClient]], drop: bool = False) -> None:

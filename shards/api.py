@@ -35,7 +35,7 @@ class SearchSpec:
     # until every write acknowledged before it is visible), eventual (no guarantee)
     consistency: str = "bounded"
     # Return each hit's payload with the search itself (saves the router a second round trip to the owning
-    # shards when the page is small; see router.plan.inline_payload).
+    # shards when the page is small; see router.filters.plan.inline_payload).
     with_payload: bool = False
 
 

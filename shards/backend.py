@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 ID_FIELD = "id"
 VECTOR_FIELD = "vec"
 PAYLOAD_FIELD = "payload"
-META_FIELD = "meta"  # the normalised filterable projection of the payload (router.filters.normalise_meta)
+META_FIELD = "meta"  # the normalised filterable projection of the payload (router.filters.dsl.normalise_meta)
 _METRICS = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 # Build defaults chosen for recall on collections of 10^4..10^6 points.
 DEFAULT_BUILD_PARAMS: dict[str, dict[str, Any]] = {

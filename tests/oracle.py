@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.errors import FilterError
-from router.filters import NUMERIC, Bool, Exists, Ids, Match, Node, Range, Term, Terms, epoch_ms, tokens
+from router.filters.dsl import NUMERIC, Bool, Exists, Ids, Match, Node, Range, Term, Terms, epoch_ms, tokens
 
 
 def evaluate(node: Node, point_id: str, payload: dict[str, Any], mapping: dict[str, str]) -> bool:

@@ -167,7 +167,7 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
     """Start everything, serve until SIGTERM/SIGINT, then stop everything. Returns an exit code."""
     import ray
 
-    from router.app import shutdown_serve, start_serve
+    from router.serving.app import shutdown_serve, start_serve
 
     cfg = resolve(cfg)
     data = cfg.data_path

@@ -77,14 +77,14 @@ class EmbedActor:
 
     def __init__(self, encoder: str, spaces: dict[str, dict], models_dir: str | None = None):
         from cluster.config import SpaceConfig
-        from router.embed import load_encoder
+        from router.encoding.embed import load_encoder
 
         self.encoder = load_encoder(encoder, models_dir)
         self.spaces = {name: SpaceConfig.model_validate(s) for name, s in spaces.items()}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from router.images import decode_image, is_inline, load_reference, local_path
-        from router.vectors import source_jobs
+        from router.encoding.images import decode_image, is_inline, load_reference, local_path
+        from router.encoding.vectors import source_jobs
 
         points = [json.loads(s) for s in batch["point"]]
         errors = list(batch["error"])

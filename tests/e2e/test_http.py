@@ -201,9 +201,9 @@ def test_upsert_embeds_source_and_delete_removes(products):
 def test_http_answer_equals_in_process_coordinator(products, prism_server, milvus_server):
     from cluster.config import CollectionConfig, MilvusConfig
     from shards.local import local_shards, replica_specs
-    from router.coordinator import Coordinator
-    from router.embed import load_encoder
-    from router.models import QueryRequest
+    from router.collection.coordinator import Coordinator
+    from router.encoding.embed import load_encoder
+    from router.schema.models import QueryRequest
 
     info = products.get("/v1/collections/products").json()
     cfg = CollectionConfig.model_validate(info["config"])

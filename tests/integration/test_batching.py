@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cluster.config import BatchSettings, CollectionConfig
-from router.coordinator import Coordinator
-from router.models import Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point, QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
 
 DIM = 16

@@ -11,8 +11,8 @@ import pytest
 
 from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
-from router.coordinator import Coordinator
-from router.models import Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point, QueryRequest
 from shards.api import SearchSpec
 from shards.local import LocalShardClient, replica_specs, stop_local_shards
 from shards.shard import Shard

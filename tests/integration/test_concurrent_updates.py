@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 
 from cluster.config import CollectionConfig, MilvusConfig
-from router.coordinator import Coordinator
-from router.models import Point, VectorUpdate
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point, VectorUpdate
 from shards.local import local_shards, replica_specs, stop_local_shards
 
 DIM = 4

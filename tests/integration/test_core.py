@@ -10,8 +10,8 @@ import pytest
 from cluster.config import CollectionConfig
 from cluster.errors import InvalidRequest, SpaceNotFound
 from deploy.datasets import gaussian_mixture, query_vectors
-from router.coordinator import Coordinator
-from router.models import Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point, QueryRequest
 from shards.api import ShardApi
 from shards.local import local_shards, replica_specs
 

@@ -8,8 +8,8 @@ import pytest
 
 from cluster.config import ClusterConfig
 from cluster.errors import InvalidRequest
-from router.embed import load_encoder
-from router.service import PrismService
+from router.encoding.embed import load_encoder
+from router.collection.service import PrismService
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import MetadataUnavailable
 from cluster.services import free_port, start_elasticsearch
-from router.coordinator import Coordinator
-from router.metadata import MetadataStore
-from router.models import Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.metadata.store import MetadataStore
+from router.schema.models import Point, QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
 
 DIM = 8

@@ -12,12 +12,12 @@ import pytest
 from cluster.config import CollectionConfig, FilterSettings, MilvusConfig
 from cluster.errors import PrismError
 from shards.local import local_shards, replica_specs
-from router.coordinator import Coordinator
-from router.filters import parse_filter, to_milvus
+from router.collection.coordinator import Coordinator
+from router.filters.dsl import parse_filter, to_milvus
 from tests.oracle import evaluate
-from router.fusion import rrf
-from router.metadata import MetadataStore
-from router.models import Point, QueryRequest, ScoredId
+from router.ranking.fusion import rrf
+from router.metadata.store import MetadataStore
+from router.schema.models import Point, QueryRequest, ScoredId
 
 N = 2_000
 DIMS = {"a": 16, "b": 8}
@@ -243,7 +243,7 @@ def test_injection_corpus_matches_literally_and_never_500s(world, mode):
 
 
 def test_a_forced_prefilter_too_large_for_one_es_request_falls_back_to_postfilter(world, monkeypatch):
-    import router.filtering as filtering
+    import router.metadata.filtering as filtering
 
     monkeypatch.setattr(filtering, "PREFILTER_HARD_MAX_IDS", 500)  # stands in for ES's 10,000-hit window
     dsl = {"range": {"price": {"lt": 60}}}  # about half of the 2,000 points

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from cluster.config import CollectionConfig
-from router.coordinator import Coordinator
-from router.models import Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point, QueryRequest
 from shards.backend import STALENESS_BOUND_S
 from shards.local import local_shards, replica_specs, stop_local_shards
 

@@ -43,10 +43,10 @@ class Names:
 
 
 def collections_servicer():
-    """prism.v1.Collections/List through router.grpc_api.handle, as the Serve ingress runs it."""
+    """prism.v1.Collections/List through router.serving.grpc_api.handle, as the Serve ingress runs it."""
     import asyncio
 
-    from router import grpc_api
+    from router.serving import grpc_api
     from cluster.proto.prism.v1 import prism_pb2_grpc as pbg
 
     class Collections(pbg.CollectionsServicer):

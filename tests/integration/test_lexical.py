@@ -13,10 +13,10 @@ import pytest
 
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import InvalidRequest
-from router.coordinator import Coordinator
-from router.filters import parse_filter
-from router.metadata import MetadataStore
-from router.models import DEFAULT_WINDOW, Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.filters.dsl import parse_filter
+from router.metadata.store import MetadataStore
+from router.schema.models import DEFAULT_WINDOW, Point, QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
 from tests.oracle import bm25, evaluate
 

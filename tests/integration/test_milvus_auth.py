@@ -9,8 +9,8 @@ import pytest
 
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.services import MILVUS_PASSWORD_FILE, start_milvus_server
-from router.coordinator import Coordinator
-from router.models import Point
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point
 from shards.local import local_shards, replica_specs, stop_local_shards
 
 

@@ -13,9 +13,9 @@ import pytest
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
 from cluster.services import free_port, start_milvus_server
-from router.coordinator import Coordinator
-from router.models import Point, QueryRequest
-from router.replicas import PROBE_INTERVAL_S
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point, QueryRequest
+from router.replication.replicas import PROBE_INTERVAL_S
 from shards.local import local_shards, replica_specs, stop_local_shards
 from tests.clock import FakeClock
 

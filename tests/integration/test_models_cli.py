@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from deploy.tinyclip import build_tiny_clip
-from router.embed import cuda_visible
+from router.encoding.embed import cuda_visible
 
 
 def cli(*args, env=None):

@@ -15,9 +15,9 @@ import pytest
 from cluster.config import MAX_UPLOAD_BYTES, CollectionConfig, MilvusConfig
 from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
 from shards.local import local_shards, replica_specs
-from router.coordinator import Coordinator
-from router.embed import clip_path, load_encoder
-from router.models import Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.encoding.embed import clip_path, load_encoder
+from router.schema.models import Point, QueryRequest
 from deploy.tinyclip import DIM, build_tiny_clip
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "horse", "camera", "coins")
@@ -71,7 +71,7 @@ def test_tiny_clip_through_the_real_loader(clip, models_dir):
 
 
 def test_real_photos_preprocess_and_embed(clip):
-    from router.images import decode_image
+    from router.encoding.images import decode_image
 
     imgs = [decode_image(png(photo(n)), n) for n in PHOTOS]
     assert all(i.mode == "RGB" for i in imgs)
@@ -203,7 +203,7 @@ def _real_clip() -> str | None:
                                                  "the Hugging Face cache); none can be downloaded here")
 def test_real_clip_finds_coffee_and_the_cat():
     enc = load_encoder("clip")
-    from router.images import decode_image
+    from router.encoding.images import decode_image
 
     imgs = np.array([e.vector for e in enc.encode_images([decode_image(png(photo(n)), n) for n in PHOTOS])])
     for text, want in (("a cup of coffee", "coffee"), ("a cat", "chelsea")):
@@ -212,7 +212,7 @@ def test_real_clip_finds_coffee_and_the_cat():
 
 
 def test_partial_vector_update_reembeds_only_the_changed_space(photos_coord):
-    from router.models import VectorUpdate
+    from router.schema.models import VectorUpdate
 
     def caption_vec(pid):
         r = asyncio.run(photos_coord.query(QueryRequest(prefetch=[{"space": "caption", "text": "x"}],
@@ -230,7 +230,7 @@ def test_partial_vector_update_reembeds_only_the_changed_space(photos_coord):
 
 
 def test_jpeg_base64_is_not_mistaken_for_a_path(photos_coord, tmp_path):
-    from router.images import load_reference
+    from router.encoding.images import load_reference
 
     data = jpeg()
     ref = b64(data)

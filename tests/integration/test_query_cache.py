@@ -9,7 +9,7 @@ import pytest
 
 from cluster.config import ClusterConfig
 from cluster.errors import BackendError
-from router.service import PrismService
+from router.collection.service import PrismService
 from tests.clock import FakeClock
 
 DIM = 8

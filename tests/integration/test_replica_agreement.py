@@ -15,9 +15,9 @@ import pytest
 
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import PrismError
-from router.coordinator import Coordinator
-from router.healing import HealLoop
-from router.models import Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.replication.healing import HealLoop
+from router.schema.models import Point, QueryRequest
 from shards.local import replica_specs
 
 DIM = 16
@@ -25,7 +25,8 @@ _n = itertools.count()
 
 
 def ingress(cfg, tmp_path):
-    from shards.actor import start_ray_sequencers, start_ray_shards
+    from router.replication.ray_sequencer import start_ray_sequencers
+    from shards.actor import start_ray_shards
 
     specs = replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path, None)
     clients = start_ray_shards(cfg, specs, detached=True)
@@ -34,7 +35,8 @@ def ingress(cfg, tmp_path):
 
 
 def stop(coord):
-    from shards.actor import stop_ray_sequencers, stop_ray_shards
+    from router.replication.ray_sequencer import stop_ray_sequencers
+    from shards.actor import stop_ray_shards
 
     stop_ray_sequencers([sh.sequencer for sh in coord.shards], drop=True)
     stop_ray_shards([sh.clients for sh in coord.shards])
@@ -159,7 +161,7 @@ def test_replica_process_kills_under_writes_leave_every_replica_identical(ray_se
 def test_verify_finds_a_replica_altered_behind_prisms_back_and_anti_entropy_then_repairs_it(es_server, tmp_path):
     """In process, over milvus-lite: rows written straight into one replica's Milvus collection (prism never saw
     them) are named by verify (shard, replica, ids), and the next anti-entropy pass makes the replicas equal."""
-    from router.metadata import MetadataStore
+    from router.metadata.store import MetadataStore
     from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD
     from shards.local import local_shards, stop_local_shards
 
@@ -285,9 +287,9 @@ def test_writes_whose_sequencer_died_before_logging_them_end_the_same_in_elastic
     the upsert or the delete, on the promise that the journal replays it to the shards. For a write never logged
     nothing replays it: the two stores must still end the same (verify finds no drift)."""
     from cluster.errors import ShardUnavailable
-    from router.metadata import MetadataStore
-    from router.replicas import ReplicatedShard
-    from router.sequencer import Journal, Sequencer
+    from router.metadata.store import MetadataStore
+    from router.replication.replicas import ReplicatedShard
+    from router.replication.sequencer import Journal, Sequencer
     from shards.local import local_shards, stop_local_shards
 
     cfg = CollectionConfig(name=f"agree{next(_n)}", shards=1, replicas=2,

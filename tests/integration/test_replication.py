@@ -11,9 +11,9 @@ import pytest
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
 from shards.local import replica_specs
-from router.coordinator import Coordinator
-from router.models import Point, QueryRequest
-from router.replicas import PROBE_INTERVAL_S
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point, QueryRequest
+from router.replication.replicas import PROBE_INTERVAL_S
 from tests.clock import FakeClock
 
 DIM = 16
@@ -170,7 +170,7 @@ def test_a_replica_further_behind_than_the_log_is_copied_back_automatically(ray_
     a gap in the log), so it runs in seconds: the replica is rebuilt from its caught-up sibling, deletes
     included, with no person doing anything."""
     import ray
-    from router.oplog import OpLog
+    from router.replication.oplog import OpLog
 
     from shards.actor import start_ray_shards
 

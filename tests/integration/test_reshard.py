@@ -10,8 +10,8 @@ import pytest
 from cluster.config import ClusterConfig
 from cluster.errors import ShardUnavailable
 from cluster.ring import HashRing
-from router.models import Point
-from router.service import PrismService
+from router.schema.models import Point
+from router.collection.service import PrismService
 
 N = 4000
 
@@ -90,7 +90,7 @@ def _small_service(tmp_path, stopped):
 @pytest.mark.parametrize("fail_in, new_shards", [("plan_moves", 4), ("copy_points", 4), ("copy_points", 2)])
 def test_a_reshard_that_fails_part_way_rolls_back(tmp_path, monkeypatch, fail_in, new_shards):
     """Regression: a failure in planning or copying used to leave writes refused and the new shards running."""
-    import router.reshard as reshard_mod
+    import router.collection.reshard as reshard_mod
 
     stopped: list = []
     service = _small_service(tmp_path, stopped)

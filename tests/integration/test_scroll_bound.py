@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from cluster.config import ClusterConfig
-from router.service import PrismService
+from router.collection.service import PrismService
 
 N, BOUND = 150, 40
 
@@ -16,7 +16,7 @@ N, BOUND = 150, 40
 def service(tmp_path, es_uri) -> PrismService:
     cfg = ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "external", "url": es_uri},
                         limits={"max_scroll_examined": BOUND})
-    from router.metadata import metadata_store
+    from router.metadata.store import metadata_store
 
     return PrismService(cfg, metadata=metadata_store(cfg))
 

@@ -9,10 +9,10 @@ import pytest
 
 from cluster.config import CollectionConfig
 from cluster.errors import InvalidRequest
-from router.coordinator import Coordinator
-from router.filters import parse_filter
-from router.metadata import MetadataStore, index_name
-from router.models import Point, QueryRequest
+from router.collection.coordinator import Coordinator
+from router.filters.dsl import parse_filter
+from router.metadata.store import MetadataStore, index_name
+from router.schema.models import Point, QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
 from tests.oracle import evaluate
 

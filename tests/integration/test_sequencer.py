@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cluster.config import CollectionConfig, MilvusConfig
-from router.coordinator import Coordinator
-from router.models import Point
+from router.collection.coordinator import Coordinator
+from router.schema.models import Point
 from shards.local import replica_specs
 
 DIM = 8
@@ -25,7 +25,8 @@ def collection(shards, replicas):
 
 def ingress(cfg, tmp_path):
     """What an ingress replica does at start: attach to (or start) the shard actors and their sequencers."""
-    from shards.actor import start_ray_sequencers, start_ray_shards
+    from router.replication.ray_sequencer import start_ray_sequencers
+    from shards.actor import start_ray_shards
 
     specs = replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path, None)
     clients = start_ray_shards(cfg, specs, detached=True)  # as the ingress starts them: they outlive it
@@ -64,7 +65,8 @@ def heal_until_live(coord, within_s=90.0):
 
 
 def stop(coord):
-    from shards.actor import stop_ray_sequencers, stop_ray_shards
+    from router.replication.ray_sequencer import stop_ray_sequencers
+    from shards.actor import stop_ray_shards
 
     stop_ray_sequencers([sh.sequencer for sh in coord.shards], drop=True)
     stop_ray_shards([sh.clients for sh in coord.shards])
@@ -74,7 +76,8 @@ def stop(coord):
 def test_an_ingress_restart_and_a_sequencer_restart_lose_no_replication_state(ray_session, tmp_path):
     import ray
 
-    from shards.actor import sequencer_name, NAMESPACE
+    from router.replication.ray_sequencer import sequencer_name
+    from shards.actor import NAMESPACE
 
     cfg = collection(shards=1, replicas=3)
     a = ingress(cfg, tmp_path)
@@ -131,7 +134,7 @@ def test_two_ingress_copies_writing_the_same_ids_leave_every_replica_identical(r
         assert all(held[i]["by"] == "a" for i in own_a) and all(held[i]["by"] == "b" for i in own_b)
         got_a, got_b = asyncio.run(a.fetch(shared)), asyncio.run(b.fetch(shared))
         assert {i: r.payload for i, r in got_a[0].items()} == {i: r.payload for i, r in got_b[0].items()}
-        from router.verify import verify_replicas
+        from router.collection.verify import verify_replicas
 
         assert asyncio.run(verify_replicas(b)) == []               # compared by each shard's sequencer actor
         one = a.shards[0].clients[1]                               # a row changed behind prism's back shows

@@ -16,7 +16,7 @@ def test_serve_parses_the_grpc_options_of_serve_config():
     """Serve's own gRPCOptions takes deploy/serve-config.yaml's grpc_options and resolves prism's three servicers."""
     from ray.serve.config import gRPCOptions
 
-    from router.grpc_api import SERVICER_FUNCTIONS
+    from router.serving.grpc_api import SERVICER_FUNCTIONS
 
     opts = gRPCOptions(**yaml.safe_load((ROOT / "deploy" / "serve-config.yaml").read_text())["grpc_options"])
     assert opts.grpc_servicer_functions == SERVICER_FUNCTIONS and len(opts.grpc_servicer_func_callable) == 3

@@ -12,9 +12,9 @@ import pytest
 from cluster.config import ClusterConfig, CollectionConfig
 from cluster.errors import ShardUnavailable
 from cluster.ring import HashRing
-from router.replicas import ReplicatedShard
-from router.sequencer import Journal, Sequencer
-from router.service import PrismService
+from router.replication.replicas import ReplicatedShard
+from router.replication.sequencer import Journal, Sequencer
+from router.collection.service import PrismService
 from shards.local import local_shards
 
 DIM = 4

@@ -8,7 +8,7 @@ from cluster.auth import (
     write_keys_file,
 )
 from cluster.errors import ConfigError
-from router.access import Guard, Refusal, TokenBuckets, presented_key, route_access
+from router.serving.access import Guard, Refusal, TokenBuckets, presented_key, route_access
 from tests.clock import FakeClock
 
 
@@ -107,7 +107,7 @@ ROUTES = [
     ("GET", "/v1/collections/c/points", "admin"), ("POST", "/v1/collections", "admin"), ("GET", "/v2/x", "admin"),
     ("GET", "//v1/collections/c", "admin"), ("PATCH", "/v1/collections/c", "admin"),
     ("GET", "/v1/collections/c/query", "admin"), ("POST", "/v1/collections/c/points/c/get", "admin"),
-    # The Qdrant-compatible API (router/qdrant/policy.py): reads read, point writes write, collections admin.
+    # The Qdrant-compatible API (router/serving/qdrant/policy.py): reads read, point writes write, collections admin.
     ("GET", "/qdrant", None), ("GET", "/qdrant/", None), ("POST", "/qdrant", "admin"),
     ("GET", "/qdrant/collections", "read"), ("GET", "/qdrant/collections/c", "read"),
     ("GET", "/qdrant/collections/c/exists", "read"), ("PUT", "/qdrant/collections/c", "admin"),
@@ -259,7 +259,7 @@ def test_a_public_bind_without_keys_requires_them_unless_insecure():
     """H2 for deployments `prism up` never checks (a Serve config on 0.0.0.0 with PRISM_API_KEYS='[]'): the
     guard itself decides at start that keys are required, and refuses every request until there is one."""
     from cluster.config import ClusterConfig
-    from router.access import build_guard
+    from router.serving.access import build_guard
 
     g = build_guard(ClusterConfig(host="0.0.0.0", auth={"keys_file": "/nonexistent/keys.json"}))
     assert g.auth_on and g.check("GET", "/v1/collections", [], "a").status == 401
@@ -284,7 +284,7 @@ def test_a_batch_costs_one_token_per_query():
 def test_the_configured_rate_is_shared_by_the_ingress_replicas():
     """build_guard divides by the configured ingress replicas (by the most it may scale to)."""
     from cluster.config import ClusterConfig
-    from router.access import build_guard
+    from router.serving.access import build_guard
 
     k, r = new_key("read")
     hdr = [(b"x-api-key", k.encode())]
@@ -362,7 +362,7 @@ def test_a_server_restarted_after_every_key_was_revoked_stays_shut(tmp_path):
     opened (auth was decided by the keys there were at start, none). A keys file, even an empty one, means keys
     were chosen: auth stays required until a key exists; deleting the file (or `insecure`) is the way back."""
     from cluster.config import ClusterConfig
-    from router.access import build_guard
+    from router.serving.access import build_guard
 
     path = tmp_path / "api-keys.json"
     write_keys_file(path, [])

@@ -1,7 +1,7 @@
 """Micro-batching policy and the coalescer, over an in-memory shard: fewer calls, identical answers."""
 import asyncio
 
-from router.batching import Coalescer, take
+from router.replication.batching import Coalescer, take
 from shards.api import ScoredId, SearchSpec, group_specs
 
 

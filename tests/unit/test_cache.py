@@ -1,7 +1,7 @@
 """Cache policy: LRU by entries and bytes, TTL on a fake clock, canonical request keys."""
 import pytest
 
-from router.cache import LRUCache, request_key
+from router.collection.cache import LRUCache, request_key
 from tests.clock import FakeClock
 
 

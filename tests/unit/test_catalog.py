@@ -6,7 +6,7 @@ import pytest
 
 from cluster.config import CollectionConfig
 from cluster.errors import CollectionNotFound
-from router.catalog import Catalog
+from router.collection.catalog import Catalog
 
 
 def cfg(**kw) -> CollectionConfig:

@@ -4,7 +4,7 @@ import asyncio
 from types import SimpleNamespace
 
 from deploy.chaos_checks import final_check
-from router.replicas import ReplicatedShard
+from router.replication.replicas import ReplicatedShard
 from shards.api import PointRow
 from tests.clock import FakeClock
 from tests.unit.test_replicated_shard import MemShard, row

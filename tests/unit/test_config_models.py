@@ -4,7 +4,7 @@ from pydantic import ValidationError
 from cluster.config import ClusterConfig, CollectionConfig, IndexConfig, MilvusConfig, SpaceConfig, check_index_support, load_config
 from cluster.errors import FilterError, InvalidRequest
 from shards.expr import ids_in, literal, quote_string
-from router.models import DEFAULT_WINDOW, DeleteRequest, Fusion, Point, QueryRequest, UpsertRequest
+from router.schema.models import DEFAULT_WINDOW, DeleteRequest, Fusion, Point, QueryRequest, UpsertRequest
 
 
 def space(dim=4, **kw):
@@ -195,7 +195,7 @@ def test_gpu_placement_options():
 
 
 def test_chunk_windows_cover_everything_with_overlap():
-    from router.embed import chunk_ids
+    from router.encoding.embed import chunk_ids
 
     assert chunk_ids(list(range(10)), 20) == [list(range(10))]
     chunks = chunk_ids(list(range(100)), 40)

@@ -8,7 +8,7 @@ import pytest
 
 from cluster.config import ClusterConfig
 from cluster.errors import ConfigError
-from router.embed import BATCH_BY_DEVICE, batch_settings, choose_device, choose_dtype, cuda_visible
+from router.encoding.embed import BATCH_BY_DEVICE, batch_settings, choose_device, choose_dtype, cuda_visible
 
 NO_CUDA = (False, "torch sees no CUDA device")
 CUDA = (True, "")
@@ -53,7 +53,7 @@ def test_config_keys_and_their_bad_values():
 
 def test_the_real_model_runs_where_auto_puts_it_on_this_machine():
     """auto outside Ray: cuda in fp16 when torch sees a GPU here, else cpu in fp32; cpu can always be asked for."""
-    from router.embed import load_encoder
+    from router.encoding.embed import load_encoder
 
     cuda, _ = cuda_visible()
     enc = load_encoder("minilm")
@@ -65,10 +65,10 @@ def test_the_real_model_runs_where_auto_puts_it_on_this_machine():
 
 def test_cuda_asked_for_where_torch_sees_none_is_refused_at_load():
     """Run where torch sees no GPU: this machine when it has none, else a child process with every GPU hidden."""
-    code = ("from cluster.errors import ConfigError\nfrom router.embed import load_encoder\n"
+    code = ("from cluster.errors import ConfigError\nfrom router.encoding.embed import load_encoder\n"
             "try:\n    load_encoder('minilm', device='cuda')\nexcept ConfigError as exc:\n    print('refused:', exc.message)\n")
     if not cuda_visible()[0]:
-        from router.embed import load_encoder
+        from router.encoding.embed import load_encoder
 
         with pytest.raises(ConfigError, match="encoder 'minilm': encoder_device is 'cuda' but"):
             load_encoder("minilm", device="cuda")
@@ -82,7 +82,7 @@ def test_cuda_asked_for_where_torch_sees_none_is_refused_at_load():
 def test_cuda_fp16_embeddings_equal_cpu_fp32():
     import numpy as np
 
-    from router.embed import load_encoder
+    from router.encoding.embed import load_encoder
 
     texts = ["waterproof hiking boots", "a stoneware coffee mug", "x" * 3000, "warm jacket for a cold hike"]
     gpu, cpu = load_encoder("minilm", device="cuda"), load_encoder("minilm", device="cpu")

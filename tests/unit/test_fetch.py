@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from cluster.errors import ImageError, PayloadTooLarge
-from router.fetch import fetch_url, public
-from router.images import load_reference
+from router.encoding.fetch import fetch_url, public
+from router.encoding.images import load_reference
 
 
 class Server:

@@ -1,11 +1,11 @@
 import pytest
 
 from cluster.errors import FilterError, InvalidRequest
-from router.filters import (
+from router.filters.dsl import (
     Bool, Exists, Ids, Match, Range, Term, Terms, and_, normalise_meta, parse_filter, split_conjuncts, to_es,
     to_milvus, tokens,
 )
-from router.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
+from router.filters.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
 from tests.oracle import evaluate
 
 MAPPING = {"cat": "keyword", "price": "float", "qty": "integer", "ok": "boolean", "day": "date", "title": "text"}
@@ -168,7 +168,7 @@ def test_simplify_keeps_meaning_and_flattens():
 
 
 def test_search_params_follow_the_budget_and_the_observed_latency():
-    from router.plan import adapt_params
+    from router.filters.plan import adapt_params
 
     small = adapt_params("HNSW", 10, budget_ms=5, observed_ms=10)
     large = adapt_params("HNSW", 10, budget_ms=200, observed_ms=10)

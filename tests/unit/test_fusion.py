@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from router.fusion import dbsf, fuse, rrf
+from router.ranking.fusion import dbsf, fuse, rrf
 from cluster.errors import InvalidRequest
 from shards.api import ScoredId as S
 
@@ -102,7 +102,7 @@ def test_fuse_dispatch():
 
 @pytest.mark.parametrize("method", ["rrf", "dbsf"])
 def test_contributions_add_up_to_the_fused_scores_exactly(method):
-    from router.fusion import contributions, fuse
+    from router.ranking.fusion import contributions, fuse
 
     lists = [[S("a", 0.9), S("b", 0.8), S("a", 0.1), S("c", 0.5)],
              [S("c", 3.0), S("d", 1.0)], [S("b", 7.0)]]

@@ -18,9 +18,9 @@ from cluster.auth import KeySource, new_key
 from cluster.client import _answer, query_proto_dict
 from cluster.errors import (BackendError, CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge,
                             ShardUnavailable)
-from router import grpc_api as g
-from router.access import Guard
-from router.models import QueryResponse, UpsertResponse
+from router.serving import grpc_api as g
+from router.serving.access import Guard
+from router.schema.models import QueryResponse, UpsertResponse
 from cluster.proto.prism.v1 import prism_pb2 as pb
 from tests.clock import FakeClock
 

@@ -1,4 +1,4 @@
-"""The ingress's heal loop itself (router.healing.HealLoop), run with an injected sleep: a pass that raises is
+"""The ingress's heal loop itself (router.replication.healing.HealLoop), run with an injected sleep: a pass that raises is
 counted and followed by the next; a loop that dies is restarted and counted; only cancellation stops it."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cluster.errors import ShardUnavailable
-from router.healing import HealLoop
+from router.replication.healing import HealLoop
 
 
 class Script:
@@ -83,11 +83,11 @@ def test_a_loop_that_returns_is_restarted_too():
 
 
 def test_the_ingress_module_binds_describe_once():
-    """One name, one meaning: router.app must not import two different `describe`s (the heal loop's killer)."""
+    """One name, one meaning: router.serving.app must not import two different `describe`s (the heal loop's killer)."""
     import ast
     import pathlib
 
-    tree = ast.parse(pathlib.Path("router/app.py").read_text())
+    tree = ast.parse(pathlib.Path("router/serving/app.py").read_text())
     imported = [a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
     assert len(imported) == len(set(imported)), sorted(n for n in imported if imported.count(n) > 1)
 
@@ -95,7 +95,7 @@ def test_the_ingress_module_binds_describe_once():
 def test_replica_agreement_and_heal_loop_metrics_are_exposed():
     from types import SimpleNamespace
 
-    from router.metrics import Metrics
+    from router.serving.metrics import Metrics
 
     m = Metrics()
     shards = [SimpleNamespace(shard=0, mismatches=2, repairs=17), SimpleNamespace(shard=1, mismatches=0, repairs=0)]

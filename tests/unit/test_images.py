@@ -13,8 +13,8 @@ from PIL import Image
 
 from cluster.config import ImageLimits
 from cluster.errors import ImageBudgetExceeded, ImageError
-from router import images
-from router.images import ImageDecoder, PixelBudget, decode_image
+from router.encoding import images
+from router.encoding.images import ImageDecoder, PixelBudget, decode_image
 
 
 def encoded(w: int, h: int, fmt: str = "PNG", seed: int = 0) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 
 from cluster.errors import BackendError, InvalidRequest, PrismError
 from cluster.names import check_id, check_name, id_problem, name_problem
-from router.bodies import MAX_JSON_DEPTH, json_too_deep, parse_json
+from router.schema.bodies import MAX_JSON_DEPTH, json_too_deep, parse_json
 
 
 @pytest.mark.parametrize("name", ["products", "P", "a_b", "a1", "x" * 48, "Products"])
@@ -52,13 +52,13 @@ def test_ids_with_control_characters_or_surrogates_are_refused(value):
 def test_every_id_entry_uses_the_rule():
     from pydantic import ValidationError
 
-    from router.models import DeleteRequest, Point, RetrieveRequest, VectorUpdate
+    from router.schema.models import DeleteRequest, Point, RetrieveRequest, VectorUpdate
 
     for make in (lambda i: Point(id=i), lambda i: VectorUpdate(id=i, vectors={"v": [1.0]}),
                  lambda i: DeleteRequest(ids=["ok", i]), lambda i: RetrieveRequest(ids=[i])):
         with pytest.raises(ValidationError, match="control character"):
             make("a\x01b")
-    from router.cursor import decode_cursor, encode_cursor
+    from router.collection.cursor import decode_cursor, encode_cursor
 
     with pytest.raises(InvalidRequest) as e:
         decode_cursor(encode_cursor("a\x01"))
@@ -116,7 +116,7 @@ def test_a_body_with_nan_infinity_or_a_lone_surrogate_is_a_422():
 def test_query_vectors_stay_within_float32():
     from pydantic import ValidationError
 
-    from router.models import Prefetch
+    from router.schema.models import Prefetch
 
     Prefetch(space="v", vector=[3.4e38, -3.4e38])
     for bad in ([1e39], [-1e39, 0.0], [float("inf")], [float("nan")]):
@@ -127,7 +127,7 @@ def test_query_vectors_stay_within_float32():
 def test_non_finite_numbers_in_typed_request_fields_are_refused():
     from pydantic import ValidationError
 
-    from router.models import QueryRequest
+    from router.schema.models import QueryRequest
 
     base = {"prefetch": [{"space": "a", "vector": [1.0]}, {"space": "b", "vector": [1.0]}]}
     for bad in ({"fusion": {"weights": [float("nan"), 1.0]}}, {"fusion": {"weights": [float("inf"), 1.0]}},
@@ -139,7 +139,7 @@ def test_non_finite_numbers_in_typed_request_fields_are_refused():
 
 def test_a_filter_with_a_non_finite_number_is_refused():
     from cluster.config import StrictLimits
-    from router.limits import check_filter
+    from router.collection.limits import check_filter
 
     with pytest.raises(InvalidRequest, match="finite"):
         check_filter({"range": {"p": {"gte": float("-inf")}}}, StrictLimits(), "filter")
@@ -152,13 +152,13 @@ def test_a_filter_with_a_non_finite_number_is_refused():
     ("internal", ["*.internal"], False), ("anything", ["*"], True), ("localhost", ["prism.example.com"], False),
 ])
 def test_the_host_allow_list(host, allowed, ok):
-    from router.bodies import host_allowed, allowed_hosts
+    from router.schema.bodies import host_allowed, allowed_hosts
 
     assert host_allowed(host, allowed_hosts("127.0.0.1", allowed)) is ok
 
 
 def test_a_public_bind_allows_any_host_unless_told_otherwise():
-    from router.bodies import allowed_hosts, host_allowed
+    from router.schema.bodies import allowed_hosts, host_allowed
 
     assert host_allowed("prism.svc.cluster.local", allowed_hosts("0.0.0.0", None))
     assert not host_allowed("evil", allowed_hosts("0.0.0.0", ["prism.svc.cluster.local"]))
@@ -175,7 +175,7 @@ def test_error_messages_never_carry_credentials_of_a_uri():
 def test_an_unreachable_elasticsearch_with_credentials_in_its_url_is_reported_without_them():
     from cluster.errors import MetadataUnavailable
     from cluster.services import free_port
-    from router.metadata import MetadataStore
+    from router.metadata.store import MetadataStore
 
     store = MetadataStore(f"http://elastic:hunter2@127.0.0.1:{free_port()}", timeout_s=2)
     with pytest.raises(MetadataUnavailable) as e:
@@ -188,7 +188,7 @@ def test_an_id_is_bounded_in_utf8_bytes_as_elasticsearch_bounds_its_ids():
     refused the document (`_id` holds at most 512 bytes): a 502 over HTTP, UNAVAILABLE over gRPC."""
     from pydantic import ValidationError
 
-    from router.models import DeleteRequest, Point
+    from router.schema.models import DeleteRequest, Point
 
     assert id_problem("\U0001f600" * 128) is None  # 512 bytes
     for value in ("\U0001f600" * 129, "\u4e2d" * 200, "é" * 257):
@@ -207,7 +207,7 @@ def test_payload_integers_beyond_64_bits_are_refused(payload):
     2**63-1: a real Elasticsearch refuses it)."""
     from pydantic import ValidationError
 
-    from router.models import Point
+    from router.schema.models import Point
 
     with pytest.raises(ValidationError, match="64-bit"):
         Point(id="p", payload=payload)
@@ -217,7 +217,7 @@ def test_payload_integers_beyond_64_bits_are_refused(payload):
 def test_an_integer_field_takes_only_what_a_long_holds():
     """1e300 (a double over gRPC, or JSON `1e300`) is integral, so the integer check let it through to Elasticsearch,
     which refused it (502 / UNAVAILABLE)."""
-    from router.filters import normalise_meta
+    from router.filters.dsl import normalise_meta
 
     for v in (1e300, 2.0 ** 63, -(2.0 ** 64)):
         with pytest.raises(InvalidRequest) as e:
@@ -232,7 +232,7 @@ def test_a_filter_on_an_integer_field_takes_only_what_a_long_holds(dsl):
     """The same 64-bit rule for filter values: Elasticsearch refuses a long query value out of range and Milvus an
     INT64 literal past it, which answered 502 or counted against a replica; now a FilterError (422) naming the path."""
     from cluster.errors import FilterError
-    from router.filters import parse_filter
+    from router.filters.dsl import parse_filter
 
     with pytest.raises(FilterError, match="64-bit") as e:
         parse_filter(dsl, {"n": "integer"})

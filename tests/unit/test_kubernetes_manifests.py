@@ -74,7 +74,7 @@ def test_rayservice_serves_exactly_the_serve_config_and_it_is_a_valid_prism_conf
     serve_config = load(DEPLOY / "serve-config.yaml")
     assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == serve_config
     app = serve_config["applications"][0]
-    assert app["import_path"] == "router.app:build_app"
+    assert app["import_path"] == "router.serving.app:build_app"
     cfg = ClusterConfig.model_validate(app["args"]["config"])
     assert cfg.milvus.mode == "server" and cfg.elasticsearch.mode == "external"
     head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
@@ -289,7 +289,7 @@ def test_grpc_is_served_with_the_servicers_prism_registers_and_exposed_by_the_se
     Ray, which unit tests do not.)"""
     import importlib
 
-    from router.grpc_api import SERVICER_FUNCTIONS
+    from router.serving.grpc_api import SERVICER_FUNCTIONS
 
     serve_cfg = load(DEPLOY / "serve-config.yaml")
     opts = serve_cfg["grpc_options"]
@@ -377,13 +377,13 @@ def test_the_chart_sets_the_grpc_message_bound_in_every_ray_pod(values):
 def test_a_default_install_renders_and_generates_an_admin_key_the_ingress_accepts():
     """`helm install` with no values: an admin key is generated into a Secret (kept across upgrades by `lookup`),
     every Ray container gets it as PRISM_ADMIN_KEY, NOTES.txt says how to read it, and the key the Secret holds is
-    one the ingress accepts as admin when loaded as the pod loads it (cluster.auth through router.access)."""
+    one the ingress accepts as admin when loaded as the pod loads it (cluster.auth through router.serving.access)."""
     import base64
 
     from helm_python import Chart
 
     from cluster.auth import ADMIN_KEY_ENV, KeySource, split_key
-    from router.access import Guard
+    from router.serving.access import Guard
 
     docs = by_kind(render({}))
     secret = next(d for d in docs["Secret"] if d["metadata"]["name"] == "prism-admin-key")

@@ -16,9 +16,9 @@ def ruff(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 def test_an_import_rebinding_another_name_fails_the_lint():
     """The shape of the bug that silently killed the ingress heal loop: `describe` imported twice."""
-    code = ("from cluster.errors import describe\nfrom router.openapi import describe\n\n\n"
+    code = ("from cluster.errors import describe\nfrom router.serving.openapi import describe\n\n\n"
             "def heal(exc):\n    return describe(exc)\n")
-    r = ruff("check", "--no-cache", "--stdin-filename", "router/app.py", "-", stdin=code)
+    r = ruff("check", "--no-cache", "--stdin-filename", "router/serving/app.py", "-", stdin=code)
     assert r.returncode == 1 and "F811" in r.stdout, r.stdout + r.stderr
     r = ruff("check", "--no-cache", "--stdin-filename", "tests/unit/test_x.py", "-", stdin="import os\n")
     assert r.returncode == 1 and "F401" in r.stdout, r.stdout + r.stderr  # tests are linted too

@@ -2,8 +2,8 @@
 import pytest
 
 from cluster.errors import InvalidRequest
-from router.filters import normalise_meta
-from router.mapping import KEYWORD_MAX, infer_fields, value_type
+from router.filters.dsl import normalise_meta
+from router.filters.mapping import KEYWORD_MAX, infer_fields, value_type
 
 
 @pytest.mark.parametrize("value,kind", [

@@ -1,5 +1,5 @@
-from router.merge import merge_topk
-from router.models import ScoredId as S
+from router.ranking.merge import merge_topk
+from router.schema.models import ScoredId as S
 
 
 def test_global_topk_across_shards():
@@ -49,7 +49,7 @@ def test_payloads_returned_with_the_search_survive_the_merge():
 
 
 def test_inline_payload_while_the_candidates_stay_small():
-    from router.plan import INLINE_PAYLOAD_MAX, inline_payload
+    from router.filters.plan import INLINE_PAYLOAD_MAX, inline_payload
 
     assert inline_payload([10], shards=4)                       # 40 candidates
     assert inline_payload([20, 20], shards=2, max_candidates=80)

@@ -11,14 +11,14 @@ from qdrant_client.hybrid.fusion import distribution_based_score_fusion, recipro
 from qdrant_client.local.payload_filters import check_filter
 
 from cluster.errors import CollectionExists, CollectionNotFound, InvalidRequest, PointNotFound, ShardUnavailable
-from router.filters import parse_filter
-from router.mapping import infer_fields
-from router.qdrant import fusion
-from router.qdrant.collections import collection_spec
-from router.qdrant.errors import BadFormat, OutOfRange, Unsupported, status_and_message
-from router.qdrant.filters import FALSE, translate
-from router.qdrant.ids import MAX_UINT, from_prism, to_prism
-from router.qdrant.models import CreateCollection, PointsBatch, PointsList, QueryRequest, UpdateVectors, parse
+from router.filters.dsl import parse_filter
+from router.filters.mapping import infer_fields
+from router.serving.qdrant import fusion
+from router.serving.qdrant.collections import collection_spec
+from router.serving.qdrant.errors import BadFormat, OutOfRange, Unsupported, status_and_message
+from router.serving.qdrant.filters import FALSE, translate
+from router.serving.qdrant.ids import MAX_UINT, from_prism, to_prism
+from router.serving.qdrant.models import CreateCollection, PointsBatch, PointsList, QueryRequest, UpdateVectors, parse
 from tests.oracle import evaluate
 
 
@@ -315,10 +315,10 @@ def test_collection_features_prism_lacks_are_400s(body, what):
         collection_spec(parse(CreateCollection, body, "c"))
 
 
-# -- the package boundary (router/qdrant/__init__.py) ------------------------------------------------------------------
-ALLOWED = {"router.qdrant", "router.service", "router.metrics", "router.bodies", "router.cursor", "router.filters",
-           "router.models", "cluster.config", "cluster.errors", "cluster.names"}
-MAY_IMPORT_IT = {"router/app.py", "router/access.py", "router/edge.py"}
+# -- the package boundary (router/serving/qdrant/__init__.py) ------------------------------------------------------------------
+ALLOWED = {"router.serving.qdrant", "router.collection.service", "router.serving.metrics", "router.schema.bodies", "router.collection.cursor", "router.filters.dsl",
+           "router.schema.models", "cluster.config", "cluster.errors", "cluster.names"}
+MAY_IMPORT_IT = {"router/serving/app.py", "router/serving/access.py", "router/serving/edge.py"}
 
 
 def _imports(path):
@@ -340,15 +340,15 @@ def test_the_qdrant_package_imports_prism_only_through_its_allowed_modules():
             if mod.split(".")[0] in ("router", "cluster", "shards", "deploy", "ray", "pymilvus", "elasticsearch"):
                 assert any(mod == a or mod.startswith(a + ".") for a in ALLOWED), (path.name, mod)
     users = {str(p.relative_to(root)) for d in ("router", "cluster", "shards", "deploy") for p in (root / d).rglob("*.py")
-             if "qdrant" not in p.parts and any(m.startswith("router.qdrant") for m in _imports(p))}
+             if "qdrant" not in p.parts and any(m.startswith("router.serving.qdrant") for m in _imports(p))}
     assert users == MAY_IMPORT_IT, users
 
 
 def test_a_scroll_limit_is_bounded_like_a_query_limit():
     """Found by the issue 31 review: a scroll `limit` of 10**12 was taken, and the scroll read the whole collection
     into one answer. It is bounded as prism bounds a query's limit (10,000: a 422, Qdrant's class for out of range)."""
-    from router.models import MAX_LIMIT
-    from router.qdrant.models import ScrollRequest, parse
+    from router.schema.models import MAX_LIMIT
+    from router.serving.qdrant.models import ScrollRequest, parse
 
     assert parse(ScrollRequest, {"limit": MAX_LIMIT}, "scroll points").limit == MAX_LIMIT
     for limit in (MAX_LIMIT + 1, 10 ** 12):

@@ -1,7 +1,7 @@
 import pytest
 
 from cluster.errors import ConfigError
-from router.replicas import FAIL_THRESHOLD, ReplicaSet, quorum
+from router.replication.replicas import FAIL_THRESHOLD, ReplicaSet, quorum
 from tests.clock import FakeClock
 
 

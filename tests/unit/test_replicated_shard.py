@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cluster.errors import BackendError, InvalidRequest, ShardUnavailable
-from router.replicas import PROBE_INTERVAL_S, ReplicatedShard
+from router.replication.replicas import PROBE_INTERVAL_S, ReplicatedShard
 from shards.api import PointRow, ScoredId, SearchSpec, ShardApi, StoredPoint
 from tests.clock import FakeClock
 
@@ -237,7 +237,7 @@ def test_one_replica_is_never_hedged():
 
 
 def test_a_replica_further_behind_than_the_log_is_resynced_from_a_caught_up_one():
-    from router.oplog import OpLog
+    from router.replication.oplog import OpLog
 
     rs, clients, clock = make(3, quorum=1)
     rs.log = OpLog(max_ops=5)  # a short operation log
@@ -258,7 +258,7 @@ def test_a_replica_further_behind_than_the_log_is_resynced_from_a_caught_up_one(
 
 
 def test_resync_needs_a_caught_up_source():
-    from router.oplog import OpLog
+    from router.replication.oplog import OpLog
 
     rs, clients, clock = make(2, quorum=1)
     rs.log = OpLog(max_ops=2)
@@ -479,7 +479,7 @@ def test_verify_on_a_busy_shard_does_not_report_a_write_in_flight_as_a_differenc
     has read replica 1's per-id hashes (or 1 s at most: a verify that compares between writes never asks)."""
     from types import SimpleNamespace
 
-    from router.verify import verify_replicas
+    from router.collection.verify import verify_replicas
 
     clients = [MemShard(0, r) for r in range(2)]
     rs = ReplicatedShard(0, clients, key="t/0", write_quorum="majority", clock=FakeClock(1000.0))

@@ -4,8 +4,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from router.bodies import MAX_JSON_DEPTH, json_too_deep
-from router.models import MAX_PAYLOAD_DEPTH, Point, object_depth
+from router.schema.bodies import MAX_JSON_DEPTH, json_too_deep
+from router.schema.models import MAX_PAYLOAD_DEPTH, Point, object_depth
 
 
 def nest(depth: int) -> dict:

@@ -8,8 +8,8 @@ import random
 import pytest
 
 from cluster.errors import InvalidRequest, ShardUnavailable
-from router.replicas import SEQUENCER_POLL_S, ReplicatedShard
-from router.sequencer import Journal, Sequencer
+from router.replication.replicas import SEQUENCER_POLL_S, ReplicatedShard
+from router.replication.sequencer import Journal, Sequencer
 from shards.api import PointRow
 from tests.clock import FakeClock
 from tests.unit.test_replicated_shard import MemShard, row
@@ -233,7 +233,7 @@ def test_the_journal_is_data_only_and_loading_one_never_runs_code(tmp_path):
 
 
 def test_the_log_is_bounded_in_bytes_and_a_replica_behind_it_is_resynced(tmp_path):
-    from router.sequencer import Journal
+    from router.replication.sequencer import Journal
 
     clients = [MemShard(0, r) for r in range(2)]
     big = lambda i: PointRow(id=f"p{i}", payload={"text": "x" * 4000}, vectors={"v": [float(i), 1.0]})  # noqa: E731
@@ -254,8 +254,8 @@ def test_the_log_is_bounded_in_bytes_and_a_replica_behind_it_is_resynced(tmp_pat
 
 
 def test_loading_a_journal_larger_than_its_bound_keeps_only_the_bound(tmp_path):
-    from router.oplog import LoggedOp
-    from router.sequencer import Journal
+    from router.replication.oplog import LoggedOp
+    from router.replication.sequencer import Journal
 
     j = Journal(tmp_path, max_bytes=10**9)
     clients = [MemShard(0, r) for r in range(2)]

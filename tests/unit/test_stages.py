@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from router.stages import Boost, decay, distance, formula, group_by, mmr, number
+from router.filters.values import distance, number
+from router.ranking.stages import Boost, decay, formula, group_by, mmr
 from shards.api import ScoredId
 
 

@@ -6,8 +6,8 @@ from pydantic import ValidationError
 
 from cluster.config import CollectionConfig
 from cluster.errors import InvalidRequest
-from router.models import Point, QueryRequest
-from router.vectors import Vectors
+from router.schema.models import Point, QueryRequest
+from router.encoding.vectors import Vectors
 
 CFG = CollectionConfig(name="z", shards=1, spaces={"c": {"dim": 3, "metric": "cosine"}, "l": {"dim": 3, "metric": "l2"}})
 
@@ -64,7 +64,7 @@ def test_a_component_beyond_float32_is_refused_in_writes_and_queries(value):
 
 
 def test_a_payload_larger_than_milvus_stores_is_refused_before_any_store():
-    from router.vectors import MAX_PAYLOAD_BYTES
+    from router.encoding.vectors import MAX_PAYLOAD_BYTES
 
     v = Vectors(CFG)
     big = {"text": "x" * MAX_PAYLOAD_BYTES}

@@ -68,7 +68,7 @@ grpc_options:
 applications:
   - name: prism
     route_prefix: /
-    import_path: router.app:build_app
+    import_path: router.serving.app:build_app
     args:
       config:
         data_dir: /var/lib/prism

@@ -1,0 +1,458 @@
+"""PrismService: collections, their persisted catalog, and one Coordinator per collection. No Ray Serve here.
+
+The ingress (router/serving/app.py) holds one of these and delegates every endpoint to it; tests use it directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cluster.config import ClusterConfig, CollectionConfig, check_index_support, parse_model
+from cluster.errors import (
+    CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
+)
+from cluster.names import check_name
+from router.schema.bodies import parse_json
+from router.collection.cache import EmbeddingCache, LRUCache, request_key
+from router.collection.catalog import Catalog, Entry
+from router.collection.cursor import decode_cursor, encode_cursor
+from router.collection import limits as strict
+from router.collection.coordinator import Coordinator, Prefetched
+from router.schema.models import (
+    BatchQueryRequest, BatchQueryResponse, CollectionInfo, CountRequest, CountResponse, DeleteRequest,
+    DeleteResponse, QueryRequest, QueryResponse, Record, ReshardRequest, RetrieveRequest, RetrieveResponse,
+    ScrollRequest, ScrollResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, VerifyResponse,
+    select_payload,
+)
+from router.collection.reshard import reshard_collection
+from router.encoding.vectors import Encode
+from shards.local import leftovers, local_shards, replica_specs, stop_local_shards
+
+# start_shards(collection, specs, create=True, first_shard=0) -> shard clients; stop_shards(clients, drop)
+StartShards = Callable[..., list]
+StopShards = Callable[..., None]
+
+
+class PrismService:
+    """Create/describe/delete collections and route reads and writes to their coordinators."""
+
+    def __init__(self, config: ClusterConfig, *, encode: Encode | None = None, server_uri: str | None = None,
+                 start_shards: StartShards | None = None, stop_shards: StopShards | None = None,
+                 start_sequencers: StartShards | None = None, stop_sequencers: StopShards | None = None,
+                 observe_shard: Callable[[str, int, float], None] | None = None, metadata: Any | None = None,
+                 encode_images: Any | None = None, encoders: dict[str, dict] | None = None,
+                 observe_stage: Callable[[str, float], None] | None = None, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        c = config.cache
+        self.results = LRUCache(c.results_max_entries, c.results_max_bytes, c.results_ttl_s, clock=clock)
+        self.embeddings = LRUCache(c.embeddings_max_entries, c.embeddings_max_bytes, clock=clock)
+        self.encode = EmbeddingCache(encode, self.embeddings) if encode is not None else None
+        self.observe_stage = observe_stage
+        self.server_uri = server_uri
+        self.start_shards = start_shards or local_shards
+        self.stop_shards = stop_shards or stop_local_shards
+        # Sequencers (router.replication.sequencer) order each shard's writes outside this process, so that several ingress
+        # replicas can write and an ingress restart loses nothing; without them this process orders the writes.
+        self.start_sequencers = start_sequencers
+        self.stop_sequencers = stop_sequencers
+        self.observe_shard = observe_shard
+        self.metadata = metadata
+        self.encode_images = encode_images
+        # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
+        self.encoders = encoders or {}
+        self.catalog = Catalog(config.data_path / "catalog")  # shared by every ingress replica (router/collection/catalog.py)
+        self.coordinators: dict[str, Coordinator] = {}
+        self._seen: dict[str, tuple] = {}  # name -> (file stamp, version) of the catalog entry this process follows
+        self._lock = asyncio.Lock()
+
+    # -- collections -------------------------------------------------------------------------------------------
+    def open_catalog(self) -> list[str]:
+        """Reopen every collection recorded in the data dir (after a restart)."""
+        names = []
+        for name in self.catalog.names():
+            stamp, entry = self.catalog.stamp(name), self.catalog.read(name)
+            if entry is None:
+                continue
+            if self.metadata is not None:
+                self.metadata.ensure_index(entry.config)
+            self._open(entry.config).paused = entry.paused
+            self._seen[name] = (stamp, entry.version)
+            names.append(name)
+        for cfg in self.config.collections:
+            if cfg.name not in self.coordinators:
+                self._create_sync(cfg)
+                names.append(cfg.name)
+        return names
+
+    def _open(self, cfg: CollectionConfig) -> Coordinator:
+        """Start (or reattach to) the collection's shard replicas, creating their Milvus collections if absent."""
+        specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
+        clients = self.start_shards(cfg, specs, create=True)
+        sequencers = self.start_sequencers(cfg, specs) if self.start_sequencers is not None else None
+        coord = Coordinator.from_clients(
+            cfg, clients, sequencers=sequencers,
+            poll_sequencer=self.config.ingress_replicas > 1 or self.config.ingress_max_replicas is not None, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
+            batching=self.config.batching, hedge=self.config.hedge_reads,
+            encode=self.encode, encode_images=self.encode_images, images=self.config.images,
+            metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
+            budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max)
+        self._attach(coord)
+        self.coordinators[cfg.name] = coord
+        return coord
+
+    def _attach(self, coord: Coordinator) -> None:
+        """Wire a coordinator (opened, or a reshard's new layout) to the catalog and the replication settings."""
+        coord.on_mapping = lambda new, coord=coord: self._save_mapping(coord, new)
+        if self.start_sequencers is not None:  # other ingress replicas may pause or reshard it meanwhile
+            coord.before_write = lambda coord=coord: self._check_current(coord)
+        for sh in coord.shards:
+            if sh.sequencer is None:  # this process orders the shard's writes: its heal passes run anti-entropy too
+                sh.anti_entropy_interval_s = self.config.replication.anti_entropy_interval_s or None
+                sh.digest_rescan_s = self.config.replication.digest_rescan_s
+
+    def _note(self, name: str, entry: Entry) -> None:
+        self._seen[name] = (self.catalog.stamp(name), entry.version)
+
+    def _save_mapping(self, coord: Coordinator, new: dict[str, str]) -> None:
+        """Record fields dynamic mapping added, merged into the catalog entry as it is now (another ingress may
+        have mapped others since this one read it: they are kept, and adopted here)."""
+        name = coord.config.name
+        entry = self.catalog.update(name, lambda e: e.with_(config=e.config.model_copy(
+            update={"metadata": {**new, **e.config.metadata}})))
+        coord.config.metadata.update(entry.config.metadata)
+        self._note(name, entry)
+
+    def _sync(self, name: str, coord: Coordinator | None) -> Coordinator | None:
+        """This process's coordinator for `name` brought up to the catalog, which other ingress replicas write: a
+        collection created or deleted there, fields mapped there, a reshard's pause, a new shard layout."""
+        stamp = self.catalog.stamp(name)
+        seen = self._seen.get(name)
+        if coord is not None and stamp is not None and seen is not None and seen[0] == stamp:
+            return coord
+        entry = self.catalog.read(name) if stamp is not None else None
+        if entry is None:
+            self.coordinators.pop(name, None)
+            self._seen.pop(name, None)
+            return None
+        if coord is None or entry.config.shards != coord.config.shards:
+            coord = self._open(entry.config)  # attaches to the shards (and sequencers) another ingress started
+        else:
+            coord.config.metadata.update(entry.config.metadata)
+        coord.paused = entry.paused
+        self._seen[name] = (stamp, entry.version)
+        return coord
+
+    def _check_current(self, coord: Coordinator) -> None:
+        """Right before a write reaches the shards: refuse it if another ingress resharded the collection since
+        this request began (its ring is stale); a pause another ingress set is then in `coord.paused`."""
+        if self._sync(coord.config.name, coord) is not coord:
+            raise ShardUnavailable(f"collection {coord.config.name!r} was resharded meanwhile; retry",
+                                   shards=list(range(coord.config.shards)))
+
+    def _observer(self, name: str):
+        if self.observe_shard is None:
+            return None
+        return lambda shard, seconds: self.observe_shard(name, shard, seconds)
+
+    def _create_sync(self, cfg: CollectionConfig, fresh: bool = False) -> None:
+        """Create a collection's index, shards and catalog entry. `fresh` (the API's create): Milvus data or an
+        Elasticsearch index that exist already under its names are refused (409), never adopted; collections
+        declared in the config are made or reopened as they are."""
+        backend = "lite" if self.config.milvus.mode == "lite" else "server"
+        for space_name, space in cfg.spaces.items():
+            try:
+                check_index_support(space.index, backend, self.config.milvus.gpu)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"spaces.{space_name}.{exc.message}", field=f"spaces.{space_name}.index.type")
+        if fresh:
+            found = leftovers(cfg, replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri))
+            if found:
+                raise CollectionExists(f"Milvus already holds data under the names of collection {cfg.name!r} "
+                                       f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) and prism never "
+                                       "adopts data it did not make for it: drop them, or choose another name",
+                                       field="name")
+        if self.metadata is not None:
+            (self.metadata.create_index if fresh else self.metadata.ensure_index)(cfg)
+        coord = None
+        try:
+            coord = self._open(cfg)  # shards first: an ingress that sees the catalog entry can attach to them
+            # `fresh`: a 409 if another ingress recorded the name meanwhile; declared: what is recorded is kept
+            entry = self.catalog.create(cfg) if fresh else self.catalog.ensure(cfg)
+        except Exception:
+            if coord is not None and self.coordinators.get(cfg.name) is coord:
+                del self.coordinators[cfg.name]
+            if fresh and self.metadata is not None:  # the index is ours: a failed create leaves nothing behind
+                self.metadata.drop_index(cfg.name)
+            raise
+        if entry.config.shards != cfg.shards:  # another ingress recorded the declared collection and resharded it
+            coord = self._open(entry.config)
+        coord.config.metadata.update(entry.config.metadata)
+        coord.paused = entry.paused
+        self._note(cfg.name, entry)
+
+    async def create_collection(self, name: str, body: dict[str, Any]) -> CollectionInfo:
+        check_name(name)
+        if not isinstance(body, dict):
+            raise InvalidRequest("collection body must be a JSON object")
+        cfg = parse_model(CollectionConfig, {**body, "name": name}, "collection")
+        strict.check_layout(cfg, self.config.limits)
+        self._check_encoders(cfg)
+        async with self._lock:
+            if name in self.coordinators or self.catalog.stamp(name) is not None:  # or made through another ingress
+                raise CollectionExists(f"collection {name!r} already exists")
+            twin = next((n for n in {*self.coordinators, *self.catalog.names()} if n.lower() == name.lower()), None)
+            if twin is not None:  # one Elasticsearch index (names are lower-cased there), one file on some disks
+                raise CollectionExists(f"collection {twin!r} exists; names may not differ only in case ({name!r})",
+                                       field="name")
+            if len(self.coordinators) >= self.config.limits.max_collections:
+                raise InvalidRequest(f"this cluster holds {len(self.coordinators)} collections, its limit "
+                                     "(limits.max_collections)", field="name")
+            await asyncio.to_thread(self._create_sync, cfg, True)
+        return await self.info(name)
+
+    def _check_encoders(self, cfg: CollectionConfig) -> None:
+        """Encoder names, dimensions (as the loaded model reports them) and modalities must fit each space.
+
+        An encoder that is unavailable (weights missing) does not block creation: its spaces answer 503 naming
+        the model until it is installed, and the collection's other spaces work."""
+        from router.encoding.embed import ENCODER_DIMS
+
+        for space_name, space in cfg.spaces.items():
+            if space.encoder is None:
+                if space.modality == "image":
+                    raise InvalidRequest(f"spaces.{space_name}: an image space needs an encoder (clip)",
+                                         field=f"spaces.{space_name}.encoder")
+                continue
+            if space.encoder not in ENCODER_DIMS:
+                raise InvalidRequest(f"spaces.{space_name}.encoder: unknown encoder {space.encoder!r}; "
+                                     f"known: {sorted(ENCODER_DIMS)}", field=f"spaces.{space_name}.encoder")
+            live = self.encoders.get(space.encoder, {})
+            dim = live.get("dim") if live.get("available") else ENCODER_DIMS[space.encoder]
+            if dim != space.dim:
+                raise InvalidRequest(f"spaces.{space_name}.dim: encoder {space.encoder!r} gives {dim} dimensions, "
+                                     f"not {space.dim}", field=f"spaces.{space_name}.dim")
+            modalities = live.get("modalities") or (["text", "image"] if space.encoder == "clip" else ["text"])
+            if space.modality not in modalities:
+                raise InvalidRequest(f"spaces.{space_name}.modality: encoder {space.encoder!r} cannot embed "
+                                     f"{space.modality}", field=f"spaces.{space_name}.modality")
+
+    def coordinator(self, name: str) -> Coordinator:
+        check_name(name)  # every entry: no path is built from anything else
+        coord = self.coordinators.get(name)
+        if self.start_sequencers is not None:  # several ingress replicas share the catalog
+            coord = self._sync(name, coord)
+        if coord is None:
+            raise CollectionNotFound(f"collection {name!r} not found")
+        return coord
+
+    async def info(self, name: str) -> CollectionInfo:
+        coord = self.coordinator(name)
+        counts, nodes = await asyncio.gather(coord.counts(), asyncio.gather(*(sh.nodes() for sh in coord.shards)))
+        shards, totals = [], {s: 0 for s in coord.config.spaces}
+        states = coord.replica_states()
+        for s, row in enumerate(counts):
+            for r, c in enumerate(row):
+                st = states[s][r]
+                shards.append(ShardInfo(shard=s, replica=r, counts=c or {},
+                                        state=st["state"] if c is not None else "dead",
+                                        applied_seq=st["applied_seq"], committed_seq=st["committed_seq"], lag=st["lag"],
+                                        last_error=st["last_error"] or None, faults=st["faults"],
+                                        last_fault=st["last_fault"] or None,
+                                        last_fault_s_ago=st["last_fault_s_ago"], node=nodes[s][r],
+                                        agreement=st["agreement"], digest_s_ago=st["digest_s_ago"]))
+            first = next((c for c in row if c is not None), None)
+            for space, n in (first or {}).items():
+                totals[space] += n
+        return CollectionInfo(name=name, config=coord.config.model_dump(), counts=totals, shards=shards)
+
+    async def delete_collection(self, name: str) -> dict[str, Any]:
+        async with self._lock:
+            coord = self.coordinator(name)
+            self.coordinators.pop(name)
+            if self.stop_sequencers is not None:
+                await asyncio.to_thread(self.stop_sequencers, [sh.sequencer for sh in coord.shards if sh.sequencer], True)
+            await asyncio.to_thread(self.stop_shards, [sh.clients for sh in coord.shards], True)
+            self.catalog.delete(name)
+            self._seen.pop(name, None)
+            if self.metadata is not None:
+                await asyncio.to_thread(self.metadata.drop_index, name)
+            for kept in (self.config.data_path / "milvus" / name, self.config.data_path / "sequencer" / name):
+                if kept.exists():
+                    shutil.rmtree(kept, ignore_errors=True)
+        return {"deleted": name}
+
+    async def reshard(self, name: str, body: Any) -> dict[str, Any]:
+        """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile."""
+        parse_model(ReshardRequest, body, "reshard request")
+        async with self._lock:
+            return await reshard_collection(self, name, body["shards"])
+
+    async def heal(self) -> dict[str, int]:
+        """One healing pass over every collection: {"healed": replicas caught up, "failed": probes that failed}."""
+        total = {"healed": 0, "failed": 0}
+        for coord in list(self.coordinators.values()):
+            for key, n in (await coord.heal()).items():
+                total[key] += n
+        return total
+
+    def collection_config(self, name: str) -> CollectionConfig:
+        """A collection's config as it stands: spaces, layout, and the metadata mapping with its dynamic fields."""
+        return self.coordinator(name).config
+
+    async def map_fields(self, name: str, fields: dict[str, str]) -> dict[str, str]:
+        """Map payload fields ahead of the points that bring them; a field mapped already keeps its type."""
+        return await self.coordinator(name).map_fields(fields)
+
+    def list_collections(self) -> list[str]:
+        if self.start_sequencers is not None:  # the catalog, which every ingress replica writes
+            return self.catalog.names()
+        return sorted(self.coordinators)
+
+    def close(self) -> None:
+        for coord in list(self.coordinators.values()):
+            self.stop_shards([sh.clients for sh in coord.shards], False)
+        self.coordinators.clear()
+
+    # -- data --------------------------------------------------------------------------------------------------
+    async def upsert(self, name: str, body: Any) -> UpsertResponse:
+        coord = self.coordinator(name)
+        req = parse_model(UpsertRequest, body, "upsert request")
+        strict.check_write(len(req.points), self.config.limits)
+        strict.check_documents(req.points, coord.config, self.config.limits)
+        return await coord.upsert(req.points, req.wait)
+
+    async def update_vectors(self, name: str, body: Any) -> UpsertResponse:
+        coord = self.coordinator(name)
+        req = parse_model(UpdateVectorsRequest, body, "vector update")
+        strict.check_write(len(req.points), self.config.limits)
+        strict.check_documents(req.points, coord.config, self.config.limits, sources=True)
+        return await coord.update_vectors(req.points, req.wait)
+
+    async def delete_points(self, name: str, body: Any) -> DeleteResponse:
+        coord = self.coordinator(name)
+        req = parse_model(DeleteRequest, body, "delete request")
+        strict.check_write(len(req.ids or []), self.config.limits, "ids")
+        strict.check_filter(req.filter, self.config.limits, "filter")
+        if req.filter is not None:
+            return await coord.delete_by_filter(req.filter)
+        return await coord.delete(req.ids or [], req.wait)
+
+    async def retrieve(self, name: str, body: Any) -> RetrieveResponse:
+        """Points by id with payload/vector selectors. A shard that cannot answer is a 503 naming it: its ids are
+        never reported missing."""
+        coord = self.coordinator(name)
+        req = parse_model(RetrieveRequest, body, "retrieve request")
+        strict.check_write(len(req.ids), self.config.limits, "ids")
+        want_payload, spaces = req.returns()
+        spaces = list(coord.config.spaces) if spaces is True else spaces
+        for i, space in enumerate(spaces):
+            coord.vectors.space(space, f"with_vectors[{i}]")
+        rows, failed = await coord.fetch(req.ids, spaces)
+        if failed:
+            raise ShardUnavailable("; ".join(e.message for _, e in sorted(failed.items())), shards=sorted(failed))
+        ids = list(dict.fromkeys(req.ids))
+        return RetrieveResponse(
+            points=[Record(id=i, payload=select_payload(rows[i].payload, req.with_payload) if want_payload else None,
+                           vectors=rows[i].vectors if spaces else None) for i in ids if i in rows],
+            missing=[i for i in ids if i not in rows])
+
+    async def scroll(self, name: str, body: Any) -> ScrollResponse:
+        """A page of points in id order after the cursor (keyset paging: stable under concurrent writes)."""
+        coord = self.coordinator(name)
+        req = parse_model(ScrollRequest, body, "scroll request")
+        strict.check_filter(req.filter, self.config.limits, "filter")
+        bound = self.config.limits.max_scroll_examined
+        ids, stopped_at = await coord.scan_page(decode_cursor(req.cursor) if req.cursor else "", req.limit,
+                                                req.filter, max_examined=bound)
+        got = await self.retrieve(name, {"ids": ids, "with_payload": req.model_dump()["with_payload"],
+                                         "with_vectors": req.with_vectors}) if ids else RetrieveResponse(points=[])
+        if stopped_at is not None:  # the work bound, not the end: go on from the last id examined
+            return ScrollResponse(points=got.points, next_cursor=encode_cursor(stopped_at), notes=[
+                f"this page stopped after examining {bound} points (limits.max_scroll_examined) with {len(ids)} of "
+                f"{req.limit} matches: pass next_cursor back for more; the scroll is complete when next_cursor is "
+                "null"])
+        return ScrollResponse(points=got.points, next_cursor=encode_cursor(ids[-1]) if len(ids) == req.limit else None)
+
+    async def count(self, name: str, body: Any) -> CountResponse:
+        coord = self.coordinator(name)
+        req = parse_model(CountRequest, body, "count request")
+        strict.check_filter(req.filter, self.config.limits, "filter")
+        return CountResponse(count=await coord.count(req.filter))
+
+    async def verify(self, name: str) -> VerifyResponse:
+        """Shards vs Elasticsearch for one collection: ids and counts, and whether they drifted apart."""
+        return await self.coordinator(name).verify()
+
+    async def point(self, name: str, point_id: str, with_vectors: bool = False) -> Record:
+        """One point by id (`GET .../points/{id}`); 404 if no shard holds it."""
+        got = await self.retrieve(name, {"ids": [point_id], "with_vectors": with_vectors})
+        if not got.points:
+            raise PointNotFound(f"no point {point_id!r} in collection {name!r}", field="id")
+        return got.points[0]
+
+    async def query(self, name: str, body: Any) -> QueryResponse:
+        return await self._query(*self._checked_query(name, body))
+
+    async def prefetch(self, name: str, body: Any) -> Prefetched:
+        """A query's prefetches, each its own global top list, unfused (for callers that fuse: router.serving.qdrant)."""
+        coord, req = self._checked_query(name, body)
+        return await coord.prefetch(req)
+
+    def _checked_query(self, name: str, body: Any) -> tuple[Coordinator, QueryRequest]:
+        coord = self.coordinator(name)
+        req = parse_model(QueryRequest, body, "query")
+        strict.check_query(req, self.config.limits)
+        return coord, req
+
+    async def _query(self, coord: Coordinator, req: QueryRequest) -> QueryResponse:
+        """Answer from the result cache when allowed; cache a complete answer unless a write ran meanwhile."""
+        if not req.cache:
+            return await coord.query(req)
+        t0, epoch, version = time.perf_counter(), coord.epoch, coord.version
+        key = request_key(f"{coord.config.name}\x00{epoch}", version, req.model_dump(mode="json"))
+        hit = self.results.get(key)
+        if hit is not None:
+            took = round((time.perf_counter() - t0) * 1000, 3)
+            return hit.model_copy(update={"cached": True, "took_ms": took,
+                                          "timings_ms": {"cache": took} if req.debug else None})
+        answer = await coord.query(req)
+        if not answer.partial and coord.version == version and coord.epoch == epoch:
+            self.results.put(key, answer, len(answer.model_dump_json()) + len(key))
+        return answer
+
+    async def query_image(self, name: str, image: bytes, text: str | None = None,
+                          params: str | None = None) -> QueryResponse:
+        """An uploaded image (and optional text), each embedded into its spaces and fused.
+
+        `params` (JSON): {image_spaces?, text_spaces?, limit?, filter?, fusion?, with_payload?}; by default the image
+        goes to the CLIP spaces that hold images and the text to the spaces that hold text."""
+        limit = self.config.max_upload_bytes
+        if len(image) > limit:
+            raise PayloadTooLarge(f"image upload exceeds {limit} bytes", field="image")
+        opts = parse_json(params.encode("utf-8", "surrogatepass"), "params") if params else {}
+        if not isinstance(opts, dict):
+            raise InvalidRequest("params must be a JSON object", field="params")
+        spaces = self.coordinator(name).config.spaces
+        image_spaces = opts.pop("image_spaces", [s for s, c in spaces.items()
+                                                 if c.encoder == "clip" and c.modality == "image"])
+        text_spaces = opts.pop("text_spaces", [s for s, c in spaces.items()
+                                               if c.encoder and c.modality == "text"]) if text else []
+        b64 = base64.b64encode(image).decode()
+        prefetch = [{"space": s, "image": b64} for s in image_spaces] + [{"space": s, "text": text} for s in text_spaces]
+        if not prefetch:
+            raise InvalidRequest("no space can take this image (no CLIP space in the collection)", field="image")
+        body = {"prefetch": prefetch, **opts}
+        if len(prefetch) == 1:
+            body.setdefault("fusion", {"method": "none"})
+        return await self.query(name, body)
+
+    async def query_batch(self, name: str, body: Any) -> BatchQueryResponse:
+        coord = self.coordinator(name)
+        req = parse_model(BatchQueryRequest, body, "batch query")
+        strict.check_batch(req, self.config.limits)
+        return BatchQueryResponse(results=list(await asyncio.gather(*(self._query(coord, q) for q in req.queries))))
+
