@@ -22,7 +22,8 @@ def run_backend(backend: str, workdir: Path) -> dict:
     from cluster.services import start_milvus_server
     from deploy.datasets import gaussian_mixture, query_vectors
     from router.collection.coordinator import Coordinator
-    from router.schema.models import Point, QueryRequest
+    from router.schema.points import Point
+    from router.schema.query import QueryRequest
     from shards.actor import start_ray_shards, stop_ray_shards
     from shards.local import local_shards, replica_specs, stop_local_shards
 

@@ -33,7 +33,8 @@ from cluster.config import CollectionConfig, MilvusConfig
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.collection.coordinator import Coordinator
 from deploy.chaos_checks import final_check, watch_equal
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 
 DIM = 64
 

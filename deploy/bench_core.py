@@ -17,7 +17,7 @@ from deploy.datasets import gaussian_mixture, query_vectors
 from router.collection.coordinator import Coordinator
 from router.ranking.fusion import rrf
 from router.ranking.merge import merge_topk
-from router.schema.models import QueryRequest, ScoredId
+from router.schema.query import QueryRequest, ScoredId
 from shards.local import local_shards, replica_specs
 
 

@@ -14,7 +14,7 @@ from cluster.ring import HashRing
 from deploy.benchlib import close_all, pct
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.collection.coordinator import Coordinator
-from router.schema.models import QueryRequest
+from router.schema.query import QueryRequest
 from shards.api import PointRow
 from shards.local import local_shards, replica_specs
 

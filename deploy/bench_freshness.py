@@ -23,7 +23,7 @@ RATES = {"idle": 0, "w5": 5, "w50": 50}
 
 
 async def _readers(coord, queries, concurrency: int, seconds: float) -> tuple[list[float], float]:
-    from router.schema.models import QueryRequest
+    from router.schema.query import QueryRequest
 
     lat: list[float] = []
     deadline = time.perf_counter() + seconds
@@ -44,7 +44,7 @@ async def _readers(coord, queries, concurrency: int, seconds: float) -> tuple[li
 
 async def _writer(coord, rate: float, stop: asyncio.Event, vecs, wait: bool, lat: list[float]) -> None:
     """Open loop: a batch of BATCH points every BATCH/rate seconds."""
-    from router.schema.models import Point
+    from router.schema.points import Point
 
     if rate <= 0:
         return
@@ -75,7 +75,8 @@ def run_backend(backend: str, workdir: Path, seconds: float = 8.0, time_tick_ms:
     from cluster.services import start_milvus_server
     from deploy.datasets import gaussian_mixture, query_vectors
     from router.collection.coordinator import Coordinator
-    from router.schema.models import Point, QueryRequest
+    from router.schema.points import Point
+    from router.schema.query import QueryRequest
     from shards.local import local_shards, replica_specs, stop_local_shards
 
     server = start_milvus_server(workdir / f"milvus-{time_tick_ms}", time_tick_ms=time_tick_ms) \

@@ -9,7 +9,7 @@ from cluster.ring import HashRing
 from deploy.benchlib import close_all, load_points, pct, run_concurrent
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.collection.coordinator import Coordinator
-from router.schema.models import QueryRequest
+from router.schema.query import QueryRequest
 from shards.local import local_shards, replica_specs
 
 

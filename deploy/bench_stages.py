@@ -29,7 +29,8 @@ def run(workdir: Path) -> dict:
     from cluster.services import start_elasticsearch
     from router.collection.coordinator import Coordinator
     from router.metadata.store import MetadataStore
-    from router.schema.models import Point, QueryRequest
+    from router.schema.points import Point
+    from router.schema.query import QueryRequest
     from shards.local import local_shards, replica_specs, stop_local_shards
 
     workdir.mkdir(parents=True, exist_ok=True)

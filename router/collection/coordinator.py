@@ -24,10 +24,10 @@ from router.filters.mapping import FIELD_RE, infer_fields
 from router.ranking.fusion import fuse
 from router.collection.locks import KeyedLocks
 from router.ranking.merge import merge_topk
-from router.schema.models import (
-    Coverage, DeleteResponse, Hit, HitGroup, Point, QueryRequest, QueryResponse, ShardFailure, StageExplanation,
-    UpsertResponse, VerifyResponse, select_payload,
-)
+from router.schema.collections import VerifyResponse
+from router.schema.common import select_payload
+from router.schema.points import DeleteResponse, Point, UpsertResponse
+from router.schema.query import Coverage, Hit, HitGroup, QueryRequest, QueryResponse, ShardFailure, StageExplanation
 from router.filters.plan import INLINE_PAYLOAD_MAX, SCAN_PAGE, inline_payload
 from router.ranking.stages import Boost, Group, check_stages, explain, formula, group_by, mmr
 from router.replication.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate

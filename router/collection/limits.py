@@ -11,7 +11,7 @@ from typing import Any
 from cluster.config import CollectionConfig, StrictLimits
 from cluster.errors import InvalidRequest
 from router.filters.dsl import INT64_MAX, INT64_MIN
-from router.schema.models import BatchQueryRequest, QueryRequest
+from router.schema.query import BatchQueryRequest, QueryRequest
 from router.filters.plan import SEARCH_PARAM_BOUNDS
 
 # A value no index accepts at all is reported by the index-bounds check (naming Milvus's range), not as a policy

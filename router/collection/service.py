@@ -22,12 +22,13 @@ from router.collection.catalog import Catalog, Entry
 from router.collection.cursor import decode_cursor, encode_cursor
 from router.collection import limits as strict
 from router.collection.coordinator import Coordinator, Prefetched
-from router.schema.models import (
-    BatchQueryRequest, BatchQueryResponse, CollectionInfo, CountRequest, CountResponse, DeleteRequest,
-    DeleteResponse, QueryRequest, QueryResponse, Record, ReshardRequest, RetrieveRequest, RetrieveResponse,
-    ScrollRequest, ScrollResponse, ShardInfo, UpdateVectorsRequest, UpsertRequest, UpsertResponse, VerifyResponse,
-    select_payload,
+from router.schema.collections import CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse
+from router.schema.common import select_payload
+from router.schema.points import (
+    CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse,
+    ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
 )
+from router.schema.query import BatchQueryRequest, BatchQueryResponse, QueryRequest, QueryResponse
 from router.collection.reshard import reshard_collection
 from router.encoding.vectors import Encode
 from shards.local import leftovers, local_shards, replica_specs, stop_local_shards

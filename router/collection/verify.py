@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from router.schema.models import ReplicaDifference, VerifyResponse
+from router.schema.collections import ReplicaDifference, VerifyResponse
 from router.filters.plan import SCAN_PAGE
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from cluster.config import CollectionConfig, ImageLimits, SpaceConfig
 from cluster.errors import ImageBudgetExceeded, InvalidRequest, ModelUnavailable, SpaceNotFound
 from router.filters.dsl import normalise_meta
 from router.encoding.images import ImageDecoder, decode_base64, is_inline
-from router.schema.models import Point, PointError, QueryRequest
+from router.schema.points import Point, PointError
+from router.schema.query import QueryRequest
 from router.filters.plan import check_search_params
 from shards.api import PointRow
 

@@ -31,7 +31,7 @@ MATCH_NONE = 'id == ""'
 MATCH_ALL = 'id != ""'
 NUMERIC = frozenset({"integer", "float"})
 # What an Elasticsearch `long` (an integer field's mapping) and a Milvus INT64 hold: an integer past it is refused at
-# the edge (422), in any payload (router.schema.models) and in integer fields and their filters (here), not by a store.
+# the edge (422), in any payload (router.schema.points) and in integer fields and their filters (here), not by a store.
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _TOKEN_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$")

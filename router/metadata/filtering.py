@@ -14,7 +14,7 @@ from cluster.config import CollectionConfig, FilterSettings
 from cluster.errors import BackendError, IndexRefused, InvalidRequest, MetadataUnavailable, ShardUnavailable
 from router.filters.dsl import MATCH_NONE, Node, and_, parse_filter, split_conjuncts, to_es
 from router.ranking.merge import merge_topk
-from router.schema.models import QueryRequest
+from router.schema.query import QueryRequest
 from router.filters.plan import FilterPlan, choose_es_path, first_fetch, next_fetch, plan_filter
 from shards.api import PointRow, ScoredId, SearchSpec
 from shards.expr import ids_in

@@ -21,7 +21,7 @@ from typing import Any
 from cluster.errors import InvalidRequest
 from router.filters.values import distance, number
 from router.ranking.fusion import contributions
-from router.schema.models import Explanation, Hit, PrefetchExplanation, QueryRequest, StageExplanation
+from router.schema.query import Explanation, Hit, PrefetchExplanation, QueryRequest, StageExplanation
 from shards.api import ScoredId
 
 def decay(kind: str, value: float, origin: float, scale: float, offset: float = 0.0, at: float = 0.5) -> float:

@@ -20,12 +20,14 @@ from router.serving.edge import ERROR_HANDLERS, Observe, refusal_response
 from router.serving.openapi import ACCESS, BODY, READS, WRITES, body_doc, documented, with_schemas
 from router.serving.metrics import process_state
 from router.serving.qdrant.routes import mount as mount_qdrant
-from router.schema.models import (
-    BatchQueryRequest, BatchQueryResponse, CollectionInfo, CollectionList, CountRequest,
-    CountResponse, DeletedCollection, DeleteRequest, DeleteResponse, Health, QueryRequest, QueryResponse, Record, ReshardRequest,
-    ReshardResponse, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest,
-    UpsertRequest, UpsertResponse, VerifyResponse,
+from router.schema.collections import (
+    CollectionInfo, CollectionList, DeletedCollection, Health, ReshardRequest, ReshardResponse, VerifyResponse,
 )
+from router.schema.points import (
+    CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse,
+    ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
+)
+from router.schema.query import BatchQueryRequest, BatchQueryResponse, QueryRequest, QueryResponse
 
 log = logging.getLogger("prism.ingress")
 VERSION = "0.1.0"

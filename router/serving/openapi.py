@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from cluster.config import CollectionConfig
 from cluster.names import MAX_NAME_LENGTH, NAME_PATTERN
-from router.schema.models import Error
+from router.schema.common import Error
 
 ERROR_TEXT = {
     400: "the Host header names a host this server does not answer for (allowed_hosts)",

@@ -203,7 +203,7 @@ def test_http_answer_equals_in_process_coordinator(products, prism_server, milvu
     from shards.local import local_shards, replica_specs
     from router.collection.coordinator import Coordinator
     from router.encoding.embed import load_encoder
-    from router.schema.models import QueryRequest
+    from router.schema.query import QueryRequest
 
     info = products.get("/v1/collections/products").json()
     cfg = CollectionConfig.model_validate(info["config"])

@@ -10,7 +10,8 @@ import pytest
 
 from cluster.config import BatchSettings, CollectionConfig
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
 
 DIM = 16

@@ -12,7 +12,8 @@ import pytest
 from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from shards.api import SearchSpec
 from shards.local import LocalShardClient, replica_specs, stop_local_shards
 from shards.shard import Shard

@@ -9,7 +9,7 @@ import numpy as np
 
 from cluster.config import CollectionConfig, MilvusConfig
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point, VectorUpdate
+from router.schema.points import Point, VectorUpdate
 from shards.local import local_shards, replica_specs, stop_local_shards
 
 DIM = 4

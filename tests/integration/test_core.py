@@ -11,7 +11,8 @@ from cluster.config import CollectionConfig
 from cluster.errors import InvalidRequest, SpaceNotFound
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from shards.api import ShardApi
 from shards.local import local_shards, replica_specs
 

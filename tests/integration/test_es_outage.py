@@ -13,7 +13,8 @@ from cluster.errors import MetadataUnavailable
 from cluster.services import free_port, start_elasticsearch
 from router.collection.coordinator import Coordinator
 from router.metadata.store import MetadataStore
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
 
 DIM = 8

@@ -17,7 +17,8 @@ from router.filters.dsl import parse_filter, to_milvus
 from tests.oracle import evaluate
 from router.ranking.fusion import rrf
 from router.metadata.store import MetadataStore
-from router.schema.models import Point, QueryRequest, ScoredId
+from router.schema.points import Point
+from router.schema.query import QueryRequest, ScoredId
 
 N = 2_000
 DIMS = {"a": 16, "b": 8}

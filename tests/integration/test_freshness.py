@@ -15,7 +15,8 @@ import pytest
 
 from cluster.config import CollectionConfig
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from shards.backend import STALENESS_BOUND_S
 from shards.local import local_shards, replica_specs, stop_local_shards
 

@@ -10,7 +10,7 @@ import pytest
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.services import MILVUS_PASSWORD_FILE, start_milvus_server
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point
+from router.schema.points import Point
 from shards.local import local_shards, replica_specs, stop_local_shards
 
 

@@ -14,7 +14,8 @@ from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
 from cluster.services import free_port, start_milvus_server
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from router.replication.replicas import PROBE_INTERVAL_S
 from shards.local import local_shards, replica_specs, stop_local_shards
 from tests.clock import FakeClock

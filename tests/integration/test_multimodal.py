@@ -17,7 +17,8 @@ from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
 from shards.local import local_shards, replica_specs
 from router.collection.coordinator import Coordinator
 from router.encoding.embed import clip_path, load_encoder
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from deploy.tinyclip import DIM, build_tiny_clip
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "horse", "camera", "coins")
@@ -212,7 +213,7 @@ def test_real_clip_finds_coffee_and_the_cat():
 
 
 def test_partial_vector_update_reembeds_only_the_changed_space(photos_coord):
-    from router.schema.models import VectorUpdate
+    from router.schema.points import VectorUpdate
 
     def caption_vec(pid):
         r = asyncio.run(photos_coord.query(QueryRequest(prefetch=[{"space": "caption", "text": "x"}],

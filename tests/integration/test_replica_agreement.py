@@ -17,7 +17,8 @@ from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import PrismError
 from router.collection.coordinator import Coordinator
 from router.replication.healing import HealLoop
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from shards.local import replica_specs
 
 DIM = 16

@@ -12,7 +12,8 @@ from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
 from shards.local import replica_specs
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from router.replication.replicas import PROBE_INTERVAL_S
 from tests.clock import FakeClock
 

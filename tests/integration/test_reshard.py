@@ -10,7 +10,7 @@ import pytest
 from cluster.config import ClusterConfig
 from cluster.errors import ShardUnavailable
 from cluster.ring import HashRing
-from router.schema.models import Point
+from router.schema.points import Point
 from router.collection.service import PrismService
 
 N = 4000

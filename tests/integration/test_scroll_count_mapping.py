@@ -12,7 +12,8 @@ from cluster.errors import InvalidRequest
 from router.collection.coordinator import Coordinator
 from router.filters.dsl import parse_filter
 from router.metadata.store import MetadataStore, index_name
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
 from tests.oracle import evaluate
 

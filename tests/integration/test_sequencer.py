@@ -11,7 +11,7 @@ import pytest
 
 from cluster.config import CollectionConfig, MilvusConfig
 from router.collection.coordinator import Coordinator
-from router.schema.models import Point
+from router.schema.points import Point
 from shards.local import replica_specs
 
 DIM = 8

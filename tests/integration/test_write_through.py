@@ -13,7 +13,7 @@ from cluster.config import CollectionConfig
 from cluster.errors import BackendError, ShardUnavailable, WriteRefused
 from router.collection.coordinator import Coordinator
 from router.metadata.store import MetadataStore, index_name
-from router.schema.models import Point
+from router.schema.points import Point
 from router.replication.replicas import PROBE_INTERVAL_S
 from shards.local import local_shards, replica_specs, stop_local_shards
 from tests.clock import FakeClock

@@ -4,7 +4,8 @@ from pydantic import ValidationError
 from cluster.config import ClusterConfig, CollectionConfig, IndexConfig, MilvusConfig, SpaceConfig, check_index_support, load_config
 from cluster.errors import FilterError, InvalidRequest
 from shards.expr import ids_in, literal, quote_string
-from router.schema.models import DEFAULT_WINDOW, DeleteRequest, Fusion, Point, QueryRequest, UpsertRequest
+from router.schema.points import DeleteRequest, Point, UpsertRequest
+from router.schema.query import DEFAULT_WINDOW, Fusion, QueryRequest
 
 
 def space(dim=4, **kw):

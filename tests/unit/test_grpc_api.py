@@ -20,7 +20,8 @@ from cluster.errors import (BackendError, CollectionExists, CollectionNotFound, 
                             ShardUnavailable)
 from router.serving import grpc_api as g
 from router.serving.access import Guard
-from router.schema.models import QueryResponse, UpsertResponse
+from router.schema.points import UpsertResponse
+from router.schema.query import QueryResponse
 from cluster.proto.prism.v1 import prism_pb2 as pb
 from tests.clock import FakeClock
 

@@ -52,7 +52,7 @@ def test_ids_with_control_characters_or_surrogates_are_refused(value):
 def test_every_id_entry_uses_the_rule():
     from pydantic import ValidationError
 
-    from router.schema.models import DeleteRequest, Point, RetrieveRequest, VectorUpdate
+    from router.schema.points import DeleteRequest, Point, RetrieveRequest, VectorUpdate
 
     for make in (lambda i: Point(id=i), lambda i: VectorUpdate(id=i, vectors={"v": [1.0]}),
                  lambda i: DeleteRequest(ids=["ok", i]), lambda i: RetrieveRequest(ids=[i])):
@@ -116,7 +116,7 @@ def test_a_body_with_nan_infinity_or_a_lone_surrogate_is_a_422():
 def test_query_vectors_stay_within_float32():
     from pydantic import ValidationError
 
-    from router.schema.models import Prefetch
+    from router.schema.query import Prefetch
 
     Prefetch(space="v", vector=[3.4e38, -3.4e38])
     for bad in ([1e39], [-1e39, 0.0], [float("inf")], [float("nan")]):
@@ -127,7 +127,7 @@ def test_query_vectors_stay_within_float32():
 def test_non_finite_numbers_in_typed_request_fields_are_refused():
     from pydantic import ValidationError
 
-    from router.schema.models import QueryRequest
+    from router.schema.query import QueryRequest
 
     base = {"prefetch": [{"space": "a", "vector": [1.0]}, {"space": "b", "vector": [1.0]}]}
     for bad in ({"fusion": {"weights": [float("nan"), 1.0]}}, {"fusion": {"weights": [float("inf"), 1.0]}},
@@ -188,7 +188,7 @@ def test_an_id_is_bounded_in_utf8_bytes_as_elasticsearch_bounds_its_ids():
     refused the document (`_id` holds at most 512 bytes): a 502 over HTTP, UNAVAILABLE over gRPC."""
     from pydantic import ValidationError
 
-    from router.schema.models import DeleteRequest, Point
+    from router.schema.points import DeleteRequest, Point
 
     assert id_problem("\U0001f600" * 128) is None  # 512 bytes
     for value in ("\U0001f600" * 129, "\u4e2d" * 200, "é" * 257):
@@ -207,7 +207,7 @@ def test_payload_integers_beyond_64_bits_are_refused(payload):
     2**63-1: a real Elasticsearch refuses it)."""
     from pydantic import ValidationError
 
-    from router.schema.models import Point
+    from router.schema.points import Point
 
     with pytest.raises(ValidationError, match="64-bit"):
         Point(id="p", payload=payload)

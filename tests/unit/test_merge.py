@@ -1,5 +1,5 @@
 from router.ranking.merge import merge_topk
-from router.schema.models import ScoredId as S
+from router.schema.query import ScoredId as S
 
 
 def test_global_topk_across_shards():

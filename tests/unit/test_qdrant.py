@@ -317,7 +317,7 @@ def test_collection_features_prism_lacks_are_400s(body, what):
 
 # -- the package boundary (router/serving/qdrant/__init__.py) ------------------------------------------------------------------
 ALLOWED = {"router.serving.qdrant", "router.collection.service", "router.serving.metrics", "router.schema.bodies", "router.collection.cursor", "router.filters.dsl",
-           "router.schema.models", "cluster.config", "cluster.errors", "cluster.names"}
+           "router.schema.query", "cluster.config", "cluster.errors", "cluster.names"}
 MAY_IMPORT_IT = {"router/serving/app.py", "router/serving/access.py", "router/serving/edge.py"}
 
 
@@ -347,7 +347,7 @@ def test_the_qdrant_package_imports_prism_only_through_its_allowed_modules():
 def test_a_scroll_limit_is_bounded_like_a_query_limit():
     """Found by the issue 31 review: a scroll `limit` of 10**12 was taken, and the scroll read the whole collection
     into one answer. It is bounded as prism bounds a query's limit (10,000: a 422, Qdrant's class for out of range)."""
-    from router.schema.models import MAX_LIMIT
+    from router.schema.query import MAX_LIMIT
     from router.serving.qdrant.models import ScrollRequest, parse
 
     assert parse(ScrollRequest, {"limit": MAX_LIMIT}, "scroll points").limit == MAX_LIMIT

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from router.schema.bodies import MAX_JSON_DEPTH, json_too_deep
-from router.schema.models import MAX_PAYLOAD_DEPTH, Point, object_depth
+from router.schema.points import MAX_PAYLOAD_DEPTH, Point, object_depth
 
 
 def nest(depth: int) -> dict:

@@ -4,7 +4,7 @@ import pytest
 from cluster.config import CollectionConfig, StrictLimits
 from cluster.errors import InvalidRequest
 from router.collection.limits import check_batch, check_filter, check_layout, check_query, check_write, filter_shape
-from router.schema.models import BatchQueryRequest, QueryRequest
+from router.schema.query import BatchQueryRequest, QueryRequest
 
 L = StrictLimits(max_limit=50, max_prefetch=2, max_prefetch_limit=100, max_ef=256, max_nprobe=64,
                  max_batch_queries=3, max_filter_depth=3, max_filter_clauses=6, max_upsert_points=10,
@@ -86,7 +86,7 @@ def test_values_no_index_accepts_are_left_to_the_index_bounds_check():
 
 def test_source_text_is_bounded_per_document_and_per_request():
     from router.collection.limits import check_documents
-    from router.schema.models import Point, VectorUpdate
+    from router.schema.points import Point, VectorUpdate
 
     cfg = CollectionConfig(name="d", spaces={"t": {"dim": 384, "encoder": "minilm", "source": "body"},
                                              "v": {"dim": 2}})

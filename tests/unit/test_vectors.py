@@ -6,7 +6,8 @@ from pydantic import ValidationError
 
 from cluster.config import CollectionConfig
 from cluster.errors import InvalidRequest
-from router.schema.models import Point, QueryRequest
+from router.schema.points import Point
+from router.schema.query import QueryRequest
 from router.encoding.vectors import Vectors
 
 CFG = CollectionConfig(name="z", shards=1, spaces={"c": {"dim": 3, "metric": "cosine"}, "l": {"dim": 3, "metric": "l2"}})

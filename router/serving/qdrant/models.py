@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr, ValidationError
 
-from router.schema.models import MAX_LIMIT
+from router.schema.query import MAX_LIMIT
 from router.serving.qdrant.errors import BadFormat, OutOfRange
 
 PointId = Union[StrictInt, StrictStr]

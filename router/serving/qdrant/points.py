@@ -29,7 +29,7 @@ from router.serving.qdrant.models import (
     SetPayload, UpdateVectors, CountRequest, parse,
 )
 from router.collection.cursor import encode_cursor
-from router.schema.models import FLOAT32_MAX
+from router.schema.query import FLOAT32_MAX
 
 SCROLL_PAGE = 1000  # prism's largest scroll page
 _operations = itertools.count(1)  # Qdrant numbers update operations; this ingress replica numbers its own

@@ -1,20 +1,18 @@
-"""Typed requests and responses of the HTTP API v1. One typed object in, one typed object out."""
+"""Query requests and answers of the HTTP API v1: prefetches, fusion, post-fusion stages, hits, coverage, explain."""
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cluster.errors import ShardUnavailable
-from cluster.names import MAX_NAME_LENGTH, id_problem
-from router.filters.dsl import INT64_MAX, INT64_MIN
+from cluster.names import MAX_NAME_LENGTH
 from router.filters.values import distance, number
-from shards.api import MAX_ID_LENGTH, ScoredId  # noqa: F401 - ScoredId is part of the router's vocabulary too
+from router.schema.common import PayloadExclude, Strict, returns
+from shards.api import ScoredId  # noqa: F401 - ScoredId is part of the router's vocabulary too
 
 MAX_LIMIT = 10_000
 MAX_PREFETCH = 16
-MAX_BATCH_POINTS = 2_000
 MAX_BATCH_QUERIES = 64
 MAX_TEXT_CHARS = 20_000
 
@@ -23,23 +21,10 @@ MAX_TEXT_CHARS = 20_000
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Query(_Strict):
+class _Query(Strict):
     # NaN and Infinity (a JSON 1e400 parses as one; a gRPC double can be one) are refused in every number of a
     # query (vectors, weights, params, bounds): nothing downstream can rank with them, and they used to be 500s.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-def _ids_rule(value: Any) -> Any:
-    """cluster.names' id rule, for pydantic validators (a ValueError names the id)."""
-    if isinstance(value, str):
-        problem = id_problem(value)
-        if problem:
-            raise ValueError(problem)
-    return value
 
 
 class Prefetch(_Query):
@@ -90,24 +75,6 @@ class Fusion(_Query):
         if value and not any(w > 0 for w in value):
             raise ValueError("at least one weight must be > 0")
         return value
-
-
-class PayloadExclude(_Strict):
-    exclude: list[str]
-
-
-def returns(with_payload: Any, with_vectors: bool | list[str]) -> tuple[bool, list[str] | bool]:
-    """(whether an answer carries payloads, the spaces whose vectors it carries: True for all)."""
-    return with_payload is not False and not (isinstance(with_payload, list) and not with_payload), with_vectors or []
-
-
-def select_payload(payload: dict[str, Any], selector: bool | list[str] | PayloadExclude) -> dict[str, Any]:
-    """The part of a payload that `with_payload` asks for."""
-    if selector is True:
-        return dict(payload)
-    if isinstance(selector, PayloadExclude):
-        return {k: v for k, v in payload.items() if k not in set(selector.exclude)}
-    return {k: payload[k] for k in selector if k in payload}
 
 
 MAX_CANDIDATES = 1_000
@@ -280,24 +247,6 @@ class QueryRequest(_Query):
         return prefetch.limit if prefetch.limit is not None else max(self.window(), self.candidates())
 
 
-class Health(BaseModel):
-    status: str
-    version: str
-    collections: list[str]
-    encoders: dict[str, dict[str, Any]]
-    auth: bool  # whether API keys are required
-
-
-class Error(BaseModel):
-    """Every error answer: a stable code, a message for people, the field at fault where one is."""
-
-    error: str = Field(description="invalid_request, invalid_filter, unauthenticated, forbidden, rate_limited, "
-                                   "collection_not_found, shard_unavailable, ...")
-    message: str
-    field: str | None = None
-    shards: list[int] | None = None  # shard_unavailable: which shards did not answer
-
-
 class PrefetchExplanation(BaseModel):
     space: str
     rank: int | None = None     # 1-based rank in that prefetch's global top-k; null: not in it
@@ -369,268 +318,3 @@ class BatchQueryRequest(_Query):
 class BatchQueryResponse(BaseModel):
     results: list[QueryResponse]
 
-
-# Elasticsearch refuses documents whose objects nest deeper than its mapping depth limit (20 by default), so a
-# payload is held to it before anything is written to Milvus or Elasticsearch.
-MAX_PAYLOAD_DEPTH = 20
-def object_depth(value: Any) -> tuple[int, str]:
-    """(how deep objects nest in `value`, the path to the deepest), counting only objects as Elasticsearch does.
-    A number that is not finite (possible over gRPC, whose Struct numbers are doubles) or an integer beyond 64 bits
-    (Elasticsearch maps it as a long, or cannot parse it nested) is a ValueError."""
-    best, path = 0, ""
-    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
-    while stack:
-        v, d, p = stack.pop()
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{v!r} at {p!r} is not a finite number")
-        if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
-            raise ValueError(f"the integer at {p!r} ({len(str(abs(v)))} digits) is beyond 64-bit: payload integers "
-                             "are -2**63 .. 2**63-1, as Elasticsearch's long")
-        if isinstance(v, dict):
-            d += 1
-            if d > best:
-                best, path = d, p
-            stack.extend((x, d, f"{p}.{k}" if p else str(k)) for k, x in v.items())
-        elif isinstance(v, list):
-            stack.extend((x, d, p) for x in v)
-    return best, path
-
-
-class Point(_Strict):
-    """A point: an id, a payload, and optionally vectors per named space (else embedded from `source`)."""
-
-    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    payload: dict[str, Any] = Field(default_factory=dict)
-    vectors: dict[str, list[float]] | None = None
-
-    @field_validator("payload")
-    @classmethod
-    def _payload_depth(cls, value: dict[str, Any]) -> dict[str, Any]:
-        depth, path = object_depth(value)
-        if depth > MAX_PAYLOAD_DEPTH:
-            raise ValueError(f"objects nest {depth} deep (at {path!r}); at most {MAX_PAYLOAD_DEPTH} are allowed, "
-                             "as Elasticsearch indexes no deeper")
-        return value
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_str(cls, value: Any) -> Any:
-        # Integer ids are accepted and stored as their decimal string, as ids are Milvus VARCHAR keys.
-        if isinstance(value, bool):
-            raise ValueError("id must be a string or an integer")
-        return _ids_rule(str(value) if isinstance(value, int) else value)
-
-
-class UpsertRequest(_Strict):
-    points: list[Point] = Field(min_length=1, max_length=MAX_BATCH_POINTS)
-    # true (default): answer once every acknowledging replica serves the points to searches and filters;
-    # false: answer at acknowledgement; visible within the staleness bound (5 s on a Milvus server, 1 s refresh in
-    # Elasticsearch; at once on milvus-lite), and at once to `consistency: "strong"` queries.
-    wait: bool = True
-
-    @model_validator(mode="after")
-    def _unique_ids(self) -> "UpsertRequest":
-        seen: set[str] = set()
-        for i, p in enumerate(self.points):
-            if p.id in seen:
-                raise ValueError(f"points[{i}].id {p.id!r} appears twice in one request")
-            seen.add(p.id)
-        return self
-
-
-class PointError(BaseModel):
-    id: str
-    reason: str
-
-
-class UpsertResponse(BaseModel):
-    upserted: int
-    failed: list[PointError] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
-    visible: bool = True  # false: sent with wait=false; searches see it within the staleness bound
-
-
-class VectorUpdate(_Strict):
-    """New vectors for some spaces of an existing point, given directly or as new source values to embed."""
-
-    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    vectors: dict[str, list[float]] | None = None
-    sources: dict[str, Any] | None = None
-
-    @field_validator("id")
-    @classmethod
-    def _id_rule(cls, value: str) -> str:
-        return _ids_rule(value)
-
-    @model_validator(mode="after")
-    def _something(self) -> "VectorUpdate":
-        if not self.vectors and not self.sources:
-            raise ValueError(f"point {self.id!r}: give vectors or sources to update")
-        return self
-
-
-class UpdateVectorsRequest(_Strict):
-    points: list[VectorUpdate] = Field(min_length=1, max_length=MAX_BATCH_POINTS)
-    wait: bool = True
-
-
-class DeleteRequest(_Strict):
-    ids: list[str] | None = Field(default=None, max_length=MAX_BATCH_POINTS)
-    filter: dict[str, Any] | None = None
-    wait: bool = True  # as for upserts; a delete by filter always waits (it pages through Elasticsearch)
-
-    @field_validator("ids")
-    @classmethod
-    def _id_rule(cls, value: list[str] | None) -> list[str] | None:
-        return [_ids_rule(i) for i in value] if value else value
-
-    @model_validator(mode="after")
-    def _one(self) -> "DeleteRequest":
-        if (self.ids is None) == (self.filter is None):
-            raise ValueError("give exactly one of ids or filter")
-        return self
-
-
-class RetrieveRequest(_Strict):
-    """Points by id (`POST .../points/get`), as Qdrant's retrieve and Milvus's get."""
-
-    ids: list[str] = Field(min_length=1, max_length=MAX_BATCH_POINTS)
-    with_payload: bool | list[str] | PayloadExclude = True
-    with_vectors: bool | list[str] = False
-
-    @field_validator("ids", mode="before")
-    @classmethod
-    def _ids_str(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [_ids_rule(str(v) if isinstance(v, int) and not isinstance(v, bool) else v) for v in value]
-        return value
-
-    def returns(self) -> tuple[bool, list[str] | bool]:
-        return returns(self.with_payload, self.with_vectors)
-
-
-class Record(BaseModel):
-    """A stored point: its payload (as `with_payload` selects) and the vectors `with_vectors` names."""
-
-    id: str
-    payload: dict[str, Any] | None = None
-    vectors: dict[str, list[float]] | None = None
-
-
-class RetrieveResponse(BaseModel):
-    points: list[Record]  # in the order asked; ids that no shard holds are in `missing`
-    missing: list[str] = Field(default_factory=list)
-
-
-MAX_SCROLL_LIMIT = 1_000
-
-
-class ScrollRequest(_Strict):
-    """`POST .../points/scroll`: every point (matching `filter`) in id order, a page at a time. Pass the answer's
-    `next_cursor` back as `cursor`; no point comes twice in one scroll, and every point that exists throughout
-    it comes once, whatever is written meanwhile."""
-
-    filter: dict[str, Any] | None = None
-    limit: int = Field(default=100, ge=1, le=MAX_SCROLL_LIMIT)
-    cursor: str | None = Field(default=None, max_length=2 * MAX_ID_LENGTH)
-    with_payload: bool | list[str] | PayloadExclude = True
-    with_vectors: bool | list[str] = False
-
-    def returns(self) -> tuple[bool, list[str] | bool]:
-        return returns(self.with_payload, self.with_vectors)
-
-
-class ScrollResponse(BaseModel):
-    points: list[Record]
-    next_cursor: str | None = None  # null: the scroll is complete
-    # e.g. a page cut short by limits.max_scroll_examined (its cursor goes on from where the work stopped)
-    notes: list[str] = Field(default_factory=list)
-
-
-class VerifyResponse(BaseModel):
-    """`GET .../verify`: do the shards (Milvus) and Elasticsearch hold the same points?"""
-
-    collection: str
-    shard_points: int  # distinct ids the shards hold
-    elasticsearch_documents: int
-    missing_in_elasticsearch: int  # held by a shard, no document in Elasticsearch
-    extra_in_elasticsearch: int  # documents whose id no shard holds
-    sample_missing: list[str] = []  # up to 100 of each, in id order
-    sample_extra: list[str] = []  # listed while the shards hold at most 10,000 points (counted always)
-    replicas_equal: bool = True  # every shard's replicas hold the same ids and contents (digests compared)
-    replica_differences: list["ReplicaDifference"] = []
-    drift: bool
-
-
-class ReplicaDifference(BaseModel):
-    """One replica that holds some ids differently from the other replicas of its shard (or did not answer)."""
-
-    shard: int
-    replica: int
-    reference: int | None = Field(None, description="the replica it was compared with")
-    differing: int = Field(0, description="ids held only here, missing here, or with other contents")
-    ids: list[str] = Field([], description="up to 100 of them, in id order")
-    error: str | None = Field(None, description="why it could not be compared")
-
-
-class CountRequest(_Strict):
-    """`POST .../points/count`: how many points (match `filter`)."""
-
-    filter: dict[str, Any] | None = None
-
-
-class CountResponse(BaseModel):
-    count: int
-
-
-class ReshardRequest(_Strict):
-    shards: int = Field(ge=1)
-
-
-class ReshardResponse(BaseModel):
-    collection: str
-    shards: int
-    moved: int
-    seconds: float
-
-
-class CollectionList(BaseModel):
-    collections: list[str]
-
-
-class DeletedCollection(BaseModel):
-    deleted: str
-
-
-class DeleteResponse(BaseModel):
-    deleted: int
-    visible: bool = True
-
-
-class ShardInfo(BaseModel):
-    shard: int
-    replica: int
-    counts: dict[str, int]
-    state: str = Field("live", description="live | stale (behind on writes) | behind (holds every acknowledged write "
-                       "but lacks one another replica applied: a write below quorum, being replayed; read only when "
-                       "no replica holding it answers) | verifying (restarted, not yet compared "
-                       "with the other replicas) | diverged (known to differ, being repaired) | dead")
-    applied_seq: int = 0
-    committed_seq: int = Field(0, description="the shard's last write acknowledged at its write quorum; a replica "
-                               "with applied_seq below it is stale")
-    lag: int = Field(0, description="writes issued to this shard that the replica has not applied yet")
-    last_error: str | None = Field(None, description="the current error (cleared when the replica answers again)")
-    faults: int = Field(0, description="failures seen on this replica since the router started")
-    last_fault: str | None = Field(None, description="the last failure seen, kept after recovery")
-    last_fault_s_ago: float | None = None
-    node: str | None = Field(None, description="the Ray node the replica runs on (none: in-process or not answering)")
-    agreement: str = Field("agrees", description="anti-entropy's verdict: agrees | verifying | diverged")
-    digest_s_ago: float | None = Field(None, description="seconds since anti-entropy last found this replica equal to "
-                                       "the others (none: not compared yet)")
-
-
-class CollectionInfo(BaseModel):
-    name: str
-    config: dict[str, Any]
-    counts: dict[str, int]
-    shards: list[ShardInfo]
