@@ -1,22 +1,17 @@
 """One validated configuration, flowing one way: YAML/env -> ClusterConfig -> builders -> constructors."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from cluster.actor_options import HEAD_RESOURCE
 from cluster.auth import KEYS_FILE, KeyRecord
+from cluster.collection_spec import CollectionConfig, Strict
 from cluster.errors import ConfigError, InvalidRequest
-from cluster.names import NAME_RE, name_problem  # noqa: F401 - NAME_RE: the pattern, as the config names it
 
-MAX_DIM = 32_768
-MAX_SHARDS = 256
-MAX_REPLICAS = 8
 DEFAULT_PORT = 8000
 DEFAULT_GRPC_PORT = 9000
 DEFAULT_DATA_DIR = ".prism"
@@ -24,82 +19,8 @@ MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # request bodies, uploads and images: larger
 MAX_IMAGE_PIXELS = 40_000_000       # decoded image size; larger is refused as a decompression bomb
 MAX_REQUEST_PIXELS = 100_000_000    # all images of one request (e.g. 8 photos of 12 MP)
 
-# Index types by where they can run. Milvus-lite (3.x) knows only the first set; the 2.3 server adds IVF_PQ;
-# GPU types need a GPU-capable Milvus server, which this project can only configure, never run, on CPU machines.
-CPU_INDEX_TYPES = frozenset({"FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"})
-SERVER_ONLY_INDEX_TYPES = frozenset({"IVF_PQ"})
-GPU_INDEX_TYPES = frozenset({"GPU_CAGRA", "GPU_IVF_PQ"})
-ALL_INDEX_TYPES = CPU_INDEX_TYPES | SERVER_ONLY_INDEX_TYPES | GPU_INDEX_TYPES
 
-METADATA_TYPES = frozenset({"keyword", "float", "integer", "date", "text", "boolean"})
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a collection spec is user input too
-
-
-class IndexConfig(_Strict):
-    """A Milvus index: its type and build parameters (which must really reach Milvus)."""
-
-    type: str = "HNSW"
-    params: dict[str, int | float | str] = Field(default_factory=dict)
-
-    @field_validator("type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        upper = value.upper()
-        if upper not in ALL_INDEX_TYPES:
-            raise ValueError(f"unsupported index type {value!r}; known: {sorted(ALL_INDEX_TYPES)}")
-        return upper
-
-
-class SpaceConfig(_Strict):
-    """A named vector space: dimension, metric, and where its vectors come from."""
-
-    dim: int = Field(ge=1, le=MAX_DIM)
-    metric: Literal["cosine", "ip", "l2"] = "cosine"
-    encoder: str | None = None
-    source: str | None = None
-    modality: Literal["text", "image"] = "text"  # what the source field holds (images: base64, path or URL)
-    index: IndexConfig = Field(default_factory=IndexConfig)
-
-    @model_validator(mode="after")
-    def _encoder_needs_source(self) -> "SpaceConfig":
-        if self.source and not self.encoder:
-            raise ValueError(f"space has source {self.source!r} but no encoder to embed it")
-        return self
-
-
-LEXICAL_FIELD_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]{0,63})(?:\^(\d+(?:\.\d+)?))?$")
-
-
-class LexicalSpaceConfig(_Strict):
-    """A lexical space: BM25 over payload text fields, answered by the metadata store (Elasticsearch) with the
-    collection's global term statistics. `fields` take an optional boost: `"name^2"`."""
-
-    kind: Literal["bm25"] = "bm25"
-    fields: list[str] = Field(min_length=1, max_length=32)
-
-    @field_validator("fields")
-    @classmethod
-    def _fields(cls, value: list[str]) -> list[str]:
-        for f in value:
-            if not LEXICAL_FIELD_RE.match(f):
-                raise ValueError(f"field {f!r} must be a payload field name, optionally with a boost: 'name^2'")
-        if len({LEXICAL_FIELD_RE.match(f).group(1) for f in value}) != len(value):
-            raise ValueError(f"fields {value!r} name a field twice")
-        return value
-
-    def boosts(self) -> list[tuple[str, float]]:
-        """(field, boost) pairs."""
-        out = []
-        for f in self.fields:
-            m = LEXICAL_FIELD_RE.match(f)
-            out.append((m.group(1), float(m.group(2) or 1.0)))
-        return out
-
-
-class MilvusConfig(_Strict):
+class MilvusConfig(Strict):
     """Where shard collections live: embedded milvus-lite, an external server, or the bundled 2.3 standalone."""
 
     mode: Literal["lite", "server", "bundled"] = "lite"
@@ -118,7 +39,7 @@ class MilvusConfig(_Strict):
         return self
 
 
-class ElasticsearchConfig(_Strict):
+class ElasticsearchConfig(Strict):
     """The metadata store: the bundled ES-API server (noida-db), an external Elasticsearch, or off."""
 
     mode: Literal["bundled", "external", "off"] = "bundled"
@@ -134,7 +55,7 @@ class ElasticsearchConfig(_Strict):
         return self
 
 
-class FilterSettings(_Strict):
+class FilterSettings(Strict):
     """How filters are planned; `mode` other than auto forces one plan path (for tests and comparisons)."""
 
     mode: Literal["auto", "pushdown", "prefilter", "postfilter"] = "auto"
@@ -143,7 +64,7 @@ class FilterSettings(_Strict):
     postfilter_max_rounds: int = Field(default=6, ge=1, le=20)
 
 
-class ImageLimits(_Strict):
+class ImageLimits(Strict):
     """Image inputs: size limits checked before decoding; URLs only when explicitly allowed."""
 
     max_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)         # one image's encoded bytes
@@ -159,7 +80,7 @@ class ImageLimits(_Strict):
     fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)        # one URL, connect to last byte
 
 
-class CacheSettings(_Strict):
+class CacheSettings(Strict):
     """Per ingress replica. Results: keyed by the collection's write version (any write through this replica
     invalidates) and the normalised request, bounded by entries, bytes and a TTL (which also bounds how long a
     write through another ingress replica can go unseen). Embeddings: query texts per encoder."""
@@ -171,7 +92,7 @@ class CacheSettings(_Strict):
     embeddings_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
 
 
-class BatchSettings(_Strict):
+class BatchSettings(Strict):
     """Cross-request micro-batching of shard searches: concurrent queries to one shard go as one call, and the
     shard runs compatible searches as one Milvus search (nq > 1). A lone query is never held back beyond
     `window_ms` (0: not at all; queries batch only while an earlier call to the shard is in flight)."""
@@ -181,7 +102,7 @@ class BatchSettings(_Strict):
     max_specs: int = Field(default=64, ge=1, le=4096)
 
 
-class ReplicationSettings(_Strict):
+class ReplicationSettings(Strict):
     """How each shard's sequencer keeps its replicas equal (docs/operations.md, "Replica agreement")."""
 
     # The sequencer's own heal pass (probe dead replicas, replay missed writes): it does not wait for an ingress.
@@ -193,7 +114,7 @@ class ReplicationSettings(_Strict):
     digest_rescan_s: float = Field(default=21_600.0, gt=0, le=7 * 86_400)
 
 
-class PlacementConfig(_Strict):
+class PlacementConfig(Strict):
     """Ray resources of prism's actors. Only encoders use GPUs: shard actors are Milvus clients and compute
     nothing on one (GPU indexes run inside a GPU-enabled Milvus, whose query and index nodes hold the GPUs)."""
 
@@ -211,125 +132,7 @@ class PlacementConfig(_Strict):
         return data
 
 
-HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (1 unit)
-
-
-def shard_actor_options(placement: "PlacementConfig") -> dict:
-    """Ray options of a shard replica actor: never whole CPUs (2-core machines hang) and no GPU. Where each one
-    runs (its scheduling strategy) is chosen per replica by `shards.actor.placement_strategy`."""
-    return {"num_cpus": 0}
-
-
-def replica_node(shard: int, replica: int, nodes: Sequence[str]) -> str | None:
-    """The node a shard replica is placed on: node (shard + replica) mod N of the alive nodes (a stable order), so
-    a shard's replicas land on different nodes while there are as many nodes as replicas, and shards' first
-    replicas rotate over the nodes. None with fewer than 2 nodes (nothing to choose)."""
-    if len(nodes) < 2:
-        return None
-    return nodes[(shard + replica) % len(nodes)]
-
-
-def encoder_actor_options(placement: "PlacementConfig") -> dict:
-    opts: dict = {"num_cpus": 0}
-    if placement.encoder_num_gpus:
-        opts["num_gpus"] = placement.encoder_num_gpus
-    return opts
-
-
-def check_index_support(index: IndexConfig, backend_kind: str, gpu: bool = False) -> None:
-    """Raise when the index type cannot run on this backend ('lite' or 'server'); never fall back silently."""
-    if index.type in GPU_INDEX_TYPES and not gpu:
-        raise InvalidRequest(
-            f"index type {index.type!r} needs a GPU-capable Milvus server (milvus.gpu=true)", field="index.type"
-        )
-    if index.type in SERVER_ONLY_INDEX_TYPES and backend_kind == "lite":
-        raise InvalidRequest(f"index type {index.type!r} is not supported by milvus-lite", field="index.type")
-
-
-class CollectionConfig(_Strict):
-    """A collection: its named spaces, shard and replica counts, and metadata mapping."""
-
-    name: str
-    spaces: dict[str, SpaceConfig]
-    shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
-    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
-    write_quorum: Literal["all", "majority"] | int = "majority"
-    metadata: dict[str, str] = Field(default_factory=dict)
-    # Spaces of kind bm25 (given among `spaces` or here): Elasticsearch answers them; shards hold none.
-    lexical: dict[str, LexicalSpaceConfig] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _split_lexical(cls, data: Any) -> Any:
-        """`spaces` may mix vector spaces and `{"kind": "bm25", ...}` ones; the lexical ones move to `lexical`."""
-        if not isinstance(data, dict) or not isinstance(data.get("spaces"), dict) \
-                or not isinstance(data.get("lexical") or {}, dict):
-            return data  # the field validators say what is wrong with these
-        spaces, lexical = {}, dict(data.get("lexical") or {})
-        for name, space in data["spaces"].items():
-            kind = space.get("kind") if isinstance(space, dict) else None
-            if kind == "bm25":
-                if name in lexical:
-                    raise ValueError(f"space {name!r} is given twice")
-                lexical[name] = space
-            elif kind == "dense":
-                spaces[name] = {k: v for k, v in space.items() if k != "kind"}
-            elif kind is not None:
-                raise ValueError(f"space {name!r}: unknown kind {kind!r}; known: dense, bm25")
-            else:
-                spaces[name] = space
-        return {**data, "spaces": spaces, **({"lexical": lexical} if lexical else {})}
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        problem = name_problem(value)  # cluster.names: the one rule, checked at every entry
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("spaces")
-    @classmethod
-    def _spaces(cls, value: dict[str, SpaceConfig]) -> dict[str, SpaceConfig]:
-        if not value:
-            raise ValueError("a collection needs at least one vector space")
-        for name in value:
-            problem = name_problem(name, "space name")
-            if problem:
-                raise ValueError(problem)
-        return value
-
-    @model_validator(mode="after")
-    def _lexical_fields_are_text(self) -> "CollectionConfig":
-        for name in self.lexical:
-            problem = name_problem(name, "space name")
-            if problem:
-                raise ValueError(problem)
-            if name in self.spaces:
-                raise ValueError(f"space {name!r} is both a vector and a lexical space")
-            for field, _ in self.lexical[name].boosts():
-                kind = self.metadata.setdefault(field, "text")
-                if kind != "text":
-                    raise ValueError(f"lexical space {name!r} reads field {field!r}, which is mapped as {kind!r}; "
-                                     "BM25 needs a text field")
-        return self
-
-    @model_validator(mode="after")
-    def _quorum_fits(self) -> "CollectionConfig":
-        if isinstance(self.write_quorum, int) and not 1 <= self.write_quorum <= self.replicas:
-            raise ValueError(f"write_quorum {self.write_quorum!r} must be between 1 and replicas ({self.replicas})")
-        return self
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
-        for field, kind in value.items():
-            if kind not in METADATA_TYPES:
-                raise ValueError(f"metadata field {field!r} has type {kind!r}; known: {sorted(METADATA_TYPES)}")
-        return value
-
-
-class RateLimits(_Strict):
+class RateLimits(Strict):
     """Token buckets per API key (per client address when auth is off), per ingress replica: each of N ingress
     replicas enforces rate / N. None: no limit. A refused request is a 429 with Retry-After."""
 
@@ -338,7 +141,7 @@ class RateLimits(_Strict):
     burst_s: float = Field(default=1.0, gt=0, le=3600)     # a bucket holds rate x burst_s requests (at least 1)
 
 
-class AuthConfig(_Strict):
+class AuthConfig(Strict):
     """API keys (as salted hashes; `prism keys create` makes them) and what stays open. With no key anywhere,
     auth is off and `prism up` binds only loopback unless --insecure."""
 
@@ -348,7 +151,7 @@ class AuthConfig(_Strict):
     rate_limits: RateLimits = Field(default_factory=RateLimits)
 
 
-class StrictLimits(_Strict):
+class StrictLimits(Strict):
     """Request bounds enforced before any work (each violation a 422 naming the field and the limit)."""
 
     max_limit: int = Field(default=1_000, ge=1, le=10_000)            # limit + offset of a query
@@ -372,7 +175,7 @@ class StrictLimits(_Strict):
     max_request_document_chars: int = Field(default=2_000_000, ge=1, le=8_388_608)
 
 
-class ClusterConfig(_Strict):
+class ClusterConfig(Strict):
     """Everything `prism up` and the Serve app need."""
 
     data_dir: str = DEFAULT_DATA_DIR

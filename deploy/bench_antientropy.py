@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.config import CollectionConfig, MilvusConfig, ReplicationSettings
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig, ReplicationSettings
 from router.replication.replicas import ReplicatedShard
 from shards.api import PointRow
 from shards.local import local_shards, replica_specs, stop_local_shards

@@ -18,7 +18,8 @@ N, DIM, SHARDS, QUERIES = 50_000, 384, 4, 400
 def run_backend(backend: str, workdir: Path) -> dict:
     import ray
 
-    from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
+    from cluster.collection_spec import CollectionConfig
+    from cluster.config import BatchSettings, MilvusConfig
     from cluster.services import start_milvus_server
     from deploy.datasets import gaussian_mixture, query_vectors
     from router.collection.coordinator import Coordinator

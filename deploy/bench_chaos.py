@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.collection.coordinator import Coordinator
 from deploy.chaos_checks import final_check, watch_equal

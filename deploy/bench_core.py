@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.config import BatchSettings, CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import BatchSettings, MilvusConfig
 from cluster.ring import HashRing
 from deploy.benchlib import close_all, load_points, machine, pct, run_concurrent
 from deploy.datasets import gaussian_mixture, query_vectors

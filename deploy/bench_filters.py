@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.ring import HashRing
 from deploy.benchlib import close_all, pct
 from deploy.datasets import gaussian_mixture, query_vectors

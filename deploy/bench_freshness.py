@@ -71,7 +71,8 @@ async def _writer(coord, rate: float, stop: asyncio.Event, vecs, wait: bool, lat
 
 
 def run_backend(backend: str, workdir: Path, seconds: float = 8.0, time_tick_ms: int | None = None) -> dict:
-    from cluster.config import CollectionConfig, MilvusConfig
+    from cluster.collection_spec import CollectionConfig
+    from cluster.config import MilvusConfig
     from cluster.services import start_milvus_server
     from deploy.datasets import gaussian_mixture, query_vectors
     from router.collection.coordinator import Coordinator

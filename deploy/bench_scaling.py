@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.ring import HashRing
 from deploy.benchlib import close_all, load_points, pct, run_concurrent
 from deploy.datasets import gaussian_mixture, query_vectors

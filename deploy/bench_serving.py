@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.ring import HashRing
 from deploy.benchlib import QUERY_TEXTS, close_all, cpu_per_request, cpu_ticks, http_load, load_points, pct, text_query
 from deploy.datasets import gaussian_mixture

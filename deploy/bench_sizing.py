@@ -5,7 +5,8 @@ import os
 import time
 from pathlib import Path
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.ring import HashRing
 from deploy.benchlib import close_all, load_points
 from deploy.datasets import gaussian_mixture

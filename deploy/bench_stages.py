@@ -25,7 +25,8 @@ STAGES = [{"formula": {"boost": [{"field": "in_stock", "equals": True, "add": 0.
 
 
 def run(workdir: Path) -> dict:
-    from cluster.config import CollectionConfig, MilvusConfig
+    from cluster.collection_spec import CollectionConfig
+    from cluster.config import MilvusConfig
     from cluster.services import start_elasticsearch
     from router.collection.coordinator import Coordinator
     from router.metadata.store import MetadataStore

@@ -12,7 +12,9 @@ from typing import Any
 
 import ray
 
-from cluster.config import CollectionConfig, PlacementConfig, replica_node, shard_actor_options
+from cluster.actor_options import replica_node, shard_actor_options
+from cluster.collection_spec import CollectionConfig
+from cluster.config import PlacementConfig
 from cluster.errors import ShardUnavailable
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec

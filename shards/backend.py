@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from cluster.config import IndexConfig, SpaceConfig
+from cluster.collection_spec import IndexConfig, SpaceConfig
 from cluster.errors import BackendError, InvalidRequest
 from shards.api import MAX_ID_LENGTH, ScoredId
 from shards.expr import ids_in, quote_string

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from cluster.config import CollectionConfig, check_index_support
+from cluster.collection_spec import CollectionConfig, check_index_support
 from cluster.errors import BackendError, PrismError, SpaceNotFound, WriteRefused
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint, group_specs
 from shards.digest import ReplicaDigest, row_hash

@@ -76,7 +76,7 @@ class EmbedActor:
     server's own rule for which payload field feeds which space)."""
 
     def __init__(self, encoder: str, spaces: dict[str, dict], models_dir: str | None = None):
-        from cluster.config import SpaceConfig
+        from cluster.collection_spec import SpaceConfig
         from router.encoding.embed import load_encoder
 
         self.encoder = load_encoder(encoder, models_dir)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from cluster.errors import CollectionExists, CollectionNotFound
 from cluster.names import check_name, name_problem
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.config import METADATA_TYPES, CollectionConfig, FilterSettings, ImageLimits
+from cluster.collection_spec import METADATA_TYPES, CollectionConfig
+from cluster.config import FilterSettings, ImageLimits
 from cluster.errors import ConfigError, InvalidRequest, ShardUnavailable
 from cluster.ring import HashRing
 from router.metadata.filtering import NOTHING, Filtering

@@ -8,7 +8,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from cluster.config import CollectionConfig, StrictLimits
+from cluster.collection_spec import CollectionConfig
+from cluster.config import StrictLimits
 from cluster.errors import InvalidRequest
 from router.filters.dsl import INT64_MAX, INT64_MIN
 from router.schema.query import BatchQueryRequest, QueryRequest

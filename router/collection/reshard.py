@@ -25,7 +25,8 @@ from typing import Any
 
 import time
 
-from cluster.config import CollectionConfig, parse_model
+from cluster.collection_spec import CollectionConfig
+from cluster.config import parse_model
 from cluster.errors import BackendError, ShardUnavailable, describe
 from cluster.ring import HashRing
 from router.collection import limits as strict

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.config import ClusterConfig, CollectionConfig, check_index_support, parse_model
+from cluster.collection_spec import CollectionConfig, check_index_support
+from cluster.config import ClusterConfig, parse_model
 from cluster.errors import (
     CollectionExists, CollectionNotFound, InvalidRequest, PayloadTooLarge, PointNotFound, ShardUnavailable,
 )

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from cluster.config import CollectionConfig, ImageLimits, SpaceConfig
+from cluster.collection_spec import CollectionConfig, SpaceConfig
+from cluster.config import ImageLimits
 from cluster.errors import ImageBudgetExceeded, InvalidRequest, ModelUnavailable, SpaceNotFound
 from router.filters.dsl import normalise_meta
 from router.encoding.images import ImageDecoder, decode_base64, is_inline

@@ -10,7 +10,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from cluster.config import CollectionConfig, FilterSettings
+from cluster.collection_spec import CollectionConfig
+from cluster.config import FilterSettings
 from cluster.errors import BackendError, IndexRefused, InvalidRequest, MetadataUnavailable, ShardUnavailable
 from router.filters.dsl import MATCH_NONE, Node, and_, parse_filter, split_conjuncts, to_es
 from router.ranking.merge import merge_topk

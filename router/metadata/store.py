@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cluster.config import ClusterConfig, CollectionConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import ClusterConfig
 from cluster.errors import (
     BackendError, CollectionExists, FilterError, IndexRefused, InvalidRequest, MetadataUnavailable,
 )

@@ -12,7 +12,8 @@ from typing import Any
 
 import ray
 
-from cluster.config import CollectionConfig, PlacementConfig, ReplicationSettings
+from cluster.collection_spec import CollectionConfig
+from cluster.config import PlacementConfig, ReplicationSettings
 from cluster.errors import ShardUnavailable
 from router.replication.replicas import ReplicatedShard
 from router.replication.sequencer import Journal, Sequencer

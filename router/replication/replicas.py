@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from cluster.config import BatchSettings, CollectionConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import BatchSettings
 from cluster.errors import InvalidRequest, ShardUnavailable, SpaceNotFound, describe
 from router.replication.batching import Coalescer
 from router.filters.plan import adapt_params

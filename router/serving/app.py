@@ -377,7 +377,8 @@ ENCODERS = ("minilm", "clip")
 
 def build_app(args: BuildArgs | ClusterConfig | dict[str, Any]) -> serve.Application:
     """The typed app builder: ClusterConfig -> encoder deployments + ingress."""
-    from cluster.config import encoder_actor_options, load_config, parse_model
+    from cluster.actor_options import encoder_actor_options
+    from cluster.config import load_config, parse_model
 
     if isinstance(args, ClusterConfig):
         cfg = args

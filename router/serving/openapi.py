@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from cluster.names import MAX_NAME_LENGTH, NAME_PATTERN
 from router.schema.common import Error
 

@@ -199,7 +199,8 @@ def test_upsert_embeds_source_and_delete_removes(products):
 
 
 def test_http_answer_equals_in_process_coordinator(products, prism_server, milvus_server):
-    from cluster.config import CollectionConfig, MilvusConfig
+    from cluster.collection_spec import CollectionConfig
+    from cluster.config import MilvusConfig
     from shards.local import local_shards, replica_specs
     from router.collection.coordinator import Coordinator
     from router.encoding.embed import load_encoder

@@ -8,7 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from cluster.config import BatchSettings, CollectionConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import BatchSettings
 from router.collection.coordinator import Coordinator
 from router.schema.points import Point
 from router.schema.query import QueryRequest

@@ -7,7 +7,8 @@ import itertools
 
 import numpy as np
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from router.collection.coordinator import Coordinator
 from router.schema.points import Point, VectorUpdate
 from shards.local import local_shards, replica_specs, stop_local_shards

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from cluster.errors import InvalidRequest, SpaceNotFound
 from deploy.datasets import gaussian_mixture, query_vectors
 from router.collection.coordinator import Coordinator

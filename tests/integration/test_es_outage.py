@@ -8,7 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.errors import MetadataUnavailable
 from cluster.services import free_port, start_elasticsearch
 from router.collection.coordinator import Coordinator

@@ -9,7 +9,8 @@ import zlib
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig, FilterSettings, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import FilterSettings, MilvusConfig
 from cluster.errors import PrismError
 from shards.local import local_shards, replica_specs
 from router.collection.coordinator import Coordinator

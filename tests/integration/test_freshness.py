@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from router.collection.coordinator import Coordinator
 from router.schema.points import Point
 from router.schema.query import QueryRequest

@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.services import MILVUS_PASSWORD_FILE, start_milvus_server
 from router.collection.coordinator import Coordinator
 from router.schema.points import Point

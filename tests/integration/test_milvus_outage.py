@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.errors import ShardUnavailable
 from cluster.services import free_port, start_milvus_server
 from router.collection.coordinator import Coordinator

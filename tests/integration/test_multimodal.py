@@ -12,7 +12,8 @@ import zlib
 import numpy as np
 import pytest
 
-from cluster.config import MAX_UPLOAD_BYTES, CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MAX_UPLOAD_BYTES, MilvusConfig
 from cluster.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
 from shards.local import local_shards, replica_specs
 from router.collection.coordinator import Coordinator

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.errors import PrismError
 from router.collection.coordinator import Coordinator
 from router.replication.healing import HealLoop

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from cluster.errors import ShardUnavailable
 from shards.local import replica_specs
 from router.collection.coordinator import Coordinator

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from cluster.errors import InvalidRequest
 from router.collection.coordinator import Coordinator
 from router.filters.dsl import parse_filter

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig, MilvusConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import MilvusConfig
 from router.collection.coordinator import Coordinator
 from router.schema.points import Point
 from shards.local import replica_specs

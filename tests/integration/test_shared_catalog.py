@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from cluster.config import ClusterConfig, CollectionConfig
+from cluster.collection_spec import CollectionConfig
+from cluster.config import ClusterConfig
 from cluster.errors import ShardUnavailable
 from cluster.ring import HashRing
 from router.replication.replicas import ReplicatedShard

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from cluster.errors import BackendError, ShardUnavailable, WriteRefused
 from router.collection.coordinator import Coordinator
 from router.metadata.store import MetadataStore, index_name

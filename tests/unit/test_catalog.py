@@ -4,7 +4,7 @@ import multiprocessing
 
 import pytest
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from cluster.errors import CollectionNotFound
 from router.collection.catalog import Catalog
 

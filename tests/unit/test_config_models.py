@@ -1,7 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from cluster.config import ClusterConfig, CollectionConfig, IndexConfig, MilvusConfig, SpaceConfig, check_index_support, load_config
+from cluster.collection_spec import CollectionConfig, IndexConfig, SpaceConfig, check_index_support
+from cluster.config import ClusterConfig, MilvusConfig, load_config
 from cluster.errors import FilterError, InvalidRequest
 from shards.expr import ids_in, literal, quote_string
 from router.schema.points import DeleteRequest, Point, UpsertRequest
@@ -181,7 +182,8 @@ def test_env_overrides_reach_only_their_keys(tmp_path):
 
 
 def test_gpu_placement_options():
-    from cluster.config import PlacementConfig, encoder_actor_options, shard_actor_options
+    from cluster.actor_options import encoder_actor_options, shard_actor_options
+    from cluster.config import PlacementConfig
 
     cpu = PlacementConfig()
     assert shard_actor_options(cpu) == {"num_cpus": 0}
@@ -225,7 +227,8 @@ def test_the_readme_configuration_block_is_a_valid_config():
                                   {"lexical": {"k": None}, "spaces": {"v": {"dim": 2}}},
                                   {"spaces": {"k": {"kind": 5}}}])
 def test_malformed_lexical_spaces_are_invalid_requests(body):
-    from cluster.config import CollectionConfig, parse_model
+    from cluster.collection_spec import CollectionConfig
+    from cluster.config import parse_model
     from cluster.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest):
@@ -233,7 +236,7 @@ def test_malformed_lexical_spaces_are_invalid_requests(body):
 
 
 def test_replicas_of_a_shard_are_placed_on_different_nodes():
-    from cluster.config import replica_node
+    from cluster.actor_options import replica_node
 
     nodes = ["n-a", "n-b"]
     for shard in range(4):

@@ -30,7 +30,7 @@ def test_names_that_are_not_names(name):
 def test_space_names_follow_the_rule_too():
     from pydantic import ValidationError
 
-    from cluster.config import CollectionConfig
+    from cluster.collection_spec import CollectionConfig
 
     with pytest.raises(ValidationError, match="__"):
         CollectionConfig(name="ok", spaces={"x__y": {"dim": 2}})

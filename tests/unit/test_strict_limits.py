@@ -1,7 +1,8 @@
 """Strict limits: each violation is a 422 naming the field and the limit (pure)."""
 import pytest
 
-from cluster.config import CollectionConfig, StrictLimits
+from cluster.collection_spec import CollectionConfig
+from cluster.config import StrictLimits
 from cluster.errors import InvalidRequest
 from router.collection.limits import check_batch, check_filter, check_layout, check_query, check_write, filter_shape
 from router.schema.query import BatchQueryRequest, QueryRequest

@@ -4,7 +4,7 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from cluster.errors import InvalidRequest
 from router.schema.points import Point
 from router.schema.query import QueryRequest

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.config import CollectionConfig, SpaceConfig
+from cluster.collection_spec import CollectionConfig, SpaceConfig
 from cluster.errors import InvalidRequest
 from router.serving.qdrant.errors import Unsupported
 from router.serving.qdrant.models import CreateCollection, CreateFieldIndex, HnswConfigDiff, VectorParams, parse

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.config import CollectionConfig
+from cluster.collection_spec import CollectionConfig
 from cluster.errors import InvalidRequest, PointNotFound
 from router.serving.qdrant.collections import UNNAMED, space_of, unnamed
 from router.serving.qdrant.errors import BadFormat, Unsupported
