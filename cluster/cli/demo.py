@@ -16,7 +16,7 @@ from cluster.services import free_port, side_port
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: cluster/cli/demo.py -> .
 CONFIG = ROOT / "deploy" / "demo.yaml"
 CATALOG = ROOT / "deploy" / "data" / "catalog.jsonl"
-console = Console(markup=False)  # text it did not write is printed as it is (see cluster.cli.main)
+console = Console(markup=False)  # text it did not write is printed as it is (see cluster.cli.common)
 
 QUERIES = [
     ("shoes for running on muddy trails", ["text"], "none", None),
@@ -62,7 +62,7 @@ def image_demo(base: str) -> None:
     httpx.put(f"{base}/v1/collections/photos", json=spec, timeout=120).raise_for_status()
     pts = [{"id": n, "payload": {"name": n, "image": b64(n)}} for n in PHOTOS]
     httpx.post(f"{base}/v1/collections/photos/points", json={"points": pts}, timeout=300).raise_for_status()
-    from cluster.cli.main import print_hits
+    from cluster.cli.collection import print_hits
 
     for text in ("a cup of coffee", "a cat"):
         r = httpx.post(f"{base}/v1/collections/photos/query", timeout=60,
@@ -100,7 +100,7 @@ def main() -> int:
         started = True
         prism("ingest", str(CATALOG), "--collection", "products", "--data-dir", data_dir)
         base = f"http://127.0.0.1:{port}"
-        from cluster.cli.main import print_hits
+        from cluster.cli.collection import print_hits
 
         for text, spaces, fusion, flt in QUERIES:
             body = {"prefetch": [{"space": s, "text": text, "limit": 20} for s in spaces],
