@@ -88,6 +88,7 @@ class Coordinator:
         return int(self.ring.get(point_id))
 
     def by_shard(self, items: Sequence[Any], key: Callable[[Any], str] = str) -> dict[int, list]:
+        """`items` grouped by the shard that owns each one's id (`key`)."""
         out: dict[int, list] = defaultdict(list)
         for item in items:
             out[self.shard_of(key(item))].append(item)
@@ -95,12 +96,13 @@ class Coordinator:
 
     # -- the query pipeline ------------------------------------------------------------------------------------
     async def query(self, req: QueryRequest) -> QueryResponse:
+        """One query, the pipeline in order (docs/architecture.md, "A query, step by step")."""
         laps = LapTimer(self.observe_stage)
         got = await self.prefetch(req, laps)  # validate -> plan -> embed -> route -> fan out -> merge
         # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
         fused = fuse(req.fusion.method, got.lists, k=req.fusion.k, weights=req.fusion.weights,
                      limit=req.candidates() or req.window())
-        known = {h.id: h.payload for lst in got.lists for h in lst if h.payload is not None}
+        known = {h.id: h.payload for lst in got.lists for h in lst if h.payload is not None}  # came inline
         ranked = await pipeline.stages(fused, req, known, self.fetch)
         laps.lap("merge_fuse")
         hits, notes = await pipeline.hydrate(ranked.page(req), req, ranked.known, list(self.config.spaces), self.fetch)

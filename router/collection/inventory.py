@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 from cluster.errors import ShardUnavailable
 from router.collection.cursor import decode_cursor, encode_cursor
 from router.filters.plan import SCAN_PAGE
-from router.schema.models import Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, select_payload
+from router.schema.models import (
+    Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, select_payload,
+)
 
 if TYPE_CHECKING:
     from router.collection.coordinator import Coordinator

@@ -95,8 +95,9 @@ def prefetched(req: QueryRequest, shards: int, merged: list[list[ScoredId]], fai
     """The merged lists with their coverage (a 503 when the request asked for more shards than answered)."""
     failures = [ShardFailure(shard=s, reason=e.cause, message=e.message) for s, e in sorted(failed.items())]
     answered = req.check_coverage(shards, failures)
-    return Prefetched(merged, Coverage(shards_total=shards, shards_answered=answered, failed=failures),
-                      [plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))], rounds, notes, ran)
+    kinds = [plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))]
+    return Prefetched(merged, Coverage(shards_total=shards, shards_answered=answered, failed=failures), kinds, rounds,
+                      notes, ran)
 
 
 async def stages(fused: list[ScoredId], req: QueryRequest, known: dict[str, dict[str, Any]], fetch: Fetch) -> Ranked:
