@@ -20,14 +20,12 @@ from cluster.names import check_name
 from router.schema.bodies import parse_json
 from router.collection.cache import EmbeddingCache, LRUCache, request_key
 from router.collection.catalog import Catalog, Entry
-from router.collection.cursor import decode_cursor, encode_cursor
-from router.collection import limits as strict
-from router.collection.coordinator import Coordinator, Prefetched
+from router.collection import inventory, limits as strict
+from router.collection.coordinator import Coordinator
+from router.collection.pipeline import Prefetched
 from router.schema.collections import CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse
-from router.schema.common import select_payload
 from router.schema.points import (
-    CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse,
-    ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
+    CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
 )
 from router.schema.query import BatchQueryRequest, BatchQueryResponse, QueryRequest, QueryResponse
 from router.collection.reshard import reshard_collection
@@ -349,35 +347,15 @@ class PrismService:
         coord = self.coordinator(name)
         req = parse_model(RetrieveRequest, body, "retrieve request")
         strict.check_write(len(req.ids), self.config.limits, "ids")
-        want_payload, spaces = req.returns()
-        spaces = list(coord.config.spaces) if spaces is True else spaces
-        for i, space in enumerate(spaces):
-            coord.vectors.space(space, f"with_vectors[{i}]")
-        rows, failed = await coord.fetch(req.ids, spaces)
-        if failed:
-            raise ShardUnavailable("; ".join(e.message for _, e in sorted(failed.items())), shards=sorted(failed))
-        ids = list(dict.fromkeys(req.ids))
-        return RetrieveResponse(
-            points=[Record(id=i, payload=select_payload(rows[i].payload, req.with_payload) if want_payload else None,
-                           vectors=rows[i].vectors if spaces else None) for i in ids if i in rows],
-            missing=[i for i in ids if i not in rows])
+        return await inventory.retrieve(coord, req)
 
     async def scroll(self, name: str, body: Any) -> ScrollResponse:
         """A page of points in id order after the cursor (keyset paging: stable under concurrent writes)."""
         coord = self.coordinator(name)
         req = parse_model(ScrollRequest, body, "scroll request")
         strict.check_filter(req.filter, self.config.limits, "filter")
-        bound = self.config.limits.max_scroll_examined
-        ids, stopped_at = await coord.scan_page(decode_cursor(req.cursor) if req.cursor else "", req.limit,
-                                                req.filter, max_examined=bound)
-        got = await self.retrieve(name, {"ids": ids, "with_payload": req.model_dump()["with_payload"],
-                                         "with_vectors": req.with_vectors}) if ids else RetrieveResponse(points=[])
-        if stopped_at is not None:  # the work bound, not the end: go on from the last id examined
-            return ScrollResponse(points=got.points, next_cursor=encode_cursor(stopped_at), notes=[
-                f"this page stopped after examining {bound} points (limits.max_scroll_examined) with {len(ids)} of "
-                f"{req.limit} matches: pass next_cursor back for more; the scroll is complete when next_cursor is "
-                "null"])
-        return ScrollResponse(points=got.points, next_cursor=encode_cursor(ids[-1]) if len(ids) == req.limit else None)
+        return await inventory.scroll(coord, req, self.config.limits.max_scroll_examined,
+                                      lambda body: self.retrieve(name, body))
 
     async def count(self, name: str, body: Any) -> CountResponse:
         coord = self.coordinator(name)

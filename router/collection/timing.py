@@ -1,21 +1,21 @@
-"""Where a query's time goes: named stages, timed in one place. Pure: no I/O, the observer is injected."""
+"""Where a query's time goes: named laps, timed in one place. Pure: no I/O, the observer is injected."""
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
 
-class Stages:
-    """Where a query's time went: named laps in milliseconds, each also observed (Prometheus) when asked to."""
+class LapTimer:
+    """Where a query's time went: named laps in milliseconds (`ms`), each also observed (Prometheus) when asked to."""
 
     def __init__(self, observe: Callable[[str, float], None] | None):
         self.observe = observe
         self.t0 = self.last = time.perf_counter()
-        self.laps: dict[str, float] = {}
+        self.ms: dict[str, float] = {}
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
-        self.laps[stage] = round((now - self.last) * 1000, 3)
+        self.ms[stage] = round((now - self.last) * 1000, 3)
         if self.observe is not None:
             self.observe(stage, now - self.last)
         self.last = now

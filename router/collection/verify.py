@@ -17,20 +17,20 @@ async def verify_collection(coord: Coordinator, sample: int = 100, list_extra_up
     """Compare the ids the shards hold with Elasticsearch's documents: every shard id is looked up there a page
     at a time; documents no shard holds are counted (and listed while the collection is small enough to name
     every id in one query). Writes in flight while it runs can show as drift: run it again to tell."""
-    coord.filtering._store("verify")  # a 503 naming Elasticsearch when it is not configured
+    coord.metadata.require("verify")  # a 503 naming Elasticsearch when it is not configured
     held, missing, after, known = 0, [], "", []
     while True:
         ids = await coord.scan(after, SCAN_PAGE)
         held += len(ids)
-        missing += await coord.filtering.unindexed(ids) if ids else []
+        missing += await coord.metadata.unindexed(ids) if ids else []
         if held <= list_extra_up_to:
             known += ids
         if len(ids) < SCAN_PAGE:
             break
         after = ids[-1]
-    documents = await coord.filtering.documents()
+    documents = await coord.metadata.documents()
     extra = documents - (held - len(missing))
-    listed = await coord.filtering.extra_documents(known, sample) if extra > 0 and held <= list_extra_up_to else []
+    listed = await coord.metadata.extra_documents(known, sample) if extra > 0 and held <= list_extra_up_to else []
     replicas = await verify_replicas(coord, sample)
     return VerifyResponse(collection=coord.config.name, shard_points=held, elasticsearch_documents=documents,
                           missing_in_elasticsearch=len(missing), extra_in_elasticsearch=extra,

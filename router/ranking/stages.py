@@ -9,6 +9,7 @@ typed inputs; inputs are never mutated.
   incoming score min-max scaled to [0, 1] over the candidates. The score becomes that objective.
 - group_by: hits grouped by a payload field's value (each value of a list field is a group), groups ordered by
   their best hit, at most `size` hits per group and `groups` groups; hits without the field are left out.
+- run_stages: a request's stages in order, with each id's score before and after every one.
 - explain: each hit's score taken apart, per prefetch and per stage (a query with `explain: true`).
 """
 from __future__ import annotations
@@ -130,6 +131,27 @@ def group_by(hits: Sequence[ScoredId], field: str, size: int, groups: int) -> li
             if len(out[key]) < size:
                 out[key].append(h)
     return [Group(value=k[1], hits=v) for k, v in out.items()]
+
+
+def run_stages(pool: list[ScoredId], stages: Sequence[Any], vectors: Sequence[dict[str, Sequence[float]] | None]
+               ) -> tuple[list[ScoredId], list[Group] | None, dict[str, list[StageExplanation]]]:
+    """The request's stages in order over the candidates (payloads already on them; `vectors[i]`: stage i's MMR
+    vectors by id): the candidates as the last stage left them, the groups of a group_by stage, and each id's score
+    before and after every stage."""
+    groups = None
+    trail: dict[str, list[StageExplanation]] = {}
+    for st, space_vectors in zip(stages, vectors):
+        before = {h.id: h.score for h in pool}
+        if st.formula:
+            pool = formula(pool, [Boost(b.field, b.equals, b.add, b.decay, b.origin, b.scale, b.offset,
+                                        b.decay_at, b.multiply) for b in st.formula.boost])
+        elif st.mmr:
+            pool = mmr(pool, space_vectors or {}, st.mmr.lambda_)
+        else:
+            groups = group_by(pool, st.group_by.field, st.group_by.size, st.group_by.groups)
+        for h in pool:
+            trail.setdefault(h.id, []).append(StageExplanation(stage=st.kind, before=before[h.id], after=h.score))
+    return pool, groups, trail
 
 
 def explain(hits: list[Hit], req: QueryRequest, merged: list[list[ScoredId]], base: dict[str, float],

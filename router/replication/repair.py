@@ -84,7 +84,7 @@ class Repairs:
         await asyncio.wait_for(apply_op(self.clients[dst], "restore", [rows, sorted(set(ids) - {p.id for p in rows})]),
                                self.timeout_s)
 
-    async def _resync(self, r: int) -> None:
+    async def _resync_replica(self, r: int) -> None:
         """Copy a caught-up replica onto replica `r`, which is further behind than the operation log: every point
         the source holds (keyset pages of RESYNC_BATCH ids, exported whole and upserted visibly), then whatever
         `r` holds that the source does not is deleted. Runs under the shard's write lock (writes wait; reads go to

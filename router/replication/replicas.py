@@ -393,7 +393,7 @@ class ReplicatedShard(Repairs):
         start = rs.states[r].applied_seq
         ops = [op for op in self.log if op.seq > start]
         if start < rs.seq and (not ops or ops[0].seq != start + 1):  # the writes it missed left the log
-            await self._resync(r)
+            await self._resync_replica(r)
             return
         for op in ops:  # replayed visibly: the replica serves reads (bounded ones too) as soon as it is caught up
             try:

@@ -103,7 +103,7 @@ def test_an_elasticsearch_outage_refuses_what_needs_it_keeps_the_rest_and_loses_
 def test_verify_names_the_points_the_two_stores_disagree_on(world):
     coord, _, _ = world
     asyncio.run(coord.upsert(points(["a1", "a2", "a3", "a4"])))
-    store: MetadataStore = coord.filtering.metadata
+    store: MetadataStore = coord.metadata.store
     store.delete(coord.config.name, ["a2"])  # behind prism's back: a shard point Elasticsearch lost
     store.upsert(coord.config.name, [("ghost", {"tag": "a"})])  # and a document no shard holds
     report = asyncio.run(coord.verify())

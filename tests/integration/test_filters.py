@@ -245,9 +245,9 @@ def test_injection_corpus_matches_literally_and_never_500s(world, mode):
 
 
 def test_a_forced_prefilter_too_large_for_one_es_request_falls_back_to_postfilter(world, monkeypatch):
-    import router.metadata.filtering as filtering
+    import router.metadata.steps as steps
 
-    monkeypatch.setattr(filtering, "PREFILTER_HARD_MAX_IDS", 500)  # stands in for ES's 10,000-hit window
+    monkeypatch.setattr(steps, "PREFILTER_HARD_MAX_IDS", 500)  # stands in for ES's 10,000-hit window
     dsl = {"range": {"price": {"lt": 60}}}  # about half of the 2,000 points
     answer = run(world, "prefilter", queries(21), dsl)
     assert answer.filter_plans == ["postfilter", "postfilter"]

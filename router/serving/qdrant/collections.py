@@ -1,5 +1,5 @@
 """Collections through the Qdrant API: create (vectors, hnsw_config, shard_number, replication_factor,
-write_consistency_factor), describe, list, exists, delete, payload indexes; and the vector-space lookups points and
+write_consistency_factor), collection info, list, exists, delete, payload indexes; and the vector-space lookups points and
 queries share. Everything goes through PrismService.
 
 A Qdrant collection is a prism collection: each named vector a space (size -> dim; Cosine / Dot / Euclid ->
@@ -111,7 +111,7 @@ def _quorum(cfg: CollectionConfig) -> int:
     return q if isinstance(q, int) else cfg.replicas if q == "all" else cfg.replicas // 2 + 1
 
 
-async def describe(service: Any, name: str) -> dict[str, Any]:
+async def collection_info(service: Any, name: str) -> dict[str, Any]:
     """Qdrant's CollectionInfo: status from replica health (green: all live; yellow: some replica is not; red:
     some shard has none live), exact points_count, the config, and the payload schema (prism's mapping)."""
     info = await service.info(name)

@@ -60,7 +60,7 @@ async def list_collections(request: Request):
 @router.get("/collections/{name}")
 async def get_collection(name: str):
     t0 = time.perf_counter()
-    return ok(await collections.describe(_service(), name), t0)
+    return ok(await collections.collection_info(_service(), name), t0)
 
 
 @router.get("/collections/{name}/exists")

@@ -1,7 +1,10 @@
-"""Filter execution: the Elasticsearch questions a plan needs, and the post-filter over-fetch rounds.
+"""The Elasticsearch steps of one collection's queries and writes (`MetadataSteps`).
 
-`router.filters.plan` decides (pure); this runs what it decided against the metadata store, which is reached in worker
-threads (the official client is synchronous). The shard search itself is injected, so no shard code is here.
+Queries: the Elasticsearch questions a filter plan needs (`router.filters.plan` decides, pure; this runs what it
+decided), the post-filter over-fetch rounds, BM25 (lexical) prefetches, scan confirmation and counts. Writes:
+write-through (Elasticsearch first, then the shards, put back in step when either fails), delete-by-filter and
+dynamic mapping. `prism verify`: the Elasticsearch side of its comparison. The store is reached in worker threads
+(the official client is synchronous); shard searches, reads and writes are injected, so no shard code is here.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ DELETE_PAGE = 1000
 Search = Callable[[list[SearchSpec]], Awaitable[tuple[list[list[list[ScoredId]]], dict[int, Any]]]]
 # held(ids) -> (what the shards hold for them, by id; {shard that did not answer: its error})
 Fetch = Callable[[list[str]], Awaitable[tuple[dict[str, Any], dict[int, Any]]]]
-log = logging.getLogger("prism.filtering")
+log = logging.getLogger("prism.metadata")
 
 
 def rolls_forward(exc: BaseException) -> bool:
@@ -42,12 +45,12 @@ def rolls_forward(exc: BaseException) -> bool:
     return isinstance(exc, ShardUnavailable)
 
 
-class Filtering:
-    """Plans each prefetch's filter and answers its Elasticsearch parts."""
+class MetadataSteps:
+    """What a collection asks Elasticsearch: filter plans and rounds, BM25, counts, write-through, verify."""
 
     def __init__(self, config: CollectionConfig, metadata: Any | None, settings: FilterSettings | None = None):
         self.config = config
-        self.metadata = metadata  # router.metadata.store.MetadataStore, or None: then only pushdown filters work
+        self.store = metadata  # router.metadata.store.MetadataStore, or None: then only pushdown filters work
         self.settings = settings or FilterSettings()
 
     async def plan(self, req: QueryRequest) -> list[FilterPlan]:
@@ -63,15 +66,16 @@ class Filtering:
             plans.append(plan)
         return plans
 
-    def _store(self, what: str) -> Any:
-        if self.metadata is None:
+    def require(self, what: str) -> Any:
+        """The store; a 503 naming Elasticsearch (and `what` needed it) when none is configured."""
+        if self.store is None:
             raise MetadataUnavailable(f"{what} needs the metadata store (Elasticsearch), which is not configured "
                                       "here; only term/terms/range/exists/ids on mapped fields can run without it")
-        return self.metadata
+        return self.store
 
     async def _resolve_es(self, plan: FilterPlan) -> FilterPlan:
         """Count the WHOLE filter in Elasticsearch (its true selectivity); pre-filter by its ids when few."""
-        store = self._store("this filter")
+        store = self.require("this filter")
         query = to_es(plan.node)
         count = await asyncio.to_thread(store.count, self.config.name, query)
         plan = choose_es_path(plan, count, self.settings.prefilter_max_ids, self.settings.mode)
@@ -88,7 +92,7 @@ class Filtering:
         """Over-fetch, keep ES-confirmed ids, grow the fetch until `spec.limit` hits or the candidates run out.
 
         Returns (hits, rounds, {failed shard: reason})."""
-        store = self._store("this filter")
+        store = self.require("this filter")
         need = spec.limit
         query = to_es(plan.residual)
         fetch = first_fetch(need, self.settings.postfilter_overfetch)
@@ -126,7 +130,7 @@ class Filtering:
                                          field=f"prefetch[{i}].{kind}")
             if not p.text or not p.text.strip():
                 raise InvalidRequest(f"prefetch[{i}].text: a lexical space needs query text", field=f"prefetch[{i}].text")
-            self._store(f"lexical space {p.space!r}")
+            self.require(f"lexical space {p.space!r}")
             out[i] = space
         return out
 
@@ -138,7 +142,7 @@ class Filtering:
         top = parse_filter(req.filter, mapping, "filter") if req.filter is not None else None
         own = parse_filter(p.filter, mapping, f"prefetch[{i}].filter") if p.filter is not None else None
         node = and_(top, own)
-        hits = await asyncio.to_thread(self._store("a lexical space").lexical, self.config.name, space.boosts(),
+        hits = await asyncio.to_thread(self.require("a lexical space").lexical, self.config.name, space.boosts(),
                                        p.text, to_es(node) if node is not None else None, limit, with_payload)
         return [ScoredId(pid, score, payload) for pid, score, payload in hits]
 
@@ -148,41 +152,41 @@ class Filtering:
             return None, None
         expr, residual = split_conjuncts(parse_filter(dsl, self.config.metadata, "filter"), self.config.metadata)
         if residual is not None:
-            self._store("this filter")
+            self.require("this filter")
         return expr, residual
 
     async def confirm(self, node: Node, ids: list[str]) -> set[str]:
-        return await asyncio.to_thread(self._store("this filter").confirm, self.config.name, to_es(node), ids)
+        return await asyncio.to_thread(self.require("this filter").confirm, self.config.name, to_es(node), ids)
 
     async def count(self, dsl: dict[str, Any] | None) -> int:
         query = to_es(parse_filter(dsl, self.config.metadata, "filter")) if dsl is not None else {"match_all": {}}
-        return await asyncio.to_thread(self._store("count").count, self.config.name, query)
+        return await asyncio.to_thread(self.require("count").count, self.config.name, query)
 
     async def extend_mapping(self, fields: dict[str, str]) -> None:
         """Map new payload fields in Elasticsearch (when configured); the caller records them in the config."""
-        if self.metadata is not None:
-            await asyncio.to_thread(self.metadata.put_mapping, self.config.name, fields)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.put_mapping, self.config.name, fields)
 
     async def write_through(self, rows: Sequence[PointRow], wait: bool, write: Callable[[], Awaitable[Any]],
                             held: Fetch) -> None:
         """Index the payloads in Elasticsearch, then `write` the shards. Elasticsearch goes first so that what it
         refuses never reaches a shard; when either step fails, Elasticsearch is put back in step with what the
         shards hold for these ids (their payloads re-indexed, the others removed), then the error is raised."""
-        store = self.metadata
+        store = self.store
         if store is None:
             await write()
             return
         try:
             await asyncio.to_thread(store.upsert, self.config.name, [(r.id, r.payload) for r in rows], wait)
         except BaseException as exc:  # refused, or failed without saying what it indexed: put back what it may have
-            await self._resync(exc.accepted if isinstance(exc, IndexRefused) else [r.id for r in rows], held, wait)
+            await self._reindex_from_shards(exc.accepted if isinstance(exc, IndexRefused) else [r.id for r in rows], held, wait)
             raise
         try:
             await write()
         except BaseException as exc:
             if rolls_forward(exc):  # the shards will hold it (logged, replayed to who missed it): so does ES
                 raise
-            await self._resync([r.id for r in rows], held, wait)
+            await self._reindex_from_shards([r.id for r in rows], held, wait)
             raise
 
     async def delete_through(self, ids: list[str], wait: bool, write: Callable[[], Awaitable[Any]],
@@ -190,7 +194,7 @@ class Filtering:
         """Remove the ids from Elasticsearch, then `write` (delete them from) the shards: an Elasticsearch that
         cannot take the delete refuses the request before any shard changes; when the shards fail, Elasticsearch
         is put back in step with what they still hold. Returns what `write` returned."""
-        store = self.metadata
+        store = self.store
         if store is None:
             return await write()
         await asyncio.to_thread(store.delete, self.config.name, ids, wait)
@@ -199,19 +203,20 @@ class Filtering:
         except BaseException as exc:
             if rolls_forward(exc):
                 raise
-            await self._resync(ids, held, wait)
+            await self._reindex_from_shards(ids, held, wait)
             raise
 
-    async def _resync(self, ids: list[str], held: Fetch, wait: bool) -> None:
-        """Best effort (the request is failing already): a step that fails is logged with the ids left out."""
+    async def _reindex_from_shards(self, ids: list[str], held: Fetch, wait: bool) -> None:
+        """Put Elasticsearch back in step with what the shards hold for `ids` (held payloads re-indexed, the others
+        removed). Best effort (the request is failing already): a step that fails is logged with the ids left out."""
         if not ids:
             return
         try:
             rows, failed = await held(ids)
             unknown = {i for i in ids if i not in rows and failed}  # a shard that did not answer may hold them
-            await asyncio.to_thread(self.metadata.upsert, self.config.name,
+            await asyncio.to_thread(self.store.upsert, self.config.name,
                                     [(i, rows[i].payload) for i in ids if i in rows], wait)
-            await asyncio.to_thread(self.metadata.delete, self.config.name,
+            await asyncio.to_thread(self.store.delete, self.config.name,
                                     [i for i in ids if i not in rows and i not in unknown], wait)
             if unknown:
                 log.warning("Elasticsearch may list %d ids the shards do not hold (shards %s did not answer)",
@@ -221,24 +226,24 @@ class Filtering:
 
     async def unindexed(self, ids: list[str]) -> list[str]:
         """Those of `ids` Elasticsearch holds no document for (in the given order)."""
-        store = self._store("verify")
+        store = self.require("verify")
         found = await asyncio.to_thread(store.confirm, self.config.name, {"match_all": {}}, ids)
         return [i for i in ids if i not in found]
 
     async def documents(self) -> int:
-        return await asyncio.to_thread(self._store("verify").count, self.config.name, {"match_all": {}})
+        return await asyncio.to_thread(self.require("verify").count, self.config.name, {"match_all": {}})
 
     async def extra_documents(self, known: list[str], limit: int) -> list[str]:
         """Up to `limit` ids of documents Elasticsearch holds that are not in `known`."""
         query = {"bool": {"must_not": [{"ids": {"values": known}}]}} if known else {"match_all": {}}
-        return sorted(await asyncio.to_thread(self._store("verify").ids, self.config.name, query, limit))
+        return sorted(await asyncio.to_thread(self.require("verify").ids, self.config.name, query, limit))
 
     async def delete_matching(self, dsl: dict[str, Any], delete: Callable[[list[str]], Awaitable[Any]],
                               page: int = DELETE_PAGE) -> int:
         """Delete every point matching an ES DSL filter: ids from Elasticsearch a page at a time, each page deleted
         visibly (Elasticsearch must stop listing it before the next page is asked for). Returns how many."""
         node = parse_filter(dsl, self.config.metadata, "filter")
-        store = self._store("delete by filter")
+        store = self.require("delete by filter")
         deleted, seen = 0, set()
         while True:
             ids = await asyncio.to_thread(store.ids, self.config.name, to_es(node), page)

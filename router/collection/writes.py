@@ -1,0 +1,136 @@
+"""One collection's writes: upsert, partial vector updates, delete (by id and by filter), and dynamic mapping.
+
+Each write: refused while the collection is paused (a reshard) or its layout is stale (another ingress), the whole
+batch validated before anything is written, embedded, written through Elasticsearch first (router.metadata.steps),
+then to the owning shards by ring. Per-point locks keep a read-modify-write (a vector update) from undoing another
+write of this process to the same point.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from cluster.collection_spec import METADATA_TYPES
+from cluster.errors import InvalidRequest, ShardUnavailable
+from router.collection.locks import KeyedLocks
+from router.encoding.vectors import merge_updates
+from router.filters.dsl import normalise_meta
+from router.filters.mapping import FIELD_RE, infer_fields
+from router.schema.points import DeleteResponse, Point, UpsertResponse
+
+if TYPE_CHECKING:
+    from router.collection.coordinator import Coordinator
+
+
+class Writes:
+    """The write paths of one coordinator (its shards, ring, encoders and metadata steps)."""
+
+    def __init__(self, coord: Coordinator):
+        self.coord = coord
+        self._mapping_lock = asyncio.Lock()
+        # A partial vector update reads a point and writes it back: no other write of this process to that point
+        # may land in between (it would be undone). Several ingress replicas: see docs/operations.md.
+        self._points = KeyedLocks()
+
+    def _writable(self) -> None:
+        coord = self.coord
+        if coord.before_write is not None:
+            coord.before_write()
+        if coord.paused:
+            raise ShardUnavailable(f"writes to {coord.config.name!r} are paused: {coord.paused}; retry shortly",
+                                   shards=list(range(coord.config.shards)))
+
+    async def upsert(self, points: Sequence[Point], wait: bool = True) -> UpsertResponse:
+        """Validate the whole batch (nothing is written on bad input), embed, index in Elasticsearch, write the
+        shards by ring. `wait`: return once every acknowledging replica serves the points to searches (and
+        Elasticsearch to filters); else at acknowledgement, visible within the backend's staleness bound."""
+        async with self._points.hold(p.id for p in points):
+            return await self._upsert(points, wait)
+
+    async def _upsert(self, points: Sequence[Point], wait: bool) -> UpsertResponse:
+        coord = self.coord
+        self._writable()
+        if infer_fields((p.payload for p in points), coord.config.metadata):
+            await self._map_new_fields(points)
+        rows, notes, failed = await coord.vectors.prepare_points(points)
+        self._writable()  # again: embedding takes time, and another ingress may have paused writes meanwhile
+        await coord.metadata.write_through(rows, wait, lambda: self._write(  # Elasticsearch first, then the shards
+            coord.shards[s].upsert(batch, wait) for s, batch in coord.by_shard(rows, lambda r: r.id).items()),
+            coord.fetch)
+        return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
+
+    async def _map_new_fields(self, points: Sequence[Point]) -> None:
+        """Dynamic mapping: map the fields these points bring first, once every payload of the batch fits the
+        extended mapping; else a 422 naming the field, and nothing is mapped or written."""
+        async with self._mapping_lock:  # two batches showing the same new field map it once
+            new = infer_fields((p.payload for p in points), self.coord.config.metadata)
+            if not new:
+                return
+            extended = {**self.coord.config.metadata, **new}
+            for i, p in enumerate(points):
+                normalise_meta(p.payload, extended, f"points[{i}].payload")
+            await self._extend_mapping(new)
+
+    async def map_fields(self, fields: dict[str, str]) -> dict[str, str]:
+        """Map payload fields before any point brings them (a Qdrant payload index); a field mapped already keeps
+        its type. Returns these fields' types as they stand."""
+        for field, kind in fields.items():
+            if not FIELD_RE.match(field) or kind not in METADATA_TYPES:
+                raise InvalidRequest(f"field {field!r} ({kind!r}): names are letters, digits, '_' and '-' (at most "
+                                     f"64), types one of {sorted(METADATA_TYPES)}", field="field_name")
+        async with self._mapping_lock:
+            new = {f: k for f, k in fields.items() if f not in self.coord.config.metadata}
+            if new:
+                await self._extend_mapping(new)
+        return {f: self.coord.config.metadata[f] for f in fields}
+
+    async def _extend_mapping(self, new: dict[str, str]) -> None:
+        """Elasticsearch first (it may refuse), then the config everyone here reads, then the catalog."""
+        await self.coord.metadata.extend_mapping(new)
+        self.coord.config.metadata.update(new)
+        if self.coord.on_mapping is not None:
+            self.coord.on_mapping(new)
+
+    async def update_vectors(self, updates: Sequence[Any], wait: bool = True) -> UpsertResponse:
+        """Replace some spaces' vectors of existing points (a re-shot photo); the others are kept as stored. The
+        read and the write back hold the points' locks: a concurrent update of another space is not undone."""
+        coord = self.coord
+        async with self._points.hold(u.id for u in updates):
+            stored = {row.id: row for shard, ids in coord.by_shard([u.id for u in updates]).items()
+                      for row in await coord.shards[shard].read(lambda c, ids=ids: c.export(ids))}
+            points, missing = merge_updates(coord.config, updates, stored)
+            if not points:
+                return UpsertResponse(upserted=0, failed=missing)
+            res = await self._upsert(points, wait)
+        return res.model_copy(update={"failed": missing + res.failed})
+
+    async def delete(self, ids: Sequence[str], wait: bool = True) -> DeleteResponse:
+        unique = list(dict.fromkeys(ids))
+        async with self._points.hold(unique):  # a vector update in flight must not write a deleted point back
+            return await self._delete(unique, wait)
+
+    async def _delete(self, unique: list[str], wait: bool) -> DeleteResponse:
+        coord = self.coord
+        self._writable()
+        results = await coord.metadata.delete_through(unique, wait, lambda: self._write(  # Elasticsearch first
+            coord.shards[s].delete(batch, wait) for s, batch in coord.by_shard(unique).items()), coord.fetch)
+        return DeleteResponse(deleted=sum(max(r) for r in results), visible=wait)
+
+    async def _write(self, calls: Any) -> list:
+        """One request's shard writes, the coordinator's version bumped around them (no answer cached meanwhile is
+        kept); all have ended before the first failure is raised."""
+        self.coord.version += 1
+        try:
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            self.coord.version += 1
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    async def delete_by_filter(self, dsl: dict[str, Any]) -> DeleteResponse:
+        """Delete every point matching an ES DSL filter (ids from Elasticsearch, in pages; always waited for)."""
+        deleted = await self.coord.metadata.delete_matching(dsl, lambda ids: self.delete(ids, True))
+        return DeleteResponse(deleted=deleted, visible=True)
