@@ -4,8 +4,9 @@ nearest centroids sit on few shards.
 
 How: shard centres start far apart (farthest-first from the heaviest centroid) and move as in k-means over the
 centroids, each round assigning centroids heaviest first to the nearest shard with room (a capacity a little over
-the mean); a repair pass then moves single centroids (or swaps two) from the fullest to the emptiest shards,
-choosing among the moves that help balance most the one that moves a centroid least far from its neighbours.
+the mean); a repair pass then moves single centroids (or swaps two) from the fullest to the emptiest shards until
+all lie within half the tolerance (or nothing helps), choosing among the moves that help balance most the one that
+moves a centroid least far from its shard: half, so that points written after training have room to drift.
 Deterministic: no randomness, ties go to the lower index."""
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cluster.errors import InvalidRequest
 from router.routing.kmeans import prepare, scores
 
 TOLERANCE = 0.2  # the issue's bound: shard sizes within +-20% of the mean
-AIM = 0.5  # the greedy rounds fill a shard to mean x (1 + AIM x tolerance): room left for the repair to use
+AIM = 0.5  # greedy rounds fill a shard to mean x (1 + AIM x tolerance), and the repair aims at +-AIM x tolerance
 ROUNDS = 10  # capacitated k-means rounds over the centroids
 GOOD_ENOUGH = 0.5  # a repair step picks the nearest move among those doing at least this share of the best one
 
@@ -109,7 +110,8 @@ def _repair(c: np.ndarray, w: np.ndarray, owner: np.ndarray, centres: np.ndarray
             tolerance: float, metric: str) -> np.ndarray:
     owner = owner.copy()
     shards = len(centres)
-    lo, hi = target * (1 - tolerance), target * (1 + tolerance)
+    # aim at half the tolerance: points written after training drift the sizes, so leave them room to
+    lo, hi = target * (1 - AIM * tolerance), target * (1 + AIM * tolerance)
     for _ in range(4 * len(c) + shards):
         load = np.bincount(owner, weights=w, minlength=shards)
         if load.max() <= hi and load.min() >= lo:
