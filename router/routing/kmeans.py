@@ -98,18 +98,21 @@ def train(vectors: np.ndarray | list, k: int, *, metric: str = "cosine", seed: i
           sample: int = MAX_SAMPLE, iterations: int = MAX_ITERATIONS) -> np.ndarray:
     """k centroids (k x dim float32; unit rows for cosine and ip) of `vectors`, trained on at most `sample` of them.
 
-    The same vectors, k, metric and seed give the same centroids. A cluster left empty by an iteration takes the
+    The same vectors, k, metric and seed give the same centroids (the sample is the first draw of
+    numpy.random.default_rng(seed): rows outside it are never read). A cluster left empty by an iteration takes the
     point furthest from its own centroid, so all k centroids stay in use."""
-    x = prepare(vectors, metric)
+    _check_metric(metric)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidRequest(f"the number of centroids must be an integer >= 1, got {k!r}", field="centroids")
-    if len(x) < k:
-        raise InvalidRequest(f"{k} centroids need at least {k} points to train on, got {len(x)}", field="centroids")
     if sample < k or iterations < 0:
         raise InvalidRequest(f"sample ({sample}) must be >= k ({k}) and iterations ({iterations}) >= 0")
     rng = np.random.default_rng(seed)
-    if len(x) > sample:
-        x = x[np.sort(rng.choice(len(x), sample, replace=False))]
+    raw = np.asarray(vectors)
+    if raw.ndim == 2 and len(raw) > sample:  # sample before converting: a caller may hand over millions of rows
+        raw = raw[np.sort(rng.choice(len(raw), sample, replace=False))]
+    x = prepare(raw, metric)
+    if len(x) < k:
+        raise InvalidRequest(f"{k} centroids need at least {k} points to train on, got {len(x)}", field="centroids")
     c = _seed(x, k, metric, rng)
     # Most of the moving is done on a subsample (cheap); the last iterations see the whole training sample.
     warm = min(len(x), k * WARM_PER_CENTROID)

@@ -73,8 +73,14 @@ def test_kmeans_cosine_centroids_are_unit_and_trains_on_a_bounded_sample():
     x, _ = mixture(5000, 4, 8, seed=1)
     c = kmeans.train(x * 10, 16, metric="cosine", seed=0, sample=500)
     assert np.allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
-    # the sample is a seeded draw: the same seed, the same centroids; a sample of all points differs
-    assert np.array_equal(c, kmeans.train(x * 10, 16, metric="cosine", seed=0, sample=500))
+    # only the sample is read (the seed's first draw): rows outside it may hold anything, even NaN
+    outside = np.ones(len(x), dtype=bool)
+    outside[np.random.default_rng(0).choice(len(x), 500, replace=False)] = False
+    damaged = x * 10
+    damaged[outside] = np.nan
+    assert np.array_equal(c, kmeans.train(damaged, 16, metric="cosine", seed=0, sample=500))
+    with pytest.raises(InvalidRequest, match="NaN"):
+        kmeans.train(damaged, 16, metric="cosine", seed=0, sample=len(x))
 
 
 def test_kmeans_keeps_every_centroid_in_use_on_duplicate_heavy_data():
