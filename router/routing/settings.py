@@ -16,7 +16,7 @@ from router.routing.keys import KEY_TYPES
 METHODS = ("hash", "vector", "key")
 KEYS = {"hash": {"method"}, "vector": {"method", "space", "centroids"}, "key": {"method", "field"}}
 DEFAULT_CENTROIDS = 256
-MAX_CENTROIDS = 65_536  # k-means over 100k points with more centroids than this stops being coarse
+MAX_CENTROIDS = 2_000  # the 100k-point training sample holds 50 points a centroid at this count, no fewer
 TRAIN_PER_CENTROID = 50  # training starts on its own once a collection holds this many points per centroid
 
 

@@ -331,6 +331,7 @@ def test_routing_settings_accepted_and_normalised():
     ("hash", "expected an object"), ({}, "method"), ({"method": "range"}, "method"),
     ({"method": "hash", "space": "x"}, "only"), ({"method": "vector"}, "space"),
     ({"method": "vector", "space": "text", "centroids": 0}, "centroids"),
+    ({"method": "vector", "space": "text", "centroids": 2001}, "from 1 to 2000"),
     ({"method": "vector", "space": "text", "centroids": True}, "centroids"),
     ({"method": "vector", "space": "text", "centroids": "256"}, "centroids"),
     ({"method": "vector", "space": "text", "centroids": 4}, "cannot spread"),
