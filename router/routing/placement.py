@@ -52,7 +52,8 @@ class Placement:
             raise ConfigError("placement: key routing needs a field")
         if self.method == "key" and self.key_type not in KEY_TYPES:
             raise ConfigError(f"placement: a routing key is a {' or '.join(KEY_TYPES)} field, not {self.key_type!r}")
-        if (self.centroids is None) != (self.owners is None) or (self.centroids is not None and self.method != "vector"):
+        trained = self.centroids is not None
+        if trained != (self.owners is not None) or (trained and self.method != "vector"):
             raise ConfigError("placement: centroids and owners come together, and only with vector routing")
         if self.centroids is not None:
             c = np.ascontiguousarray(self.centroids, dtype=np.float32)
