@@ -2,25 +2,22 @@
 points (a Gaussian mixture of 64 components), cosine and l2, wall and CPU seconds (median of 3 runs, the load
 average recorded: this machine is shared), and what the schedule (warm-up subsample, then 3 rounds on all points)
 costs in quality against 20 full Lloyd rounds on all points (mean score of a point to its centroid); then
-balance.assign of those centroids to 8 shards. Writes docs/bench/kmeans.json.
+balance.assign of those centroids to 8 shards. Writes docs/bench/kmeans.json: a section `kmeans` for deploy/bench.py
+(`run`), or on its own:
 
-    PYTHONPATH=. python deploy/bench_kmeans.py
+    PYTHONPATH=. python -m deploy.bench_kmeans
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
+from deploy.benchlib import machine, write_json
 from router.routing import balance, kmeans
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "bench" / "kmeans.json"
 N, DIM, K, COMPONENTS, SHARDS, REPEATS = 100_000, 384, 256, 64, 8, 3
 
 
@@ -36,7 +33,7 @@ def fit(x: np.ndarray, c: np.ndarray, metric: str) -> float:
     return float(kmeans.nearest(kmeans.prepare(x, metric), c, metric)[1].mean())
 
 
-def main() -> None:
+def run(workdir=None) -> dict:
     x = mixture()
     results = {}
     for metric in ("cosine", "l2"):
@@ -56,6 +53,7 @@ def main() -> None:
         sizes = np.bincount(labels, minlength=K)
         b0, bc0 = time.perf_counter(), time.process_time()
         owners = balance.assign(c, sizes, SHARDS, metric=metric)
+        balance_wall, balance_cpu = time.perf_counter() - b0, time.process_time() - bc0
         results[metric] = {
             "train_wall_s": [round(v, 2) for v in walls], "train_wall_s_median": round(statistics.median(walls), 2),
             "train_cpu_s_median": round(statistics.median(cpus), 2),
@@ -63,16 +61,13 @@ def main() -> None:
             "fit_schedule": round(fit(x, c, metric), 4), "fit_20_full_rounds": round(fit(x, ref, metric), 4),
             "reference_20_full_rounds_wall_s": round(ref_wall, 2),
             "reference_20_full_rounds_cpu_s": round(ref_cpu, 2),
-            "balance_wall_s": round(time.perf_counter() - b0, 3), "balance_cpu_s": round(time.process_time() - bc0, 3),
+            "balance_wall_s": round(balance_wall, 3), "balance_cpu_s": round(balance_cpu, 3),
             "balance_spread": round(balance.spread(sizes, owners, SHARDS), 4),
         }
         print(metric, results[metric], flush=True)
-    payload = {"machine": {"cores": os.cpu_count(), "cpu": platform.machine(), "python": platform.python_version(),
-                           "numpy": np.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-               "points": N, "dim": DIM, "centroids": K, "components": COMPONENTS, "shards": SHARDS,
-               "results": results}
-    OUT.write_text(json.dumps(payload, indent=2) + "\n")
+    return {"numpy": np.__version__, "points": N, "dim": DIM, "centroids": K, "components": COMPONENTS,
+            "shards": SHARDS, "results": results}
 
 
 if __name__ == "__main__":
-    main()
+    write_json("kmeans", {"machine": machine(), **run()})
