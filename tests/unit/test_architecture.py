@@ -24,7 +24,7 @@ ROUTER_LAYERS = [
     {"serving"},
     {"collection"},
     {"metadata", "encoding"},
-    {"replication", "ranking"},
+    {"replication", "ranking", "routing"},
     {"schema"},
     {"filters"},
 ]
