@@ -57,6 +57,7 @@ SECTIONS: dict[str, Callable | None] = {
     "antientropy": lambda a, w: section("antientropy")(w),
     "grpc": lambda a, w: section("grpc")(w),
     "qdrant": lambda a, w: section("qdrant")(w),
+    "kmeans": lambda a, w: section("kmeans")(w),
 }
 
 
