@@ -39,15 +39,17 @@ def _cli(*args: str, timeout: float = 600) -> tuple[float, subprocess.CompletedP
     return time.monotonic() - t0, r
 
 
-def started_line(log: Path) -> dict:
-    """The last `started in` line of prism.log, parsed: total, bootstrap phases and the ingress's own timings."""
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("started in ")]
+def started_line(log: Path, what: str = "started") -> dict:
+    """The last `started in` (or `stopped in`) line of prism.log, parsed: total, phases and (started) the ingress's
+    own timings."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith(f"{what} in ")]
     if not lines:
         return {}
     head, _, inside = lines[-1].partition("; inside Serve: ")
-    total, _, parts = head.removeprefix("started in ").partition(": ")
+    total, _, parts = head.removeprefix(f"{what} in ").partition(": ")
     phases = {p.rsplit(" ", 2)[0]: float(p.rsplit(" ", 2)[1]) for p in parts.split(", ") if p}
-    return {"total_s": float(total.removesuffix(" s")), "phases_s": phases, "inside_serve": json.loads(inside)}
+    out = {"total_s": float(total.removesuffix(" s")), "phases_s": phases}
+    return {**out, "inside_serve": json.loads(inside)} if inside else out
 
 
 def _median(rows: list[dict], *path: str) -> float | None:
@@ -90,7 +92,7 @@ def run(workdir: Path, cycles: int = 3, label: str = "current") -> dict:
         finally:
             down_s, _ = _cli("down", "--data-dir", str(data))
         rows.append({"up_s": round(up_s, 2), "down_s": round(down_s, 2), "counts": reopened,
-                     **started_line(data / "prism.log")})
+                     **started_line(data / "prism.log"), "stopped": started_line(data / "prism.log", "stopped")})
     phases = sorted({k for r in rows for k in r.get("phases_s", {})})
     inside = sorted({k for r in rows for k, v in r.get("inside_serve", {}).items() if not isinstance(v, dict)})
     encoders = sorted({k for r in rows for k in r.get("inside_serve", {}).get("encoder_load_s", {})})
@@ -100,6 +102,8 @@ def run(workdir: Path, cycles: int = 3, label: str = "current") -> dict:
                    "total_s": _median(rows, "total_s"),
                    **{f"{p}_s": _median(rows, "phases_s", p) for p in phases},
                    **{f"serve.{k}": _median(rows, "inside_serve", k) for k in inside},
+                   **{f"down.{p}_s": _median(rows, "stopped", "phases_s", p)
+                      for p in sorted({k for r in rows for k in r["stopped"].get("phases_s", {})})},
                    **{f"serve.encoder_load_s.{e}": _median(rows, "inside_serve", "encoder_load_s", e)
                       for e in encoders}},
     }

@@ -174,11 +174,12 @@ class Laps:
         now = time.monotonic()
         self.phases[name], self.last = round(now - self.last, 2), now
 
-    def line(self, inside: dict | None) -> str:
+    def line(self, inside: dict | None, what: str = "started") -> str:
         """`started in T s: phase s, ...` and, inside Serve, what the ingress said it spent (JSON, one line)."""
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.phases.items())
-        return (f"started in {self.last - self.t0:.1f} s: {parts}; inside Serve: "
-                + json.dumps(inside if inside is not None else "unknown", sort_keys=True))
+        line = f"{what} in {self.last - self.t0:.1f} s: {parts}"
+        return line if what != "started" else line + "; inside Serve: " + json.dumps(
+            inside if inside is not None else "unknown", sort_keys=True)
 
 
 def ingress_timings(app_name: str = "prism") -> dict | None:
@@ -284,16 +285,21 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         print(f"prism up failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
+        down = Laps()
         try:
             if ray.is_initialized():
                 try:
                     shutdown_serve()
+                    down.lap("serve")
                 finally:
                     ray.shutdown()
+                    down.lap("ray")
         finally:
             for service in (milvus, es):
                 if service is not None:
                     service.stop()
+                    down.lap(service.name)
+            print(down.line(None, "stopped"), flush=True)
             if direct is not None:
                 direct.release()
             st = read_state(data)
@@ -334,7 +340,7 @@ def start_detached(cfg: ClusterConfig, config_file: str | None = None, timeout_s
                 return state
             except BackendError:
                 break
-        time.sleep(0.5)
+        time.sleep(0.1)  # poll: the state file appears once Serve runs
     stop_process_group(proc.pid)
     raise BackendError(f"prism did not become healthy within {timeout_s:.0f}s; see {data / LOG_FILE}:\n"
                        + _tail(data / LOG_FILE))
@@ -365,7 +371,7 @@ def stop_instance(data_dir: str | Path, timeout_s: float = 90.0) -> bool:
         deadline = time.monotonic() + timeout_s
         while _alive(pid) and time.monotonic() < deadline:
             _reap(pid)
-            time.sleep(0.3)
+            time.sleep(0.1)  # poll: the orderly shutdown, with a deadline
         stop_process_group(pid, timeout_s=10)
     for key in ("milvus_pid", "elasticsearch_pid"):
         if state.get(key):
