@@ -40,8 +40,7 @@ def _cli(*args: str, timeout: float = 600) -> tuple[float, subprocess.CompletedP
 
 
 def started_line(log: Path, what: str = "started") -> dict:
-    """The last `started in` (or `stopped in`) line of prism.log, parsed: total, phases and (started) the ingress's
-    own timings."""
+    """The last `started in` line of prism.log, parsed: total, bootstrap phases and the ingress's own timings."""
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith(f"{what} in ")]
     if not lines:
         return {}
@@ -92,7 +91,7 @@ def run(workdir: Path, cycles: int = 3, label: str = "current") -> dict:
         finally:
             down_s, _ = _cli("down", "--data-dir", str(data))
         rows.append({"up_s": round(up_s, 2), "down_s": round(down_s, 2), "counts": reopened,
-                     **started_line(data / "prism.log"), "stopped": started_line(data / "prism.log", "stopped")})
+                     **started_line(data / "prism.log")})
     phases = sorted({k for r in rows for k in r.get("phases_s", {})})
     inside = sorted({k for r in rows for k, v in r.get("inside_serve", {}).items() if not isinstance(v, dict)})
     encoders = sorted({k for r in rows for k in r.get("inside_serve", {}).get("encoder_load_s", {})})
@@ -102,8 +101,6 @@ def run(workdir: Path, cycles: int = 3, label: str = "current") -> dict:
                    "total_s": _median(rows, "total_s"),
                    **{f"{p}_s": _median(rows, "phases_s", p) for p in phases},
                    **{f"serve.{k}": _median(rows, "inside_serve", k) for k in inside},
-                   **{f"down.{p}_s": _median(rows, "stopped", "phases_s", p)
-                      for p in sorted({k for r in rows for k in r["stopped"].get("phases_s", {})})},
                    **{f"serve.encoder_load_s.{e}": _median(rows, "inside_serve", "encoder_load_s", e)
                       for e in encoders}},
     }

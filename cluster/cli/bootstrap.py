@@ -174,12 +174,11 @@ class Laps:
         now = time.monotonic()
         self.phases[name], self.last = round(now - self.last, 2), now
 
-    def line(self, inside: dict | None, what: str = "started") -> str:
+    def line(self, inside: dict | None) -> str:
         """`started in T s: phase s, ...` and, inside Serve, what the ingress said it spent (JSON, one line)."""
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.phases.items())
-        line = f"{what} in {self.last - self.t0:.1f} s: {parts}"
-        return line if what != "started" else line + "; inside Serve: " + json.dumps(
-            inside if inside is not None else "unknown", sort_keys=True)
+        return (f"started in {self.last - self.t0:.1f} s: {parts}; inside Serve: "
+                + json.dumps(inside if inside is not None else "unknown", sort_keys=True))
 
 
 def ingress_timings(app_name: str = "prism") -> dict | None:
@@ -285,21 +284,16 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         print(f"prism up failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        down = Laps()
         try:
             if ray.is_initialized():
                 try:
                     shutdown_serve()
-                    down.lap("serve")
                 finally:
                     ray.shutdown()
-                    down.lap("ray")
         finally:
             for service in (milvus, es):
                 if service is not None:
                     service.stop()
-                    down.lap(service.name)
-            print(down.line(None, "stopped"), flush=True)
             if direct is not None:
                 direct.release()
             st = read_state(data)
