@@ -126,31 +126,6 @@ class EncoderDeployment:
         return await self._encode_image_batch(image)
 
 
-def _prestart_catalog(cfg: ClusterConfig, server_uri: str | None) -> None:
-    """Launch the shard replica and sequencer actors of every collection in the catalog, all at once and without
-    waiting for any: `open_catalog` then finds them by name (same names, same arguments), opens their collections
-    and reads the sequencers' views, checking everything as it always does. A failure here is only logged: the
-    open that follows meets it again and reports it."""
-    from router.collection.catalog import Catalog
-    from router.replication.ray_sequencer import launch_ray_sequencers
-    from shards.actor import start_ray_shards
-    from shards.local import replica_specs
-
-    try:
-        catalog = Catalog(cfg.data_path / "catalog")
-        for name in catalog.names():
-            entry = catalog.read(name)
-            if entry is None:
-                continue
-            specs = replica_specs(entry.config, cfg.milvus, cfg.data_path, server_uri)
-            start_ray_shards(entry.config, specs, detached=True, create=False, placement=cfg.placement)
-            launch_ray_sequencers(entry.config, specs, cfg.data_path, timeout_s=cfg.shard_timeout_s, detached=True,
-                                  placement=cfg.placement, replication=cfg.replication)
-    except Exception as exc:  # noqa: BLE001 - the open that follows reports it
-        log.warning("starting the catalog's actors early failed (%s: %s); they start when it is opened",
-                    type(exc).__name__, exc)
-
-
 def _grpc_method(name: str):
     """An Ingress method for the gRPC method `name`: Serve's gRPC proxy calls it by that name."""
     async def call(self: "Ingress", request: Any, grpc_context: Any = None) -> Any:
@@ -167,6 +142,7 @@ class Ingress:
 
     async def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
         from router.serving.access import build_guard
+        from router.serving.prestart import prestart_catalog
         from router.metadata.store import metadata_store
         from router.collection.service import PrismService
         from router.replication.ray_sequencer import start_ray_sequencers, stop_ray_sequencers
@@ -190,7 +166,7 @@ class Ingress:
         # The catalog's shard and sequencer actors start while the encoders load (their processes start together);
         # the catalog is opened, as before, once the encoders have said what they can embed.
         statuses, _ = await asyncio.gather(asyncio.gather(*(h.status.remote() for h in encoders.values())),
-                                           asyncio.to_thread(_prestart_catalog, cfg, server_uri))
+                                           asyncio.to_thread(prestart_catalog, cfg, server_uri))
         self.startup: dict[str, Any] = {"encoders_wait_s": round(time.monotonic() - t0, 2)}
         self.service = PrismService(
             cfg, encode=self._encode, encode_images=self._encode_images, server_uri=server_uri,
