@@ -115,6 +115,23 @@ def run(workdir: Path, cycles: int = 3, label: str = "current") -> dict:
     return out
 
 
+COLUMNS = [("up_s", "prism up --detach s"), ("down_s", "prism down s"), ("ray_s", "Ray s"), ("serve_s", "Serve s"),
+           ("serve.encoders_wait_s", "ingress waits for encoders s"), ("serve.catalog_s", "catalog reopen s"),
+           ("serve.encoder_load_s.minilm", "MiniLM load s"), ("serve.encoder_load_s.clip", "CLIP load s")]
+
+
+def table(payload: dict) -> str:
+    """docs/benchmarks.md's table: one row per label (medians), then the ratio of the after/before medians."""
+    out = ["| code | cycles | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for r in payload["runs"]:
+        out.append(f"| {r['label']} | {len(r['cycles'])} | "
+                   + " | ".join(str(r["median"].get(k, "-")) for k, _ in COLUMNS) + " |")
+    ratio = payload.get("ratio_after_over_before")
+    if ratio:
+        out += ["", "after / before (medians): " + ", ".join(f"{k} {v}" for k, v in ratio.items()) + "."]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":  # python -m deploy.bench_startup [label] [cycles]: this section alone
     import tempfile
 
