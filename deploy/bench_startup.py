@@ -84,7 +84,12 @@ def run(workdir: Path, cycles: int = 3, label: str = "current") -> dict:
         first_down, _ = _cli("down", "--data-dir", str(data))
     rows = []
     for _ in range(cycles):
-        up_s, _ = _cli(*up)
+        try:
+            up_s, _ = _cli(*up)
+        except RuntimeError as exc:  # the temp dir goes with the run: keep why prism up failed
+            log = (data / "prism.log").read_text(errors="replace").splitlines()
+            raise RuntimeError(f"{exc}\n--- prism.log, lines saying why ---\n" + "\n".join(
+                ln for ln in log[-400:] if "failed" in ln or "Error" in ln)) from None
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
                 reopened = c.get("/v1/collections/keep").json()["counts"]  # the reopened collection answers
