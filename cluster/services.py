@@ -63,7 +63,7 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
                     return
         except Exception as exc:  # noqa: BLE001
             last = str(exc)
-        time.sleep(0.5)
+        time.sleep(0.1)  # poll: ready within the deadline
     raise BackendError(f"{what} not ready at {url} after {timeout_s:.0f}s ({last})")
 
 
@@ -80,7 +80,7 @@ def stop_process_group(pid: int, timeout_s: float = 15.0) -> None:
     while time.monotonic() < deadline:
         if not _group_alive(pgid):
             return
-        time.sleep(0.2)
+        time.sleep(0.1)  # poll: the group exiting, with a deadline
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
 

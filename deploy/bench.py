@@ -58,6 +58,7 @@ SECTIONS: dict[str, Callable | None] = {
     "grpc": lambda a, w: section("grpc")(w),
     "qdrant": lambda a, w: section("qdrant")(w),
     "kmeans": lambda a, w: section("kmeans")(w),
+    "startup": lambda a, w: section("startup")(w, cycles=a.startup_cycles, label=a.startup_label),
 }
 
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backends", default="server,lite")
     ap.add_argument("--chaos-faults", default=",".join(CHAOS_ORDER),
                     help="chaos runs to make; the other faults' rows in docs/bench/chaos.json are kept")
+    ap.add_argument("--startup-cycles", type=int, default=3)
+    ap.add_argument("--startup-label", default="current",
+                    help="startup runs are kept by label (before/after a change: the ratio of their medians)")
     args = ap.parse_args(argv)
     sections = args.only.split(",")
     unknown = [s for s in sections if s not in SECTIONS]

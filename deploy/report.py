@@ -159,6 +159,11 @@ SECTIONS = [
         "all-MiniLM-L6-v2, distinct texts per batch, `python -m deploy.bench --only encode`; both sides on the "
         f"same device in the same run. Target: {d['target']}. Rows of a device this machine does not have say "
         '"not run".')),
+    ("startup", "deploy.bench_startup", "Start-up: prism up --detach and prism down", lambda d: (
+        "What most e2e tests and `make demo` pay: `prism up --detach` (milvus-lite, the bundled Elasticsearch API "
+        "server, MiniLM and the tiny CLIP) restarted over a 2-shard collection, then `prism down`; medians of "
+        "the cycles, phases from the `started in` line prism up logs. Rows: the code before issue 27's start-up "
+        "work and after it, measured in the same session (this machine is shared: compare the ratio).")),
 ]
 
 

@@ -163,6 +163,35 @@ def check_access(cfg: ClusterConfig) -> str:
     return line
 
 
+class Laps:
+    """Wall time of each start-up phase, for the `started in` line (deploy/bench_startup.py reads it)."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.monotonic()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[name], self.last = round(now - self.last, 2), now
+
+    def line(self, inside: dict | None) -> str:
+        """`started in T s: phase s, ...` and, inside Serve, what the ingress said it spent (JSON, one line)."""
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.phases.items())
+        return (f"started in {self.last - self.t0:.1f} s: {parts}; inside Serve: "
+                + json.dumps(inside if inside is not None else "unknown", sort_keys=True))
+
+
+def ingress_timings(app_name: str = "prism") -> dict | None:
+    """What the ingress replica spent starting (waiting for encoders, reopening the catalog) and each encoder's
+    load time; None when it cannot say (it is only reported, nothing depends on it)."""
+    try:
+        from ray import serve
+
+        return serve.get_app_handle(app_name).startup_timings.remote().result(timeout_s=30)
+    except Exception:  # noqa: BLE001 - a report line only
+        return None
+
+
 def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> int:
     """Start everything, serve until SIGTERM/SIGINT, then stop everything. Returns an exit code."""
     import ray
@@ -189,16 +218,19 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
     es: ServiceHandle | None = None
     direct: PortBlock | None = None
     ranges: dict[str, str] = {}
+    laps = Laps()
     try:
         if cfg.elasticsearch.mode == "bundled":
             print("starting the bundled Elasticsearch API server (noida-db) ...", flush=True)
             es = start_elasticsearch(data / "elasticsearch")
             cfg = cfg.model_copy(update={"elasticsearch": ElasticsearchConfig(mode="external", url=es.uri)})
+            laps.lap("elasticsearch")
         if cfg.milvus.mode == "bundled":
             print("starting the bundled Milvus 2.3 standalone server ...", flush=True)
             milvus = start_milvus_server(data / "milvus-server", auth=True)  # it listens on every interface
             cfg = cfg.model_copy(update={"milvus": MilvusConfig(mode="server", uri=milvus.uri, token=milvus.token,
                                                                 gpu=cfg.milvus.gpu)})
+            laps.lap("milvus")
         print("starting Ray ...", flush=True)
         # Read by the Serve controller and replicas, which inherit the environment Ray starts with.
         guard = haproxy_guard.install(data / "haproxy" / "prism-haproxy") if cfg.ingress == "haproxy" else None
@@ -223,8 +255,10 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         else:
             ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, namespace="prism",
                      logging_level="WARNING", _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+        laps.lap("ray")
         print(f"starting Serve on http://{cfg.host}:{cfg.port} ({ingress_line}) ...", flush=True)
         start_serve(cfg)
+        laps.lap("serve")
         state = {"pid": os.getpid(), "host": cfg.host, "port": cfg.port, "url": f"http://{cfg.host}:{cfg.port}",
                  "grpc": f"{cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else None,
                  "data_dir": str(data), "milvus": cfg.milvus.mode, "milvus_pid": milvus.pid if milvus else None,
@@ -238,6 +272,8 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
               else "gRPC: off (grpc_port 0)", flush=True)
         print(access_line, flush=True)
         report_encoders(state["url"])
+        laps.lap("report")
+        print(laps.line(ingress_timings()), flush=True)
         if ready is not None:
             ready.set()
         while not stop.wait(0.5):
@@ -298,7 +334,7 @@ def start_detached(cfg: ClusterConfig, config_file: str | None = None, timeout_s
                 return state
             except BackendError:
                 break
-        time.sleep(0.5)
+        time.sleep(0.1)  # poll: the state file appears once Serve runs
     stop_process_group(proc.pid)
     raise BackendError(f"prism did not become healthy within {timeout_s:.0f}s; see {data / LOG_FILE}:\n"
                        + _tail(data / LOG_FILE))
@@ -329,7 +365,7 @@ def stop_instance(data_dir: str | Path, timeout_s: float = 90.0) -> bool:
         deadline = time.monotonic() + timeout_s
         while _alive(pid) and time.monotonic() < deadline:
             _reap(pid)
-            time.sleep(0.3)
+            time.sleep(0.1)  # poll: the orderly shutdown, with a deadline
         stop_process_group(pid, timeout_s=10)
     for key in ("milvus_pid", "elasticsearch_pid"):
         if state.get(key):

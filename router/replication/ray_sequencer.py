@@ -97,6 +97,20 @@ def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]
                          placement: PlacementConfig | None = None,
                          replication: ReplicationSettings | None = None) -> list[RaySequencerClient]:
     """Start (or find, by name) one sequencer per shard, on the head node, and read each one's view."""
+    actors = launch_ray_sequencers(config, specs, data_path, timeout_s=timeout_s, detached=detached,
+                                   first_shard=first_shard, placement=placement, replication=replication)
+    views = _views(actors)
+    return [RaySequencerClient(a, first_shard + i, v) for i, (a, v) in enumerate(zip(actors, views))]
+
+
+def launch_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
+                          timeout_s: float, detached: bool = False, first_shard: int = 0,
+                          placement: PlacementConfig | None = None,
+                          replication: ReplicationSettings | None = None) -> list[Any]:
+    """The sequencer actors of these shards, started (or found, by name) without waiting for them: an ingress
+    starting up launches them beside the replica actors, so their processes start together, and
+    `start_ray_sequencers` then finds them by name. A sequencer calls no replica until it is first asked (its
+    view), so launching it early changes nothing but when its process starts."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
@@ -105,11 +119,9 @@ def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]
     head = head_node()
     if head is not None:
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head, soft=False)
-    actors = [SequencerActor.options(name=sequencer_name(config.name, first_shard + i), **opts).remote(
+    return [SequencerActor.options(name=sequencer_name(config.name, first_shard + i), **opts).remote(
         config, first_shard + i, row, str(sequencer_dir(data_path, config.name, first_shard + i)), timeout_s,
         detached, placement, replication) for i, row in enumerate(specs)]
-    views = _views(actors)
-    return [RaySequencerClient(a, first_shard + i, v) for i, (a, v) in enumerate(zip(actors, views))]
 
 
 def _views(actors: list[Any], within_s: float = 120.0) -> list[Any]:

@@ -70,6 +70,7 @@ class EncoderDeployment:
 
         from router.encoding.embed import batch_settings, load_encoder
 
+        t0 = time.monotonic()
         d = device or {}
         self.name = name
         self.error: str | None = None
@@ -85,6 +86,11 @@ class EncoderDeployment:
         for method in (self._encode_batch, self._encode_document_batch, self._encode_image_batch):
             method.set_max_batch_size(self.batch[0])
             method.set_batch_wait_timeout_s(self.batch[1])
+        self.load_s = round(time.monotonic() - t0, 2)
+
+    def load_seconds(self) -> float:
+        """How long this replica took to start (the model load, mostly): `prism up`'s `started in` line."""
+        return self.load_s
 
     def status(self) -> dict[str, Any]:
         if self.encoder is None:
@@ -138,11 +144,13 @@ class Ingress:
 
     async def __init__(self, config: dict[str, Any], encoders: dict[str, DeploymentHandle]):
         from router.serving.access import build_guard
+        from router.serving.prestart import prestart_catalog
         from router.metadata.store import metadata_store
         from router.collection.service import PrismService
         from router.replication.ray_sequencer import start_ray_sequencers, stop_ray_sequencers
         from shards.actor import start_ray_shards, stop_ray_shards
 
+        t0 = time.monotonic()
         cfg = ClusterConfig.model_validate(config)
         self.state = process_state()
         self.state.max_upload_bytes = cfg.max_upload_bytes
@@ -157,7 +165,11 @@ class Ingress:
                         "messages up to its own bound before prism refuses them", cfg.grpc_max_message_bytes)
         self.encoders = encoders
         server_uri = cfg.milvus.uri if cfg.milvus.mode != "lite" else None
-        statuses = await asyncio.gather(*(h.status.remote() for h in encoders.values()))
+        # The catalog's shard and sequencer actors start while the encoders load (their processes start together);
+        # the catalog is opened, as before, once the encoders have said what they can embed.
+        statuses, _ = await asyncio.gather(asyncio.gather(*(h.status.remote() for h in encoders.values())),
+                                           asyncio.to_thread(prestart_catalog, cfg, server_uri))
+        self.startup: dict[str, Any] = {"encoders_wait_s": round(time.monotonic() - t0, 2)}
         self.service = PrismService(
             cfg, encode=self._encode, encode_images=self._encode_images, server_uri=server_uri,
             encoders={st["name"]: st for st in statuses},
@@ -174,13 +186,20 @@ class Ingress:
         self.state.metrics.watch_replicas(lambda: [(name, sh) for name, coord in list(self.service.coordinators.items())
                                                    for sh in coord.shards])
         self.state.service = self.service  # what the /qdrant routes call
-        await asyncio.to_thread(self.service.open_catalog)
+        t1 = time.monotonic()
+        opened = await asyncio.to_thread(self.service.open_catalog)
+        self.startup.update(catalog_s=round(time.monotonic() - t1, 2), collections=len(opened))
         from router.replication.healing import HealLoop
 
         metrics = self.state.metrics
         self.healer = HealLoop(self.service.heal, failed=metrics.heal_failures.inc,
                                restarted=metrics.heal_loop_restarts.inc)
         self._healer = asyncio.create_task(self.healer.supervise())  # held: a task nobody holds may be collected
+
+    async def startup_timings(self) -> dict[str, Any]:
+        """Where this replica's start went (seconds), with each encoder's load: `prism up`'s `started in` line."""
+        loads = await asyncio.gather(*(h.load_seconds.remote() for h in self.encoders.values()))
+        return {**self.startup, "encoder_load_s": dict(zip(self.encoders, loads))}
 
     async def _encode(self, name: str, texts: list[str], document: bool = False) -> list[tuple[list[float], bool]]:
         handle = self.encoders.get(name)
