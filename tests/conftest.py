@@ -43,7 +43,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
-    from cluster.services import start_milvus_server
+    from tests.milvus_start import start_milvus_server
 
     handle = start_milvus_server(tmp_path_factory.mktemp("milvus-server"))
     yield handle

@@ -8,7 +8,8 @@ import stat
 import pytest
 
 from cluster.config import CollectionConfig, MilvusConfig
-from cluster.services import MILVUS_PASSWORD_FILE, start_milvus_server
+from cluster.services import MILVUS_PASSWORD_FILE
+from tests.milvus_start import start_milvus_server
 from router.collection.coordinator import Coordinator
 from router.schema.models import Point
 from shards.local import local_shards, replica_specs, stop_local_shards

@@ -12,7 +12,8 @@ import pytest
 
 from cluster.config import CollectionConfig, MilvusConfig
 from cluster.errors import ShardUnavailable
-from cluster.services import free_port, start_milvus_server
+from cluster.services import free_port
+from tests.milvus_start import start_milvus_server
 from router.collection.coordinator import Coordinator
 from router.schema.models import Point, QueryRequest
 from router.replication.replicas import PROBE_INTERVAL_S
