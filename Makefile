@@ -25,7 +25,7 @@ demo: $(STAMP)
 # The linter first (seconds); then every test, the 30 slowest listed at the end.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider --durations=30 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=30 tests
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

@@ -11,11 +11,50 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+# `make test` runs the suite on pytest-xdist workers. Tests go to workers by group, each group whole to one worker:
+# the tests on a shared `prism up` (the keyed instance, the open one) are one group per instance, so each starts
+# once in a run rather than once per worker; every other file is a group of its own (module fixtures start once).
+# Session fixtures (Ray, the Milvus server, noida-db) start once per worker that needs them, on free ports, under the
+# worker's own tmp dir. The groups are named by file because xdist schedules from node ids alone (its
+# xdist_group mark does not reach the node ids under pytest 9); pytest_itemcollected keeps the table honest.
+INSTANCE_GROUPS = {
+    "secured": ("tests/e2e/test_access.py", "tests/e2e/test_access_surface.py"),
+    "prism_server": ("tests/e2e/test_exposure.py", "tests/e2e/test_grpc.py", "tests/e2e/test_http.py",
+                     "tests/e2e/test_images.py", "tests/e2e/test_ingest.py", "tests/e2e/test_loadtest.py",
+                     "tests/e2e/test_qdrant.py", "tests/e2e/test_readme.py", "tests/e2e/test_security_open.py",
+                     "tests/e2e/test_verify.py"),
+}
+GROUP_OF = {path: group for group, paths in INSTANCE_GROUPS.items() for path in paths}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByInstance(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return GROUP_OF.get(path, path)
+
+    return ByInstance(config, log)
+
+
+def pytest_itemcollected(item):
+    """A test on a shared instance must sit in a file of that instance's group (the first instance it uses)."""
+    fixtures = getattr(item, "fixturenames", ())
+    path = item.nodeid.split("::", 1)[0]
+    uses = next((name for name in INSTANCE_GROUPS if name in fixtures), None)
+    if uses is not None and GROUP_OF.get(path) != uses:
+        raise pytest.UsageError(f"{item.nodeid} uses the shared `{uses}` instance: add {path} to "
+                                f"INSTANCE_GROUPS[{uses!r}] in tests/conftest.py")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="prism-tests",
+    # "local": a new Ray of this test process's own, never the one a `ray start` on this machine recorded in
+    # RAY_TMPDIR (another xdist worker's test, or a helper's), which ray.init() without an address would join.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="prism-tests",
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     yield ray
     ray.shutdown()
@@ -23,7 +62,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
-    from cluster.services import start_milvus_server
+    from tests.milvus_start import start_milvus_server
 
     handle = start_milvus_server(tmp_path_factory.mktemp("milvus-server"))
     yield handle

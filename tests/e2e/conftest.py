@@ -155,3 +155,7 @@ def photos(prism_server):
     return c
 
 
+
+
+# The keyed instance the access tests share (session-scoped; at the end: it builds on Instance and prism_cli above).
+from tests.e2e.keyed_instance import secured  # noqa: E402,F401

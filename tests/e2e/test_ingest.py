@@ -7,7 +7,9 @@ import pytest
 
 from cluster.cli.ingest import run_ingest
 
-N = 5000
+# 1500 points in 8 write batches of 200: the crash lands after 3 acknowledged batches, the resume writes the other 5
+# (5000 in batches of 500 asked the same questions at three times the embedding time).
+N = 1500
 WORDS = ["red", "blue", "shoe", "coat", "lamp", "mug", "tent", "bag", "warm", "light", "sport", "classic"]
 
 
@@ -53,17 +55,17 @@ def test_ray_data_ingest_exactly_once_and_resumes(target, prism_server, ray_sess
     write_points(src)
     ledger = tmp_path / "ledger.acked"
     with pytest.raises(Crash):
-        run_ingest(src, "bulk", prism_server.url, ledger_path=ledger, batch_size=128, write_batch=500,
-                   progress=crash_after(2000))
+        run_ingest(src, "bulk", prism_server.url, ledger_path=ledger, batch_size=64, write_batch=200,
+                   progress=crash_after(600))
     first = count(target)
-    assert 2000 <= first < N
-    rep = run_ingest(src, "bulk", prism_server.url, ledger_path=ledger, batch_size=128, write_batch=500)
+    assert 600 <= first < N
+    rep = run_ingest(src, "bulk", prism_server.url, ledger_path=ledger, batch_size=64, write_batch=200)
     assert rep.skipped == first and rep.upserted == N - first and rep.failures == []
     assert count(target) == N
     again = run_ingest(src, "bulk", prism_server.url, ledger_path=ledger)
     assert again.upserted == 0 and again.skipped == N
     assert count(target) == N
-    title = f"{WORDS[4321 % 12]} {WORDS[(4321 * 7) % 12]} item 4321"
+    title = f"{WORDS[1234 % 12]} {WORDS[(1234 * 7) % 12]} item 1234"
     hit = target.post("/v1/collections/bulk/query", json={"prefetch": [{"space": "text", "text": title}],
                                                            "fusion": {"method": "none"}, "limit": 5}).json()["hits"]
-    assert hit[0]["id"] == "b4321" and hit[0]["score"] > 0.99  # stored vector == the query's: same text, same model
+    assert hit[0]["id"] == "b1234" and hit[0]["score"] > 0.99  # stored vector == the query's: same text, same model

@@ -9,7 +9,8 @@ import pytest
 
 from cluster.collection_spec import CollectionConfig
 from cluster.config import MilvusConfig
-from cluster.services import MILVUS_PASSWORD_FILE, start_milvus_server
+from cluster.services import MILVUS_PASSWORD_FILE
+from tests.milvus_start import start_milvus_server
 from router.collection.coordinator import Coordinator
 from router.schema.points import Point
 from shards.local import local_shards, replica_specs, stop_local_shards

@@ -13,7 +13,8 @@ import pytest
 from cluster.collection_spec import CollectionConfig
 from cluster.config import MilvusConfig
 from cluster.errors import ShardUnavailable
-from cluster.services import free_port, start_milvus_server
+from cluster.services import free_port
+from tests.milvus_start import start_milvus_server
 from router.collection.coordinator import Coordinator
 from router.schema.points import Point
 from router.schema.query import QueryRequest
