@@ -1,7 +1,8 @@
 """Runs the bundled Milvus 2.3 standalone in the foreground with fixed ports: `python -m cluster.milvus_launcher DIR PORT HEALTH_PORT`.
 
-The `milvus-server` CLI picks its health port itself, and its embedded etcd always takes peer port 2380, so a
-second server on the machine dies at start. Here both are chosen free, and etcd gets a config file of its own.
+The `milvus-server` CLI picks its health port itself, its components' ports by probing up from fixed defaults, and
+its embedded etcd always takes peer port 2380, so a second server on the machine could die at start. Here all of
+them start from ports chosen free, and etcd gets a config file of its own.
 """
 from __future__ import annotations
 
@@ -34,6 +35,19 @@ def _bind_reusable(port: int) -> socket.socket | None:
         return None
 
 
+def pin_component_ports(config, pick=free_port) -> dict[str, int]:
+    """Start every component's port probe (rootcoord, datacoord, querynode, ... and proxy's internal port) at a port
+    the OS calls free, for each `*_port` item not set already. The package probes upward from fixed defaults (53100,
+    ...) and binds seconds later, so two servers starting at once picked the same port and one died ("bind: address
+    already in use", exit 250). Returns what it set."""
+    chosen = {}
+    for key, (kind, value) in list(config.configurable_items.items()):
+        if key.endswith("_port") and key not in ("proxy_port", "etcd_port"):
+            chosen[key] = pick()
+            config.set(key, chosen[key])
+    return chosen
+
+
 def main(argv: list[str]) -> int:
     import milvus
 
@@ -43,6 +57,7 @@ def main(argv: list[str]) -> int:
     server.set_base_dir(data_dir)
     server.config.set("proxy_port", port)
     server.config.set("etcd_port", free_port())
+    pin_component_ports(server.config)
     server.webservice_port = health_port  # start() probes upward from here; it is free, so it is kept
 
     write_config = server.config.write_config

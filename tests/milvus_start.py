@@ -1,12 +1,10 @@
 """The bundled Milvus server, started one at a time on this machine.
 
-Milvus 2.3 standalone (the PyPI `milvus` package) picks its component ports (rootcoord 53100, datacoord, ...) by
-probing upward from fixed defaults and binds them seconds later, so two servers starting at the same moment can pick
-the same port and one dies ("bind: address already in use", exit 250; seen with two xdist workers). The suite's
-starts take turns under one lock file in the system temp dir, and a start that lost such a race with a server the
-lock does not cover (one `prism up` starts, another checkout's) is tried again: the port it lost is taken by then, so
-the next probe passes it. The real fix is in cluster/milvus_launcher.py (choose every component port free, as it
-does for etcd's)."""
+Milvus 2.3 standalone (the PyPI `milvus` package) picks its component ports by probing upward from where it is told
+and binds them seconds later. cluster/milvus_launcher.py now starts every probe at a port chosen free (it used the
+package's fixed defaults, 53100, ..., and two xdist workers' servers collided: "bind: address already in use", exit
+250). The suite's starts still take turns under one lock file in the system temp dir, and a start that lost a port
+race anyway is tried again, so a start-up race on a busy machine never fails a test that is about something else."""
 from __future__ import annotations
 
 import fcntl
