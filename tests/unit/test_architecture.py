@@ -3,7 +3,8 @@
 - router/ is a stack of packages: each imports only packages below it (and itself), never above or beside, not
   even for type checking; router/__init__.py, which runs before every router module, imports no router package;
 - only router.serving imports fastapi, starlette, ray.serve or grpc (cluster.client and cluster.services, the
-  floor's own client and server launcher, speak gRPC too);
+  floor's own client and server launcher, speak gRPC too); Ray only where an actor is defined or called (RAY_HOMES,
+  the edge, the roof); the pure packages (PURE) import neither Ray, Milvus, Elasticsearch, httpx nor torch;
 - shards/ imports nothing from router/, and cluster's floor (everything but cluster.cli) nothing from router,
   shards or deploy;
 - every spelling counts: `import`, `from`, relative, inside functions, classes and try blocks, and
@@ -202,6 +203,28 @@ def floor_violations(graph: Graph, known: set[str] | dict) -> list[str]:
     return sorted(bad)
 
 
+RAY_HOMES = ("shards.actor", "router.replication.ray_sequencer")  # where an actor is defined (and the edge, the roof)
+PURE = ("ranking", "routing", "schema", "filters")  # docs/architecture.md: no I/O, no cluster framework
+IO_LIBS = ("ray", "pymilvus", "elasticsearch", "httpx", "torch")
+
+
+def _imports_lib(names: set[str], libs: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if any(n == lib or n.startswith(lib + ".") for lib in libs))
+
+
+def ray_violations(graph: Graph) -> list[str]:
+    """Ray imported outside the modules that define or call an actor: RAY_HOMES, the serving edge and the roof."""
+    return [f"{m} -> {n}" for m, (found, typing_only) in sorted(graph.items())
+            if not (m in RAY_HOMES or m == "router.serving" or m.startswith("router.serving.") or _roof(m))
+            for n in _imports_lib(found | typing_only, ("ray",))]
+
+
+def purity_violations(graph: Graph) -> list[str]:
+    """A pure router package (PURE) importing Ray, Milvus, Elasticsearch, an HTTP client or torch."""
+    return [f"{m} -> {n}" for m, (found, typing_only) in sorted(graph.items())
+            if m.startswith("router.") and m.split(".")[1] in PURE for n in _imports_lib(found | typing_only, IO_LIBS)]
+
+
 def dynamic_violations(graph: Graph) -> list[str]:
     """Below the roof, an import whose module is made at run time, which no rule here can read."""
     return sorted(m for m, (found, _) in graph.items() if DYNAMIC in found and not _roof(m))
@@ -221,6 +244,14 @@ def test_only_the_serving_edge_imports_web_and_rpc_frameworks():
 
 def test_shards_and_the_cluster_floor_import_nothing_above_them():
     assert floor_violations(GRAPH, SOURCES) == []
+
+
+def test_ray_is_imported_only_where_an_actor_is_defined_or_called():
+    assert ray_violations(GRAPH) == []
+
+
+def test_the_pure_packages_import_no_framework_and_do_no_io():
+    assert purity_violations(GRAPH) == []
 
 
 def test_below_the_roof_every_import_names_its_module():
@@ -403,3 +434,23 @@ def test_a_module_named_at_run_time_is_refused_below_the_roof(tmp_path):
 def test_no_module_over_450_lines(module):
     lines = len(SOURCES[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{SOURCES[module].relative_to(ROOT)}: {lines} lines (at most {MAX_LINES})"
+
+
+@pytest.mark.parametrize("source", ["import ray", "from ray import get", "from ray.util import x",
+                                    "import importlib\nimportlib.import_module('ray')"])
+def test_ray_outside_its_homes_is_found(tmp_path, source):
+    graph, _ = _graph_of(tmp_path, {**ROUTER_BASE, "router.ranking.merge": source + "\n",
+                                    "router.replication.ray_sequencer": source + "\n", "shards.actor": source + "\n"})
+    found = graph["router.ranking.merge"][0]
+    assert ray_violations(graph) == [f"router.ranking.merge -> {n}" for n in sorted(found) if n.split(".")[0] == "ray"]
+    assert ray_violations(graph)
+    assert purity_violations(graph) == ray_violations(graph)
+
+
+def test_milvus_elasticsearch_or_http_in_a_pure_package_is_found(tmp_path):
+    graph, _ = _graph_of(tmp_path, {**ROUTER_BASE, LOWER: "from pymilvus import MilvusClient\nimport httpx\n",
+                                    "router.ranking.merge": "from elasticsearch import AsyncElasticsearch\n"})
+    assert purity_violations(graph) == ["router.filters.dsl -> httpx", "router.filters.dsl -> pymilvus",
+                                        "router.filters.dsl -> pymilvus.MilvusClient",
+                                        "router.ranking.merge -> elasticsearch",
+                                        "router.ranking.merge -> elasticsearch.AsyncElasticsearch"]
