@@ -36,6 +36,7 @@ ROUTER_LAYERS = [
 EDGE_ONLY = ("fastapi", "starlette", "ray.serve", "grpc")
 EDGE_EXCEPTIONS = {"cluster.client", "cluster.services"}  # the floor's gRPC client and the server launcher
 GENERATED = "_pb2"
+LOADERS = ("import_module", "__import__", "run_module", "resolve_name")
 DYNAMIC = "<a module named at run time>"  # import_module(f"...{x}"): below the roof every import names its module
 MAX_LINES = 450
 
@@ -67,10 +68,10 @@ def _type_checking(node: ast.If) -> bool:
 
 
 def _loader(func: ast.AST, loaders: set[str]) -> bool:
-    """`importlib.import_module`, `__import__`, `runpy.run_module` or a name bound to one of them."""
+    """`importlib.import_module`, `__import__`, `runpy.run_module`, `pkgutil.resolve_name` or a name bound to one."""
     if isinstance(func, ast.Name):
         return func.id in loaders
-    return isinstance(func, ast.Attribute) and func.attr in ("import_module", "__import__", "run_module")
+    return isinstance(func, ast.Attribute) and func.attr in LOADERS
 
 
 def imports(path: Path, module: str, known: set[str] | frozenset[str] = frozenset()) -> tuple[set[str], set[str]]:
@@ -84,7 +85,7 @@ def imports(path: Path, module: str, known: set[str] | frozenset[str] = frozense
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     typing_only: set[str] = set()
-    loaders = {"import_module", "__import__", "run_module"}  # names that import a module given as a string
+    loaders = set(LOADERS)  # names that import a module given as a string (and local names bound to one)
 
     def add(name: str, into: set[str]) -> None:
         into.add(name)
@@ -113,12 +114,12 @@ def imports(path: Path, module: str, known: set[str] | frozenset[str] = frozense
                 add(sub if sub in known else base, into)
                 if base.split(".")[0] not in TOP:  # another project's: `from ray import serve` is ray.serve
                     add(sub, into)
-                if base == "importlib" and a.name == "import_module":
+                if a.name in LOADERS:  # from importlib import import_module as load
                     loaders.add(a.asname or a.name)
         elif isinstance(node, ast.Call) and _loader(node.func, loaders):
             arg = node.args[0] if node.args else None
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):  # import_module("router.serving.app")
-                name = arg.value
+                name = arg.value.partition(":")[0]  # resolve_name("a.b:attr")
                 if name.startswith("."):
                     dots = len(name) - len(name.lstrip("."))
                     up = package.split(".")[: len(package.split(".")) - (dots - 1)]
@@ -383,6 +384,8 @@ ROUTER_BASE = {"router": "# package\n", "router.serving": "# package\n", "router
     "from importlib import import_module as load\nload('router.serving.app')",
     "__import__('router.serving.app')",
     "import runpy\nrunpy.run_module('router.serving.app')",
+    "import pkgutil\npkgutil.resolve_name('router.serving.app:build_app')",
+    "from runpy import run_module as run\nrun('router.serving.app')",
     "import importlib\nimportlib.import_module('..serving.app', __package__)",
     "import router.ranking.merge",  # beside: ranking and filters are on rows of their own, ranking above
     "import deploy.bench",
