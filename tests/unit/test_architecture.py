@@ -8,7 +8,7 @@
 - shards/ imports nothing from router/, and cluster's floor (everything but cluster.cli) nothing from router,
   shards or deploy;
 - every spelling counts: `import`, `from`, relative, inside functions, classes and try blocks, and
-  `importlib.import_module` / `__import__` / `runpy.run_module` of a literal name; below the roof (deploy,
+  `importlib.import_module` / `__import__` / `runpy.run_module` / `pkgutil.resolve_name` of a literal name; below the roof (deploy,
   cluster.cli) no module is imported by a name made at run time, which no rule could read;
 - no import circle among prism's modules, counting the package __init__s an import runs (imports under
   `if TYPE_CHECKING:` are for annotations only and are not counted here);
@@ -79,8 +79,8 @@ def imports(path: Path, module: str, known: set[str] | frozenset[str] = frozense
 
     `from package import name` counts as importing the module package.name when that is one of `known`, else the
     package (whose __init__ then holds `name`); of another project's package, both (`from ray import serve` imports
-    ray.serve). `importlib.import_module("a.b")`, `__import__("a.b")` and `runpy.run_module("a.b")` import a.b; with
-    a name made at run time they import DYNAMIC."""
+    ray.serve). `importlib.import_module("a.b")`, `__import__("a.b")`, `runpy.run_module("a.b")` and
+    `pkgutil.resolve_name("a.b:x")` import a.b; with a name made at run time they import DYNAMIC."""
     tree = ast.parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
