@@ -8,8 +8,8 @@
 - shards/ imports nothing from router/, and cluster's floor (everything but cluster.cli) nothing from router,
   shards or deploy;
 - every spelling counts: `import`, `from`, relative, inside functions, classes and try blocks, and
-  `importlib.import_module` / `__import__` / `runpy.run_module` / `pkgutil.resolve_name` of a literal name; below the roof (deploy,
-  cluster.cli) no module is imported by a name made at run time, which no rule could read;
+  `importlib.import_module` / `__import__` / `runpy.run_module` / `pkgutil.resolve_name` of a literal name; below
+  the roof (deploy, cluster.cli) no module is imported by a name made at run time, which no rule could read;
 - no import circle among prism's modules, counting the package __init__s an import runs (imports under
   `if TYPE_CHECKING:` are for annotations only and are not counted here);
 - no module over 450 lines (generated protobuf stubs aside).
