@@ -235,6 +235,13 @@ def test_every_router_module_is_in_a_package_of_the_stack():
     assert loose_router_modules(SOURCES) == [], "modules directly under router/: put each in a package by its job"
 
 
+def test_no_python_package_outside_the_four_the_rules_read():
+    """A module at the repository's root or a new top-level package would be under none of these rules."""
+    stray = [p.name for p in ROOT.glob("*.py")] + [d.name for d in ROOT.iterdir() if d.is_dir() and
+                                                   (d / "__init__.py").exists() and d.name not in (*TOP, "tests")]
+    assert sorted(stray) == [], "put it in router, shards, cluster or deploy (and in docs/architecture.md)"
+
+
 def test_router_packages_import_only_packages_below_them():
     assert layer_violations(GRAPH, SOURCES) == []
 
