@@ -237,8 +237,10 @@ def test_every_router_module_is_in_a_package_of_the_stack():
 
 def test_no_python_package_outside_the_four_the_rules_read():
     """A module at the repository's root or a new top-level package would be under none of these rules."""
-    stray = [p.name for p in ROOT.glob("*.py")] + [d.name for d in ROOT.iterdir() if d.is_dir() and
-                                                   (d / "__init__.py").exists() and d.name not in (*TOP, "tests")]
+    skip = (*TOP, "tests", "build", "dist")  # build/ and dist/: what packaging writes, copies of the four
+    stray = [p.name for p in ROOT.glob("*.py")] + [
+        d.name for d in ROOT.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in skip and
+        not d.name.endswith(".egg-info") and next(d.rglob("*.py"), None) is not None]
     assert sorted(stray) == [], "put it in router, shards, cluster or deploy (and in docs/architecture.md)"
 
 
