@@ -4,5 +4,5 @@ routes by - hash, vector or key - with its JSON form (placement), the key of a p
 (keys), and the checks of the `routing` setting and the query field `probe` (settings).
 
 No Ray, no Milvus, no I/O: numpy and the floor's ring and errors only.
-May import: cluster.ring, cluster.errors (docs/architecture.md; tests/unit/test_architecture.py).
+May import: cluster.ring, cluster.errors (docs/architecture.md; tests/unit/test_routing.py reads the imports).
 """

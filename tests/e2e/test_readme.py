@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-
+import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -25,9 +25,29 @@ def test_readme_api_example_runs(prism_server):
     assert found, "the README lost its API example"
     assert any("grpc://" in code for code in found), "the README lost its gRPC example"
     for code in found:
-        code = code.replace('BASE = "http://127.0.0.1:8000"', f'BASE = "{prism_server.url}"')
-        code = code.replace('"grpc://127.0.0.1:9000"', f'"grpc://{prism_server.grpc_target}"')
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(aimed(code, prism_server.url, prism_server.grpc_target), "README.md", "exec"), {})
+
+
+def aimed(code: str, url: str, grpc_target: str) -> str:
+    """A README snippet pointed at the test's server; one that would still reach the default ports (8000, 9000),
+    where another prism may be serving on this machine, is refused instead of run."""
+    code = code.replace('BASE = "http://127.0.0.1:8000"', f'BASE = "{url}"')
+    code = code.replace('"grpc://127.0.0.1:9000"', f'"grpc://{grpc_target}"')
+    left = [ln for ln in code.splitlines() if re.search(r"(127\.0\.0\.1|localhost|0\.0\.0\.0):(8000|9000)\b",
+                                                        ln.split("#", 1)[0])]
+    assert not left, f"a README snippet still aims at a default port: {left}"
+    return code
+
+
+def test_every_readme_snippet_is_aimed_at_the_test_server():
+    """Found by the issue 27 review: the snippets were pointed at the server by an exact text replace; a README that
+    spelt its address differently would have sent them to whatever answers on port 8000 here."""
+    for code in snippets():
+        aimed(code, "http://h:1", "h:2")  # refuses a snippet that would still reach a default port
+    with pytest.raises(AssertionError, match="default port"):
+        aimed('BASE = "http://localhost:8000"\n', "http://h:1", "h:2")
+    with pytest.raises(AssertionError, match="default port"):
+        aimed('PrismClient("grpc://localhost:9000")\n', "http://h:1", "h:2")
 
 
 def curl_json_examples() -> list[tuple[str, str, dict]]:

@@ -87,7 +87,7 @@ def test_the_ingress_module_binds_describe_once():
     import ast
     import pathlib
 
-    tree = ast.parse(pathlib.Path("router/serving/app.py").read_text())
+    tree = ast.parse((pathlib.Path(__file__).resolve().parents[2] / "router/serving/app.py").read_text())
     imported = [a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
     assert len(imported) == len(set(imported)), sorted(n for n in imported if imported.count(n) > 1)
 

@@ -149,8 +149,8 @@ def test_balance_with_no_points_yet_spreads_the_centroids_and_refuses_bad_input(
 
 def test_balance_is_best_effort_when_one_centroid_is_too_big():
     owner = balance.assign(np.eye(4), [1000, 1, 1, 1], 2, metric="l2")
-    assert owner[0] != owner[1] or owner[0] != owner[2]  # the rest go to the other shard
-    assert np.bincount(owner, minlength=2).min() >= 1
+    # the closest to even it can get: the big one alone, the rest on the other shard (was: either of 1, 2 elsewhere)
+    assert owner[1] == owner[2] == owner[3] != owner[0]
 
 
 # -- placement: where a point lives, which shards a query visits ------------------------------------------------

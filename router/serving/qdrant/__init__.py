@@ -9,7 +9,7 @@ guard applies (policy) and the FastAPI router (routes), mounted by router/servin
 What it may import (tests/unit/test_qdrant.py reads the imports): `router.collection.service.PrismService`, reached as this
 replica's service through `router.serving.metrics.process_state()` (every read and write goes through it, so the guard,
 limits, write-through and replication are prism's own); the pure modules `router.schema.bodies`, `router.collection.cursor`, `router.filters.dsl`,
-`router.schema.query`, `cluster.config` (types), `cluster.errors` and `cluster.names`; FastAPI, pydantic and numpy.
+`router.schema.query`, `cluster.collection_spec` (types), `cluster.errors` and `cluster.names`; FastAPI, pydantic and numpy.
 Nothing in prism imports this package but router/serving/app.py (the mount), router/serving/access.py (the policy) and
 router/serving/edge.py (the error shape of refusals).
 """
