@@ -466,3 +466,14 @@ def test_milvus_elasticsearch_or_http_in_a_pure_package_is_found(tmp_path):
                                         "router.filters.dsl -> pymilvus.MilvusClient",
                                         "router.ranking.merge -> elasticsearch",
                                         "router.ranking.merge -> elasticsearch.AsyncElasticsearch"]
+
+
+def test_the_benchmarks_share_helpers_without_importing_each_other_back():
+    """deploy/benchlib.py is the benchmarks' shared helper module: it imports no benchmark, and nothing imports the
+    dispatcher (deploy/bench.py) back (they once made a circle of seven)."""
+    deploy = {m: {n for n in GRAPH[m][0] | GRAPH[m][1] if n in SOURCES and n.startswith("deploy")}
+              for m in SOURCES if m.startswith("deploy")}
+    benches = {m for m in deploy if m.startswith("deploy.bench")}
+    assert "deploy.benchlib" in deploy and len(benches) > 10
+    assert not deploy["deploy.benchlib"] & benches, "benchlib imports no benchmark"
+    assert [m for m in deploy if "deploy.bench" in deploy[m]] == [], "nothing imports the dispatcher back"
