@@ -25,35 +25,15 @@ INSTANCE_GROUPS = {
                      "tests/e2e/test_verify.py"),
 }
 GROUP_OF = {path: group for group, paths in INSTANCE_GROUPS.items() for path in paths}
-# What the longest groups took in `make test` (-n 2, 2026-12-04, --durations): the scheduler starts them first.
-# Only the order depends on these; a stale number costs balance, never a test.
-GROUP_SECONDS = {
-    "prism_server": 700, "secured": 350, "tests/integration/test_core.py": 250,
-    "tests/e2e/test_security_keyed.py": 250, "tests/integration/test_node_loss.py": 200,
-    "tests/integration/test_filters.py": 200, "tests/e2e/test_lifecycle.py": 190, "tests/e2e/test_demo.py": 160,
-    "tests/e2e/test_quick_start.py": 145,
-}
 
 
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class ByInstance(LoadScopeScheduling):
-        ordered = False
-
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return GROUP_OF.get(path, path)
-
-        def _assign_work_unit(self, node) -> None:
-            # Longest first (LPT): xdist orders groups by their number of tests, which sent the one-test files that
-            # take minutes (lifecycle, demo, quick start) last, to a tail one worker ran alone.
-            if not self.ordered:
-                order = sorted(self.workqueue.items(), key=lambda kv: (-GROUP_SECONDS.get(kv[0], 0), -len(kv[1])))
-                self.workqueue.clear()
-                self.workqueue.update(order)
-                self.ordered = True
-            super()._assign_work_unit(node)
 
     return ByInstance(config, log)
 
