@@ -112,6 +112,10 @@ class CollectionConfig(Strict):
     metadata: dict[str, str] = Field(default_factory=dict)
     # Spaces of kind bm25 (given among `spaces` or here): Elasticsearch answers them; shards hold none.
     lexical: dict[str, LexicalSpaceConfig] = Field(default_factory=dict)
+    # Where points live and which shards a query visits: {"method": "hash"} (the ring over ids), {"method":
+    # "vector", "space": S, "centroids": N} or {"method": "key", "field": F}. Its shape depends on the spaces and
+    # the mapping, so router.routing.settings.check_routing checks it where a collection is made (the service).
+    routing: dict[str, Any] = Field(default_factory=lambda: {"method": "hash"})
 
     @model_validator(mode="before")
     @classmethod

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -15,6 +15,9 @@ from cluster.errors import ConfigError, InvalidRequest
 DEFAULT_PORT = 8000
 DEFAULT_GRPC_PORT = 9000
 DEFAULT_DATA_DIR = ".prism"
+# Shards a vector-routed query visits per prefetch in the routing space unless it says (`probe`): the owners of
+# its nearest centroids until this many distinct shards (router.routing.placement.Placement.visit).
+DEFAULT_PROBE = 2
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # request bodies, uploads and images: larger is a 413
 MAX_IMAGE_PIXELS = 40_000_000       # decoded image size; larger is refused as a decompression bomb
 MAX_REQUEST_PIXELS = 100_000_000    # all images of one request (e.g. 8 photos of 12 MP)
@@ -202,6 +205,8 @@ class ClusterConfig(Strict):
     replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
     query_budget_ms: int | None = Field(default=None, ge=1, le=600_000)  # default per-request budget_ms
+    # A query's `probe` when it gives none: an integer >= 1, or "all" (vector routing visits every shard).
+    query_probe: Annotated[int, Field(strict=True, ge=1)] | Literal["all"] = DEFAULT_PROBE
     # Payloads return with the search while shards x prefetch limits <= this; above it the page is hydrated in a
     # second round trip to the owning shards. 0: always hydrate.
     inline_payload_max: int = Field(default=256, ge=0, le=100_000)

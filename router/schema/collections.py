@@ -28,7 +28,19 @@ class VerifyResponse(BaseModel):
     sample_extra: list[str] = []  # listed while the shards hold at most 10,000 points (counted always)
     replicas_equal: bool = True  # every shard's replicas hold the same ids and contents (digests compared)
     replica_differences: list["ReplicaDifference"] = []
+    misplaced: int = Field(0, description="points held by a shard that is not their placement's shard (a stray "
+                           "copy, a point on two shards): each such copy counts once")
+    sample_misplaced: list["MisplacedPoint"] = Field([], description="up to 100 of them, by shard and id")
     drift: bool
+
+
+class MisplacedPoint(BaseModel):
+    """A point found on a shard its collection's placement does not put it on."""
+
+    id: str
+    shard: int = Field(description="the shard that holds it")
+    placement: int | None = Field(description="the shard its placement puts it on (null: its routing key is "
+                                  "missing or unreadable)")
 
 
 class ReplicaDifference(BaseModel):
@@ -89,3 +101,6 @@ class CollectionInfo(BaseModel):
     config: dict[str, Any]
     counts: dict[str, int]
     shards: list[ShardInfo]
+    routing: dict[str, Any] = Field(default_factory=lambda: {"method": "hash", "state": "hash"}, description=(
+        "where points live and which shards a query visits: the collection's routing setting and its state "
+        "(hash: the ring over ids; key: ready; vector: hash until its centroids are trained, then ready)"))

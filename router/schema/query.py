@@ -181,6 +181,13 @@ class QueryRequest(_Query):
     # Applied in order after fusion, on the global candidates; a group_by stage, if any, comes last.
     stages: list[Stage] = Field(default_factory=list, max_length=8)
     explain: bool = False  # true: each hit says how its score came about (Hit.explain)
+    # Checked (router.routing.settings.check_probe) where the query is routed, so that its 422 says what a probe is.
+    probe: Any = Field(default=None, json_schema_extra={"anyOf": [{"type": "integer", "minimum": 1},
+                                                                  {"const": "all"}, {"type": "null"}]}, description=(
+        "Vector routing: how many shards a prefetch in the routing space visits (those owning its nearest "
+        "centroids), an integer >= 1 or \"all\"; default: the cluster's query_probe (2). Collections routed by "
+        "hash or key, and vector-routed ones not trained yet, visit every shard (key routing: only the shards of "
+        "the keys a top-level term/terms filter pins). coverage.routed lists the shards visited."))
 
     @model_validator(mode="after")
     def _consistent(self) -> "QueryRequest":
@@ -233,9 +240,10 @@ class QueryRequest(_Query):
         return returns(self.with_payload, self.with_vectors)
 
     def check_coverage(self, total: int, failures: list["ShardFailure"]) -> int:
-        """How many shards answered; ShardUnavailable when that is too few for this request."""
+        """How many of the `total` shards visited answered; ShardUnavailable when that is too few for this request
+        (a query routed to no shard, whose filter no point can match, answers empty)."""
         answered = total - len(failures)
-        why = ("no shard answered" if not answered else "require_complete" if failures and self.require_complete
+        why = ("no shard answered" if total and not answered else "require_complete" if failures and self.require_complete
                else "min_coverage" if answered < (self.min_coverage or 0) * total else None)
         if why:
             raise ShardUnavailable(f"{why} ({answered} of {total} shards answered): "
@@ -284,9 +292,12 @@ class ShardFailure(BaseModel):
 
 
 class Coverage(BaseModel):
-    shards_total: int
-    shards_answered: int
+    shards_total: int = Field(description="the collection's shard count")
+    shards_answered: int = Field(description="how many of the shards visited (routed) answered")
     failed: list[ShardFailure] = Field(default_factory=list)
+    routed: list[int] = Field(default_factory=list, description=(
+        "the shard ids the query visited, ascending: every shard under hash routing; fewer when the collection's "
+        "routing lets the query skip shards that cannot hold a match (key pinned by the filter, vector probe)"))
 
 
 class HitGroup(BaseModel):
