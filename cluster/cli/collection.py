@@ -133,6 +133,11 @@ def verify(
     for label, key in (("missing in Elasticsearch", "sample_missing"), ("extra in Elasticsearch", "sample_extra")):
         if v[key]:
             console.print(f"  {label}: {', '.join(v[key])}", markup=False)
+    if v.get("misplaced"):
+        console.print(f"  {v['misplaced']} point copies on a shard their placement does not put them on:", markup=False)
+        for m in v.get("sample_misplaced", []):
+            where = "no readable routing key" if m["placement"] is None else f"belongs on shard {m['placement']}"
+            console.print(f"    {m['id']} on shard {m['shard']} ({where})", markup=False)
     for d in v.get("replica_differences", []):
         where = f"  shard {d['shard']} replica {d['replica']}"
         if d.get("error"):
@@ -141,7 +146,8 @@ def verify(
             console.print(f"{where} differs from replica {d['reference']} in {d['differing']} ids: "
                           f"{', '.join(d['ids'])}", markup=False)
     what = [w for w, bad in (("the shards and Elasticsearch", v["missing_in_elasticsearch"] or
-                              v["extra_in_elasticsearch"]), ("replicas of a shard", not v.get("replicas_equal", True)))
+                              v["extra_in_elasticsearch"]), ("replicas of a shard", not v.get("replicas_equal", True)),
+                             ("points and their placement", v.get("misplaced")))
             if bad]
     fail(f"{' and '.join(what) or 'the stores'} differ (re-run if writes were in flight)")
 
@@ -159,7 +165,10 @@ def print_hits(answer: dict, title: str) -> None:
                       str(price))
     console.print(table)
     cov = answer["coverage"]
-    console.print(f"  {cov['shards_answered']}/{cov['shards_total']} shards answered, partial={answer['partial']}, "
+    routed = cov.get("routed")
+    visited = f" (visited {routed})" if routed is not None and len(routed) < cov["shards_total"] else ""
+    console.print(f"  {cov['shards_answered']}/{cov['shards_total']} shards answered{visited}, "
+                  f"partial={answer['partial']}, "
                   f"took {answer['took_ms']:.1f} ms" + (f", notes: {answer['notes']}" if answer.get("notes") else ""))
 
 

@@ -19,10 +19,10 @@ from functools import partial
 from typing import Any
 
 from cluster.collection_spec import CollectionConfig
-from cluster.config import FilterSettings, ImageLimits
+from cluster.config import DEFAULT_PROBE, FilterSettings, ImageLimits
 from cluster.errors import ConfigError, ShardUnavailable
 from cluster.ring import HashRing
-from router.collection import inventory, pipeline
+from router.collection import inventory, pipeline, placing
 from router.collection.pipeline import Prefetched
 from router.collection.timing import LapTimer
 from router.collection.verify import verify_collection
@@ -34,6 +34,8 @@ from router.ranking.fusion import fuse
 from router.ranking.merge import merge_topk
 from router.ranking.stages import check_stages, explain
 from router.replication.replicas import DEFAULT_TIMEOUT_S, ReplicatedShard, replicate
+from router.routing.placement import Placement, Probe
+from router.routing.settings import check_probe
 from router.schema.collections import VerifyResponse
 from router.schema.points import DeleteResponse, Point, UpsertResponse
 from router.schema.query import QueryRequest, QueryResponse
@@ -47,12 +49,19 @@ class Coordinator:
                  encode_images: EncodeImages | None = None, images: ImageLimits | None = None,
                  metadata: Any | None = None, filters: FilterSettings | None = None,
                  observe_stage: Callable[[str, float], None] | None = None, budget_ms: int | None = None,
-                 inline_payload_max: int = INLINE_PAYLOAD_MAX):
+                 inline_payload_max: int = INLINE_PAYLOAD_MAX, placement: Placement | None = None,
+                 probe: Probe = DEFAULT_PROBE):
         if len(shards) != config.shards:
             raise ConfigError(f"{len(shards)} shards given for a collection of {config.shards}", field="shards")
         self.config = config
         self.shards = list(shards)
         self.ring = HashRing(range(config.shards))
+        # Where points live and which shards a query visits (router.routing): the collection's routing setting
+        self.placement = placement or placing.placement_of(config)
+        if self.placement.shards != config.shards:
+            raise ConfigError(f"a placement over {self.placement.shards} shards for a collection of {config.shards}",
+                              field="shards")
+        self.probe = check_probe(probe, "query_probe")
         self.vectors = Vectors(config, encode=encode, encode_images=encode_images, images=images)
         self.metadata = MetadataSteps(config, metadata, filters)
         self.paused: str | None = None  # set while the collection is resharded: writes are refused meanwhile
@@ -84,31 +93,45 @@ class Coordinator:
         return Coordinator(config, shards, encode=self.vectors.encode, encode_images=self.vectors.encode_images,
                            images=self.vectors.images, metadata=self.metadata.store,
                            filters=self.metadata.settings, observe_stage=self.observe_stage,
-                           budget_ms=self.budget_ms, inline_payload_max=self.inline_payload_max)
+                           budget_ms=self.budget_ms, inline_payload_max=self.inline_payload_max, probe=self.probe)
 
     def shard_of(self, point_id: str) -> int:
         """The shard that owns `point_id` on this layout's ring."""
         return int(self.ring.get(point_id))
 
     def by_shard(self, items: Sequence[Any], key: Callable[[Any], str] = str) -> dict[int, list]:
-        """`items` grouped by the shard that owns each one's id (`key`)."""
+        """`items` grouped by the shard that owns each one's id (`key`) on the ring."""
         out: dict[int, list] = defaultdict(list)
         for item in items:
             out[self.shard_of(key(item))].append(item)
         return out
+
+    def by_id(self, ids: Sequence[str], among: Sequence[int] | None = None) -> dict[int, list[str]]:
+        """The shards that may hold each of `ids`, with the ids to ask each: the ring's owner when the placement
+        follows the ring (hash, untrained vector), else every shard (or every shard of `among`) for all of them."""
+        if placing.by_ring(self.placement):
+            return self.by_shard(ids)
+        return {s: list(ids) for s in (range(self.config.shards) if among is None else among)}
+
+    def home_of(self, row: Any) -> int:
+        """The shard a point row (id, vectors, payload) lives on under this collection's placement."""
+        return self.placement.shard_of(row.id, row.vectors, row.payload)
 
     # -- the query pipeline ------------------------------------------------------------------------------------
     async def query(self, req: QueryRequest) -> QueryResponse:
         """One query, the pipeline in order (docs/architecture.md, "A query, step by step")."""
         laps = LapTimer(self.observe_stage)
         got = await self.prefetch(req, laps)  # validate -> plan -> embed -> route -> fan out -> merge
+        routed = got.coverage.routed
+        # hits come from the shards visited (a pinned key's points live there): fetch payloads from those alone
+        fetch = self.fetch if len(routed) == self.config.shards else partial(self.fetch, among=routed)
         # Fusion runs on each space's GLOBAL top-k, so the answer never depends on the shard count.
         fused = fuse(req.fusion.method, got.lists, k=req.fusion.k, weights=req.fusion.weights,
                      limit=req.candidates() or req.window())
         known = {h.id: h.payload for lst in got.lists for h in lst if h.payload is not None}  # came inline
-        ranked = await pipeline.stages(fused, req, known, self.fetch)
+        ranked = await pipeline.stages(fused, req, known, fetch)
         laps.lap("merge_fuse")
-        hits, notes = await pipeline.hydrate(ranked.page(req), req, ranked.known, list(self.config.spaces), self.fetch)
+        hits, notes = await pipeline.hydrate(ranked.page(req), req, ranked.known, list(self.config.spaces), fetch)
         laps.lap("hydrate")
         if req.explain:
             hits = explain(hits, req, got.lists, ranked.base, ranked.trail)
@@ -118,6 +141,7 @@ class Coordinator:
         """Each prefetch's own global top list, unfused (payloads with it when they came inline): the first steps of
         `query`, and what callers that fuse themselves ask for (router.serving.qdrant)."""
         laps = laps or LapTimer(self.observe_stage)
+        probe = self.probe if req.probe is None else check_probe(req.probe)  # 422 naming `probe`
         budget_ms = req.budget_ms or self.budget_ms
         deadline = laps.t0 + budget_ms / 1000 if budget_ms else None
         # validate; lexical (bm25) prefetches are answered by Elasticsearch, the rest (dense) by the shards
@@ -130,11 +154,15 @@ class Coordinator:
         laps.lap("plan")
         vecs, notes = await self.vectors.query_vectors(sub) if dense else ([], [])
         laps.lap("embed")
-        specs = pipeline.route(req, dense, plans, dict(zip(dense, vecs)), self.config.shards, self.inline_payload_max)
+        by_prefetch = dict(zip(dense, vecs))
+        visit = placing.visited(self.placement, req, [(p.space, by_prefetch[i]) if i in by_prefetch else None
+                                                      for i, p in enumerate(req.prefetch)],
+                                probe)
+        specs = pipeline.route(req, dense, plans, by_prefetch, len(visit), self.inline_payload_max)
         ran: dict[str, dict[str, Any]] = {}
-        search = partial(pipeline.fan_out, self.shards, self._index_types, deadline, ran)
+        search = partial(pipeline.fan_out, self.shards, self._index_types, deadline, ran, visit)
         merged, failed = [[] for _ in req.prefetch], {}  # per prefetch: its global top-k; shard -> its error
-        direct = [i for i in dense if plans[i].kind != "postfilter" and plans[i].expr != NOTHING]
+        direct = [i for i in dense if plans[i].kind != "postfilter" and plans[i].expr != NOTHING and visit]
         if direct:
             lists, failed = await search([specs[i] for i in direct])
             for j, i in enumerate(direct):
@@ -149,12 +177,13 @@ class Coordinator:
             merged[i] = await self.metadata.lexical(space, req, i, req.prefetch_limit(req.prefetch[i]),
                                                     payload and not spaces)
         laps.lap("fan_out")
-        return pipeline.prefetched(req, self.config.shards, merged, failed, plans, rounds, notes, ran)
+        return pipeline.prefetched(req, self.config.shards, visit, merged, failed, plans, rounds, notes, ran)
 
-    async def fetch(self, ids: Sequence[str], spaces: Sequence[str] = ()
+    async def fetch(self, ids: Sequence[str], spaces: Sequence[str] = (), among: Sequence[int] | None = None
                     ) -> tuple[dict[str, StoredPoint], dict[int, ShardUnavailable]]:
-        """Stored points (payload, the named spaces' vectors) by id; shards that could not answer, beside them."""
-        by_shard = self.by_shard(list(dict.fromkeys(ids)))
+        """Stored points (payload, the named spaces' vectors) by id; shards that could not answer, beside them.
+        `among`: the shards to ask when the placement does not follow the ring (default: all of them)."""
+        by_shard = self.by_id(list(dict.fromkeys(ids)), among)
         reads = [self.shards[s].read(lambda c, ids=b: c.get(ids, list(spaces))) for s, b in by_shard.items()]
         answers = await asyncio.gather(*reads, return_exceptions=True)
         rows, failed = {}, {}  # id -> StoredPoint; shard -> ShardUnavailable (an id no shard holds is absent)

@@ -65,20 +65,21 @@ def route(req: QueryRequest, dense: list[int], plans: dict[int, FilterPlan], vec
 
 
 async def fan_out(shards: Sequence[ReplicatedShard], index_types: dict[str, str], deadline: float | None,
-                  ran: dict | None, specs: list[SearchSpec]
+                  ran: dict | None, visit: Sequence[int], specs: list[SearchSpec]
                   ) -> tuple[list[list[list[ScoredId]]], dict[int, ShardUnavailable]]:
-    """Every search on every shard, one call per shard, each given what is left of the budget; per search,
-    the answering shards' lists, and each failed shard's error. `ran` records what a budget chose, where."""
+    """Every search on each shard of `visit` (shard ids), one call per shard, each given what is left of the
+    budget; per search, the answering shards' lists, and each failed shard's error. `ran` records what a budget
+    chose, where."""
     left = None if deadline is None else max(deadline - time.perf_counter(), 0.001)
-    per_shard = [sh.within(specs, left, index_types) for sh in shards]
-    answers = await asyncio.gather(*(sh.search(s, left) for sh, s in zip(shards, per_shard)), return_exceptions=True)
+    per_shard = {s: shards[s].within(specs, left, index_types) for s in visit}
+    answers = await asyncio.gather(*(shards[s].search(per_shard[s], left) for s in visit), return_exceptions=True)
     for j, spec in enumerate(specs if ran is not None else ()):  # what ran where when the budget chose it
-        for shard, s in enumerate(per_shard):
+        for shard, s in per_shard.items():
             if s[j] is not spec:
                 ran.setdefault(spec.space, {})[str(shard)] = s[j].params
     lists: list[list[list[ScoredId]]] = [[] for _ in specs]
     failed: dict[int, ShardUnavailable] = {}
-    for shard, answer in enumerate(answers):
+    for shard, answer in zip(visit, answers):
         if isinstance(answer, ShardUnavailable):
             failed[shard] = answer
         elif isinstance(answer, BaseException):
@@ -89,14 +90,16 @@ async def fan_out(shards: Sequence[ReplicatedShard], index_types: dict[str, str]
     return lists, failed
 
 
-def prefetched(req: QueryRequest, shards: int, merged: list[list[ScoredId]], failed: dict[int, ShardUnavailable],
-               plans: dict[int, FilterPlan], rounds: int, notes: list[str], ran: dict) -> Prefetched:
-    """The merged lists with their coverage (a 503 when the request asked for more shards than answered)."""
+def prefetched(req: QueryRequest, shards: int, visit: Sequence[int], merged: list[list[ScoredId]],
+               failed: dict[int, ShardUnavailable], plans: dict[int, FilterPlan], rounds: int, notes: list[str],
+               ran: dict) -> Prefetched:
+    """The merged lists with their coverage: `shards` in all, `visit` visited (a 503 when the request asked for
+    more of them than answered)."""
     failures = [ShardFailure(shard=s, reason=e.cause, message=e.message) for s, e in sorted(failed.items())]
-    answered = req.check_coverage(shards, failures)
+    answered = req.check_coverage(len(visit), failures)
     kinds = [plans[i].kind if i in plans else "lexical" for i in range(len(req.prefetch))]
-    return Prefetched(merged, Coverage(shards_total=shards, shards_answered=answered, failed=failures), kinds, rounds,
-                      notes, ran)
+    return Prefetched(merged, Coverage(shards_total=shards, shards_answered=answered, failed=failures,
+                                       routed=sorted(visit)), kinds, rounds, notes, ran)
 
 
 async def stages(fused: list[ScoredId], req: QueryRequest, known: dict[str, dict[str, Any]], fetch: Fetch) -> Ranked:

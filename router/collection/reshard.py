@@ -27,7 +27,7 @@ import time
 
 from cluster.collection_spec import CollectionConfig
 from cluster.config import parse_model
-from cluster.errors import BackendError, ShardUnavailable, describe
+from cluster.errors import BackendError, InvalidRequest, ShardUnavailable, describe
 from cluster.ring import HashRing
 from router.collection import limits as strict
 from router.collection.catalog import Entry
@@ -134,6 +134,12 @@ async def reshard_collection(svc: Any, name: str, shards: int) -> dict[str, Any]
     let other ingresses' writes drain, move the points, switch the layout in the catalog."""
     t0 = time.perf_counter()
     old = svc.coordinator(name)
+    method = old.config.routing.get("method", "hash")
+    if method != "hash":  # plan_moves moves points by the ring over ids, which is not where these points live
+        what = f"key {old.config.routing.get('field')!r}" if method == "key" else "vector centroids"
+        raise InvalidRequest(f"collection {name!r} routes points by {what}: resharding moves points by the ring over "
+                             "their ids, so only hash-routed collections can be resharded (make a collection with the "
+                             "shard count you want and ingest into it)", field="shards")
     cfg = parse_model(CollectionConfig, {**old.config.model_dump(), "shards": shards}, "reshard")
     strict.check_layout(cfg, svc.config.limits)
     if cfg.shards == old.config.shards:

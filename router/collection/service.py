@@ -20,7 +20,7 @@ from cluster.names import check_name
 from router.schema.bodies import parse_json
 from router.collection.cache import EmbeddingCache, LRUCache, request_key
 from router.collection.catalog import Catalog, Entry
-from router.collection import inventory, limits as strict
+from router.collection import inventory, limits as strict, placing
 from router.collection.coordinator import Coordinator
 from router.collection.pipeline import Prefetched
 from router.schema.collections import CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse
@@ -99,7 +99,8 @@ class PrismService:
             batching=self.config.batching, hedge=self.config.hedge_reads,
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
-            budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max)
+            budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max,
+            probe=self.config.query_probe)
         self._attach(coord)
         self.coordinators[cfg.name] = coord
         return coord
@@ -162,6 +163,7 @@ class PrismService:
         """Create a collection's index, shards and catalog entry. `fresh` (the API's create): Milvus data or an
         Elasticsearch index that exist already under its names are refused (409), never adopted; collections
         declared in the config are made or reopened as they are."""
+        cfg = placing.checked(cfg)  # routing: a 422 naming the field before anything is made
         backend = "lite" if self.config.milvus.mode == "lite" else "server"
         for space_name, space in cfg.spaces.items():
             try:
@@ -198,7 +200,7 @@ class PrismService:
         check_name(name)
         if not isinstance(body, dict):
             raise InvalidRequest("collection body must be a JSON object")
-        cfg = parse_model(CollectionConfig, {**body, "name": name}, "collection")
+        cfg = placing.checked(parse_model(CollectionConfig, {**body, "name": name}, "collection"))
         strict.check_layout(cfg, self.config.limits)
         self._check_encoders(cfg)
         async with self._lock:
@@ -267,7 +269,8 @@ class PrismService:
             first = next((c for c in row if c is not None), None)
             for space, n in (first or {}).items():
                 totals[space] += n
-        return CollectionInfo(name=name, config=coord.config.model_dump(), counts=totals, shards=shards)
+        return CollectionInfo(name=name, config=coord.config.model_dump(), counts=totals, shards=shards,
+                              routing=placing.routing_info(coord.config, coord.placement))
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
         async with self._lock:

@@ -1,12 +1,15 @@
-"""`prism verify` for one collection: the ids the shards hold against Elasticsearch's documents, and every
-shard's replicas against each other (digests after a full rescan). Reads only; what it finds is reported, and
-anti-entropy (router.replication.antientropy) repairs replicas."""
+"""`prism verify` for one collection: the ids the shards hold against Elasticsearch's documents, every shard's
+replicas against each other (digests after a full rescan), and every point against its placement (a copy on a
+shard the collection's routing does not put it on). Reads only; what it finds is reported, and anti-entropy
+(router.replication.antientropy) repairs replicas."""
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
 
-from router.schema.collections import ReplicaDifference, VerifyResponse
+from cluster.errors import InvalidRequest
+from router.collection import placing
+from router.schema.collections import MisplacedPoint, ReplicaDifference, VerifyResponse
 from router.filters.plan import SCAN_PAGE
 
 if TYPE_CHECKING:
@@ -32,10 +35,41 @@ async def verify_collection(coord: Coordinator, sample: int = 100, list_extra_up
     extra = documents - (held - len(missing))
     listed = await coord.metadata.extra_documents(known, sample) if extra > 0 and held <= list_extra_up_to else []
     replicas = await verify_replicas(coord, sample)
+    misplaced = await misplaced_points(coord)
     return VerifyResponse(collection=coord.config.name, shard_points=held, elasticsearch_documents=documents,
                           missing_in_elasticsearch=len(missing), extra_in_elasticsearch=extra,
                           sample_missing=missing[:sample], sample_extra=listed, replicas_equal=not replicas,
-                          replica_differences=replicas, drift=bool(missing or extra or replicas))
+                          replica_differences=replicas, misplaced=len(misplaced), sample_misplaced=misplaced[:sample],
+                          drift=bool(missing or extra or replicas or misplaced))
+
+
+async def misplaced_points(coord: Coordinator) -> list[MisplacedPoint]:
+    """Every copy of a point on a shard that is not its placement's: the ring decides from the id alone (hash,
+    untrained vector routing); otherwise each point's stored payload (key) or routing-space vector (vector) does,
+    read from the shard that holds the copy, a page at a time."""
+    placement = coord.placement
+    held = await asyncio.gather(*(sh.read(lambda c: c.ids()) for sh in coord.shards))
+    spaces = [placement.space] if placement.method == "vector" and placement.ready else []
+    out = []
+    for shard, ids in enumerate(held):
+        ids = sorted(ids)
+        if placing.by_ring(placement):
+            out += [MisplacedPoint(id=i, shard=shard, placement=coord.shard_of(i)) for i in ids
+                    if coord.shard_of(i) != shard]
+            continue
+        for k in range(0, len(ids), SCAN_PAGE):
+            rows = await coord.shards[shard].read(lambda c, page=ids[k : k + SCAN_PAGE]: c.get(page, spaces))
+            for pid in ids[k : k + SCAN_PAGE]:
+                row = rows.get(pid)
+                if row is None:  # deleted since the ids were listed
+                    continue
+                try:
+                    home: int | None = placement.shard_of(pid, row.vectors, row.payload)
+                except InvalidRequest:
+                    home = None
+                if home != shard:
+                    out.append(MisplacedPoint(id=pid, shard=shard, placement=home))
+    return out
 
 
 async def verify_replicas(coord: Coordinator, sample: int = 100) -> list[ReplicaDifference]:

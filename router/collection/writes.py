@@ -1,22 +1,26 @@
 """One collection's writes: upsert, partial vector updates, delete (by id and by filter), and dynamic mapping.
 
 Each write: refused while the collection is paused (a reshard) or its layout is stale (another ingress), the whole
-batch validated before anything is written, embedded, written through Elasticsearch first (router.metadata.steps),
-then to the owning shards by ring. Per-point locks keep a read-modify-write (a vector update) from undoing another
-write of this process to the same point.
+batch validated before anything is written (a key-routed collection's key field too), embedded, written through
+Elasticsearch first (router.metadata.steps), then to the owning shards by the collection's placement. A point whose
+owner changed (its key did) moves: the new copy is written, and once acknowledged the old one is deleted; where the
+old copy lives comes from its payload in Elasticsearch, else every other shard is asked to delete it. Per-point
+locks keep a read-modify-write (a vector update) from undoing another write of this process to the same point.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cluster.collection_spec import METADATA_TYPES
 from cluster.errors import InvalidRequest, ShardUnavailable
+from router.collection import placing
 from router.collection.locks import KeyedLocks
 from router.encoding.vectors import merge_updates
 from router.filters.dsl import normalise_meta
 from router.filters.mapping import FIELD_RE, infer_fields
+from router.routing.keys import key_of
 from router.schema.points import DeleteResponse, Point, UpsertResponse
 
 if TYPE_CHECKING:
@@ -51,14 +55,50 @@ class Writes:
     async def _upsert(self, points: Sequence[Point], wait: bool) -> UpsertResponse:
         coord = self.coord
         self._writable()
+        placement = coord.placement
+        if placement.method == "key":  # before anything is mapped or written: a 422 naming the point's field
+            for i, p in enumerate(points):
+                key_of(p.payload, placement.field, placement.key_type, f"points[{i}].payload")
         if infer_fields((p.payload for p in points), coord.config.metadata):
             await self._map_new_fields(points)
         rows, notes, failed = await coord.vectors.prepare_points(points)
         self._writable()  # again: embedding takes time, and another ingress may have paused writes meanwhile
-        await coord.metadata.write_through(rows, wait, lambda: self._write(  # Elasticsearch first, then the shards
-            coord.shards[s].upsert(batch, wait) for s, batch in coord.by_shard(rows, lambda r: r.id).items()),
-            coord.fetch)
+        homes: dict[int, list] = {}
+        for row in rows:
+            homes.setdefault(coord.home_of(row), []).append(row)
+        stale = {} if placing.by_ring(placement) else await self._old_copies(
+            {r.id: s for s, batch in homes.items() for r in batch})
+        await coord.metadata.write_through(rows, wait, lambda: self._place(homes, stale, wait), coord.fetch)
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
+
+    async def _old_copies(self, home: dict[str, int]) -> dict[int, list[str]]:
+        """Where copies of these points may sit other than their new home (`home`: id -> shard), by shard: under key
+        routing the owner of the key Elasticsearch holds for the point (no document: a new point, no copy); without
+        Elasticsearch, or when the stored key is unreadable, every other shard (a broadcast delete)."""
+        coord = self.coord
+        known = await coord.metadata.payloads(list(home))  # None: no Elasticsearch here
+        every = range(coord.config.shards)
+        stale: dict[int, list[str]] = {}
+        for pid, new in home.items():
+            where: Iterable[int] = every
+            if known is not None and coord.placement.method == "key":
+                if pid not in known:
+                    continue
+                try:
+                    where = [coord.placement.shard_of(pid, None, known[pid])]
+                except InvalidRequest:
+                    pass
+            for s in where:
+                if s != new:
+                    stale.setdefault(s, []).append(pid)
+        return stale
+
+    async def _place(self, homes: dict[int, list], stale: dict[int, list[str]], wait: bool) -> None:
+        """The rows to their shards; then, once every copy is acknowledged, the moved points' old copies deleted
+        (a query between the two sees both copies, and the merge keeps one)."""
+        await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
+        if stale:
+            await self._write(self.coord.shards[s].delete(ids, wait) for s, ids in stale.items())
 
     async def _map_new_fields(self, points: Sequence[Point]) -> None:
         """Dynamic mapping: map the fields these points bring first, once every payload of the batch fits the
@@ -97,7 +137,7 @@ class Writes:
         read and the write back hold the points' locks: a concurrent update of another space is not undone."""
         coord = self.coord
         async with self._points.hold(u.id for u in updates):
-            stored = {row.id: row for shard, ids in coord.by_shard([u.id for u in updates]).items()
+            stored = {row.id: row for shard, ids in coord.by_id([u.id for u in updates]).items()
                       for row in await coord.shards[shard].read(lambda c, ids=ids: c.export(ids))}
             points, missing = merge_updates(coord.config, updates, stored)
             if not points:
@@ -114,7 +154,7 @@ class Writes:
         coord = self.coord
         self._writable()
         results = await coord.metadata.delete_through(unique, wait, lambda: self._write(  # Elasticsearch first
-            coord.shards[s].delete(batch, wait) for s, batch in coord.by_shard(unique).items()), coord.fetch)
+            coord.shards[s].delete(batch, wait) for s, batch in coord.by_id(unique).items()), coord.fetch)
         return DeleteResponse(deleted=sum(max(r) for r in results), visible=wait)
 
     async def _write(self, calls: Any) -> list:

@@ -224,6 +224,12 @@ class MetadataSteps:
         except Exception as exc:  # noqa: BLE001 - the original error is what the caller sees
             log.warning("could not put Elasticsearch back in step for %d ids: %s", len(ids), exc)
 
+    async def payloads(self, ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        """The payloads Elasticsearch holds for those of `ids` it has a document for; None without a store."""
+        if self.store is None or not ids:
+            return None if self.store is None else {}
+        return await asyncio.to_thread(self.store.sources, self.config.name, ids)
+
     async def unindexed(self, ids: list[str]) -> list[str]:
         """Those of `ids` Elasticsearch holds no document for (in the given order)."""
         store = self.require("verify")

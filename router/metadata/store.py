@@ -136,6 +136,14 @@ class MetadataStore:
         return [(h["_id"], float(h["_score"]), h.get("_source") if with_source else None)
                 for h in res["hits"]["hits"]]
 
+    def sources(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored payload (`_source`) of each of `ids` that has a document."""
+        if not ids:
+            return {}
+        res = self._call("search", self.es.search, index=index_name(collection),
+                         query={"ids": {"values": list(ids)}}, size=len(ids), source=True, track_total_hits=False)
+        return {h["_id"]: h.get("_source") or {} for h in res["hits"]["hits"]}
+
     def confirm(self, collection: str, query: dict[str, Any], ids: Sequence[str]) -> set[str]:
         """The subset of `ids` that match `query`."""
         if not ids:
