@@ -1,7 +1,9 @@
 """The collection catalog in the data dir, shared by every ingress replica: one JSON file per collection.
 
-A file is the collection's config, plus `_catalog: {"version", "paused"}`: the version grows by one with every
-change, and `paused` says a reshard is moving points (writes are refused meanwhile, by every ingress). Changes are
+A file is the collection's config, plus `_catalog: {"version", "paused", "placement", "moving"}`: the version grows
+by one with every change, `paused` says a reshard is moving points (writes are refused meanwhile, by every ingress),
+`placement` is a vector-routed collection's trained placement (router.routing.placement.Placement.to_dict, centroids
+included: a restart routes as before) and `moving` says a rebalance was moving points to it. Changes are
 read-modify-write under an exclusive lock on `catalog/.catalog.lock`, applied to what the file holds at that moment
 (`update`), so an ingress that had an older view merges into the newer state instead of overwriting it; readers
 notice a change by the file's stat and reload. A file without `_catalog` (written before versions) reads as
@@ -37,6 +39,8 @@ class Entry:
     config: CollectionConfig
     version: int = 0
     paused: str | None = None
+    placement: dict | None = None  # a trained placement (Placement.to_dict); None: the routing setting's own
+    moving: bool = False  # a rebalance is (or was, when its process stopped) moving points to `placement`
 
     def with_(self, **changes) -> "Entry":
         return replace(self, **changes)
@@ -75,7 +79,8 @@ class Catalog:
         if cfg.name != name:
             log.warning("catalog file %s.json holds collection %r: ignored", name, cfg.name)
             return None
-        return Entry(cfg, int(meta.get("version", 0)), meta.get("paused"))
+        return Entry(cfg, int(meta.get("version", 0)), meta.get("paused"), meta.get("placement"),
+                     bool(meta.get("moving", False)))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -88,7 +93,8 @@ class Catalog:
 
     def _write(self, entry: Entry) -> None:
         data = json.loads(entry.config.model_dump_json())
-        data[META] = {"version": entry.version, "paused": entry.paused}
+        data[META] = {"version": entry.version, "paused": entry.paused, "placement": entry.placement,
+                      "moving": entry.moving}
         path = self.path(entry.config.name)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2))

@@ -65,6 +65,11 @@ class Coordinator:
         self.vectors = Vectors(config, encode=encode, encode_images=encode_images, images=images)
         self.metadata = MetadataSteps(config, metadata, filters)
         self.paused: str | None = None  # set while the collection is resharded: writes are refused meanwhile
+        # Set while a rebalance moves points (router.collection.rebalance): a point may sit on its old shard, its
+        # new one, or both for a moment, so queries visit every shard and reads by id ask every shard meanwhile.
+        self.moving = False
+        self.progress = placing.Progress()  # the rebalance's state, as GET shows it
+        self.placement_epoch = 0  # grows whenever `placement` or `moving` changes (writes note the one they used)
         # Cache keys carry both: a new coordinator never sees an old entry; no cached answer outlives a write.
         self.epoch, self.version = uuid.uuid4().hex, 0
         self.observe_stage, self.budget_ms, self.inline_payload_max = observe_stage, budget_ms, inline_payload_max
@@ -109,9 +114,14 @@ class Coordinator:
     def by_id(self, ids: Sequence[str], among: Sequence[int] | None = None) -> dict[int, list[str]]:
         """The shards that may hold each of `ids`, with the ids to ask each: the ring's owner when the placement
         follows the ring (hash, untrained vector), else every shard (or every shard of `among`) for all of them."""
-        if placing.by_ring(self.placement):
+        if not self.scattered:
             return self.by_shard(ids)
         return {s: list(ids) for s in (range(self.config.shards) if among is None else among)}
+
+    @property
+    def scattered(self) -> bool:
+        """Whether a point may sit off its ring owner: a placement not by the ring, or points moving."""
+        return self.moving or not placing.by_ring(self.placement)
 
     def home_of(self, row: Any) -> int:
         """The shard a point row (id, vectors, payload) lives on under this collection's placement."""
@@ -155,9 +165,9 @@ class Coordinator:
         vecs, notes = await self.vectors.query_vectors(sub) if dense else ([], [])
         laps.lap("embed")
         by_prefetch = dict(zip(dense, vecs))
-        visit = placing.visited(self.placement, req, [(p.space, by_prefetch[i]) if i in by_prefetch else None
-                                                      for i, p in enumerate(req.prefetch)],
-                                probe)
+        visit = tuple(range(self.config.shards)) if self.moving else placing.visited(
+            self.placement, req, [(p.space, by_prefetch[i]) if i in by_prefetch else None
+                                  for i, p in enumerate(req.prefetch)], probe)
         specs = pipeline.route(req, dense, plans, by_prefetch, len(visit), self.inline_payload_max)
         ran: dict[str, dict[str, Any]] = {}
         search = partial(pipeline.fan_out, self.shards, self._index_types, deadline, ran, visit)

@@ -4,6 +4,7 @@ query visits. Pure (no I/O): the coordinator and the service call these."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cluster.collection_spec import CollectionConfig
@@ -28,15 +29,41 @@ def placement_of(cfg: CollectionConfig) -> Placement:
                                   key_type=cfg.metadata.get(routing.get("field", ""), "keyword"))
 
 
-def routing_info(cfg: CollectionConfig, placement: Placement) -> dict[str, Any]:
+@dataclass
+class Progress:
+    """A vector-routed collection's rebalance as it goes (router.collection.rebalance writes it, GET shows it)."""
+
+    state: str | None = None  # "training" or "moving" while a rebalance runs; None between them
+    auto: bool = False  # this (or the last) rebalance started on its own (settings.training_due)
+    moved: int = 0  # points copied to another shard by this (or the last) rebalance
+    seconds: float | None = None  # how long the last finished rebalance took
+    error: str | None = None  # why the last one failed (rolled back), if it did
+    interrupted: bool = False  # the catalog says points were moving when this process started: rebalance again
+    estimate: int | None = None  # points held, roughly (router.collection.rebalance.maybe_start counts when due)
+
+
+def routing_info(cfg: CollectionConfig, placement: Placement, progress: Progress | None = None) -> dict[str, Any]:
     """`routing` as `GET /v1/collections/{name}` shows it: the setting and its state. hash: "hash"; key: "ready";
-    vector: "hash" until centroids are trained (points go by the ring meanwhile), then "ready"."""
+    vector: "hash" until centroids are trained (points go by the ring meanwhile), "training" and "moving" while a
+    rebalance runs (queries visit every shard meanwhile), then "ready"."""
     routing = dict(cfg.routing or {"method": "hash"})
     method = routing.get("method", "hash")
     state = "hash" if method == "hash" or not placement.ready else "ready"
     info: dict[str, Any] = {**routing, "state": state}
     if method == "vector":
+        p = progress or Progress()
+        if p.state is not None:
+            info["state"] = p.state
+        elif p.interrupted:
+            info["state"] = "moving"
         info["trained"] = placement.version  # trainings so far (0: never)
+        info["moved"] = p.moved
+        info["seconds"] = p.seconds
+        info["auto"] = p.auto  # started on its own once the collection held TRAIN_PER_CENTROID x centroids points
+        if p.error:
+            info["error"] = p.error
+        if p.interrupted and p.state is None:
+            info["error"] = "a rebalance was interrupted while moving points: run it again (queries visit every shard)"
     return info
 
 

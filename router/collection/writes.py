@@ -10,7 +10,9 @@ locks keep a read-modify-write (a vector update) from undoing another write of t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cluster.collection_spec import METADATA_TYPES
@@ -21,6 +23,7 @@ from router.encoding.vectors import merge_updates
 from router.filters.dsl import normalise_meta
 from router.filters.mapping import FIELD_RE, infer_fields
 from router.routing.keys import key_of
+from router.routing.placement import Placement
 from router.schema.points import DeleteResponse, Point, UpsertResponse
 
 if TYPE_CHECKING:
@@ -36,6 +39,8 @@ class Writes:
         # A partial vector update reads a point and writes it back: no other write of this process to that point
         # may land in between (it would be undone). Several ingress replicas: see docs/operations.md.
         self._points = KeyedLocks()
+        self._inflight: Counter[int] = Counter()  # placement epoch -> writes in flight that placed by it
+        self._ended = asyncio.Condition()
 
     def _writable(self) -> None:
         coord = self.coord
@@ -52,10 +57,38 @@ class Writes:
         async with self._points.hold(p.id for p in points):
             return await self._upsert(points, wait)
 
+    @contextlib.asynccontextmanager
+    async def _placing(self) -> AsyncIterator[Placement]:
+        """The placement this write places by, counted as in flight under it until the write ends (a rebalance
+        waits for writes that placed by an older one: settled())."""
+        coord = self.coord
+        epoch = coord.placement_epoch
+        self._inflight[epoch] += 1
+        try:
+            yield coord.placement
+        finally:
+            self._inflight[epoch] -= 1
+            if not self._inflight[epoch]:
+                del self._inflight[epoch]
+            async with self._ended:
+                self._ended.notify_all()
+
+    async def settled(self, epoch: int) -> None:
+        """Wait until no write that began before placement epoch `epoch` is in flight."""
+        async with self._ended:
+            await self._ended.wait_for(lambda: not any(e < epoch for e in self._inflight))
+
+    def locked(self, ids: Iterable[str]) -> Any:
+        """Hold these points' locks: no write of this process to them runs meanwhile (a rebalance's move)."""
+        return self._points.hold(ids)
+
     async def _upsert(self, points: Sequence[Point], wait: bool) -> UpsertResponse:
+        async with self._placing() as placement:
+            return await self._upsert_by(points, wait, placement)
+
+    async def _upsert_by(self, points: Sequence[Point], wait: bool, placement: Placement) -> UpsertResponse:
         coord = self.coord
         self._writable()
-        placement = coord.placement
         if placement.method == "key":  # before anything is mapped or written: a 422 naming the point's field
             for i, p in enumerate(points):
                 key_of(p.payload, placement.field, placement.key_type, f"points[{i}].payload")
@@ -65,27 +98,29 @@ class Writes:
         self._writable()  # again: embedding takes time, and another ingress may have paused writes meanwhile
         homes: dict[int, list] = {}
         for row in rows:
-            homes.setdefault(coord.home_of(row), []).append(row)
-        stale = {} if placing.by_ring(placement) else await self._old_copies(
-            {r.id: s for s, batch in homes.items() for r in batch})
+            homes.setdefault(placement.shard_of(row.id, row.vectors, row.payload), []).append(row)
+        scattered = coord.moving or not placing.by_ring(placement)  # a copy may sit off this point's new home
+        stale = await self._old_copies({r.id: s for s, batch in homes.items() for r in batch}, placement) \
+            if scattered else {}
         await coord.metadata.write_through(rows, wait, lambda: self._place(homes, stale, wait), coord.fetch)
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
 
-    async def _old_copies(self, home: dict[str, int]) -> dict[int, list[str]]:
-        """Where copies of these points may sit other than their new home (`home`: id -> shard), by shard: under key
-        routing the owner of the key Elasticsearch holds for the point (no document: a new point, no copy); without
-        Elasticsearch, or when the stored key is unreadable, every other shard (a broadcast delete)."""
+    async def _old_copies(self, home: dict[str, int], placement: Placement) -> dict[int, list[str]]:
+        """Where copies of these points may sit other than their new home (`home`: id -> shard), by shard. A point
+        Elasticsearch has no document for is new: no copy anywhere. Under key routing (no move running), the owner
+        of the key Elasticsearch holds for the point; otherwise (vector routing: the old vector is not kept in
+        Elasticsearch; a rebalance moving points), and without Elasticsearch, every other shard (a broadcast)."""
         coord = self.coord
         known = await coord.metadata.payloads(list(home))  # None: no Elasticsearch here
         every = range(coord.config.shards)
         stale: dict[int, list[str]] = {}
         for pid, new in home.items():
             where: Iterable[int] = every
-            if known is not None and coord.placement.method == "key":
-                if pid not in known:
-                    continue
+            if known is not None and pid not in known:
+                continue
+            if known is not None and placement.method == "key" and not coord.moving:
                 try:
-                    where = [coord.placement.shard_of(pid, None, known[pid])]
+                    where = [placement.shard_of(pid, None, known[pid])]
                 except InvalidRequest:
                     pass
             for s in where:
@@ -151,6 +186,10 @@ class Writes:
             return await self._delete(unique, wait)
 
     async def _delete(self, unique: list[str], wait: bool) -> DeleteResponse:
+        async with self._placing():  # by_id below follows the placement (and a move) as it stands now
+            return await self._delete_now(unique, wait)
+
+    async def _delete_now(self, unique: list[str], wait: bool) -> DeleteResponse:
         coord = self.coord
         self._writable()
         results = await coord.metadata.delete_through(unique, wait, lambda: self._write(  # Elasticsearch first

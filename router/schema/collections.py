@@ -65,6 +65,21 @@ class ReshardResponse(BaseModel):
     seconds: float
 
 
+class RebalanceRequest(Strict):
+    """`POST .../rebalance`: no options yet (an empty object or no body)."""
+
+
+class RebalanceResponse(BaseModel):
+    collection: str
+    state: str = Field(description="\"ready\": points live on their nearest centroid's shard")
+    centroids: int
+    trained: int = Field(description="the placement's version: trainings so far")
+    moved: int = Field(description="points copied to another shard")
+    seconds: float
+    spread: float = Field(description="the largest relative distance of a shard's share of the training sample "
+                          "from the mean (0.2: some shard 20% off)")
+
+
 class CollectionList(BaseModel):
     collections: list[str]
 

@@ -1,0 +1,217 @@
+"""Rebalancing a vector-routed collection: train coarse centroids over its routing space and move every point to
+its nearest centroid's shard, with reads and writes on.
+
+1. train: a sample of at most kmeans.MAX_SAMPLE points' routing-space vectors is read from the shards; k-means with
+   a fixed seed (router.routing.kmeans.train), then the centroids' balanced assignment to shards (balance.assign);
+2. switch writes: the trained placement takes every write from here on (a write to a point that exists deletes its
+   copies elsewhere: router.collection.writes), and `moving` makes queries visit every shard and reads by id ask
+   every shard; the writes that placed by the old placement are waited for;
+3. copy: every point not on its new shard is copied there (every replica, quorum-acked), a page at a time under the
+   points' locks, so no write to them lands between the read and the copy;
+4. delete the old copies, again under the locks, each checked again first (a write since may have put the point
+   back on that shard); then queries route by the trained placement (`moving` off), which the catalog keeps.
+
+Between 3 and 4 a moved point sits on two shards and the merge keeps one copy (queries see each point once); counts
+come from Elasticsearch (one document a point) or a union of ids. A failure in 2-4 rolls back: the old placement
+takes the writes again and the same move runs towards it (points written meanwhile included), so the collection
+is as before, each point on its old shard once. Writes are never refused: this process's per-point locks order them
+against the move (several ingress replicas: docs/operations.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cluster.errors import CollectionExists, InvalidRequest, describe
+from router.collection.coordinator import Coordinator
+from router.routing import balance, kmeans
+from router.routing.placement import Placement
+from router.routing.settings import training_due
+
+if TYPE_CHECKING:
+    from router.collection.service import PrismService
+
+COPY_BATCH = 500
+READ_BATCH = 2_000
+SEED = 0  # k-means and the sample: the same points train the same centroids
+log = logging.getLogger("prism.rebalance")
+
+
+async def sample_vectors(coord: Coordinator, space: str, limit: int = kmeans.MAX_SAMPLE,
+                         seed: int = SEED) -> np.ndarray:
+    """At most `limit` points' vectors in `space` (rows), drawn evenly from every shard's ids (fixed seed)."""
+    held = await asyncio.gather(*(sh.read(lambda c: c.ids()) for sh in coord.shards))
+    ids = sorted((pid, s) for s, shard_ids in enumerate(held) for pid in shard_ids)
+    if len(ids) > limit:
+        pick = np.sort(np.random.default_rng(seed).choice(len(ids), size=limit, replace=False))
+        ids = [ids[i] for i in pick]
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for pid, s in ids:
+        by_shard[s].append(pid)
+    rows: list[list[float]] = []
+    for s, pids in sorted(by_shard.items()):
+        for i in range(0, len(pids), READ_BATCH):
+            got = await coord.shards[s].read(lambda c, page=pids[i : i + READ_BATCH]: c.get(page, [space]))
+            rows += [p.vectors[space] for p in got.values() if p.vectors.get(space) is not None]
+    return np.asarray(rows, dtype=np.float32)
+
+
+async def train(coord: Coordinator, centroids: int) -> tuple[Placement, np.ndarray]:
+    """The collection's placement trained on a sample of its points (k-means, then the balanced assignment), and
+    how many of the sample each centroid holds."""
+    placement = coord.placement
+    x = await sample_vectors(coord, placement.space)
+    if len(x) < centroids:
+        raise InvalidRequest(f"collection {coord.config.name!r} holds {len(x)} points with a {placement.space!r} "
+                             f"vector: training {centroids} centroids needs at least as many", field="routing")
+
+    def fit() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = kmeans.train(x, centroids, metric=placement.metric, seed=SEED)
+        labels = kmeans.nearest(kmeans.prepare(x, placement.metric), c, placement.metric)[0]
+        sizes = np.bincount(labels, minlength=len(c))
+        return c, balance.assign(c, sizes, coord.config.shards, metric=placement.metric), sizes
+
+    c, owners, sizes = await asyncio.to_thread(fit)  # seconds of numpy: queries and writes go on meanwhile
+    return placement.trained(c, owners), sizes
+
+
+async def _switch(coord: Coordinator, placement: Placement) -> None:
+    """Writes place by `placement` from here on, reads visit every shard; wait for the writes placed by the old."""
+    coord.placement, coord.moving = placement, True
+    coord.placement_epoch += 1
+    coord.version += 1  # no cached answer spans the switch
+    await coord.writes.settled(coord.placement_epoch)
+
+
+async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = None) -> int:
+    """Every point to its shard under `placement` (coord.placement, with writes following it already): copy the
+    points off their shard, then delete the old copies; returns how many were copied."""
+    copied: dict[int, list[str]] = {}
+    n = 0
+    for s, shard in enumerate(coord.shards):
+        ids = sorted(await shard.read(lambda c: c.ids()))
+        for i in range(0, len(ids), COPY_BATCH):
+            page = ids[i : i + COPY_BATCH]
+            async with coord.writes.locked(page):
+                rows = await shard.read(lambda c, page=page: c.export(page))
+                out: dict[int, list] = defaultdict(list)
+                for row in rows:
+                    t = placement.shard_of(row.id, row.vectors, row.payload)
+                    if t != s:
+                        out[t].append(row)
+                for t, batch in out.items():
+                    await coord.shards[t].upsert(batch)
+                    copied.setdefault(s, []).extend(r.id for r in batch)
+                    n += len(batch)
+            if on_copy is not None:
+                on_copy(n)
+    coord.version += 1
+    space = [placement.space] if placement.space else []
+    for s, ids in copied.items():
+        for i in range(0, len(ids), COPY_BATCH):
+            page = ids[i : i + COPY_BATCH]
+            async with coord.writes.locked(page):
+                # a write since the copy deleted the old copy, or put the point back here: check each again
+                got = await coord.shards[s].read(lambda c, page=page: c.get(page, space))
+                gone = [pid for pid, p in got.items() if placement.shard_of(pid, p.vectors, p.payload) != s]
+                if gone:
+                    await coord.shards[s].delete(gone)
+    coord.version += 1
+    return n
+
+
+async def rebalance(svc: PrismService, name: str, *, auto: bool = False) -> dict[str, Any]:
+    """Train and move (the service holds no lock meanwhile: queries and writes go on). 409 while one runs."""
+    t0 = time.perf_counter()
+    coord = svc.coordinator(name)
+    routing = coord.config.routing or {"method": "hash"}
+    if routing.get("method") != "vector":
+        raise InvalidRequest(f"collection {name!r} routes points by {routing.get('method', 'hash')}: only vector "
+                             "routing trains centroids and rebalances", field="routing")
+    progress = coord.progress
+    if progress.state is not None:
+        raise CollectionExists(f"collection {name!r} is being rebalanced already ({progress.state}); retry later",
+                               field="name")
+    old = coord.placement
+    progress.state, progress.auto, progress.moved, progress.error = "training", auto, 0, None
+    try:
+        new, sizes = await train(coord, int(routing.get("centroids", 0)))
+    except BaseException as exc:
+        progress.state, progress.error = None, describe(exc) if isinstance(exc, Exception) else None
+        raise
+    progress.state = "moving"
+    svc.save_placement(coord, new, moving=True)  # a restart meanwhile knows points may sit anywhere
+    await _switch(coord, new)
+    try:
+        moved = await move_points(coord, new, on_copy=lambda n: setattr(progress, "moved", n))
+    except BaseException as exc:
+        progress.error = f"rolled back: {describe(exc) if isinstance(exc, Exception) else type(exc).__name__}"
+        await _roll_back(svc, coord, old)
+        raise
+    coord.moving = False
+    coord.placement_epoch += 1
+    coord.version += 1
+    svc.save_placement(coord, new, moving=False)
+    progress.state, progress.moved, progress.seconds = None, moved, round(time.perf_counter() - t0, 2)
+    return {"collection": name, "state": "ready", "centroids": len(new.centroids), "trained": new.version,
+            "moved": moved, "seconds": progress.seconds,
+            "spread": round(balance.spread(sizes, new.owners, new.shards), 3)}  # the sample's shard sizes
+
+
+async def _roll_back(svc: PrismService, coord: Coordinator, old: Placement) -> None:
+    """The old placement takes the writes again and every point goes back to its shard under it."""
+    try:
+        await _switch(coord, old)
+        await move_points(coord, old)
+        coord.moving = False
+        coord.placement_epoch += 1
+        svc.save_placement(coord, old, moving=False)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what the caller hears about
+        log.error("rolling back the rebalance of %r failed (%s): queries visit every shard until it is rebalanced "
+                  "again", coord.config.name, describe(exc))
+        coord.progress.interrupted = True
+    finally:
+        coord.progress.state = None
+
+
+def maybe_start(svc: PrismService, coord: Coordinator, added: int) -> None:
+    """After an upsert of `added` points: start training in the background once a vector-routed collection that
+    was never trained holds TRAIN_PER_CENTROID x centroids points (counted only when a running estimate says it
+    may). Never blocks the write that triggers it."""
+    routing = coord.config.routing or {}
+    if routing.get("method") != "vector" or coord.placement.ready or coord.progress.state is not None:
+        return
+    name = coord.config.name
+    running = svc.background.get(name)
+    if running is not None and not running.done():
+        return
+    estimate = coord.progress.estimate  # an upper bound: updates count as new points
+    coord.progress.estimate = (estimate or 0) + added
+    if estimate is not None and not training_due(routing, coord.progress.estimate, False):
+        return
+
+    async def check_then_train() -> None:
+        count = await coord.count()
+        coord.progress.estimate = count
+        if training_due(routing, count, coord.placement.ready) and coord.progress.state is None:
+            await rebalance(svc, name, auto=True)
+
+    task = asyncio.get_running_loop().create_task(check_then_train())
+    svc.background[name] = task
+    task.add_done_callback(lambda t: _ended(coord, t))
+
+
+def _ended(coord: Coordinator, task: asyncio.Task) -> None:
+    """A background training's end: its failure goes to the log and the collection's state, never lost."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        coord.progress.error = coord.progress.error or describe(exc)
+        log.warning("background training of %r failed: %s", coord.config.name, describe(exc))
+

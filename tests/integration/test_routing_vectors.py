@@ -1,0 +1,343 @@
+"""Vector routing end to end, in process: real milvus-lite shards (two replicas each) and the real noida-db. A
+clustered set over 8 shards is rebalanced while queries and writes go on; where each point physically sits is read
+from every replica of every shard, not from the answers."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from cluster.config import ClusterConfig
+from cluster.errors import InvalidRequest
+from cluster.ring import HashRing
+from router.collection import rebalance as rebalance_mod
+from router.collection.service import PrismService
+from router.metadata.store import metadata_store
+
+SHARDS, DIM, COMPONENTS, N, CENTROIDS = 8, 16, 32, 3000, 64  # 50 x 64 > N: no training on its own here
+RNG = np.random.default_rng(28)
+MEANS = RNG.standard_normal((COMPONENTS, DIM)).astype(np.float32)
+
+
+def clustered(n: int, rng, spread: float = 0.15) -> np.ndarray:
+    """Points of a Gaussian mixture: a random component's mean plus a little noise."""
+    return (MEANS[rng.integers(0, COMPONENTS, n)] + spread * rng.standard_normal((n, DIM))).astype(np.float32)
+
+
+def body(shards: int = SHARDS, replicas: int = 2, centroids: int = CENTROIDS) -> dict:
+    return {"spaces": {"v": {"dim": DIM, "metric": "cosine", "index": {"type": "FLAT"}},
+                       "u": {"dim": 4, "index": {"type": "FLAT"}}}, "shards": shards,
+            "replicas": replicas, "metadata": {"n": "integer"},
+            "routing": {"method": "vector", "space": "v", "centroids": centroids}}
+
+
+def points(vecs: np.ndarray, prefix: str = "p", start: int = 0) -> list[dict]:
+    return [{"id": f"{prefix}{start + i:05d}", "vectors": {"v": v.tolist(), "u": [1.0, float(i % 7), 0.5, 0.0]},
+             "payload": {"n": start + i}} for i, v in enumerate(vecs)]
+
+
+def upsert_all(run, svc, name, pts, batch=500):
+    for i in range(0, len(pts), batch):
+        run(svc.upsert(name, {"points": pts[i : i + batch]}))
+
+
+async def held(coord) -> list[list[dict]]:
+    """Per shard, per replica: {id: (payload n, vector)} of every point that replica holds, read from the replica."""
+    out = []
+    for sh in coord.shards:
+        row = []
+        for client in sh.clients:
+            ids = await client.ids()
+            got = await client.get(ids, ["v"]) if ids else {}
+            row.append({i: (p.payload.get("n"), tuple(np.round(p.vectors["v"], 5))) for i, p in got.items()})
+        out.append(row)
+    return out
+
+
+def where(layout, pid) -> list[int]:
+    """The shards holding `pid`, checking that every replica of each shard agrees on it and on its contents."""
+    out = []
+    for s, row in enumerate(layout):
+        seen = [replica.get(pid) for replica in row]
+        assert all(x == seen[0] for x in seen), f"replicas of shard {s} disagree on {pid}"
+        if seen[0] is not None:
+            out.append(s)
+    return out
+
+
+def search(run, svc, name, vec, probe=None, limit=10, **kw):
+    q = {"prefetch": [{"space": "v", "vector": [float(x) for x in vec]}], "limit": limit, "with_payload": False, **kw}
+    if probe is not None:
+        q["probe"] = probe
+    return run(svc.query(name, q))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, es_server):
+    cfg = ClusterConfig(data_dir=str(tmp_path_factory.mktemp("vrouting")),
+                        elasticsearch={"mode": "external", "url": es_server.uri})
+    svc = PrismService(cfg, metadata=metadata_store(cfg))
+    runner = asyncio.Runner()
+    run = runner.run
+    vecs = clustered(N, np.random.default_rng(1))
+    run(svc.create_collection("vec", body()))
+    upsert_all(run, svc, "vec", points(vecs))
+    yield svc, run, vecs
+    for name in list(svc.coordinators):
+        run(svc.delete_collection(name))
+    runner.close()
+
+
+def test_untrained_vector_routing_places_by_the_ring_and_visits_every_shard(world):
+    svc, run, vecs = world
+    info = run(svc.info("vec")).routing
+    assert info["state"] == "hash" and info["trained"] == 0 and info["centroids"] == CENTROIDS
+    got = search(run, svc, "vec", vecs[0], probe=1)
+    assert got.coverage.routed == list(range(SHARDS)) and got.hits[0].id == "p00000"
+    ring = HashRing(range(SHARDS))
+    layout = run(held(svc.coordinator("vec")))
+    assert all(ring.get(pid) == s for s, row in enumerate(layout) for pid in row[0])
+
+
+def test_rebalance_under_reads_and_writes_sees_each_point_once_and_loses_no_write(world):
+    svc, run, vecs = world
+    coord = svc.coordinator("vec")
+    rng = np.random.default_rng(2)
+    untouched = list(range(0, N, 97))  # points the writer leaves alone: each query asks for one of them
+    updated = [i for i in range(1, N, 50) if i not in untouched]  # the writer gives these new vectors
+    fresh = clustered(len(updated), rng)
+    added = clustered(300, rng)
+    seen: list[str] = []
+    moving_writes: list = []
+
+    async def scenario():
+        done = asyncio.Event()
+        bad: list[str] = []
+        states: set[str] = set()
+
+        async def read():
+            k = 0
+            while not done.is_set():
+                i = untouched[k % len(untouched)]
+                k += 1
+                got = await svc.query("vec", {"prefetch": [{"space": "v", "vector": vecs[i].tolist()}],
+                                              "limit": 20, "with_payload": False})
+                ids = [h.id for h in got.hits]
+                states.add((await svc.info("vec")).routing["state"])
+                if len(ids) != 20 or len(set(ids)) != 20 or ids[0] != f"p{i:05d}" or got.partial:
+                    bad.append(f"{i}: {ids[:3]}... {len(ids)} hits, {len(set(ids))} distinct")
+                seen.append(ids[0])
+                await asyncio.sleep(0)  # yield: the rebalance runs between reads
+
+        async def write():
+            for j in range(0, len(updated), 10):  # updates that move points, and new points, while points move
+                while j >= len(updated) // 2 and coord.progress.state == "training" and not task.done():
+                    await asyncio.sleep(0)  # poll: the first half while training, the second while points move
+                if j >= len(updated) // 2:
+                    moving_writes.append(coord.progress.state)
+                await svc.upsert("vec", {"points": [{"id": f"p{i:05d}", "vectors": {"v": fresh[k].tolist()},
+                                                     "payload": {"n": -i}}
+                                                    for k, i in enumerate(updated[j : j + 10], start=j)]})
+                await svc.upsert("vec", {"points": points(added[j * 5 : j * 5 + 50], "w", j * 5)})
+                await asyncio.sleep(0)
+
+        reader = asyncio.create_task(read())
+        task = asyncio.create_task(svc.rebalance("vec", {}))
+        while coord.progress.state is None and not task.done():
+            await asyncio.sleep(0)  # poll: let the rebalance start before writing
+        await write()
+        report = await task
+        done.set()
+        await reader
+        return report, bad, states
+
+    report, bad, states = run(scenario())
+    assert not bad, bad[:5]
+    assert len(seen) > 5 and {"moving"} <= states
+    assert moving_writes and set(moving_writes) == {"moving"}  # the second half of the writes met moving points
+    assert report["state"] == "ready" and report["trained"] == 1 and report["moved"] > N / 2
+    assert report["spread"] <= 0.2
+    info = run(svc.info("vec")).routing
+    assert info["state"] == "ready" and info["trained"] == 1 and info["moved"] == report["moved"]
+    # every replica of every shard: the same ids and contents; each point on exactly one shard, its placement's
+    layout = run(held(coord))
+    want = {f"p{i:05d}" for i in range(N)} | {f"w{i:05d}" for i in range(len(added))}
+    everything = [pid for row in layout for pid in row[0]]
+    assert len(everything) == len(set(everything)) and set(everything) == want
+    for k, i in enumerate(updated):  # the writes during the move are the stored ones
+        pid = f"p{i:05d}"
+        (s,) = where(layout, pid)
+        assert layout[s][0][pid][0] == -i
+        assert s == coord.placement.shard_of(pid, {"v": fresh[k]})
+    for s, row in enumerate(layout):
+        for pid in row[0]:
+            where(layout, pid)
+    report = run(svc.verify("vec"))
+    assert report.misplaced == 0 and report.replicas_equal and not report.drift
+    assert run(svc.count("vec", {})).count == len(want)
+
+
+def test_probe_two_visits_at_most_two_shards_with_recall_against_probe_all(world):
+    svc, run, vecs = world
+    queries = clustered(60, np.random.default_rng(3))
+    recall = []
+    for q in queries:
+        routed = search(run, svc, "vec", q, probe=2)
+        full = search(run, svc, "vec", q, probe="all")
+        assert len(routed.coverage.routed) <= 2 and routed.coverage.shards_total == SHARDS
+        assert routed.coverage.shards_answered == len(routed.coverage.routed) and not routed.partial
+        assert full.coverage.routed == list(range(SHARDS))
+        recall.append(len({h.id for h in routed.hits} & {h.id for h in full.hits}) / 10)
+    assert np.mean(recall) >= 0.9, np.mean(recall)
+    assert len(search(run, svc, "vec", queries[0], probe=1).coverage.routed) == 1
+    assert len(search(run, svc, "vec", queries[0]).coverage.routed) <= 2  # the cluster's default probe: 2
+
+
+def test_only_prefetches_in_the_routing_space_are_routed(world):
+    svc, run, vecs = world
+    every = list(range(SHARDS))
+    by_filter = run(svc.query("vec", {"prefetch": [{"space": "v", "vector": vecs[5].tolist()}], "probe": 1,
+                                      "filter": {"range": {"n": {"gte": 0}}}, "limit": 5}))
+    assert len(by_filter.coverage.routed) == 1  # a filter on a routed prefetch does not widen it
+    fused = run(svc.query("vec", {"prefetch": [{"space": "v", "vector": vecs[5].tolist()},
+                                               {"space": "v", "vector": (-vecs[5]).tolist()}], "probe": 1,
+                                  "limit": 5}))
+    a = search(run, svc, "vec", vecs[5], probe=1).coverage.routed
+    b = search(run, svc, "vec", -vecs[5], probe=1).coverage.routed
+    assert fused.coverage.routed == sorted(set(a) | set(b))  # a fused query: the union
+    other = run(svc.query("vec", {"prefetch": [{"space": "u", "vector": [1.0, 2.0, 0.5, 0.0]}], "probe": 1}))
+    assert other.coverage.routed == every and other.hits  # another space: every shard
+    mixed = run(svc.query("vec", {"prefetch": [{"space": "v", "vector": vecs[5].tolist()},
+                                               {"space": "u", "vector": [1.0, 2.0, 0.5, 0.0]}], "probe": 1}))
+    assert mixed.coverage.routed == every
+    assert run(svc.count("vec", {"filter": {"range": {"n": {"gte": 0}}}})).count > 0
+    ids, cursor = [], None
+    while True:
+        page = run(svc.scroll("vec", {"limit": 1000, **({"cursor": cursor} if cursor else {})}))
+        ids += [p.id for p in page.points]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(ids) == len(set(ids)) == N + 300  # scroll reads every shard
+    assert run(svc.count("vec", {})).count == N + 300
+
+
+def test_an_update_whose_vector_belongs_elsewhere_moves_the_point(world):
+    svc, run, vecs = world
+    coord = svc.coordinator("vec")
+    pid = "p00003"
+    (before,) = where(run(held(coord)), pid)
+    target = next(m for m in MEANS if coord.placement.shard_of(pid, {"v": m}) != before)
+    run(svc.upsert("vec", {"points": [{"id": pid, "vectors": {"v": target.tolist()}, "payload": {"n": 3}}]}))
+    layout = run(held(coord))
+    assert where(layout, pid) == [coord.placement.shard_of(pid, {"v": target})]
+    hits = [h.id for h in search(run, svc, "vec", target, probe="all", limit=200).hits]
+    assert hits.count(pid) == 1
+    got = run(svc.retrieve("vec", {"ids": [pid], "with_vectors": True}))
+    assert np.allclose(got.points[0].vectors["v"], target / np.linalg.norm(target), atol=1e-4) or \
+        np.allclose(got.points[0].vectors["v"], target, atol=1e-4)
+    # a vector update read by id and written back moves it home again
+    run(svc.update_vectors("vec", {"points": [{"id": pid, "vectors": {"v": vecs[3].tolist()}}]}))
+    assert where(run(held(coord)), pid) == [coord.placement.shard_of(pid, {"v": vecs[3]})]
+
+
+def test_deletes_by_id_reach_the_point_wherever_it_lives(world):
+    svc, run, _ = world
+    coord = svc.coordinator("vec")
+    ids = ["p00010", "p00011", "w00001"]
+    layout = run(held(coord))
+    assert all(len(where(layout, i)) == 1 for i in ids)
+    assert run(svc.delete_points("vec", {"ids": ids})).deleted == 3
+    layout = run(held(coord))
+    assert all(where(layout, i) == [] for i in ids)
+    assert run(svc.retrieve("vec", {"ids": ids})).missing == ids
+    assert run(svc.count("vec", {})).count == N + 300 - 3
+
+
+def test_rebalancing_a_hash_routed_collection_is_422(world):
+    svc, run, _ = world
+    run(svc.create_collection("flat", {"spaces": {"v": {"dim": DIM}}, "shards": 2}))
+    with pytest.raises(InvalidRequest) as err:
+        run(svc.rebalance("flat"))
+    assert err.value.field == "routing"
+    run(svc.delete_collection("flat"))
+
+
+def test_a_rebalance_that_fails_midway_rolls_back(tmp_path, es_server, monkeypatch):
+    cfg = ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "external", "url": es_server.uri})
+    svc = PrismService(cfg, metadata=metadata_store(cfg))
+    runner = asyncio.Runner()
+    run = runner.run
+    n = 600
+    vecs = clustered(n, np.random.default_rng(4))
+    try:
+        run(svc.create_collection("rb", body(shards=4, replicas=2, centroids=16)))  # due at 800: not on its own
+        upsert_all(run, svc, "rb", points(vecs))
+        coord = svc.coordinator("rb")
+        monkeypatch.setattr(rebalance_mod, "COPY_BATCH", 50)
+        shard = coord.shards[1]
+        real, calls = shard.upsert, []
+
+        async def failing(rows, wait=True):
+            calls.append(len(rows))
+            if len(calls) == 3 and coord.moving and coord.placement.ready:  # the move forward, part way
+                raise RuntimeError("injected copy failure")
+            return await real(rows, wait)
+
+        monkeypatch.setattr(shard, "upsert", failing)
+        with pytest.raises(RuntimeError, match="injected"):
+            run(svc.rebalance("rb"))
+        info = run(svc.info("rb")).routing
+        assert info["state"] == "hash" and info["trained"] == 0 and "rolled back" in info["error"]
+        assert not coord.moving and not coord.placement.ready
+        ring = HashRing(range(4))
+        layout = run(held(coord))
+        everything = [pid for row in layout for pid in row[0]]
+        assert sorted(everything) == sorted(f"p{i:05d}" for i in range(n))  # each once
+        for s, row in enumerate(layout):
+            assert row[0] == row[1] and all(ring.get(pid) == s for pid in row[0])
+        assert run(svc.verify("rb")).misplaced == 0
+        assert search(run, svc, "rb", vecs[7]).hits[0].id == "p00007"
+        assert svc.catalog.read("rb").placement is None or svc.catalog.read("rb").placement["version"] == 0
+        monkeypatch.undo()
+        assert run(svc.rebalance("rb"))["trained"] == 1  # and it goes through once the fault is gone
+    finally:
+        for name in list(svc.coordinators):
+            run(svc.delete_collection(name))
+        runner.close()
+
+
+def test_training_starts_on_its_own_and_a_restart_keeps_the_placement(tmp_path, es_server):
+    cfg = ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "external", "url": es_server.uri})
+    first = PrismService(cfg, metadata=metadata_store(cfg))
+    vecs = clustered(900, np.random.default_rng(5))
+
+    async def ingest():
+        await first.create_collection("auto", body(shards=4, replicas=1, centroids=16))  # due at 16 x 50 = 800
+        for i in range(0, 900, 100):
+            await first.upsert("auto", {"points": points(vecs[i : i + 100], start=i)})
+            if i < 700:  # below 800 points: nothing trains
+                assert first.coordinator("auto").progress.state is None
+        assert first.coordinator("auto").progress.state == "training"
+        task = first.background["auto"]  # started by the write that crossed 800 points, which did not wait
+        await task
+        return await first.info("auto")
+
+    info = asyncio.run(ingest()).routing
+    assert info["state"] == "ready" and info["auto"] is True and info["trained"] == 1 and info["moved"] > 0
+    kept = first.coordinator("auto").placement
+    first.close()
+    again = PrismService(cfg, metadata=metadata_store(cfg))
+    try:
+        assert again.open_catalog() == ["auto"]
+        back = again.coordinator("auto").placement
+        assert back.version == kept.version and np.array_equal(back.owners, kept.owners)
+        assert np.array_equal(back.centroids, kept.centroids)
+        got = asyncio.run(again.query("auto", {"prefetch": [{"space": "v", "vector": vecs[9].tolist()}],
+                                               "probe": 1, "limit": 3}))
+        assert got.hits[0].id == "p00009" and len(got.coverage.routed) == 1
+        assert asyncio.run(again.info("auto")).routing["state"] == "ready"
+        assert asyncio.run(again.verify("auto")).misplaced == 0
+    finally:
+        asyncio.run(again.delete_collection("auto"))
