@@ -1,4 +1,4 @@
-"""The `prism` commands on one collection: ingest, query, verify, reshard, and loadtest (and the hits table that
+"""The `prism` commands on one collection: ingest, query, verify, reshard, rebalance, and loadtest (and the hits table that
 query and `make demo` print)."""
 from __future__ import annotations
 
@@ -192,6 +192,53 @@ def reshard(
         fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
     rep = r.json()
     console.print(f"{collection}: now {rep['shards']} shards, moved {rep['moved']} points in {rep['seconds']}s")
+
+
+def rebalance(
+    collection: str = typer.Option(..., "--collection", "-c"),
+    data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+    url: Optional[str] = typer.Option(None),
+    api_key: Optional[str] = API_KEY,
+) -> None:
+    """Vector routing: train the centroids and move every point to its nearest centroid's shard. Reads and writes go
+    on meanwhile; one status line shows the state (training, moving: points moved) until it is done."""
+    import threading
+
+    import httpx
+
+    from cluster.auth import client_headers
+
+    check_collection(collection)
+    base, headers = base_url(url, data_dir), client_headers(api_key)
+    answer: dict = {}
+
+    def post() -> None:
+        try:
+            answer["r"] = httpx.post(f"{base}/v1/collections/{collection}/rebalance", json={}, headers=headers,
+                                     timeout=24 * 3600)
+        except httpx.HTTPError as exc:
+            answer["error"] = exc
+
+    worker = threading.Thread(target=post, daemon=True)
+    worker.start()
+    with console.status(f"{collection}: rebalancing") as line:
+        while worker.is_alive():
+            worker.join(0.5)
+            try:  # the state as GET shows it; a failed look is only a missed update of the line
+                routing = httpx.get(f"{base}/v1/collections/{collection}", headers=headers, timeout=5).json()["routing"]
+                line.update(f"{collection}: {routing.get('state')}, {routing.get('moved', 0)} points moved")
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+    if "error" in answer:
+        fail(f"cannot reach {base}: {answer['error']}")
+    r = answer["r"]
+    if r.status_code != 200:
+        fail(f"HTTP {r.status_code}: {r.json().get('message', r.text)}")
+    rep = r.json()
+    table = Table("collection", "state", "centroids", "trained", "moved", "spread", "seconds")
+    table.add_row(rep["collection"], rep["state"], str(rep["centroids"]), str(rep["trained"]), str(rep["moved"]),
+                  f"{rep['spread']:.3f}", f"{rep['seconds']}")
+    console.print(table)
 
 
 def loadtest(

@@ -1,4 +1,4 @@
-"""The `prism` command: up, down, status, ingest, query, models (install, list), reshard, loadtest, bench, keys.
+"""The `prism` command: up, down, status, ingest, query, models (install, list), reshard, rebalance, loadtest, bench, keys.
 The commands live by job in cluster/cli/serve.py (running an instance), cluster/cli/collection.py (one collection's
 data) and cluster/cli/admin.py (model weights, API keys); here they are put together, in the order --help lists
 them."""
@@ -19,6 +19,7 @@ app.command()(collection.query)
 app.command()(collection.verify)
 app.add_typer(models_app, name="models")
 app.command()(collection.reshard)
+app.command()(collection.rebalance)
 app.command()(collection.loadtest)
 app.add_typer(keys_app, name="keys")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve.bench)

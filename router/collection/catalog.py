@@ -93,8 +93,9 @@ class Catalog:
 
     def _write(self, entry: Entry) -> None:
         data = json.loads(entry.config.model_dump_json())
-        data[META] = {"version": entry.version, "paused": entry.paused, "placement": entry.placement,
-                      "moving": entry.moving}
+        data[META] = {"version": entry.version, "paused": entry.paused}
+        if entry.placement is not None or entry.moving:  # only where trained: other files stay as they were
+            data[META].update(placement=entry.placement, moving=entry.moving)
         path = self.path(entry.config.name)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2))

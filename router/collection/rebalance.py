@@ -27,11 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cluster.config import parse_model
 from cluster.errors import CollectionExists, InvalidRequest, describe
+from router.collection.catalog import Entry
 from router.collection.coordinator import Coordinator
 from router.routing import balance, kmeans
 from router.routing.placement import Placement
 from router.routing.settings import training_due
+from router.schema.collections import RebalanceRequest
 
 if TYPE_CHECKING:
     from router.collection.service import PrismService
@@ -40,6 +43,23 @@ COPY_BATCH = 500
 READ_BATCH = 2_000
 SEED = 0  # k-means and the sample: the same points train the same centroids
 log = logging.getLogger("prism.rebalance")
+
+
+def adopt(coord: Coordinator, entry: Entry) -> Coordinator:
+    """What a catalog entry records beyond the config, on its coordinator: a reshard's pause, a trained placement,
+    a move under way (written by this or another ingress)."""
+    coord.paused = entry.paused
+    if entry.placement is not None and entry.placement.get("version") != coord.placement.version:
+        coord.placement = Placement.from_dict(entry.placement)
+        coord.placement_epoch += 1
+    coord.moving = entry.moving
+    return coord
+
+
+def save_placement(svc: PrismService, coord: Coordinator, placement: Placement, *, moving: bool) -> None:
+    """Record a trained placement (and whether points are moving to it) with the collection in the catalog."""
+    name = coord.config.name
+    svc._note(name, svc.catalog.update(name, lambda e: e.with_(placement=placement.to_dict(), moving=moving)))
 
 
 async def sample_vectors(coord: Coordinator, space: str, limit: int = kmeans.MAX_SAMPLE,
@@ -125,8 +145,9 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
     return n
 
 
-async def rebalance(svc: PrismService, name: str, *, auto: bool = False) -> dict[str, Any]:
+async def rebalance(svc: PrismService, name: str, body: Any = None, *, auto: bool = False) -> dict[str, Any]:
     """Train and move (the service holds no lock meanwhile: queries and writes go on). 409 while one runs."""
+    parse_model(RebalanceRequest, {} if body is None else body, "rebalance request")
     t0 = time.perf_counter()
     coord = svc.coordinator(name)
     routing = coord.config.routing or {"method": "hash"}
@@ -145,7 +166,7 @@ async def rebalance(svc: PrismService, name: str, *, auto: bool = False) -> dict
         progress.state, progress.error = None, describe(exc) if isinstance(exc, Exception) else None
         raise
     progress.state = "moving"
-    svc.save_placement(coord, new, moving=True)  # a restart meanwhile knows points may sit anywhere
+    save_placement(svc, coord, new, moving=True)  # a restart meanwhile knows points may sit anywhere
     await _switch(coord, new)
     try:
         moved = await move_points(coord, new, on_copy=lambda n: setattr(progress, "moved", n))
@@ -156,7 +177,7 @@ async def rebalance(svc: PrismService, name: str, *, auto: bool = False) -> dict
     coord.moving = False
     coord.placement_epoch += 1
     coord.version += 1
-    svc.save_placement(coord, new, moving=False)
+    save_placement(svc, coord, new, moving=False)
     progress.state, progress.moved, progress.seconds = None, moved, round(time.perf_counter() - t0, 2)
     return {"collection": name, "state": "ready", "centroids": len(new.centroids), "trained": new.version,
             "moved": moved, "seconds": progress.seconds,
@@ -170,7 +191,7 @@ async def _roll_back(svc: PrismService, coord: Coordinator, old: Placement) -> N
         await move_points(coord, old)
         coord.moving = False
         coord.placement_epoch += 1
-        svc.save_placement(coord, old, moving=False)
+        save_placement(svc, coord, old, moving=False)
     except Exception as exc:  # noqa: BLE001 - the original failure is what the caller hears about
         log.error("rolling back the rebalance of %r failed (%s): queries visit every shard until it is rebalanced "
                   "again", coord.config.name, describe(exc))

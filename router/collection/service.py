@@ -20,17 +20,15 @@ from cluster.names import check_name
 from router.schema.bodies import parse_json
 from router.collection.cache import EmbeddingCache, LRUCache, request_key
 from router.collection.catalog import Catalog, Entry
-from router.collection import inventory, limits as strict, placing
+from router.collection import inventory, limits as strict, placing, rebalance as rebalancing
 from router.collection.coordinator import Coordinator
 from router.collection.pipeline import Prefetched
-from router.schema.collections import CollectionInfo, RebalanceRequest, ReshardRequest, ShardInfo, VerifyResponse
+from router.schema.collections import CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse
 from router.schema.points import (
     CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
 )
 from router.schema.query import BatchQueryRequest, BatchQueryResponse, QueryRequest, QueryResponse
-from router.collection.rebalance import maybe_start, rebalance as rebalance_collection
 from router.collection.reshard import reshard_collection
-from router.routing.placement import Placement
 from router.encoding.vectors import Encode
 from shards.local import leftovers, local_shards, replica_specs, stop_local_shards
 
@@ -82,8 +80,7 @@ class PrismService:
                 continue
             if self.metadata is not None:
                 self.metadata.ensure_index(entry.config)
-            coord = self._adopt(self._open(entry.config), entry)
-            coord.progress.interrupted = entry.moving  # this process's move ended with it: rebalance again
+            rebalancing.adopt(self._open(entry.config), entry).progress.interrupted = entry.moving  # a move ended with a process
             self._seen[name] = (stamp, entry.version)
             names.append(name)
         for cfg in self.config.collections:
@@ -119,21 +116,6 @@ class PrismService:
                 sh.anti_entropy_interval_s = self.config.replication.anti_entropy_interval_s or None
                 sh.digest_rescan_s = self.config.replication.digest_rescan_s
 
-    @staticmethod
-    def _adopt(coord: Coordinator, entry: Entry) -> Coordinator:
-        """What the catalog entry records beyond the config: a reshard's pause, a trained placement, a move."""
-        coord.paused = entry.paused
-        if entry.placement is not None and entry.placement.get("version") != coord.placement.version:
-            coord.placement = Placement.from_dict(entry.placement)
-            coord.placement_epoch += 1
-        coord.moving = entry.moving
-        return coord
-
-    def save_placement(self, coord: Coordinator, placement: Placement, *, moving: bool) -> None:
-        """Record a trained placement (and whether points are moving to it) with the collection in the catalog."""
-        name = coord.config.name
-        self._note(name, self.catalog.update(name, lambda e: e.with_(placement=placement.to_dict(), moving=moving)))
-
     def _note(self, name: str, entry: Entry) -> None:
         self._seen[name] = (self.catalog.stamp(name), entry.version)
 
@@ -162,7 +144,7 @@ class PrismService:
             coord = self._open(entry.config)  # attaches to the shards (and sequencers) another ingress started
         else:
             coord.config.metadata.update(entry.config.metadata)
-        self._adopt(coord, entry)
+        rebalancing.adopt(coord, entry)
         self._seen[name] = (stamp, entry.version)
         return coord
 
@@ -212,7 +194,7 @@ class PrismService:
         if entry.config.shards != cfg.shards:  # another ingress recorded the declared collection and resharded it
             coord = self._open(entry.config)
         coord.config.metadata.update(entry.config.metadata)
-        self._adopt(coord, entry)
+        rebalancing.adopt(coord, entry)
         self._note(cfg.name, entry)
 
     async def create_collection(self, name: str, body: dict[str, Any]) -> CollectionInfo:
@@ -295,9 +277,8 @@ class PrismService:
         async with self._lock:
             coord = self.coordinator(name)
             self.coordinators.pop(name)
-            task = self.background.pop(name, None)
-            if task is not None and not task.done():
-                task.cancel()
+            if (task := self.background.pop(name, None)) is not None:
+                task.cancel()  # a training started on its own (a no-op once it has ended)
             if self.stop_sequencers is not None:
                 await asyncio.to_thread(self.stop_sequencers, [sh.sequencer for sh in coord.shards if sh.sequencer], True)
             await asyncio.to_thread(self.stop_shards, [sh.clients for sh in coord.shards], True)
@@ -317,10 +298,8 @@ class PrismService:
             return await reshard_collection(self, name, body["shards"])
 
     async def rebalance(self, name: str, body: Any = None) -> dict[str, Any]:
-        """Train a vector-routed collection's centroids and move its points to their shards; reads and writes go on
-        meanwhile (router.collection.rebalance)."""
-        parse_model(RebalanceRequest, body if body is not None else {}, "rebalance request")
-        return await rebalance_collection(self, name)
+        """Vector routing: train the centroids, move the points; reads and writes go on (router.collection.rebalance)."""
+        return await rebalancing.rebalance(self, name, body)
 
     async def heal(self) -> dict[str, int]:
         """One healing pass over every collection: {"healed": replicas caught up, "failed": probes that failed}."""
@@ -355,7 +334,7 @@ class PrismService:
         strict.check_write(len(req.points), self.config.limits)
         strict.check_documents(req.points, coord.config, self.config.limits)
         done = await coord.upsert(req.points, req.wait)
-        maybe_start(self, coord, done.upserted)  # vector routing: train on its own once enough points are in
+        rebalancing.maybe_start(self, coord, done.upserted)  # vector routing: train on its own once enough points are in
         return done
 
     async def update_vectors(self, name: str, body: Any) -> UpsertResponse:

@@ -48,7 +48,7 @@ def route_access(method: str, path: str, metrics_open: bool = True) -> tuple[Rol
     read = method in ("GET", "HEAD")
     if not rest:
         return ("read" if read else "admin"), name
-    if rest == ["reshard"] and method == "POST" or rest == ["verify"] and read:
+    if rest in (["reshard"], ["rebalance"]) and method == "POST" or rest == ["verify"] and read:
         return "admin", name
     if rest[0] == "points":
         if rest == ["points"]:

@@ -21,7 +21,8 @@ from router.serving.openapi import ACCESS, BODY, READS, WRITES, body_doc, docume
 from router.serving.metrics import process_state
 from router.serving.qdrant.routes import mount as mount_qdrant
 from router.schema.collections import (
-    CollectionInfo, CollectionList, DeletedCollection, Health, ReshardRequest, ReshardResponse, VerifyResponse,
+    CollectionInfo, CollectionList, DeletedCollection, Health, RebalanceRequest, RebalanceResponse, ReshardRequest,
+    ReshardResponse, VerifyResponse,
 )
 from router.schema.points import (
     CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse,
@@ -317,6 +318,14 @@ class Ingress:
     async def reshard(self, name: str, request: Request):
         """Change the shard count; only points whose ring owner changes move; reads go on (admin)."""
         return await self.service.reshard(name, await _json(request))
+
+    @api.post("/v1/collections/{name}/rebalance", response_model=RebalanceResponse,
+              **body_doc(RebalanceRequest, WRITES + (409,)))
+    async def rebalance(self, name: str, request: Request):
+        """Vector routing: train the centroids and move every point to its nearest centroid's shard; reads and
+        writes go on meanwhile (admin). 409 while a rebalance of the collection runs."""
+        raw = await request.body()
+        return await self.service.rebalance(name, await _json(request) if raw.strip() else {})
 
     @api.post("/v1/collections/{name}/query/image", response_model=QueryResponse, responses=documented(READS))
     async def query_image(self, name: str, image: UploadFile = File(...), text: str | None = Form(None),

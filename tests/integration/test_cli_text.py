@@ -25,6 +25,7 @@ def test_messages_with_markup_are_printed_verbatim(tmp_path):
 
 def test_collection_names_are_checked_before_any_request(tmp_path):
     for args in (("reshard", "--collection", "../catalog/x", "--shards", "2"),
+                 ("rebalance", "--collection", "../catalog/x"),
                  ("verify", "--collection", "/etc/passwd"),
                  ("query", "hello", "--collection", "a__b"),
                  ("keys", "create", "--role", "read", "--collections", "ok,../x"),

@@ -95,6 +95,7 @@ ROUTES = [
     ("GET", "/health", None), ("GET", "/docs", None), ("GET", "/openapi.json", None), ("GET", "/metrics", None),
     ("GET", "/v1/collections", "read"), ("GET", "/v1/collections/c", "read"), ("PUT", "/v1/collections/c", "admin"),
     ("DELETE", "/v1/collections/c", "admin"), ("POST", "/v1/collections/c/reshard", "admin"),
+    ("POST", "/v1/collections/c/rebalance", "admin"), ("GET", "/v1/collections/c/rebalance", "admin"),
     ("GET", "/v1/collections/c/verify", "admin"),
     ("POST", "/v1/collections/c/points", "write"), ("POST", "/v1/collections/c/points/delete", "write"),
     ("POST", "/v1/collections/c/points/vectors", "write"), ("POST", "/v1/collections/c/points/get", "read"),
