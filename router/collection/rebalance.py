@@ -39,7 +39,7 @@ from router.schema.collections import RebalanceRequest
 if TYPE_CHECKING:
     from router.collection.service import PrismService
 
-COPY_BATCH = 500
+COPY_BATCH = 1000
 READ_BATCH = 2_000
 SEED = 0  # k-means and the sample: the same points train the same centroids
 log = logging.getLogger("prism.rebalance")
@@ -124,10 +124,15 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
                     t = placement.shard_of(row.id, row.vectors, row.payload)
                     if t != s:
                         out[t].append(row)
-                for t, batch in out.items():
-                    await coord.shards[t].upsert(batch)
-                    copied.setdefault(s, []).extend(r.id for r in batch)
-                    n += len(batch)
+                # to every target at once (on a Milvus server each write waits out a time tick), all ended before
+                # a failure is raised: a roll-back never races a copy still in flight
+                done = await asyncio.gather(*(coord.shards[t].upsert(batch) for t, batch in out.items()),
+                                            return_exceptions=True)
+                for r in done:
+                    if isinstance(r, BaseException):
+                        raise r
+                copied.setdefault(s, []).extend(r.id for batch in out.values() for r in batch)
+                n += sum(len(batch) for batch in out.values())
             if on_copy is not None:
                 on_copy(n)
     coord.version += 1

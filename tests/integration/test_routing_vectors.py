@@ -4,12 +4,16 @@ from every replica of every shard, not from the answers."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest
+from cluster.errors import InvalidRequest, PrismError
 from cluster.ring import HashRing
 from router.collection import rebalance as rebalance_mod
 from router.collection.service import PrismService
@@ -341,3 +345,34 @@ def test_training_starts_on_its_own_and_a_restart_keeps_the_placement(tmp_path, 
         assert asyncio.run(again.verify("auto")).misplaced == 0
     finally:
         asyncio.run(again.delete_collection("auto"))
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_vector_routing_example_runs(world):
+    """The README's vector routing example, its HTTP calls answered in process by the service (tests/e2e/test_readme.py
+    runs it against a live server too)."""
+    svc, run, _ = world
+    section = README.read_text().split("### Vector routing and rebalance", 1)[1].split("\n### ", 1)[0]
+    (code,) = re.findall(r"```python\n(# prism-example.*?)```", section, flags=re.S)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        m = re.fullmatch(r"/v1/collections/(\w+)(/points|/query|/rebalance)?", request.url.path)
+        name, what = m.group(1), m.group(2)
+        body = json.loads(request.content) if request.content else None
+        call = {("PUT", None): lambda: svc.create_collection(name, body),
+                ("GET", None): lambda: svc.info(name),
+                ("DELETE", None): lambda: svc.delete_collection(name),
+                ("POST", "/points"): lambda: svc.upsert(name, body),
+                ("POST", "/rebalance"): lambda: svc.rebalance(name, body),
+                ("POST", "/query"): lambda: svc.query(name, body)}[(request.method, what)]
+        try:
+            answer = run(call())
+        except PrismError as exc:
+            return httpx.Response(exc.status, json={"message": exc.message, "field": exc.field})
+        return httpx.Response(200, json=answer if isinstance(answer, dict) else answer.model_dump(mode="json"))
+
+    code = code.replace('httpx.Client(base_url=BASE, timeout=60)', 'httpx.Client(base_url=BASE, transport=TRANSPORT)')
+    exec(compile(code, "README.md", "exec"), {"TRANSPORT": httpx.MockTransport(handle)})
+    assert "shapes" not in svc.list_collections()
