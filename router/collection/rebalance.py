@@ -14,8 +14,9 @@ its nearest centroid's shard, with reads and writes on.
 Between 3 and 4 a moved point sits on two shards and the merge keeps one copy (queries see each point once); counts
 come from Elasticsearch (one document a point) or a union of ids. A failure in 2-4 rolls back: the old placement
 takes the writes again and the same move runs towards it (points written meanwhile included), so the collection
-is as before, each point on its old shard once. Writes are never refused: this process's per-point locks order them
-against the move (several ingress replicas: docs/operations.md).
+is as before, each point on its old shard once. One ingress never refuses a write: its per-point locks order writes
+against the move. Several ingress replicas (sequencers): their writes are not ordered by this process's locks, so
+writes pause through the catalog while points move, as a reshard's do, and they follow the placement there.
 """
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ def adopt(coord: Coordinator, entry: Entry) -> Coordinator:
     return coord
 
 
-def save_placement(svc: PrismService, coord: Coordinator, placement: Placement, *, moving: bool) -> None:
+def save_placement(svc: PrismService, coord: Coordinator, placement: Placement, *, moving: bool,
+                   paused: str | None = None) -> None:
     """Record a trained placement (and whether points are moving to it) with the collection in the catalog."""
     name = coord.config.name
-    svc._note(name, svc.catalog.update(name, lambda e: e.with_(placement=placement.to_dict(), moving=moving)))
+    svc._note(name, svc.catalog.update(name, lambda e: e.with_(placement=placement.to_dict(), moving=moving,
+                                                               paused=paused)))
 
 
 async def sample_vectors(coord: Coordinator, space: str, limit: int = kmeans.MAX_SAMPLE,
@@ -171,15 +174,21 @@ async def rebalance(svc: PrismService, name: str, body: Any = None, *, auto: boo
         progress.state, progress.error = None, describe(exc) if isinstance(exc, Exception) else None
         raise
     progress.state = "moving"
-    save_placement(svc, coord, new, moving=True)  # a restart meanwhile knows points may sit anywhere
+    # Several ingress replicas: this process's point locks do not hold their writes back, so writes pause (through
+    # the catalog, as a reshard's do) while points move; the one ingress of a single-ingress cluster never pauses.
+    paused = f"rebalancing {name!r}" if svc.start_sequencers is not None else None
+    save_placement(svc, coord, new, moving=True, paused=paused)  # a restart meanwhile knows points may sit anywhere
+    coord.paused = paused
     await _switch(coord, new)
     try:
+        if paused:
+            await asyncio.sleep(svc.config.shard_timeout_s)  # writes other ingresses began before the pause end
         moved = await move_points(coord, new, on_copy=lambda n: setattr(progress, "moved", n))
     except BaseException as exc:
         progress.error = f"rolled back: {describe(exc) if isinstance(exc, Exception) else type(exc).__name__}"
         await _roll_back(svc, coord, old)
         raise
-    coord.moving = False
+    coord.moving, coord.paused = False, None
     coord.placement_epoch += 1
     coord.version += 1
     save_placement(svc, coord, new, moving=False)
@@ -202,7 +211,7 @@ async def _roll_back(svc: PrismService, coord: Coordinator, old: Placement) -> N
                   "again", coord.config.name, describe(exc))
         coord.progress.interrupted = True
     finally:
-        coord.progress.state = None
+        coord.progress.state, coord.paused = None, None
 
 
 def maybe_start(svc: PrismService, coord: Coordinator, added: int) -> None:

@@ -3,8 +3,11 @@
 Each write: refused while the collection is paused (a reshard) or its layout is stale (another ingress), the whole
 batch validated before anything is written (a key-routed collection's key field too), embedded, written through
 Elasticsearch first (router.metadata.steps), then to the owning shards by the collection's placement. A point whose
-owner changed (its key did) moves: the new copy is written, and once acknowledged the old one is deleted; where the
-old copy lives comes from its payload in Elasticsearch, else every other shard is asked to delete it. Per-point
+owner changed (its key or its routing-space vector did) moves: the new copy is written, and once acknowledged the old
+one is deleted; a point Elasticsearch holds no document for is new (no old copy), the old copy of a key-routed point
+is on its stored key's shard, any other (vector routing keeps no old vector there; a rebalance moving points; no
+Elasticsearch) is deleted from every other shard. Each write notes the placement it placed by, so that a rebalance
+can wait for the writes that placed by the previous one (settled()). Per-point
 locks keep a read-modify-write (a vector update) from undoing another write of this process to the same point.
 """
 from __future__ import annotations
