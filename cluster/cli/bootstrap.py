@@ -212,8 +212,12 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         print(f"prism up refused: {exc.message}", file=sys.stderr, flush=True)
         return 2
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     milvus: ServiceHandle | None = None
     es: ServiceHandle | None = None
     direct: PortBlock | None = None
@@ -255,6 +259,10 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         else:
             ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, namespace="prism",
                      logging_level="WARNING", _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+        # ray.init puts its own SIGTERM handlers in place (a sys.exit, and a C++ one that prints a stack trace):
+        # prism's come back, so `prism down` runs the orderly shutdown below rather than exit mid-wait.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         laps.lap("ray")
         print(f"starting Serve on http://{cfg.host}:{cfg.port} ({ingress_line}) ...", flush=True)
         start_serve(cfg)
@@ -287,7 +295,10 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
         try:
             if ray.is_initialized():
                 try:
-                    shutdown_serve()
+                    # On a cluster of its own, Ray's shutdown ends Serve with everything else: Serve's own shutdown
+                    # (which waits on the controller, 30 s here) only matters on a cluster prism attached to.
+                    if cfg.ray_address:
+                        shutdown_serve()
                 finally:
                     ray.shutdown()
         finally:
