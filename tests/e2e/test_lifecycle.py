@@ -36,6 +36,9 @@ def test_restart_keeps_collections_and_down_leaves_no_process(tmp_path):
         left = inst.down()
     assert left == [], f"processes left after prism down: {left}"
     assert not _port_open(inst.port), "the HTTP port still answers after prism down"
+    # An orderly stop: prism's own handler took the SIGTERM (not Ray's, which exits mid-wait and orphans agents)
+    log = (inst.data_dir / "prism.log").read_text(errors="replace")
+    assert "shutting down ..." in log and "SIGTERM received" not in log, log[-2000:]
 
     inst.up()
     try:
