@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cluster.collection_spec import METADATA_TYPES
 from cluster.errors import InvalidRequest, ShardUnavailable
 from router.collection import placing
-from router.collection.locks import KeyedLocks
+from router.collection.locks import InFlight, KeyedLocks
 from router.encoding.vectors import merge_updates
 from router.filters.dsl import normalise_meta
 from router.filters.mapping import FIELD_RE, infer_fields
@@ -42,8 +41,7 @@ class Writes:
         # A partial vector update reads a point and writes it back: no other write of this process to that point
         # may land in between (it would be undone). Several ingress replicas: see docs/operations.md.
         self._points = KeyedLocks()
-        self._inflight: Counter[int] = Counter()  # placement epoch -> writes in flight that placed by it
-        self._ended = asyncio.Condition()
+        self._inflight = InFlight()  # writes in flight, by the placement epoch they placed by
 
     def _writable(self) -> None:
         coord = self.coord
@@ -65,21 +63,12 @@ class Writes:
         """The placement this write places by, counted as in flight under it until the write ends (a rebalance
         waits for writes that placed by an older one: settled())."""
         coord = self.coord
-        epoch = coord.placement_epoch
-        self._inflight[epoch] += 1
-        try:
+        async with self._inflight.hold(coord.placement_epoch):
             yield coord.placement
-        finally:
-            self._inflight[epoch] -= 1
-            if not self._inflight[epoch]:
-                del self._inflight[epoch]
-            async with self._ended:
-                self._ended.notify_all()
 
     async def settled(self, epoch: int) -> None:
         """Wait until no write that began before placement epoch `epoch` is in flight."""
-        async with self._ended:
-            await self._ended.wait_for(lambda: not any(e < epoch for e in self._inflight))
+        await self._inflight.settled(epoch)
 
     def locked(self, ids: Iterable[str]) -> Any:
         """Hold these points' locks: no write of this process to them runs meanwhile (a rebalance's move)."""

@@ -259,6 +259,52 @@ def test_deletes_by_id_reach_the_point_wherever_it_lives(world):
     assert run(svc.count("vec", {})).count == N + 300 - 3
 
 
+def test_a_query_routed_before_a_second_rebalance_still_sees_the_points_it_moves(world, monkeypatch):
+    """A query that chose its shard by the trained placement, then waits at the shard (a slow replica), while a
+    second rebalance moves that shard's points away: the old copies stay until the query has read them."""
+    svc, run, vecs = world
+    coord = svc.coordinator("vec")
+    i = 194  # untouched by the writers above
+    got = search(run, svc, "vec", vecs[i], probe=1)
+    (home,) = got.coverage.routed
+    assert got.hits[0].id == f"p{i:05d}"
+    old = coord.placement
+    near = int(np.argmax(old.centroids @ (vecs[i] / np.linalg.norm(vecs[i]))))  # the query's nearest centroid
+    owners = old.owners.copy()
+    owners[near] = (home + 1) % SHARDS  # the retraining gives that centroid (and its points) to another shard
+
+    async def retrained(c, centroids):
+        return old.trained(old.centroids, owners), np.ones(len(owners))
+
+    monkeypatch.setattr(rebalance_mod, "train", retrained)
+    shard, gate, entered = coord.shards[home], asyncio.Event(), asyncio.Event()
+    real = shard.search
+
+    async def held_search(*a, **kw):
+        entered.set()
+        await gate.wait()
+        return await real(*a, **kw)
+
+    async def scenario():
+        monkeypatch.setattr(shard, "search", held_search)
+        query = asyncio.create_task(svc.query("vec", {"prefetch": [{"space": "v", "vector": vecs[i].tolist()}],
+                                                      "probe": 1, "limit": 5}))
+        await entered.wait()
+        monkeypatch.setattr(shard, "search", real)
+        task = asyncio.create_task(svc.rebalance("vec"))
+        while not task.done() and not coord.reads.waiting:
+            await asyncio.sleep(0)  # poll: the rebalance ends, or waits for the query before deleting
+        gate.set()
+        return await query, await task
+
+    answer, report = run(scenario())
+    assert answer.coverage.routed == [home] and answer.hits[0].id == f"p{i:05d}"
+    assert report["moved"] > 0 and coord.placement.shard_of("x", {"v": vecs[i]}) == (home + 1) % SHARDS
+    layout = run(held(coord))
+    assert where(layout, f"p{i:05d}") == [(home + 1) % SHARDS]
+    assert run(svc.verify("vec")).misplaced == 0
+
+
 def test_rebalancing_a_hash_routed_collection_is_422(world):
     svc, run, _ = world
     run(svc.create_collection("flat", {"spaces": {"v": {"dim": DIM}}, "shards": 2}))
