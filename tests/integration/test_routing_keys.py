@@ -238,6 +238,26 @@ def test_verify_reports_a_point_planted_on_the_wrong_shard(world):
     assert run(svc.verify("keyed")).misplaced == 0
 
 
+def test_verify_reports_a_stale_copy_left_on_the_old_keys_shard(world):
+    """A key change whose old copy was never deleted: each copy agrees with its own payload's key, so only a point
+    found on two shards gives it away."""
+    svc, run, _ = world
+    coord = svc.coordinator("keyed")
+    pid = "p020"
+    home = copies(held(svc, run), pid)[0]
+    stale_tenant = next(f"t{k}" for k in range(TENANTS) if owner(f"t{k}") != home)
+    (row,) = run(coord.shards[home].read(lambda c: c.export([pid])))
+    row.payload["tenant"] = stale_tenant
+    run(coord.shards[owner(stale_tenant)].upsert([row]))
+    try:
+        report = run(svc.verify("keyed"))
+        assert report.drift and report.misplaced == 1
+        assert [m.id for m in report.sample_misplaced] == [pid]
+    finally:
+        run(coord.shards[owner(stale_tenant)].delete([pid]))
+    assert not run(svc.verify("keyed")).drift
+
+
 def test_the_routing_setting_survives_a_restart(tmp_path, es_server):
     cfg = ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "external", "url": es_server.uri})
     rng = np.random.default_rng(1)
