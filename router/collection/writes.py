@@ -123,9 +123,17 @@ class Writes:
     async def _place(self, homes: dict[int, list], stale: dict[int, list[str]], wait: bool) -> None:
         """The rows to their shards; then, once every copy is acknowledged, the moved points' old copies deleted
         (a query between the two sees both copies, and the merge keeps one)."""
-        await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
-        if stale:
+        if not stale:
+            await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
+            return
+        try:
+            await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
+        except ShardUnavailable:
+            # Short of a quorum, the new copies are logged and roll forward (Elasticsearch keeps them too): the old
+            # copies must go all the same, since no later write would know where they sit.
             await self._write(self.coord.shards[s].delete(ids, wait) for s, ids in stale.items())
+            raise
+        await self._write(self.coord.shards[s].delete(ids, wait) for s, ids in stale.items())
 
     async def _map_new_fields(self, points: Sequence[Point]) -> None:
         """Dynamic mapping: map the fields these points bring first, once every payload of the batch fits the

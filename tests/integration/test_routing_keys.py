@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest, PrismError
+from cluster.errors import InvalidRequest, PrismError, ShardUnavailable
 from cluster.ring import HashRing
 from router.collection.service import PrismService
 from router.metadata.store import metadata_store
@@ -255,6 +255,30 @@ def test_verify_reports_a_stale_copy_left_on_the_old_keys_shard(world):
         assert [m.id for m in report.sample_misplaced] == [pid]
     finally:
         run(coord.shards[owner(stale_tenant)].delete([pid]))
+    assert not run(svc.verify("keyed")).drift
+
+
+def test_a_key_change_whose_new_copy_misses_its_quorum_leaves_no_old_copy(world, monkeypatch):
+    """The new copy's write is logged but short of its quorum (ShardUnavailable: it rolls forward, and
+    Elasticsearch keeps the new key): the old copy must go too, or nothing would ever find it again."""
+    svc, run, rng = world
+    coord = svc.coordinator("keyed")
+    pid = "p021"
+    (old,) = copies(held(svc, run), pid)
+    new = next(f"t{k}" for k in range(TENANTS) if owner(f"t{k}") != old)
+    target = coord.shards[owner(new)]
+    real = target.upsert
+
+    async def short_of_quorum(rows, wait=True):
+        await real(rows, wait)
+        raise ShardUnavailable("injected: quorum missed", shards=[owner(new)])
+
+    monkeypatch.setattr(target, "upsert", short_of_quorum)
+    with pytest.raises(ShardUnavailable):
+        run(svc.upsert("keyed", {"points": [{"id": pid, "vectors": {"v": vec(rng)}, "payload": {"tenant": new}}]}))
+    monkeypatch.undo()
+    assert copies(held(svc, run), pid) == [owner(new)]
+    assert es_payloads(svc, [pid])[pid]["tenant"] == new
     assert not run(svc.verify("keyed")).drift
 
 
