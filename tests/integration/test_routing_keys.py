@@ -157,6 +157,17 @@ def test_an_upsert_without_the_key_is_422_and_writes_nothing_anywhere(world):
     assert run(svc.count("keyed", {})).count == N
 
 
+def test_a_one_value_list_key_is_found_by_its_tenants_query(world):
+    svc, run, rng = world
+    run(svc.upsert("keyed", {"points": [{"id": "p960", "vectors": {"v": vec(rng)}, "payload": {"tenant": ["t2"]}}]}))
+    try:
+        assert copies(held(svc, run), "p960") == [owner("t2")]
+        got = ask(run, svc, "keyed", filter={"term": {"tenant": "t2"}}, limit=N)
+        assert "p960" in {h.id for h in got.hits}
+    finally:
+        run(svc.delete_points("keyed", {"ids": ["p960"]}))
+
+
 def test_an_update_that_changes_the_key_moves_the_point(world):
     svc, run, rng = world
     old, new = "t0", next(f"t{k}" for k in range(1, TENANTS) if owner(f"t{k}") != owner("t0"))

@@ -305,6 +305,58 @@ def test_a_query_routed_before_a_second_rebalance_still_sees_the_points_it_moves
     assert run(svc.verify("vec")).misplaced == 0
 
 
+def test_verify_reports_a_stale_copy_whose_own_vector_places_it_where_it_is(world):
+    svc, run, _ = world
+    coord = svc.coordinator("vec")
+    pid = "p00388"
+    (home,) = where(run(held(coord)), pid)
+    (row,) = run(coord.shards[home].read(lambda c: c.export([pid])))
+    elsewhere = next(m for m in MEANS if coord.placement.shard_of(pid, {"v": m}) != home)
+    row.vectors["v"] = elsewhere.tolist()  # the old vector of a move whose old copy was never deleted
+    stray = coord.placement.shard_of(pid, {"v": elsewhere})
+    run(coord.shards[stray].upsert([row]))
+    try:
+        report = run(svc.verify("vec"))
+        assert report.drift and {(m.id, m.shard) for m in report.sample_misplaced} == {(pid, home), (pid, stray)}
+    finally:
+        run(coord.shards[stray].delete([pid]))
+    assert run(svc.verify("vec")).misplaced == 0
+
+
+def test_rebalance_refuses_what_it_cannot_do_with_a_clear_4xx(world):
+    svc, run, vecs = world
+    run(svc.create_collection("tiny", body(shards=2, replicas=1, centroids=2)))
+    run(svc.create_collection("keyed", {"spaces": {"v": {"dim": DIM}}, "metadata": {"t": "keyword"},
+                                        "routing": {"method": "key", "field": "t"}}))
+    try:
+        for name, status in (("tiny", 422), ("keyed", 422), ("nope", 404)):  # empty; key routing; no collection
+            with pytest.raises(PrismError) as err:
+                run(svc.rebalance(name))
+            assert err.value.status == status, name
+        with pytest.raises(PrismError) as err:
+            run(svc.rebalance("tiny", {"x": 1}))
+        assert err.value.status == 422
+        upsert_all(run, svc, "tiny", points(vecs[:40]))
+
+        async def twice():
+            first = asyncio.create_task(svc.rebalance("tiny"))
+            while svc.coordinator("tiny").progress.state is None and not first.done():
+                await asyncio.sleep(0)
+            with pytest.raises(PrismError) as second:
+                await svc.rebalance("tiny")
+            return await first, second.value.status
+
+        report, status = run(twice())
+        assert status == 409 and report["state"] == "ready"
+        assert run(svc.rebalance("tiny"))["trained"] == 2  # again, once the first has ended
+        layout = run(held(svc.coordinator("tiny")))
+        assert sorted(pid for row in layout for pid in row[0]) == [f"p{i:05d}" for i in range(40)]
+        assert not run(svc.verify("tiny")).drift
+    finally:
+        run(svc.delete_collection("tiny"))
+        run(svc.delete_collection("keyed"))
+
+
 def test_rebalancing_a_hash_routed_collection_is_422(world):
     svc, run, _ = world
     run(svc.create_collection("flat", {"spaces": {"v": {"dim": DIM}}, "shards": 2}))
