@@ -23,6 +23,7 @@ from cluster.config import DEFAULT_PROBE, FilterSettings, ImageLimits
 from cluster.errors import ConfigError, ShardUnavailable
 from cluster.ring import HashRing
 from router.collection import inventory, pipeline, placing
+from router.collection.locks import InFlight
 from router.collection.pipeline import Prefetched
 from router.collection.timing import LapTimer
 from router.collection.verify import verify_collection
@@ -70,6 +71,9 @@ class Coordinator:
         self.moving = False
         self.progress = placing.Progress()  # the rebalance's state, as GET shows it
         self.placement_epoch = 0  # grows whenever `placement` or `moving` changes (writes note the one they used)
+        # Queries in flight by the placement epoch they began under: a rebalance deletes old copies only once no
+        # query that chose its shards by an older placement (before `moving`) can still read them.
+        self.reads = InFlight()
         # Cache keys carry both: a new coordinator never sees an old entry; no cached answer outlives a write.
         self.epoch, self.version = uuid.uuid4().hex, 0
         self.observe_stage, self.budget_ms, self.inline_payload_max = observe_stage, budget_ms, inline_payload_max
@@ -130,8 +134,12 @@ class Coordinator:
     # -- the query pipeline ------------------------------------------------------------------------------------
     async def query(self, req: QueryRequest) -> QueryResponse:
         """One query, the pipeline in order (docs/architecture.md, "A query, step by step")."""
+        async with self.reads.hold(self.placement_epoch):  # its shards, chosen below, are read until the end
+            return await self._query(req)
+
+    async def _query(self, req: QueryRequest) -> QueryResponse:
         laps = LapTimer(self.observe_stage)
-        got = await self.prefetch(req, laps)  # validate -> plan -> embed -> route -> fan out -> merge
+        got = await self._prefetch(req, laps)  # validate -> plan -> embed -> route -> fan out -> merge
         routed = got.coverage.routed
         # hits come from the shards visited (a pinned key's points live there): fetch payloads from those alone
         fetch = self.fetch if len(routed) == self.config.shards else partial(self.fetch, among=routed)
@@ -150,7 +158,10 @@ class Coordinator:
     async def prefetch(self, req: QueryRequest, laps: LapTimer | None = None) -> Prefetched:
         """Each prefetch's own global top list, unfused (payloads with it when they came inline): the first steps of
         `query`, and what callers that fuse themselves ask for (router.serving.qdrant)."""
-        laps = laps or LapTimer(self.observe_stage)
+        async with self.reads.hold(self.placement_epoch):
+            return await self._prefetch(req, laps or LapTimer(self.observe_stage))
+
+    async def _prefetch(self, req: QueryRequest, laps: LapTimer) -> Prefetched:
         probe = self.probe if req.probe is None else check_probe(req.probe)  # 422 naming `probe`
         budget_ms = req.budget_ms or self.budget_ms
         deadline = laps.t0 + budget_ms / 1000 if budget_ms else None

@@ -36,3 +36,35 @@ class KeyedLocks:
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class InFlight:
+    """Operations in flight, counted by the placement epoch they began under (router.collection.coordinator's
+    placement_epoch): a rebalance waits for the writes that placed by an older placement, and for the queries that
+    chose their shards by one, before it deletes the copies those may still need (settled())."""
+
+    def __init__(self) -> None:
+        self._by_epoch: dict[int, int] = {}
+        self._ended = asyncio.Condition()
+        self.waiting = 0  # callers of settled() waiting now (tests wait on this, never on time)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, epoch: int) -> AsyncIterator[None]:
+        self._by_epoch[epoch] = self._by_epoch.get(epoch, 0) + 1
+        try:
+            yield
+        finally:
+            self._by_epoch[epoch] -= 1
+            if not self._by_epoch[epoch]:
+                del self._by_epoch[epoch]
+            async with self._ended:
+                self._ended.notify_all()
+
+    async def settled(self, epoch: int) -> None:
+        """Wait until nothing that began before epoch `epoch` is in flight."""
+        self.waiting += 1
+        try:
+            async with self._ended:
+                await self._ended.wait_for(lambda: not any(e < epoch for e in self._by_epoch))
+        finally:
+            self.waiting -= 1

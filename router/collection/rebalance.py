@@ -8,8 +8,9 @@ its nearest centroid's shard, with reads and writes on.
    every shard; the writes that placed by the old placement are waited for;
 3. copy: every point not on its new shard is copied there (every replica, quorum-acked), a page at a time under the
    points' locks, so no write to them lands between the read and the copy;
-4. delete the old copies, again under the locks, each checked again first (a write since may have put the point
-   back on that shard); then queries route by the trained placement (`moving` off), which the catalog keeps.
+4. wait for the queries that chose their shards before the switch (by the placement before) to end, then delete
+   the old copies, again under the locks, each checked again first (a write since may have put the point back on
+   that shard); then queries route by the trained placement (`moving` off), which the catalog keeps.
 
 Between 3 and 4 a moved point sits on two shards and the merge keeps one copy (queries see each point once); counts
 come from Elasticsearch (one document a point) or a union of ids. A failure in 2-4 rolls back: the old placement
@@ -139,6 +140,9 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
             if on_copy is not None:
                 on_copy(n)
     coord.version += 1
+    # A query that chose its shards before points began to move (by the placement before: a second training's
+    # owners) may still be about to read a page's old copy: the old copies go once every such query has ended.
+    await coord.reads.settled(coord.placement_epoch)
     space = [placement.space] if placement.space else []
     for s, ids in copied.items():
         for i in range(0, len(ids), COPY_BATCH):

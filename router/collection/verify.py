@@ -46,7 +46,8 @@ async def verify_collection(coord: Coordinator, sample: int = 100, list_extra_up
 async def misplaced_points(coord: Coordinator) -> list[MisplacedPoint]:
     """Every copy of a point on a shard that is not its placement's: the ring decides from the id alone (hash,
     untrained vector routing); otherwise each point's stored payload (key) or routing-space vector (vector) does,
-    read from the shard that holds the copy, a page at a time."""
+    read from the shard that holds the copy, a page at a time; then the copies of a point on two shards that
+    pass that check (_duplicates)."""
     placement = coord.placement
     held = await asyncio.gather(*(sh.read(lambda c: c.ids()) for sh in coord.shards))
     spaces = [placement.space] if placement.method == "vector" and placement.ready else []
@@ -69,6 +70,32 @@ async def misplaced_points(coord: Coordinator) -> list[MisplacedPoint]:
                     home = None
                 if home != shard:
                     out.append(MisplacedPoint(id=pid, shard=shard, placement=home))
+    return out + await _duplicates(coord, held, {(m.id, m.shard) for m in out})
+
+
+async def _duplicates(coord: Coordinator, held: list, reported: set[tuple[str, int]]) -> list[MisplacedPoint]:
+    """The copies of points found on more than one shard that their own contents do not give away (a move whose
+    old copy was never deleted: each copy agrees with its own key or vector). Key routing: Elasticsearch's payload
+    (written first) names the home and the other copies are reported; otherwise every copy, placement unknown."""
+    shards_of: dict[str, list[int]] = {}
+    for shard, ids in enumerate(held):
+        for pid in ids:
+            shards_of.setdefault(pid, []).append(shard)
+    twice = {pid: [s for s in where if (pid, s) not in reported] for pid, where in shards_of.items()
+             if len(where) > 1}
+    twice = {pid: where for pid, where in sorted(twice.items()) if len(where) > 1}
+    placement, known = coord.placement, None
+    if twice and placement.method == "key":
+        known = await coord.metadata.payloads(list(twice))
+    out = []
+    for pid, where in twice.items():
+        home: int | None = None
+        if known is not None and pid in known:
+            try:
+                home = placement.shard_of(pid, None, known[pid])
+            except InvalidRequest:
+                home = None
+        out += [MisplacedPoint(id=pid, shard=s, placement=home) for s in where if home is None or s != home]
     return out
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cluster.collection_spec import METADATA_TYPES
 from cluster.errors import InvalidRequest, ShardUnavailable
 from router.collection import placing
-from router.collection.locks import KeyedLocks
+from router.collection.locks import InFlight, KeyedLocks
 from router.encoding.vectors import merge_updates
 from router.filters.dsl import normalise_meta
 from router.filters.mapping import FIELD_RE, infer_fields
@@ -42,8 +41,7 @@ class Writes:
         # A partial vector update reads a point and writes it back: no other write of this process to that point
         # may land in between (it would be undone). Several ingress replicas: see docs/operations.md.
         self._points = KeyedLocks()
-        self._inflight: Counter[int] = Counter()  # placement epoch -> writes in flight that placed by it
-        self._ended = asyncio.Condition()
+        self._inflight = InFlight()  # writes in flight, by the placement epoch they placed by
 
     def _writable(self) -> None:
         coord = self.coord
@@ -65,21 +63,12 @@ class Writes:
         """The placement this write places by, counted as in flight under it until the write ends (a rebalance
         waits for writes that placed by an older one: settled())."""
         coord = self.coord
-        epoch = coord.placement_epoch
-        self._inflight[epoch] += 1
-        try:
+        async with self._inflight.hold(coord.placement_epoch):
             yield coord.placement
-        finally:
-            self._inflight[epoch] -= 1
-            if not self._inflight[epoch]:
-                del self._inflight[epoch]
-            async with self._ended:
-                self._ended.notify_all()
 
     async def settled(self, epoch: int) -> None:
         """Wait until no write that began before placement epoch `epoch` is in flight."""
-        async with self._ended:
-            await self._ended.wait_for(lambda: not any(e < epoch for e in self._inflight))
+        await self._inflight.settled(epoch)
 
     def locked(self, ids: Iterable[str]) -> Any:
         """Hold these points' locks: no write of this process to them runs meanwhile (a rebalance's move)."""
@@ -134,9 +123,17 @@ class Writes:
     async def _place(self, homes: dict[int, list], stale: dict[int, list[str]], wait: bool) -> None:
         """The rows to their shards; then, once every copy is acknowledged, the moved points' old copies deleted
         (a query between the two sees both copies, and the merge keeps one)."""
-        await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
-        if stale:
+        if not stale:
+            await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
+            return
+        try:
+            await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
+        except ShardUnavailable:
+            # Short of a quorum, the new copies are logged and roll forward (Elasticsearch keeps them too): the old
+            # copies must go all the same, since no later write would know where they sit.
             await self._write(self.coord.shards[s].delete(ids, wait) for s, ids in stale.items())
+            raise
+        await self._write(self.coord.shards[s].delete(ids, wait) for s, ids in stale.items())
 
     async def _map_new_fields(self, points: Sequence[Point]) -> None:
         """Dynamic mapping: map the fields these points bring first, once every payload of the batch fits the

@@ -29,7 +29,9 @@ class VerifyResponse(BaseModel):
     replicas_equal: bool = True  # every shard's replicas hold the same ids and contents (digests compared)
     replica_differences: list["ReplicaDifference"] = []
     misplaced: int = Field(0, description="points held by a shard that is not their placement's shard (a stray "
-                           "copy, a point on two shards): each such copy counts once")
+                           "copy, a point on two shards): each such copy counts once; a point on two shards whose "
+                           "copies each agree with their own key or vector counts each copy off its home (key "
+                           "routing: the key Elasticsearch holds), or every copy when that is unknown")
     sample_misplaced: list["MisplacedPoint"] = Field([], description="up to 100 of them, by shard and id")
     drift: bool
 
@@ -40,7 +42,8 @@ class MisplacedPoint(BaseModel):
     id: str
     shard: int = Field(description="the shard that holds it")
     placement: int | None = Field(description="the shard its placement puts it on (null: its routing key is "
-                                  "missing or unreadable)")
+                                  "missing or unreadable, or it is on several shards and which copy is current is "
+                                  "unknown)")
 
 
 class ReplicaDifference(BaseModel):

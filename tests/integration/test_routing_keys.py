@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest, PrismError
+from cluster.errors import InvalidRequest, PrismError, ShardUnavailable
 from cluster.ring import HashRing
 from router.collection.service import PrismService
 from router.metadata.store import metadata_store
@@ -157,6 +157,17 @@ def test_an_upsert_without_the_key_is_422_and_writes_nothing_anywhere(world):
     assert run(svc.count("keyed", {})).count == N
 
 
+def test_a_one_value_list_key_is_found_by_its_tenants_query(world):
+    svc, run, rng = world
+    run(svc.upsert("keyed", {"points": [{"id": "p960", "vectors": {"v": vec(rng)}, "payload": {"tenant": ["t2"]}}]}))
+    try:
+        assert copies(held(svc, run), "p960") == [owner("t2")]
+        got = ask(run, svc, "keyed", filter={"term": {"tenant": "t2"}}, limit=N)
+        assert "p960" in {h.id for h in got.hits}
+    finally:
+        run(svc.delete_points("keyed", {"ids": ["p960"]}))
+
+
 def test_an_update_that_changes_the_key_moves_the_point(world):
     svc, run, rng = world
     old, new = "t0", next(f"t{k}" for k in range(1, TENANTS) if owner(f"t{k}") != owner("t0"))
@@ -236,6 +247,50 @@ def test_verify_reports_a_point_planted_on_the_wrong_shard(world):
     finally:
         run(coord.shards[wrong].delete([pid]))
     assert run(svc.verify("keyed")).misplaced == 0
+
+
+def test_verify_reports_a_stale_copy_left_on_the_old_keys_shard(world):
+    """A key change whose old copy was never deleted: each copy agrees with its own payload's key, so only a point
+    found on two shards gives it away."""
+    svc, run, _ = world
+    coord = svc.coordinator("keyed")
+    pid = "p020"
+    home = copies(held(svc, run), pid)[0]
+    stale_tenant = next(f"t{k}" for k in range(TENANTS) if owner(f"t{k}") != home)
+    (row,) = run(coord.shards[home].read(lambda c: c.export([pid])))
+    row.payload["tenant"] = stale_tenant
+    run(coord.shards[owner(stale_tenant)].upsert([row]))
+    try:
+        report = run(svc.verify("keyed"))
+        assert report.drift and report.misplaced == 1
+        assert [m.id for m in report.sample_misplaced] == [pid]
+    finally:
+        run(coord.shards[owner(stale_tenant)].delete([pid]))
+    assert not run(svc.verify("keyed")).drift
+
+
+def test_a_key_change_whose_new_copy_misses_its_quorum_leaves_no_old_copy(world, monkeypatch):
+    """The new copy's write is logged but short of its quorum (ShardUnavailable: it rolls forward, and
+    Elasticsearch keeps the new key): the old copy must go too, or nothing would ever find it again."""
+    svc, run, rng = world
+    coord = svc.coordinator("keyed")
+    pid = "p021"
+    (old,) = copies(held(svc, run), pid)
+    new = next(f"t{k}" for k in range(TENANTS) if owner(f"t{k}") != old)
+    target = coord.shards[owner(new)]
+    real = target.upsert
+
+    async def short_of_quorum(rows, wait=True):
+        await real(rows, wait)
+        raise ShardUnavailable("injected: quorum missed", shards=[owner(new)])
+
+    monkeypatch.setattr(target, "upsert", short_of_quorum)
+    with pytest.raises(ShardUnavailable):
+        run(svc.upsert("keyed", {"points": [{"id": pid, "vectors": {"v": vec(rng)}, "payload": {"tenant": new}}]}))
+    monkeypatch.undo()
+    assert copies(held(svc, run), pid) == [owner(new)]
+    assert es_payloads(svc, [pid])[pid]["tenant"] == new
+    assert not run(svc.verify("keyed")).drift
 
 
 def test_the_routing_setting_survives_a_restart(tmp_path, es_server):

@@ -19,7 +19,8 @@ from router.collection import rebalance as rebalance_mod
 from router.collection.service import PrismService
 from router.metadata.store import metadata_store
 
-SHARDS, DIM, COMPONENTS, N, CENTROIDS = 8, 16, 32, 3000, 64  # 50 x 64 > N: no training on its own here
+SHARDS, DIM, COMPONENTS, N, CENTROIDS = 8, 16, 16, 1200, 32  # 50 x 32 > N: no training on its own here
+ADDED = 150  # new points the writer adds during the rebalance
 RNG = np.random.default_rng(28)
 MEANS = RNG.standard_normal((COMPONENTS, DIM)).astype(np.float32)
 
@@ -30,15 +31,16 @@ def clustered(n: int, rng, spread: float = 0.15) -> np.ndarray:
 
 
 def body(shards: int = SHARDS, replicas: int = 2, centroids: int = CENTROIDS) -> dict:
+    # one dense space (each costs a Milvus collection a replica); the other space a query may name: bm25
     return {"spaces": {"v": {"dim": DIM, "metric": "cosine", "index": {"type": "FLAT"}},
-                       "u": {"dim": 4, "index": {"type": "FLAT"}}}, "shards": shards,
-            "replicas": replicas, "metadata": {"n": "integer"},
+                       "words": {"kind": "bm25", "fields": ["title"]}}, "shards": shards,
+            "replicas": replicas, "metadata": {"n": "integer", "title": "text"},
             "routing": {"method": "vector", "space": "v", "centroids": centroids}}
 
 
 def points(vecs: np.ndarray, prefix: str = "p", start: int = 0) -> list[dict]:
-    return [{"id": f"{prefix}{start + i:05d}", "vectors": {"v": v.tolist(), "u": [1.0, float(i % 7), 0.5, 0.0]},
-             "payload": {"n": start + i}} for i, v in enumerate(vecs)]
+    return [{"id": f"{prefix}{start + i:05d}", "vectors": {"v": v.tolist()},
+             "payload": {"n": start + i, "title": "alpha" if i % 2 else "beta"}} for i, v in enumerate(vecs)]
 
 
 def upsert_all(run, svc, name, pts, batch=500):
@@ -111,7 +113,7 @@ def test_rebalance_under_reads_and_writes_sees_each_point_once_and_loses_no_writ
     untouched = list(range(0, N, 97))  # points the writer leaves alone: each query asks for one of them
     updated = [i for i in range(1, N, 50) if i not in untouched]  # the writer gives these new vectors
     fresh = clustered(len(updated), rng)
-    added = clustered(300, rng)
+    added = clustered(ADDED, rng)
     seen: list[str] = []
     moving_writes: list = []
 
@@ -210,10 +212,10 @@ def test_only_prefetches_in_the_routing_space_are_routed(world):
     a = search(run, svc, "vec", vecs[5], probe=1).coverage.routed
     b = search(run, svc, "vec", -vecs[5], probe=1).coverage.routed
     assert fused.coverage.routed == sorted(set(a) | set(b))  # a fused query: the union
-    other = run(svc.query("vec", {"prefetch": [{"space": "u", "vector": [1.0, 2.0, 0.5, 0.0]}], "probe": 1}))
-    assert other.coverage.routed == every and other.hits  # another space: every shard
+    other = run(svc.query("vec", {"prefetch": [{"space": "words", "text": "alpha"}], "probe": 1}))
+    assert other.coverage.routed == every and other.hits  # a bm25 space: every shard (another dense one: unit test)
     mixed = run(svc.query("vec", {"prefetch": [{"space": "v", "vector": vecs[5].tolist()},
-                                               {"space": "u", "vector": [1.0, 2.0, 0.5, 0.0]}], "probe": 1}))
+                                               {"space": "words", "text": "alpha"}], "probe": 1}))
     assert mixed.coverage.routed == every
     assert run(svc.count("vec", {"filter": {"range": {"n": {"gte": 0}}}})).count > 0
     ids, cursor = [], None
@@ -223,8 +225,8 @@ def test_only_prefetches_in_the_routing_space_are_routed(world):
         cursor = page.next_cursor
         if cursor is None:
             break
-    assert len(ids) == len(set(ids)) == N + 300  # scroll reads every shard
-    assert run(svc.count("vec", {})).count == N + 300
+    assert len(ids) == len(set(ids)) == N + ADDED  # scroll reads every shard
+    assert run(svc.count("vec", {})).count == N + ADDED
 
 
 def test_an_update_whose_vector_belongs_elsewhere_moves_the_point(world):
@@ -256,7 +258,105 @@ def test_deletes_by_id_reach_the_point_wherever_it_lives(world):
     layout = run(held(coord))
     assert all(where(layout, i) == [] for i in ids)
     assert run(svc.retrieve("vec", {"ids": ids})).missing == ids
-    assert run(svc.count("vec", {})).count == N + 300 - 3
+    assert run(svc.count("vec", {})).count == N + ADDED - 3
+
+
+def test_a_query_routed_before_a_second_rebalance_still_sees_the_points_it_moves(world, monkeypatch):
+    """A query that chose its shard by the trained placement, then waits at the shard (a slow replica), while a
+    second rebalance moves that shard's points away: the old copies stay until the query has read them."""
+    svc, run, vecs = world
+    coord = svc.coordinator("vec")
+    i = 194  # untouched by the writers above
+    got = search(run, svc, "vec", vecs[i], probe=1)
+    (home,) = got.coverage.routed
+    assert got.hits[0].id == f"p{i:05d}"
+    old = coord.placement
+    near = int(np.argmax(old.centroids @ (vecs[i] / np.linalg.norm(vecs[i]))))  # the query's nearest centroid
+    owners = old.owners.copy()
+    owners[near] = (home + 1) % SHARDS  # the retraining gives that centroid (and its points) to another shard
+
+    async def retrained(c, centroids):
+        return old.trained(old.centroids, owners), np.ones(len(owners))
+
+    monkeypatch.setattr(rebalance_mod, "train", retrained)
+    shard, gate, entered = coord.shards[home], asyncio.Event(), asyncio.Event()
+    real = shard.search
+
+    async def held_search(*a, **kw):
+        entered.set()
+        await gate.wait()
+        return await real(*a, **kw)
+
+    async def scenario():
+        monkeypatch.setattr(shard, "search", held_search)
+        query = asyncio.create_task(svc.query("vec", {"prefetch": [{"space": "v", "vector": vecs[i].tolist()}],
+                                                      "probe": 1, "limit": 5}))
+        await entered.wait()
+        monkeypatch.setattr(shard, "search", real)
+        task = asyncio.create_task(svc.rebalance("vec"))
+        while not task.done() and not coord.reads.waiting:
+            await asyncio.sleep(0)  # poll: the rebalance ends, or waits for the query before deleting
+        gate.set()
+        return await query, await task
+
+    answer, report = run(scenario())
+    assert answer.coverage.routed == [home] and answer.hits[0].id == f"p{i:05d}"
+    assert report["moved"] > 0 and coord.placement.shard_of("x", {"v": vecs[i]}) == (home + 1) % SHARDS
+    layout = run(held(coord))
+    assert where(layout, f"p{i:05d}") == [(home + 1) % SHARDS]
+    assert run(svc.verify("vec")).misplaced == 0
+
+
+def test_verify_reports_a_stale_copy_whose_own_vector_places_it_where_it_is(world):
+    svc, run, _ = world
+    coord = svc.coordinator("vec")
+    pid = "p00388"
+    (home,) = where(run(held(coord)), pid)
+    (row,) = run(coord.shards[home].read(lambda c: c.export([pid])))
+    elsewhere = next(m for m in MEANS if coord.placement.shard_of(pid, {"v": m}) != home)
+    row.vectors["v"] = elsewhere.tolist()  # the old vector of a move whose old copy was never deleted
+    stray = coord.placement.shard_of(pid, {"v": elsewhere})
+    run(coord.shards[stray].upsert([row]))
+    try:
+        report = run(svc.verify("vec"))
+        assert report.drift and {(m.id, m.shard) for m in report.sample_misplaced} == {(pid, home), (pid, stray)}
+    finally:
+        run(coord.shards[stray].delete([pid]))
+    assert run(svc.verify("vec")).misplaced == 0
+
+
+def test_rebalance_refuses_what_it_cannot_do_with_a_clear_4xx(world):
+    svc, run, vecs = world
+    run(svc.create_collection("tiny", body(shards=2, replicas=1, centroids=2)))
+    run(svc.create_collection("keyed", {"spaces": {"v": {"dim": DIM}}, "metadata": {"t": "keyword"},
+                                        "routing": {"method": "key", "field": "t"}}))
+    try:
+        for name, status in (("tiny", 422), ("keyed", 422), ("nope", 404)):  # empty; key routing; no collection
+            with pytest.raises(PrismError) as err:
+                run(svc.rebalance(name))
+            assert err.value.status == status, name
+        with pytest.raises(PrismError) as err:
+            run(svc.rebalance("tiny", {"x": 1}))
+        assert err.value.status == 422
+        upsert_all(run, svc, "tiny", points(vecs[:40]))
+
+        async def twice():
+            first = asyncio.create_task(svc.rebalance("tiny"))
+            while svc.coordinator("tiny").progress.state is None and not first.done():
+                await asyncio.sleep(0)
+            with pytest.raises(PrismError) as second:
+                await svc.rebalance("tiny")
+            return await first, second.value.status
+
+        report, status = run(twice())
+        assert status == 409 and report["state"] == "ready"
+        assert run(svc.rebalance("tiny"))["trained"] == 2  # again, once the first has ended
+        layout = run(held(svc.coordinator("tiny")))
+        assert sorted(pid for row in layout for pid in row[0]) == [f"p{i:05d}" for i in range(40)]
+        assert not run(svc.verify("tiny")).drift
+    finally:
+        run(svc.delete_collection("tiny"))
+        run(svc.delete_collection("keyed"))
 
 
 def test_rebalancing_a_hash_routed_collection_is_422(world):
@@ -273,13 +373,13 @@ def test_a_rebalance_that_fails_midway_rolls_back(tmp_path, es_server, monkeypat
     svc = PrismService(cfg, metadata=metadata_store(cfg))
     runner = asyncio.Runner()
     run = runner.run
-    n = 600
+    n = 300
     vecs = clustered(n, np.random.default_rng(4))
     try:
-        run(svc.create_collection("rb", body(shards=4, replicas=2, centroids=16)))  # due at 800: not on its own
+        run(svc.create_collection("rb", body(shards=2, replicas=2, centroids=8)))  # due at 400: not on its own
         upsert_all(run, svc, "rb", points(vecs))
         coord = svc.coordinator("rb")
-        monkeypatch.setattr(rebalance_mod, "COPY_BATCH", 50)
+        monkeypatch.setattr(rebalance_mod, "COPY_BATCH", 25)
         shard = coord.shards[1]
         real, calls = shard.upsert, []
 
@@ -295,7 +395,7 @@ def test_a_rebalance_that_fails_midway_rolls_back(tmp_path, es_server, monkeypat
         info = run(svc.info("rb")).routing
         assert info["state"] == "hash" and info["trained"] == 0 and "rolled back" in info["error"]
         assert not coord.moving and not coord.placement.ready
-        ring = HashRing(range(4))
+        ring = HashRing(range(2))
         layout = run(held(coord))
         everything = [pid for row in layout for pid in row[0]]
         assert sorted(everything) == sorted(f"p{i:05d}" for i in range(n))  # each once
@@ -315,16 +415,16 @@ def test_a_rebalance_that_fails_midway_rolls_back(tmp_path, es_server, monkeypat
 def test_training_starts_on_its_own_and_a_restart_keeps_the_placement(tmp_path, es_server):
     cfg = ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "external", "url": es_server.uri})
     first = PrismService(cfg, metadata=metadata_store(cfg))
-    vecs = clustered(900, np.random.default_rng(5))
+    vecs = clustered(450, np.random.default_rng(5))
 
     async def ingest():
-        await first.create_collection("auto", body(shards=4, replicas=1, centroids=16))  # due at 16 x 50 = 800
-        for i in range(0, 900, 100):
-            await first.upsert("auto", {"points": points(vecs[i : i + 100], start=i)})
-            if i < 700:  # below 800 points: nothing trains
+        await first.create_collection("auto", body(shards=2, replicas=1, centroids=8))  # due at 8 x 50 = 400
+        for i in range(0, 450, 50):
+            await first.upsert("auto", {"points": points(vecs[i : i + 50], start=i)})
+            if i < 350:  # below 400 points: nothing trains
                 assert first.coordinator("auto").progress.state is None
         assert first.coordinator("auto").progress.state == "training"
-        task = first.background["auto"]  # started by the write that crossed 800 points, which did not wait
+        task = first.background["auto"]  # started by the write that crossed 400 points, which did not wait
         await task
         return await first.info("auto")
 
