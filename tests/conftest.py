@@ -13,7 +13,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # `make test` runs the suite on pytest-xdist workers. Tests go to workers by group, each group whole to one worker:
 # the tests on a shared `prism up` (the keyed instance, the open one) are one group per instance, so each starts
-# once in a run rather than once per worker; every other file is a group of its own (module fixtures start once).
+# once in a run rather than once per worker (both instances' groups on one worker); every other file is a group of
+# its own (module fixtures start once).
 # Session fixtures (Ray, the Milvus server, noida-db) start once per worker that needs them, on free ports, under the
 # worker's own tmp dir. The groups are named by file because xdist schedules from node ids alone (its
 # xdist_group mark does not reach the node ids under pytest 9); pytest_itemcollected keeps the table honest.
@@ -25,6 +26,9 @@ INSTANCE_GROUPS = {
                      "tests/e2e/test_verify.py"),
 }
 GROUP_OF = {path: group for group, paths in INSTANCE_GROUPS.items() for path in paths}
+# Both instances' files go to one worker: a test that uses both (two instances on one host) would otherwise start a
+# second `prism_server` on the keyed group's worker (70 s under load), and together they are well under half the run.
+SCOPE = "shared_instances"
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -33,7 +37,7 @@ def pytest_xdist_make_scheduler(config, log):
     class ByInstance(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return GROUP_OF.get(path, path)
+            return SCOPE if path in GROUP_OF else path
 
     return ByInstance(config, log)
 
