@@ -133,9 +133,11 @@ def local_shards(collection: CollectionConfig, specs: list[list[BackendSpec]], c
 
 def stop_local_shards(clients: Sequence[Sequence[LocalShardClient]], drop: bool = False) -> None:
     """Close (or drop) every replica's collections: the twin of `shards.actor.stop_ray_shards`."""
-    for row in clients:
-        for c in row:
-            if drop:
-                c.target.drop()
-            else:
-                c.target.close()
+    targets = [c.target for row in clients for c in row]
+    end = (lambda t: t.drop()) if drop else (lambda t: t.close())
+    if targets and all(t.spec.kind == "server" for t in targets):  # a drop waits on the server, as a create does
+        with ThreadPoolExecutor(max_workers=min(len(targets), 16)) as pool:
+            list(pool.map(end, targets))
+    else:
+        for t in targets:
+            end(t)
