@@ -36,7 +36,7 @@ def test_text_queries_find_the_right_products(products):
                                           {"space": "visual", "text": "small shiny yellow rubber boots"}],
                              "limit": 5})
     assert fused["hits"][0]["payload"]["name"] == "Kids Rain Boots"
-    assert fused["coverage"] == {"shards_total": 3, "shards_answered": 3, "failed": []} and not fused["partial"]
+    assert fused["coverage"] == {"shards_total": 3, "shards_answered": 3, "failed": [], "routed": [0, 1, 2]} and not fused["partial"]
 
 
 def test_fusion_methods_and_batch(products):
