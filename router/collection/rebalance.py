@@ -124,8 +124,10 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
             async with coord.writes.locked(page):
                 rows = await shard.read(lambda c, page=page: c.export(page))
                 out: dict[int, list] = defaultdict(list)
+                where: dict[str, list[int]] = {}
                 for row in rows:
                     t = placement.shard_of(row.id, row.vectors, row.payload)
+                    where[row.id] = [t]
                     if t != s:
                         out[t].append(row)
                 # to every target at once (on a Milvus server each write waits out a time tick), all ended before
@@ -136,6 +138,9 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
                     if isinstance(r, BaseException):
                         raise r
                 copied.setdefault(s, []).extend(r.id for batch in out.values() for r in batch)
+                # every point's document names its shard now, still under the locks (no write of it in between);
+                # those of the points that stay too (documents written before prism kept it)
+                await coord.metadata.set_placed(where, wait=False)  # read back by id: real time
                 n += sum(len(batch) for batch in out.values())
             if on_copy is not None:
                 on_copy(n)
