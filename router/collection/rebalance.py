@@ -58,6 +58,14 @@ def adopt(coord: Coordinator, entry: Entry) -> Coordinator:
     return coord
 
 
+def catalog_stamp(svc: PrismService, coord: Coordinator) -> Any:
+    """Several ingress replicas: the catalog's stamp for the collection, read before `coord` is brought up to it
+    (its placement, a move under way): a change after this read gives another stamp (Coordinator._routed)."""
+    stamp = svc.catalog.stamp(coord.config.name)
+    svc._sync(coord.config.name, coord)
+    return stamp
+
+
 def save_placement(svc: PrismService, coord: Coordinator, placement: Placement, *, moving: bool,
                    paused: str | None = None) -> None:
     """Record a trained placement (and whether points are moving to it) with the collection in the catalog."""

@@ -179,3 +179,49 @@ def test_verify_names_the_recorded_home_of_a_point_on_two_shards(world):
     asyncio.run(coord.shards[1].upsert([row]))
     report = asyncio.run(coord.verify())
     assert report.drift and [(m.id, m.shard, m.placement) for m in report.sample_misplaced] == [("va", 1, 3)]
+
+
+def test_a_routed_query_the_catalog_changed_under_runs_again_by_the_placement_it_has_now(world, monkeypatch):
+    """Several ingress replicas: a rebalance in another process (it writes the catalog, then moves points) cannot
+    count this process's queries; a query routed by the old placement whose shard lost the point meanwhile runs
+    again by the placement the catalog has now (Coordinator._routed)."""
+    coord, store, _, _, _ = world
+    asyncio.run(coord.upsert([point("ix", 0)]))
+    old = coord.placement
+    new = old.trained(AXES, (np.arange(SHARDS) + 1) % SHARDS)  # the other ingress's training: axis k on shard k + 1
+    catalog = {"stamp": 1}
+
+    def stamp():  # as rebalance.catalog_stamp: the stamp read, then the placement adopted from the catalog
+        seen = catalog["stamp"]
+        if seen == 2:
+            coord.placement = new
+        return seen
+
+    shard, gate, entered = coord.shards[0], asyncio.Event(), asyncio.Event()
+    real = shard.search
+
+    async def held_search(*a, **kw):
+        entered.set()
+        await gate.wait()
+        return await real(*a, **kw)
+
+    async def scenario():
+        monkeypatch.setattr(shard, "search", held_search)
+        query = asyncio.create_task(coord.query(QueryRequest(prefetch=[{"space": "v", "vector": near(0)}], probe=1,
+                                                             limit=1, cache=False)))
+        await entered.wait()  # routed by the old placement, waiting at shard 0
+        monkeypatch.setattr(shard, "search", real)
+        catalog["stamp"] = 2  # the other ingress switches placements, copies the point, deletes the old copy
+        (row,) = await shard.read(lambda c: c.export(["ix"]))
+        await coord.shards[1].upsert([row])
+        await shard.delete(["ix"])
+        gate.set()
+        return await query
+
+    coord.placement_stamp = stamp
+    try:
+        answer = asyncio.run(scenario())
+    finally:
+        coord.placement_stamp, coord.placement = None, old
+        asyncio.run(coord.delete(["ix"]))
+    assert answer.coverage.routed == [1] and [h.id for h in answer.hits] == ["ix"]
