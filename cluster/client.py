@@ -66,6 +66,8 @@ def query_proto_dict(body: dict[str, Any], collection: str = "") -> dict[str, An
         d["with_payload"] = _selector(d["with_payload"], "include")
     if "with_vectors" in d:
         d["with_vectors"] = _selector(d["with_vectors"], "spaces")
+    if d.get("probe") == "all":  # the proto's probe is an int32; "all" travels as probe_all
+        d["probe"], d["probe_all"] = None, True
     return {k: v for k, v in d.items() if v is not None}
 
 

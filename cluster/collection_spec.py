@@ -22,6 +22,15 @@ GPU_INDEX_TYPES = frozenset({"GPU_CAGRA", "GPU_IVF_PQ"})
 ALL_INDEX_TYPES = CPU_INDEX_TYPES | SERVER_ONLY_INDEX_TYPES | GPU_INDEX_TYPES
 
 METADATA_TYPES = frozenset({"keyword", "float", "integer", "date", "text", "boolean"})
+# Where a point lives, kept in its Elasticsearch document beside the payload (router.metadata.steps): the shards
+# that may hold a copy, its home first. Reserved: a payload, mapping or lexical field of this name is refused, and
+# it is never returned as payload.
+SHARD_FIELD = "_prism_shard"
+
+
+def reserved_field(field: str) -> str | None:
+    """Why `field` cannot be a payload field name, or None."""
+    return f"{field!r} is reserved (prism keeps where each point lives under it)" if field == SHARD_FIELD else None
 
 
 class Strict(BaseModel):
@@ -78,6 +87,8 @@ class LexicalSpaceConfig(Strict):
         for f in value:
             if not LEXICAL_FIELD_RE.match(f):
                 raise ValueError(f"field {f!r} must be a payload field name, optionally with a boost: 'name^2'")
+            if reserved_field(LEXICAL_FIELD_RE.match(f).group(1)):
+                raise ValueError(f"field {reserved_field(LEXICAL_FIELD_RE.match(f).group(1))}")
         if len({LEXICAL_FIELD_RE.match(f).group(1) for f in value}) != len(value):
             raise ValueError(f"fields {value!r} name a field twice")
         return value
@@ -183,6 +194,8 @@ class CollectionConfig(Strict):
     @classmethod
     def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
         for field, kind in value.items():
+            if reserved_field(field):
+                raise ValueError(f"metadata field {reserved_field(field)}")
             if kind not in METADATA_TYPES:
                 raise ValueError(f"metadata field {field!r} has type {kind!r}; known: {sorted(METADATA_TYPES)}")
         return value

@@ -42,6 +42,8 @@ from router.schema.points import DeleteResponse, Point, UpsertResponse
 from router.schema.query import QueryRequest, QueryResponse
 from shards.api import ShardApi, StoredPoint
 
+RERUNS = 3  # a routed query runs at most this often while rebalances on other ingress replicas switch placements
+
 
 class Coordinator:
     """One collection: the query pipeline over its shards; writes, inventory and verify through their modules."""
@@ -83,6 +85,9 @@ class Coordinator:
         # Called before writes reach the shards (the service: is this layout still current, has another ingress
         # paused writes?); raises to refuse the write.
         self.before_write: Callable[[], None] | None = None
+        # Several ingress replicas: brings the placement up to the catalog and returns the catalog's stamp as it was
+        # before (router.collection.rebalance.catalog_stamp); a routed query the catalog changed under runs again.
+        self.placement_stamp: Callable[[], Any] | None = None
         self.writes = Writes(self)
 
     @classmethod
@@ -134,8 +139,22 @@ class Coordinator:
     # -- the query pipeline ------------------------------------------------------------------------------------
     async def query(self, req: QueryRequest) -> QueryResponse:
         """One query, the pipeline in order (docs/architecture.md, "A query, step by step")."""
-        async with self.reads.hold(self.placement_epoch):  # its shards, chosen below, are read until the end
-            return await self._query(req)
+        return await self._routed(lambda: self._query(req), lambda a: a.coverage.routed)
+
+    async def _routed(self, run: Callable[[], Any], routed: Callable[[Any], Sequence[int]]) -> Any:
+        """`run` (a query or its prefetches) counted in flight by the placement it routes by, so that a rebalance
+        of this process deletes no old copy it may still read (reads.settled). With several ingress replicas a
+        rebalance runs in another process, which cannot count this query: a query that visited only some shards
+        while the catalog changed (a rebalance switched placements: copies it chose may be gone) runs again by the
+        placement as the catalog has it now, at most RERUNS times. The catalog changes before any old copy is
+        deleted, so an unchanged catalog after the reads means they saw every point where they looked."""
+        for _ in range(RERUNS):
+            seen = self.placement_stamp() if self.placement_stamp is not None else None
+            async with self.reads.hold(self.placement_epoch):  # its shards, chosen in `run`, are read until the end
+                answer = await run()
+            if seen is None or len(routed(answer)) == self.config.shards or self.placement_stamp() == seen:
+                return answer
+        return answer
 
     async def _query(self, req: QueryRequest) -> QueryResponse:
         laps = LapTimer(self.observe_stage)
@@ -158,8 +177,8 @@ class Coordinator:
     async def prefetch(self, req: QueryRequest, laps: LapTimer | None = None) -> Prefetched:
         """Each prefetch's own global top list, unfused (payloads with it when they came inline): the first steps of
         `query`, and what callers that fuse themselves ask for (router.serving.qdrant)."""
-        async with self.reads.hold(self.placement_epoch):
-            return await self._prefetch(req, laps or LapTimer(self.observe_stage))
+        return await self._routed(lambda: self._prefetch(req, laps or LapTimer(self.observe_stage)),
+                                  lambda a: a.coverage.routed)
 
     async def _prefetch(self, req: QueryRequest, laps: LapTimer) -> Prefetched:
         probe = self.probe if req.probe is None else check_probe(req.probe)  # 422 naming `probe`

@@ -58,6 +58,14 @@ def adopt(coord: Coordinator, entry: Entry) -> Coordinator:
     return coord
 
 
+def catalog_stamp(svc: PrismService, coord: Coordinator) -> Any:
+    """Several ingress replicas: the catalog's stamp for the collection, read before `coord` is brought up to it
+    (its placement, a move under way): a change after this read gives another stamp (Coordinator._routed)."""
+    stamp = svc.catalog.stamp(coord.config.name)
+    svc._sync(coord.config.name, coord)
+    return stamp
+
+
 def save_placement(svc: PrismService, coord: Coordinator, placement: Placement, *, moving: bool,
                    paused: str | None = None) -> None:
     """Record a trained placement (and whether points are moving to it) with the collection in the catalog."""
@@ -124,8 +132,10 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
             async with coord.writes.locked(page):
                 rows = await shard.read(lambda c, page=page: c.export(page))
                 out: dict[int, list] = defaultdict(list)
+                where: dict[str, list[int]] = {}
                 for row in rows:
                     t = placement.shard_of(row.id, row.vectors, row.payload)
+                    where[row.id] = [t]
                     if t != s:
                         out[t].append(row)
                 # to every target at once (on a Milvus server each write waits out a time tick), all ended before
@@ -136,6 +146,9 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
                     if isinstance(r, BaseException):
                         raise r
                 copied.setdefault(s, []).extend(r.id for batch in out.values() for r in batch)
+                # every point's document names its shard now, still under the locks (no write of it in between);
+                # those of the points that stay too (documents written before prism kept it)
+                await coord.metadata.set_placed(where, wait=False)  # read back by id: real time
                 n += sum(len(batch) for batch in out.values())
             if on_copy is not None:
                 on_copy(n)

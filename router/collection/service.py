@@ -59,9 +59,7 @@ class PrismService:
         # replicas can write and an ingress restart loses nothing; without them this process orders the writes.
         self.start_sequencers = start_sequencers
         self.stop_sequencers = stop_sequencers
-        self.observe_shard = observe_shard
-        self.metadata = metadata
-        self.encode_images = encode_images
+        self.observe_shard, self.metadata, self.encode_images = observe_shard, metadata, encode_images
         # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
         self.encoders = encoders or {}
         self.catalog = Catalog(config.data_path / "catalog")  # shared by every ingress replica (router/collection/catalog.py)
@@ -111,6 +109,7 @@ class PrismService:
         coord.on_mapping = lambda new, coord=coord: self._save_mapping(coord, new)
         if self.start_sequencers is not None:  # other ingress replicas may pause or reshard it meanwhile
             coord.before_write = lambda coord=coord: self._check_current(coord)
+            coord.placement_stamp = lambda coord=coord: rebalancing.catalog_stamp(self, coord)
         for sh in coord.shards:
             if sh.sequencer is None:  # this process orders the shard's writes: its heal passes run anti-entropy too
                 sh.anti_entropy_interval_s = self.config.replication.anti_entropy_interval_s or None

@@ -75,8 +75,9 @@ async def misplaced_points(coord: Coordinator) -> list[MisplacedPoint]:
 
 async def _duplicates(coord: Coordinator, held: list, reported: set[tuple[str, int]]) -> list[MisplacedPoint]:
     """The copies of points found on more than one shard that their own contents do not give away (a move whose
-    old copy was never deleted: each copy agrees with its own key or vector). Key routing: Elasticsearch's payload
-    (written first) names the home and the other copies are reported; otherwise every copy, placement unknown."""
+    old copy was never deleted: each copy agrees with its own key or vector). The shard the point's Elasticsearch
+    document names (SHARD_FIELD), else under key routing its stored key's owner, is its home and the other copies
+    are reported; without either, every copy, placement unknown."""
     shards_of: dict[str, list[int]] = {}
     for shard, ids in enumerate(held):
         for pid in ids:
@@ -85,16 +86,20 @@ async def _duplicates(coord: Coordinator, held: list, reported: set[tuple[str, i
              if len(where) > 1}
     twice = {pid: where for pid, where in sorted(twice.items()) if len(where) > 1}
     placement, known = coord.placement, None
-    if twice and placement.method == "key":
-        known = await coord.metadata.payloads(list(twice))
+    if twice and not placing.by_ring(placement):
+        known = await coord.metadata.placed(list(twice))
     out = []
     for pid, where in twice.items():
         home: int | None = None
         if known is not None and pid in known:
-            try:
-                home = placement.shard_of(pid, None, known[pid])
-            except InvalidRequest:
-                home = None
+            recorded, payload = known[pid]
+            if recorded is not None:  # the shard its document names (writes and moves keep it)
+                home = recorded[0]
+            elif placement.method == "key":
+                try:
+                    home = placement.shard_of(pid, None, payload)
+                except InvalidRequest:
+                    home = None
         out += [MisplacedPoint(id=pid, shard=s, placement=home) for s in where if home is None or s != home]
     return out
 

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cluster.collection_spec import METADATA_TYPES
+from cluster.collection_spec import METADATA_TYPES, SHARD_FIELD, reserved_field
 from cluster.errors import InvalidRequest, ShardUnavailable
 from router.collection import placing
 from router.collection.locks import InFlight, KeyedLocks
@@ -81,8 +81,11 @@ class Writes:
     async def _upsert_by(self, points: Sequence[Point], wait: bool, placement: Placement) -> UpsertResponse:
         coord = self.coord
         self._writable()
-        if placement.method == "key":  # before anything is mapped or written: a 422 naming the point's field
-            for i, p in enumerate(points):
+        for i, p in enumerate(points):  # before anything is mapped or written: a 422 naming the point's field
+            if SHARD_FIELD in p.payload:
+                raise InvalidRequest(f"points[{i}].payload.{SHARD_FIELD}: {reserved_field(SHARD_FIELD)}; rename "
+                                     "the field", field=f"points[{i}].payload.{SHARD_FIELD}")
+            if placement.method == "key":
                 key_of(p.payload, placement.field, placement.key_type, f"points[{i}].payload")
         if infer_fields((p.payload for p in points), coord.config.metadata):
             await self._map_new_fields(points)
@@ -91,34 +94,57 @@ class Writes:
         homes: dict[int, list] = {}
         for row in rows:
             homes.setdefault(placement.shard_of(row.id, row.vectors, row.payload), []).append(row)
+        home = {r.id: s for s, batch in homes.items() for r in batch}
         scattered = coord.moving or not placing.by_ring(placement)  # a copy may sit off this point's new home
-        stale = await self._old_copies({r.id: s for s, batch in homes.items() for r in batch}, placement) \
-            if scattered else {}
-        await coord.metadata.write_through(rows, wait, lambda: self._place(homes, stale, wait), coord.fetch)
+        stale, after = await self._old_copies(home, placement) if scattered else ({}, {})
+        # Where each point lives, in its Elasticsearch document (not under hash routing: the ring says, and a reshard
+        # moves points without rewriting documents)
+        where = None if placement.method == "hash" else {pid: [s, *after.get(pid, [])] for pid, s in home.items()}
+        await coord.metadata.write_through(rows, wait, lambda: self._place(homes, stale, wait), coord.fetch, where)
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
 
-    async def _old_copies(self, home: dict[str, int], placement: Placement) -> dict[int, list[str]]:
-        """Where copies of these points may sit other than their new home (`home`: id -> shard), by shard. A point
-        Elasticsearch has no document for is new: no copy anywhere. Under key routing (no move running), the owner
-        of the key Elasticsearch holds for the point; otherwise (vector routing: the old vector is not kept in
-        Elasticsearch; a rebalance moving points), and without Elasticsearch, every other shard (a broadcast)."""
+    async def _old_copies(self, home: dict[str, int], placement: Placement
+                          ) -> tuple[dict[int, list[str]], dict[str, list[int]]]:
+        """Where copies of these points may sit other than their new home (`home`: id -> shard), by shard; and, by
+        point, the shards its document keeps naming after its home (where an old copy may sit until this write has
+        deleted it: a write cut short between Elasticsearch and the shards leaves the next one a way to it).
+
+        A point Elasticsearch has no document for is new: no copy anywhere. Otherwise the shards its document
+        names (SHARD_FIELD: its home, and where an old copy may still sit); without them (a document written
+        before prism kept them, or put back after a failed write) under key routing the owner of its stored key;
+        else, and while a rebalance moves points (the documents may lag the move) or without Elasticsearch, every
+        other shard (a broadcast)."""
         coord = self.coord
-        known = await coord.metadata.payloads(list(home))  # None: no Elasticsearch here
-        every = range(coord.config.shards)
+        known = await coord.metadata.placed(list(home))  # None: no Elasticsearch here
+        every = list(range(coord.config.shards))
         stale: dict[int, list[str]] = {}
+        after: dict[str, list[int]] = {}
         for pid, new in home.items():
-            where: Iterable[int] = every
             if known is not None and pid not in known:
                 continue
-            if known is not None and placement.method == "key" and not coord.moving:
-                try:
-                    where = [placement.shard_of(pid, None, known[pid])]
-                except InvalidRequest:
-                    pass
+            recorded, payload = known[pid] if known is not None else (None, {})
+            where: list[int] = every
+            if known is not None and not coord.moving:
+                if recorded is not None:
+                    where = recorded
+                elif placement.method == "key":
+                    try:
+                        where = [placement.shard_of(pid, None, payload)]
+                    except InvalidRequest:
+                        pass
+            where = [s for s in dict.fromkeys(where) if s != new]
             for s in where:
-                if s != new:
-                    stale.setdefault(s, []).append(pid)
-        return stale
+                stale.setdefault(s, []).append(pid)
+            # the document keeps the old home until the next write (a broadcast's: every other shard; while points
+            # move, nothing: a rebalance cut short leaves the collection moving, so writes broadcast until the next
+            # one has rewritten every document)
+            if coord.moving:
+                continue
+            if recorded is not None:
+                after[pid] = [recorded[0]] if recorded[0] != new else []
+            else:
+                after[pid] = where
+        return stale, after
 
     async def _place(self, homes: dict[int, list], stale: dict[int, list[str]], wait: bool) -> None:
         """The rows to their shards; then, once every copy is acknowledged, the moved points' old copies deleted
@@ -154,6 +180,8 @@ class Writes:
             if not FIELD_RE.match(field) or kind not in METADATA_TYPES:
                 raise InvalidRequest(f"field {field!r} ({kind!r}): names are letters, digits, '_' and '-' (at most "
                                      f"64), types one of {sorted(METADATA_TYPES)}", field="field_name")
+            if reserved_field(field):
+                raise InvalidRequest(f"field {reserved_field(field)}", field="field_name")
         async with self._mapping_lock:
             new = {f: k for f, k in fields.items() if f not in self.coord.config.metadata}
             if new:

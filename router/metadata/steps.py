@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from cluster.collection_spec import CollectionConfig
+from cluster.collection_spec import SHARD_FIELD, CollectionConfig
 from cluster.config import FilterSettings
 from cluster.errors import BackendError, IndexRefused, InvalidRequest, MetadataUnavailable, ShardUnavailable
 from router.filters.dsl import MATCH_NONE, Node, and_, parse_filter, split_conjuncts, to_es
@@ -43,6 +43,13 @@ def rolls_forward(exc: BaseException) -> bool:
     (rolling it back there made the stores end different). A refused write (4xx, or a value Milvus will not
     store) ends nowhere, so Elasticsearch is put back."""
     return isinstance(exc, ShardUnavailable)
+
+
+def _user_payload(source: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A document's payload as the user wrote it (without SHARD_FIELD)."""
+    if source is None or SHARD_FIELD not in source:
+        return source
+    return {k: v for k, v in source.items() if k != SHARD_FIELD}
 
 
 class MetadataSteps:
@@ -144,7 +151,7 @@ class MetadataSteps:
         node = and_(top, own)
         hits = await asyncio.to_thread(self.require("a lexical space").lexical, self.config.name, space.boosts(),
                                        p.text, to_es(node) if node is not None else None, limit, with_payload)
-        return [ScoredId(pid, score, payload) for pid, score, payload in hits]
+        return [ScoredId(pid, score, _user_payload(payload)) for pid, score, payload in hits]
 
     def split(self, dsl: dict[str, Any] | None) -> tuple[str | None, Node | None]:
         """A filter as (the Milvus expression of what shards can run, the rest for Elasticsearch)."""
@@ -168,16 +175,21 @@ class MetadataSteps:
             await asyncio.to_thread(self.store.put_mapping, self.config.name, fields)
 
     async def write_through(self, rows: Sequence[PointRow], wait: bool, write: Callable[[], Awaitable[Any]],
-                            held: Fetch) -> None:
+                            held: Fetch, where: dict[str, list[int]] | None = None) -> None:
         """Index the payloads in Elasticsearch, then `write` the shards. Elasticsearch goes first so that what it
         refuses never reaches a shard; when either step fails, Elasticsearch is put back in step with what the
-        shards hold for these ids (their payloads re-indexed, the others removed), then the error is raised."""
+        shards hold for these ids (their payloads re-indexed, the others removed), then the error is raised.
+        `where`: each point's shards (its home first, then where an old copy may still sit until this write has
+        deleted it), kept in its document under SHARD_FIELD (`placed` reads it back). A document put back after a
+        failure has none: the next write to that point looks for it on every shard."""
         store = self.store
         if store is None:
             await write()
             return
+        docs = [(r.id, r.payload if where is None or r.id not in where else {**r.payload, SHARD_FIELD: where[r.id]})
+                for r in rows]
         try:
-            await asyncio.to_thread(store.upsert, self.config.name, [(r.id, r.payload) for r in rows], wait)
+            await asyncio.to_thread(store.upsert, self.config.name, docs, wait)
         except BaseException as exc:  # refused, or failed without saying what it indexed: put back what it may have
             await self._reindex_from_shards(exc.accepted if isinstance(exc, IndexRefused) else [r.id for r in rows], held, wait)
             raise
@@ -224,11 +236,24 @@ class MetadataSteps:
         except Exception as exc:  # noqa: BLE001 - the original error is what the caller sees
             log.warning("could not put Elasticsearch back in step for %d ids: %s", len(ids), exc)
 
-    async def payloads(self, ids: list[str]) -> dict[str, dict[str, Any]] | None:
-        """The payloads Elasticsearch holds for those of `ids` it has a document for; None without a store."""
+    async def placed(self, ids: list[str]) -> dict[str, tuple[list[int] | None, dict[str, Any]]] | None:
+        """For those of `ids` Elasticsearch has a document for: (the shards its SHARD_FIELD names, home first, or
+        None where it names none or something else; the payload). None without a store."""
         if self.store is None or not ids:
             return None if self.store is None else {}
-        return await asyncio.to_thread(self.store.sources, self.config.name, ids)
+        out = {}
+        for pid, source in (await asyncio.to_thread(self.store.sources, self.config.name, ids)).items():
+            where = source.pop(SHARD_FIELD, None)
+            ok = isinstance(where, list) and where and all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < self.config.shards for s in where)
+            out[pid] = (list(where) if ok else None, source)
+        return out
+
+    async def set_placed(self, where: dict[str, list[int]], wait: bool = True) -> None:
+        """Record where points live now (a rebalance moved them): their documents' SHARD_FIELD only; a point with no
+        document is left without one."""
+        if self.store is not None and where:
+            await asyncio.to_thread(self.store.set_field, self.config.name, SHARD_FIELD, where, wait)
 
     async def unindexed(self, ids: list[str]) -> list[str]:
         """Those of `ids` Elasticsearch holds no document for (in the given order)."""

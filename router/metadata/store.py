@@ -108,6 +108,22 @@ class MetadataStore:
             raise IndexRefused(f"Elasticsearch refused {len(errors)} of {len(points)} documents: "
                                f"{str(errors[:2])[:300]}", accepted=[p for p, _ in points if p not in refused])
 
+    def set_field(self, collection: str, field: str, values: dict[str, Any], wait: bool = True) -> None:
+        """Set one field of existing documents (a partial update: the rest of each is kept); ids without a document
+        are skipped, any other refusal raised."""
+        from elasticsearch import helpers
+
+        actions = [{"_op_type": "update", "_index": index_name(collection), "_id": pid, "doc": {field: v}}
+                   for pid, v in values.items()]
+        if not actions:
+            return
+        _, errors = self._call("bulk update", helpers.bulk, self.es, actions,
+                               refresh="wait_for" if wait else False, raise_on_error=False)
+        errors = [e for e in errors if next(iter(e.values())).get("status") != 404]  # no document: nothing to set
+        if errors:
+            raise BackendError(f"Elasticsearch refused {len(errors)} of {len(actions)} updates of {field!r}: "
+                               f"{str(errors[:2])[:300]}")
+
     def delete(self, collection: str, ids: Iterable[str], wait: bool = True) -> None:
         from elasticsearch import helpers
 
@@ -137,12 +153,12 @@ class MetadataStore:
                 for h in res["hits"]["hits"]]
 
     def sources(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The stored payload (`_source`) of each of `ids` that has a document."""
+        """The stored document (`_source`) of each of `ids` that has one, by a multi-get: real time (a document
+        indexed without waiting for a refresh is seen, where a search would miss it until the next refresh)."""
         if not ids:
             return {}
-        res = self._call("search", self.es.search, index=index_name(collection),
-                         query={"ids": {"values": list(ids)}}, size=len(ids), source=True, track_total_hits=False)
-        return {h["_id"]: h.get("_source") or {} for h in res["hits"]["hits"]}
+        res = self._call("multi-get", self.es.mget, index=index_name(collection), ids=list(ids))
+        return {d["_id"]: d.get("_source") or {} for d in res["docs"] if d.get("found")}
 
     def confirm(self, collection: str, query: dict[str, Any], ids: Sequence[str]) -> set[str]:
         """The subset of `ids` that match `query`."""

@@ -124,7 +124,16 @@ def query_body(msg: pb.QueryRequest, collection: str | None = None) -> dict[str,
             boost.update({k: struct_numbers(boost[k]) for k in ("equals", "origin", "scale", "offset") if k in boost})
     _selector(d, "with_payload")
     _selector(d, "with_vectors")
+    _probe(d)
     return d
+
+
+def _probe(d: dict[str, Any]) -> None:
+    """`probe` (int32) and `probe_all` (bool) as the HTTP body's one `probe` field: an integer, or "all"."""
+    if d.pop("probe_all", False):
+        if "probe" in d:
+            raise InvalidRequest(f"probe: {d['probe']!r} with probe_all: set one of them", field="probe")
+        d["probe"] = "all"
 
 
 def batch_body(msg: pb.QueryBatchRequest) -> dict[str, Any]:

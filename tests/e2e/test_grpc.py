@@ -35,7 +35,7 @@ QUERIES = {
     "text": {"prefetch": [{"space": "text", "text": "espresso and coffee"}], "fusion": {"method": "none"}, "limit": 5,
              "cache": False},
     "vector": {"prefetch": [{"space": "emb", "vector": f32(emb(7))}], "limit": 6, "with_payload": ["name", "price"],
-               "with_vectors": ["emb"], "cache": False},
+               "with_vectors": ["emb"], "cache": False, "probe": "all"},
     "fused": {"prefetch": [{"space": "text", "text": "waterproof boots for kids", "limit": 20},
                            {"space": "visual", "text": "small shiny yellow rubber boots", "limit": 20},
                            {"space": "emb", "vector": f32(emb(40)), "limit": 20}],
@@ -108,6 +108,7 @@ def test_writes_over_grpc_are_seen_over_http(clients, prism_server):
 @pytest.mark.parametrize("call, code, error, field", [
     (lambda c: c.query("nope", QUERIES["text"]), "NOT_FOUND", "collection_not_found", None),
     (lambda c: c.query("products", {**QUERIES["text"], "limit": 0}), "INVALID_ARGUMENT", "invalid_request", "limit"),
+    (lambda c: c.query("products", {**QUERIES["text"], "probe": 0}), "INVALID_ARGUMENT", "invalid_request", "probe"),
     (lambda c: c.query("products", {"prefetch": [{"space": "emb", "vector": [0.5] * 3}]}), "INVALID_ARGUMENT",
      "invalid_request", None),
     # One key in the echoed object: a Struct's keys cross the wire in no promised order, so a message quoting a

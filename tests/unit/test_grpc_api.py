@@ -63,7 +63,7 @@ RICH_QUERY = {
     "filter": {"term": {"in_stock": True}},
     "limit": 5, "offset": 0, "with_payload": {"exclude": ["secret"]}, "with_vectors": ["emb"],
     "require_complete": False, "consistency": "strong", "cache": False, "budget_ms": 250, "min_coverage": 0.5,
-    "debug": True, "explain": True,
+    "debug": True, "explain": True, "probe": 3,
     "stages": [{"formula": {"boost": [{"field": "in_stock", "equals": True, "add": 0.1},
                                       {"field": "price", "decay": "gauss", "origin": 10, "scale": 5,
                                        "offset": 0, "decay_at": 0.5, "multiply": True}]}, "candidates": 30},
@@ -89,6 +89,19 @@ def test_a_query_crosses_the_proto_unchanged():
 def test_payload_selectors(selector, expected):
     body = {"prefetch": [{"space": "t", "text": "x"}], "with_payload": selector}
     assert g.query_body(to_proto(body))["with_payload"] == expected
+
+
+def test_probe_is_an_integer_or_all():
+    """proto: int32 probe, or probe_all for "all" (the HTTP body's one field); both at once is a 422."""
+    body = {"prefetch": [{"space": "t", "text": "x"}], "probe": "all"}
+    msg = to_proto(body)
+    assert msg.probe_all and not msg.HasField("probe")
+    assert g.query_body(msg) == body
+    assert g.query_body(to_proto({**body, "probe": 1}))["probe"] == 1
+    assert "probe" not in g.query_body(pb.QueryRequest(prefetch=[pb.Prefetch(space="t", text="x")], probe_all=False))
+    with pytest.raises(InvalidRequest) as err:
+        g.query_body(pb.QueryRequest(prefetch=[pb.Prefetch(space="t", text="x")], probe=2, probe_all=True))
+    assert err.value.field == "probe"
 
 
 def test_unset_fields_take_the_http_defaults():
