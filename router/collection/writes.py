@@ -148,18 +148,26 @@ class Writes:
 
     async def _place(self, homes: dict[int, list], stale: dict[int, list[str]], wait: bool) -> None:
         """The rows to their shards; then, once every copy is acknowledged, the moved points' old copies deleted
-        (a query between the two sees both copies, and the merge keeps one)."""
+        (a query between the two sees both copies, and the merge keeps one).
+
+        When some of the shards fail, the old copies go exactly for the points whose new shard took them, or
+        missed its quorum (logged, they roll forward: no later write would know where the old copies sit); a
+        point whose new shard refused it (or failed otherwise) keeps its old copy. Then the first failure is
+        raised, a refusal before a quorum miss (Elasticsearch is put back in step with the shards)."""
         if not stale:
             await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
             return
+        shards = list(homes)
+        results = await self._write((self.coord.shards[s].upsert(homes[s], wait) for s in shards), raises=False)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        landed = {r.id for s, res in zip(shards, results) if not isinstance(res, BaseException)
+                  or isinstance(res, ShardUnavailable) for r in homes[s]}
+        gone = {s: ids for s, ids in ((s, [i for i in ids if i in landed]) for s, ids in stale.items()) if ids}
         try:
-            await self._write(self.coord.shards[s].upsert(batch, wait) for s, batch in homes.items())
-        except ShardUnavailable:
-            # Short of a quorum, the new copies are logged and roll forward (Elasticsearch keeps them too): the old
-            # copies must go all the same, since no later write would know where they sit.
-            await self._write(self.coord.shards[s].delete(ids, wait) for s, ids in stale.items())
-            raise
-        await self._write(self.coord.shards[s].delete(ids, wait) for s, ids in stale.items())
+            await self._write(self.coord.shards[s].delete(ids, wait) for s, ids in gone.items())
+        finally:
+            if failures:
+                raise next((f for f in failures if not isinstance(f, ShardUnavailable)), failures[0])
 
     async def _map_new_fields(self, points: Sequence[Point]) -> None:
         """Dynamic mapping: map the fields these points bring first, once every payload of the batch fits the
@@ -224,16 +232,16 @@ class Writes:
             coord.shards[s].delete(batch, wait) for s, batch in coord.by_id(unique).items()), coord.fetch)
         return DeleteResponse(deleted=sum(max(r) for r in results), visible=wait)
 
-    async def _write(self, calls: Any) -> list:
+    async def _write(self, calls: Any, raises: bool = True) -> list:
         """One request's shard writes, the coordinator's version bumped around them (no answer cached meanwhile is
-        kept); all have ended before the first failure is raised."""
+        kept); all have ended before the first failure is raised (`raises`; else each call's result or error)."""
         self.coord.version += 1
         try:
             results = await asyncio.gather(*calls, return_exceptions=True)
         finally:
             self.coord.version += 1
         for r in results:
-            if isinstance(r, BaseException):
+            if raises and isinstance(r, BaseException):
                 raise r
         return results
 

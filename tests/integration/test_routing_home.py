@@ -225,3 +225,57 @@ def test_a_routed_query_the_catalog_changed_under_runs_again_by_the_placement_it
         coord.placement_stamp, coord.placement = None, old
         asyncio.run(coord.delete(["ix"]))
     assert answer.coverage.routed == [1] and [h.id for h in answer.hits] == ["ix"]
+
+
+def _refusing(monkeypatch, coord, shard: int, unavailable: int | None = None):
+    """Every replica of `shard` refuses upserts as a Milvus refusing a value does (WriteRefused); replica 1 of
+    `unavailable` fails them as an unreachable one does (that shard misses its quorum: the write rolls forward)."""
+    from cluster.errors import ShardUnavailable, WriteRefused
+
+    async def refuse(*a, **kw):
+        raise WriteRefused(f"shard {shard}: Milvus refused the rows")
+
+    async def down(*a, **kw):
+        raise ShardUnavailable(f"shard {unavailable} replica 1 is down", shards=[unavailable])
+
+    for c in coord.shards[shard].clients:
+        monkeypatch.setattr(c, "upsert", refuse)
+    if unavailable is not None:
+        monkeypatch.setattr(coord.shards[unavailable].clients[1], "upsert", down)
+
+
+def _misplaced(coord, prefix: str) -> list:
+    """verify's misplaced points among the ids starting with `prefix` (the module's other tests plant their own)."""
+    return [m for m in asyncio.run(coord.verify(sample=1000)).sample_misplaced if m.id.startswith(prefix)]
+
+
+def test_a_batch_one_shard_refuses_leaves_each_point_on_one_shard(world, monkeypatch):
+    """A move whose new copy landed loses its old copy even when another shard of the batch refused its rows; the
+    refused point keeps its old copy (and its document follows the shards)."""
+    from cluster.errors import WriteRefused
+
+    coord, store, _, _, _ = world
+    asyncio.run(coord.upsert([point("wa", 0), point("wb", 0)]))
+    _refusing(monkeypatch, coord, 2)
+    with pytest.raises(WriteRefused):
+        asyncio.run(coord.upsert([point("wa", 1, 1), point("wb", 2, 1)]))  # wa to shard 1, wb to (refusing) 2
+    monkeypatch.undo()
+    assert layout(coord, "w") == {"wa": [1], "wb": [0]}
+    assert _misplaced(coord, "w") == [] and set(store.sources(coord.config.name, ["wa", "wb"])) == {"wa", "wb"}
+
+
+def test_a_quorum_miss_beside_a_refusal_loses_no_point(world, monkeypatch):
+    """One shard of a batch misses its quorum (its rows roll forward) while another refuses its rows: the points
+    moving to the refusing shard keep their old copies (deleting them would lose the points)."""
+    from cluster.errors import PrismError
+
+    coord, store, _, _, _ = world
+    asyncio.run(coord.upsert([point("qa", 0), point("qb", 0)]))
+    _refusing(monkeypatch, coord, 2, unavailable=1)
+    with pytest.raises(PrismError):
+        asyncio.run(coord.upsert([point("qa", 1, 1), point("qb", 2, 1)]))  # qa to 1 (quorum miss), qb to 2 (refused)
+    monkeypatch.undo()
+    coord.shards[1].state.states[1].next_probe_at = float("-inf")  # its probe due now rather than in seconds
+    asyncio.run(coord.shards[1].heal())  # the replica that missed qa gets it replayed
+    assert layout(coord, "q") == {"qa": [1], "qb": [0]}
+    assert _misplaced(coord, "q") == [] and set(store.sources(coord.config.name, ["qa", "qb"])) == {"qa", "qb"}
