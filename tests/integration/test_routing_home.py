@@ -279,3 +279,38 @@ def test_a_quorum_miss_beside_a_refusal_loses_no_point(world, monkeypatch):
     asyncio.run(coord.shards[1].heal())  # the replica that missed qa gets it replayed
     assert layout(coord, "q") == {"qa": [1], "qb": [0]}
     assert _misplaced(coord, "q") == [] and set(store.sources(coord.config.name, ["qa", "qb"])) == {"qa", "qb"}
+
+
+def test_hash_routing_keeps_no_record_and_asks_nothing_more(world, tmp_path):
+    """Under hash routing the ring says where a point lives: an update asks Elasticsearch for nothing (no multi-get),
+    its document holds the payload only, and only the owning shard is written (no delete anywhere)."""
+    _, store, _, _, _ = world
+    cfg = placing.checked(CollectionConfig(name=f"hashed{next(_n)}", shards=SHARDS, metadata={"title": "text"},
+                                           spaces={"v": {"dim": DIM, "index": {"type": "FLAT"}}}))
+    store.ensure_index(cfg)
+    es_calls: Counter = Counter()
+    hashed = MetadataStore(store.url, timeout_s=5)
+    for kind in ("upsert", "sources", "set_field", "delete"):
+        def counted_es(*a, _real=getattr(hashed, kind), _kind=kind, **kw):
+            es_calls[_kind] += 1
+            return _real(*a, **kw)
+        setattr(hashed, kind, counted_es)
+    clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path / "milvus", None))
+    coord = Coordinator.from_clients(cfg, clients, metadata=hashed)
+    calls: Counter = Counter()
+    for s, sh in enumerate(coord.shards):
+        for kind in ("upsert", "delete", "read"):
+            def counted(*a, _real=getattr(sh, kind), _key=(s, kind), **kw):
+                calls[_key] += 1
+                return _real(*a, **kw)
+            setattr(sh, kind, counted)
+    try:
+        asyncio.run(coord.upsert([point("h1", 0)]))
+        owner = coord.by_shard(["h1"])
+        es_calls.clear(), calls.clear()
+        asyncio.run(coord.upsert([point("h1", 2, 3)]))  # another vector: under hash routing it stays put
+        assert es_calls == {"upsert": 1} and calls == {(s, "upsert"): 1 for s in owner}
+        assert store.sources(cfg.name, ["h1"])["h1"] == {"title": "rain h1"}
+    finally:
+        stop_local_shards(clients, drop=True)
+        store.drop_index(cfg.name)
