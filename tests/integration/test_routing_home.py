@@ -314,3 +314,22 @@ def test_hash_routing_keeps_no_record_and_asks_nothing_more(world, tmp_path):
     finally:
         stop_local_shards(clients, drop=True)
         store.drop_index(cfg.name)
+
+
+def test_two_quick_moves_and_deletes_by_a_stale_record_leave_one_copy_or_none(world):
+    """A -> B -> C by two writes at once (one ingress orders them by the point's lock): one copy, where the
+    record says; a delete by id, and one by filter, of a point whose record names the wrong shard remove it
+    everywhere (deletes ask every shard of a routed collection)."""
+    coord, store, _, _, _ = world
+    asyncio.run(coord.upsert([point("ta", 0), point("tb", 1), point("tc", 2)]))
+
+    async def twice():
+        await asyncio.gather(coord.upsert([point("ta", 1, 1)]), coord.upsert([point("ta", 2, 2)]))
+    asyncio.run(twice())
+    home = layout(coord, "ta")["ta"]
+    assert len(home) == 1 and recorded(store, coord, "ta")[0] == home[0]
+    for pid in ("tb", "tc"):  # the record names shard 3, the point sits elsewhere
+        store.set_field(coord.config.name, SHARD_FIELD, {pid: [3]})
+    asyncio.run(coord.delete(["tb"]))
+    asyncio.run(coord.delete_by_filter({"ids": {"values": ["tc"]}}))
+    assert layout(coord, "t") == {"ta": home} and store.sources(coord.config.name, ["tb", "tc"]) == {}
