@@ -29,15 +29,40 @@ GROUP_OF = {path: group for group, paths in INSTANCE_GROUPS.items() for path in 
 # Both instances' files go to one worker: a test that uses both (two instances on one host) would otherwise start a
 # second `prism_server` on the keyed group's worker (70 s under load), and together they are well under half the run.
 SCOPE = "shared_instances"
+# What the longest groups took in `make test` (-n 2, quiet 2-core machine, 2026-12-05, --junitxml sums): the
+# scheduler starts them first. Only the order depends on these; a stale number costs balance, never a test.
+GROUP_SECONDS = {
+    SCOPE: 500, "tests/integration/test_node_loss.py": 156, "tests/e2e/test_security_keyed.py": 126,
+    "tests/e2e/test_lifecycle.py": 118, "tests/e2e/test_demo.py": 103, "tests/integration/test_core.py": 90,
+    "tests/integration/test_filters.py": 65, "tests/e2e/test_quick_start.py": 63,
+    "tests/integration/test_replication.py": 53, "tests/integration/test_milvus_outage.py": 50,
+    "tests/integration/test_milvus_auth.py": 44, "tests/integration/test_routing_vectors.py": 40,
+    "tests/integration/test_freshness.py": 40, "tests/integration/test_serve_config.py": 38,
+    "tests/integration/test_replica_agreement.py": 36, "tests/integration/test_scroll_count_mapping.py": 34,
+    "tests/integration/test_batching.py": 32,
+}
 
 
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class ByInstance(LoadScopeScheduling):
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return SCOPE if path in GROUP_OF else path
+
+        def _assign_work_unit(self, node) -> None:
+            # Longest first (LPT): xdist orders groups by their number of tests, which sent the one-test files that
+            # take a minute or more (quick start, lifecycle, demo) last, to a tail one worker ran alone (the last
+            # 70 s of a 952 s run, vmstat: 60-93 % idle).
+            if not self.ordered:
+                order = sorted(self.workqueue.items(), key=lambda kv: (-GROUP_SECONDS.get(kv[0], 0), -len(kv[1])))
+                self.workqueue.clear()
+                self.workqueue.update(order)
+                self.ordered = True
+            super()._assign_work_unit(node)
 
     return ByInstance(config, log)
 
