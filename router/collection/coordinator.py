@@ -23,7 +23,7 @@ from cluster.config import DEFAULT_PROBE, FilterSettings, ImageLimits
 from cluster.errors import ConfigError, ShardUnavailable
 from cluster.ring import HashRing
 from router.collection import inventory, pipeline, placing
-from router.collection.locks import InFlight
+from router.collection.locks import InFlight, run_routed
 from router.collection.pipeline import Prefetched
 from router.collection.timing import LapTimer
 from router.collection.verify import verify_collection
@@ -59,8 +59,7 @@ class Coordinator:
         self.config = config
         self.shards = list(shards)
         self.ring = HashRing(range(config.shards))
-        # Where points live and which shards a query visits (router.routing): the collection's routing setting
-        self.placement = placement or placing.placement_of(config)
+        self.placement = placement or placing.placement_of(config)  # where points live, which shards a query visits
         if self.placement.shards != config.shards:
             raise ConfigError(f"a placement over {self.placement.shards} shards for a collection of {config.shards}",
                               field="shards")
@@ -68,25 +67,18 @@ class Coordinator:
         self.vectors = Vectors(config, encode=encode, encode_images=encode_images, images=images)
         self.metadata = MetadataSteps(config, metadata, filters)
         self.paused: str | None = None  # set while the collection is resharded: writes are refused meanwhile
-        # Set while a rebalance moves points (router.collection.rebalance): a point may sit on its old shard, its
-        # new one, or both for a moment, so queries visit every shard and reads by id ask every shard meanwhile.
-        self.moving = False
+        self.moving = False  # a rebalance moves points: queries and reads by id visit every shard meanwhile
         self.progress = placing.Progress()  # the rebalance's state, as GET shows it
         self.placement_epoch = 0  # grows whenever `placement` or `moving` changes (writes note the one they used)
-        # Queries in flight by the placement epoch they began under: a rebalance deletes old copies only once no
-        # query that chose its shards by an older placement (before `moving`) can still read them.
-        self.reads = InFlight()
+        self.reads = InFlight()  # queries by the placement epoch they began under: old copies outlive them
         # Cache keys carry both: a new coordinator never sees an old entry; no cached answer outlives a write.
         self.epoch, self.version = uuid.uuid4().hex, 0
         self.observe_stage, self.budget_ms, self.inline_payload_max = observe_stage, budget_ms, inline_payload_max
         self._index_types = {name: s.index.type for name, s in config.spaces.items()}
-        # Called with the fields dynamic mapping added (the service persists the collection's config).
+        # Set by the service: persist fields dynamic mapping added; refuse a write (layout stale, writes paused);
+        # several ingresses: the catalog's stamp, placement brought up to it (rebalance.catalog_stamp).
         self.on_mapping: Callable[[dict[str, str]], None] | None = None
-        # Called before writes reach the shards (the service: is this layout still current, has another ingress
-        # paused writes?); raises to refuse the write.
         self.before_write: Callable[[], None] | None = None
-        # Several ingress replicas: brings the placement up to the catalog and returns the catalog's stamp as it was
-        # before (router.collection.rebalance.catalog_stamp); a routed query the catalog changed under runs again.
         self.placement_stamp: Callable[[], Any] | None = None
         self.writes = Writes(self)
 
@@ -121,8 +113,8 @@ class Coordinator:
         return out
 
     def by_id(self, ids: Sequence[str], among: Sequence[int] | None = None) -> dict[int, list[str]]:
-        """The shards that may hold each of `ids`, with the ids to ask each: the ring's owner when the placement
-        follows the ring (hash, untrained vector), else every shard (or every shard of `among`) for all of them."""
+        """The shards that may hold each of `ids`, with the ids to ask each: the ring's owner, or off the ring (see
+        `scattered`) every shard (of `among`)."""
         if not self.scattered:
             return self.by_shard(ids)
         return {s: list(ids) for s in (range(self.config.shards) if among is None else among)}
@@ -142,19 +134,9 @@ class Coordinator:
         return await self._routed(lambda: self._query(req), lambda a: a.coverage.routed)
 
     async def _routed(self, run: Callable[[], Any], routed: Callable[[Any], Sequence[int]]) -> Any:
-        """`run` (a query or its prefetches) counted in flight by the placement it routes by, so that a rebalance
-        of this process deletes no old copy it may still read (reads.settled). With several ingress replicas a
-        rebalance runs in another process, which cannot count this query: a query that visited only some shards
-        while the catalog changed (a rebalance switched placements: copies it chose may be gone) runs again by the
-        placement as the catalog has it now, at most RERUNS times. The catalog changes before any old copy is
-        deleted, so an unchanged catalog after the reads means they saw every point where they looked."""
-        for _ in range(RERUNS):
-            seen = self.placement_stamp() if self.placement_stamp is not None else None
-            async with self.reads.hold(self.placement_epoch):  # its shards, chosen in `run`, are read until the end
-                answer = await run()
-            if seen is None or len(routed(answer)) == self.config.shards or self.placement_stamp() == seen:
-                return answer
-        return answer
+        """`run` counted in flight by the placement it routes by; run again if another ingress's rebalance switched
+        placements under it (router.collection.locks.run_routed)."""
+        return await run_routed(self, run, routed, RERUNS)
 
     async def _query(self, req: QueryRequest) -> QueryResponse:
         laps = LapTimer(self.observe_stage)
@@ -223,18 +205,7 @@ class Coordinator:
                     ) -> tuple[dict[str, StoredPoint], dict[int, ShardUnavailable]]:
         """Stored points (payload, the named spaces' vectors) by id; shards that could not answer, beside them.
         `among`: the shards to ask when the placement does not follow the ring (default: all of them)."""
-        by_shard = self.by_id(list(dict.fromkeys(ids)), among)
-        reads = [self.shards[s].read(lambda c, ids=b: c.get(ids, list(spaces))) for s, b in by_shard.items()]
-        answers = await asyncio.gather(*reads, return_exceptions=True)
-        rows, failed = {}, {}  # id -> StoredPoint; shard -> ShardUnavailable (an id no shard holds is absent)
-        for shard, answer in zip(by_shard, answers):
-            if isinstance(answer, ShardUnavailable):
-                failed[shard] = answer
-            elif isinstance(answer, BaseException):
-                raise answer
-            else:
-                rows.update(answer)
-        return rows, failed
+        return await inventory.fetch(self, ids, spaces, among)
 
     # -- inventory and verify (router.collection.inventory, router.collection.verify) ---------------------------
     async def scan(self, after: str, limit: int, dsl: dict[str, Any] | None = None) -> list[str]:

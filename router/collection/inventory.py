@@ -4,7 +4,7 @@ pages. A shard that cannot answer is a 503 here: a page or a count with a gap wo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cluster.errors import ShardUnavailable
@@ -15,6 +15,7 @@ from router.schema.points import Record, RetrieveRequest, RetrieveResponse, Scro
 
 if TYPE_CHECKING:
     from router.collection.coordinator import Coordinator
+    from shards.api import StoredPoint
 
 
 async def scan_page(coord: Coordinator, after: str, limit: int, dsl: dict[str, Any] | None = None,
@@ -93,3 +94,21 @@ async def scroll(coord: Coordinator, req: ScrollRequest, max_examined: int,
             f"of {req.limit} matches: pass next_cursor back for more; the scroll is complete when next_cursor is "
             "null"])
     return ScrollResponse(points=got.points, next_cursor=encode_cursor(ids[-1]) if len(ids) == req.limit else None)
+
+
+async def fetch(coord: Coordinator, ids: Sequence[str], spaces: Sequence[str] = (),
+                among: Sequence[int] | None = None) -> tuple[dict[str, StoredPoint], dict[int, ShardUnavailable]]:
+    """Stored points (payload, the named spaces' vectors) by id, each asked of the shards that may hold it
+    (Coordinator.by_id); the shards that could not answer, beside them."""
+    by_shard = coord.by_id(list(dict.fromkeys(ids)), among)
+    reads = [coord.shards[s].read(lambda c, ids=b: c.get(ids, list(spaces))) for s, b in by_shard.items()]
+    answers = await asyncio.gather(*reads, return_exceptions=True)
+    rows, failed = {}, {}  # id -> StoredPoint; shard -> ShardUnavailable (an id no shard holds is absent)
+    for shard, answer in zip(by_shard, answers):
+        if isinstance(answer, ShardUnavailable):
+            failed[shard] = answer
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            rows.update(answer)
+    return rows, failed

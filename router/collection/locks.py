@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 
 class KeyedLocks:
@@ -68,3 +69,20 @@ class InFlight:
                 await self._ended.wait_for(lambda: not any(e < epoch for e in self._by_epoch))
         finally:
             self.waiting -= 1
+
+
+async def run_routed(coord: Any, run: Callable[[], Awaitable[Any]], routed: Callable[[Any], Sequence[int]],
+                     reruns: int) -> Any:
+    """`run` (a query or its prefetches) counted in flight by the placement it routes by, so that a rebalance
+    of this process deletes no old copy it may still read (reads.settled). With several ingress replicas a
+    rebalance runs in another process, which cannot count this query: a query that visited only some shards
+    while the catalog changed (a rebalance switched placements: copies it chose may be gone) runs again by the
+    placement as the catalog has it now, at most `reruns` times. The catalog changes before any old copy is
+    deleted, so an unchanged catalog after the reads means they saw every point where they looked."""
+    for _ in range(reruns):
+        seen = coord.placement_stamp() if coord.placement_stamp is not None else None
+        async with coord.reads.hold(coord.placement_epoch):  # its shards, chosen in `run`, are read until the end
+            answer = await run()
+        if seen is None or len(routed(answer)) == coord.config.shards or coord.placement_stamp() == seen:
+            return answer
+    return answer
