@@ -128,11 +128,14 @@ def test_a_port_in_use_keeps_its_block_out(tmp_path):
 
 def test_a_full_band_is_an_error_naming_it(tmp_path):
     from cluster.errors import BackendError
-    from cluster.ports import SLOT
+    from cluster.ports import SLOT, _free
 
-    band = (31000, 31000 + 2 * SLOT - 1)  # room for exactly one block of one replica
+    # Room for exactly one block of one replica, in a band nothing listens on now: a fixed band (31000-31031) lies
+    # in the direct-ingress band, where the instances other tests run beside this one take their blocks.
+    lo = next(p for p in range(20000, 29000, 2 * SLOT) if all(_free(q) for q in range(p, p + 2 * SLOT)))
+    band = (lo, lo + 2 * SLOT - 1)
     b = claim_direct_ingress_ports(1, where=tmp_path, band=band)
-    with pytest.raises(BackendError, match="no free block of 32 ports .* in 31000-31031"):
+    with pytest.raises(BackendError, match=f"no free block of 32 ports .* in {band[0]}-{band[1]}"):
         claim_direct_ingress_ports(1, where=tmp_path, band=band)
     b.release()
 
