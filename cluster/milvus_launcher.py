@@ -18,9 +18,9 @@ from cluster.services import free_port
 # for the next tick. Measured in docs/benchmarks.md (freshness: the tuning rows).
 TIME_TICK_MS = 200
 # The lease of each component's session in the embedded etcd (s; Milvus's default 30). The package's stop SIGKILLs
-# Milvus a second after SIGTERM (Milvus 2.3.5-lite's own shutdown hangs), so its sessions are never revoked and a
-# restart on the same data waits until their leases run out: 56 s measured at 30, ~15 s at 10 (rootcoord retries
-# "CompareAndSwap ... false for key: rootcoord" meanwhile). Keep-alives go every ttl/3 to an etcd in the same process.
+# Milvus a second after SIGTERM, and even left to stop on its own it leaves its sessions behind, so a restart on the
+# same data waits until their leases run out (rootcoord retries "CompareAndSwap ... false for key: rootcoord"
+# meanwhile): 54-56 s measured at 30, 26 s at 10. Keep-alives go every ttl/3 to an etcd in the same process.
 SESSION_TTL_S = 10
 AUTH_ENV = "PRISM_MILVUS_AUTHORIZATION"  # "1": the server requires a user and password (common.security)
 
