@@ -21,6 +21,7 @@ from router.metadata.store import MetadataStore
 from router.schema.points import Point
 from router.schema.query import QueryRequest
 from shards.local import local_shards, replica_specs, stop_local_shards
+from tests.integration.routing_support import count_calls, held_search
 
 SHARDS, DIM = 4, 4
 AXES = np.eye(DIM, dtype=np.float32)  # centroid k is axis k, owned by shard k: a point near axis k lives on k
@@ -52,13 +53,7 @@ def world(tmp_path_factory):
     clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path / "milvus", None))
     placement = placing.placement_of(cfg).trained(AXES, np.arange(SHARDS))
     coord = Coordinator.from_clients(cfg, clients, metadata=store, placement=placement)
-    calls: Counter = Counter()  # (shard, "upsert" | "delete" | "read") -> calls
-    for s, sh in enumerate(coord.shards):
-        for kind in ("upsert", "delete", "read"):
-            def counted(*a, _real=getattr(sh, kind), _key=(s, kind), **kw):
-                calls[_key] += 1
-                return _real(*a, **kw)
-            setattr(sh, kind, counted)
+    calls = count_calls(coord)
 
     def restart():
         es["h"] = start_elasticsearch(es_dir, port)
@@ -197,16 +192,12 @@ def test_a_routed_query_the_catalog_changed_under_runs_again_by_the_placement_it
             coord.placement = new
         return seen
 
-    shard, gate, entered = coord.shards[0], asyncio.Event(), asyncio.Event()
+    shard = coord.shards[0]
     real = shard.search
-
-    async def held_search(*a, **kw):
-        entered.set()
-        await gate.wait()
-        return await real(*a, **kw)
+    hold, gate, entered = held_search(shard)
 
     async def scenario():
-        monkeypatch.setattr(shard, "search", held_search)
+        monkeypatch.setattr(shard, "search", hold)
         query = asyncio.create_task(coord.query(QueryRequest(prefetch=[{"space": "v", "vector": near(0)}], probe=1,
                                                              limit=1, cache=False)))
         await entered.wait()  # routed by the old placement, waiting at shard 0
@@ -297,13 +288,7 @@ def test_hash_routing_keeps_no_record_and_asks_nothing_more(world, tmp_path):
         setattr(hashed, kind, counted_es)
     clients = local_shards(cfg, replica_specs(cfg, MilvusConfig(mode="lite"), tmp_path / "milvus", None))
     coord = Coordinator.from_clients(cfg, clients, metadata=hashed)
-    calls: Counter = Counter()
-    for s, sh in enumerate(coord.shards):
-        for kind in ("upsert", "delete", "read"):
-            def counted(*a, _real=getattr(sh, kind), _key=(s, kind), **kw):
-                calls[_key] += 1
-                return _real(*a, **kw)
-            setattr(sh, kind, counted)
+    calls = count_calls(coord)
     try:
         asyncio.run(coord.upsert([point("h1", 0)]))
         owner = coord.by_shard(["h1"])

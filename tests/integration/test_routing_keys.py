@@ -3,19 +3,18 @@ point physically sits is read from every replica of every shard, not from the an
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest, PrismError, ShardUnavailable
+from cluster.errors import InvalidRequest, ShardUnavailable
 from cluster.ring import HashRing
 from router.collection.service import PrismService
 from router.metadata.store import metadata_store
+from tests.integration.routing_support import run_readme_example
 
 SHARDS, TENANTS, N, DIM = 6, 5, 240, 4
 KEYED = {"spaces": {"v": {"dim": DIM, "index": {"type": "FLAT"}}}, "shards": SHARDS, "replicas": 2,
@@ -328,22 +327,5 @@ def test_the_readme_routing_example_runs(world):
     runs it against a live server too)."""
     svc, run, _ = world
 
-    def handle(request: httpx.Request) -> httpx.Response:
-        m = re.fullmatch(r"/v1/collections/(\w+)(/points|/query)?", request.url.path)
-        name, what = m.group(1), m.group(2)
-        body = json.loads(request.content) if request.content else None
-        call = {("PUT", None): lambda: svc.create_collection(name, body),
-                ("GET", None): lambda: svc.info(name),
-                ("DELETE", None): lambda: svc.delete_collection(name),
-                ("POST", "/points"): lambda: svc.upsert(name, body),
-                ("POST", "/query"): lambda: svc.query(name, body)}[(request.method, what)]
-        try:
-            answer = run(call())
-        except PrismError as exc:
-            return httpx.Response(exc.status, json={"message": exc.message, "field": exc.field})
-        return httpx.Response(200, json=answer if isinstance(answer, dict) else answer.model_dump(mode="json"))
-
-    code = readme_routing_example().replace(
-        'httpx.Client(base_url=BASE, timeout=60)', 'httpx.Client(base_url=BASE, transport=TRANSPORT)')
-    exec(compile(code, "README.md", "exec"), {"TRANSPORT": httpx.MockTransport(handle)})
+    run_readme_example(readme_routing_example(), svc, run)
     assert "tenants" not in svc.list_collections()

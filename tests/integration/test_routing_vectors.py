@@ -4,11 +4,9 @@ from every replica of every shard, not from the answers."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -18,6 +16,7 @@ from cluster.ring import HashRing
 from router.collection import rebalance as rebalance_mod
 from router.collection.service import PrismService
 from router.metadata.store import metadata_store
+from tests.integration.routing_support import held_search, run_readme_example
 
 SHARDS, DIM, COMPONENTS, N, CENTROIDS = 8, 16, 16, 1200, 32  # 50 x 32 > N: no training on its own here
 ADDED = 150  # new points the writer adds during the rebalance
@@ -279,16 +278,12 @@ def test_a_query_routed_before_a_second_rebalance_still_sees_the_points_it_moves
         return old.trained(old.centroids, owners), np.ones(len(owners))
 
     monkeypatch.setattr(rebalance_mod, "train", retrained)
-    shard, gate, entered = coord.shards[home], asyncio.Event(), asyncio.Event()
+    shard = coord.shards[home]
     real = shard.search
-
-    async def held_search(*a, **kw):
-        entered.set()
-        await gate.wait()
-        return await real(*a, **kw)
+    hold, gate, entered = held_search(shard)
 
     async def scenario():
-        monkeypatch.setattr(shard, "search", held_search)
+        monkeypatch.setattr(shard, "search", hold)
         query = asyncio.create_task(svc.query("vec", {"prefetch": [{"space": "v", "vector": vecs[i].tolist()}],
                                                       "probe": 1, "limit": 5}))
         await entered.wait()
@@ -458,22 +453,5 @@ def test_the_readme_vector_routing_example_runs(world):
     section = README.read_text().split("### Vector routing and rebalance", 1)[1].split("\n### ", 1)[0]
     (code,) = re.findall(r"```python\n(# prism-example.*?)```", section, flags=re.S)
 
-    def handle(request: httpx.Request) -> httpx.Response:
-        m = re.fullmatch(r"/v1/collections/(\w+)(/points|/query|/rebalance)?", request.url.path)
-        name, what = m.group(1), m.group(2)
-        body = json.loads(request.content) if request.content else None
-        call = {("PUT", None): lambda: svc.create_collection(name, body),
-                ("GET", None): lambda: svc.info(name),
-                ("DELETE", None): lambda: svc.delete_collection(name),
-                ("POST", "/points"): lambda: svc.upsert(name, body),
-                ("POST", "/rebalance"): lambda: svc.rebalance(name, body),
-                ("POST", "/query"): lambda: svc.query(name, body)}[(request.method, what)]
-        try:
-            answer = run(call())
-        except PrismError as exc:
-            return httpx.Response(exc.status, json={"message": exc.message, "field": exc.field})
-        return httpx.Response(200, json=answer if isinstance(answer, dict) else answer.model_dump(mode="json"))
-
-    code = code.replace('httpx.Client(base_url=BASE, timeout=60)', 'httpx.Client(base_url=BASE, transport=TRANSPORT)')
-    exec(compile(code, "README.md", "exec"), {"TRANSPORT": httpx.MockTransport(handle)})
+    run_readme_example(code, svc, run)
     assert "shapes" not in svc.list_collections()
