@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.errors import ShardUnavailable
 from router.collection.cursor import decode_cursor, encode_cursor
+from router.collection.pipeline import split_answers
 from router.filters.plan import SCAN_PAGE
 from router.schema.common import select_payload
 from router.schema.points import Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse
@@ -103,12 +104,8 @@ async def fetch(coord: Coordinator, ids: Sequence[str], spaces: Sequence[str] = 
     by_shard = coord.by_id(list(dict.fromkeys(ids)), among)
     reads = [coord.shards[s].read(lambda c, ids=b: c.get(ids, list(spaces))) for s, b in by_shard.items()]
     answers = await asyncio.gather(*reads, return_exceptions=True)
-    rows, failed = {}, {}  # id -> StoredPoint; shard -> ShardUnavailable (an id no shard holds is absent)
-    for shard, answer in zip(by_shard, answers):
-        if isinstance(answer, ShardUnavailable):
-            failed[shard] = answer
-        elif isinstance(answer, BaseException):
-            raise answer
-        else:
-            rows.update(answer)
+    answered, failed = split_answers(list(by_shard), answers)
+    rows: dict[str, StoredPoint] = {}  # an id no shard holds is absent
+    for got in answered.values():
+        rows.update(got)
     return rows, failed

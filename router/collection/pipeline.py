@@ -78,16 +78,25 @@ async def fan_out(shards: Sequence[ReplicatedShard], index_types: dict[str, str]
             if s[j] is not spec:
                 ran.setdefault(spec.space, {})[str(shard)] = s[j].params
     lists: list[list[list[ScoredId]]] = [[] for _ in specs]
-    failed: dict[int, ShardUnavailable] = {}
-    for shard, answer in zip(visit, answers):
+    answered, failed = split_answers(visit, answers)
+    for answer in answered.values():
+        for j, hits in enumerate(answer):
+            lists[j].append(hits)
+    return lists, failed
+
+
+def split_answers(shards: Sequence[int], answers: Sequence[Any]) -> tuple[dict[int, Any], dict[int, ShardUnavailable]]:
+    """gather(..., return_exceptions=True)'s answers by shard: those that answered, and those that could not
+    (ShardUnavailable); any other exception is raised."""
+    answered, failed = {}, {}
+    for shard, answer in zip(shards, answers):
         if isinstance(answer, ShardUnavailable):
             failed[shard] = answer
         elif isinstance(answer, BaseException):
             raise answer
         else:
-            for j, hits in enumerate(answer):
-                lists[j].append(hits)
-    return lists, failed
+            answered[shard] = answer
+    return answered, failed
 
 
 def prefetched(req: QueryRequest, shards: int, visit: Sequence[int], merged: list[list[ScoredId]],
