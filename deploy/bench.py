@@ -58,7 +58,8 @@ SECTIONS: dict[str, Callable | None] = {
     "grpc": lambda a, w: section("grpc")(w),
     "qdrant": lambda a, w: section("qdrant")(w),
     "kmeans": lambda a, w: section("kmeans")(w),
-    "routing": lambda a, w: section("routing")(w, n=a.routing_n, n_queries=a.queries),
+    "routing": lambda a, w: section("routing")(w, n=a.routing_n, n_queries=a.queries,
+                                                       key_n=a.routing_key_n),
     "startup": lambda a, w: section("startup")(w, cycles=a.startup_cycles, label=a.startup_label),
 }
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--routing-n", type=int, default=200_000, help="points per set in the routing section")
+    ap.add_argument("--routing-key-n", type=int, default=None, help="points in its key-routing part (default: --routing-n)")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--backends", default="server,lite")

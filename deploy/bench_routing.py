@@ -15,6 +15,7 @@ The size is a parameter (`--routing-n`); the figures in docs/bench/routing.json 
 from __future__ import annotations
 
 import asyncio
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -64,11 +65,30 @@ async def indexed(svc, name: str) -> None:
                 await asyncio.to_thread(wait)
 
 
+def calls(coord) -> int:
+    return sum(sh.batch_counts()[0] for sh in coord.shards)
+
+
+async def profiled(coord, reqs, concurrency: int) -> tuple[list[float], float, dict]:
+    """One run at `concurrency`, with what it cost: shard calls per query (the ingress coalescer merges concurrent
+    queries' searches of a shard into one call) and the router process's CPU per query (Milvus is another process)."""
+    c0, r0 = calls(coord), resource.getrusage(resource.RUSAGE_SELF)
+    lat, qps = await run_concurrent(coord, reqs, concurrency)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    return lat, qps, {"shard_calls_per_query": round((calls(coord) - c0) / len(reqs), 3),
+                      "router_cpu_ms_per_query": round(cpu * 1000 / len(reqs), 2)}
+
+
 async def measure(coord, reqs, truth=None) -> dict:
     await run_concurrent(coord, reqs[:5], 1)  # warm-up
-    lat1, _ = await run_concurrent(coord, reqs, 1)
-    _, qps8 = await run_concurrent(coord, reqs, 8)
-    out = {"qps_c8": round(qps8, 1), "p50_ms_c1": round(pct(lat1, 50), 2)}
+    lat1, _, cost1 = await profiled(coord, reqs, 1)
+    _, qps8, cost8 = await profiled(coord, reqs, 8)
+    _, qps32, _ = await profiled(coord, reqs, 32)
+    out = {"qps_c8": round(qps8, 1), "p50_ms_c1": round(pct(lat1, 50), 2), "qps_c1": round(1000 / statistics.mean(lat1), 1),
+           "qps_c32": round(qps32, 1), "shard_calls_per_query_c1": cost1["shard_calls_per_query"],
+           "shard_calls_per_query_c8": cost8["shard_calls_per_query"],
+           "router_cpu_ms_per_query_c8": cost8["router_cpu_ms_per_query"]}
     got = [await coord.query(r) for r in reqs]
     out["shards_visited_mean"] = round(statistics.mean(len(g.coverage.routed) for g in got), 2)
     if truth is not None:
@@ -114,12 +134,16 @@ async def vector_set(svc, label: str, noise: float, n: int, n_queries: int) -> d
         for p in PROBES:
             runs[str(p)].append(await measure(routed, requests(qs, probe=p), truth))
     ratio = [r2["qps_c8"] / h["qps_c8"] for r2, h in zip(runs["2"], runs["hash"])]
+    ratio1 = [r2["qps_c1"] / h["qps_c1"] for r2, h in zip(runs["2"], runs["hash"])]
+    ratio32 = [r2["qps_c32"] / h["qps_c32"] for r2, h in zip(runs["2"], runs["hash"])]
     out = {"n": n, "noise": noise, "load_s": {m: round(v, 1) for m, v in load_s.items()},
            "auto_trained": isinstance(auto, dict), "rebalance_s": report["seconds"], "moved": report["moved"],
            "spread": report["spread"], "hash": median_runs(runs["hash"]),
            "probes": {p: median_runs(runs[str(p)]) for p in map(str, PROBES)},
            "qps_ratio_probe2": round(statistics.median(ratio), 3),
-           "qps_ratio_probe2_range": [round(min(ratio), 3), round(max(ratio), 3)]}
+           "qps_ratio_probe2_range": [round(min(ratio), 3), round(max(ratio), 3)],
+           "qps_ratio_probe2_c1": round(statistics.median(ratio1), 3),
+           "qps_ratio_probe2_c32": round(statistics.median(ratio32), 3)}
     out["recall_probe2"] = out["probes"]["2"]["recall_at_10"]
     reach = [p for p in PROBES if out["probes"][str(p)]["recall_at_10"] >= 0.95]
     out["probe_for_recall_0_95"] = reach[0] if reach else None

@@ -175,16 +175,22 @@ def _routing_lines(rt: dict) -> list[str]:
              f"Milvus server ({rt['index']}), {rt['centroids']} centroids, {rt['queries']} queries; recall@10 "
              "against exact search over all points. Hash and every probe measured side by side in alternating "
              "repeats (medians).", "",
-             "| set | routing | probe | shards visited | QPS c=8 | p50 ms c=1 | recall@10 |", "|---|---|---|---|---|---|---|"]
+             "Shard calls per query count the Milvus searches the ingress made (its coalescer merges concurrent "
+             "queries' searches of one shard into one call); router CPU is the bench process's (Milvus is another "
+             "process).", "",
+             "| set | routing | probe | shards visited | QPS c=1 | QPS c=8 | QPS c=32 | p50 ms c=1 | recall@10 "
+             "| shard calls / query c=8 | router CPU ms / query c=8 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, st in rt["sets"].items():
         rows = [("hash", "-", st["hash"])] + [("vector", p, r) for p, r in st["probes"].items()]
         for routing, probe, r in rows:
-            lines.append(f"| {label} | {routing} | {probe} | {r['shards_visited_mean']} | {r['qps_c8']} | "
-                         f"{r['p50_ms_c1']} | {r['recall_at_10']} |")
+            lines.append(f"| {label} | {routing} | {probe} | {r['shards_visited_mean']} | {r.get('qps_c1', '-')} | "
+                         f"{r['qps_c8']} | {r.get('qps_c32', '-')} | {r['p50_ms_c1']} | {r['recall_at_10']} | "
+                         f"{r.get('shard_calls_per_query_c8', '-')} | {r.get('router_cpu_ms_per_query_c8', '-')} |")
     for label, st in rt["sets"].items():
         lines.append("")
         lines.append(f"- {label}: probe 2 QPS / hash QPS **{st['qps_ratio_probe2']}** (range "
-                     f"{st['qps_ratio_probe2_range']}), recall@10 at probe 2 {st['recall_probe2']}; recall reaches "
+                     f"{st['qps_ratio_probe2_range']}; at c=1 {st.get('qps_ratio_probe2_c1', '-')}, at c=32 "
+                     f"{st.get('qps_ratio_probe2_c32', '-')}), recall@10 at probe 2 {st['recall_probe2']}; recall reaches "
                      f"0.95 at probe {st['probe_for_recall_0_95']}; rebalance {st['rebalance_s']} s "
                      f"({st['moved']:,} points moved, shard spread {st['spread']}).")
     k = rt["key"]
