@@ -103,6 +103,11 @@ class BatchSettings(Strict):
     enabled: bool = True
     window_ms: float = Field(default=0.0, ge=0, le=50)
     max_specs: int = Field(default=64, ge=1, le=4096)
+    # Group commit at each shard replica (shards.group_commit): concurrent searches from every caller (every ingress
+    # replica) share one Milvus search, so more ingress replicas do not mean smaller batches. Off: each call to the
+    # replica searches alone (to compare). Read when a replica's actor starts.
+    replica_enabled: bool = True
+    replica_max_vectors: int = Field(default=64, ge=1, le=4096)  # query vectors in one batch at a replica
 
 
 class ReplicationSettings(Strict):

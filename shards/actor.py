@@ -14,13 +14,17 @@ import ray
 
 from cluster.actor_options import replica_node, shard_actor_options
 from cluster.collection_spec import CollectionConfig
-from cluster.config import PlacementConfig
+from cluster.config import BatchSettings, PlacementConfig
 from cluster.errors import ShardUnavailable
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
 from shards.shard import Shard
 
 NAMESPACE = "prism"
+# Worker threads for searches, apart from the actor's other calls: a call waiting for the batch in flight (group
+# commit, shards.group_commit) holds its thread, so with the actor's 4 at most 3 callers could join one batch, and
+# writes and pings would wait behind them.
+SEARCH_THREADS = 16
 
 
 class PlacedShard(Shard):
@@ -29,10 +33,15 @@ class PlacedShard(Shard):
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    @ray.method(concurrency_group="search")
+    def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
+        return super().search_many(specs)
+
 
 # max_restarts=-1: a crashed replica comes back, reopens its persisted collections and is caught up by the
 # coordinator before it serves reads again. Tasks are not retried: the coordinator fails over instead.
-ShardActor = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1, max_task_retries=0)(PlacedShard)
+ShardActor = ray.remote(num_cpus=0, max_concurrency=4, concurrency_groups={"search": SEARCH_THREADS}, max_restarts=-1,
+                        max_task_retries=0)(PlacedShard)
 
 
 def actor_name(collection: str, shard: int, replica: int) -> str:
@@ -145,11 +154,12 @@ def actor_options(detached: bool, placement: PlacementConfig | None) -> dict[str
 
 
 def replica_client(config: CollectionConfig, s: int, r: int, spec: BackendSpec, opts: dict[str, Any],
-                    nodes: list[str]) -> RayShardClient:
+                   nodes: list[str], batching: BatchSettings | None = None) -> RayShardClient:
     """A client of replica r of shard s: its actor found by name, or started (placed on `nodes`)."""
     def spawn(nodes: list[str]) -> Any:
         return ShardActor.options(name=actor_name(config.name, s, r), **opts,
-                                  scheduling_strategy=placement_strategy(s, r, nodes)).remote(config, s, r, spec)
+                                  scheduling_strategy=placement_strategy(s, r, nodes)).remote(config, s, r, spec,
+                                                                                              batching)
 
     return RayShardClient(spawn(nodes), s, r, name=actor_name(config.name, s, r),
                           respawn=lambda: spawn(alive_nodes()))
@@ -157,12 +167,14 @@ def replica_client(config: CollectionConfig, s: int, r: int, spec: BackendSpec, 
 
 def start_ray_shards(config: CollectionConfig, specs: list[list[BackendSpec]], *, detached: bool = False,
                      create: bool = True, first_shard: int = 0,
-                     placement: PlacementConfig | None = None) -> list[list[RayShardClient]]:
+                     placement: PlacementConfig | None = None,
+                     batching: BatchSettings | None = None) -> list[list[RayShardClient]]:
     """Start (or find, by name) one actor per shard replica and open its collections.
 
-    `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
+    `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards). `batching`: the
+    replicas' group commit (read by an actor when it starts; one found by name keeps its own)."""
     opts, nodes = actor_options(detached, placement), alive_nodes()
-    clients = [[replica_client(config, first_shard + i, r, spec, opts, nodes) for r, spec in enumerate(row)]
+    clients = [[replica_client(config, first_shard + i, r, spec, opts, nodes, batching) for r, spec in enumerate(row)]
                for i, row in enumerate(specs)]
     if create:
         _create_all([c for row in clients for c in row])

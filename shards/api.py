@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from collections.abc import Hashable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from cluster.names import MAX_ID_LENGTH  # noqa: F401 - the id rule lives with the name rule
@@ -55,22 +54,6 @@ class StoredPoint:
 
     payload: dict[str, Any]
     vectors: dict[str, list[float]] = field(default_factory=dict)
-
-
-def group_key(spec: SearchSpec) -> Hashable:
-    """Specs with equal keys can share one Milvus search (same collection, limit, filter, params, consistency and
-    output fields)."""
-    params = tuple(sorted((spec.params or {}).items()))
-    return (spec.space, spec.limit, spec.expr, params, spec.consistency, spec.with_payload)
-
-
-def group_specs(specs: Sequence[SearchSpec]) -> list[list[int]]:
-    """Indexes of `specs` grouped by `group_key`, groups in order of first appearance."""
-    groups: dict[Hashable, list[int]] = {}
-    for i, spec in enumerate(specs):
-        groups.setdefault(group_key(spec), []).append(i)
-    return list(groups.values())
-
 
 
 @runtime_checkable

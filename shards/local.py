@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.collection_spec import CollectionConfig
-from cluster.config import MilvusConfig
+from cluster.config import BatchSettings, MilvusConfig
 from cluster.errors import ConfigError
 from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
@@ -110,14 +110,14 @@ class LocalShardClient:
 
 
 def local_shards(collection: CollectionConfig, specs: list[list[BackendSpec]], create: bool = True,
-                 first_shard: int = 0) -> list[list[LocalShardClient]]:
+                 first_shard: int = 0, batching: BatchSettings | None = None) -> list[list[LocalShardClient]]:
     """In-process shards: the Ray-free twin of `shards.actor.start_ray_shards`.
 
     `specs[i]` belongs to shard `first_shard + i` (resharding starts only the added shards)."""
     clients = []
     for i, row in enumerate(specs):
         s = first_shard + i
-        clients.append([LocalShardClient(Shard(collection, s, r, spec)) for r, spec in enumerate(row)])
+        clients.append([LocalShardClient(Shard(collection, s, r, spec, batching)) for r, spec in enumerate(row)])
     if create:
         targets = [c.target for row in clients for c in row]
         if all(t.spec.kind == "server" for t in targets):

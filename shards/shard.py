@@ -10,10 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cluster.collection_spec import CollectionConfig, check_index_support
+from cluster.config import BatchSettings
 from cluster.errors import BackendError, PrismError, SpaceNotFound, WriteRefused
-from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint, group_specs
+from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.digest import ReplicaDigest, row_hash
-from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend
+from shards.backend import (ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend,
+                            search_params)
+from shards.group_commit import GroupCommit, plan_groups, split_hits
 
 # A Milvus server that is down or restarting: a call is retried this many times, after these pauses, before the
 # replica reports the fault (the router then fails over, and its heal loop keeps probing with its own backoff).
@@ -46,7 +49,8 @@ def milvus_collection_name(collection: str, space: str, shard: int, replica: int
 class Shard:
     """Upsert, delete, get, count and search over one shard replica's collections."""
 
-    def __init__(self, config: CollectionConfig, shard: int, replica: int, spec: BackendSpec):
+    def __init__(self, config: CollectionConfig, shard: int, replica: int, spec: BackendSpec,
+                 batching: BatchSettings | None = None):
         self.config = config
         self.shard = shard
         self.replica = replica
@@ -63,6 +67,12 @@ class Shard:
         self._build_lock = threading.Lock()    # held for a full scan
         self._pending: list[tuple] | None = None  # writes landing during a scan, applied to it at its end
         self._spoiled = False
+        batching = batching or BatchSettings()
+        # Concurrent searches from every caller share Milvus searches (shards.group_commit); None: each call alone.
+        self.group_commit = GroupCommit(self._search_specs, max_vectors=batching.replica_max_vectors,
+                                        isolatable=_isolatable) if batching.replica_enabled else None
+        self._counts_lock = threading.Lock()
+        self.milvus_searches = 0  # Milvus search calls made by search_many
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def create(self, load_timeout_s: float | None = None) -> None:
@@ -269,16 +279,36 @@ class Shard:
         )
 
     def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
-        """Several single-vector searches in one call; compatible ones (same space, limit, filter, params and
-        consistency: several queries batched by the router) run as ONE Milvus search with nq > 1."""
+        """Several single-vector searches in one call; compatible ones (`shards.group_commit.plan_groups`) run as
+        ONE Milvus search with nq > 1, together with those of concurrent calls from other callers (group commit)."""
+        if self.group_commit is None:
+            return self._search_specs(specs)
+        return self.group_commit.submit(specs)
+
+    def search_counts(self) -> dict[str, int]:
+        """search_many calls answered, batches run (group commit; 0 when off) and Milvus searches made."""
+        gc = self.group_commit
+        return {"requests": gc.requests if gc else 0, "batches": gc.batches if gc else 0,
+                "milvus_searches": self.milvus_searches}
+
+    def _search_specs(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
+        """One Milvus search per group of compatible specs, each spec's hits cut to its own limit."""
+        self._ensure_open()
         out: list[list[ScoredId]] = [[] for _ in specs]
-        for idx in group_specs(specs):
-            s = specs[idx[0]]
-            hits = self.search(s.space, [specs[i].vector for i in idx], s.limit, s.expr, s.params, s.consistency,
-                               s.with_payload)
-            for i, h in zip(idx, hits):
-                out[i] = h
+        for group in plan_groups(specs, self._resolved_params):
+            s = specs[group.indexes[0]]
+            with self._counts_lock:
+                self.milvus_searches += 1
+            hits = self._call(self.backend.search, self._name(s.space), self.config.spaces[s.space],
+                              [specs[i].vector for i in group.indexes], group.limit, s.expr, group.params,
+                              s.consistency, s.with_payload)
+            split_hits(specs, group, hits, out)
         return out
+
+    def _resolved_params(self, spec: SearchSpec) -> dict[str, Any]:
+        """The search parameters Milvus gets for `spec` alone (defaults for its index at its limit, its overrides)."""
+        self._name(spec.space)  # an unknown space is SpaceNotFound, not a KeyError
+        return search_params(self.config.spaces[spec.space].index, spec.limit, spec.params)
 
     def get(self, ids: Sequence[str], with_vectors: Sequence[str] = ()) -> dict[str, StoredPoint]:
         """Payload (and vectors of the named spaces) of the ids held here."""
@@ -389,3 +419,11 @@ class Shard:
                                        f"unreachable ({1 + len(RETRY_PAUSES_S)} tries): {exc}") from exc
                 raise BackendError(f"shard {self.shard} replica {self.replica}: {exc}") from exc
 
+
+
+def _isolatable(exc: BaseException) -> bool:
+    """A failed batch may be one call's fault unless Milvus itself was down or still loading (asking it again per
+    call would only multiply the retries)."""
+    cause = exc.__cause__
+    return not (isinstance(exc, BackendError) and cause is not None and not isinstance(cause, PrismError)
+                and milvus_fault(cause) is not None)

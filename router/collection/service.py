@@ -53,7 +53,8 @@ class PrismService:
         self.encode = EmbeddingCache(encode, self.embeddings) if encode is not None else None
         self.observe_stage = observe_stage
         self.server_uri = server_uri
-        self.start_shards = start_shards or local_shards
+        self.start_shards = start_shards or (lambda c, specs, create=True, first_shard=0: local_shards(
+            c, specs, create=create, first_shard=first_shard, batching=config.batching))
         self.stop_shards = stop_shards or stop_local_shards
         # Sequencers (router.replication.sequencer) order each shard's writes outside this process, so that several ingress
         # replicas can write and an ingress restart loses nothing; without them this process orders the writes.

@@ -2,14 +2,17 @@
 
 On a Milvus server a search call's cost is mostly fixed (measured on the bundled 2.3: nq=1 4.1 ms, nq=16 15.3 ms,
 i.e. 4.3x the throughput per vector), so concurrent queries to the same shard are sent as ONE `search_many` call,
-which the shard runs as one Milvus search per group of compatible specs (`shards.api.group_specs`). The coalescer is a group
-commit: a lone query goes at once; queries that arrive while a call to the shard is in flight wait for it and then
-go together (up to `max_specs`), optionally after a short `window_s` to gather more. No clock here: waiting is the
+which the shard runs as one Milvus search per group of compatible specs (`shards.group_commit.plan_groups`). The
+coalescer is a group commit: a lone query goes at once; queries that arrive while a call to the shard is in flight
+wait for it and then go together (up to `max_specs`), optionally after a short `window_s` to gather more. No clock here: waiting is the
 in-flight call itself, or the injected sleep for the window.
 
 A batch that fails is split in halves and each half sent again (down to single requests), so a request the shard
 cannot run fails alone instead of failing the queries that happened to be batched with it; a shard that timed
 out or is unavailable is not asked again (every request of the batch gets that answer).
+
+This batches one ingress replica's queries; the shard replica batches again the calls of every ingress replica
+(`shards.group_commit`), so more ingress replicas do not mean smaller Milvus searches.
 """
 from __future__ import annotations
 
@@ -19,19 +22,9 @@ from typing import Any
 
 from cluster.errors import ShardUnavailable
 from shards.api import ScoredId, SearchSpec
+from shards.group_commit import take
 
 Send = Callable[[list[SearchSpec]], Awaitable[list[list[ScoredId]]]]
-
-
-def take(sizes: Sequence[int], max_specs: int) -> int:
-    """How many queued requests (of `sizes` specs each, oldest first) go in the next call: as many as fit in
-    `max_specs`, and always at least one (a request larger than the bound goes alone)."""
-    n, total = 0, 0
-    for size in sizes:
-        if n and total + size > max_specs:
-            break
-        n, total = n + 1, total + size
-    return n
 
 
 class Coalescer:

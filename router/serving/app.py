@@ -175,7 +175,8 @@ class Ingress:
             cfg, encode=self._encode, encode_images=self._encode_images, server_uri=server_uri,
             encoders={st["name"]: st for st in statuses},
             start_shards=lambda c, specs, create=True, first_shard=0: start_ray_shards(
-                c, specs, detached=True, create=create, first_shard=first_shard, placement=cfg.placement),
+                c, specs, detached=True, create=create, first_shard=first_shard, placement=cfg.placement,
+                batching=cfg.batching),
             stop_shards=stop_ray_shards,
             start_sequencers=lambda c, specs, first_shard=0: start_ray_sequencers(
                 c, specs, cfg.data_path, timeout_s=cfg.shard_timeout_s, detached=True, first_shard=first_shard,

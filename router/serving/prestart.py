@@ -26,7 +26,8 @@ def prestart_catalog(cfg: ClusterConfig, server_uri: str | None) -> None:
             if entry is None:
                 continue
             specs = replica_specs(entry.config, cfg.milvus, cfg.data_path, server_uri)
-            start_ray_shards(entry.config, specs, detached=True, create=False, placement=cfg.placement)
+            start_ray_shards(entry.config, specs, detached=True, create=False, placement=cfg.placement,
+                             batching=cfg.batching)
             launch_ray_sequencers(entry.config, specs, cfg.data_path, timeout_s=cfg.shard_timeout_s, detached=True,
                                   placement=cfg.placement, replication=cfg.replication)
     except Exception as exc:  # noqa: BLE001 - the open that follows reports it

@@ -2,17 +2,11 @@
 import asyncio
 
 from router.replication.batching import Coalescer, take
-from shards.api import ScoredId, SearchSpec, group_specs
+from shards.api import ScoredId, SearchSpec
 
 
 def spec(space="v", limit=5, expr=None, params=None, consistency="bounded", x=0.0):
     return SearchSpec(space, [x, 1.0], limit, expr, params, consistency)
-
-
-def test_group_specs_by_everything_milvus_needs_equal():
-    specs = [spec(), spec(x=1), spec(limit=6), spec(expr="a"), spec(params={"ef": 64}), spec(params={"ef": 64}),
-             spec(space="w"), spec(consistency="strong"), spec(x=2)]
-    assert group_specs(specs) == [[0, 1, 8], [2], [3], [4, 5], [6], [7]]
 
 
 def test_take_fills_up_to_the_bound_and_never_starves():
