@@ -66,12 +66,13 @@ async def indexed(svc, name: str) -> None:
 
 
 def calls(coord) -> int:
-    return sum(sh.batch_counts()[0] for sh in coord.shards)
+    """Milvus searches made so far by the collection's shard replicas (in process: each client's Shard counts)."""
+    return sum(c.target.search_counts()["milvus_searches"] for sh in coord.shards for c in sh.clients)
 
 
 async def profiled(coord, reqs, concurrency: int) -> tuple[list[float], float, dict]:
-    """One run at `concurrency`, with what it cost: shard calls per query (the ingress coalescer merges concurrent
-    queries' searches of a shard into one call) and the router process's CPU per query (Milvus is another process)."""
+    """One run at `concurrency`, with what it cost: Milvus searches per query (the ingress coalescer and the replica's
+    group commit merge concurrent queries' searches of a shard into one) and the router process's CPU per query (Milvus is another process)."""
     c0, r0 = calls(coord), resource.getrusage(resource.RUSAGE_SELF)
     lat, qps = await run_concurrent(coord, reqs, concurrency)
     r1 = resource.getrusage(resource.RUSAGE_SELF)

@@ -175,8 +175,8 @@ def _routing_lines(rt: dict) -> list[str]:
              f"Milvus server ({rt['index']}), {rt['centroids']} centroids, {rt['queries']} queries; recall@10 "
              "against exact search over all points. Hash and every probe measured side by side in alternating "
              "repeats (medians).", "",
-             "Shard calls per query count the Milvus searches the ingress made (its coalescer merges concurrent "
-             "queries' searches of one shard into one call); router CPU is the bench process's (Milvus is another "
+             "Shard calls per query count the Milvus searches the shards made (the ingress coalescer and the "
+             "replica's group commit merge concurrent queries' searches of one shard into one); router CPU is the bench process's (Milvus is another "
              "process).", "",
              "| set | routing | probe | shards visited | QPS c=1 | QPS c=8 | QPS c=32 | p50 ms c=1 | recall@10 "
              "| shard calls / query c=8 | router CPU ms / query c=8 |", "|---|---|---|---|---|---|---|---|---|---|---|"]

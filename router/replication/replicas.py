@@ -121,11 +121,6 @@ class ReplicatedShard(Repairs):
             raise ShardUnavailable(f"shard {self.shard}: no answer within the budget ({budget_s * 1000:.0f} ms)",
                                    shards=[self.shard], cause="timeout") from None
 
-    def batch_counts(self) -> tuple[int, int]:
-        """(shard calls made, searches submitted) by this copy's coalescers so far: how well batching merges."""
-        cos = list(self._coalescers.values())
-        return sum(c.calls for c in cos), sum(c.requests for c in cos)
-
     def within(self, specs: list[SearchSpec], budget_s: float | None, index_types: dict[str, str]) -> list[SearchSpec]:
         """`specs` with ef/nprobe chosen for this shard from the budget and its preferred replica's latency."""
         order = self.state.read_order()
