@@ -216,6 +216,10 @@ class ClusterConfig(Strict):
     # second round trip to the owning shards. 0: always hydrate.
     inline_payload_max: int = Field(default=256, ge=0, le=100_000)
     hedge_reads: bool = True  # replicas >= 2: a read slower than the replica's p95 also goes to the next replica
+    # replicas >= 2: spread = each read to the replica with the least (outstanding x latency EWMA) of two drawn at
+    # random; sticky = every read of a shard to one preferred replica (the others fail over). Failover, hedging and
+    # which replicas are readable are the same in both (router/replication/selection.py).
+    read_replicas: Literal["spread", "sticky"] = "spread"
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1024)
     # The largest gRPC request message (bytes). Serve's gRPC servers read it from RAY_SERVE_GRPC_MAX_MESSAGE_SIZE,
     # which `prism up` sets from here (Kubernetes: the pods' env); the ingress also refuses larger ones itself.

@@ -87,12 +87,12 @@ class Coordinator:
                      timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
                      observe: Callable[[int, float], None] | None = None, batching: Any = None,
                      hedge: bool = True, sequencers: Sequence[Any] | None = None, poll_sequencer: bool = True,
-                     **kw: Any) -> "Coordinator":
+                     read_replicas: str = "spread", **kw: Any) -> "Coordinator":
         """A coordinator over fresh replica sets: `clients[s]` are shard s's replicas; `sequencers[s]`, if given,
         orders shard s's writes (router.replication.sequencer) instead of this coordinator."""
         return cls(config, replicate(config, clients, timeout_s=timeout_s, clock=clock, observe=observe,
                                      batching=batching, hedge=hedge, sequencers=sequencers,
-                                     poll_sequencer=poll_sequencer), **kw)
+                                     poll_sequencer=poll_sequencer, read_replicas=read_replicas), **kw)
 
     def resized(self, config: CollectionConfig, shards: Sequence[ReplicatedShard]) -> "Coordinator":
         """The same collection over another shard layout, with this one's encoders, images and filters."""

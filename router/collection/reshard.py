@@ -85,7 +85,7 @@ async def reshard(old: Coordinator, config: CollectionConfig, *,
     tmpl = old.shards[0]
     added = replicate(config, added_clients, first_shard=n_old, timeout_s=tmpl.timeout_s, clock=tmpl.state.clock,
                       observe=tmpl.observe, batching=tmpl.batching, hedge=tmpl.hedge, sequencers=added_seqs,
-                      poll_sequencer=tmpl.poll_sequencer)
+                      poll_sequencer=tmpl.poll_sequencer, read_replicas=tmpl.state.read_replicas)
     new = old.resized(config, old.shards[:n_new] + added)
     old.paused = f"resharding to {n_new} shards"
     copied: dict[int, list[str]] = {}

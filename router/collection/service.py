@@ -96,7 +96,7 @@ class PrismService:
         coord = Coordinator.from_clients(
             cfg, clients, sequencers=sequencers,
             poll_sequencer=self.config.ingress_replicas > 1 or self.config.ingress_max_replicas is not None, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
-            batching=self.config.batching, hedge=self.config.hedge_reads,
+            batching=self.config.batching, hedge=self.config.hedge_reads, read_replicas=self.config.read_replicas,
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,
             budget_ms=self.config.query_budget_ms, inline_payload_max=self.config.inline_payload_max,

@@ -4,13 +4,15 @@ health, applied sequence numbers, write quorum and agreement (anti-entropy's ver
 A replica is *readable* when it has applied every acknowledged write of its shard (applied_seq >= committed; a
 write still in flight, or one that missed its quorum, does not make the others unreadable) and
 *healthy* unless it failed `fail_threshold` calls in a row (or its actor died). Reads go to healthy readable
-replicas in a stable ring order (so caches stay warm), demoting a replica whose latency EWMA is far above the
-best one; a replica not yet compared since it restarted, or known to differ from the others, comes after them,
-and a dead-but-readable replica is tried only as a last resort. Writes go to the healthy replicas that have
+replicas that agree with the others, spread over them by load (`read_replicas="spread"`: the policy in
+`router.replication.selection`) or in a stable ring order (`"sticky"`: caches stay warm, a replica whose latency
+EWMA is far above the best one demoted); a replica not yet compared since it restarted, or known to differ from the
+others, comes after them, and a dead-but-readable replica is tried only as a last resort. Writes go to the healthy replicas that have
 applied every write issued so far, and are acknowledged at the write quorum.
 """
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from cluster.errors import ConfigError
 from cluster.ring import HashRing
+from router.replication.selection import Load, check_policy, spread
 
 HEDGE_SAMPLES = 64      # latencies kept per replica for its p95
 HEDGE_MIN_SAMPLES = 10  # no hedging before a replica's p95 means something
@@ -57,6 +60,7 @@ class ReplicaState:
     agreement: str = ""
     checked_at: float | None = None   # wall-clock time of the last comparison that found it equal
     incarnation: str | int | None = None
+    outstanding: int = 0      # this ingress's reads sent to it and not yet answered (queued in its batch too)
 
     def state(self, committed: int, latest: int | None = None) -> str:
         """`latest`: the most any replica of the shard has applied (a replica below it lacks a write that
@@ -84,16 +88,21 @@ class ReplicaSet:
     committed: int = 0    # last write acknowledged at quorum
     states: list[ReplicaState] = field(default_factory=list)
     preference: list[int] = field(default_factory=list)
+    read_replicas: str = "spread"   # router.replication.selection: "spread" over the replicas by load, "sticky"
+    rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
+        check_policy(self.read_replicas)
         self.states = [ReplicaState(r) for r in range(self.replicas)]
         # A stable per-shard preference from the ring: every coordinator sends this shard's reads to the same
         # first replica, so its caches stay warm.
         self.preference = [int(r) for r in HashRing(range(self.replicas)).preference(self.key or f"shard-{self.shard}")]
 
     # -- reads -------------------------------------------------------------------------------------------------
-    def read_order(self) -> list[int]:
-        """Healthy readable replicas (slow ones demoted, unverified ones after), then dead-but-readable ones."""
+    def read_order(self, prefer: int | None = None) -> list[int]:
+        """Healthy readable replicas (spread: the one chosen by load first; sticky: ring order, slow ones demoted;
+        unverified ones after), then dead-but-readable ones. `prefer`: a replica chosen earlier (a batch formed
+        for it) goes first while it is still among the healthy agreeing ones."""
         readable = [r for r in self.preference if self.states[r].applied_seq >= self.committed]
         healthy = [r for r in readable if self.states[r].healthy]
         best = min((self.states[r].ewma_ms for r in healthy if self.states[r].ewma_ms is not None), default=None)
@@ -107,8 +116,17 @@ class ReplicaSet:
         # applied (below quorum, being replayed) answers only when no agreeing one can; a dead one last.
         latest = self.latest()
         agreeing = [r for r in ordered if not self.states[r].agreement and self.states[r].applied_seq >= latest]
+        if self.read_replicas == "spread":
+            if prefer in agreeing:
+                agreeing = [prefer] + [r for r in agreeing if r != prefer]
+            else:
+                agreeing = spread(agreeing, [self.load(r) for r in agreeing], self.rng)
         return agreeing + [r for r in ordered if r not in agreeing] + \
             [r for r in readable if not self.states[r].healthy]
+
+    def load(self, replica: int) -> Load:
+        st = self.states[replica]
+        return Load(st.outstanding, st.ewma_ms)
 
     def latest(self) -> int:
         """The most any replica has applied. Applied seqs are recorded once a write has ended on every target,

@@ -1,13 +1,13 @@
-"""One shard's replicas behind one read/write interface (`ReplicatedShard`): read failover, hedged reads past a
-replica's p95, searches batched across concurrent queries, sequenced quorum writes, the operation log, heal, and
-anti-entropy. What it knows of each replica is a `router.replication.replica_set.ReplicaSet`; how replicas are brought back in
-step is `router.replication.repair`.
+"""One shard's replicas behind one read/write interface (`ReplicatedShard`): sequenced quorum writes, the operation
+log, heal, and anti-entropy. What it knows of each replica is a `router.replication.replica_set.ReplicaSet`; how
+reads reach the replicas (spread by load, failover, hedging, batching) is `router.replication.reads`; how replicas
+are brought back in step is `router.replication.repair`.
 """
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
+import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,15 +16,14 @@ from typing import Any, TypeVar
 
 from cluster.collection_spec import CollectionConfig
 from cluster.config import BatchSettings
-from cluster.errors import InvalidRequest, ShardUnavailable, SpaceNotFound, describe
-from router.replication.batching import Coalescer
-from router.filters.plan import adapt_params
+from cluster.errors import ShardUnavailable, describe
 from router.replication.oplog import LoggedOp, OpLog
+from router.replication.reads import Reads
 from router.replication.repair import REFUSALS, RESYNC_BATCH, Repairs, apply_op  # noqa: F401 - RESYNC_BATCH: re-exported
 from router.replication.replica_set import (  # noqa: F401 - re-exported: callers import them from here
     FAIL_THRESHOLD, PROBE_INTERVAL_S, ReplicaSet, ReplicaState, quorum,
 )
-from shards.api import PointRow, ScoredId, SearchSpec, ShardApi
+from shards.api import PointRow, ShardApi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,8 +36,6 @@ HEAL_PING_TIMEOUT_S = 2.0
 # died left on some replicas only is replayed by a heal pass.
 SEQUENCER_POLL_S = 5.0
 SEQUENCER_RETRY_PAUSE_S = 0.05  # first pause before a write is sent again to a sequencer that did not answer
-# Errors that describe the request, not the replica: they propagate instead of triggering failover.
-REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
 
 
 @dataclass(frozen=True)
@@ -59,14 +56,16 @@ class ShardView:
     repairs: int = 0                              # ids repaired by anti-entropy, ever
 
 
-class ReplicatedShard(Repairs):
+class ReplicatedShard(Reads, Repairs):
     """The replicas of one shard behind one read/write interface; the router never picks a replica itself."""
 
     def __init__(self, shard: int, clients: Sequence[ShardApi], *, key: str = "", write_quorum: str | int = "majority",
                  timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
                  observe: Callable[[int, float], None] | None = None, batching: BatchSettings | None = None,
-                 hedge: bool = True, journal: Any | None = None, sequencer: Any | None = None):
-        """`journal` (router.replication.sequencer.Journal): persist the sequence numbers, the log and what each replica
+                 hedge: bool = True, journal: Any | None = None, sequencer: Any | None = None,
+                 read_replicas: str = "spread", rng: random.Random | None = None):
+        """`read_replicas`: "spread" reads over the replicas by load (`rng` draws the choices), "sticky" to one
+        preferred replica (router.replication.selection). `journal` (router.replication.sequencer.Journal): persist the sequence numbers, the log and what each replica
         applied, and start from what it holds (this object is then a shard's sequencer). `sequencer`: send writes
         and heal passes to the shard's sequencer instead of ordering them here (this object is then one of any
         number of ingress copies; its replica view follows the sequencer's answers)."""
@@ -75,7 +74,8 @@ class ReplicatedShard(Repairs):
         self.hedge = hedge and len(clients) > 1  # hedged reads need a second replica
         self.hedged = 0  # reads that went to a second replica because the first was slower than its p95
         self.clients = list(clients)
-        self.state = ReplicaSet(shard, len(self.clients), key=key, clock=clock)
+        self.state = ReplicaSet(shard, len(self.clients), key=key, clock=clock, read_replicas=read_replicas,
+                                rng=rng or random.Random())
         self.quorum = quorum(write_quorum, len(self.clients))
         self.timeout_s = timeout_s
         self.observe = observe
@@ -98,124 +98,11 @@ class ReplicatedShard(Repairs):
             self.log = journal.load(self.state)
             self.epoch = journal.epoch
         self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    async def search(self, specs: Sequence[SearchSpec], budget_s: float | None = None) -> list[list[ScoredId]]:
-        """`specs` on one replica (failover as for any read); batched with concurrent queries when enabled.
-        `budget_s`: how long this caller waits at most (ShardUnavailable with cause "timeout" after)."""
-        b = self.batching
-        if b is None or not b.enabled:
-            call = self.read(lambda c: c.search_many(specs), timed=True, timeout_s=budget_s)
-        else:
-            co = self._coalescers.get(asyncio.get_running_loop())
-            if co is None:
-                co = Coalescer(lambda flat: self.read(lambda c: c.search_many(flat), timed=True),
-                               max_specs=b.max_specs, window_s=b.window_ms / 1000)
-                self._coalescers[asyncio.get_running_loop()] = co
-            call = co.submit(specs)
-        if budget_s is None:
-            return await call
-        try:
-            return await asyncio.wait_for(call, budget_s)
-        except asyncio.TimeoutError:
-            raise ShardUnavailable(f"shard {self.shard}: no answer within the budget ({budget_s * 1000:.0f} ms)",
-                                   shards=[self.shard], cause="timeout") from None
-
-    def within(self, specs: list[SearchSpec], budget_s: float | None, index_types: dict[str, str]) -> list[SearchSpec]:
-        """`specs` with ef/nprobe chosen for this shard from the budget and its preferred replica's latency."""
-        order = self.state.read_order()
-        observed = self.state.states[order[0]].ewma_ms if order else None
-        budget_ms = None if budget_s is None else budget_s * 1000
-        out = []
-        for s in specs:
-            p = adapt_params(index_types[s.space], s.limit, budget_ms, observed, s.params)
-            out.append(s if p is None else dataclasses.replace(s, params=p))
-        return out
+        self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {replica: Coalescer}
 
     def _lock(self) -> asyncio.Lock:
         """Per event loop: this shard's writes and replays apply in sequence order."""
         return self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-
-    # -- reads -------------------------------------------------------------------------------------------------
-    async def read(self, op: Callable[[ShardApi], Awaitable[T]], *, timed: bool = False,
-                   timeout_s: float | None = None) -> T:
-        """`op` on the replicas in ring/health order, failing over within this call. `timed` feeds `observe`."""
-        rs = self.state
-        order = rs.read_order()
-        if not order:
-            raise ShardUnavailable(f"shard {self.shard} unavailable: no replica has caught up with its writes",
-                                   shards=[self.shard])
-        limit = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
-        reasons, causes = [], set()
-        if self.hedge and len(order) > 1 and (after := rs.hedge_after_s(order[0])) is not None:
-            answered, got = await self._hedged(op, order, after, limit, timed, reasons, causes)
-            if answered:
-                return got
-            order = got  # both hedged replicas failed: the rest, in order
-        for r in order:
-            t0 = time.perf_counter()
-            try:
-                result = await asyncio.wait_for(op(self.clients[r]), limit)
-            except REQUEST_ERRORS:
-                raise
-            except asyncio.TimeoutError:
-                reason = f"replica {r}: no answer within {limit:g}s"
-                rs.on_failure(r, reason)
-                causes.add("timeout")
-            except ShardUnavailable as exc:  # the actor is gone: dead at once
-                reason = f"replica {r}: {exc.message}"
-                rs.on_failure(r, reason, fatal=True)
-                causes.add("unavailable")
-            except Exception as exc:  # noqa: BLE001 - any replica fault means: try the next one
-                reason = f"replica {r}: {describe(exc)}"
-                rs.on_failure(r, reason)
-                causes.add("error")
-            else:
-                elapsed = time.perf_counter() - t0
-                rs.on_success(r, elapsed)
-                if timed and self.observe is not None:
-                    self.observe(self.shard, elapsed)
-                return result
-            reasons.append(reason)
-        cause = causes.pop() if len(causes) == 1 else "error"
-        raise ShardUnavailable(f"shard {self.shard} unavailable: " + "; ".join(reasons), shards=[self.shard],
-                               cause=cause)
-
-    async def _hedged(self, op: Callable[[ShardApi], Awaitable[T]], order: list[int], after: float, limit: float,
-                      timed: bool, reasons: list[str], causes: set[str]) -> tuple[bool, Any]:
-        """Read from the preferred replica; if it has not answered within its p95, from the next one as well: the
-        first answer wins and the other call is cancelled. Returns (True, answer) or (False, replicas left to try)."""
-        rs, t0 = self.state, time.perf_counter()
-        running = {asyncio.ensure_future(asyncio.wait_for(op(self.clients[order[0]]), limit)): order[0]}
-        done, _ = await asyncio.wait(running, timeout=after)
-        if not done:
-            self.hedged += 1
-            running[asyncio.ensure_future(asyncio.wait_for(op(self.clients[order[1]]), limit))] = order[1]
-        pending = set(running)
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    r, exc = running[task], task.exception()
-                    if exc is None:
-                        for slow in [running[t] for t in pending]:  # the loser was at least this slow
-                            rs.observe_latency(slow, time.perf_counter() - t0)
-                        rs.on_success(r, time.perf_counter() - t0)
-                        if timed and self.observe is not None:
-                            self.observe(self.shard, time.perf_counter() - t0)
-                        return True, task.result()
-                    if isinstance(exc, REQUEST_ERRORS):
-                        raise exc
-                    cause = ("timeout" if isinstance(exc, asyncio.TimeoutError) else
-                             "unavailable" if isinstance(exc, ShardUnavailable) else "error")
-                    reason = f"replica {r}: {describe(exc) if cause != 'timeout' else f'no answer within {limit:g}s'}"
-                    rs.on_failure(r, reason, fatal=cause == "unavailable")
-                    reasons.append(reason)
-                    causes.add(cause)
-        finally:
-            for task in pending:
-                task.cancel()
-        return False, [r for r in order if r not in running.values()]
 
     # -- writes ------------------------------------------------------------------------------------------------
     async def upsert(self, rows: Sequence[PointRow], wait: bool = True) -> list[int]:
@@ -430,7 +317,8 @@ def replicate(config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *
               timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
               observe: Callable[[int, float], None] | None = None,
               batching: BatchSettings | None = None, hedge: bool = True,
-              sequencers: Sequence[Any] | None = None, poll_sequencer: bool = True) -> list[ReplicatedShard]:
+              sequencers: Sequence[Any] | None = None, poll_sequencer: bool = True,
+              read_replicas: str = "spread") -> list[ReplicatedShard]:
     """One ReplicatedShard per row of clients; `clients[i]` are the replicas of shard `first_shard + i`.
     `sequencers[i]`: shard `first_shard + i`'s sequencer (router.replication.sequencer); its current view is adopted at once,
     so a new ingress never reads from a replica the sequencer knows is behind. `poll_sequencer=False`: this is
@@ -440,7 +328,7 @@ def replicate(config: CollectionConfig, clients: Sequence[Sequence[ShardApi]], *
         seq = sequencers[i] if sequencers is not None else None
         sh = ReplicatedShard(first_shard + i, row, key=f"{config.name}/{first_shard + i}",
                              write_quorum=config.write_quorum, timeout_s=timeout_s, clock=clock, observe=observe,
-                             batching=batching, hedge=hedge, sequencer=seq)
+                             batching=batching, hedge=hedge, sequencer=seq, read_replicas=read_replicas)
         if seq is not None:
             sh.adopt(seq.initial)
             sh.poll_sequencer = poll_sequencer

@@ -54,7 +54,7 @@ def test_batched_answers_equal_unbatched_ones(milvus_backend, tmp_path, index):
             assert [h.id for h in a.hits] == [h.id for h in b.hits]
             np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=1e-5)
             assert not b.partial
-        cos = [co for sh in batched.shards for co in sh._coalescers.values()]
+        cos = [co for sh in batched.shards for co in sh.coalescers()]
         assert sum(co.requests for co in cos) == 32 * 2  # every query asked both shards once
         assert sum(co.calls for co in cos) < 32 * 2      # ...in fewer shard calls: they were batched
     finally:

@@ -93,7 +93,7 @@ def test_a_slow_preferred_replica_does_not_slow_the_answer(tmp_path):
                            spaces={"v": {"dim": DIM, "index": {"type": "FLAT"}}})
     clients = slow_shards(cfg, tmp_path)
     try:
-        coord = Coordinator.from_clients(cfg, clients)
+        coord = Coordinator.from_clients(cfg, clients, read_replicas="sticky")  # spread would avoid the slow one
         vecs = np.random.default_rng(1).standard_normal((50, DIM))
         asyncio.run(coord.upsert([Point(id=f"p{i}", vectors={"v": vecs[i].tolist()}) for i in range(50)]))
         req = QueryRequest(prefetch=[{"space": "v", "vector": vecs[3].tolist()}], fusion={"method": "none"}, limit=3)

@@ -19,9 +19,9 @@ def test_quorum_settings():
             quorum(bad, 3)
 
 
-def test_stable_ring_preference():
-    a, _ = make()
-    b, _ = make()
+def test_sticky_reads_keep_the_stable_ring_preference():
+    a, _ = make(read_replicas="sticky")
+    b, _ = make(read_replicas="sticky")
     assert a.read_order() == b.read_order() == a.preference
     assert sorted(a.preference) == [0, 1, 2]
     others = {tuple(ReplicaSet(s, 3).preference) for s in range(20)}
@@ -29,7 +29,7 @@ def test_stable_ring_preference():
 
 
 def test_failures_demote_then_kill_and_probe_timing():
-    rs, clock = make()
+    rs, clock = make(read_replicas="sticky")  # one preferred replica: its demotion and return are visible
     first = rs.read_order()[0]
     rs.on_failure(first, "timeout")
     assert rs.read_order()[0] == first  # one failure is not death

@@ -119,10 +119,10 @@ def row(i):
     return PointRow(id=f"p{i}", payload={"i": i}, vectors={"v": [float(i), 0.0]})
 
 
-def make(n=3, quorum="majority"):
+def make(n=3, quorum="majority", **kw):
     clock = FakeClock(1000.0)
     clients = [MemShard(0, r) for r in range(n)]
-    return ReplicatedShard(0, clients, key="t/0", write_quorum=quorum, clock=clock), clients, clock
+    return ReplicatedShard(0, clients, key="t/0", write_quorum=quorum, clock=clock, **kw), clients, clock
 
 
 def run(coro):
@@ -152,7 +152,7 @@ def test_a_write_refused_as_bad_request_never_enters_the_log():
 
 
 def test_reads_fail_over_and_a_dead_replica_is_probed_only_after_its_interval():
-    rs, clients, clock = make()
+    rs, clients, clock = make(read_replicas="sticky")  # the first replica in order is the one read first
     run(rs.upsert([row(i) for i in range(5)]))
     first = rs.state.read_order()[0]
     clients[first].fail = ShardUnavailable("gone")
@@ -211,7 +211,7 @@ def test_request_errors_on_reads_propagate_without_failover():
 
 
 def test_a_read_slower_than_the_preferred_replicas_p95_is_hedged_to_the_next():
-    rs, clients, _ = make(n=2)
+    rs, clients, _ = make(n=2, read_replicas="sticky")  # spread would send the read to the fast one: no hedge
     run(rs.upsert([row(i) for i in range(3)]))
     for _ in range(12):  # enough reads for a p95
         run(rs.read(lambda c: c.ids()))
@@ -518,7 +518,7 @@ def test_a_replica_missing_a_write_another_applied_is_neither_live_nor_read_firs
     so replica 1 still holds every acknowledged write, but the two differ until the heal pass replays it. Meanwhile
     replica 1 must not show as live, and reads must go to the replica holding the write while it answers (here
     replica 1 is the preferred one: it was read first before)."""
-    rs, clients, _ = make(n=2, quorum="majority")
+    rs, clients, _ = make(n=2, quorum="majority", read_replicas="sticky")
     run(rs.upsert([row(1)]))
     first, other = rs.state.preference
     clients[first].fail = ConnectionError("a blip: this write only")
