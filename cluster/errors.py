@@ -10,7 +10,8 @@
     │   └── UnsupportedMediaType    415: a JSON body not labelled application/json
     ├── CollectionNotFound          404
     ├── SpaceNotFound               404: unknown named vector space
-    ├── CollectionExists            409
+    ├── CollectionExists            409: the name is taken (by a collection or an alias)
+    ├── CollectionAliased           409: a collection an alias points to cannot be deleted
     ├── ShardUnavailable            503: a shard (all of its replicas) did not answer
     ├── ModelUnavailable            503: an encoder's weights are missing
     ├── MetadataUnavailable         503: a filter needs Elasticsearch and none is configured
@@ -113,6 +114,11 @@ class PointNotFound(PrismError):
 class CollectionExists(PrismError):
     status = 409
     code = "collection_exists"
+
+
+class CollectionAliased(PrismError):
+    status = 409
+    code = "collection_aliased"
 
 
 class ShardUnavailable(PrismError):

@@ -13,6 +13,10 @@ Paths are built only from names that pass the name rule (cluster.names), so no r
 elsewhere (`../x`, an absolute path); files whose stem is not a valid name, or that hold another collection's
 config, are not prism's and are ignored. `create` never takes over a file that is there (another ingress made the
 collection meanwhile, or something prism did not write): a 409. Pure: file I/O only.
+
+Aliases (router.collection.aliases) live in one file, `catalog/.aliases.json` (`{"version", "aliases": {alias:
+collection}}`), changed under the same lock, so an alias and a collection can never take one name between two
+ingress replicas; readers notice a switch the way they notice a collection change, by the file's stat.
 """
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ from pathlib import Path
 from cluster.collection_spec import CollectionConfig
 from cluster.errors import CollectionExists, CollectionNotFound
 from cluster.names import check_name, name_problem
+from router.collection.aliases import check_alias, check_collection_name
 
 META = "_catalog"
+ALIASES = ".aliases.json"  # not a valid collection name: names() never lists it
 
 log = logging.getLogger("prism.catalog")
 
@@ -53,6 +59,7 @@ class Catalog:
     def __init__(self, directory: str | os.PathLike):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._aliases: tuple[Stamp | None, int, dict[str, str]] = (None, 0, {})  # (stamp, version, map) last read
 
     def path(self, name: str) -> Path:
         return self.dir / f"{check_name(name)}.json"
@@ -107,6 +114,7 @@ class Catalog:
         with self._locked():
             if self.path(config.name).exists():
                 raise CollectionExists(f"collection {config.name!r} already exists")
+            check_collection_name(config.name, self._read_aliases()[1])
             twin = next((n for n in self.names() if n.lower() == config.name.lower()), None)
             if twin is not None:
                 raise CollectionExists(f"collection {twin!r} exists; names may not differ only in case "
@@ -122,6 +130,7 @@ class Catalog:
             current = self.read(config.name)
             if current is not None:
                 return current
+            check_collection_name(config.name, self._read_aliases()[1])
             entry = Entry(config, 1)
             self._write(entry)
             return entry
@@ -139,3 +148,52 @@ class Catalog:
     def delete(self, name: str) -> None:
         with self._locked():
             self.path(name).unlink(missing_ok=True)
+
+    # -- aliases ---------------------------------------------------------------------------------------------------
+    def _read_aliases(self) -> tuple[int, dict[str, str]]:
+        """(version, {alias: collection}) as the file holds them now (a stat, and a read only when it changed)."""
+        path = self.dir / ALIASES
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return 0, {}
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        seen = self._aliases
+        if seen[0] != stamp:
+            raw = json.loads(path.read_text())
+            seen = (stamp, int(raw.get("version", 0)), {str(a): str(c) for a, c in raw.get("aliases", {}).items()
+                                                         if name_problem(a) is None})
+            self._aliases = seen
+        return seen[1], seen[2]
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the collection it points to, as recorded by any ingress replica."""
+        return dict(self._read_aliases()[1])
+
+    def resolve(self, name: str) -> str:
+        """The collection `name` stands for: an alias's target, else `name` itself."""
+        return self._read_aliases()[1].get(name, name)
+
+    def _write_aliases(self, version: int, aliases: dict[str, str]) -> None:
+        path = self.dir / ALIASES
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": version, "aliases": dict(sorted(aliases.items()))}, indent=2))
+        os.replace(tmp, path)  # one rename: a reader sees the old target or the new one, never neither
+
+    def set_alias(self, alias: str, collection: str) -> str | None:
+        """Point `alias` at `collection` (creating it or switching it); the collection it pointed to before."""
+        with self._locked():
+            version, current = self._read_aliases()
+            check_alias(alias, collection, self.names(), current)
+            self._write_aliases(version + 1, {**current, alias: collection})
+            return current.get(alias)
+
+    def delete_alias(self, alias: str) -> str:
+        """Remove `alias`; the collection it pointed to (404 when there is no such alias)."""
+        check_name(alias, field="alias", what="alias")
+        with self._locked():
+            version, current = self._read_aliases()
+            if alias not in current:
+                raise CollectionNotFound(f"alias {alias!r} not found", field="alias")
+            self._write_aliases(version + 1, {a: c for a, c in current.items() if a != alias})
+            return current[alias]

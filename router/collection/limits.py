@@ -143,3 +143,30 @@ def check_documents(points: Sequence[Any], cfg: CollectionConfig, limits: Strict
             total += len(value)
     if total > limits.max_request_document_chars:
         raise _over("points", total, limits.max_request_document_chars, "characters of source text")
+
+
+def check_encoders(cfg: CollectionConfig, encoders: dict[str, dict]) -> None:
+    """Encoder names, dimensions (as the loaded model reports them) and modalities must fit each space.
+
+    An encoder that is unavailable (weights missing) does not block creation: its spaces answer 503 naming
+    the model until it is installed, and the collection's other spaces work."""
+    from router.encoding.embed import ENCODER_DIMS
+
+    for space_name, space in cfg.spaces.items():
+        if space.encoder is None:
+            if space.modality == "image":
+                raise InvalidRequest(f"spaces.{space_name}: an image space needs an encoder (clip)",
+                                     field=f"spaces.{space_name}.encoder")
+            continue
+        if space.encoder not in ENCODER_DIMS:
+            raise InvalidRequest(f"spaces.{space_name}.encoder: unknown encoder {space.encoder!r}; "
+                                 f"known: {sorted(ENCODER_DIMS)}", field=f"spaces.{space_name}.encoder")
+        live = encoders.get(space.encoder, {})
+        dim = live.get("dim") if live.get("available") else ENCODER_DIMS[space.encoder]
+        if dim != space.dim:
+            raise InvalidRequest(f"spaces.{space_name}.dim: encoder {space.encoder!r} gives {dim} dimensions, "
+                                 f"not {space.dim}", field=f"spaces.{space_name}.dim")
+        modalities = live.get("modalities") or (["text", "image"] if space.encoder == "clip" else ["text"])
+        if space.modality not in modalities:
+            raise InvalidRequest(f"spaces.{space_name}.modality: encoder {space.encoder!r} cannot embed "
+                                 f"{space.modality}", field=f"spaces.{space_name}.modality")

@@ -19,11 +19,14 @@ from cluster.errors import (
 from cluster.names import check_name
 from router.schema.bodies import parse_json
 from router.collection.cache import EmbeddingCache, LRUCache, request_key
+from router.collection.aliases import check_collection_name, check_deletable, visible
 from router.collection.catalog import Catalog, Entry
 from router.collection import inventory, limits as strict, placing, rebalance as rebalancing
 from router.collection.coordinator import Coordinator
 from router.collection.pipeline import Prefetched
-from router.schema.collections import CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse
+from router.schema.collections import (
+    AliasChange, AliasList, AliasRequest, CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse,
+)
 from router.schema.points import (
     CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
 )
@@ -203,8 +206,9 @@ class PrismService:
             raise InvalidRequest("collection body must be a JSON object")
         cfg = placing.checked(parse_model(CollectionConfig, {**body, "name": name}, "collection"))
         strict.check_layout(cfg, self.config.limits)
-        self._check_encoders(cfg)
+        strict.check_encoders(cfg, self.encoders)
         async with self._lock:
+            check_collection_name(name, self.catalog.aliases())  # the catalog checks again, under its lock
             if name in self.coordinators or self.catalog.stamp(name) is not None:  # or made through another ingress
                 raise CollectionExists(f"collection {name!r} already exists")
             twin = next((n for n in {*self.coordinators, *self.catalog.names()} if n.lower() == name.lower()), None)
@@ -217,34 +221,9 @@ class PrismService:
             await asyncio.to_thread(self._create_sync, cfg, True)
         return await self.info(name)
 
-    def _check_encoders(self, cfg: CollectionConfig) -> None:
-        """Encoder names, dimensions (as the loaded model reports them) and modalities must fit each space.
-
-        An encoder that is unavailable (weights missing) does not block creation: its spaces answer 503 naming
-        the model until it is installed, and the collection's other spaces work."""
-        from router.encoding.embed import ENCODER_DIMS
-
-        for space_name, space in cfg.spaces.items():
-            if space.encoder is None:
-                if space.modality == "image":
-                    raise InvalidRequest(f"spaces.{space_name}: an image space needs an encoder (clip)",
-                                         field=f"spaces.{space_name}.encoder")
-                continue
-            if space.encoder not in ENCODER_DIMS:
-                raise InvalidRequest(f"spaces.{space_name}.encoder: unknown encoder {space.encoder!r}; "
-                                     f"known: {sorted(ENCODER_DIMS)}", field=f"spaces.{space_name}.encoder")
-            live = self.encoders.get(space.encoder, {})
-            dim = live.get("dim") if live.get("available") else ENCODER_DIMS[space.encoder]
-            if dim != space.dim:
-                raise InvalidRequest(f"spaces.{space_name}.dim: encoder {space.encoder!r} gives {dim} dimensions, "
-                                     f"not {space.dim}", field=f"spaces.{space_name}.dim")
-            modalities = live.get("modalities") or (["text", "image"] if space.encoder == "clip" else ["text"])
-            if space.modality not in modalities:
-                raise InvalidRequest(f"spaces.{space_name}.modality: encoder {space.encoder!r} cannot embed "
-                                     f"{space.modality}", field=f"spaces.{space_name}.modality")
-
     def coordinator(self, name: str) -> Coordinator:
-        check_name(name)  # every entry: no path is built from anything else
+        """The collection `name` names, directly or through an alias: the one place every entry resolves aliases."""
+        name = self.catalog.resolve(check_name(name))  # every entry: no path is built from anything else
         coord = self.coordinators.get(name)
         if self.start_sequencers is not None:  # several ingress replicas share the catalog
             coord = self._sync(name, coord)
@@ -270,12 +249,14 @@ class PrismService:
             first = next((c for c in row if c is not None), None)
             for space, n in (first or {}).items():
                 totals[space] += n
-        return CollectionInfo(name=name, config=coord.config.model_dump(), counts=totals, shards=shards,
+        return CollectionInfo(name=coord.config.name, config=coord.config.model_dump(), counts=totals, shards=shards,
                               routing=placing.routing_info(coord.config, coord.placement, coord.progress))
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
         async with self._lock:
             coord = self.coordinator(name)
+            name = coord.config.name  # named through an alias: refused just below, as that alias points to it
+            check_deletable(name, self.catalog.aliases())
             self.coordinators.pop(name)
             if (task := self.background.pop(name, None)) is not None:
                 task.cancel()  # a training started on its own (a no-op once it has ended)
@@ -295,11 +276,11 @@ class PrismService:
         """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile."""
         parse_model(ReshardRequest, body, "reshard request")
         async with self._lock:
-            return await reshard_collection(self, name, body["shards"])
+            return await reshard_collection(self, self.coordinator(name).config.name, body["shards"])
 
     async def rebalance(self, name: str, body: Any = None) -> dict[str, Any]:
         """Vector routing: train the centroids, move the points; reads and writes go on (router.collection.rebalance)."""
-        return await rebalancing.rebalance(self, name, body)
+        return await rebalancing.rebalance(self, self.coordinator(name).config.name, body)
 
     async def heal(self) -> dict[str, int]:
         """One healing pass over every collection: {"healed": replicas caught up, "failed": probes that failed}."""
@@ -316,6 +297,21 @@ class PrismService:
     async def map_fields(self, name: str, fields: dict[str, str]) -> dict[str, str]:
         """Map payload fields ahead of the points that bring them; a field mapped already keeps its type."""
         return await self.coordinator(name).map_fields(fields)
+
+    # -- aliases (router.collection.aliases) -------------------------------------------------------------------------
+    async def set_alias(self, alias: str, body: Any) -> AliasChange:
+        """Create `alias` or switch it to another collection, atomically for every ingress replica."""
+        req = parse_model(AliasRequest, body, "alias")
+        async with self._lock:  # not while this ingress deletes the collection
+            before = await asyncio.to_thread(self.catalog.set_alias, alias, req.collection)
+        return AliasChange(alias=alias, collection=req.collection, previous=before)
+
+    async def delete_alias(self, alias: str) -> AliasChange:
+        return AliasChange(alias=alias, collection=None, previous=await asyncio.to_thread(self.catalog.delete_alias, alias))
+
+    def list_aliases(self, principal: Any = None) -> AliasList:
+        """Every alias and its collection; those a scoped key's scope names, given its principal."""
+        return AliasList(aliases=visible(self.catalog.aliases(), getattr(principal, "collections", None)))
 
     def list_collections(self) -> list[str]:
         if self.start_sequencers is not None:  # the catalog, which every ingress replica writes
@@ -367,7 +363,7 @@ class PrismService:
         req = parse_model(ScrollRequest, body, "scroll request")
         strict.check_filter(req.filter, self.config.limits, "filter")
         return await inventory.scroll(coord, req, self.config.limits.max_scroll_examined,
-                                      lambda body: self.retrieve(name, body))
+                                      lambda body: self.retrieve(coord.config.name, body))  # not a switched alias
 
     async def count(self, name: str, body: Any) -> CountResponse:
         coord = self.coordinator(name)
@@ -428,7 +424,8 @@ class PrismService:
         opts = parse_json(params.encode("utf-8", "surrogatepass"), "params") if params else {}
         if not isinstance(opts, dict):
             raise InvalidRequest("params must be a JSON object", field="params")
-        spaces = self.coordinator(name).config.spaces
+        coord = self.coordinator(name)
+        name, spaces = coord.config.name, coord.config.spaces  # one collection, even if its alias switches meanwhile
         image_spaces = opts.pop("image_spaces", [s for s, c in spaces.items()
                                                  if c.encoder == "clip" and c.modality == "image"])
         text_spaces = opts.pop("text_spaces", [s for s, c in spaces.items()

@@ -1,4 +1,4 @@
-"""Collection and service answers of the HTTP API v1: health, listing, shard status, verify, reshard."""
+"""Collection and service answers of the HTTP API v1: health, listing, shard status, verify, reshard, aliases."""
 from __future__ import annotations
 
 from typing import Any
@@ -122,3 +122,23 @@ class CollectionInfo(BaseModel):
     routing: dict[str, Any] = Field(default_factory=lambda: {"method": "hash", "state": "hash"}, description=(
         "where points live and which shards a query visits: the collection's routing setting and its state "
         "(hash: the ring over ids; key: ready; vector: hash until its centroids are trained, then ready)"))
+
+
+class AliasRequest(Strict):
+    """`PUT /v1/aliases/{alias}`: the collection the alias is to stand for."""
+
+    collection: str
+
+
+class AliasChange(BaseModel):
+    """What an alias change did: `collection` is its target now (null once deleted), `previous` the one before."""
+
+    alias: str
+    collection: str | None
+    previous: str | None = None
+
+
+class AliasList(BaseModel):
+    """`GET /v1/aliases`: every alias and the collection it stands for."""
+
+    aliases: dict[str, str]

@@ -40,6 +40,8 @@ def route_access(method: str, path: str, metrics_open: bool = True) -> tuple[Rol
         parts = parts[:-1]  # one trailing slash (Starlette redirects it): the same route
     if parts[0] == "qdrant":
         return qdrant_access(method, parts[1:])  # type: ignore[return-value]
+    if parts[:2] == ["v1", "aliases"]:  # listing reads; creating, switching, deleting one is admin's
+        return ("read" if parts == ["v1", "aliases"] and method in ("GET", "HEAD") else "admin"), None
     if parts[:2] != ["v1", "collections"]:
         return "admin", None
     if len(parts) == 2:

@@ -19,6 +19,7 @@ from router.schema.bodies import allowed_hosts, read_json
 from router.serving.edge import ERROR_HANDLERS, Observe, refusal_response
 from router.serving.openapi import ACCESS, BODY, READS, WRITES, body_doc, documented, with_schemas
 from router.serving.metrics import process_state
+from router.serving.aliases import mount as mount_aliases
 from router.serving.qdrant.routes import mount as mount_qdrant
 from router.schema.collections import (
     CollectionInfo, CollectionList, DeletedCollection, Health, RebalanceRequest, RebalanceResponse, ReshardRequest,
@@ -53,6 +54,7 @@ api.add_middleware(Observe)
 for _exc, _handler in ERROR_HANDLERS.items():
     api.add_exception_handler(_exc, _handler)
 mount_qdrant(api)  # the Qdrant-compatible REST API under /qdrant (router/qdrant)
+mount_aliases(api)  # /v1/aliases (router/serving/aliases.py)
 
 
 async def _json(request: Request) -> Any:
@@ -379,6 +381,7 @@ class Ingress:
     Query, QueryBatch, Upsert, Delete, UpdateVectors = (_grpc_method(m) for m in (  # noqa: N815
         "Query", "QueryBatch", "Upsert", "Delete", "UpdateVectors"))
     Create, Get, List, Drop = (_grpc_method(m) for m in ("Create", "Get", "List", "Drop"))  # noqa: N815
+    SetAlias, ListAliases, DropAlias = (_grpc_method(m) for m in ("SetAlias", "ListAliases", "DropAlias"))  # noqa: N815
 
     async def Check(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - grpc.health.v1
         import grpc

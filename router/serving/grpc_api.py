@@ -267,6 +267,18 @@ async def _drop(svc: Any, req: pb.DropCollectionRequest, principal: Any, budget_
     return _json(await svc.delete_collection(req.name))
 
 
+async def _set_alias(svc: Any, req: pb.SetAliasRequest, principal: Any, budget_ms: int | None) -> dict[str, Any]:
+    return _json(await svc.set_alias(req.alias, {"collection": req.collection}))
+
+
+async def _list_aliases(svc: Any, req: pb.ListAliasesRequest, principal: Any, budget_ms: int | None) -> dict[str, Any]:
+    return _json(svc.list_aliases(principal))
+
+
+async def _drop_alias(svc: Any, req: pb.DropAliasRequest, principal: Any, budget_ms: int | None) -> dict[str, Any]:
+    return _json(await svc.delete_alias(req.alias))
+
+
 RPCS: dict[str, Rpc] = {
     "Query": Rpc("POST", lambda r: _path(r.collection, "/query"), _query, pb.QueryResponse),
     "QueryBatch": Rpc("POST", lambda r: _path(r.collection, "/query/batch"), _query_batch, pb.QueryBatchResponse),
@@ -278,6 +290,9 @@ RPCS: dict[str, Rpc] = {
     "Get": Rpc("GET", lambda r: _path(r.name), _get, pb.CollectionInfo, "name"),
     "List": Rpc("GET", lambda r: "/v1/collections", _list, pb.CollectionList, ""),
     "Drop": Rpc("DELETE", lambda r: _path(r.name), _drop, pb.DroppedCollection, "name"),
+    "SetAlias": Rpc("PUT", lambda r: f"/v1/aliases/{r.alias}", _set_alias, pb.AliasChange, "alias"),
+    "ListAliases": Rpc("GET", lambda r: "/v1/aliases", _list_aliases, pb.AliasList, ""),
+    "DropAlias": Rpc("DELETE", lambda r: f"/v1/aliases/{r.alias}", _drop_alias, pb.AliasChange, "alias"),
 }
 
 

@@ -92,7 +92,7 @@ def with_schemas(schema: dict[str, Any]) -> dict[str, Any]:
             if path in OPEN_ROUTES:
                 op["security"] = []
             for param in op.get("parameters", []):
-                if param.get("in") == "path" and param.get("name") == "name":  # the name rule (cluster.names)
+                if param.get("in") == "path" and param.get("name") in ("name", "alias"):  # the name rule
                     param["schema"] = {**param.get("schema", {}), "pattern": NAME_PATTERN,
                                        "maxLength": MAX_NAME_LENGTH}
             # FastAPI documents its own validation error body; prism's handler answers those in the Error shape.

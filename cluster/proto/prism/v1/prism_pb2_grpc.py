@@ -311,6 +311,21 @@ class CollectionsStub:
                 request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.SerializeToString,
                 response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.FromString,
                 _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/prism.v1.Collections/SetAlias',
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasChange.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/prism.v1.Collections/ListAliases',
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasList.FromString,
+                _registered_method=True)
+        self.DropAlias = channel.unary_unary(
+                '/prism.v1.Collections/DropAlias',
+                request_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropAliasRequest.SerializeToString,
+                response_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasChange.FromString,
+                _registered_method=True)
 
 
 class CollectionsServicer:
@@ -346,6 +361,27 @@ class CollectionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAlias(self, request, context):
+        """PUT /v1/aliases/{alias} (admin): create the alias or switch it to another collection
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """GET /v1/aliases
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropAlias(self, request, context):
+        """DELETE /v1/aliases/{alias} (admin)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -368,6 +404,21 @@ def add_CollectionsServicer_to_server(servicer, server):
                     servicer.Drop,
                     request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.FromString,
                     response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.SetAliasRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasChange.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListAliasesRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasList.SerializeToString,
+            ),
+            'DropAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropAlias,
+                    request_deserializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropAliasRequest.FromString,
+                    response_serializer=cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +531,87 @@ class Collections:
             '/prism.v1.Collections/Drop',
             cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropCollectionRequest.SerializeToString,
             cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DroppedCollection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prism.v1.Collections/SetAlias',
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.SetAliasRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prism.v1.Collections/ListAliases',
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.ListAliasesRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prism.v1.Collections/DropAlias',
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.DropAliasRequest.SerializeToString,
+            cluster_dot_proto_dot_prism_dot_v1_dot_prism__pb2.AliasChange.FromString,
             options,
             channel_credentials,
             insecure,
