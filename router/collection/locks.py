@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from router.replication.leases import MOVE_LEASE_S
+from router.replication.leases import LOCK_WAIT_S, MOVE_LEASE_S
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ async def shared(sequencers: Sequence[Any], ring_shard: Callable[[str], int], id
     owner, order = uuid.uuid4().hex, sorted(groups)
     held: list[int] = []
     try:
-        answers = await asyncio.gather(*(sequencers[s].lock(owner, groups[s], lease_s, False) for s in order),
+        answers = await asyncio.gather(*(sequencers[s].lock(owner, groups[s], lease_s, 0.0) for s in order),
                                        return_exceptions=True)
         held = [s for s, a in zip(order, answers) if a == []]
         failed = next((a for a in answers if isinstance(a, BaseException)), None)
@@ -123,7 +123,8 @@ async def shared(sequencers: Sequence[Any], ring_shard: Callable[[str], int], id
             await _release(sequencers, groups, owner, held)
             held = []
             for s in order:
-                await sequencers[s].lock(owner, groups[s], lease_s, True)
+                while await sequencers[s].lock(owner, groups[s], lease_s, LOCK_WAIT_S):
+                    pass  # still held elsewhere after a bounded wait on the sequencer (leases.SharedLocks): again
                 held.append(s)
         yield
     finally:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 # Longer than any one move should take (an Elasticsearch write, a shard write and a delete, each with its timeout):
 # a holder past its lease may be overtaken, and a crashed one blocks its ids this long at most.
 MOVE_LEASE_S = 60.0
+LOCK_WAIT_S = 1.0  # the longest one call waits on a sequencer for ids held elsewhere (then it is asked again)
 
 
 class LeaseTable:
@@ -71,22 +72,29 @@ class LeaseTable:
 
 
 class SharedLocks:
-    """A LeaseTable that callers wait on: `take` returns once every id is granted (a release, or the first
-    blocking lease running out, wakes it), or at once with the blockers when `wait` is False."""
+    """A LeaseTable that callers wait on: `take` returns [] once every id is granted (a release, or the first
+    blocking lease running out, wakes it), or the ids still held by others after waiting `wait_s` (0: not at all).
+    The wait is bounded because a waiter occupies one of the sequencer actor's concurrent calls, which the holder
+    needs for its shard writes: the caller asks again."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.table = LeaseTable(clock)
         self._changed = asyncio.Condition()
 
-    async def take(self, owner: str, ids: list[str], lease_s: float = MOVE_LEASE_S, wait: bool = True) -> list[str]:
+    async def take(self, owner: str, ids: list[str], lease_s: float = MOVE_LEASE_S,
+                   wait_s: float = LOCK_WAIT_S) -> list[str]:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait_s
         async with self._changed:
-            while (blocked := self.table.grant(owner, ids, lease_s)) and wait:
+            while (blocked := self.table.grant(owner, ids, lease_s)) and loop.time() < give_up:
                 until = self.table.next_expiry(blocked)
-                timeout = None if until is None else max(0.0, until - self.table.clock())
+                timeout = give_up - loop.time()
+                if until is not None:
+                    timeout = min(timeout, max(0.0, until - self.table.clock()))
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout)
                 except TimeoutError:
-                    pass  # the first blocking lease ran out: grant again
+                    pass  # a blocking lease ran out, or the wait is over: grant once more
             return blocked
 
     async def release(self, owner: str, ids: list[str]) -> list[str]:

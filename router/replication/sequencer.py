@@ -31,7 +31,7 @@ from typing import Any
 from cluster.errors import PrismError
 from router.replication.antientropy import Comparison
 from router.replication.healing import HealLoop
-from router.replication.leases import MOVE_LEASE_S, SharedLocks
+from router.replication.leases import LOCK_WAIT_S, MOVE_LEASE_S, SharedLocks
 from router.replication.oplog import OPLOG_MAX_BYTES, OPLOG_MAX_OPS, LoggedOp, OpLog, decode_frame, encode_abandon, encode_op
 from router.replication.replicas import ReplicaSet, ReplicatedShard, ShardView
 
@@ -231,9 +231,11 @@ class Sequencer:
         self._ensure_background()
         return await self.host.compare_replicas()
 
-    async def lock(self, owner: str, ids: list[str], lease_s: float = MOVE_LEASE_S, wait: bool = True) -> list[str]:
-        """Hold these ids for `owner` (router.replication.leases); [] once granted, else (not `wait`) the blockers."""
-        return await self.locks.take(owner, ids, lease_s, wait)
+    async def lock(self, owner: str, ids: list[str], lease_s: float = MOVE_LEASE_S,
+                   wait_s: float = LOCK_WAIT_S) -> list[str]:
+        """Hold these ids for `owner` (router.replication.leases): [] once granted, else those still held elsewhere
+        after waiting at most `wait_s`."""
+        return await self.locks.take(owner, ids, lease_s, wait_s)
 
     async def unlock(self, owner: str, ids: list[str]) -> list[str]:
         """Release `owner`'s ids; returns those its lease had lost meanwhile."""

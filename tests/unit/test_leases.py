@@ -42,7 +42,8 @@ def test_a_waiter_is_granted_when_the_holder_releases():
     async def run():
         locks = SharedLocks()
         assert await locks.take("a", ["p1", "p2"]) == []
-        assert await locks.take("b", ["p2"], wait=False) == ["p2"]
+        assert await locks.take("b", ["p2"], wait_s=0) == ["p2"]
+        assert await locks.take("b", ["p2"], wait_s=0.01) == ["p2"]  # a bounded wait ends with the blockers
         waiter = asyncio.create_task(locks.take("b", ["p2", "p3"]))
         await asyncio.sleep(0)                                  # let it start waiting (one turn of the loop)
         assert not waiter.done()
@@ -57,9 +58,9 @@ class Host:
     def __init__(self, locks: SharedLocks):
         self.locks, self.calls = locks, []
 
-    async def lock(self, owner, ids, lease_s, wait):
-        self.calls.append(("lock", sorted(ids), wait))
-        return await self.locks.take(owner, ids, lease_s, wait)
+    async def lock(self, owner, ids, lease_s, wait_s):
+        self.calls.append(("lock", sorted(ids), wait_s > 0))
+        return await self.locks.take(owner, ids, lease_s, wait_s)
 
     async def unlock(self, owner, ids):
         self.calls.append(("unlock", sorted(ids)))
@@ -93,4 +94,19 @@ def test_shared_asks_each_ring_shard_once_and_in_order_when_contended():
         assert hosts[1].calls == [("lock", ["b"], False), ("lock", ["b"], True), ("unlock", ["b"])]
         async with shared([None, None], ring, ["a"]):           # no sequencers (in process): nothing asked
             pass
+    asyncio.run(run())
+
+
+def test_shared_asks_again_after_a_bounded_wait_ends_unanswered():
+    class Busy(Host):  # its waits end with the id still held elsewhere, twice
+        async def lock(self, owner, ids, lease_s, wait_s):
+            self.calls.append(("lock", sorted(ids), wait_s > 0))
+            return ["a"] if len(self.calls) <= 3 else await self.locks.take(owner, ids, lease_s, wait_s)
+
+    async def run():
+        host = Busy(SharedLocks())
+        async with shared([host], lambda pid: 0, ["a"]):
+            assert host.locks.table.conflicts("x", ["a"]) == ["a"]
+        assert host.calls == [("lock", ["a"], False), ("lock", ["a"], True), ("lock", ["a"], True),
+                              ("lock", ["a"], True), ("unlock", ["a"])]
     asyncio.run(run())
