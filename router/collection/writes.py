@@ -99,8 +99,10 @@ class Writes:
         home = {r.id: s for s, batch in homes.items() for r in batch}
         scattered = coord.moving or not placing.by_ring(placement)  # a copy may sit off this point's new home
         # Read where each point lives, write it, delete its old copy: alone among every ingress's moves of it (a
-        # point new to Elasticsearch too: another ingress may be placing it elsewhere at this moment)
-        async with shared([sh.sequencer for sh in coord.shards], coord.shard_of, home if scattered else ()):
+        # point new to Elasticsearch too: another ingress may be placing it elsewhere at this moment). The only
+        # ingress (its shards poll no sequencer) has its per-point locks for that.
+        several = [sh.sequencer if sh.poll_sequencer else None for sh in coord.shards]
+        async with shared(several, coord.shard_of, home if scattered else ()):
             stale, after = await self._old_copies(home, placement) if scattered else ({}, {})
             # Where each point lives, in its Elasticsearch document (not under hash routing: the ring says, and a
             # reshard moves points without rewriting documents)

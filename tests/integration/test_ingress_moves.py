@@ -56,6 +56,11 @@ async def every_replica(coord: Coordinator) -> list[dict[str, dict]]:
     return out
 
 
+def every_shard_once(shards: list[dict[str, dict]], ids: list[str]) -> list[int]:
+    """The shards holding any of `ids`."""
+    return [s for s in range(SHARDS) if any(pid in shards[s] for pid in ids)]
+
+
 def check(shards: list[dict[str, dict]], docs: dict[str, dict], ids: list[str], r: int) -> None:
     """Each id on exactly one shard, the one its document names first, with the document's payload, which is
     the last write of one of the two moves of round `r`."""
@@ -105,6 +110,10 @@ def test_two_ingresses_moving_the_same_points_to_different_shards_leave_one_copy
         asyncio.run(hashed.upsert(points(["h1"], home, "h", 1)))
         asyncio.run(hashed.upsert(points(["h1"], there, "h", 2)))
         assert locks == [] and all(len(sq.locks.table) == 0 for sq in seqs)
+        only = Coordinator.from_clients(cfg, clients, sequencers=seqs, poll_sequencer=False,  # the only ingress
+                                        metadata=MetadataStore(es_server.uri, timeout_s=10))
+        asyncio.run(only.upsert(points(ids[:1], home, "only", 3)))  # a move: its own per-point locks order it
+        assert locks == [] and every_shard_once(asyncio.run(every_replica(only)), ids[:1]) == [0]
     finally:
         for sq in seqs:
             sq.host.journal.close()
