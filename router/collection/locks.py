@@ -1,11 +1,18 @@
 """Per-key asyncio locks: a point's read-modify-write (a partial vector update) runs alone among this process's
-writes to that point. Entries exist only while someone holds or waits for them."""
+writes to that point. Entries exist only while someone holds or waits for them. Across ingress replicas, the same
+points' locks on their ring shards' sequencers (`shared`)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
+
+from router.replication.leases import LOCK_WAIT_S, MOVE_LEASE_S
+
+log = logging.getLogger(__name__)
 
 
 class KeyedLocks:
@@ -86,3 +93,49 @@ async def run_routed(coord: Any, run: Callable[[], Awaitable[Any]], routed: Call
         if seen is None or len(routed(answer)) == coord.config.shards or coord.placement_stamp() == seen:
             return answer
     return answer
+
+
+
+@contextlib.asynccontextmanager
+async def shared(sequencers: Sequence[Any], ring_shard: Callable[[str], int], ids: Iterable[str],
+                 lease_s: float = MOVE_LEASE_S) -> AsyncIterator[None]:
+    """Hold `ids` across every ingress replica: each id's lock lives on the sequencer of its ring shard (the same
+    for every ingress, whatever the placement), under a lease (router.replication.leases). First asked of every
+    sequencer at once without waiting; if any id is held elsewhere, what was granted is given back and the ids
+    are taken shard by shard in ascending order, waiting (two ingresses cannot deadlock). Released in any case.
+    Nothing is held without sequencers (in-process mode: this process's KeyedLocks order its writes)."""
+    groups: dict[int, list[str]] = {}
+    for pid in dict.fromkeys(ids):
+        groups.setdefault(ring_shard(pid), []).append(pid)
+    if not groups or any(sequencers[s] is None for s in groups):
+        yield
+        return
+    owner, order = uuid.uuid4().hex, sorted(groups)
+    held: list[int] = []
+    try:
+        answers = await asyncio.gather(*(sequencers[s].lock(owner, groups[s], lease_s, 0.0) for s in order),
+                                       return_exceptions=True)
+        held = [s for s, a in zip(order, answers) if a == []]
+        failed = next((a for a in answers if isinstance(a, BaseException)), None)
+        if failed is not None:
+            raise failed
+        if len(held) < len(order):  # contended: give back, then in order
+            await _release(sequencers, groups, owner, held)
+            held = []
+            for s in order:
+                while await sequencers[s].lock(owner, groups[s], lease_s, LOCK_WAIT_S):
+                    pass  # still held elsewhere after a bounded wait on the sequencer (leases.SharedLocks): again
+                held.append(s)
+        yield
+    finally:
+        await _release(sequencers, groups, owner, held)
+
+
+async def _release(sequencers: Sequence[Any], groups: dict[int, list[str]], owner: str, shards: list[int]) -> None:
+    """Give back `owner`'s ids on these shards' sequencers; one unreachable keeps them until the lease runs out."""
+    answers = await asyncio.gather(*(sequencers[s].unlock(owner, groups[s]) for s in shards), return_exceptions=True)
+    for s, lost in zip(shards, answers):
+        if isinstance(lost, BaseException) or lost:
+            log.warning("shard %d's sequencer: the move locks of %s were not released as held (%s): another "
+                        "ingress may have moved them meanwhile (prism verify reports a point on two shards)",
+                        s, lost if not isinstance(lost, BaseException) else "its ids", lost)

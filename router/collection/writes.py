@@ -8,7 +8,9 @@ one is deleted; a point Elasticsearch holds no document for is new (no old copy)
 is on its stored key's shard, any other (vector routing keeps no old vector there; a rebalance moving points; no
 Elasticsearch) is deleted from every other shard. Each write notes the placement it placed by, so that a rebalance
 can wait for the writes that placed by the previous one (settled()). Per-point
-locks keep a read-modify-write (a vector update) from undoing another write of this process to the same point.
+locks keep a read-modify-write (a vector update) from undoing another write of this process to the same point; with
+several ingress replicas, a routed point's move (read its record, write, delete the old copy) also holds its lock on
+its ring shard's sequencer (router.collection.locks.shared), so two moves at once cannot leave two copies.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.collection_spec import METADATA_TYPES, SHARD_FIELD, reserved_field
 from cluster.errors import InvalidRequest, ShardUnavailable
 from router.collection import placing
-from router.collection.locks import InFlight, KeyedLocks
+from router.collection.locks import InFlight, KeyedLocks, shared
 from router.encoding.vectors import merge_updates
 from router.filters.dsl import normalise_meta
 from router.filters.mapping import FIELD_RE, infer_fields
@@ -96,11 +98,16 @@ class Writes:
             homes.setdefault(placement.shard_of(row.id, row.vectors, row.payload), []).append(row)
         home = {r.id: s for s, batch in homes.items() for r in batch}
         scattered = coord.moving or not placing.by_ring(placement)  # a copy may sit off this point's new home
-        stale, after = await self._old_copies(home, placement) if scattered else ({}, {})
-        # Where each point lives, in its Elasticsearch document (not under hash routing: the ring says, and a reshard
-        # moves points without rewriting documents)
-        where = None if placement.method == "hash" else {pid: [s, *after.get(pid, [])] for pid, s in home.items()}
-        await coord.metadata.write_through(rows, wait, lambda: self._place(homes, stale, wait), coord.fetch, where)
+        # Read where each point lives, write it, delete its old copy: alone among every ingress's moves of it (a
+        # point new to Elasticsearch too: another ingress may be placing it elsewhere at this moment). The only
+        # ingress (its shards poll no sequencer) has its per-point locks for that.
+        several = [sh.sequencer if sh.poll_sequencer else None for sh in coord.shards]
+        async with shared(several, coord.shard_of, home if scattered else ()):
+            stale, after = await self._old_copies(home, placement) if scattered else ({}, {})
+            # Where each point lives, in its Elasticsearch document (not under hash routing: the ring says, and a
+            # reshard moves points without rewriting documents)
+            where = None if placement.method == "hash" else {pid: [s, *after.get(pid, [])] for pid, s in home.items()}
+            await coord.metadata.write_through(rows, wait, lambda: self._place(homes, stale, wait), coord.fetch, where)
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
 
     async def _old_copies(self, home: dict[str, int], placement: Placement

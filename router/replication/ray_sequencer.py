@@ -91,6 +91,12 @@ class RaySequencerClient:
     async def compare(self) -> Any:
         return await self._await(self.actor.compare.remote())
 
+    async def lock(self, owner: str, ids: list[str], lease_s: float, wait_s: float) -> list[str]:
+        return await self._await(self.actor.lock.remote(owner, ids, lease_s, wait_s))
+
+    async def unlock(self, owner: str, ids: list[str]) -> list[str]:
+        return await self._await(self.actor.unlock.remote(owner, ids))
+
 
 def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
                          timeout_s: float, detached: bool = False, first_shard: int = 0,

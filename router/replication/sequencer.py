@@ -31,6 +31,7 @@ from typing import Any
 from cluster.errors import PrismError
 from router.replication.antientropy import Comparison
 from router.replication.healing import HealLoop
+from router.replication.leases import LOCK_WAIT_S, MOVE_LEASE_S, SharedLocks
 from router.replication.oplog import OPLOG_MAX_BYTES, OPLOG_MAX_OPS, LoggedOp, OpLog, decode_frame, encode_abandon, encode_op
 from router.replication.replicas import ReplicaSet, ReplicatedShard, ShardView
 
@@ -194,6 +195,7 @@ class Sequencer:
         self.heal_interval_s = heal_interval_s
         self.healer: HealLoop | None = None
         self._background: asyncio.Task | None = None
+        self.locks = SharedLocks()  # moves of routed points by several ingresses (router.collection.locks.shared)
 
     def _ensure_background(self) -> None:
         """Start (or restart, should it have ended) the background heal loop in the running event loop."""
@@ -228,3 +230,13 @@ class Sequencer:
         """verify's comparison of the shard's replicas, between writes (it holds the write lock)."""
         self._ensure_background()
         return await self.host.compare_replicas()
+
+    async def lock(self, owner: str, ids: list[str], lease_s: float = MOVE_LEASE_S,
+                   wait_s: float = LOCK_WAIT_S) -> list[str]:
+        """Hold these ids for `owner` (router.replication.leases): [] once granted, else those still held elsewhere
+        after waiting at most `wait_s`."""
+        return await self.locks.take(owner, ids, lease_s, wait_s)
+
+    async def unlock(self, owner: str, ids: list[str]) -> list[str]:
+        """Release `owner`'s ids; returns those its lease had lost meanwhile."""
+        return await self.locks.release(owner, ids)

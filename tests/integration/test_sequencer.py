@@ -138,6 +138,12 @@ def test_two_ingress_copies_writing_the_same_ids_leave_every_replica_identical(r
         from router.collection.verify import verify_replicas
 
         assert asyncio.run(verify_replicas(b)) == []               # compared by each shard's sequencer actor
+        # the move locks (issue 28) live on the sequencer actor: what a takes, b cannot until a gives it back
+        sa, sb = a.shards[1].sequencer, b.shards[1].sequencer
+        assert asyncio.run(sa.lock("a", ["s000"], 30.0, 0.0)) == []
+        assert asyncio.run(sb.lock("b", ["s000", "s001"], 30.0, 0.0)) == ["s000"]
+        assert asyncio.run(sb.unlock("b", ["s000"])) == ["s000"] and asyncio.run(sa.unlock("a", ["s000"])) == []
+        assert asyncio.run(sb.lock("b", ["s000"], 30.0, 0.0)) == []
         one = a.shards[0].clients[1]                               # a row changed behind prism's back shows
         [row] = asyncio.run(one.export(asyncio.run(one.ids())[:1]))
         row.payload = {"by": "behind prism's back"}
