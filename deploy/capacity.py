@@ -6,16 +6,19 @@ replicas, all on one event loop (issue 29). Time passes in sleeps, not CPU: a re
   shard runs one Milvus search per group). With `group_commit`, everything queued while a call runs goes in the
   next call, as a shard actor that coalesces its callers would; without it, calls are served one by one in order.
   The other methods keep points in a dict, so writes, reads by id and counts work.
-- `scale`: real seconds per simulated second. The router's CPU is real and this process has one core: scaling the
-  simulated service times up keeps the router's own CPU from limiting the simulated shards, so the shard side is
-  measured as if every ingress replica had a core to itself; the router's CPU per query is measured beside it
-  (`closed_loop`), which says how many queries/s one ingress core can route.
+- `simulate` runs a scenario on an event loop whose clock is virtual: when every task waits, the clock jumps to the
+  next timer, so service times are exact whatever else this (shared, 2-core) machine runs, and a run takes only
+  the CPU the router spends. The router's own work therefore takes no simulated time, as if every ingress replica
+  had a core to itself; its CPU per query is measured beside it (process CPU / queries), which says how many
+  queries/s one ingress core can route. While a scenario runs, `time.perf_counter` reads the virtual clock too, so
+  the router's latency bookkeeping (EWMA, hedging after a replica's p95) sees simulated latencies.
 - `closed_loop` (saturation) and `open_loop` (Poisson arrivals, seeded) drive any number of coordinators (ingress
-  replicas) sharing the same replicas; figures come back in simulated units.
+  replicas) sharing the same replicas.
 """
 from __future__ import annotations
 
 import asyncio
+import selectors
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,10 +45,9 @@ def service_ms(specs: Sequence[SearchSpec], cost: ServiceCost) -> float:
 class SimReplica:
     """One simulated shard replica (`ShardApi`): one search call at a time, queued calls waiting their turn."""
 
-    def __init__(self, shard: int, replica: int, cost: ServiceCost, *, group_commit: bool = True,
-                 scale: float = 1.0):
+    def __init__(self, shard: int, replica: int, cost: ServiceCost, *, group_commit: bool = True):
         self.shard, self.replica = shard, replica
-        self.cost, self.group_commit, self.scale = cost, group_commit, scale
+        self.cost, self.group_commit = cost, group_commit
         self.points: dict[str, PointRow] = {}
         self._queue: list[tuple[list[SearchSpec], asyncio.Future]] = []
         self._server: asyncio.Task | None = None
@@ -71,7 +73,7 @@ class SimReplica:
             self.calls += len(group_specs(flat))
             self.vectors += len(flat)
             self.busy_ms += ms
-            await asyncio.sleep(ms / 1000 * self.scale)
+            await asyncio.sleep(ms / 1000)
             for specs, fut in batch:
                 if not fut.done():  # a hedged read's loser may have been cancelled
                     fut.set_result([self._hits(s) for s in specs])
@@ -121,16 +123,57 @@ class SimReplica:
         return None
 
 
-def sim_replicas(shards: int, replicas: int, cost: ServiceCost, *, group_commit: bool = True,
-                 scale: float = 1.0) -> list[list[SimReplica]]:
+def sim_replicas(shards: int, replicas: int, cost: ServiceCost, *, group_commit: bool = True
+                 ) -> list[list[SimReplica]]:
     """clients[s][r]: shard s's replica r, as Coordinator.from_clients takes them."""
-    return [[SimReplica(s, r, cost, group_commit=group_commit, scale=scale) for r in range(replicas)]
+    return [[SimReplica(s, r, cost, group_commit=group_commit) for r in range(replicas)]
             for s in range(shards)]
+
+
+class _VirtualSelector:
+    """The loop's selector: never waits for time to pass; asks the loop to move its clock to the next timer."""
+
+    def __init__(self, loop: "VirtualLoop"):
+        self.loop, self.real = loop, selectors.DefaultSelector()
+
+    def select(self, timeout: float | None = None) -> list:
+        ready = self.real.select(0)
+        if ready:
+            return ready
+        if timeout is None:  # no timer: only another thread can wake the loop (it never should here)
+            return self.real.select(None)
+        self.loop.now += max(timeout, 0.0)
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    """An event loop on a virtual clock (seconds from 0): sleeping costs no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(selector=_VirtualSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+def simulate(scenario: Any) -> Any:
+    """Run the coroutine `scenario` on a VirtualLoop, `time.perf_counter` reading its clock meanwhile."""
+    loop, real = VirtualLoop(), time.perf_counter
+    time.perf_counter = loop.time  # the router times replicas with it (replica EWMA, hedging past p95)
+    try:
+        return loop.run_until_complete(scenario)
+    finally:
+        time.perf_counter = real
+        loop.close()
 
 
 @dataclass
 class Run:
-    """One measured run, in simulated units (`scale` divided out); router CPU in real ms of this process."""
+    """One measured run: simulated seconds and latencies; router CPU in real ms of this process per query."""
 
     queries: int
     seconds: float
@@ -138,83 +181,78 @@ class Run:
     p50_ms: float
     p99_ms: float
     router_cpu_ms_per_query: float
-    loop_busy: float  # this process's CPU seconds per real second during the run (the router's headroom)
 
 
-def _run(lat_ms: list[float], seconds: float, cpu_s: float, real_s: float) -> Run:
+def _run(lat_ms: list[float], seconds: float, cpu_s: float) -> Run:
     n = len(lat_ms)
     return Run(n, round(seconds, 3), round(n / seconds, 1) if seconds else 0.0,
                round(float(np.percentile(lat_ms, 50)), 2) if n else float("nan"),
                round(float(np.percentile(lat_ms, 99)), 2) if n else float("nan"),
-               round(cpu_s * 1000 / n, 3) if n else float("nan"), round(cpu_s / real_s, 3) if real_s else 0.0)
+               round(cpu_s * 1000 / n, 3) if n else float("nan"))
 
 
 async def closed_loop(ingresses: Sequence[Any], reqs: Sequence[Any], clients: int, *, measure_s: float,
-                      warmup_s: float = 0.0, scale: float = 1.0) -> Run:
+                      warmup_s: float = 0.0) -> Run:
     """`clients` callers, each sending its next query as soon as the last is answered, spread over the ingresses
-    round robin; what completes within `measure_s` (simulated) after `warmup_s` counts."""
+    round robin; what completes within `measure_s` after `warmup_s` (simulated) counts."""
+    loop = asyncio.get_running_loop()
     state = {"stop": False, "counting": False}
     lat: list[float] = []
 
     async def client(i: int) -> None:
         coord, k = ingresses[i % len(ingresses)], i
         while not state["stop"]:
-            t0 = time.perf_counter()
+            t0 = loop.time()
             await coord.query(reqs[k % len(reqs)])
             if state["counting"]:
-                lat.append((time.perf_counter() - t0) * 1000 / scale)
+                lat.append((loop.time() - t0) * 1000)
             k += clients
 
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     try:
-        await asyncio.sleep(warmup_s * scale)  # the measurement window is simulated time, not synchronisation
+        await asyncio.sleep(warmup_s)  # the measurement window, in simulated time
         state["counting"] = True
-        t0, c0 = time.perf_counter(), time.process_time()
-        await asyncio.sleep(measure_s * scale)
+        t0, c0 = loop.time(), time.process_time()
+        await asyncio.sleep(measure_s)
         state["counting"] = False
-        real, cpu = time.perf_counter() - t0, time.process_time() - c0
+        took, cpu = loop.time() - t0, time.process_time() - c0
     finally:
         state["stop"] = True
         await asyncio.gather(*tasks)
-    return _run(lat, real / scale, cpu, real)
+    return _run(lat, took, cpu)
 
 
 async def open_loop(ingresses: Sequence[Any], reqs: Sequence[Any], rate_qps: float, *, measure_s: float,
-                    seed: int = 0, scale: float = 1.0) -> Run:
-    """Poisson arrivals at `rate_qps` (simulated) for `measure_s`, round robin over the ingresses; each query's
-    latency runs from its scheduled arrival (a late start counts against it), every arrival answered."""
+                    seed: int = 0) -> Run:
+    """Poisson arrivals at `rate_qps` for `measure_s` (simulated), round robin over the ingresses; each query's
+    latency runs from its arrival, every arrival answered."""
+    loop = asyncio.get_running_loop()
     rng = np.random.default_rng(seed)
-    gaps = rng.exponential(1.0 / rate_qps, size=int(rate_qps * measure_s * 1.5) + 16)
-    arrivals = np.cumsum(gaps)
-    arrivals = arrivals[arrivals < measure_s]
+    arrivals = np.cumsum(rng.exponential(1.0 / rate_qps, size=int(rate_qps * measure_s * 1.5) + 16))
     lat: list[float] = []
 
     async def one(i: int, due: float) -> None:
         await ingresses[i % len(ingresses)].query(reqs[i % len(reqs)])
-        lat.append((time.perf_counter() - due) * 1000 / scale)
+        lat.append((loop.time() - due) * 1000)
 
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = loop.time(), time.process_time()
     tasks = []
-    for i, at in enumerate(arrivals):
-        due = t0 + at * scale
-        wait = due - time.perf_counter()
-        if wait > 0:
-            await asyncio.sleep(wait)  # the next arrival's simulated time
-        tasks.append(asyncio.create_task(one(i, due)))
+    for i, at in enumerate(arrivals[arrivals < measure_s]):
+        if t0 + at > loop.time():
+            await asyncio.sleep(t0 + at - loop.time())  # until the next arrival, in simulated time
+        tasks.append(asyncio.create_task(one(i, t0 + at)))
     await asyncio.gather(*tasks)
-    real, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return _run(lat, measure_s, cpu, real)
+    return _run(lat, measure_s, time.process_time() - c0)
 
 
 def ingresses(config: Any, clients: Sequence[Sequence[SimReplica]], count: int, *, batching: Any = None,
-              placement: Any = None, probe: Any = 2, hedge: bool = True, scale: float = 1.0) -> list[Any]:
+              placement: Any = None, probe: Any = 2, hedge: bool = True) -> list[Any]:
     """`count` coordinators (ingress replicas) over the same simulated replicas, each with replica sets, batching
-    and placement of its own, as separate ingress processes would have. Timeouts stretch with `scale`."""
+    and placement of its own, as separate ingress processes would have."""
     from router.collection.coordinator import Coordinator
-    from router.replication.replicas import DEFAULT_TIMEOUT_S
 
     return [Coordinator.from_clients(config, clients, batching=batching, hedge=hedge, placement=placement,
-                                     probe=probe, timeout_s=DEFAULT_TIMEOUT_S * scale) for _ in range(count)]
+                                     probe=probe) for _ in range(count)]
 
 
 def vector_requests(vectors: np.ndarray, space: str = "v", limit: int = 10) -> list[Any]:
