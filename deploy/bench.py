@@ -61,6 +61,7 @@ SECTIONS: dict[str, Callable | None] = {
     "routing": lambda a, w: section("routing")(w, n=a.routing_n, n_queries=a.queries,
                                                        key_n=a.routing_key_n),
     "startup": lambda a, w: section("startup")(w, cycles=a.startup_cycles, label=a.startup_label),
+    "capacity": lambda a, w: section("capacity")(w),
 }
 
 

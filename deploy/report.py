@@ -164,6 +164,10 @@ SECTIONS = [
         "server, MiniLM and the tiny CLIP) restarted over a 2-shard collection, then `prism down`; medians of "
         "the cycles, phases from the `started in` line prism up logs. Rows: the code before issue 27's start-up "
         "work and after it, measured in the same session (this machine is shared: compare the ratio).")),
+    ("capacity", "deploy.bench_capacity", "Capacity model: the real router over simulated shard replicas", lambda d: (
+        f"{d['model']}; service time {d['cost']['per_call_ms']} ms per call + {d['cost']['per_vector_ms']} ms per "
+        f"query vector ({d['cost']['from']}). {d['sweep']} (base {d['base']}); saturation from a closed loop, p99 at "
+        f"{d['load_for_p99']} x it from Poisson arrivals; {d['router_cpu_note']}.")),
 ]
 
 
