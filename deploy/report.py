@@ -368,22 +368,18 @@ def write_report() -> Path:
                   f"{so['backend']}) over HTTP at c={so['concurrency']}, {so['requests_per_round']} requests per round, "
                   f"{so['rounds']} rounds alternating 1 and 2 ingress replicas (`ingress_replicas`); medians. Made by "
                   "`python -m deploy.bench --only scaleout` (deploy/bench_scaleout.py).", "",
-                  "| ingress replicas | QPS | p50 ms | QPS per round |", "|---|---|---|---|",
-                  f"| 1 | {so['qps_ingress1']} | {so['p50_ms_ingress1']} | {so['qps_rounds']['1']} |",
-                  f"| 2 | {so['qps_ingress2']} | {so['p50_ms_ingress2']} | {so['qps_rounds']['2']} |", "",
-                  f"Ratio 2 / 1: {so['ratio']} on {so['cores']} cores, {so['errors']} errors; p50 at c=1: "
-                  f"{so.get('p50_ms_c1_ingress1')} ms (1 replica), {so.get('p50_ms_c1_ingress2')} ms (2). Writes went "
-                  f"through the shards' sequencers (journals: {', '.join(so.get('sequencer_journals', []))})."]
-        cpu = so.get("cpu_ms_per_request_c32") or {}
-        if "1" in cpu and "2" in cpu:
-            lines[-1] += (f" What bounds it: the shard actors' CPU per request, {cpu['1'].get('PlacedShard')} ms with "
-                          f"one ingress replica and {cpu['2'].get('PlacedShard')} ms with two, on the same 2 cores. "
-                          "Likely cause (not measured apart): each ingress replica batches only its own concurrent "
-                          "queries into one Milvus call per shard, so two make smaller batches and more shard "
-                          "calls. The c=1 p50, far above the 64-point catalog's ~12 ms (above), is not explained "
-                          "yet: not profiled in this run.")
-        for k, label in (("1", "1 ingress replica"), ("2", "2 ingress replicas")):
-            top = sorted((so.get("cpu_ms_per_request_c32") or {}).get(k, {}).items(), key=lambda kv: -kv[1])[:8]
+                  "| configuration | QPS c=32 | p50 ms c=32 | p50 ms c=1 (client) | took_ms c=1 (server) | QPS per "
+                  "round |", "|---|---|---|---|---|---|"]
+        for k, m in so.get("medians", {}).items():
+            lines.append(f"| {k} | {m['qps']} | {m['p50']} | {m['p50_c1']} | {m['took_c1']} | "
+                         f"{so['qps_rounds'][k]} |")
+        lines += ["", f"Two ingress replicas / one: **{so['ratio']}** (without group commit at the replica "
+                  f"{so.get('ratio_no_group_commit')}, without the ingress coalescer {so.get('ratio_no_ingress_batching')}"
+                  f"); two replicas per shard / one, one ingress: **{so.get('replica_ratio')}**; targets "
+                  f"{so.get('targets')}; {so['errors']} errors on {so['cores']} cores. Configurations: "
+                  f"{so.get('configs')}."]
+        for k, per in (so.get("cpu_ms_per_request_c32") or {}).items():
+            top, label = sorted(per.items(), key=lambda kv: -kv[1])[:8], k
             if top:
                 lines.append(f"- CPU per request at c=32, {label} (ms; 2 cores = 2,000 ms/s): "
                              + ", ".join(f"{p} {v}" for p, v in top) + ".")
