@@ -2,8 +2,9 @@
 replicas, all on one event loop (issue 29). Time passes in sleeps, not CPU: a replica is a server with a queue.
 
 - `SimReplica` implements `shards.api.ShardApi`. `search_many` queues the call; the replica serves ONE call at a
-  time, each taking `per_call_ms + per_vector_ms x nq` per group of compatible specs (`shards.api.group_specs`: the
-  shard runs one Milvus search per group). With `group_commit`, everything queued while a call runs goes in the
+  time, each taking `per_call_ms + per_vector_ms x nq` per group of compatible specs (`shards.group_commit.plan_groups`:
+  the shard runs one Milvus search per group; the simulated index resolves every limit to the same parameters, as
+  HNSW does up to ef). With `group_commit`, everything queued while a call runs goes in the
   next call, as a shard actor that coalesces its callers would; without it, calls are served one by one in order.
   The other methods keep points in a dict, so writes, reads by id and counts work.
 - `simulate` runs a scenario on an event loop whose clock is virtual: when every task waits, the clock jumps to the
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint, group_specs
+from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
+from shards.group_commit import plan_groups
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,14 @@ class ServiceCost:
     per_vector_ms: float
 
 
+def groups(specs: Sequence[SearchSpec]) -> list:
+    """The Milvus searches a shard makes of `specs` (its own grouping; the search parameters as given)."""
+    return plan_groups(specs, lambda s: dict(s.params or {}))
+
+
 def service_ms(specs: Sequence[SearchSpec], cost: ServiceCost) -> float:
     """The simulated time of one `search_many` call: one Milvus search per group of compatible specs."""
-    return sum(cost.per_call_ms + cost.per_vector_ms * len(g) for g in group_specs(specs))
+    return sum(cost.per_call_ms + cost.per_vector_ms * len(g.indexes) for g in groups(specs))
 
 
 class SimReplica:
@@ -70,7 +77,7 @@ class SimReplica:
             batch, self._queue = self._queue[:n], self._queue[n:]
             flat = [s for specs, _ in batch for s in specs]
             ms = service_ms(flat, self.cost)
-            self.calls += len(group_specs(flat))
+            self.calls += len(groups(flat))
             self.vectors += len(flat)
             self.busy_ms += ms
             await asyncio.sleep(ms / 1000)
