@@ -46,7 +46,7 @@ SECTIONS: dict[str, Callable | None] = {
     "scaleout": lambda a, w: section("scaleout")(w),
     "ingest": lambda a, w: section("ingest")(w),
     "scaling": lambda a, w: section("scaling")(w, sizes=tuple(int(x) for x in a.scaling_sizes.split(","))),
-    "sizing": lambda a, w: section("sizing")(w),
+    "sizing": lambda a, w: section("sizing")(w, sizes=tuple(int(x) for x in a.sizing_sizes.split(","))),
     "encode": None,
     "freshness": lambda a, w: section("freshness")(w),
     "batching": lambda a, w: section("batching")(w),
@@ -62,13 +62,22 @@ SECTIONS: dict[str, Callable | None] = {
                                                        key_n=a.routing_key_n),
     "startup": lambda a, w: section("startup")(w, cycles=a.startup_cycles, label=a.startup_label),
     "capacity": lambda a, w: section("capacity")(w),
+    "scale1m": lambda a, w: section("scale1m")(w, n=a.scale1m_n, small=a.scale1m_small, n_queries=a.queries),
 }
+# Not part of a plain `make bench` (about an hour on 2 cores): only when named in --only.
+ON_REQUEST = {"scale1m"}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="prism bench", description=__doc__)
-    ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections: " + ", ".join(SECTIONS))
+    ap.add_argument("--only", default=",".join(s for s in SECTIONS if s not in ON_REQUEST),
+                    help="comma list of sections: " + ", ".join(SECTIONS) + f" ({', '.join(ON_REQUEST)} only when named)")
     ap.add_argument("--scaling-sizes", default="50000,100000,200000")
+    ap.add_argument("--sizing-sizes", default="25000,100000",
+                    help="the two sizes whose memory difference gives sizing's per-million slope")
+    ap.add_argument("--scale1m-n", type=int, default=1_000_000, help="points in the scale1m section")
+    ap.add_argument("--scale1m-small", type=int, default=250_000,
+                    help="the smaller size scale1m reads memory at (the per-million slope runs from it to --scale1m-n)")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--routing-n", type=int, default=200_000, help="points per set in the routing section")
     ap.add_argument("--routing-key-n", type=int, default=None, help="points in its key-routing part (default: --routing-n)")

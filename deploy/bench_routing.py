@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.benchlib import pct, run_concurrent
+from deploy.benchlib import indexed, pct, run_concurrent
 from deploy.datasets import gaussian_mixture, query_vectors
 
 DIM, SHARDS, CENTROIDS, COMPONENTS, TENANTS = 384, 8, 256, 64, 32
@@ -54,15 +54,6 @@ async def load(svc, name: str, x: np.ndarray, payload=None) -> float:
         await svc.upsert(name, {"points": pts})
     await indexed(svc, name)
     return time.perf_counter() - t0
-
-
-async def indexed(svc, name: str) -> None:
-    """Every replica's index built and loaded, as bench_core waits before measuring."""
-    for sh in svc.coordinator(name).shards:
-        for c in sh.clients:
-            wait = getattr(getattr(c, "target", None), "wait_indexed", None)
-            if wait is not None:
-                await asyncio.to_thread(wait)
 
 
 def calls(coord) -> int:

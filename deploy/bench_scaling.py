@@ -45,4 +45,4 @@ def run(workdir: Path, sizes=(50_000, 100_000, 200_000), shard_counts=(1, 2, 4, 
     finally:
         ray.shutdown()
     return {"backend": "lite", "queries": n_queries, "runs": runs,
-            "one_million": "python -m deploy.bench --only scaling --scaling-sizes 1000000 (about an hour on 2 cores)"}
+            "one_million": "python -m deploy.bench --only scale1m (about an hour on 2 cores)"}

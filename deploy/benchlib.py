@@ -80,19 +80,20 @@ def cpu_per_request(before: dict[str, int], after: dict[str, int], requests: int
     return {k: v for k, v in sorted(cpu.items(), key=lambda x: -x[1]) if v >= 0.1}
 
 
-def load_points(shards, ring: HashRing, vecs: dict[str, np.ndarray], batch: int = 2000) -> float:
-    """Bulk load straight into the shards (routing by the same ring); returns seconds."""
+def load_points(shards, ring: HashRing, vecs: dict[str, np.ndarray], batch: int = 2000, start: int = 0) -> float:
+    """Bulk load straight into the shards (routing by the same ring); returns seconds. Row i gets id
+    p{start + i}, so a second call with `start` adds points instead of overwriting the first call's."""
     n = len(next(iter(vecs.values())))
     by_shard: dict[int, list[int]] = defaultdict(list)
     for i in range(n):
-        by_shard[int(ring.get(f"p{i}"))].append(i)
+        by_shard[int(ring.get(f"p{start + i}"))].append(i)
     t0 = time.perf_counter()
 
     def load_one(s: int) -> None:
         idx = by_shard[s]
         for start in range(0, len(idx), batch):
             chunk = idx[start : start + batch]
-            pts = [PointRow(id=f"p{i}", payload={"n": i}, vectors={sp: vecs[sp][i].tolist() for sp in vecs})
+            pts = [PointRow(id=f"p{start + i}", payload={"n": start + i}, vectors={sp: vecs[sp][i].tolist() for sp in vecs})
                    for i in chunk]
             for c in shards[s]:
                 c.target.upsert(pts, wait=False)  # bulk: one visibility wait at the end, not one per batch
@@ -102,6 +103,40 @@ def load_points(shards, ring: HashRing, vecs: dict[str, np.ndarray], batch: int 
     with ThreadPoolExecutor(len(shards)) as pool:
         list(pool.map(load_one, range(len(shards))))
     return time.perf_counter() - t0
+
+
+def group_rss_mib(pgid: int) -> float:
+    """Resident memory (MiB) of every process in group `pgid` (a service prism started: its pid is its group)."""
+    total = 0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[2]) != pgid:
+                continue
+            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1024
+
+
+def gib_per_million(points_small: int, rss_small_mib: float, points_large: int, rss_large_mib: float) -> float:
+    """Memory per million points from the slope between two sizes of the same collection: what the extra points
+    cost, so the server's fixed start-up memory (and anything else that does not grow with the data) cancels.
+    One size scaled to a million would count that fixed memory once per 1/size of a million."""
+    if points_large <= points_small:
+        raise ValueError(f"sizes must grow: {points_small!r} then {points_large!r}")
+    return (rss_large_mib - rss_small_mib) / 1024 / ((points_large - points_small) / 1_000_000)
+
+
+async def indexed(svc, name: str) -> None:
+    """Every replica's index of collection `name` (a PrismService's, shards in process) built and loaded."""
+    for sh in svc.coordinator(name).shards:
+        for c in sh.clients:
+            wait = getattr(getattr(c, "target", None), "wait_indexed", None)
+            if wait is not None:
+                await asyncio.to_thread(wait)
 
 
 def close_all(shards) -> None:

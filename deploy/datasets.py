@@ -25,3 +25,13 @@ def query_vectors(n: int, dim: int, *, seed: int, base_seed: int = 0, clusters: 
                   spread: float = DEFAULT_SPREAD) -> np.ndarray:
     """Queries from the same mixture as `gaussian_mixture(seed=base_seed)`, but other points."""
     return _sample(n, dim, base_seed, seed + 10_000, clusters, spread)
+
+
+def gaussian_mixture_chunks(n: int, dim: int, *, seed: int = 0, chunk: int = 50_000,
+                            clusters: int = DEFAULT_CLUSTERS, spread: float = DEFAULT_SPREAD):
+    """`gaussian_mixture`'s distribution (the same centres) made `chunk` rows at a time, so a million points never
+    sit in memory at once (one call at 1M x 384 would hold ~3 GiB of float64 noise). Yields (start, rows); each
+    chunk has its own sample seed, so the points differ from one `gaussian_mixture` call's but come out the same
+    on every run. `query_vectors(base_seed=seed)` draws queries from the same mixture."""
+    for k, start in enumerate(range(0, n, chunk)):
+        yield start, _sample(min(chunk, n - start), dim, seed, seed + 1_000_000 + k, clusters, spread)

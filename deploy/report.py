@@ -118,6 +118,21 @@ def _plot_scaling(sc: dict) -> str | None:
 
 # Sections whose module renders its own table: (json name, module, title, what was measured and how).
 SECTIONS = [
+    ("sizing", "deploy.bench_sizing", "Sizing: Milvus memory per million vectors", lambda d: (
+        "One collection on the bundled Milvus 2.3 standalone, loaded and fully indexed at two sizes; memory per "
+        "million is the slope between them, (RSS at the larger - RSS at the smaller) / the points added, RSS of the "
+        "server's process group, so its start-up memory cancels. Baseline: the raw float32 size."
+        if d.get("method") == "slope" else
+        "One collection on the bundled Milvus 2.3 standalone, loaded and fully indexed; RSS of the server process "
+        "group after minus before, scaled to one million vectors (start-up memory included). Baseline: the raw "
+        "float32 size.")),
+    ("scale1m", "deploy.bench_scale1m", "A million points, once", lambda d: (
+        f"{d['points']:,} x {d['dim']} points (Gaussian mixture), {d['shards']} shards on the bundled Milvus server, "
+        "through PrismService in process; per index: insert time, the wait until every replica's index is built and "
+        f"loaded, p50 at c=1 and QPS at c=8 over {d['queries']} vector queries (top 10, no payload, cache off), "
+        "recall@10 against exact search (numpy) over the same points, and memory per million from the slope of the "
+        f"server's RSS between {d['points_small']:,} and {d['points']:,} points. Made by "
+        "`python -m deploy.bench --only scale1m` (deploy/bench_scale1m.py); run once, it takes about an hour.")),
     ("freshness", "deploy.bench_freshness", "Freshness: reads while others write", lambda d: (
         "20,000 points (384-d, HNSW), 2 shards, in-process shards; readers at c=1 and c=8 for 8 s each while a "
         "writer sends 0, 5 or 50 points/s (batches of 10, wait=true, open loop). Reads are `bounded` (the "
@@ -415,18 +430,6 @@ def write_report() -> Path:
     rt = _load("routing")
     if rt:
         lines += _routing_lines(rt)
-    sz = _load("sizing")
-    if sz:
-        lines += ["## Sizing: Milvus memory per million vectors", "",
-                  f"Machine: {_machine_line(sz['machine'])}.", "",
-                  "One collection on the bundled Milvus 2.3 standalone, loaded and fully indexed; RSS of the server "
-                  "process group after minus before, scaled to one million vectors. Baseline: the raw float32 size.", "",
-                  "| dim | index | points loaded | GiB per million (measured) | GiB per million (raw float32) |",
-                  "|---|---|---|---|---|"]
-        for r in sz["runs"]:
-            lines.append(f"| {r['dim']} | {r['index']} | {r['points']:,} | {r['gib_per_million']} | "
-                         f"{r['raw_float32_gib_per_million']} |")
-        lines.append("")
     for name, module, title, about in SECTIONS:
         data = _load(name)
         if data:
