@@ -55,14 +55,17 @@ class Cluster:
         self.asked: list[str] = []  # every id a lock call asked for
         self.on_ask: Callable[[], None] = lambda: None
         for sq in self.seqs:
-            sq.locks = SharedLocks(clock=lambda: time.monotonic() + self.skew)
-
             async def watched(owner, ids, *a, _real=sq.lock, **kw):
                 self.asked.extend(ids)
                 self.on_ask()
                 return await _real(owner, ids, *a, **kw)
             sq.lock = watched
         self.tenant = self._tenants()
+
+    def renew_locks(self) -> None:
+        """Fresh lock tables (an asyncio.Condition serves one event loop: each test runs its own)."""
+        for sq in self.seqs:
+            sq.locks = SharedLocks(clock=lambda: time.monotonic() + self.skew)
 
     def _tenants(self) -> list[list[str]]:
         """Key values owned by each shard (two per shard), shard order."""
@@ -112,6 +115,11 @@ def cluster(es_server, tmp_path_factory):
     c = Cluster(es_server.uri, tmp_path_factory.mktemp("races"))
     yield c
     c.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_locks(cluster):
+    cluster.renew_locks()
 
 
 def pts(ids: list[str], tenant: str, by: str) -> list[Point]:
