@@ -4,13 +4,14 @@ Each write: refused while the collection is paused (a reshard) or its layout is 
 batch validated before anything is written (a key-routed collection's key field too), embedded, written through
 Elasticsearch first (router.metadata.steps), then to the owning shards by the collection's placement. A point whose
 owner changed (its key or its routing-space vector did) moves: the new copy is written, and once acknowledged the old
-one is deleted; a point Elasticsearch holds no document for is new (no old copy), the old copy of a key-routed point
-is on its stored key's shard, any other (vector routing keeps no old vector there; a rebalance moving points; no
-Elasticsearch) is deleted from every other shard. Each write notes the placement it placed by, so that a rebalance
+one is deleted; a point Elasticsearch holds no document for is new (no old copy), one whose document names its
+shards has its old copy there, any other (a document without them; a rebalance moving points; no Elasticsearch) is
+deleted from every other shard. Each write notes the placement it placed by, so that a rebalance
 can wait for the writes that placed by the previous one (settled()). Per-point
 locks keep a read-modify-write (a vector update) from undoing another write of this process to the same point; with
 several ingress replicas, a routed point's move (read its record, write, delete the old copy) also holds its lock on
-its ring shard's sequencer (router.collection.locks.shared), so two moves at once cannot leave two copies.
+its ring shard's sequencer (router.collection.locks.shared), so two moves at once cannot leave two copies; so does
+a routed point's delete (a move's new copy written after it would have no document).
 """
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ class Writes:
         """Validate the whole batch (nothing is written on bad input), embed, index in Elasticsearch, write the
         shards by ring. `wait`: return once every acknowledging replica serves the points to searches (and
         Elasticsearch to filters); else at acknowledgement, visible within the backend's staleness bound."""
+        seen: set[str] = set()
+        for i, p in enumerate(points):  # one id twice would land on two shards when its two copies' keys differ
+            if p.id in seen:
+                raise InvalidRequest(f"points[{i}].id {p.id!r} appears twice in one request", field=f"points[{i}].id")
+            seen.add(p.id)
         async with self._points.hold(p.id for p in points):
             return await self._upsert(points, wait)
 
@@ -99,16 +105,20 @@ class Writes:
         home = {r.id: s for s, batch in homes.items() for r in batch}
         scattered = coord.moving or not placing.by_ring(placement)  # a copy may sit off this point's new home
         # Read where each point lives, write it, delete its old copy: alone among every ingress's moves of it (a
-        # point new to Elasticsearch too: another ingress may be placing it elsewhere at this moment). The only
-        # ingress (its shards poll no sequencer) has its per-point locks for that.
-        several = [sh.sequencer if sh.poll_sequencer else None for sh in coord.shards]
-        async with shared(several, coord.shard_of, home if scattered else ()):
+        # point new to Elasticsearch too: another ingress may be placing it elsewhere at this moment).
+        async with self._moves_held(home if scattered else ()):
             stale, after = await self._old_copies(home, placement) if scattered else ({}, {})
             # Where each point lives, in its Elasticsearch document (not under hash routing: the ring says, and a
             # reshard moves points without rewriting documents)
             where = None if placement.method == "hash" else {pid: [s, *after.get(pid, [])] for pid, s in home.items()}
             await coord.metadata.write_through(rows, wait, lambda: self._place(homes, stale, wait), coord.fetch, where)
         return UpsertResponse(upserted=len(rows), notes=notes, failed=failed, visible=wait)
+
+    def _moves_held(self, ids: Iterable[str]) -> Any:
+        """These points' move locks across ingress replicas (router.collection.locks.shared). The only ingress (its
+        shards poll no sequencer) has its per-point locks for that."""
+        coord = self.coord
+        return shared([sh.sequencer if sh.poll_sequencer else None for sh in coord.shards], coord.shard_of, ids)
 
     async def _old_copies(self, home: dict[str, int], placement: Placement
                           ) -> tuple[dict[int, list[str]], dict[str, list[int]]]:
@@ -118,9 +128,9 @@ class Writes:
 
         A point Elasticsearch has no document for is new: no copy anywhere. Otherwise the shards its document
         names (SHARD_FIELD: its home, and where an old copy may still sit); without them (a document written
-        before prism kept them, or put back after a failed write) under key routing the owner of its stored key;
-        else, and while a rebalance moves points (the documents may lag the move) or without Elasticsearch, every
-        other shard (a broadcast)."""
+        before prism kept them, or put back after a failed write: a move cut off after its new copy landed leaves
+        copies on its old and its new key's shards, whichever payload was put back), while a rebalance moves points
+        (the documents may lag the move) or without Elasticsearch, every other shard (a broadcast)."""
         coord = self.coord
         known = await coord.metadata.placed(list(home))  # None: no Elasticsearch here
         every = list(range(coord.config.shards))
@@ -129,16 +139,10 @@ class Writes:
         for pid, new in home.items():
             if known is not None and pid not in known:
                 continue
-            recorded, payload = known[pid] if known is not None else (None, {})
+            recorded = known[pid][0] if known is not None else None
             where: list[int] = every
-            if known is not None and not coord.moving:
-                if recorded is not None:
-                    where = recorded
-                elif placement.method == "key":
-                    try:
-                        where = [placement.shard_of(pid, None, payload)]
-                    except InvalidRequest:
-                        pass
+            if known is not None and not coord.moving and recorded is not None:
+                where = recorded
             where = [s for s in dict.fromkeys(where) if s != new]
             for s in where:
                 stale.setdefault(s, []).append(pid)
@@ -229,7 +233,10 @@ class Writes:
             return await self._delete(unique, wait)
 
     async def _delete(self, unique: list[str], wait: bool) -> DeleteResponse:
-        async with self._placing():  # by_id below follows the placement (and a move) as it stands now
+        # by_id below follows the placement (and a move) as it stands now. A routed point's delete holds its move
+        # lock: run between another ingress's Elasticsearch write and shard write of a move, it would leave the new
+        # copy without a document.
+        async with self._placing(), self._moves_held(unique if self.coord.scattered else ()):
             return await self._delete_now(unique, wait)
 
     async def _delete_now(self, unique: list[str], wait: bool) -> DeleteResponse:
