@@ -10,6 +10,7 @@
     │   └── UnsupportedMediaType    415: a JSON body not labelled application/json
     ├── CollectionNotFound          404
     ├── SpaceNotFound               404: unknown named vector space
+    ├── SnapshotNotFound            404: no such (complete) snapshot of the collection
     ├── CollectionExists            409
     ├── ShardUnavailable            503: a shard (all of its replicas) did not answer
     ├── ModelUnavailable            503: an encoder's weights are missing
@@ -108,6 +109,11 @@ class SpaceNotFound(PrismError):
 class PointNotFound(PrismError):
     status = 404
     code = "point_not_found"
+
+
+class SnapshotNotFound(PrismError):
+    status = 404
+    code = "snapshot_not_found"
 
 
 class CollectionExists(PrismError):

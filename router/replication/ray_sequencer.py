@@ -91,6 +91,12 @@ class RaySequencerClient:
     async def compare(self) -> Any:
         return await self._await(self.actor.compare.remote())
 
+    async def mark(self) -> Any:
+        return await self._await(self.actor.mark.remote())
+
+    async def cut(self, since: int) -> Any:
+        return await self._await(self.actor.cut.remote(since))
+
 
 def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
                          timeout_s: float, detached: bool = False, first_shard: int = 0,

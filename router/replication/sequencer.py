@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import PrismError
+from router.replication import cut as cutting
 from router.replication.antientropy import Comparison
 from router.replication.healing import HealLoop
 from router.replication.oplog import OPLOG_MAX_BYTES, OPLOG_MAX_OPS, LoggedOp, OpLog, decode_frame, encode_abandon, encode_op
@@ -228,3 +229,11 @@ class Sequencer:
         """verify's comparison of the shard's replicas, between writes (it holds the write lock)."""
         self._ensure_background()
         return await self.host.compare_replicas()
+
+    async def mark(self) -> cutting.Mark:
+        """A snapshot's first step on this shard (router.replication.cut.mark)."""
+        return await cutting.mark(self.host)
+
+    async def cut(self, since: int) -> cutting.Cut:
+        """A snapshot's cut of this shard after its copy from `since` (router.replication.cut.cut)."""
+        return await cutting.cut(self.host, since)

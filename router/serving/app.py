@@ -20,6 +20,7 @@ from router.serving.edge import ERROR_HANDLERS, Observe, refusal_response
 from router.serving.openapi import ACCESS, BODY, READS, WRITES, body_doc, documented, with_schemas
 from router.serving.metrics import process_state
 from router.serving.qdrant.routes import mount as mount_qdrant
+from router.serving.snapshot_routes import mount as mount_snapshots
 from router.schema.collections import (
     CollectionInfo, CollectionList, DeletedCollection, Health, RebalanceRequest, RebalanceResponse, ReshardRequest,
     ReshardResponse, VerifyResponse,
@@ -53,6 +54,7 @@ api.add_middleware(Observe)
 for _exc, _handler in ERROR_HANDLERS.items():
     api.add_exception_handler(_exc, _handler)
 mount_qdrant(api)  # the Qdrant-compatible REST API under /qdrant (router/qdrant)
+mount_snapshots(api)  # snapshots and restore (router/serving/snapshot_routes.py)
 
 
 async def _json(request: Request) -> Any:
