@@ -68,22 +68,38 @@ def _columns(rows) -> dict[str, tuple[dict, dict]]:
     return {r.id: (r.payload, {s: np.asarray(v, np.float32) for s, v in r.vectors.items()}) for r in rows}
 
 
-async def shard_at_cut(sh: ReplicatedShard) -> tuple[cutting.Cut, dict[str, tuple[dict, dict]]]:
-    """One shard's points at its cut (router.replication.cut: mark, copy, cut)."""
-    seq = sh.sequencer
-    mark = await (seq.mark() if seq is not None else cutting.mark(sh))
+async def mark_shard(sh: ReplicatedShard) -> cutting.Mark:
+    """Step 1 (router.replication.cut.mark), on the shard's sequencer where it has one."""
+    mark = await (sh.sequencer.mark() if sh.sequencer is not None else cutting.mark(sh))
     if not mark.replicas:
         raise ShardUnavailable(f"shard {sh.shard}: no replica has applied its writes; retry the snapshot",
                                shards=[sh.shard])
+    return mark
+
+
+async def copy_shard(sh: ReplicatedShard, mark: cutting.Mark) -> dict[str, tuple[dict, dict]]:
+    """Step 2: every point of one of the replicas that had the mark's writes, while writes go on."""
     ids = await cutting.export_ids(sh, mark.replicas)
     points: dict[str, tuple[dict, dict]] = {}
     for i in range(0, len(ids), cutting.EXPORT_BATCH):
         points.update(_columns(await cutting.export(sh, mark.replicas, ids[i:i + cutting.EXPORT_BATCH])))
-    c = await (seq.cut(mark.seq) if seq is not None else cutting.cut(sh, mark.seq))
+    return points
+
+
+async def cut_shard(sh: ReplicatedShard, mark: cutting.Mark, points: dict[str, tuple[dict, dict]]) -> cutting.Cut:
+    """Step 3: the cut; `points` (step 2's copy) brought to it in place."""
+    c = await (sh.sequencer.cut(mark.seq) if sh.sequencer is not None else cutting.cut(sh, mark.seq))
     for pid in c.gone:
         points.pop(pid, None)
     points.update(_columns(c.rows.values()))
-    return c, points
+    return c
+
+
+async def shard_at_cut(sh: ReplicatedShard) -> tuple[cutting.Cut, dict[str, tuple[dict, dict]]]:
+    """One shard's points at its cut (router.replication.cut: mark, copy, cut)."""
+    mark = await mark_shard(sh)
+    points = await copy_shard(sh, mark)
+    return await cut_shard(sh, mark, points), points
 
 
 class Snapshots:
