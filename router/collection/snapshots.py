@@ -23,7 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.errors import ShardUnavailable, SnapshotNotFound
+from cluster.config import parse_model
+from cluster.errors import CollectionNotFound, ShardUnavailable, SnapshotNotFound
+from cluster.names import check_name
 from cluster.snapshot_store import SnapshotStore
 from router.collection.coordinator import Coordinator
 from router.metadata.store import index_mapping
@@ -31,7 +33,7 @@ from router.collection.restore import restore
 from router.replication import cut as cutting
 from router.replication.replicas import ReplicatedShard
 from router.schema import snapshots as plan
-from router.schema.snapshots import Manifest, ShardCut
+from router.schema.snapshots import Manifest, ShardCut, SnapshotRequest
 
 Columns = dict[str, Any]  # id -> (payload, {space: float32 vector})
 
@@ -116,8 +118,9 @@ class Snapshots:
             self._store = SnapshotStore(s.url or self.svc.config.data_path / "snapshots", s.options)
         return self._store
 
-    async def create(self, name: str) -> dict[str, Any]:
+    async def create(self, name: str, body: Any = None) -> dict[str, Any]:
         """Snapshot `name` while reads and writes go on; the answer is the manifest's summary."""
+        parse_model(SnapshotRequest, {} if body is None else body, "snapshot request")
         coord: Coordinator = self.svc.coordinator(name)
         if coord.paused or coord.moving:
             raise ShardUnavailable(f"collection {name!r} is moving points ({coord.paused or 'a rebalance'}): a "
@@ -171,7 +174,7 @@ class Snapshots:
 
     async def list(self, name: str) -> dict[str, Any]:
         """The collection's snapshots, complete ones with their summary; a collection deleted since may be named."""
-        self.svc.catalog.path(name)  # the name rule
+        check_name(name)
         own = re.compile(rf"^{re.escape(name)}-\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}$")
 
         def scan() -> list[dict[str, Any]]:
@@ -184,13 +187,18 @@ class Snapshots:
                 except SnapshotNotFound:
                     out.append({"id": sid, "collection": name, "complete": False})
             return out
-        return {"collection": name, "snapshots": await asyncio.to_thread(scan)}
+        found = await asyncio.to_thread(scan)
+        if not found and name not in self.svc.list_collections():
+            raise CollectionNotFound(f"no collection {name!r} and no snapshot of one")
+        return {"collection": name, "snapshots": found}
 
     async def describe(self, name: str, sid: str) -> dict[str, Any]:
+        check_name(name)
         m = await asyncio.to_thread(self.manifest, sid, name)
         return {**summary(m), "manifest": m.model_dump()}
 
     async def delete(self, name: str, sid: str) -> dict[str, Any]:
+        check_name(name)
         plan.check_id(sid)
         if not sid.startswith(f"{name}-") or not await asyncio.to_thread(self.store.exists, sid):
             raise SnapshotNotFound(f"no snapshot {sid!r} of collection {name!r}", field="snapshot")

@@ -31,6 +31,12 @@ DOCUMENTS = "metadata/documents.parquet"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,190}$")
 
 
+class SnapshotRequest(BaseModel):
+    """`POST /v1/collections/{name}/snapshots`: no options yet (an empty body, or none)."""
+
+    model_config = {"extra": "forbid"}
+
+
 class RestoreRequest(BaseModel):
     """`POST /v1/collections/{new}/restore`: a new collection from a snapshot, its layout unless overridden."""
 

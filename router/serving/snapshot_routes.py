@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI, Request
 from cluster.errors import ShardUnavailable
 from router.schema.bodies import read_json
 from router.schema.snapshots import DeletedSnapshot, RestoreRequest, RestoreResponse, SnapshotDetail, SnapshotList, \
-    SnapshotSummary
+    SnapshotRequest, SnapshotSummary
 from router.serving.openapi import ACCESS, WRITES, body_doc, documented
 
 router = APIRouter(prefix="/v1/collections/{name}")
@@ -25,16 +25,24 @@ def _snapshots() -> Any:
     return service.snapshots
 
 
-@router.post("/snapshots", response_model=SnapshotSummary, responses=documented(ACCESS + (404, 502, 503)))
-async def create_snapshot(name: str):
+async def _body(request: Request) -> Any:
+    from router.serving.metrics import process_state
+
+    return await read_json(request, process_state().max_upload_bytes)
+
+
+@router.post("/snapshots", response_model=SnapshotSummary, **body_doc(SnapshotRequest, WRITES))
+async def create_snapshot(name: str, request: Request):
     """Snapshot the collection while reads and writes go on: one cut across its shards (each shard's sequence
-    number), Parquet files and a manifest written last (admin; `prism snapshot create`)."""
-    return await _snapshots().create(name)
+    number), Parquet files and a manifest written last (admin; `prism snapshot create`). The body may be empty."""
+    raw = await request.body()
+    return await _snapshots().create(name, await _body(request) if raw.strip() else {})
 
 
-@router.get("/snapshots", response_model=SnapshotList, responses=documented(ACCESS))
+@router.get("/snapshots", response_model=SnapshotList, responses=documented(ACCESS + (404,)))
 async def list_snapshots(name: str):
-    """The collection's snapshots (also after the collection was deleted); incomplete ones say so (admin)."""
+    """The collection's snapshots (also after the collection was deleted: 404 only when there is neither);
+    incomplete ones say so (admin)."""
     return await _snapshots().list(name)
 
 
@@ -55,9 +63,7 @@ async def restore(name: str, request: Request):
     """Build the NEW collection `name` from a snapshot: `{"snapshot": ID, "shards"?, "replicas"?, "routing"?}`.
     Checksums are verified first; a corrupted file is refused naming it; the source collection is not touched
     (admin; `prism snapshot restore`)."""
-    from router.serving.metrics import process_state
-
-    return await _snapshots().restore(name, await read_json(request, process_state().max_upload_bytes))
+    return await _snapshots().restore(name, await _body(request))
 
 
 def mount(api: FastAPI) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cluster.config import ClusterConfig
-from cluster.errors import CollectionExists, InvalidRequest
+from cluster.errors import CollectionExists, CollectionNotFound, InvalidRequest
 from cluster.services import free_port
 from router.collection.restore import shard_points
 from router.collection.service import PrismService
@@ -137,8 +137,11 @@ def test_a_snapshot_under_concurrent_writes_equals_the_collection_at_its_cut(tmp
     assert got != now  # the writes after the cut are not in it
     assert summary["counts"] == {"points": len(want), "v": len(want), "w": sum(1 for _, vs in want.values() if "w" in vs)}
     assert all(c.points == sum(1 for pid in want if coord.shard_of(pid) == c.shard) for c in m.cut)
+    asyncio.run(svc.delete_collection("snap"))  # a snapshot is a backup: it outlives its collection
     listed = asyncio.run(svc.snapshots.list("snap"))["snapshots"]
     assert [s["id"] for s in listed] == [summary["id"]] and listed[0]["write_pause_ms"] < 1000
+    with pytest.raises(CollectionNotFound):
+        asyncio.run(svc.snapshots.list("nosuch"))
 
 
 class _S3Server:

@@ -117,3 +117,13 @@ def test_written_since_refuses_when_the_log_no_longer_holds_every_write():
     assert written_since(log, 2, 4) == {"3", "4"}
     with pytest.raises(ShardUnavailable, match="retry the snapshot"):
         written_since(log, 1, 4)
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/v1/collections/c/snapshots"), ("GET", "/v1/collections/c/snapshots"),
+                                         ("GET", "/v1/collections/c/snapshots/c-1"),
+                                         ("DELETE", "/v1/collections/c/snapshots/c-1"),
+                                         ("POST", "/v1/collections/c/restore")])
+def test_snapshot_and_restore_routes_need_the_admin_role(method, path):
+    from router.serving.access import route_access
+
+    assert route_access(method, path) == ("admin", "c")
