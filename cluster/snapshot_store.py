@@ -59,10 +59,13 @@ class SnapshotStore:
         return h.hexdigest(), n
 
     def exists(self, path: str) -> bool:
-        return self.fs.exists(self._full(path))
+        full = self._full(path)
+        self.fs.invalidate_cache(full)
+        return self.fs.exists(full)
 
     def ids(self) -> list[str]:
         """The snapshot directories under the root (complete or not)."""
+        self.fs.invalidate_cache(self.root)  # s3fs caches listings: another ingress may have written since
         try:
             entries = self.fs.ls(self.root, detail=True)
         except FileNotFoundError:

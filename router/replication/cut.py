@@ -129,8 +129,8 @@ async def cut(host: Any, since: int, pause_ids: int = PAUSE_IDS, rounds: int = R
             break
         take(ids, await export(host, caught_up(host, upto), sorted(ids)))
         out.seq, out.rounds = upto, out.rounds + 1
-    t0 = time.perf_counter()
     async with host._lock():  # the pause: writes to this shard wait meanwhile
+        t0 = time.perf_counter()
         upto = host.state.seq
         ids = written_since(host.log, out.seq, upto)
         if ids:
