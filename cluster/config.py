@@ -183,6 +183,16 @@ class StrictLimits(Strict):
     max_request_document_chars: int = Field(default=2_000_000, ge=1, le=8_388_608)
 
 
+class SnapshotSettings(Strict):
+    """Where snapshots are kept (cluster.snapshot_store): a directory, or an S3-compatible bucket through fsspec."""
+
+    # None: DATA_DIR/snapshots. A path, `file:///path` or `s3://bucket/prefix`.
+    url: str | None = None
+    # fsspec storage options, e.g. {"endpoint_url": "http://minio:9000", "key": ..., "secret": ...} for S3 (or the
+    # usual AWS environment variables). Kept in the cluster config only, never in a snapshot.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class ClusterConfig(Strict):
     """Everything `prism up` and the Serve app need."""
 
@@ -243,6 +253,7 @@ class ClusterConfig(Strict):
     images: "ImageLimits" = Field(default_factory=lambda: ImageLimits())
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: StrictLimits = Field(default_factory=StrictLimits)
+    snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
     # Serve without API keys on a non-loopback address (anyone who reaches the port may do anything).
     insecure: bool = False
     collections: list[CollectionConfig] = Field(default_factory=list)

@@ -10,6 +10,7 @@
     │   └── UnsupportedMediaType    415: a JSON body not labelled application/json
     ├── CollectionNotFound          404
     ├── SpaceNotFound               404: unknown named vector space
+    ├── SnapshotNotFound            404: no such (complete) snapshot of the collection
     ├── CollectionExists            409: the name is taken (by a collection or an alias)
     ├── CollectionAliased           409: a collection an alias points to cannot be deleted
     ├── ShardUnavailable            503: a shard (all of its replicas) did not answer
@@ -109,6 +110,11 @@ class SpaceNotFound(PrismError):
 class PointNotFound(PrismError):
     status = 404
     code = "point_not_found"
+
+
+class SnapshotNotFound(PrismError):
+    status = 404
+    code = "snapshot_not_found"
 
 
 class CollectionExists(PrismError):

@@ -1,4 +1,5 @@
-"""The `prism` command: up, down, status, ingest, query, models (install, list), reshard, rebalance, loadtest, bench, keys.
+"""The `prism` command: up, down, status, ingest, query, models (install, list), reshard, rebalance, snapshot, loadtest,
+bench, keys.
 The commands live by job in cluster/cli/serve.py (running an instance), cluster/cli/collection.py (one collection's
 data) and cluster/cli/admin.py (model weights, API keys); here they are put together, in the order --help lists
 them."""
@@ -8,6 +9,7 @@ import typer
 
 from cluster.cli import collection, serve
 from cluster.cli.admin import keys_app, models_app
+from cluster.cli.snapshot import snapshot_app
 
 app = typer.Typer(help="prism: sharded multimodal search on Ray + Milvus.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -20,6 +22,7 @@ app.command()(collection.verify)
 app.add_typer(models_app, name="models")
 app.command()(collection.reshard)
 app.command()(collection.rebalance)
+app.add_typer(snapshot_app, name="snapshot")
 app.command()(collection.loadtest)
 app.add_typer(keys_app, name="keys")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve.bench)

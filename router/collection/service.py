@@ -21,7 +21,7 @@ from router.schema.bodies import parse_json
 from router.collection.cache import EmbeddingCache, LRUCache, request_key
 from router.collection.aliases import check_collection_name, check_deletable, visible
 from router.collection.catalog import Catalog, Entry
-from router.collection import inventory, limits as strict, placing, rebalance as rebalancing
+from router.collection import inventory, limits as strict, placing, rebalance as rebalancing, reshard as resharding
 from router.collection.coordinator import Coordinator
 from router.collection.pipeline import Prefetched
 from router.schema.collections import (
@@ -31,7 +31,7 @@ from router.schema.points import (
     CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
 )
 from router.schema.query import BatchQueryRequest, BatchQueryResponse, QueryRequest, QueryResponse
-from router.collection.reshard import reshard_collection
+from router.collection.snapshots import Snapshots
 from router.encoding.vectors import Encode
 from shards.local import leftovers, local_shards, replica_specs, stop_local_shards
 
@@ -71,6 +71,7 @@ class PrismService:
         self._seen: dict[str, tuple] = {}  # name -> (file stamp, version) of the catalog entry this process follows
         self._lock = asyncio.Lock()
         self.background: dict[str, asyncio.Task] = {}  # name -> a training started on its own (rebalance.maybe_start)
+        self.snapshots = Snapshots(self)  # create, list, describe, delete, restore (router.collection.snapshots)
 
     # -- collections -------------------------------------------------------------------------------------------
     def open_catalog(self) -> list[str]:
@@ -276,7 +277,7 @@ class PrismService:
         """Change the shard count, moving only the points whose ring owner changes; reads go on meanwhile."""
         parse_model(ReshardRequest, body, "reshard request")
         async with self._lock:
-            return await reshard_collection(self, self.coordinator(name).config.name, body["shards"])
+            return await resharding.reshard_collection(self, self.coordinator(name).config.name, body["shards"])
 
     async def rebalance(self, name: str, body: Any = None) -> dict[str, Any]:
         """Vector routing: train the centroids, move the points; reads and writes go on (router.collection.rebalance)."""

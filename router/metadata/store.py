@@ -26,6 +26,12 @@ def index_name(collection: str) -> str:
     return INDEX_PREFIX + collection.lower()
 
 
+def index_mapping(cfg: CollectionConfig) -> dict[str, Any]:
+    """The mapping of a collection's index. Unmapped payload fields stay in _source (returned, never indexed):
+    only mapped fields are filterable."""
+    return {"dynamic": False, "properties": {f: {"type": _ES_TYPES[t]} for f, t in cfg.metadata.items()}}
+
+
 class MetadataStore:
     """Index, delete, count and filter point payloads in Elasticsearch (or an ES-API server such as noida-db)."""
 
@@ -78,10 +84,7 @@ class MetadataStore:
             raise CollectionExists(f"Elasticsearch index {name!r} exists already and prism never adopts an index it "
                                    f"did not make for this collection: delete it, or choose another name",
                                    field="name")
-        props = {f: {"type": _ES_TYPES[t]} for f, t in cfg.metadata.items()}
-        # Unmapped payload fields stay in _source (returned, never indexed): only mapped fields are filterable.
-        self._call("create index", self.es.indices.create, index=name,
-                   mappings={"dynamic": False, "properties": props})
+        self._call("create index", self.es.indices.create, index=name, mappings=index_mapping(cfg))
 
     def put_mapping(self, collection: str, fields: dict[str, str]) -> None:
         """Map fields added to the collection's metadata mapping (dynamic mapping: before any document has them)."""

@@ -97,6 +97,12 @@ class RaySequencerClient:
     async def unlock(self, owner: str, ids: list[str]) -> list[str]:
         return await self._await(self.actor.unlock.remote(owner, ids))
 
+    async def mark(self) -> Any:
+        return await self._await(self.actor.mark.remote())
+
+    async def cut(self, since: int) -> Any:
+        return await self._await(self.actor.cut.remote(since))
+
 
 def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
                          timeout_s: float, detached: bool = False, first_shard: int = 0,

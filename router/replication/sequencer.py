@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import PrismError
+from router.replication import cut as cutting
 from router.replication.antientropy import Comparison
 from router.replication.healing import HealLoop
 from router.replication.leases import LOCK_WAIT_S, MOVE_LEASE_S, SharedLocks
@@ -240,3 +241,11 @@ class Sequencer:
     async def unlock(self, owner: str, ids: list[str]) -> list[str]:
         """Release `owner`'s ids; returns those its lease had lost meanwhile."""
         return await self.locks.release(owner, ids)
+
+    async def mark(self) -> cutting.Mark:
+        """A snapshot's first step on this shard (router.replication.cut.mark)."""
+        return await cutting.mark(self.host)
+
+    async def cut(self, since: int) -> cutting.Cut:
+        """A snapshot's cut of this shard after its copy from `since` (router.replication.cut.cut)."""
+        return await cutting.cut(self.host, since)

@@ -21,6 +21,7 @@ from router.serving.openapi import ACCESS, BODY, READS, WRITES, body_doc, docume
 from router.serving.metrics import process_state
 from router.serving.aliases import mount as mount_aliases
 from router.serving.qdrant.routes import mount as mount_qdrant
+from router.serving.snapshot_routes import mount as mount_snapshots
 from router.schema.collections import (
     CollectionInfo, CollectionList, DeletedCollection, Health, RebalanceRequest, RebalanceResponse, ReshardRequest,
     ReshardResponse, VerifyResponse,
@@ -55,6 +56,7 @@ for _exc, _handler in ERROR_HANDLERS.items():
     api.add_exception_handler(_exc, _handler)
 mount_qdrant(api)  # the Qdrant-compatible REST API under /qdrant (router/qdrant)
 mount_aliases(api)  # /v1/aliases (router/serving/aliases.py)
+mount_snapshots(api)  # snapshots and restore (router/serving/snapshot_routes.py)
 
 
 async def _json(request: Request) -> Any:

@@ -33,6 +33,7 @@ def routes(who: str) -> list[tuple[str, str, str, dict]]:
         ("POST", "/v1/collections/books/points/delete", "write", {"json": {"ids": [f"gone-{who}"]}}),
         ("POST", "/v1/collections/books/reshard", "admin", {"json": {"shards": 2}}),
         ("GET", "/v1/collections/books/verify", "admin", {}),
+        ("GET", "/v1/collections/books/snapshots", "admin", {}),
         ("PUT", f"/v1/collections/tmp_{who}", "admin",
          {"json": {"spaces": {"v": {"dim": DIM, "index": {"type": "FLAT"}}}}}),
         ("DELETE", f"/v1/collections/tmp_{who}", "admin", {}),
