@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cluster.config import parse_model
-from cluster.errors import CollectionExists, InvalidRequest, describe
+from cluster.errors import CollectionExists, InvalidRequest, ShardUnavailable, describe
 from router.collection.catalog import Entry
 from router.collection.coordinator import Coordinator
 from router.routing import balance, kmeans
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from router.collection.service import PrismService
 
 COPY_BATCH = 1000
+COPY_TRIES, COPY_RETRY_PAUSE_S = 3, 1.0  # a page's copy not acknowledged in time is sent again (`_copy`)
 READ_BATCH = 2_000
 SEED = 0  # k-means and the sample: the same points train the same centroids
 log = logging.getLogger("prism.rebalance")
@@ -120,6 +121,21 @@ async def _switch(coord: Coordinator, placement: Placement) -> None:
     await coord.writes.settled(coord.placement_epoch)
 
 
+async def _copy(shard: Any, rows: list) -> Any:
+    """Upsert a page's copies on their new shard. A write not acknowledged in time (a Milvus server slow under
+    load) is sent again, up to COPY_TRIES times: an upsert of the same rows applied twice is applied once, and the
+    points' old copies stay where they are until every copy is acknowledged."""
+    for attempt in range(1, COPY_TRIES + 1):
+        try:
+            return await shard.upsert(rows)
+        except ShardUnavailable as exc:
+            if attempt == COPY_TRIES:
+                raise
+            log.warning("rebalance: copying %d points to shard %s again (%d of %d): %s", len(rows), shard.shard,
+                        attempt + 1, COPY_TRIES, exc)
+            await asyncio.sleep(COPY_RETRY_PAUSE_S * attempt)  # backoff: let a loaded server catch up
+
+
 async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = None) -> int:
     """Every point to its shard under `placement` (coord.placement, with writes following it already): copy the
     points off their shard, then delete the old copies; returns how many were copied."""
@@ -140,7 +156,7 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
                         out[t].append(row)
                 # to every target at once (on a Milvus server each write waits out a time tick), all ended before
                 # a failure is raised: a roll-back never races a copy still in flight
-                done = await asyncio.gather(*(coord.shards[t].upsert(batch) for t, batch in out.items()),
+                done = await asyncio.gather(*(_copy(coord.shards[t], batch) for t, batch in out.items()),
                                             return_exceptions=True)
                 for r in done:
                     if isinstance(r, BaseException):
