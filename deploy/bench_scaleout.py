@@ -20,9 +20,10 @@ from deploy.datasets import gaussian_mixture, query_vectors
 DIM = 64
 
 
-def _vector_query(qs: list[list[float]]):
+def _vector_query(qs: list[list[float]], debug: bool = False):
     return lambda i: {"prefetch": [{"space": "v", "vector": qs[i % len(qs)], "limit": 10}],
-                      "fusion": {"method": "none"}, "limit": 10, "with_payload": False, "cache": False}
+                      "fusion": {"method": "none"}, "limit": 10, "with_payload": False, "cache": False,
+                      **({"debug": True} if debug else {})}
 
 
 # The configurations compared, each a `prism up` with this override (same collections, same queries, same run):
@@ -62,7 +63,7 @@ def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, round
     port = free_port()
     cfg = ClusterConfig(data_dir=str(workdir / "prism"), port=port, grpc_port=0, elasticsearch={"mode": "off"})
     url = f"http://127.0.0.1:{port}"
-    runs: dict[str, dict[str, list[float]]] = {k: {"qps": [], "p50": [], "p50_c1": [], "took_c1": []}
+    runs: dict[str, dict[str, list[float]]] = {k: {"qps": [], "p50": [], "p50_c1": [], "took_c1": [], "fan_out_c1": []}
                                                 for k in (*CONFIGS, "replicas1", "replicas2")}
     cpu: dict[str, dict[str, float]] = {}
     errors = 0
@@ -73,8 +74,10 @@ def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, round
         path = f"/v1/collections/{collection}/query"
         took: list[float] = []
         asyncio.run(http_load(url, 8, 100, _vector_query(qs), path=path))  # warm-up: every replica sees requests
-        lat1, _, err1 = asyncio.run(http_load(url, 1, 100, _vector_query(qs), path=path,
-                                              seen=lambda a: took.append(a["took_ms"])))
+        fan: list[float] = []
+        lat1, _, err1 = asyncio.run(http_load(url, 1, 100, _vector_query(qs, debug=True), path=path,
+                                              seen=lambda a: (took.append(a["took_ms"]),
+                                                              fan.append(a["timings_ms"]["fan_out"]))))
         before = cpu_ticks()
         lat, rate, err = asyncio.run(http_load(url, 32, total, _vector_query(qs), path=path))
         cpu[label] = cpu_per_request(before, cpu_ticks(), total)  # the last round's
@@ -83,6 +86,7 @@ def run(workdir: Path, n: int = 20_000, shards: int = 2, total: int = 800, round
         r["p50"].append(statistics.median(lat))
         r["p50_c1"].append(statistics.median(lat1))
         r["took_c1"].append(statistics.median(took))
+        r["fan_out_c1"].append(statistics.median(fan))  # of took: the shards' answers (Ray call + Milvus search)
         errors += err + err1
 
     try:

@@ -383,10 +383,10 @@ def write_report() -> Path:
                   f"{so['backend']}) over HTTP at c={so['concurrency']}, {so['requests_per_round']} requests per round, "
                   f"{so['rounds']} rounds alternating 1 and 2 ingress replicas (`ingress_replicas`); medians. Made by "
                   "`python -m deploy.bench --only scaleout` (deploy/bench_scaleout.py).", "",
-                  "| configuration | QPS c=32 | p50 ms c=32 | p50 ms c=1 (client) | took_ms c=1 (server) | QPS per "
-                  "round |", "|---|---|---|---|---|---|"]
+                  "| configuration | QPS c=32 | p50 ms c=32 | p50 ms c=1 (client) | took_ms c=1 (server) | of it fan-out "
+                  "| QPS per round |", "|---|---|---|---|---|---|---|"]
         for k, m in so.get("medians", {}).items():
-            lines.append(f"| {k} | {m['qps']} | {m['p50']} | {m['p50_c1']} | {m['took_c1']} | "
+            lines.append(f"| {k} | {m['qps']} | {m['p50']} | {m['p50_c1']} | {m['took_c1']} | {m.get('fan_out_c1')} | "
                          f"{so['qps_rounds'][k]} |")
         lines += ["", f"Two ingress replicas / one: **{so['ratio']}** (without group commit at the replica "
                   f"{so.get('ratio_no_group_commit')}, without the ingress coalescer {so.get('ratio_no_ingress_batching')}"
