@@ -13,7 +13,7 @@ import pytest
 
 from cluster.auth import KeySource, new_key
 from cluster.config import ClusterConfig
-from cluster.errors import InvalidRequest
+from cluster.errors import CollectionExists, InvalidRequest
 from cluster.proto.prism.v1 import prism_pb2 as pb
 from router.collection.service import PrismService
 from router.serving import grpc_api as g
@@ -39,13 +39,14 @@ def body(points: list[dict]) -> dict:
     return {"points": [{**p, "vectors": {"v": vec(i)}} for i, p in enumerate(points)]}
 
 
-@pytest.fixture
-def svc(tmp_path):
-    s = PrismService(ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "off"}))
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    """One service for the file (each test names its own new collections; the last one changes A)."""
+    s = PrismService(ClusterConfig(data_dir=str(tmp_path_factory.mktemp("review")), elasticsearch={"mode": "off"}))
 
     async def setup():
-        for name in ("A", "B"):
-            await s.create_collection(name, {"spaces": SPACE, "shards": 2})
+        await s.create_collection("A", {"spaces": SPACE, "shards": 2})
+        await s.create_collection("B", {"spaces": SPACE})
         await s.upsert("A", body(ODD))
         await s.upsert("B", body([{"id": f"b{i}", "payload": {"secret": i}} for i in range(3)]))
         await s.set_alias("prod", {"collection": "A"})
@@ -76,7 +77,12 @@ def test_a_snapshot_through_an_alias_is_its_targets_and_odd_payloads_restore_exa
     assert s["collection"] == "A" and s["id"].startswith("A-")  # named by the collection, not the alias
     assert listed == [s["id"]]
     assert r["points"] == len(ODD) and a2 == a and set(a) == {p["id"] for p in ODD}
-    assert asyncio.run(svc.snapshots.delete("A", s["id"])) == {"deleted": s["id"]}
+    for taken in ("A", "prod", "PROD", "a"):  # a collection's, an alias's name, or one differing only in case
+        with pytest.raises(CollectionExists):
+            asyncio.run(svc.snapshots.restore(taken, {"snapshot": s["id"]}))
+    assert not {"PROD", "a"} & set(svc.list_collections()) and svc.catalog.aliases() == {"prod": "A"}
+    assert asyncio.run(svc.snapshots.delete("prod", s["id"])) == {"deleted": s["id"]}  # the alias names A
+    assert asyncio.run(svc.snapshots.list("A"))["snapshots"] == []
 
 
 def test_a_missing_file_is_refused_naming_it_and_leaves_nothing(svc):
@@ -94,7 +100,7 @@ def http(svc, monkeypatch):
     from router.serving.app import api
     from router.serving.metrics import process_state
 
-    keys = {"admin": new_key("admin"), "read": new_key("read"), "scoped": new_key("admin", ["A", "A2", "prod"])}
+    keys = {"admin": new_key("admin"), "read": new_key("read"), "scoped": new_key("admin", ["A", "A4", "prod"])}
     guard = Guard(KeySource([rec for _, rec in keys.values()], None, environ={}), clock=FakeClock())
     monkeypatch.setattr(process_state(), "guard", guard)
     monkeypatch.setattr(process_state(), "service", svc)
@@ -107,24 +113,28 @@ def http(svc, monkeypatch):
         ctx = Ctx(keys[who][0])
         return asyncio.run(g.handle(method, request, ctx, service=svc, guard=guard)), ctx
 
-    return lambda *a, **k: asyncio.run(call(*a, **k)), rpc
+    return lambda *a, **k: asyncio.run(call(*a, **k)), rpc, keys
 
 
 def test_a_read_key_or_a_scoped_key_changes_nothing_it_may_not(svc, http):
-    call, rpc = http
+    call, rpc, keys = http
     sid_b = call("POST", "/v1/collections/B/snapshots", "admin").json()["id"]
     sid_a = call("POST", "/v1/collections/A/snapshots", "admin").json()["id"]
     before = len(svc.snapshots.store.ids())
+    fs, root = svc.snapshots.store.fs, svc.snapshots.store.root
+    held_bytes = b"".join(fs.cat_file(f) for f in fs.find(f"{root}/{sid_a}"))
+    for key, rec in keys.values():  # no key, nor what is stored instead of one, is in a snapshot's files
+        assert key.encode() not in held_bytes and rec.hash.encode() not in held_bytes
     assert call("POST", "/v1/collections/A/snapshots", "read").status_code == 403
     assert call("DELETE", f"/v1/collections/A/snapshots/{sid_a}", "read").status_code == 403
     assert call("POST", "/v1/collections/N/restore", "read", json={"snapshot": sid_a}).status_code == 403
     assert call("PUT", "/v1/aliases/prod", "read", json={"collection": "B"}).status_code == 403
     assert call("DELETE", "/v1/aliases/prod", "read").status_code == 403
     assert call("POST", "/v1/collections/B/snapshots", "scoped").status_code == 403
-    # scoped to A, A2 and prod: B's snapshot is not its to restore, B not its to point prod at
-    r = call("POST", "/v1/collections/A2/restore", "scoped", json={"snapshot": sid_b})
+    # scoped to A, A4 and prod: B's snapshot is not its to restore, B not its to point prod at
+    r = call("POST", "/v1/collections/A4/restore", "scoped", json={"snapshot": sid_b})
     assert r.status_code == 403, r.text
-    assert "A2" not in svc.list_collections()
+    assert "A4" not in svc.list_collections()
     r = call("PUT", "/v1/aliases/prod", "scoped", json={"collection": "B"})
     assert r.status_code == 403, r.text
     _, ctx = rpc("SetAlias", pb.SetAliasRequest(alias="prod", collection="B"), "scoped")
@@ -132,7 +142,7 @@ def test_a_read_key_or_a_scoped_key_changes_nothing_it_may_not(svc, http):
     assert call("PUT", "/v1/aliases/other", "scoped", json={"collection": "A"}).status_code == 403  # not its name
     assert svc.catalog.aliases() == {"prod": "A"} and len(svc.snapshots.store.ids()) == before
     # what it may do, it can
-    assert call("POST", "/v1/collections/A2/restore", "scoped", json={"snapshot": sid_a}).status_code == 200
+    assert call("POST", "/v1/collections/A4/restore", "scoped", json={"snapshot": sid_a}).status_code == 200
     assert call("DELETE", "/v1/collections/A/snapshots/" + sid_a, "scoped").status_code == 200
     for name in ("A", "prod"):  # aliased: refused on gRPC (HTTP and the service: tests/integration/test_aliases)
         _, ctx = rpc("Drop", pb.DropCollectionRequest(name=name), "admin")
@@ -143,7 +153,7 @@ def test_a_read_key_or_a_scoped_key_changes_nothing_it_may_not(svc, http):
 def test_every_read_and_write_endpoint_takes_an_alias(svc, http):
     """The Ingress class's routes are thin calls of these service methods (run over HTTP in tests/e2e); the
     /qdrant routes and gRPC run here through their own entry points."""
-    call, rpc = http
+    call, rpc, _ = http
 
     async def service():
         return (await svc.scroll("prod", {"limit": 10}), await svc.count("prod", {}),
