@@ -8,6 +8,8 @@
     │   ├── PayloadTooLarge         413
     │   │   └── ImageBudgetExceeded a request's images hold more pixels than images.max_request_pixels
     │   └── UnsupportedMediaType    415: a JSON body not labelled application/json
+    ├── Forbidden                   403: the key's scope does not hold a collection the request reaches
+    │                               (a restore's source, an alias's target): the path alone does not name it
     ├── CollectionNotFound          404
     ├── SpaceNotFound               404: unknown named vector space
     ├── SnapshotNotFound            404: no such (complete) snapshot of the collection
@@ -95,6 +97,11 @@ class UnsupportedMediaType(InvalidRequest):
 
 class ImageBudgetExceeded(PayloadTooLarge):
     """The whole request is refused (not only the image that crossed the budget)."""
+
+
+class Forbidden(PrismError):
+    status = 403
+    code = "forbidden"
 
 
 class CollectionNotFound(PrismError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
-from cluster.errors import CollectionAliased, CollectionExists, CollectionNotFound, InvalidRequest
+from cluster.errors import CollectionAliased, CollectionExists, CollectionNotFound, Forbidden, InvalidRequest
 from cluster.names import check_name
 
 
@@ -59,3 +59,15 @@ def visible(aliases: Mapping[str, str], scope: Collection[str] | None) -> dict[s
     """The aliases a key scoped to `scope` may see (all with None): those whose own name is in its scope, as a
     scope names what a key may call by name."""
     return dict(aliases) if scope is None else {a: c for a, c in aliases.items() if a in scope}
+
+
+def check_scope(principal: object, *names: str) -> None:
+    """Raise Forbidden unless a key scoped to some collections (`principal.collections`; None: every one) holds
+    every one of `names`: what a request reaches beyond its path (an alias's target, a restore's source)."""
+    scope = getattr(principal, "collections", None)
+    if scope is None:
+        return
+    outside = [n for n in names if n not in scope]
+    if outside:
+        raise Forbidden(f"key {getattr(principal, 'key_id', '?')} is scoped to collections that do not include "
+                        f"{outside[0]!r}", field="collection")

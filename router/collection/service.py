@@ -19,7 +19,7 @@ from cluster.errors import (
 from cluster.names import check_name
 from router.schema.bodies import parse_json
 from router.collection.cache import EmbeddingCache, LRUCache, request_key
-from router.collection.aliases import check_collection_name, check_deletable, visible
+from router.collection.aliases import check_collection_name, check_deletable, check_scope, visible
 from router.collection.catalog import Catalog, Entry
 from router.collection import inventory, limits as strict, placing, rebalance as rebalancing, reshard as resharding
 from router.collection.coordinator import Coordinator
@@ -300,14 +300,16 @@ class PrismService:
         return await self.coordinator(name).map_fields(fields)
 
     # -- aliases (router.collection.aliases) -------------------------------------------------------------------------
-    async def set_alias(self, alias: str, body: Any) -> AliasChange:
-        """Create `alias` or switch it to another collection, atomically for every ingress replica."""
+    async def set_alias(self, alias: str, body: Any, principal: Any = None) -> AliasChange:
+        """Create `alias` or switch it, atomically for every ingress replica; a scoped key must hold both names."""
         req = parse_model(AliasRequest, body, "alias")
+        check_scope(principal, alias, req.collection)
         async with self._lock:  # not while this ingress deletes the collection
             before = await asyncio.to_thread(self.catalog.set_alias, alias, req.collection)
         return AliasChange(alias=alias, collection=req.collection, previous=before)
 
-    async def delete_alias(self, alias: str) -> AliasChange:
+    async def delete_alias(self, alias: str, principal: Any = None) -> AliasChange:
+        check_scope(principal, alias)
         return AliasChange(alias=alias, collection=None, previous=await asyncio.to_thread(self.catalog.delete_alias, alias))
 
     def list_aliases(self, principal: Any = None) -> AliasList:

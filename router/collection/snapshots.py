@@ -27,13 +27,14 @@ from cluster.config import parse_model
 from cluster.errors import CollectionNotFound, ShardUnavailable, SnapshotNotFound
 from cluster.names import check_name
 from cluster.snapshot_store import SnapshotStore
+from router.collection.aliases import check_scope
 from router.collection.coordinator import Coordinator
 from router.metadata.store import index_mapping
 from router.collection.restore import restore
 from router.replication import cut as cutting
 from router.replication.replicas import ReplicatedShard
 from router.schema import snapshots as plan
-from router.schema.snapshots import Manifest, ShardCut, SnapshotRequest
+from router.schema.snapshots import Manifest, RestoreRequest, ShardCut, SnapshotRequest
 
 Columns = dict[str, Any]  # id -> (payload, {space: float32 vector})
 
@@ -122,6 +123,7 @@ class Snapshots:
         """Snapshot `name` while reads and writes go on; the answer is the manifest's summary."""
         parse_model(SnapshotRequest, {} if body is None else body, "snapshot request")
         coord: Coordinator = self.svc.coordinator(name)
+        name = coord.config.name  # through an alias: its target's snapshot, listed and deleted by that name
         if coord.paused or coord.moving:
             raise ShardUnavailable(f"collection {name!r} is moving points ({coord.paused or 'a rebalance'}): a "
                                    "snapshot waits for that to end; retry", shards=[])
@@ -175,6 +177,7 @@ class Snapshots:
     async def list(self, name: str) -> dict[str, Any]:
         """The collection's snapshots, complete ones with their summary; a collection deleted since may be named."""
         check_name(name)
+        name = self.svc.catalog.resolve(name)
         own = re.compile(rf"^{re.escape(name)}-\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}$")
 
         def scan() -> list[dict[str, Any]]:
@@ -194,19 +197,25 @@ class Snapshots:
 
     async def describe(self, name: str, sid: str) -> dict[str, Any]:
         check_name(name)
+        name = self.svc.catalog.resolve(name)
         m = await asyncio.to_thread(self.manifest, sid, name)
         return {**summary(m), "manifest": m.model_dump()}
 
     async def delete(self, name: str, sid: str) -> dict[str, Any]:
         check_name(name)
+        name = self.svc.catalog.resolve(name)
         plan.check_id(sid)
         if not sid.startswith(f"{name}-") or not await asyncio.to_thread(self.store.exists, sid):
             raise SnapshotNotFound(f"no snapshot {sid!r} of collection {name!r}", field="snapshot")
         await asyncio.to_thread(self.store.delete, sid)
         return {"deleted": sid}
 
-    async def restore(self, new: str, body: Any) -> dict[str, Any]:
-        """A new collection from one of these snapshots (router.collection.restore)."""
+    async def restore(self, new: str, body: Any, principal: Any = None) -> dict[str, Any]:
+        """A new collection from one of these snapshots (router.collection.restore). A key scoped to some
+        collections must hold the snapshot's collection too: the path names only the new one."""
+        if getattr(principal, "collections", None) is not None:
+            req = parse_model(RestoreRequest, body, "restore request")
+            check_scope(principal, (await asyncio.to_thread(self.manifest, req.snapshot)).collection)
         return await restore(self.svc, self, new, body)
 
 

@@ -268,7 +268,7 @@ async def _drop(svc: Any, req: pb.DropCollectionRequest, principal: Any, budget_
 
 
 async def _set_alias(svc: Any, req: pb.SetAliasRequest, principal: Any, budget_ms: int | None) -> dict[str, Any]:
-    return _json(await svc.set_alias(req.alias, {"collection": req.collection}))
+    return _json(await svc.set_alias(req.alias, {"collection": req.collection}, principal))
 
 
 async def _list_aliases(svc: Any, req: pb.ListAliasesRequest, principal: Any, budget_ms: int | None) -> dict[str, Any]:
@@ -276,7 +276,7 @@ async def _list_aliases(svc: Any, req: pb.ListAliasesRequest, principal: Any, bu
 
 
 async def _drop_alias(svc: Any, req: pb.DropAliasRequest, principal: Any, budget_ms: int | None) -> dict[str, Any]:
-    return _json(await svc.delete_alias(req.alias))
+    return _json(await svc.delete_alias(req.alias, principal))
 
 
 RPCS: dict[str, Rpc] = {

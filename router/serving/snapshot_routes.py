@@ -63,7 +63,7 @@ async def restore(name: str, request: Request):
     """Build the NEW collection `name` from a snapshot: `{"snapshot": ID, "shards"?, "replicas"?, "routing"?}`.
     Checksums are verified first; a corrupted file is refused naming it; the source collection is not touched
     (admin; `prism snapshot restore`)."""
-    return await _snapshots().restore(name, await _body(request))
+    return await _snapshots().restore(name, await _body(request), request.scope.get("state", {}).get("principal"))
 
 
 def mount(api: FastAPI) -> None:

@@ -66,3 +66,16 @@ def test_alias_routes_need_admin_to_change_and_read_to_list():
         assert route_access(method, "/v1/aliases/prod")[0] == "admin"
     assert route_access("GET", "/v1/aliases/prod")[0] == "admin"  # no such read route: deny by default
     assert route_access("POST", "/v1/collections/prod/query") == ("read", "prod")  # an alias reads as a collection
+
+
+def test_a_scoped_key_reaches_only_the_names_its_scope_holds():
+    from types import SimpleNamespace
+
+    from cluster.errors import Forbidden
+    from router.collection.aliases import check_scope
+
+    check_scope(None, "A", "B")  # auth off
+    check_scope(SimpleNamespace(collections=None, key_id="k"), "A", "B")  # an unscoped key
+    check_scope(SimpleNamespace(collections=["A", "prod"], key_id="k"), "prod", "A")
+    with pytest.raises(Forbidden, match="'B'"):
+        check_scope(SimpleNamespace(collections=["A", "prod"], key_id="k"), "prod", "B")
