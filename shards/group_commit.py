@@ -5,7 +5,7 @@ batches N times smaller and N times more Milvus calls. Here the replica itself c
 calls from every caller: the first call runs at once (a lone query waits for nothing); calls arriving while its
 Milvus search is in flight queue up and run together as the next batch (up to `max_vectors` query vectors), and
 so on. Inside a batch, compatible specs (`plan_groups`) become ONE Milvus search with nq > 1, and each caller gets
-its own hit lists back, cut to its own limit.
+its own hit lists back.
 
 Threads, not asyncio: the shard is plain synchronous Python, called from a threaded Ray actor's worker threads or
 from `asyncio.to_thread` in the in-process client. The thread running a batch (the leader) hands the lead to the
@@ -24,8 +24,7 @@ Run = Callable[[list[SearchSpec]], list[list[ScoredId]]]
 
 
 class Group(NamedTuple):
-    """Specs that share one Milvus search: their indexes, the largest of their limits and the search parameters
-    they all resolve to."""
+    """Specs that share one Milvus search: their indexes, their limit and the search parameters they resolve to."""
 
     indexes: list[int]
     limit: int
@@ -34,22 +33,24 @@ class Group(NamedTuple):
 
 def plan_groups(specs: Sequence[SearchSpec],
                 resolve: Callable[[SearchSpec], dict[str, Any]]) -> list[Group]:
-    """Group specs that may share one search: same space, filter, consistency, output fields and the same search
-    parameters as resolved at their own limit (`resolve`: e.g. HNSW's ef = max(64, limit)). Their limits may
-    differ: the group searches with the largest and each spec keeps its own prefix (`split_hits`), which is what
-    it gets alone because the resolved parameters, and so the candidates searched, are the same. Groups in order
-    of first appearance."""
+    """Group specs that may share one search: same space, filter, consistency, output fields, limit and search
+    parameters (as resolved at that limit by `resolve`: e.g. HNSW's ef = max(64, limit)). Groups in order of first
+    appearance.
+
+    The limit is part of the key: a search at a larger limit, cut, is NOT what a smaller one gets alone when
+    scores tie at the cut (duplicate vectors: measured on milvus-lite FLAT, 200 copies of one vector, limit 10 alone
+    returned d163.. while limit 1000 cut to 10 returned d0..). Milvus breaks ties the same way for the same limit
+    whatever nq, so equal limits share a search exactly."""
     groups: dict[Hashable, Group] = {}
     for i, spec in enumerate(specs):
         params = resolve(spec)
-        key = (spec.space, spec.expr, spec.consistency, spec.with_payload,
+        key = (spec.space, spec.expr, spec.consistency, spec.with_payload, spec.limit,
                json.dumps(params, sort_keys=True, default=repr))
         g = groups.get(key)
         if g is None:
             groups[key] = Group([i], spec.limit, params)
         else:
             g.indexes.append(i)
-            groups[key] = g._replace(limit=max(g.limit, spec.limit))
     return list(groups.values())
 
 

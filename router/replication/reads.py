@@ -72,7 +72,7 @@ class Reads:
     def within(self, specs: list[SearchSpec], budget_s: float | None, index_types: dict[str, str]) -> list[SearchSpec]:
         """`specs` with ef/nprobe chosen for this shard from the budget and its preferred replica's latency."""
         order = self.state.read_order()
-        observed = self.state.states[order[0]].ewma_ms if order else None
+        observed = self.state.ewma(order[0]) if order else None
         budget_ms = None if budget_s is None else budget_s * 1000
         out = []
         for s in specs:
@@ -102,7 +102,9 @@ class Reads:
                                    shards=[self.shard])
         limit = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         reasons, causes = [], set()
-        if self.hedge and len(order) > 1 and (after := rs.hedge_after_s(order[0])) is not None:
+        # A hedge goes only to a replica that could have been chosen: never to one behind, unverified, diverged
+        # or dead (they answer only once every agreeing replica has failed, in the loop below).
+        if self.hedge and len(order) > 1 and rs.agrees(order[1]) and (after := rs.hedge_after_s(order[0])) is not None:
             answered, got = await self._hedged(op, order, after, limit, timed, reasons, causes, counted)
             if answered:
                 return got
@@ -142,12 +144,13 @@ class Reads:
         first answer wins and the other call is cancelled. Returns (True, answer) or (False, replicas left to try)."""
         rs, t0 = self.state, time.perf_counter()
         running = {asyncio.ensure_future(self._attempt(order[0], op, limit, counted)): order[0]}
-        done, _ = await asyncio.wait(running, timeout=after)
-        if not done:
-            self.hedged += 1
-            running[asyncio.ensure_future(self._attempt(order[1], op, limit, counted))] = order[1]
         pending = set(running)
-        try:
+        try:  # from here: a caller cancelled (or timed out) while waiting leaves no attempt running, nor its load
+            done, _ = await asyncio.wait(running, timeout=after)
+            if not done:
+                self.hedged += 1
+                running[asyncio.ensure_future(self._attempt(order[1], op, limit, counted))] = order[1]
+            pending = set(running)
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:

@@ -28,6 +28,10 @@ FAIL_THRESHOLD = 3
 PROBE_INTERVAL_S = 1.0
 EWMA_ALPHA = 0.2
 SLOW_FACTOR = 4.0
+# A latency estimate no read has refreshed for this long is forgotten: the replica counts as unknown (as good as
+# the best known) and is tried again; its next read starts a fresh EWMA. Without it a replica slow once (a GC pause,
+# a compaction) was never read again by choice: reads avoid it, so nothing ever lowered its EWMA.
+EWMA_FORGET_S = 5.0
 
 
 def quorum(setting: str | int, replicas: int) -> int:
@@ -49,6 +53,7 @@ class ReplicaState:
     failures: int = 0
     healthy: bool = True
     ewma_ms: float | None = None
+    ewma_at: float | None = None  # when a read last fed ewma_ms (ReplicaSet.clock)
     next_probe_at: float = 0.0
     last_error: str = ""
     faults: int = 0           # failures seen, ever (last_error clears on success; these stay for status)
@@ -105,17 +110,17 @@ class ReplicaSet:
         for it) goes first while it is still among the healthy agreeing ones."""
         readable = [r for r in self.preference if self.states[r].applied_seq >= self.committed]
         healthy = [r for r in readable if self.states[r].healthy]
-        best = min((self.states[r].ewma_ms for r in healthy if self.states[r].ewma_ms is not None), default=None)
+        best = min((e for r in healthy if (e := self.ewma(r)) is not None), default=None)
 
         def slow(r: int) -> bool:
-            e = self.states[r].ewma_ms
+            e = self.ewma(r)
             return best is not None and e is not None and e > SLOW_FACTOR * max(best, 1.0)
 
         ordered = [r for r in healthy if not slow(r)] + [r for r in healthy if slow(r)]
         # A replica that may differ (restarted, not yet compared), is known to differ, or lacks a write another
         # applied (below quorum, being replayed) answers only when no agreeing one can; a dead one last.
         latest = self.latest()
-        agreeing = [r for r in ordered if not self.states[r].agreement and self.states[r].applied_seq >= latest]
+        agreeing = [r for r in ordered if self.agrees(r, latest)]
         if self.read_replicas == "spread":
             if prefer in agreeing:
                 agreeing = [prefer] + [r for r in agreeing if r != prefer]
@@ -124,9 +129,22 @@ class ReplicaSet:
         return agreeing + [r for r in ordered if r not in agreeing] + \
             [r for r in readable if not self.states[r].healthy]
 
-    def load(self, replica: int) -> Load:
+    def agrees(self, replica: int, latest: int | None = None) -> bool:
+        """Healthy, holding every write any replica applied, and not restarted-unverified or diverged: a replica
+        whose answer may be served while another could answer too (reads by choice, hedges)."""
         st = self.states[replica]
-        return Load(st.outstanding, st.ewma_ms)
+        return st.healthy and not st.agreement and st.applied_seq >= max(
+            self.committed, self.latest() if latest is None else latest)
+
+    def ewma(self, replica: int) -> float | None:
+        """The replica's latency EWMA (ms), or None when unknown or older than EWMA_FORGET_S."""
+        st = self.states[replica]
+        if st.ewma_at is not None and self.clock() - st.ewma_at > EWMA_FORGET_S:
+            return None
+        return st.ewma_ms
+
+    def load(self, replica: int) -> Load:
+        return Load(self.states[replica].outstanding, self.ewma(replica))
 
     def latest(self) -> int:
         """The most any replica has applied. Applied seqs are recorded once a write has ended on every target,
@@ -171,7 +189,11 @@ class ReplicaSet:
         """A read's latency (or a lower bound of it, for a hedged read that lost): feeds the EWMA and the p95."""
         st = self.states[replica]
         ms = latency_s * 1000
+        if self.ewma(replica) is None:  # unknown or forgotten: start afresh (old samples say nothing of now)
+            st.ewma_ms = None
+            st.samples.clear()
         st.ewma_ms = ms if st.ewma_ms is None else (1 - EWMA_ALPHA) * st.ewma_ms + EWMA_ALPHA * ms
+        st.ewma_at = self.clock()
         st.samples.append(ms)
 
     def hedge_after_s(self, replica: int) -> float | None:

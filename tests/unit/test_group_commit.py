@@ -28,23 +28,24 @@ def test_groups_by_everything_milvus_needs_equal():
     assert [g.indexes for g in plan_groups(specs, hnsw)] == [[0, 1, 8], [2], [3, 4], [5], [6], [7]]
 
 
-def test_limits_share_a_search_only_when_their_search_parameters_are_the_same():
-    # 5, 20 and 64 all search with ef=64: one search at the largest limit. 100 needs ef=100: a search of its own,
-    # as does an explicit ef that differs.
-    specs = [spec(limit=5), spec(limit=20, x=1), spec(limit=100, x=2), spec(limit=64, x=3),
+def test_only_equal_limits_share_a_search():
+    # Ties at the cut: a search at a larger limit, cut, is not what a smaller limit gets alone (shards.group_commit
+    # .plan_groups), so 5 and 20 search apart even at the same ef; equal limits share one search, unless an
+    # explicit ef differs.
+    specs = [spec(limit=5), spec(limit=20, x=1), spec(limit=100, x=2), spec(limit=5, x=3),
              spec(limit=5, params={"ef": 200}, x=4)]
     groups = plan_groups(specs, hnsw)
     assert [(g.indexes, g.limit, g.params) for g in groups] == [
-        ([0, 1, 3], 64, {"ef": 64}), ([2], 100, {"ef": 100}), ([4], 5, {"ef": 200})]
+        ([0, 3], 5, {"ef": 64}), ([1], 20, {"ef": 64}), ([2], 100, {"ef": 100}), ([4], 5, {"ef": 200})]
 
 
-def test_split_cuts_each_spec_to_its_own_limit():
-    specs = [spec(limit=2), spec(limit=4, x=1)]
+def test_split_puts_each_hit_list_in_its_place():
+    specs = [spec(limit=4), spec(limit=4, x=1)]
     (group,) = plan_groups(specs, hnsw)
     hits = [[ScoredId(f"a{i}", -i) for i in range(4)], [ScoredId(f"b{i}", -i) for i in range(4)]]
     out: list = [None, None]
     split_hits(specs, group, hits, out)
-    assert out == [hits[0][:2], hits[1]]
+    assert out == hits
     with pytest.raises(ValueError):
         split_hits(specs, group, hits[:1], out)
 
