@@ -78,7 +78,7 @@ def save_placement(svc: PrismService, coord: Coordinator, placement: Placement, 
 async def sample_vectors(coord: Coordinator, space: str, limit: int = kmeans.MAX_SAMPLE,
                          seed: int = SEED) -> np.ndarray:
     """At most `limit` points' vectors in `space` (rows), drawn evenly from every shard's ids (fixed seed)."""
-    held = await asyncio.gather(*(sh.read(lambda c: c.ids()) for sh in coord.shards))
+    held = await asyncio.gather(*(sh.read(lambda c: c.ids(), scan=True) for sh in coord.shards))
     ids = sorted((pid, s) for s, shard_ids in enumerate(held) for pid in shard_ids)
     if len(ids) > limit:
         pick = np.sort(np.random.default_rng(seed).choice(len(ids), size=limit, replace=False))
@@ -89,7 +89,8 @@ async def sample_vectors(coord: Coordinator, space: str, limit: int = kmeans.MAX
     rows: list[list[float]] = []
     for s, pids in sorted(by_shard.items()):
         for i in range(0, len(pids), READ_BATCH):
-            got = await coord.shards[s].read(lambda c, page=pids[i : i + READ_BATCH]: c.get(page, [space]))
+            got = await coord.shards[s].read(lambda c, page=pids[i : i + READ_BATCH]: c.get(page, [space]),
+                                           scan=True)
             rows += [p.vectors[space] for p in got.values() if p.vectors.get(space) is not None]
     return np.asarray(rows, dtype=np.float32)
 
@@ -142,11 +143,11 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
     copied: dict[int, list[str]] = {}
     n = 0
     for s, shard in enumerate(coord.shards):
-        ids = sorted(await shard.read(lambda c: c.ids()))
+        ids = sorted(await shard.read(lambda c: c.ids(), scan=True))
         for i in range(0, len(ids), COPY_BATCH):
             page = ids[i : i + COPY_BATCH]
             async with coord.writes.locked(page):
-                rows = await shard.read(lambda c, page=page: c.export(page))
+                rows = await shard.read(lambda c, page=page: c.export(page), scan=True)
                 out: dict[int, list] = defaultdict(list)
                 where: dict[str, list[int]] = {}
                 for row in rows:

@@ -45,7 +45,7 @@ async def plan_moves(coord: Coordinator, new_shards: int) -> Moves:
     """(from shard, to shard) -> ids whose ring owner changes when the shard count becomes `new_shards`."""
     ring = HashRing(range(new_shards))
     moves: Moves = defaultdict(list)
-    held = await asyncio.gather(*(sh.read(lambda c: c.ids()) for sh in coord.shards))
+    held = await asyncio.gather(*(sh.read(lambda c: c.ids(), scan=True) for sh in coord.shards))
     for s, ids in enumerate(held):
         for pid in ids:
             t = int(ring.get(pid))
@@ -60,7 +60,7 @@ async def copy_points(source: Coordinator, target: Coordinator, moves: Moves,
     n = 0
     for (s, t), ids in moves.items():
         for i in range(0, len(ids), batch):
-            rows = await source.shards[s].read(lambda c, chunk=ids[i : i + batch]: c.export(chunk))
+            rows = await source.shards[s].read(lambda c, chunk=ids[i : i + batch]: c.export(chunk), scan=True)
             await target.shards[t].upsert(rows)
             if copied is not None:
                 copied.setdefault(t, []).extend(r.id for r in rows)

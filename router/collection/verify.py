@@ -49,7 +49,7 @@ async def misplaced_points(coord: Coordinator) -> list[MisplacedPoint]:
     read from the shard that holds the copy, a page at a time; then the copies of a point on two shards that
     pass that check (_duplicates)."""
     placement = coord.placement
-    held = await asyncio.gather(*(sh.read(lambda c: c.ids()) for sh in coord.shards))
+    held = await asyncio.gather(*(sh.read(lambda c: c.ids(), scan=True) for sh in coord.shards))
     spaces = [placement.space] if placement.method == "vector" and placement.ready else []
     out = []
     for shard, ids in enumerate(held):

@@ -23,6 +23,7 @@ from shards.api import ScoredId, SearchSpec, ShardApi
 T = TypeVar("T")
 # Errors that describe the request, not the replica: they propagate instead of triggering failover.
 REQUEST_ERRORS = (InvalidRequest, SpaceNotFound)
+SCAN_TIMEOUT_S = 120.0  # a whole-shard read of maintenance (`read(scan=True)`): every id, a page of a move
 
 
 class Reads:
@@ -92,15 +93,19 @@ class Reads:
                 st.outstanding -= 1
 
     async def read(self, op: Callable[[ShardApi], Awaitable[T]], *, timed: bool = False,
-                   timeout_s: float | None = None, prefer: int | None = None, counted: bool = True) -> T:
+                   timeout_s: float | None = None, prefer: int | None = None, counted: bool = True,
+                   scan: bool = False) -> T:
         """`op` on the replicas in read order, failing over within this call. `timed` feeds `observe`; `prefer`:
-        the replica chosen earlier (a batch formed for it); `counted=False`: the caller counts it outstanding."""
+        the replica chosen earlier (a batch formed for it); `counted=False`: the caller counts it outstanding;
+        `scan`: a whole-shard read of maintenance (every id, a page of exports for a move), given SCAN_TIMEOUT_S
+        rather than a query's timeout: a large shard on a loaded server is slow, not down."""
         rs = self.state
         order = rs.read_order(prefer)
         if not order:
             raise ShardUnavailable(f"shard {self.shard} unavailable: no replica has caught up with its writes",
                                    shards=[self.shard])
-        limit = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        limit = max(self.timeout_s, SCAN_TIMEOUT_S) if scan else self.timeout_s
+        limit = limit if timeout_s is None else min(timeout_s, limit)
         reasons, causes = [], set()
         # A hedge goes only to a replica that could have been chosen: never to one behind, unverified, diverged
         # or dead (they answer only once every agreeing replica has failed, in the loop below).

@@ -531,3 +531,21 @@ def test_a_replica_missing_a_write_another_applied_is_neither_live_nor_read_firs
     run(rs.heal())
     assert contents(clients)[0] == contents(clients)[1] and states(rs) == ["live", "live"]
     assert rs.state.read_order()[0] == first
+
+
+def test_a_whole_shard_scan_is_given_longer_than_a_query_and_a_slow_one_marks_no_replica_failed():
+    """rebalance, reshard and verify read every id of a shard: on a large shard and a loaded server that is slow,
+    not down (a 200k-point rebalance failed on a query's 10 s)."""
+    rs, clients, _ = make(n=1, timeout_s=0.05)
+    run(rs.upsert([row(i) for i in range(3)]))
+
+    async def slow_ids(c):
+        await asyncio.sleep(0.2)  # the simulated scan's duration, 4x the query timeout (not synchronisation)
+        return await c.ids()
+
+    with pytest.raises(ShardUnavailable, match="no answer within"):
+        run(rs.read(slow_ids))  # a query's read: timed out
+    rs2, _, _ = make(n=1, timeout_s=0.05)
+    run(rs2.upsert([row(i) for i in range(3)]))
+    assert run(rs2.read(slow_ids, scan=True)) == ["p0", "p1", "p2"]
+    assert rs2.replica_report()[0]["state"] == "live"
