@@ -154,6 +154,11 @@ def run(workdir: Path, n: int = 200_000, before_s: float = BEFORE_S) -> dict:
     finally:
         es.stop()
         server.stop()
+    return summarise(got, n, before_s)
+
+
+def summarise(got: dict, n: int, before_s: float) -> dict:
+    """docs/bench/snapshots.json from what `scenario` measured (pure: unit-tested)."""
     snap, points = got["snapshot"], got["snapshot"]["counts"]["points"]
     ingest_rate = n / got["load"]["write_s"]
     out = {"points": points, "dim": DIM, "shards": SHARDS, "backend": "server", "index": "HNSW",
