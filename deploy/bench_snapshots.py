@@ -29,7 +29,7 @@ INGEST_BATCH = 1000
 # The writer: points/s, points per upsert. Below what wait=true writes sustain here: each waits until its write is
 # visible (a Strong read, ~0.3 s on the Milvus server) and a shard's writes are ordered, so at 5 upserts/s a queue grew.
 WRITE_RATE, WRITE_BATCH = 20.0, 10
-BEFORE_S = 5.0                       # the writer alone, before the snapshot starts
+BEFORE_S = 15.0                      # the writer alone before the snapshot: ~30 writes for its p99
 TARGETS = {"snapshot_points_per_s_min": 20_000, "write_pause_ms_max": 100.0, "restore_vs_ingest_min": 1.0}
 
 
