@@ -62,6 +62,7 @@ SECTIONS: dict[str, Callable | None] = {
                                                        key_n=a.routing_key_n),
     "startup": lambda a, w: section("startup")(w, cycles=a.startup_cycles, label=a.startup_label),
     "capacity": lambda a, w: section("capacity")(w),
+    "snapshots": lambda a, w: section("snapshots")(w, n=a.snapshots_n),
     "scale1m": lambda a, w: section("scale1m")(w, n=a.scale1m_n, small=a.scale1m_small, n_queries=a.queries),
 }
 # Not part of a plain `make bench` (about an hour on 2 cores): only when named in --only.
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--routing-n", type=int, default=200_000, help="points per set in the routing section")
     ap.add_argument("--routing-key-n", type=int, default=None, help="points in its key-routing part (default: --routing-n)")
+    ap.add_argument("--snapshots-n", type=int, default=200_000, help="points in the snapshots section's collection")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--backends", default="server,lite")

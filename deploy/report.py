@@ -183,6 +183,9 @@ SECTIONS = [
         f"{d['model']}; service time {d['cost']['per_call_ms']} ms per call + {d['cost']['per_vector_ms']} ms per "
         f"query vector ({d['cost']['from']}). {d['sweep']} (base {d['base']}); saturation from a closed loop, p99 at "
         f"{d['load_for_p99']} x it from Poisson arrivals; {d['router_cpu_note']}.")),
+    ("snapshots", "deploy.bench_snapshots", "Snapshots and restore", lambda d: (
+        f"{d['points']:,} x {d['dim']} points, {d['shards']} shards, Milvus server + bundled Elasticsearch API, "
+        "PrismService in process; snapshot under a steady writer, then restore (deploy/bench_snapshots.py).")),
 ]
 
 
