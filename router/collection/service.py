@@ -115,6 +115,7 @@ class PrismService:
         if self.start_sequencers is not None:  # other ingress replicas may pause or reshard it meanwhile
             coord.before_write = lambda coord=coord: self._check_current(coord)
             coord.placement_stamp = lambda coord=coord: rebalancing.catalog_stamp(self, coord)
+        self.snapshots.attach(coord)  # the journal archive of the shards whose writes this process orders
         for sh in coord.shards:
             if sh.sequencer is None:  # this process orders the shard's writes: its heal passes run anti-entropy too
                 sh.anti_entropy_interval_s = self.config.replication.anti_entropy_interval_s or None
