@@ -252,7 +252,8 @@ class PrismService:
             for space, n in (first or {}).items():
                 totals[space] += n
         return CollectionInfo(name=coord.config.name, config=coord.config.model_dump(), counts=totals, shards=shards,
-                              routing=placing.routing_info(coord.config, coord.placement, coord.progress))
+                              routing=placing.routing_info(coord.config, coord.placement, coord.progress),
+                              archive=[sh.archive_status() for sh in coord.shards])
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
         async with self._lock:

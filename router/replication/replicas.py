@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from cluster.collection_spec import CollectionConfig
 from cluster.config import BatchSettings
 from cluster.errors import ShardUnavailable, describe
-from router.replication.oplog import LoggedOp, OpLog
+from router.replication.oplog import LoggedOp, OpLog, estimate_bytes
 from router.replication.reads import Reads
 from router.replication.repair import REFUSALS, RESYNC_BATCH, Repairs, apply_op  # noqa: F401 - RESYNC_BATCH: re-exported
 from router.replication.replica_set import (  # noqa: F401 - re-exported: callers import them from here
@@ -156,6 +156,8 @@ class ReplicatedShard(Reads, Repairs):
                 except Exception as exc:  # noqa: BLE001 - rolled forward instead: a replay refused is copied over
                     log.warning("shard %d: undoing write %d failed (%s); the replicas that refused it are healed "
                                 "from one that applied it", self.shard, seq, describe(exc))
+            if size is None and self.archive is not None:
+                size = estimate_bytes(op)  # once, for the log and the archive
             self.log.append(op, size)
             if self.archive is not None and self.archive.record(op, size):
                 self._ship_soon()
