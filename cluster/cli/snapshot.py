@@ -78,7 +78,10 @@ def restore(snapshot: str = typer.Argument(...),
     if replicas is not None:
         body["replicas"] = replicas
     if at is not None:
-        body["at"] = json.loads(at) if at.lstrip().startswith("{") else at
+        try:
+            body["at"] = json.loads(at) if at.lstrip().startswith("{") else at
+        except ValueError:
+            fail(f"--at {at[:60]!r} is neither an RFC 3339 time nor JSON like {{\"0\": 120}}")
     r = _call("POST", f"/v1/collections/{collection}/restore", data_dir, url, api_key, body)
     replayed = f", archived writes replayed {r['replayed']}" if r.get("replayed") is not None else ""
     console.print(f"{r['collection']}: {r['points']} points restored from {r['snapshot']}{replayed} in {r['seconds']}s")
