@@ -253,7 +253,7 @@ class PrismService:
                 totals[space] += n
         return CollectionInfo(name=coord.config.name, config=coord.config.model_dump(), counts=totals, shards=shards,
                               routing=placing.routing_info(coord.config, coord.placement, coord.progress),
-                              archive=[sh.archive_status() for sh in coord.shards])
+                              archive=[sh.archive_status() or {} for sh in coord.shards])
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
         async with self._lock:
