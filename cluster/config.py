@@ -183,6 +183,20 @@ class StrictLimits(Strict):
     max_request_document_chars: int = Field(default=2_000_000, ge=1, le=8_388_608)
 
 
+class ArchiveSettings(Strict):
+    """The journal archive (router.replication.archive): each shard's writes shipped to the snapshot store, so that
+    a restore can replay them up to a moment after a snapshot."""
+
+    enabled: bool = True
+    segment_ops: int = Field(default=1000, ge=1)                      # writes per segment file, at most
+    segment_bytes: int = Field(default=16 * 1024 ** 2, ge=1)          # ship once this much is held
+    interval_s: float = Field(default=5.0, gt=0)                      # ship what is held at least this often
+    # An unreachable store: writes held at most this many (or bytes); past it the oldest are dropped, counted in
+    # status and metrics, and recorded as a gap that point-in-time restore refuses to cross.
+    hold_ops: int = Field(default=200_000, ge=1)
+    hold_bytes: int = Field(default=1024 ** 3, ge=1)
+
+
 class SnapshotSettings(Strict):
     """Where snapshots are kept (cluster.snapshot_store): a directory, or an S3-compatible bucket through fsspec."""
 
@@ -191,6 +205,7 @@ class SnapshotSettings(Strict):
     # fsspec storage options, e.g. {"endpoint_url": "http://minio:9000", "key": ..., "secret": ...} for S3 (or the
     # usual AWS environment variables). Kept in the cluster config only, never in a snapshot.
     options: dict[str, Any] = Field(default_factory=dict)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
 
 
 class ClusterConfig(Strict):

@@ -1,6 +1,7 @@
 """`prism snapshot create|list|delete|restore`: a collection's snapshots over the HTTP API (admin key)."""
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 import typer
@@ -65,13 +66,22 @@ def restore(snapshot: str = typer.Argument(...),
             collection: str = typer.Option(..., "--collection", "-c", help="The NEW collection to build."),
             shards: Optional[int] = typer.Option(None, "--shards", min=1),
             replicas: Optional[int] = typer.Option(None, "--replicas", min=1),
+            at: Optional[str] = typer.Option(None, "--at", help="A moment after the snapshot: an RFC 3339 time, or "
+                                             "per-shard sequence numbers as JSON ({\"0\": 120, \"1\": 98})."),
             data_dir: str = DATA_DIR, url: Optional[str] = URL, api_key: Optional[str] = API_KEY) -> None:
-    """Build a new collection from a snapshot (its layout unless --shards / --replicas say otherwise)."""
+    """Build a new collection from a snapshot (its layout unless --shards / --replicas say otherwise), brought to
+    --at with the archived journal."""
     check_collection(collection)
     body: dict[str, Any] = {"snapshot": snapshot}
     if shards is not None:
         body["shards"] = shards
     if replicas is not None:
         body["replicas"] = replicas
+    if at is not None:
+        try:
+            body["at"] = json.loads(at) if at.lstrip().startswith("{") else at
+        except ValueError:
+            fail(f"--at {at[:60]!r} is neither an RFC 3339 time nor JSON like {{\"0\": 120}}")
     r = _call("POST", f"/v1/collections/{collection}/restore", data_dir, url, api_key, body)
-    console.print(f"{r['collection']}: {r['points']} points restored from {r['snapshot']} in {r['seconds']}s")
+    replayed = f", archived writes replayed {r['replayed']}" if r.get("replayed") is not None else ""
+    console.print(f"{r['collection']}: {r['points']} points restored from {r['snapshot']}{replayed} in {r['seconds']}s")

@@ -7,6 +7,14 @@ replaced where the request gives them) and the points go in through the ordinary
 given (no encoder runs), so each lands where the new collection's placement puts it and Elasticsearch gets its
 document. Each file is checked again as it is read; any failure from here drops the new collection: a restore
 leaves a whole collection or none. The source collection is never read or touched: only the snapshot's files are.
+
+With `at` (a time, or a sequence number per shard: router.schema.archive), each shard's archived journal
+(router.replication.archive) from its cut to the target is read first, every segment's sha256 checked, and a target
+before the cut, past the archive or across a gap refused (422) before anything is made; a source collection still
+served here ships what it holds first. Each shard's writes are then applied to its points from the snapshot, in
+order, and the result goes in through the write path as above. Folding per shard, not replaying write by write
+into the new collection: a point moved between shards is an upsert on one and a delete on the other, and the new
+collection (its own placement) holds one copy, which the delete replayed after the upsert would remove.
 """
 from __future__ import annotations
 
@@ -22,6 +30,9 @@ import pyarrow.parquet as pq
 from cluster.config import parse_model
 from cluster.errors import CollectionExists, InvalidRequest
 from cluster.names import check_name
+from router.replication.archive import read_index, read_segment
+from router.replication.oplog import LoggedOp
+from router.schema import archive as history
 from router.schema import snapshots as plan
 from router.schema.snapshots import Manifest, RestoreRequest
 
@@ -56,6 +67,49 @@ def shard_points(store: Any, m: Manifest, shard: int) -> list[dict[str, Any]]:
     return list(points.values())
 
 
+async def ship_source(svc: Any, m: Manifest) -> None:
+    """The source collection's shards ship what their archives hold, where it is served here (it may be gone)."""
+    coord = svc.coordinators.get(m.collection)
+    epochs = {c.shard: c.epoch for c in m.cut}
+    for sh in coord.shards if coord is not None else ():
+        if sh.epoch and epochs.get(sh.shard) == sh.epoch:
+            await sh.ship_archive()
+
+
+def shard_history(store: Any, m: Manifest, shard: int, since: int, cut_at: float, epoch: str,
+                  at: float | None, seq: int | None) -> list[LoggedOp]:
+    """The archived writes of one shard to replay after its cut, checked (router.schema.archive.target)."""
+    where = f"snapshot {m.id}, shard {shard}"
+    if at is not None and not cut_at:
+        raise InvalidRequest(f"{where}: the snapshot records no time of its cut (an older prism wrote it): give "
+                             "`at` as {\"<shard>\": seq}", field="at")
+    index = read_index(store, m.collection, shard, epoch)
+    if index is None:
+        raise InvalidRequest(f"{where}: no archived journal ({history.prefix(m.collection, shard, epoch)}/"
+                             f"{history.INDEX} is missing)", field="at")
+    history.check_index(index, where)
+    ops: list[LoggedOp] = []
+    for seg in history.segments_after(index, since, seq):
+        try:
+            ops += [op for op in read_segment(store, index, seg) if op.seq > since]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidRequest(f"{where}: {exc}", field="at") from None
+        if at is not None and seg.first_at > at:
+            break  # its first write is past the target: nothing later is replayed
+    last = history.target([(op.seq, op.at) for op in ops], since=since, cut_at=cut_at, index=index, where=where,
+                          at=at, seq=seq)
+    return [op for op in ops if op.seq <= last]
+
+
+async def histories(svc: Any, store: Any, m: Manifest, raw_at: Any) -> dict[int, list[LoggedOp]]:
+    """Each shard's writes to replay for `at`, all checked before anything is built."""
+    at = history.parse_at(raw_at, [c.shard for c in m.cut])
+    await ship_source(svc, m)
+    return {c.shard: await asyncio.to_thread(shard_history, store, m, c.shard, c.seq, c.at, c.epoch,
+                                             at if isinstance(at, float) else None,
+                                             at[c.shard] if isinstance(at, dict) else None) for c in m.cut}
+
+
 async def restore(svc: Any, snapshots: Any, new: str, body: Any) -> dict[str, Any]:
     """Build collection `new` from the snapshot `body["snapshot"]` (see the module docstring)."""
     t0 = time.perf_counter()
@@ -68,16 +122,23 @@ async def restore(svc: Any, snapshots: Any, new: str, body: Any) -> dict[str, An
     m = await asyncio.to_thread(snapshots.manifest, req.snapshot)
     await asyncio.to_thread(plan.verify, m, lambda path: store.digest(f"{m.id}/{path}"))
     config = json.loads(await asyncio.to_thread(_load, store, m, plan.CONFIG))
+    replay = await histories(svc, store, m, req.at) if req.at is not None else None
     await svc.create_collection(new, plan.restored_config(config, new, req))
     n = 0
     try:
         batch = max(1, min(BATCH, svc.config.limits.max_upsert_points))
         for c in m.cut:
             points = await asyncio.to_thread(shard_points, store, m, c.shard)
+            if replay is not None:
+                points = list(history.fold({p["id"]: p for p in points},
+                                           [(op.kind, op.args) for op in replay[c.shard]]).values())
             for i in range(0, len(points), batch):
                 await svc.upsert(new, {"points": points[i:i + batch]})
             n += len(points)
     except BaseException:
         await svc.delete_collection(new)
         raise
-    return {"collection": new, "snapshot": m.id, "points": n, "seconds": round(time.perf_counter() - t0, 3)}
+    out = {"collection": new, "snapshot": m.id, "points": n, "seconds": round(time.perf_counter() - t0, 3)}
+    if replay is not None:
+        out["replayed"] = {str(s): [ops[0].seq, ops[-1].seq] if ops else [] for s, ops in replay.items()}
+    return out

@@ -115,6 +115,7 @@ class PrismService:
         if self.start_sequencers is not None:  # other ingress replicas may pause or reshard it meanwhile
             coord.before_write = lambda coord=coord: self._check_current(coord)
             coord.placement_stamp = lambda coord=coord: rebalancing.catalog_stamp(self, coord)
+        self.snapshots.attach(coord)  # the journal archive of the shards whose writes this process orders
         for sh in coord.shards:
             if sh.sequencer is None:  # this process orders the shard's writes: its heal passes run anti-entropy too
                 sh.anti_entropy_interval_s = self.config.replication.anti_entropy_interval_s or None
@@ -251,7 +252,8 @@ class PrismService:
             for space, n in (first or {}).items():
                 totals[space] += n
         return CollectionInfo(name=coord.config.name, config=coord.config.model_dump(), counts=totals, shards=shards,
-                              routing=placing.routing_info(coord.config, coord.placement, coord.progress))
+                              routing=placing.routing_info(coord.config, coord.placement, coord.progress),
+                              archive=[sh.archive_status() or {} for sh in coord.shards])
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
         async with self._lock:

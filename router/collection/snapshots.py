@@ -16,6 +16,7 @@ import json
 import re
 import secrets
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,6 +33,7 @@ from router.collection.coordinator import Coordinator
 from router.metadata.store import index_mapping
 from router.collection.restore import restore
 from router.replication import cut as cutting
+from router.replication.archive import archive_for
 from router.replication.replicas import ReplicatedShard
 from router.schema import snapshots as plan
 from router.schema.snapshots import Manifest, RestoreRequest, ShardCut, SnapshotRequest
@@ -119,6 +121,16 @@ class Snapshots:
             self._store = SnapshotStore(s.url or self.svc.config.data_path / "snapshots", s.options)
         return self._store
 
+    def attach(self, coord: Coordinator) -> None:
+        """Archive the journal of each shard whose writes this process orders (router.replication.archive); a
+        shard's sequencer archives its own."""
+        settings = self.svc.config.snapshots.archive
+        for sh in coord.shards:
+            if sh.sequencer is None and settings.enabled and sh.archive is None:
+                fresh = not sh.epoch  # numbered from 1 again each time this process opens it: an epoch of its own
+                sh.epoch = sh.epoch or uuid.uuid4().hex
+                sh.start_archive(archive_for(self.store, coord.config.name, sh.shard, sh.epoch, settings, fresh=fresh))
+
     async def create(self, name: str, body: Any = None) -> dict[str, Any]:
         """Snapshot `name` while reads and writes go on; the answer is the manifest's summary."""
         parse_model(SnapshotRequest, {} if body is None else body, "snapshot request")
@@ -134,7 +146,7 @@ class Snapshots:
         if self.svc.coordinators.get(name) is not coord:
             raise ShardUnavailable(f"collection {name!r} was resharded or deleted during the snapshot; retry", shards=[])
         spaces = list(cfg.spaces)
-        cuts = [ShardCut(shard=s, seq=c.seq, epoch=c.epoch, points=len(pts), write_pause_ms=c.pause_ms)
+        cuts = [ShardCut(shard=s, seq=c.seq, epoch=c.epoch, points=len(pts), write_pause_ms=c.pause_ms, at=c.at)
                 for s, (c, pts) in enumerate(taken)]
         counts = {"points": sum(len(pts) for _, pts in taken)}
         for space in spaces:

@@ -46,6 +46,7 @@ class Cut:
     gone: set[str] = field(default_factory=set)                 # ids written after the mark, absent at `seq`
     pause_ms: float = 0.0
     rounds: int = 0
+    at: float = 0.0  # wall-clock time of the cut: writes after it are stamped no earlier (point-in-time restore)
 
 
 def written_since(log: OpLog, since: int, upto: int) -> set[str]:
@@ -136,5 +137,6 @@ async def cut(host: Any, since: int, pause_ids: int = PAUSE_IDS, rounds: int = R
         if ids:
             take(ids, await export(host, caught_up(host, upto), sorted(ids)))
         out.seq, out.rounds = upto, out.rounds + 1
+        out.at = host.stamp() if hasattr(host, "stamp") else time.time()
     out.pause_ms = round((time.perf_counter() - t0) * 1000, 3)
     return out

@@ -5,10 +5,13 @@ Bounded in bytes as well as in count: a large ingest of big points must not fill
 33, H7); a replica further behind than what the log still holds is resynced by copying a caught-up replica.
 
 The encoding is JSON (never pickle: a journal is data, and loading one must not run code, whoever wrote the file):
-    {"seq": N, "kind": "upsert", "args": [row, ...]}     row = {"id", "payload", "meta", "vectors": {space: b64}}
-    {"seq": N, "kind": "delete", "args": [id, ...]}
-    {"seq": N, "kind": "restore", "args": [[row, ...], [id, ...]]}   a refused write undone
+    {"seq": N, "at": T, "kind": "upsert", "args": [row, ...]}  row = {"id", "payload", "meta", "vectors": {space: b64}}
+    {"seq": N, "at": T, "kind": "delete", "args": [id, ...]}
+    {"seq": N, "at": T, "kind": "restore", "args": [[row, ...], [id, ...]]}   a refused write undone
     {"abandon": N}
+`at` is the wall-clock time (seconds since the epoch) the shard's write path stamped on the write when it numbered
+it, never decreasing within a shard (router.replication.replicas); point-in-time restore selects writes by it. A
+frame of an older journal has none (0.0).
 Vectors travel as base64 of little-endian float32, which is what Milvus stores (so a replay stores the same bytes).
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ class LoggedOp:
     seq: int
     kind: str  # "upsert" | "delete" | "restore"
     args: Sequence[Any]
+    at: float = 0.0  # wall-clock seconds when it was numbered (0.0: not stamped, an older journal's)
 
 
 def _row_out(p: PointRow) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def encode_op(op: LoggedOp) -> bytes:
         args = [[_row_out(p) for p in op.args[0]], [str(i) for i in op.args[1]]]
     else:
         raise ValueError(f"unknown write kind {op.kind!r}")
-    return json.dumps({"seq": op.seq, "kind": op.kind, "args": args}, separators=(",", ":"),
+    return json.dumps({"seq": op.seq, "at": op.at, "kind": op.kind, "args": args}, separators=(",", ":"),
                       ensure_ascii=False).encode()
 
 
@@ -81,7 +85,7 @@ def decode_frame(blob: bytes) -> LoggedOp | int:
         args = [[_row_in(r) for r in raw[0]], [str(i) for i in raw[1]]]
     else:
         raise ValueError(f"unknown write kind {kind!r}")
-    return LoggedOp(int(d["seq"]), kind, args)
+    return LoggedOp(int(d["seq"]), kind, args, float(d.get("at", 0.0)))
 
 
 def estimate_bytes(op: LoggedOp) -> int:

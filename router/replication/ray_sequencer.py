@@ -13,7 +13,7 @@ from typing import Any
 import ray
 
 from cluster.collection_spec import CollectionConfig
-from cluster.config import PlacementConfig, ReplicationSettings
+from cluster.config import PlacementConfig, ReplicationSettings, SnapshotSettings
 from cluster.errors import ShardUnavailable
 from router.replication.replicas import ReplicatedShard
 from router.replication.sequencer import Journal, Sequencer
@@ -35,7 +35,8 @@ class SequencerHost(Sequencer):
 
     def __init__(self, config: CollectionConfig, shard: int, specs: list[BackendSpec], journal_dir: str,
                  timeout_s: float, detached: bool, placement: PlacementConfig | None,
-                 replication: ReplicationSettings | None = None):
+                 replication: ReplicationSettings | None = None, snapshots: SnapshotSettings | None = None,
+                 data_path: str | None = None):
         opts, nodes = actor_options(detached, placement), alive_nodes()
         clients = [replica_client(config, shard, r, spec, opts, nodes) for r, spec in enumerate(specs)]
         super().__init__(ReplicatedShard(shard, clients, key=f"{config.name}/{shard}",
@@ -46,6 +47,12 @@ class SequencerHost(Sequencer):
         # Anti-entropy runs in this sequencer's heal passes (router.replication.repair.Repairs.anti_entropy).
         self.host.anti_entropy_interval_s = settings.anti_entropy_interval_s or None
         self.host.digest_rescan_s = settings.digest_rescan_s
+        if snapshots is not None and snapshots.archive.enabled:  # this sequencer is its shard's only archive writer
+            from cluster.snapshot_store import SnapshotStore
+            from router.replication.archive import archive_for
+
+            store = SnapshotStore(snapshots.url or Path(data_path or ".") / "snapshots", snapshots.options)
+            self.host.start_archive(archive_for(store, config.name, shard, self.host.epoch, snapshots.archive))
 
     async def close(self, drop: bool = False) -> None:
         """Close the journal; `drop`: delete it (the collection or the shard is gone)."""
@@ -100,6 +107,9 @@ class RaySequencerClient:
     async def mark(self) -> Any:
         return await self._await(self.actor.mark.remote())
 
+    async def ship_archive(self) -> Any:
+        return await self._await(self.actor.ship_archive.remote())
+
     async def cut(self, since: int) -> Any:
         return await self._await(self.actor.cut.remote(since))
 
@@ -107,10 +117,12 @@ class RaySequencerClient:
 def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
                          timeout_s: float, detached: bool = False, first_shard: int = 0,
                          placement: PlacementConfig | None = None,
-                         replication: ReplicationSettings | None = None) -> list[RaySequencerClient]:
+                         replication: ReplicationSettings | None = None,
+                         snapshots: SnapshotSettings | None = None) -> list[RaySequencerClient]:
     """Start (or find, by name) one sequencer per shard, on the head node, and read each one's view."""
     actors = launch_ray_sequencers(config, specs, data_path, timeout_s=timeout_s, detached=detached,
-                                   first_shard=first_shard, placement=placement, replication=replication)
+                                   first_shard=first_shard, placement=placement, replication=replication,
+                                   snapshots=snapshots)
     views = _views(actors)
     return [RaySequencerClient(a, first_shard + i, v) for i, (a, v) in enumerate(zip(actors, views))]
 
@@ -118,7 +130,8 @@ def start_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]
 def launch_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec]], data_path: Path, *,
                           timeout_s: float, detached: bool = False, first_shard: int = 0,
                           placement: PlacementConfig | None = None,
-                          replication: ReplicationSettings | None = None) -> list[Any]:
+                          replication: ReplicationSettings | None = None,
+                          snapshots: SnapshotSettings | None = None) -> list[Any]:
     """The sequencer actors of these shards, started (or found, by name) without waiting for them: an ingress
     starting up launches them beside the replica actors, so their processes start together, and
     `start_ray_sequencers` then finds them by name. A sequencer calls no replica until it is first asked (its
@@ -133,7 +146,7 @@ def launch_ray_sequencers(config: CollectionConfig, specs: list[list[BackendSpec
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=head, soft=False)
     return [SequencerActor.options(name=sequencer_name(config.name, first_shard + i), **opts).remote(
         config, first_shard + i, row, str(sequencer_dir(data_path, config.name, first_shard + i)), timeout_s,
-        detached, placement, replication) for i, row in enumerate(specs)]
+        detached, placement, replication, snapshots, str(data_path)) for i, row in enumerate(specs)]
 
 
 def _views(actors: list[Any], within_s: float = 120.0) -> list[Any]:

@@ -42,7 +42,7 @@ class Repairs:
         (an exception where it is not known to hold it). Under the write lock."""
         ids = [p.id for p in op.args] if op.kind == "upsert" else list(op.args)
         before = await asyncio.wait_for(self.clients[refuser].export(ids), self.timeout_s)
-        restore = LoggedOp(op.seq, "restore", [before, sorted(set(ids) - {p.id for p in before})])
+        restore = LoggedOp(op.seq, "restore", [before, sorted(set(ids) - {p.id for p in before})], op.at)
         if self.journal is not None:
             self.journal.replace(restore)  # the last frame of a seq wins on load
         outcomes: list[Any] = []

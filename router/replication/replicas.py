@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from cluster.collection_spec import CollectionConfig
 from cluster.config import BatchSettings
 from cluster.errors import ShardUnavailable, describe
-from router.replication.oplog import LoggedOp, OpLog
+from router.replication.oplog import LoggedOp, OpLog, estimate_bytes
 from router.replication.reads import Reads
 from router.replication.repair import REFUSALS, RESYNC_BATCH, Repairs, apply_op  # noqa: F401 - RESYNC_BATCH: re-exported
 from router.replication.replica_set import (  # noqa: F401 - re-exported: callers import them from here
@@ -54,6 +54,7 @@ class ShardView:
     checked_at: tuple[float | None, ...] = ()      # per replica: wall-clock time it was last found equal
     mismatches: int = 0                           # replicas found differing from the reference, ever
     repairs: int = 0                              # ids repaired by anti-entropy, ever
+    archive: dict | None = None                   # the journal archive's status (router.replication.archive)
 
 
 class ReplicatedShard(Reads, Repairs):
@@ -97,6 +98,14 @@ class ReplicatedShard(Reads, Repairs):
         if journal is not None:
             self.log = journal.load(self.state)
             self.epoch = journal.epoch
+        # Point-in-time recovery: each write is stamped with the wall-clock time (never decreasing within the
+        # shard) and, with an archive (router.replication.archive), shipped to the snapshot store.
+        self.wall: Callable[[], float] = time.time
+        self.last_at = max((op.at for op in self.log), default=0.0)
+        self.archive: Any | None = None
+        self.archive_view: dict | None = None  # an ingress copy: the sequencer's archive status
+        self._shipping: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its shipment lock
+        self._ship_task: asyncio.Task | None = None
         self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {replica: Coalescer}
 
@@ -127,7 +136,7 @@ class ReplicatedShard(Reads, Repairs):
             rs = self.state
             targets = rs.write_targets()
             seq = rs.next_seq()
-            op = LoggedOp(seq, kind, args)
+            op = LoggedOp(seq, kind, args, self.stamp())
             size = self.journal.append(op, self.log) if self.journal is not None else None  # before any replica
             # sees it: a sequencer restart replays it
             results = await asyncio.gather(
@@ -147,7 +156,11 @@ class ReplicatedShard(Reads, Repairs):
                 except Exception as exc:  # noqa: BLE001 - rolled forward instead: a replay refused is copied over
                     log.warning("shard %d: undoing write %d failed (%s); the replicas that refused it are healed "
                                 "from one that applied it", self.shard, seq, describe(exc))
+            if size is None and self.archive is not None:
+                size = estimate_bytes(op)  # once, for the log and the archive
             self.log.append(op, size)
+            if self.archive is not None and self.archive.record(op, size):
+                self._ship_soon()
             acked, errors = [], []
             for r, res in zip(targets, results):
                 if isinstance(res, BaseException):
@@ -192,6 +205,39 @@ class ReplicatedShard(Reads, Repairs):
             await asyncio.sleep(pause)  # a backoff while Ray restarts the sequencer, not a synchronisation
             pause = min(2 * pause, 1.0)
 
+    # -- the journal archive -----------------------------------------------------------------------------------
+    def stamp(self) -> float:
+        """Now, by the wall clock, never before the last stamp: a write's `at` (under the write lock)."""
+        self.last_at = max(self.wall(), self.last_at)
+        return self.last_at
+
+    def _ship_soon(self) -> None:
+        if self._ship_task is None or self._ship_task.done():
+            self._ship_task = asyncio.get_running_loop().create_task(self.ship_archive())
+
+    async def ship_archive(self) -> dict | None:
+        """Ship the held writes to the archive now (one shipment at a time); its status after."""
+        if self.sequencer is not None:
+            self.archive_view = await self.sequencer.ship_archive()
+            return self.archive_view
+        if self.archive is None:
+            return None
+        async with self._shipping.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+            async with self._lock():
+                (batch, seen), through = self.archive.take(), self.stamp()
+            if await asyncio.to_thread(self.archive.ship, batch, seen, through):
+                self.archive.shipped()
+        return self.archive.status()
+
+    def start_archive(self, archive: Any) -> None:
+        """Archive this shard's writes from now on (and what its journal holds past the archived ones)."""
+        archive.start(self.log, self.state.seq)
+        self.last_at = max(self.last_at, archive.index.through)  # later stamps never fall inside what it covers
+        self.archive = archive
+
+    def archive_status(self) -> dict | None:
+        return self.archive.status() if self.archive is not None else self.archive_view
+
     # -- healing -----------------------------------------------------------------------------------------------
     async def heal(self) -> tuple[int, int]:
         """Probe dead replicas and replay missed writes to stale ones; returns (healed, failed).
@@ -221,6 +267,8 @@ class ReplicatedShard(Reads, Repairs):
                     failed += 1
         if self.journal is not None and (healed or failed):
             self.journal.save(self.state)
+        if self.archive is not None and self.archive.due():
+            await self.ship_archive()
         return healed, failed
 
     async def _heal_through_sequencer(self) -> tuple[int, int]:
@@ -254,7 +302,7 @@ class ReplicatedShard(Reads, Repairs):
         rs = self.state
         return ShardView(self.epoch, rs.seq, rs.committed, tuple(st.applied_seq for st in rs.states), self.resyncs,
                          tuple(st.agreement for st in rs.states), tuple(st.checked_at for st in rs.states),
-                         self.mismatches, self.repairs)
+                         self.mismatches, self.repairs, self.archive_status())
 
     def adopt(self, view: ShardView) -> None:
         """Take the sequencer's replica view. Views of one epoch only move forward (answers to concurrent writes
@@ -269,6 +317,7 @@ class ReplicatedShard(Reads, Repairs):
             for st, a in zip(rs.states, view.applied):
                 st.applied_seq = max(st.applied_seq, a)
         self.resyncs, self.mismatches, self.repairs = view.resyncs, view.mismatches, view.repairs
+        self.archive_view = view.archive
         if len(view.agreement) == len(rs.states):
             for st, a, t in zip(rs.states, view.agreement, view.checked_at):
                 st.agreement, st.checked_at = a, t

@@ -242,6 +242,10 @@ class Sequencer:
         """Release `owner`'s ids; returns those its lease had lost meanwhile."""
         return await self.locks.release(owner, ids)
 
+    async def ship_archive(self) -> dict | None:
+        """Ship the journal archive's held writes now (router.replication.archive); its status."""
+        return await self.host.ship_archive()
+
     async def mark(self) -> cutting.Mark:
         """A snapshot's first step on this shard (router.replication.cut.mark)."""
         return await cutting.mark(self.host)

@@ -122,6 +122,9 @@ class CollectionInfo(BaseModel):
     routing: dict[str, Any] = Field(default_factory=lambda: {"method": "hash", "state": "hash"}, description=(
         "where points live and which shards a query visits: the collection's routing setting and its state "
         "(hash: the ring over ids; key: ready; vector: hash until its centroids are trained, then ready)"))
+    archive: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "per shard, its journal archive (point-in-time restore): archived_seq, held (writes not shipped yet), "
+        "dropped (lost unarchived: a gap restore refuses to cross), gaps, complete_until, error ({}: not archived)"))
 
 
 class AliasRequest(Strict):

@@ -10,7 +10,8 @@ Pure: no I/O. A snapshot is a directory (or an S3 prefix) `<id>/` holding
 A snapshot without a manifest is incomplete (a crash mid-write) and is never restored.
 
 The cut is each shard's sequencer sequence number (with its journal epoch): the snapshot holds exactly the writes
-numbered up to it. Point-in-time restore (not built yet) replays an archived journal from those numbers on.
+numbered up to it. Point-in-time restore replays the shard's archived journal (router.schema.archive) from those
+numbers on.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class RestoreRequest(BaseModel):
     shards: int | None = Field(default=None, ge=1)
     replicas: int | None = Field(default=None, ge=1)
     routing: dict[str, Any] | None = None
+    # a moment after the snapshot: an RFC 3339 time, or {"<shard>": seq} for every shard (router.schema.archive)
+    at: str | dict[str, int] | None = None
 
 
 class ShardCut(BaseModel):
@@ -53,6 +56,7 @@ class ShardCut(BaseModel):
     epoch: str = ""     # the journal those numbers belong to ("" where the ingress orders the writes itself)
     points: int = 0
     write_pause_ms: float = 0.0  # how long the shard's writes waited for the cut
+    at: float = 0.0     # wall-clock seconds of the cut (0: an older snapshot): `at` restores start after it
 
 
 class FileEntry(BaseModel):
@@ -105,6 +109,7 @@ class RestoreResponse(BaseModel):
     snapshot: str
     points: int
     seconds: float
+    replayed: dict[str, list[int]] | None = None  # with `at`: per shard, [first, last] archived write replayed
 
 
 def check_id(snapshot_id: str) -> str:

@@ -184,7 +184,7 @@ class Ingress:
             stop_shards=stop_ray_shards,
             start_sequencers=lambda c, specs, first_shard=0: start_ray_sequencers(
                 c, specs, cfg.data_path, timeout_s=cfg.shard_timeout_s, detached=True, first_shard=first_shard,
-                placement=cfg.placement, replication=cfg.replication),
+                placement=cfg.placement, replication=cfg.replication, snapshots=cfg.snapshots),
             stop_sequencers=stop_ray_sequencers, observe_shard=self.state.metrics.observe_shard,
             observe_stage=self.state.metrics.observe_stage, metadata=metadata_store(cfg),
         )

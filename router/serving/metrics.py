@@ -72,7 +72,8 @@ class _CacheCollector:
 class _ReplicaCollector:
     """prism_replica_digest_mismatches_total{collection,shard} (replicas anti-entropy found differing from the
     others) and prism_replica_repairs_total{collection,shard} (ids it copied to repair them), as each shard's
-    sequencer reports them in its view (or this process counted them, without sequencers)."""
+    sequencer reports them in its view (or this process counted them, without sequencers); and the journal
+    archive's prism_archive_held{collection,shard} and prism_archive_dropped_total{collection,shard}."""
 
     def __init__(self, shards: Any):
         self.shards = shards
@@ -82,11 +83,21 @@ class _ReplicaCollector:
                                    "the others", labels=["collection", "shard"])
         reps = CounterMetricFamily("prism_replica_repairs", "Ids anti-entropy copied to repair a differing replica",
                                    labels=["collection", "shard"])
+        held = GaugeMetricFamily("prism_archive_held", "Writes the journal archive holds, not shipped yet (the "
+                                 "store is unreachable while this grows)", labels=["collection", "shard"])
+        dropped = CounterMetricFamily("prism_archive_dropped", "Writes dropped unarchived past the archive's hold "
+                                      "bound: point-in-time restore refuses to cross them", labels=["collection", "shard"])
         for name, sh in self.shards():
             mism.add_metric([name, str(sh.shard)], sh.mismatches)
             reps.add_metric([name, str(sh.shard)], sh.repairs)
+            archive = sh.archive_status()
+            if archive:
+                held.add_metric([name, str(sh.shard)], archive["held"])
+                dropped.add_metric([name, str(sh.shard)], archive["dropped"])
         yield mism
         yield reps
+        yield held
+        yield dropped
 
 
 class ProcessState:

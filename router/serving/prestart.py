@@ -29,7 +29,7 @@ def prestart_catalog(cfg: ClusterConfig, server_uri: str | None) -> None:
             start_ray_shards(entry.config, specs, detached=True, create=False, placement=cfg.placement,
                              batching=cfg.batching)
             launch_ray_sequencers(entry.config, specs, cfg.data_path, timeout_s=cfg.shard_timeout_s, detached=True,
-                                  placement=cfg.placement, replication=cfg.replication)
+                                  placement=cfg.placement, replication=cfg.replication, snapshots=cfg.snapshots)
     except Exception as exc:  # noqa: BLE001 - the open that follows reports it
         log.warning("starting the catalog's actors early failed (%s: %s); they start when it is opened",
                     type(exc).__name__, exc)

@@ -98,11 +98,15 @@ def test_replica_agreement_and_heal_loop_metrics_are_exposed():
     from router.serving.metrics import Metrics
 
     m = Metrics()
-    shards = [SimpleNamespace(shard=0, mismatches=2, repairs=17), SimpleNamespace(shard=1, mismatches=0, repairs=0)]
+    shards = [SimpleNamespace(shard=0, mismatches=2, repairs=17, archive_status=lambda: {"held": 5, "dropped": 3}),
+              SimpleNamespace(shard=1, mismatches=0, repairs=0, archive_status=lambda: None)]
     m.watch_replicas(lambda: [("c", sh) for sh in shards])
     m.heal_loop_restarts.inc()
     text = m.render().decode()
     assert 'prism_replica_digest_mismatches_total{collection="c",shard="0"} 2.0' in text
     assert 'prism_replica_repairs_total{collection="c",shard="0"} 17.0' in text
     assert 'prism_replica_repairs_total{collection="c",shard="1"} 0.0' in text
+    assert 'prism_archive_held{collection="c",shard="0"} 5.0' in text  # the journal archive (router.replication.archive)
+    assert 'prism_archive_dropped_total{collection="c",shard="0"} 3.0' in text
+    assert 'prism_archive_held{collection="c",shard="1"}' not in text
     assert "prism_heal_loop_restarts_total 1.0" in text
