@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cluster.cli.common import API_KEY, base_url, check_collection, console, fail, grpc_target
+from cluster.cli.ingest import DIRECT_BELOW
 from cluster.config import DEFAULT_DATA_DIR
 
 
@@ -20,29 +21,43 @@ def ingest(
     collection: str = typer.Option(..., "--collection", "-c"),
     batch: int = typer.Option(64, "--batch", min=1, max=2000, help="Embedding batch size (Ray Data map_batches)."),
     write_batch: int = typer.Option(256, "--write-batch", min=1, max=2000, help="Points per upsert request."),
-    concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, help="Encoder actors per encoder."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, help="Encoder actors per encoder (Ray Data)."),
+    direct_below: int = typer.Option(DIRECT_BELOW, "--direct-below", min=0,
+                                     help="Fewer points than this left to write: the running instance's encoders "
+                                          "embed them as it writes them (no Ray Data pipeline to start); 0: always "
+                                          "Ray Data."),
     ledger: Optional[Path] = typer.Option(None, "--ledger",
                                           help="Acknowledged ids (default: DATA_DIR/ingest/<file>.<collection>.acked)."),
     data_dir: str = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     url: Optional[str] = typer.Option(None),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Let Ray's and other libraries' log lines through to the console (by default "
+                                      "they go to DATA_DIR/ingest/ingest.log)."),
     api_key: Optional[str] = API_KEY,
 ) -> None:
-    """Embed on Ray Data and upsert in batches, with a progress bar, a failure report, and resumability."""
-    from cluster.cli.ingest import IngestError, read_points, run_ingest
+    """Embed and upsert in batches, with a progress bar, a failure report, and resumability: small loads through
+    the running instance's encoders, large ones on Ray Data (--direct-below)."""
+    from contextlib import nullcontext
+
+    from cluster.cli.ingest import IngestError, console_quiet, read_points, run_ingest
 
     check_collection(collection)
     base = base_url(url, data_dir)
     total = len(read_points(file)[0])
+    quiet = nullcontext() if verbose else console_quiet(Path(data_dir) / "ingest" / "ingest.log")
     with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("points", total=total)
         try:
-            rep = run_ingest(file, collection, base, batch_size=batch, write_batch=write_batch, concurrency=concurrency,
-                             ledger_path=ledger or Path(data_dir) / "ingest" / f"{file.name}.{collection}.acked",
-                             progress=lambda n: bar.advance(task, n), api_key=api_key)
+            with quiet:
+                rep = run_ingest(file, collection, base, batch_size=batch, write_batch=write_batch,
+                                 concurrency=concurrency, direct_below=direct_below,
+                                 ledger_path=ledger or Path(data_dir) / "ingest" / f"{file.name}.{collection}.acked",
+                                 progress=lambda n: bar.advance(task, n), api_key=api_key)
         except IngestError as exc:
             fail(f"{exc}; re-run the same command to resume")
-    console.print(f"ingested {rep.upserted} points in {rep.seconds:.1f}s ({rep.points_per_s:.1f} points/s), "
-                  f"{rep.skipped} already acknowledged, {len(rep.failures)} failures")
+    how = {"direct": ", embedded by the running instance", "ray-data": ", embedded on Ray Data"}.get(rep.path, "")
+    console.print(f"ingested {rep.upserted} points in {rep.seconds:.1f}s ({rep.points_per_s:.1f} points/s{how}), "
+                  f"{rep.skipped} already acknowledged, {len(rep.failures)} failures", soft_wrap=True)
     for ident, reason in rep.failures[:20]:
         console.print(Text.assemble("  ", ("failed", "red"), f" {ident}: {reason}"))
     if rep.failures:

@@ -1,22 +1,37 @@
-"""Bulk ingestion: embedding on Ray Data, writes to prism in batches, resumable.
+"""Bulk ingestion: JSONL points written to a running prism in batches, resumable, with a failure report.
 
-JSONL points -> skip ids already acknowledged (a ledger file) -> Ray Data `map_batches` with an actor pool per
-encoder (the model loads once per actor) -> batched upserts that carry their vectors, so the server does not embed
-again -> each acknowledged batch is appended to the ledger. A point that cannot be embedded (a broken image) is
-reported with its reason; the rest land. Re-running the same command adds nothing that was acknowledged.
+JSONL points -> skip ids already acknowledged (a ledger file) -> embed -> batched upserts -> each acknowledged batch
+is appended to the ledger. Re-running the same command adds nothing that was acknowledged. A point that cannot be
+embedded (a broken image) or that the server refuses on its own (no source text, a payload too large) is reported
+with its reason; the rest land. How the points are embedded depends on how many are left to write:
+
+- fewer than `direct_below` (DIRECT_BELOW, 2,000; `prism ingest --direct-below`): the points go to the server as
+  they are and the running instance's encoder deployments embed them on the write path, as for any HTTP upsert.
+  Nothing starts: a small load takes about as long as its upserts (the 64-point sample catalog: ~1-2 s, where a
+  Ray Data pipeline took ~20 s to start). A local image file named in an image space's source field is sent inline
+  (base64), so the stored payload holds the server's "<inline image, N base64 characters>" in its place.
+- otherwise: Ray Data (`cluster.cli.ingest_ray`) embeds with an encoder actor pool per encoder, and the upserts carry
+  their vectors, so the server does not embed again.
 """
 from __future__ import annotations
 
+import base64
 import json
-import logging
 import os
+import re
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
+
+# Below this many points left to write, the running instance embeds them (no Ray Data pipeline to start).
+DIRECT_BELOW = 2_000
+# A refusal that names one point (`points[3].payload` from prism's checks, `points.3.id` from request validation).
+POINT_FIELD = re.compile(r"^points(?:\[(\d+)\]|\.(\d+))")
 
 
 class IngestError(Exception):
@@ -30,6 +45,7 @@ class IngestReport:
     upserted: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    path: str = ""           # "direct" (the running instance embeds) or "ray-data"; "" when nothing was left
 
     @property
     def points_per_s(self) -> float:
@@ -71,62 +87,81 @@ class Ledger:
         self.done.update(ids)
 
 
-class EmbedActor:
-    """Ray Data callable class: one encoder per actor, embeds the spaces that use it (by `source_jobs`, the
-    server's own rule for which payload field feeds which space)."""
 
-    def __init__(self, encoder: str, spaces: dict[str, dict], models_dir: str | None = None):
-        from cluster.collection_spec import SpaceConfig
-        from router.encoding.embed import load_encoder
+class Writer:
+    """Upserts batches of points, appends what the server acknowledged to the ledger, and reports the rest.
 
-        self.encoder = load_encoder(encoder, models_dir)
-        self.spaces = {name: SpaceConfig.model_validate(s) for name, s in spaces.items()}
+    A refusal that names one point (the server validates a whole request before writing any of it) fails that
+    point alone, with the server's reason, and the rest of its batch is sent again."""
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from router.encoding.images import decode_image, is_inline, load_reference, local_path
-        from router.encoding.vectors import source_jobs
+    def __init__(self, client: httpx.Client, url: str, collection: str, ledger: Ledger, report: IngestReport,
+                 progress: Callable[[int], None] | None):
+        self.client, self.endpoint = client, f"{url}/v1/collections/{collection}/points"
+        self.ledger, self.report, self.progress = ledger, report, progress
 
-        points = [json.loads(s) for s in batch["point"]]
-        errors = list(batch["error"])
-        texts: dict[str, list[tuple[int, str]]] = {}
-        images: dict[str, list[tuple[int, str]]] = {}
-        for i, p in enumerate(points):
-            if not errors[i]:
-                for space, value in source_jobs(p["payload"], p["vectors"], self.spaces)[0]:
-                    kind = images if self.spaces[space].modality == "image" else texts
-                    kind.setdefault(space, []).append((i, value))
-        for space, items in images.items():
-            src = self.spaces[space].source
-            ok = []
-            for i, ref in items:
-                field = f"{points[i]['id']}.{src}"
-                try:
-                    ok.append((i, decode_image(load_reference(ref, field, allow_files=True), field)))
-                except Exception as exc:  # noqa: BLE001 - this point fails, the others go on
-                    errors[i] = getattr(exc, "message", str(exc))
-            vecs = self.encoder.encode_images([img for _, img in ok]) if ok else []
-            for (i, _), e in zip(ok, vecs):
-                points[i]["vectors"][space] = e.vector
-                ref = points[i]["payload"][src]
-                if is_inline(ref) and local_path(ref) is None:
-                    points[i]["payload"][src] = f"<inline image, {len(ref)} base64 characters>"
-        for space, items in texts.items():
-            for (i, _), e in zip(items, self.encoder.encode_documents([t for _, t in items])):
-                points[i]["vectors"][space] = e.vector
-        return {"point": [json.dumps(p) for p in points], "error": errors}
+    def write(self, batch: list[tuple[dict, str]]) -> None:
+        """`batch`: (point, error) pairs; a point with an error is reported, not sent."""
+        chunk = []
+        for p, err in batch:
+            if err:
+                self.report.failures.append((p["id"], err))
+            else:
+                chunk.append(p)
+        while chunk:
+            r = self.client.post(self.endpoint, json={"points": chunk})
+            if r.status_code == 200:
+                failed = {f["id"]: f["reason"] for f in r.json().get("failed", [])}
+                self.report.failures.extend(failed.items())
+                acked = [p["id"] for p in chunk if p["id"] not in failed]
+                self.ledger.add(acked)
+                self.report.upserted += len(acked)
+                break
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            msg = body.get("message", r.text) if isinstance(body, dict) else r.text
+            one = POINT_FIELD.match(str(body.get("field", ""))) if isinstance(body, dict) else None
+            if one and 400 <= r.status_code < 500 and r.status_code != 413:
+                i = int(one.group(1) or one.group(2))
+                if i < len(chunk):
+                    self.report.failures.append((chunk.pop(i)["id"], f"HTTP {r.status_code}: {msg[:200]}"))
+                    continue
+            self.report.failures.extend((p["id"], f"HTTP {r.status_code}: {msg[:200]}") for p in chunk)
+            break
+        if self.progress:
+            self.progress(len(batch))
+
+
+def inline_local_images(points: list[dict], spaces: dict[str, dict]) -> Iterator[tuple[dict, str]]:
+    """(point, error) pairs: a local file named in an image space's source field read and sent inline (the server
+    reads no files); a file that cannot be read fails its point."""
+    from router.encoding.images import load_reference, local_path
+
+    images = {name: s["source"] for name, s in spaces.items() if s.get("modality") == "image"}
+    for p in points:
+        err = ""
+        for name, src in images.items():
+            ref = p["payload"].get(src)
+            if name in p["vectors"] or not isinstance(ref, str) or not (ref.startswith("file://") or local_path(ref)):
+                continue
+            try:
+                data = load_reference(ref, f"{p['id']}.{src}", allow_files=True)
+            except Exception as exc:  # noqa: BLE001 - this point fails, the others go on
+                err = getattr(exc, "message", str(exc))
+                break
+            p = {**p, "payload": {**p["payload"], src: base64.b64encode(data).decode()}}
+        yield p, err
 
 
 def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int = 64, write_batch: int = 256,
                concurrency: int = 1, ledger_path: str | Path, models_dir: str | None = None,
-               progress: Callable[[int], None] | None = None, api_key: str | None = None) -> IngestReport:
-    """Embed with Ray Data and write through prism's HTTP API; returns what happened."""
-    import ray
+               progress: Callable[[int], None] | None = None, api_key: str | None = None,
+               direct_below: int = DIRECT_BELOW) -> IngestReport:
+    """Embed (through the running instance below `direct_below` points left to write, else on Ray Data) and write
+    through prism's HTTP API; returns what happened. `batch_size` and `concurrency` are Ray Data's."""
+    from cluster.auth import client_headers
 
     t0 = time.perf_counter()
     path = Path(path)
     url = url.rstrip("/")
-    from cluster.auth import client_headers
-
     headers = client_headers(api_key)
     info = httpx.get(f"{url}/v1/collections/{collection}", headers=headers, timeout=30)
     if info.status_code != 200:
@@ -137,47 +172,37 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
     report = IngestReport(points=len(points) + len(bad), failures=list(bad))
     todo = [p for p in points if p["id"] not in ledger.done]
     report.skipped = len(points) - len(todo)
-    if not todo:
-        report.seconds = time.perf_counter() - t0
-        return report
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False)
-    # The command's own progress bar speaks to people; Ray Data's executor logs do not.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.from_items([{"point": json.dumps(p), "error": ""} for p in todo])
-    by_encoder: dict[str, dict[str, dict]] = {}
-    for name, s in spaces.items():
-        by_encoder.setdefault(s["encoder"], {})[name] = s
-    for encoder, enc_spaces in by_encoder.items():
-        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"encoder": encoder, "spaces": enc_spaces,
-                                                               "models_dir": models_dir},
-                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=0)
-    with httpx.Client(timeout=300, headers=headers) as client:
-        for batch in ds.iter_batches(batch_size=write_batch, batch_format="default"):
-            chunk, chunk_ids = [], []
-            for s, err in zip(batch["point"], batch["error"]):
-                p = json.loads(s)
-                if err:
-                    report.failures.append((p["id"], err))
-                    continue
-                chunk.append(p)
-                chunk_ids.append(p["id"])
-            if chunk:
-                r = client.post(f"{url}/v1/collections/{collection}/points", json={"points": chunk})
-                if r.status_code == 200:
-                    body = r.json()
-                    failed = {f["id"]: f["reason"] for f in body.get("failed", [])}
-                    report.failures.extend(failed.items())
-                    acked = [i for i in chunk_ids if i not in failed]
-                    ledger.add(acked)
-                    report.upserted += len(acked)
-                else:
-                    msg = r.json().get("message", r.text) if r.headers.get("content-type", "").startswith(
-                        "application/json") else r.text
-                    report.failures.extend((i, f"HTTP {r.status_code}: {msg[:200]}") for i in chunk_ids)
-            if progress:
-                progress(len(batch["point"]))
+    if todo:
+        report.path = "direct" if len(todo) < direct_below else "ray-data"
+        # Server-side embedding of a full batch on a CPU takes seconds: the timeout is for a server that is gone.
+        with httpx.Client(timeout=300, headers=headers) as client:
+            writer = Writer(client, url, collection, ledger, report, progress)
+            if report.path == "direct":
+                for i in range(0, len(todo), write_batch):
+                    writer.write(list(inline_local_images(todo[i: i + write_batch], spaces)))
+            else:
+                from cluster.cli.ingest_ray import embedded_batches
+
+                for batch in embedded_batches(todo, spaces, batch_size=batch_size, write_batch=write_batch,
+                                              concurrency=concurrency, models_dir=models_dir):
+                    writer.write(batch)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+@contextmanager
+def console_quiet(log_path: Path) -> Iterator[None]:
+    """Everything written to this process's stderr (fd 2) goes to `log_path` meanwhile: Ray Data's INFO/WARNING
+    lines, core_worker's C++ log lines, library warnings, and the same from the processes started meanwhile (they
+    inherit the descriptor). stdout, where the progress bar and the report go, is left alone."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log_path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)

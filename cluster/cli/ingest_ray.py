@@ -1,0 +1,82 @@
+"""The large-load path of `prism ingest`: embedding on Ray Data, one encoder actor pool per encoder.
+
+JSONL points -> Ray Data `map_batches` with an actor pool per encoder (the model loads once per actor) -> batches of
+points that carry their vectors, so the server does not embed again. A point that cannot be embedded (a broken
+image) comes back with its reason; the rest go on. Writing, the ledger and the report are `cluster.cli.ingest`'s.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+
+class EmbedActor:
+    """Ray Data callable class: one encoder per actor, embeds the spaces that use it (by `source_jobs`, the
+    server's own rule for which payload field feeds which space)."""
+
+    def __init__(self, encoder: str, spaces: dict[str, dict], models_dir: str | None = None):
+        from cluster.collection_spec import SpaceConfig
+        from router.encoding.embed import load_encoder
+
+        self.encoder = load_encoder(encoder, models_dir)
+        self.spaces = {name: SpaceConfig.model_validate(s) for name, s in spaces.items()}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from router.encoding.images import decode_image, is_inline, load_reference, local_path
+        from router.encoding.vectors import source_jobs
+
+        points = [json.loads(s) for s in batch["point"]]
+        errors = list(batch["error"])
+        texts: dict[str, list[tuple[int, str]]] = {}
+        images: dict[str, list[tuple[int, str]]] = {}
+        for i, p in enumerate(points):
+            if not errors[i]:
+                for space, value in source_jobs(p["payload"], p["vectors"], self.spaces)[0]:
+                    kind = images if self.spaces[space].modality == "image" else texts
+                    kind.setdefault(space, []).append((i, value))
+        for space, items in images.items():
+            src = self.spaces[space].source
+            ok = []
+            for i, ref in items:
+                field = f"{points[i]['id']}.{src}"
+                try:
+                    ok.append((i, decode_image(load_reference(ref, field, allow_files=True), field)))
+                except Exception as exc:  # noqa: BLE001 - this point fails, the others go on
+                    errors[i] = getattr(exc, "message", str(exc))
+            vecs = self.encoder.encode_images([img for _, img in ok]) if ok else []
+            for (i, _), e in zip(ok, vecs):
+                points[i]["vectors"][space] = e.vector
+                ref = points[i]["payload"][src]
+                if is_inline(ref) and local_path(ref) is None:
+                    points[i]["payload"][src] = f"<inline image, {len(ref)} base64 characters>"
+        for space, items in texts.items():
+            for (i, _), e in zip(items, self.encoder.encode_documents([t for _, t in items])):
+                points[i]["vectors"][space] = e.vector
+        return {"point": [json.dumps(p) for p in points], "error": errors}
+
+
+def embedded_batches(todo: list[dict], spaces: dict[str, dict], *, batch_size: int, write_batch: int,
+                     concurrency: int, models_dir: str | None) -> Iterator[list[tuple[dict, str]]]:
+    """`todo` embedded on Ray Data, in batches of `write_batch` (point, error) pairs ('' when it was embedded)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
+    # The command's own progress bar speaks to people; Ray Data's executor logs do not (what still reaches the
+    # console, its INFO lines and core_worker's, `prism ingest` sends to a log file unless --verbose).
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.from_items([{"point": json.dumps(p), "error": ""} for p in todo])
+    by_encoder: dict[str, dict[str, dict]] = {}
+    for name, s in spaces.items():
+        by_encoder.setdefault(s["encoder"], {})[name] = s
+    for encoder, enc_spaces in by_encoder.items():
+        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"encoder": encoder, "spaces": enc_spaces,
+                                                               "models_dir": models_dir},
+                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=0)
+    for batch in ds.iter_batches(batch_size=write_batch, batch_format="default"):
+        yield [(json.loads(s), err) for s, err in zip(batch["point"], batch["error"])]
