@@ -19,14 +19,13 @@ from cluster.errors import (
 from cluster.names import check_name
 from router.schema.bodies import parse_json
 from router.collection.cache import EmbeddingCache, LRUCache, request_key
-from router.collection.aliases import check_collection_name, check_deletable, check_scope, visible
+from router.collection.alias_ops import AliasOps
+from router.collection.aliases import check_collection_name, check_deletable
 from router.collection.catalog import Catalog, Entry
 from router.collection import inventory, limits as strict, placing, rebalance as rebalancing, reshard as resharding
 from router.collection.coordinator import Coordinator
 from router.collection.pipeline import Prefetched
-from router.schema.collections import (
-    AliasChange, AliasList, AliasRequest, CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse,
-)
+from router.schema.collections import CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse
 from router.schema.points import (
     CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
 )
@@ -40,7 +39,7 @@ StartShards = Callable[..., list]
 StopShards = Callable[..., None]
 
 
-class PrismService:
+class PrismService(AliasOps):
     """Create/describe/delete collections and route reads and writes to their coordinators."""
 
     def __init__(self, config: ClusterConfig, *, encode: Encode | None = None, server_uri: str | None = None,
@@ -300,23 +299,6 @@ class PrismService:
     async def map_fields(self, name: str, fields: dict[str, str]) -> dict[str, str]:
         """Map payload fields ahead of the points that bring them; a field mapped already keeps its type."""
         return await self.coordinator(name).map_fields(fields)
-
-    # -- aliases (router.collection.aliases) -------------------------------------------------------------------------
-    async def set_alias(self, alias: str, body: Any, principal: Any = None) -> AliasChange:
-        """Create `alias` or switch it, atomically for every ingress replica; a scoped key must hold both names."""
-        req = parse_model(AliasRequest, body, "alias")
-        check_scope(principal, alias, req.collection)
-        async with self._lock:  # not while this ingress deletes the collection
-            before = await asyncio.to_thread(self.catalog.set_alias, alias, req.collection)
-        return AliasChange(alias=alias, collection=req.collection, previous=before)
-
-    async def delete_alias(self, alias: str, principal: Any = None) -> AliasChange:
-        check_scope(principal, alias)
-        return AliasChange(alias=alias, collection=None, previous=await asyncio.to_thread(self.catalog.delete_alias, alias))
-
-    def list_aliases(self, principal: Any = None) -> AliasList:
-        """Every alias and its collection; those a scoped key's scope names, given its principal."""
-        return AliasList(aliases=visible(self.catalog.aliases(), getattr(principal, "collections", None)))
 
     def list_collections(self) -> list[str]:
         if self.start_sequencers is not None:  # the catalog, which every ingress replica writes
