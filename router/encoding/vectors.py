@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+import numpy as np
+
 from cluster.collection_spec import CollectionConfig, SpaceConfig
 from cluster.config import ImageLimits
 from cluster.errors import ImageBudgetExceeded, InvalidRequest, ModelUnavailable, SpaceNotFound
@@ -83,10 +85,14 @@ class Vectors:
     def check(vec: Sequence[float], space: SpaceConfig, field: str) -> None:
         if len(vec) != space.dim:
             raise InvalidRequest(f"{field}: expected {space.dim} dimensions, got {len(vec)}", field=field)
-        if not all(math.isfinite(x) and -FLOAT32_MAX <= x <= FLOAT32_MAX for x in vec):
+        if isinstance(vec, np.ndarray):  # an encoder's float32 vector: checked in numpy, never turned into a list
+            fine = bool(np.isfinite(vec).all() and np.abs(vec).max(initial=0) <= FLOAT32_MAX)
+        else:
+            fine = all(math.isfinite(x) and -FLOAT32_MAX <= x <= FLOAT32_MAX for x in vec)
+        if not fine:
             raise InvalidRequest(f"{field}: vector has NaN, infinite or out-of-range values (Milvus stores float32: "
                                  f"each component must lie within +-{FLOAT32_MAX:.7g})", field=field)
-        if space.metric == "cosine" and not any(vec):
+        if space.metric == "cosine" and not (vec.any() if isinstance(vec, np.ndarray) else any(vec)):
             raise InvalidRequest(f"{field}: a zero vector has no direction, so cosine similarity is undefined for "
                                  "it; send a non-zero vector", field=field)
 
@@ -128,7 +134,7 @@ class Vectors:
                 out[i] = v
                 if truncated:
                     notes.append(f"prefetch[{i}].text was longer than encoder {encoder!r} reads; it was truncated")
-        return [list(v) for v in out], notes
+        return [v if isinstance(v, np.ndarray) else list(v) for v in out], notes
 
     # -- points ------------------------------------------------------------------------------------------------
     async def prepare_points(self, points: Sequence[Point]) -> tuple[list[PointRow], list[str], list[PointError]]:
@@ -168,7 +174,7 @@ class Vectors:
             encoded = await self._texts(space.encoder, [t for _, t in items], document=True)
             for (i, _), (v, _) in zip(items, encoded):
                 self.check(v, space, f"points[{i}].payload.{space.source}")
-                rows[i].vectors[space_name] = list(v)
+                rows[i].vectors[space_name] = v
         bad = await self._embed_images(rows, images)
         for i, row in enumerate(rows):
             if i not in bad and not row.vectors:
@@ -203,7 +209,7 @@ class Vectors:
             if good:
                 encoded = await self._images(space.encoder, [img for _, img in good], f"spaces.{space_name}.encoder")
                 for (i, _), (v, _) in zip(good, encoded):
-                    rows[i].vectors[space_name] = list(v)
+                    rows[i].vectors[space_name] = v
         return bad
 
     # -- encoders ----------------------------------------------------------------------------------------------
