@@ -14,12 +14,15 @@ from router.encoding.embed import ClipEncoder, load_encoder
 from router.encoding.images import decode_image
 from router.encoding.pixels import _orient, header_check
 
-TEXTS = ["waterproof hiking boot", "word " * 300, "", "ünïcode façade 漢字", "a b c " * 30, "short"]
+TEXTS = ["waterproof hiking boot", "word " * 50, "", "ünïcode façade 漢字", "a b c " * 4, "short"]
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    return load_encoder("minilm", device="cpu")
+    """MiniLM with a 32-token window (both paths read it), so a batch holding a cut text pads to 32, not 256."""
+    enc = load_encoder("minilm", device="cpu")
+    enc.max_tokens = enc.model.max_seq_length = 32
+    return enc
 
 
 @pytest.fixture(scope="module")
