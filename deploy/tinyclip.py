@@ -21,8 +21,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def build_tiny_clip(dest: Path, seed: int = 0) -> Path:
-    """Write a 16-d CLIP (byte-level vocabulary, 32x32 images) to `dest` and return it."""
+def build_tiny_clip(dest: Path, seed: int = 0, full_size: bool = False) -> Path:
+    """Write a 16-d CLIP (byte-level vocabulary, 32x32 images) to `dest` and return it. `full_size`: towers and
+    image processor of CLIP ViT-B/32 (512-d, 224x224, random weights: for throughput on a GPU, never quality)."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -39,7 +40,16 @@ def build_tiny_clip(dest: Path, seed: int = 0) -> Path:
     (work / "vocab.json").write_text(json.dumps(vocab))
     (work / "merges.txt").write_text("#version: 0.2\n")
     tok = CLIPTokenizer(str(work / "vocab.json"), str(work / "merges.txt"))
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    side = 224 if full_size else 32
+    images = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    if full_size:  # transformers' CLIPConfig defaults are ViT-B/32's shapes
+        cfg = CLIPConfig(text_config={"vocab_size": len(vocab), "bos_token_id": vocab["<|startoftext|>"],
+                                      "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]},
+                         projection_dim=512)
+        torch.manual_seed(seed)
+        CLIPModel(cfg).save_pretrained(dest)
+        CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(dest)
+        return dest
     cfg = CLIPConfig(
         text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                      "num_attention_heads": 2, "max_position_embeddings": 77,

@@ -45,7 +45,7 @@ class PointRow:
     id: str
     payload: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    vectors: dict[str, list[float]] = field(default_factory=dict)
+    vectors: dict[str, Sequence[float]] = field(default_factory=dict)  # encoders' vectors: float32 numpy arrays
 
 
 @dataclass

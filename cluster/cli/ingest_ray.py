@@ -48,13 +48,13 @@ class EmbedActor:
                     errors[i] = getattr(exc, "message", str(exc))
             vecs = self.encoder.encode_images([img for _, img in ok]) if ok else []
             for (i, _), e in zip(ok, vecs):
-                points[i]["vectors"][space] = e.vector
+                points[i]["vectors"][space] = e.vector.tolist()  # JSON edge: float32 until here
                 ref = points[i]["payload"][src]
                 if is_inline(ref) and local_path(ref) is None:
                     points[i]["payload"][src] = f"<inline image, {len(ref)} base64 characters>"
         for space, items in texts.items():
             for (i, _), e in zip(items, self.encoder.encode_documents([t for _, t in items])):
-                points[i]["vectors"][space] = e.vector
+                points[i]["vectors"][space] = e.vector.tolist()  # JSON edge: float32 until here
         return {"point": [json.dumps(p) for p in points], "error": errors}
 
 

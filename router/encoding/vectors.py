@@ -91,7 +91,7 @@ class Vectors:
         if not (np.isfinite(a).all() and (np.abs(a) <= FLOAT32_MAX).all()):
             raise InvalidRequest(f"{field}: vector has NaN, infinite or out-of-range values (Milvus stores float32: "
                                  f"each component must lie within +-{FLOAT32_MAX:.7g})", field=field)
-        if space.metric == "cosine" and not any(vec):
+        if space.metric == "cosine" and not (vec.any() if isinstance(vec, np.ndarray) else any(vec)):
             raise InvalidRequest(f"{field}: a zero vector has no direction, so cosine similarity is undefined for "
                                  "it; send a non-zero vector", field=field)
 
@@ -133,7 +133,7 @@ class Vectors:
                 out[i] = v
                 if truncated:
                     notes.append(f"prefetch[{i}].text was longer than encoder {encoder!r} reads; it was truncated")
-        return [list(v) for v in out], notes
+        return [v if isinstance(v, np.ndarray) else list(v) for v in out], notes
 
     # -- points ------------------------------------------------------------------------------------------------
     async def prepare_points(self, points: Sequence[Point]) -> tuple[list[PointRow], list[str], list[PointError]]:
@@ -173,7 +173,7 @@ class Vectors:
             encoded = await self._texts(space.encoder, [t for _, t in items], document=True)
             for (i, _), (v, _) in zip(items, encoded):
                 self.check(v, space, f"points[{i}].payload.{space.source}")
-                rows[i].vectors[space_name] = list(v)
+                rows[i].vectors[space_name] = v
         bad = await self._embed_images(rows, images)
         for i, row in enumerate(rows):
             if i not in bad and not row.vectors:
@@ -208,7 +208,7 @@ class Vectors:
             if good:
                 encoded = await self._images(space.encoder, [img for _, img in good], f"spaces.{space_name}.encoder")
                 for (i, _), (v, _) in zip(good, encoded):
-                    rows[i].vectors[space_name] = list(v)
+                    rows[i].vectors[space_name] = v
         return bad
 
     # -- encoders ----------------------------------------------------------------------------------------------

@@ -278,3 +278,18 @@ def test_a_request_of_many_images_over_the_pixel_budget_is_a_413_naming_it_and_w
     for sh in photos_coord.shards:
         for client in sh.clients:
             assert not set(asyncio.run(client.get(ids)))
+
+
+def test_vectors_stay_float32_from_the_encoder_into_milvus(photos_coord):
+    """No float lists on the write path: the encoders' float32 arrays reach the shard as they are, and Milvus gives
+    back exactly those float32 values."""
+    point = Point(id=f"f32-{next(_n)}", payload={"caption": "a float32 caption", "image": b64(png(photo("coins")))})
+    rows, _, failed = asyncio.run(photos_coord.vectors.prepare_points([point]))
+    assert failed == [] and set(rows[0].vectors) == {"caption", "image"}
+    for v in rows[0].vectors.values():
+        assert isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (DIM,)
+    assert asyncio.run(photos_coord.upsert([point])).upserted == 1
+    held = asyncio.run(photos_coord.shards[photos_coord.shard_of(point.id)].clients[0].get(
+        [point.id], with_vectors=["caption", "image"]))
+    for space, v in rows[0].vectors.items():
+        assert np.array_equal(np.asarray(held[point.id].vectors[space], dtype=np.float32), v)

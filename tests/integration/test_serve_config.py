@@ -41,7 +41,20 @@ def test_serve_config_import_path_builds_and_serves(ray_session, tmp_path, monke
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=60).json()
         assert health["status"] == "ok" and health["encoders"]["minilm"]["available"]
         r = httpx.put(f"http://127.0.0.1:{port}/v1/collections/k8s", timeout=60,
-                      json={"spaces": {"v": {"dim": 2, "index": {"type": "FLAT"}}}})
+                      json={"spaces": {"v": {"dim": 2, "index": {"type": "FLAT"}},
+                                       "t": {"dim": 384, "encoder": "minilm", "source": "text",
+                                             "index": {"type": "FLAT"}}}})
         assert r.status_code == 200, r.text
+        # The encoder's float32 vector through Serve, the ingress and a Ray shard actor into milvus-lite, and back
+        # as JSON floats: the query's own vector finds the point at similarity 1.
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/collections/k8s/points", timeout=60,
+                       json={"points": [{"id": "a", "payload": {"text": "a red shoe"}}]})
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/collections/k8s/query", timeout=60, json={
+            "prefetch": [{"space": "t", "text": "a red shoe"}], "fusion": {"method": "none"}, "with_vectors": ["t"],
+            "limit": 1})
+        hit = r.json()["hits"][0]
+        assert hit["id"] == "a" and abs(hit["score"] - 1) < 1e-4 and len(hit["vectors"]["t"]) == 384
+        assert all(isinstance(x, float) for x in hit["vectors"]["t"])
     finally:
         serve.shutdown()
