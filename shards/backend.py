@@ -231,13 +231,23 @@ class MilvusBackend:
 
     def rows_after(self, name: str, after: str, limit: int = EXPORT_PAGE) -> list[tuple[str, Any, dict, dict]]:
         """One keyset page of whole stored rows: the first `limit` ids above `after`, in id order, as
-        (id, float32 vector, payload, meta). Iterator mode reduces by primary key (as `scan`); Strong: a copy must
-        see every earlier write. Vectors go to numpy in one C pass, not float by float (8% of a snapshot's copy)."""
-        rows = self.client.query(name, filter=f"id > {quote_string(after)}", limit=limit, consistency_level="Strong",
-                                 output_fields=[ID_FIELD, VECTOR_FIELD, PAYLOAD_FIELD, META_FIELD],
-                                 iterator="True", reduce_stop_for_best="True")
-        return sorted(((str(r[ID_FIELD]), np.asarray(r[VECTOR_FIELD], np.float32), r.get(PAYLOAD_FIELD) or {},
-                        r.get(META_FIELD) or {}) for r in rows), key=lambda t: t[0])
+        (id, float32 vector, payload, meta). Iterator mode reduces by primary key (as `scan`) and may stop short of
+        `limit` at a segment's end (measured on the Milvus server: a 10,000-point snapshot copied 9,580), so the
+        page is filled by further reads after its last id, as the query iterator does: fewer than `limit` only
+        when none is left. Strong: a copy must see every earlier write. Vectors go to numpy in one C pass, not
+        float by float (8% of a snapshot's copy)."""
+        out: list[tuple[str, Any, dict, dict]] = []
+        while len(out) < limit:
+            rows = self.client.query(name, filter=f"id > {quote_string(after)}", limit=limit - len(out),
+                                     output_fields=[ID_FIELD, VECTOR_FIELD, PAYLOAD_FIELD, META_FIELD],
+                                     consistency_level="Strong", iterator="True", reduce_stop_for_best="True")
+            if not rows:
+                break
+            got = sorted(((str(r[ID_FIELD]), np.asarray(r[VECTOR_FIELD], np.float32), r.get(PAYLOAD_FIELD) or {},
+                           r.get(META_FIELD) or {}) for r in rows), key=lambda t: t[0])
+            out += got
+            after = got[-1][0]
+        return out
 
     def iter_rows(self, name: str, batch: int = 16_384):
         """Every stored row (id, vector, payload, meta), a page at a time (query iterator, Strong: a digest
