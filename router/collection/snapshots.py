@@ -1,9 +1,9 @@
 """Online snapshots of a collection: create, list, describe, delete (restore: router.collection.restore).
 
 A snapshot is one cut across the shards, each shard's sequence number, and the points as they stand at it
-(router.replication.cut: copied while writes go on, then the ids written meanwhile read again; the only write pause
-is each shard's last re-read, measured per shard in the manifest). Files and manifest: router.schema.snapshots; the
-store (a directory or an S3 bucket): cluster.snapshot_store.
+(router.replication.cut: copied while writes go on, then the ids written meanwhile read again, outside the write
+lock; the write pause, each shard's longest hold of its lock, is measured per shard in the manifest). Files and
+manifest: router.schema.snapshots; the store (a directory or an S3 bucket): cluster.snapshot_store.
 
 Elasticsearch's documents are written as the write path makes them from the payloads at the cut (a document is its
 point's payload), not read from Elasticsearch: Elasticsearch has no cut, and `prism verify` is what compares the two.
