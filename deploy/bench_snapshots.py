@@ -6,8 +6,8 @@ Elasticsearch API server holding the documents):
   (wait=true, as restore writes); the rate is over the writes, the wait for the indexes is shown apart;
 - snapshot while a writer upserts existing ids at a steady rate (open loop: each write is due at its time whether
   the one before it has answered or not, and its latency runs from when it was due, so a pause is not hidden):
-  the snapshot's seconds and points/s, the longest write pause it reports (each shard's last re-read under its
-  write lock), and the writer's p99/max latency during the snapshot beside the same writer's before it;
+  the snapshot's seconds and points/s, the longest write pause it reports (each shard's longest hold of its write
+  lock by the cut, router.replication.cut), and the writer's p99/max latency during the snapshot beside the same writer's before it;
 - restore into a new collection (the writer stopped): points/s, against the ingest rate (the same write path).
 
 Targets (issue 32): snapshot >= 20,000 points/s, write pause <= 100 ms, restore >= the ingest rate with vectors

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
+from shards.api import EXPORT_PAGE, PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.group_commit import plan_groups
 
 
@@ -103,6 +103,9 @@ class SimReplica:
 
     async def export(self, ids: Sequence[str]) -> list[PointRow]:
         return [self.points[i] for i in ids if i in self.points]
+
+    async def export_page(self, after: str, limit: int = EXPORT_PAGE) -> list[PointRow]:
+        return [self.points[i] for i in sorted(self.points) if i > after][:limit]
 
     async def ids(self) -> list[str]:
         return sorted(self.points)

@@ -16,7 +16,7 @@ from cluster.actor_options import replica_node, shard_actor_options
 from cluster.collection_spec import CollectionConfig
 from cluster.config import BatchSettings, PlacementConfig
 from cluster.errors import ShardUnavailable
-from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
+from shards.api import EXPORT_PAGE, PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
 from shards.shard import Shard
 
@@ -103,6 +103,9 @@ class RayShardClient:
 
     async def export(self, ids: Sequence[str]) -> list[PointRow]:
         return await self._await(self.actor.export.remote(ids))
+
+    async def export_page(self, after: str, limit: int = EXPORT_PAGE) -> list[PointRow]:
+        return await self._await(self.actor.export_page.remote(after, limit))
 
     async def ids(self) -> list[str]:
         return await self._await(self.actor.ids.remote())

@@ -11,6 +11,10 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from cluster.names import MAX_ID_LENGTH  # noqa: F401 - the id rule lives with the name rule
 
+# A whole-shard copy's page (`ShardApi.export_page`): Milvus's largest query window. Measured on milvus-lite (a
+# digest's scan), 20,000 rows took 8.1 s in pages of 1,000 and 3.2 s in pages of 16,384.
+EXPORT_PAGE = 16_384
+
 
 class ScoredId(NamedTuple):
     """One search hit: higher score is always better (L2 distances are negated). `payload` is the stored payload
@@ -78,6 +82,11 @@ class ShardApi(Protocol):
 
     async def export(self, ids: Sequence[str]) -> list[PointRow]:
         """Whole stored points, for copying to another shard."""
+
+    async def export_page(self, after: str, limit: int = EXPORT_PAGE) -> list[PointRow]:
+        """The first `limit` whole stored points above `after` (in id order), vectors as float32 numpy arrays: one
+        page of a keyset copy of the replica (a snapshot's), no id list and no `id in [...]` filter. Fewer than
+        `limit` only when none is left above the last."""
 
     async def ids(self) -> list[str]:
         """Every id held here, sorted."""

@@ -10,7 +10,7 @@ from typing import Any
 from cluster.collection_spec import CollectionConfig
 from cluster.config import BatchSettings, MilvusConfig
 from cluster.errors import ConfigError
-from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
+from shards.api import EXPORT_PAGE, PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.backend import BackendSpec
 from shards.shard import Shard
 
@@ -86,6 +86,9 @@ class LocalShardClient:
 
     async def export(self, ids: Sequence[str]) -> list[PointRow]:
         return await asyncio.to_thread(self.target.export, ids)
+
+    async def export_page(self, after: str, limit: int = EXPORT_PAGE) -> list[PointRow]:
+        return await asyncio.to_thread(self.target.export_page, after, limit)
 
     async def ids(self) -> list[str]:
         return await asyncio.to_thread(self.target.ids)

@@ -12,7 +12,7 @@ from typing import Any
 from cluster.collection_spec import CollectionConfig, check_index_support
 from cluster.config import BatchSettings
 from cluster.errors import BackendError, PrismError, SpaceNotFound, WriteRefused
-from shards.api import PointRow, ScoredId, SearchSpec, StoredPoint
+from shards.api import EXPORT_PAGE, PointRow, ScoredId, SearchSpec, StoredPoint
 from shards.digest import ReplicaDigest, row_hash
 from shards.backend import (ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend,
                             search_params)
@@ -364,6 +364,17 @@ class Shard:
                 p = points.setdefault(pid, PointRow(id=pid, payload=row["payload"], meta=row["meta"]))
                 p.vectors[space] = row["vector"]
         return list(points.values())
+
+    def export_page(self, after: str, limit: int = EXPORT_PAGE) -> list[PointRow]:
+        """The first `limit` whole points above `after` held here in any space. Each space's first `limit` rows
+        cover the first `limit` ids of the union: a space that returned `limit` rows holds `limit` ids up to its
+        last one, so the union's `limit`-th id is no higher, and every space's row of a kept id was returned."""
+        self._ensure_open()
+        points: dict[str, PointRow] = {}
+        for space, name in self.names.items():
+            for pid, vec, payload, meta in self._call(self.backend.rows_after, name, after, limit):
+                points.setdefault(pid, PointRow(id=pid, payload=payload, meta=meta)).vectors[space] = vec
+        return [points[pid] for pid in sorted(points)[:limit]]
 
     def count(self) -> dict[str, int]:
         self._ensure_open()

@@ -36,7 +36,7 @@ from router.schema import archive as history
 from router.schema import snapshots as plan
 from router.schema.snapshots import Manifest, RestoreRequest
 
-BATCH = 500
+BATCH = 1000  # as ingest (deploy/bench_snapshots INGEST_BATCH): a write costs mostly its fixed visibility wait
 
 
 def _load(store: Any, m: Manifest, path: str) -> bytes:

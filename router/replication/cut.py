@@ -3,14 +3,18 @@
 How (the snapshot's reader, router.collection.snapshots, drives it):
 1. `mark`: the shard's sequence number s0 (under the write lock, so no write numbered <= s0 is still on its way),
    and the replicas that have applied it;
-2. the reader copies every point from one of those replicas, without any lock: writes go on;
-3. `cut`: the ids the operation log shows written after s0 are read again (rounds without the lock while many
-   ids were written), then, under the write lock, the last round: the sequence number S of the cut and the ids
-   written since the previous round, read from a replica that has applied S.
+2. the reader copies every point from one of those replicas (keyset pages of whole points), without any lock;
+3. `cut`, in rounds: under the write lock only the sequence number S and the ids the operation log shows written
+   since the last round (microseconds); then, without the lock, those ids read (Strong) from a replica that has
+   applied S. Such a read holds every write <= S and perhaps some after it; so under the lock again, the next S'
+   and the ids written in (S, S']: if none of them was read this round, the cut is S. Otherwise the next round
+   reads them for S'. Only if `ROUNDS` rounds all raced a write does a last round read under the lock.
 An id no write touched after s0 has not changed since s0, so its copy from step 2 is its state at S; every other
-id's state at S is the last read of it in step 3. The write pause is the last round only (the ids written during
-the round before it), measured and returned. If the log no longer holds every write after s0 (a bound was reached
-while copying), the cut is refused and the snapshot can be retried.
+id's state at S is the last read of it in step 3. The write pause is the longest hold of the write lock, measured
+and returned: microseconds unless the last round under the lock was needed. This does not lean on writes being
+visible when acknowledged (wait=false writes are not): a replica's applied seq and a Strong read are enough. If the
+log no longer holds every write after s0 (a bound was reached while copying), the cut is refused and the snapshot
+can be retried.
 
 The same code runs in a process that orders the shard's writes itself and in a shard's sequencer (the Ray actor).
 """
@@ -24,10 +28,10 @@ from typing import Any
 
 from cluster.errors import ShardUnavailable
 from router.replication.oplog import OpLog
-from shards.api import PointRow
+from router.replication.reads import SCAN_TIMEOUT_S
+from shards.api import EXPORT_PAGE, PointRow
 
-PAUSE_IDS = 2_000  # re-read under the lock once at most this many ids were written since the last round
-ROUNDS = 4         # rounds without the lock before the last one (which takes the lock whatever it holds)
+ROUNDS = 8  # rounds without the lock before the last one (which takes the lock whatever it holds)
 EXPORT_BATCH = 1_000
 
 
@@ -96,9 +100,10 @@ async def export(host: Any, replicas: Sequence[int], ids: Sequence[str]) -> list
     return await _first(host, replicas, call)
 
 
-async def export_ids(host: Any, replicas: Sequence[int]) -> list[str]:
-    """Every id one of `replicas` holds."""
-    return await _first(host, replicas, lambda client: asyncio.wait_for(client.ids(), host.timeout_s))
+async def export_page(host: Any, replicas: Sequence[int], after: str, limit: int = EXPORT_PAGE) -> list[PointRow]:
+    """One keyset page of whole points above `after` from one of `replicas` (ShardApi.export_page)."""
+    timeout = max(host.timeout_s, SCAN_TIMEOUT_S)  # a whole-shard read of maintenance, as reads.read(scan=True)
+    return await _first(host, replicas, lambda client: asyncio.wait_for(client.export_page(after, limit), timeout))
 
 
 async def mark(host: Any) -> Mark:
@@ -108,9 +113,20 @@ async def mark(host: Any) -> Mark:
     return Mark(seq, getattr(host, "epoch", ""), caught_up(host, seq))
 
 
-async def cut(host: Any, since: int, pause_ids: int = PAUSE_IDS, rounds: int = ROUNDS) -> Cut:
+async def cut(host: Any, since: int, rounds: int = ROUNDS) -> Cut:
     """Step 3: the shard's state at the cut for every id written after `since` (step 1's seq)."""
     out = Cut(since, getattr(host, "epoch", ""))
+    holds: list[float] = []
+
+    async def held(fn: Any) -> Any:
+        """`fn()` under the write lock (as a write waits: the writes numbered <= seq have landed and are logged);
+        the time it held the lock, which is what a write to this shard waited."""
+        async with host._lock():
+            t0 = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                holds.append(time.perf_counter() - t0)
 
     def take(ids: set[str], rows: list[PointRow]) -> None:
         got = {r.id: r for r in rows}
@@ -122,21 +138,28 @@ async def cut(host: Any, since: int, pause_ids: int = PAUSE_IDS, rounds: int = R
                 out.rows.pop(pid, None)
                 out.gone.add(pid)
 
-    for _ in range(rounds):
-        async with host._lock():  # as a write waits: the writes numbered <= upto have landed and are logged
-            upto = host.state.seq
-            ids = written_since(host.log, out.seq, upto)
-        if len(ids) <= pause_ids:
-            break
-        take(ids, await export(host, caught_up(host, upto), sorted(ids)))
-        out.seq, out.rounds = upto, out.rounds + 1
-    async with host._lock():  # the pause: writes to this shard wait meanwhile
-        t0 = time.perf_counter()
+    def since_last() -> tuple[int, set[str], float]:
+        """(the shard's seq now, ids written since the last round, the wall-clock stamp of this moment: writes
+        after it are stamped no earlier; point-in-time restore)"""
         upto = host.state.seq
-        ids = written_since(host.log, out.seq, upto)
+        return upto, written_since(host.log, out.seq, upto), (host.stamp() if hasattr(host, "stamp") else time.time())
+
+    upto, ids, at = await held(since_last)
+    for _ in range(rounds):
+        if ids:  # read without the lock: what it returns holds every write <= upto, and maybe some after it
+            take(ids, await export(host, caught_up(host, upto), sorted(ids)))
+        out.seq, out.at, out.rounds, read = upto, at, out.rounds + 1, ids
+        upto, ids, at = await held(since_last)
+        if not ids & read:  # no write after S touched an id this round read: each is as it stood at S, and every
+            out.pause_ms = round(max(holds) * 1000, 3)  # other id's last read held at S too (not written since)
+            return out
+    # Writes kept landing on the ids being read: the last round under the lock, which no write can race.
+    async with host._lock():
+        t0 = time.perf_counter()
+        upto, ids, at = since_last()
         if ids:
             take(ids, await export(host, caught_up(host, upto), sorted(ids)))
-        out.seq, out.rounds = upto, out.rounds + 1
-        out.at = host.stamp() if hasattr(host, "stamp") else time.time()
-    out.pause_ms = round((time.perf_counter() - t0) * 1000, 3)
+        out.seq, out.at, out.rounds = upto, at, out.rounds + 1
+        holds.append(time.perf_counter() - t0)
+    out.pause_ms = round(max(holds) * 1000, 3)
     return out

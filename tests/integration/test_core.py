@@ -101,8 +101,8 @@ def test_the_plain_shard_and_both_clients_share_one_contract():
     from shards.shard import Shard
 
     methods = [m for m in vars(ShardApi) if not m.startswith("_") and callable(getattr(ShardApi, m))]
-    assert sorted(methods) == ["bucket_hashes", "count", "delete", "digest", "export", "get", "ids", "node", "ping",
-                              "scan", "search_many", "upsert"]
+    assert sorted(methods) == ["bucket_hashes", "count", "delete", "digest", "export", "export_page", "get", "ids", "node",
+                              "ping", "scan", "search_many", "upsert"]
     for impl in (Shard, LocalShardClient, RayShardClient):
         for m in methods:
             want = list(inspect.signature(getattr(ShardApi, m)).parameters)

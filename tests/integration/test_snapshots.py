@@ -48,6 +48,21 @@ async def _held(svc: PrismService, name: str) -> dict[str, tuple]:
     return out
 
 
+async def _paged(svc: PrismService, name: str, page: int) -> dict[str, tuple]:
+    """Every point as a snapshot's copy reads it: ShardApi.export_page in keyset pages of `page`."""
+    out = {}
+    for sh in svc.coordinator(name).shards:
+        after = ""
+        while True:
+            got = await sh.read(lambda c, after=after: c.export_page(after, page))
+            assert [r.id for r in got] == sorted(r.id for r in got) and all(r.id > after for r in got)
+            out.update({r.id: _state({"payload": r.payload, "vectors": r.vectors}) for r in got})
+            if len(got) < page:
+                break
+            after = got[-1].id
+    return out
+
+
 def _snapshot_points(svc: PrismService, sid: str) -> tuple[dict[str, tuple], object]:
     m = svc.snapshots.manifest(sid)
     out = {}
@@ -115,7 +130,9 @@ def test_a_snapshot_under_concurrent_writes_equals_the_collection_at_its_cut(tmp
         summary = await svc.snapshots.create("snap")
         done.set()
         await task
-        return baseline, start, ops, summary, await _held(svc, "snap"), steps
+        now = await _held(svc, "snap")
+        assert await _paged(svc, "snap", 97) == now  # many pages; a space ("w") missing some ids
+        return baseline, start, ops, summary, now, steps
 
     baseline, start, ops, summary, now, (copied, at_cut) = asyncio.run(scenario())
     assert copied == at_cut  # the copy brought to the cut holds the writes made before and after it was read

@@ -76,6 +76,10 @@ class MemShard:
         self._check()
         return [self.points[i] for i in ids if i in self.points]
 
+    async def export_page(self, after, limit=16_384):
+        self._check()
+        return [self.points[i] for i in sorted(self.points) if i > after][:limit]
+
     async def ids(self):
         self._check()
         return sorted(self.points)
