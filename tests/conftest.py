@@ -29,7 +29,7 @@ GROUP_OF = {path: group for group, paths in INSTANCE_GROUPS.items() for path in 
 # Both instances' files go to one worker: a test that uses both (two instances on one host) would otherwise start a
 # second `prism_server` on the keyed group's worker (70 s under load), and together they are well under half the run.
 SCOPE = "shared_instances"
-# What the longest groups took in `make test` (-n 2, quiet 2-core machine, 2026-12-05, --junitxml sums): the
+# What the longest groups took in `make test` (-n 2 then, quiet 2-core machine, 2026-12-05, --junitxml sums): the
 # scheduler starts them first. Only the order depends on these; a stale number costs balance, never a test.
 GROUP_SECONDS = {
     SCOPE: 500, "tests/integration/test_node_loss.py": 156, "tests/e2e/test_security_keyed.py": 126,
