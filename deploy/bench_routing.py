@@ -15,6 +15,7 @@ The size is a parameter (`--routing-n`); the figures in docs/bench/routing.json 
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import statistics
 import time
@@ -180,7 +181,11 @@ def run(workdir: Path, n: int = 200_000, n_queries: int = 200, key_n: int | None
         svc = PrismService(cfg, server_uri=server.uri)
 
         async def scenario() -> dict:
-            sets = {label: await vector_set(svc, label, noise, n, n_queries) for label, noise in SETS.items()}
+            sets: dict = {}
+            for label, noise in SETS.items():  # each set's figures kept as it ends: a long run that fails later
+                sets[label] = await vector_set(svc, label, noise, n, n_queries)  # still leaves them
+                (workdir / "routing-partial.json").write_text(json.dumps({"n": n, "sets": sets}, indent=1))
+                print(f"[routing] {label}: {json.dumps(sets[label])}", flush=True)
             key = await key_routing(svc, key_n or n, n_queries)
             return {"sets": sets, "key": key}
 
