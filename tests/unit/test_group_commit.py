@@ -55,7 +55,7 @@ def wait_until(cond, within_s=5.0):
     deadline = time.monotonic() + within_s
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.001)
+        time.sleep(0.001)  # poll: the condition, within its deadline
 
 
 class Store:

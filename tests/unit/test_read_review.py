@@ -85,7 +85,7 @@ def test_a_hedge_never_goes_to_a_replica_that_may_not_be_read_by_choice(unreadab
         await until(lambda: clients[0].waiting == 1)
         deadline = time.monotonic() + 0.2  # the hedge would fire after ~1 us: give it ample time to show
         while time.monotonic() < deadline and clients[1].calls == 0:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # poll: the hedge must not show within the deadline
         clients[0].release.set()
         clients[1].release.set()
         got = await task
