@@ -75,6 +75,23 @@ def load_reference(ref: str, field: str, *, allow_files: bool = False, allow_net
     return decode_base64(ref, field)
 
 
+def check_bytes(data: bytes, field: str, max_bytes: int) -> None:
+    """The byte limit, before anything is parsed (every decoding path, the GPU's too)."""
+    if not data:
+        raise ImageError(f"{field}: empty image", field=field)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"{field}: image of {len(data)} bytes exceeds {max_bytes}", field=field)
+
+
+def check_pixels(img: Any, field: str, max_pixels: int) -> tuple[int, int]:
+    """An opened (not yet decoded) image's size, refused past the pixel limit (a decompression bomb)."""
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"{field}: {w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)",
+                         field=field)
+    return w, h
+
+
 def decode_image(data: bytes, field: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_pixels: int = DEFAULT_MAX_PIXELS, downscale_side: int | None = DEFAULT_DOWNSCALE_SIDE,
                  budget: "PixelBudget | None" = None):
@@ -83,16 +100,10 @@ def decode_image(data: bytes, field: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
     pixel count before anything is decompressed."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not data:
-        raise ImageError(f"{field}: empty image", field=field)
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"{field}: image of {len(data)} bytes exceeds {max_bytes}", field=field)
+    check_bytes(data, field, max_bytes)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(f"{field}: {w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)",
-                                 field=field)
+            w, h = check_pixels(img, field, max_pixels)
             if budget is not None:
                 budget.take(w * h, field)
             if downscale_side and min(w, h) > downscale_side:

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from cluster.config import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
-from cluster.errors import ImageError, PayloadTooLarge
-from router.encoding.images import decode_image
+from cluster.errors import ImageError
+from router.encoding.images import check_bytes, check_pixels, decode_image
 
 EXIF_ORIENTATION = 0x0112
 
@@ -42,16 +42,10 @@ def header_check(data: bytes, field: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
     here, before any path decompresses a pixel (the GPU path calls this before nvJPEG sees the bytes)."""
     from PIL import Image, UnidentifiedImageError
 
-    if not data:
-        raise ImageError(f"{field}: empty image", field=field)
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"{field}: image of {len(data)} bytes exceeds {max_bytes}", field=field)
+    check_bytes(data, field, max_bytes)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(f"{field}: {w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)",
-                                 field=field)
+            w, h = check_pixels(img, field, max_pixels)
             orientation = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
             return str(img.format), w, h, orientation
     except ImageError:
