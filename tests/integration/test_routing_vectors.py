@@ -435,8 +435,10 @@ def test_training_starts_on_its_own_and_a_restart_keeps_the_placement(tmp_path, 
             await first.upsert("auto", {"points": points(vecs[i : i + 50], start=i)})
             if i < 350:  # below 400 points: nothing trains
                 assert first.coordinator("auto").progress.state is None
-        assert first.coordinator("auto").progress.state == "training"
-        task = first.background["auto"]  # started by the write that crossed 400 points, which did not wait
+        # started in the background by the write that crossed 400 points (its state, training or already done, is
+        # a matter of timing: the task is what is checked)
+        task = first.background.get("auto")
+        assert task is not None
         await task
         return await first.info("auto")
 
