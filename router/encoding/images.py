@@ -13,7 +13,8 @@ import base64
 import binascii
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -92,27 +93,16 @@ def check_pixels(img: Any, field: str, max_pixels: int) -> tuple[int, int]:
     return w, h
 
 
-def decode_image(data: bytes, field: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, downscale_side: int | None = DEFAULT_DOWNSCALE_SIDE,
-                 budget: "PixelBudget | None" = None):
-    """A fully decoded RGB PIL image, EXIF-rotated, its shorter side at most `downscale_side` (None: as stored);
-    ImageError / PayloadTooLarge name the field. `budget`: the request's pixel budget, charged with the header's
-    pixel count before anything is decompressed."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextmanager
+def opened(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Iterator[tuple[Any, int, int]]:
+    """(the PIL image, its width, its height) from the header only, the byte and pixel limits refused first; what
+    Pillow raises inside (here or in the caller's block) becomes an ImageError naming the field."""
+    from PIL import Image, UnidentifiedImageError
 
     check_bytes(data, field, max_bytes)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            w, h = check_pixels(img, field, max_pixels)
-            if budget is not None:
-                budget.take(w * h, field)
-            if downscale_side and min(w, h) > downscale_side:
-                # JPEG: decode at 1/2, 1/4 or 1/8 scale straight away, never at full size (still >= the target)
-                scale = downscale_side / min(w, h)
-                img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-            img.load()
-            out = ImageOps.exif_transpose(img).convert("RGB")
-            return shrink(out, downscale_side) if downscale_side else out
+            yield img, *check_pixels(img, field, max_pixels)
     except (ImageError, ImageBudgetExceeded):
         raise
     except Image.DecompressionBombError:
@@ -121,6 +111,26 @@ def decode_image(data: bytes, field: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
         raise ImageError(f"{field}: not an image Pillow can read", field=field) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{field}: broken image ({exc})", field=field) from None
+
+
+def decode_image(data: bytes, field: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, downscale_side: int | None = DEFAULT_DOWNSCALE_SIDE,
+                 budget: "PixelBudget | None" = None):
+    """A fully decoded RGB PIL image, EXIF-rotated, its shorter side at most `downscale_side` (None: as stored);
+    ImageError / PayloadTooLarge name the field. `budget`: the request's pixel budget, charged with the header's
+    pixel count before anything is decompressed."""
+    from PIL import ImageOps
+
+    with opened(data, field, max_bytes, max_pixels) as (img, w, h):
+        if budget is not None:
+            budget.take(w * h, field)
+        if downscale_side and min(w, h) > downscale_side:
+            # JPEG: decode at 1/2, 1/4 or 1/8 scale straight away, never at full size (still >= the target)
+            scale = downscale_side / min(w, h)
+            img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+        img.load()
+        out = ImageOps.exif_transpose(img).convert("RGB")
+        return shrink(out, downscale_side) if downscale_side else out
 
 
 def shrink(img, side: int):

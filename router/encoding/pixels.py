@@ -13,7 +13,6 @@ limits; anything else (PNG, no torchvision, a decode error) takes the CPU path.
 """
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -22,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from cluster.config import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
-from cluster.errors import ImageError
-from router.encoding.images import check_bytes, check_pixels, decode_image
+from router.encoding.images import decode_image, opened
 
 EXIF_ORIENTATION = 0x0112
 
@@ -40,22 +38,9 @@ def header_check(data: bytes, field: str, *, max_bytes: int = MAX_UPLOAD_BYTES,
                  max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, int, int, int]:
     """(format, width, height, EXIF orientation) read from the header only; the byte and pixel limits refused
     here, before any path decompresses a pixel (the GPU path calls this before nvJPEG sees the bytes)."""
-    from PIL import Image, UnidentifiedImageError
 
-    check_bytes(data, field, max_bytes)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = check_pixels(img, field, max_pixels)
-            orientation = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
-            return str(img.format), w, h, orientation
-    except ImageError:
-        raise
-    except Image.DecompressionBombError:
-        raise ImageError(f"{field}: refused as a decompression bomb", field=field) from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{field}: not an image Pillow can read", field=field) from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{field}: broken image ({exc})", field=field) from None
+    with opened(data, field, max_bytes, max_pixels) as (img, w, h):
+        return str(img.format), w, h, int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
 
 
 class ClipPixels:
