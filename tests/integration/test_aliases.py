@@ -16,6 +16,7 @@ from cluster.proto.prism.v1 import prism_pb2 as pb
 from router.serving import grpc_api as g
 from router.serving.access import Guard
 from tests.clock import FakeClock
+from tests.grpc_context import Ctx
 from tests.integration.test_shared_catalog import DIM, Actors, vec
 
 
@@ -95,28 +96,6 @@ def test_an_aliased_collection_cannot_be_deleted_nor_a_collection_take_an_alias_
     assert asyncio.run(b.delete_collection("B")) == {"deleted": "B"}
 
 
-class Ctx:
-    """What grpc_api.handle needs of Serve's gRPC context."""
-
-    def __init__(self, key: str):
-        self.metadata, self.code, self.details, self.trailing = [("x-api-key", key)], None, None, {}
-
-    def invocation_metadata(self):
-        return self.metadata
-
-    def peer(self):
-        return "ipv4:127.0.0.1:5555"
-
-    def set_code(self, code):
-        self.code = code
-
-    def set_details(self, details):
-        self.details = details
-
-    def set_trailing_metadata(self, md):
-        self.trailing = dict(md)
-
-
 def test_grpc_and_http_take_the_alias_and_a_read_key_cannot_switch_it(two, monkeypatch):
     from router.serving.app import api
     from router.serving.metrics import process_state
@@ -126,7 +105,7 @@ def test_grpc_and_http_take_the_alias_and_a_read_key_cannot_switch_it(two, monke
     guard = Guard(KeySource([admin_rec, read_rec], None, environ={}), clock=FakeClock())
 
     def rpc(method, request, key):
-        ctx = Ctx(key)
+        ctx = Ctx([("x-api-key", key)])
         return asyncio.run(g.handle(method, request, ctx, service=a, guard=guard)), ctx
 
     q = pb.QueryRequest(collection="prod", limit=3, prefetch=[pb.Prefetch(space="v", vector=vec(1))])

@@ -24,6 +24,7 @@ from router.schema.points import UpsertResponse
 from router.schema.query import QueryResponse
 from cluster.proto.prism.v1 import prism_pb2 as pb
 from tests.clock import FakeClock
+from tests.grpc_context import Ctx
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = "cluster/proto/prism/v1/prism.proto"
@@ -180,26 +181,6 @@ def test_errors_map_to_status_codes_with_the_field(exc, code):
         assert rich.details[1].Unpack(bad) and bad.field_violations[0].field == exc.field
     else:
         assert "prism-field" not in ctx.trailing
-
-
-class Ctx:
-    def __init__(self, metadata=(), peer="ipv4:127.0.0.1:5555"):
-        self.metadata, self._peer, self.code, self.details, self.trailing = list(metadata), peer, None, None, {}
-
-    def invocation_metadata(self):
-        return self.metadata
-
-    def peer(self):
-        return self._peer
-
-    def set_code(self, code):
-        self.code = code
-
-    def set_details(self, details):
-        self.details = details
-
-    def set_trailing_metadata(self, md):
-        self.trailing = dict(md)
 
 
 class Failing:
