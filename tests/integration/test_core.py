@@ -123,7 +123,8 @@ def test_ray_path_equals_plain_path(ray_session, milvus_backend, tmp_path, data)
     clients = start_ray_shards(cfg_ray, replica_specs(cfg_ray, milvus, tmp_path / cfg_ray.name, uri))
     try:
         assert all(isinstance(c, ShardApi) for row in clients + local_clients(local) for c in row)
-        remote = Coordinator.from_clients(cfg_ray, clients)
+        # A congruence test, not a timeout test: on a loaded CI machine a lite write once took past the default 10 s.
+        remote = Coordinator.from_clients(cfg_ray, clients, timeout_s=60.0)
         load(local, points)
         load(remote, points)
         reqs = requests(queries)[:8]

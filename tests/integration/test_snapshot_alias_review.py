@@ -19,7 +19,7 @@ from router.collection.service import PrismService
 from router.serving import grpc_api as g
 from router.serving.access import Guard
 from tests.clock import FakeClock
-from tests.integration.test_aliases import Ctx
+from tests.grpc_context import Ctx
 
 DIM = 4
 SPACE = {"v": {"dim": DIM, "index": {"type": "FLAT"}}}
@@ -110,7 +110,7 @@ def http(svc, monkeypatch):
             return await c.request(method, path, json=json, headers={"x-api-key": keys[who][0]})
 
     def rpc(method, request, who):
-        ctx = Ctx(keys[who][0])
+        ctx = Ctx([("x-api-key", keys[who][0])])
         return asyncio.run(g.handle(method, request, ctx, service=svc, guard=guard)), ctx
 
     return lambda *a, **k: asyncio.run(call(*a, **k)), rpc, keys
