@@ -29,7 +29,7 @@ from router.collection.timing import LapTimer
 from router.collection.verify import verify_collection
 from router.collection.writes import Writes
 from router.encoding.vectors import Encode, EncodeImages, Vectors
-from router.filters.plan import INLINE_PAYLOAD_MAX
+from router.filters.plan import INLINE_PAYLOAD_MAX, routed_depth
 from router.metadata.steps import NOTHING, MetadataSteps
 from router.ranking.fusion import fuse
 from router.ranking.merge import merge_topk
@@ -182,7 +182,9 @@ class Coordinator:
                                   for i, p in enumerate(req.prefetch)], probe)
         specs = pipeline.route(req, dense, plans, by_prefetch, len(visit), self.inline_payload_max)
         ran: dict[str, dict[str, Any]] = {}
-        search = partial(pipeline.fan_out, self.shards, self._index_types, deadline, ran, visit)
+        routed = self.placement.space if self.placement.method == "vector" and self.placement.ready else None
+        search = partial(pipeline.fan_out, self.shards, self._index_types, deadline, ran, visit,
+                         routed_depth(routed, self.config.shards))
         merged, failed = [[] for _ in req.prefetch], {}  # per prefetch: its global top-k; shard -> its error
         direct = [i for i in dense if plans[i].kind != "postfilter" and plans[i].expr != NOTHING and visit]
         if direct:

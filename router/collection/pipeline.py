@@ -65,13 +65,13 @@ def route(req: QueryRequest, dense: list[int], plans: dict[int, FilterPlan], vec
 
 
 async def fan_out(shards: Sequence[ReplicatedShard], index_types: dict[str, str], deadline: float | None,
-                  ran: dict | None, visit: Sequence[int], specs: list[SearchSpec]
+                  ran: dict | None, visit: Sequence[int], depth: dict[str, int], specs: list[SearchSpec]
                   ) -> tuple[list[list[list[ScoredId]]], dict[int, ShardUnavailable]]:
     """Every search on each shard of `visit` (shard ids), one call per shard, each given what is left of the
     budget; per search, the answering shards' lists, and each failed shard's error. `ran` records what a budget
-    chose, where."""
+    (or a routed space's `depth`, router.filters.plan.routed_depth) chose, where."""
     left = None if deadline is None else max(deadline - time.perf_counter(), 0.001)
-    per_shard = {s: shards[s].within(specs, left, index_types) for s in visit}
+    per_shard = {s: shards[s].within(specs, left, index_types, depth) for s in visit}
     answers = await asyncio.gather(*(shards[s].search(per_shard[s], left) for s in visit), return_exceptions=True)
     for j, spec in enumerate(specs if ran is not None else ()):  # what ran where when the budget chose it
         for shard, s in per_shard.items():

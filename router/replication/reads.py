@@ -70,14 +70,16 @@ class Reads:
         """Every coalescer of this shard (all event loops, all replicas)."""
         return [co for per_replica in self._coalescers.values() for co in per_replica.values()]
 
-    def within(self, specs: list[SearchSpec], budget_s: float | None, index_types: dict[str, str]) -> list[SearchSpec]:
-        """`specs` with ef/nprobe chosen for this shard from the budget and its preferred replica's latency."""
+    def within(self, specs: list[SearchSpec], budget_s: float | None, index_types: dict[str, str],
+               depth: dict[str, int] | None = None) -> list[SearchSpec]:
+        """`specs` with ef/nprobe chosen for this shard from the budget and its preferred replica's latency, `depth`
+        times deeper per space where a routed placement gathers a query's neighbours (router.filters.plan)."""
         order = self.state.read_order()
         observed = self.state.ewma(order[0]) if order else None
         budget_ms = None if budget_s is None else budget_s * 1000
         out = []
         for s in specs:
-            p = adapt_params(index_types[s.space], s.limit, budget_ms, observed, s.params)
+            p = adapt_params(index_types[s.space], s.limit, budget_ms, observed, s.params, (depth or {}).get(s.space, 1))
             out.append(s if p is None else dataclasses.replace(s, params=p))
         return out
 

@@ -355,6 +355,35 @@ def test_rebalance_refuses_what_it_cannot_do_with_a_clear_4xx(world):
         run(svc.delete_collection("keyed"))
 
 
+def test_a_routed_query_searches_its_shards_as_deep_as_hash_searched_them_all(world):
+    """HNSW on a vector-routed collection: a query's neighbours sit on the shards it visits, so each searches
+    `shards` times the default ef (64 x 4 = 256: router.filters.plan.adapt_params); hash keeps the default, and a
+    request's own ef wins. What ran is in the debug answer's search_params, per shard visited."""
+    svc, run, vecs = world
+    hnsw = {"v": {"dim": DIM, "metric": "cosine", "index": {"type": "HNSW"}}}
+    run(svc.create_collection("deep", {"spaces": hnsw, "shards": 4, "replicas": 1,
+                                       "routing": {"method": "vector", "space": "v", "centroids": 16}}))  # 50 x 16 > 400: no auto-training
+    run(svc.create_collection("wide", {"spaces": hnsw, "shards": 4, "replicas": 1}))
+    try:
+        for name in ("deep", "wide"):
+            upsert_all(run, svc, name, [{k: v for k, v in p.items() if k != "payload"} for p in points(vecs[:400])])
+        untrained = search(run, svc, "deep", vecs[0], probe=2, debug=True)
+        assert not untrained.search_params  # until trained, points are spread by hash: the default depth
+        run(svc.rebalance("deep"))
+        routed = search(run, svc, "deep", vecs[0], probe=2, debug=True)
+        assert len(routed.coverage.routed) == 2 and routed.hits
+        assert routed.search_params == {"v": {str(s): {"ef": 256} for s in routed.coverage.routed}}
+        everywhere = search(run, svc, "deep", vecs[0], probe="all", debug=True)  # still gathered on few shards
+        assert everywhere.search_params == {"v": {str(s): {"ef": 256} for s in range(4)}}
+        assert not search(run, svc, "wide", vecs[0], debug=True).search_params
+        own = run(svc.query("deep", {"prefetch": [{"space": "v", "vector": vecs[0].tolist(), "params": {"ef": 40}}],
+                                     "probe": 2, "debug": True}))
+        assert not own.search_params and own.hits
+    finally:
+        run(svc.delete_collection("deep"))
+        run(svc.delete_collection("wide"))
+
+
 def test_rebalancing_a_hash_routed_collection_is_422(world):
     svc, run, _ = world
     run(svc.create_collection("flat", {"spaces": {"v": {"dim": DIM}}, "shards": 2}))

@@ -179,3 +179,19 @@ def test_search_params_follow_the_budget_and_the_observed_latency():
     assert adapt_params("HNSW", 10, None, 10) is None and adapt_params("HNSW", 10, 5, None) is None
     assert adapt_params("HNSW", 10, 5, 10, given={"ef": 300}) is None  # the request's own params win
     assert adapt_params("FLAT", 10, 5, 10) is None
+
+
+def test_a_routed_space_searches_as_deep_as_the_hash_layout_did_over_all_its_shards():
+    from router.filters.plan import MAX_EF, MAX_NPROBE, adapt_params, routed_depth
+
+    assert routed_depth("v", 8) == {"v": 8} and routed_depth(None, 8) == {} and routed_depth("v", 1) == {}
+    assert adapt_params("HNSW", 10, None, None, depth=4) == {"ef": 256}  # no budget known: the deeper default
+    assert adapt_params("HNSW", 10, None, None, depth=16) == {"ef": MAX_EF}  # capped
+    assert adapt_params("HNSW", 700, None, None, depth=8) == {"ef": 700}  # never below the limit
+    assert adapt_params("IVF_SQ8", 10, None, None, depth=4) == {"nprobe": 64}
+    assert adapt_params("IVF_FLAT", 10, None, None, depth=64) == {"nprobe": MAX_NPROBE}
+    assert adapt_params("HNSW", 10, 5, 10, given={"ef": 30}, depth=8) is None  # the request's own params win
+    assert adapt_params("FLAT", 10, None, None, depth=8) is None
+    # a budget still scales the deeper default: plenty of room doubles it (to the cap), little shrinks it
+    assert adapt_params("HNSW", 10, 200, 10, depth=2) == {"ef": 256}
+    assert 10 <= adapt_params("HNSW", 10, 5, 10, depth=2)["ef"] < 128
