@@ -154,9 +154,11 @@ def inline_local_images(points: list[dict], spaces: dict[str, dict]) -> Iterator
 def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int = 64, write_batch: int = 256,
                concurrency: int = 1, ledger_path: str | Path, models_dir: str | None = None,
                progress: Callable[[int], None] | None = None, api_key: str | None = None,
-               direct_below: int = DIRECT_BELOW) -> IngestReport:
+               direct_below: int = DIRECT_BELOW, ray_address: str | None = None) -> IngestReport:
     """Embed (through the running instance below `direct_below` points left to write, else on Ray Data) and write
-    through prism's HTTP API; returns what happened. `batch_size` and `concurrency` are Ray Data's."""
+    through prism's HTTP API; returns what happened. `batch_size` and `concurrency` are Ray Data's; `ray_address`,
+    the running instance's Ray cluster on this host (`local_ray_address`), which Ray Data joins instead of starting
+    one of its own."""
     from cluster.auth import client_headers
 
     t0 = time.perf_counter()
@@ -184,7 +186,8 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
                 from cluster.cli.ingest_ray import embedded_batches
 
                 for batch in embedded_batches(todo, spaces, batch_size=batch_size, write_batch=write_batch,
-                                              concurrency=concurrency, models_dir=models_dir):
+                                              concurrency=concurrency, models_dir=models_dir,
+                                              ray_address=ray_address):
                     writer.write(batch)
     report.seconds = time.perf_counter() - t0
     return report

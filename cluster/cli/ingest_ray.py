@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+INGEST_NAMESPACE = "prism-ingest"  # a job of its own on the instance's cluster: none of prism's named actors
+
 
 class EmbedActor:
     """Ray Data callable class: one encoder per actor, embeds the spaces that use it (by `source_jobs`, the
@@ -59,13 +61,26 @@ class EmbedActor:
 
 
 def embedded_batches(todo: list[dict], spaces: dict[str, dict], *, batch_size: int, write_batch: int,
-                     concurrency: int, models_dir: str | None) -> Iterator[list[tuple[dict, str]]]:
-    """`todo` embedded on Ray Data, in batches of `write_batch` (point, error) pairs ('' when it was embedded)."""
+                     concurrency: int, models_dir: str | None,
+                     ray_address: str | None = None) -> Iterator[list[tuple[dict, str]]]:
+    """`todo` embedded on Ray Data, in batches of `write_batch` (point, error) pairs ('' when it was embedded).
+    `ray_address`: the running instance's Ray cluster on this host, joined as a job of its own (its own namespace;
+    its actors end with this process) rather than a cluster started for the command."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False)
+        if ray_address:
+            # prism's cluster always runs with token auth (`prism up` refuses otherwise), and Ray turns it on by
+            # itself only for a cluster it finds, not one it is given: on, and Ray's cached config told so.
+            os.environ["RAY_AUTH_MODE"] = "token"
+            from ray._raylet import Config
+
+            Config.initialize("")
+            ray.init(address=ray_address, namespace=INGEST_NAMESPACE, logging_level="ERROR", log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
+        else:
+            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+                     logging_level="ERROR", log_to_driver=False)
     # The command's own progress bar speaks to people; Ray Data's executor logs do not (what still reaches the
     # console, its INFO lines and core_worker's, `prism ingest` sends to a log file unless --verbose).
     logging.getLogger("ray.data").setLevel(logging.WARNING)
