@@ -57,7 +57,8 @@ def ingest(
                                  progress=lambda n: bar.advance(task, n), api_key=api_key)
         except IngestError as exc:
             fail(f"{exc}; re-run the same command to resume")
-    how = {"direct": ", embedded by the running instance", "ray-data": ", embedded on Ray Data"}.get(rep.path, "")
+    how = {"direct": ", embedded by the running instance",
+           "ray-data": f", embedded on Ray Data in {rep.ray}"}.get(rep.path, "")
     console.print(f"ingested {rep.upserted} points in {rep.seconds:.1f}s ({rep.points_per_s:.1f} points/s{how}), "
                   f"{rep.skipped} already acknowledged, {len(rep.failures)} failures", soft_wrap=True)
     for ident, reason in rep.failures[:20]:

@@ -11,7 +11,8 @@ with its reason; the rest land. How the points are embedded depends on how many 
   Ray Data pipeline took ~20 s to start). A local image file named in an image space's source field is sent inline
   (base64), so the stored payload holds the server's "<inline image, N base64 characters>" in its place.
 - otherwise: Ray Data (`cluster.cli.ingest_ray`) embeds with an encoder actor pool per encoder, and the upserts carry
-  their vectors, so the server does not embed again.
+  their vectors, so the server does not embed again. `prism ingest` into the instance recorded in its data dir
+  joins that instance's own Ray cluster (no cluster to start); elsewhere it starts one for the command.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class IngestReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     path: str = ""           # "direct" (the running instance embeds) or "ray-data"; "" when nothing was left
+    ray: str = ""            # on "ray-data": which Ray cluster ran it (cluster.cli.ingest_ray.RAY_JOINED, ...)
 
     @property
     def points_per_s(self) -> float:
@@ -183,11 +185,11 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
                 for i in range(0, len(todo), write_batch):
                     writer.write(list(inline_local_images(todo[i: i + write_batch], spaces)))
             else:
-                from cluster.cli.ingest_ray import embedded_batches
+                from cluster.cli.ingest_ray import connect, embedded_batches
 
+                report.ray = connect(ray_address)
                 for batch in embedded_batches(todo, spaces, batch_size=batch_size, write_batch=write_batch,
-                                              concurrency=concurrency, models_dir=models_dir,
-                                              ray_address=ray_address):
+                                              concurrency=concurrency, models_dir=models_dir):
                     writer.write(batch)
     report.seconds = time.perf_counter() - t0
     return report
