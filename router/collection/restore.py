@@ -53,7 +53,7 @@ def _load(store: Any, m: Manifest, path: str) -> bytes:
 def shard_points(store: Any, m: Manifest, shard: int) -> list[dict[str, Any]]:
     """One shard's points as upsert bodies' points: id, payload, vectors of the spaces that hold them (float32
     rows of one array per space: lists only a batch at a time, in `body`, as a shard's points as lists of floats
-    took 12 KB a 384-d vector, and every shard is restored at once)."""
+    took 12 KB a 384-d vector)."""
     files = plan.shard_files(shard, m.spaces)
     table = pq.read_table(io.BytesIO(_load(store, m, files[0])))
     points = {pid: {"id": pid, "payload": json.loads(p), "vectors": {}}
@@ -148,16 +148,11 @@ async def restore(svc: Any, snapshots: Any, new: str, body: Any) -> dict[str, An
     await svc.create_collection(new, plan.restored_config(config, new, req))
     try:
         batch = max(1, min(BATCH, svc.config.limits.max_upsert_points))
-        # Every shard at once: the new collection places points as the old one did (unless resharded), so a batch
-        # drawn from one shard lands on one shard, and shards taken in turn wrote to one shard at a time.
-        tasks = [asyncio.create_task(restore_shard(svc, store, m, new, c.shard, replay, batch)) for c in m.cut]
-        try:
-            n = sum(await asyncio.gather(*tasks))
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        # Shards in turn: written all at once (concurrent tasks), one 20,000-point pair measured 22.7 -> 19.0 s on
+        # the Milvus server but 20.0 -> 30.4 s on milvus-lite (in process: its writes share this process's GIL).
+        n = 0
+        for c in m.cut:
+            n += await restore_shard(svc, store, m, new, c.shard, replay, batch)
     except BaseException:
         await svc.delete_collection(new)
         raise
