@@ -5,7 +5,9 @@ seals and indexes them (measured on this 2-core machine, 64-d HNSW, one shard: 1
 search, 25-33 ms once flushed; a flush of 1,000 rows 40-120 ms, of 10,000 rows 290-370 ms, an empty one 2-26 ms).
 So on lite a space is sealed (a) by the writer whose write brings the rows written since its last flush to
 SEAL_ROWS_LITE, and (b) by the first search after writes to it have been quiet for SEAL_IDLE_S: one read pays one
-flush, every later read is fast.
+flush, every later read is fast. Writers pay the index builds (10,000 rows through Shard.upsert, 1,000 a call:
+0.6-0.75 s unsealed, 1.7-2.0 s with two seals) and readers get indexed search (median 75-470 ms per search before,
+5.6-8.4 ms once quiet; the machine was loaded by other benchmarks, hence the spread).
 
 The Milvus 2.3 server seals on its own (segment size, idle time) and searches its growing segments with an interim
 index: measured the same way, 10,000 unsealed rows 2.4-3.6 ms per search, 2.1-3.1 ms after a flush; and a flush
@@ -22,12 +24,13 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-# Rows written to a lite space (upserted or deleted) since its last flush that make the writer seal it. Each
-# unsealed row costs every search of the space about 10 us (brute force), a flush about 30 us per row plus a fixed
-# 40-100 ms, and every sealed segment adds its own index probe to each search: 8,192 keeps a steady writer's
-# searches within ~80 ms of the sealed cost and its segments few (measured: see the module docstring and the
-# numbers in the commit that chose it).
-SEAL_ROWS_LITE = 8_192
+# Rows written to a lite space (upserted or deleted) since its last flush that make the writer seal it. Measured on
+# lite (64-d HNSW, over 10,240 sealed rows, a loaded 2-core machine, round-robin medians): 1,024 unsealed rows add
+# 12 ms to every search, 2,048 45 ms, 4,096 117 ms, 8,192 246 ms; a steady writer leaves readers half the threshold
+# on average. The flushes' total cost hardly depends on it (20,480 rows sealed every 2,048 rows: 3.3 s of flushes,
+# every 8,192: 4.7 s, at once: 3.9-4.5 s), nor did the segments it makes slow searches (40 segments of 512 rows
+# searched no slower than one of 20,480). 4,096: half 8,192's cost to readers, a flush per 4,096 rows to writers.
+SEAL_ROWS_LITE = 4_096
 # Quiet time after which the next search seals what is left: short enough that a load followed by queries is
 # indexed almost at once, long enough that a writer sending a batch every second or so is not flushed per batch.
 SEAL_IDLE_S = 2.0
