@@ -63,7 +63,8 @@ SECTIONS: dict[str, Callable | None] = {
     "startup": lambda a, w: section("startup")(w, cycles=a.startup_cycles, label=a.startup_label),
     "capacity": lambda a, w: section("capacity")(w),
     "snapshots": lambda a, w: section("snapshots")(w, n=a.snapshots_n),
-    "scale1m": lambda a, w: section("scale1m")(w, n=a.scale1m_n, small=a.scale1m_small, n_queries=a.queries),
+    "scale1m": lambda a, w: section("scale1m")(w, n=a.scale1m_n, small=a.scale1m_small, n_queries=a.queries,
+                                                  indexes=tuple(a.scale1m_indexes.split(","))),
 }
 # Not part of a plain `make bench` (about an hour on 2 cores): only when named in --only.
 ON_REQUEST = {"scale1m"}
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizing-sizes", default="25000,100000",
                     help="the two sizes whose memory difference gives sizing's per-million slope")
     ap.add_argument("--scale1m-n", type=int, default=1_000_000, help="points in the scale1m section")
+    ap.add_argument("--scale1m-indexes", default="HNSW,IVF_SQ8", help="index types scale1m loads, one server each")
     ap.add_argument("--scale1m-small", type=int, default=250_000,
                     help="the smaller size scale1m reads memory at (the per-million slope runs from it to --scale1m-n)")
     ap.add_argument("--n", type=int, default=200_000)

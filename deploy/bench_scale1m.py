@@ -15,6 +15,7 @@ an hour on 2 cores).
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from pathlib import Path
@@ -126,6 +127,8 @@ def run(workdir: Path, n: int = 1_000_000, small: int = 250_000, n_queries: int 
         r["recall_at_10"] = round(statistics.mean(len({h.id for h in g.hits} & t) / K for g, t in zip(got, truth)), 4)
         out[index] = r
         print(f"[scale1m] {index}: {r}", flush=True)
+        (workdir / "scale1m-partial.json").write_text(json.dumps({"points": n, "indexes": out}, indent=1))  # a
+        # long run stopped later still leaves each finished index's figures
     return {"points": n, "points_small": small, "dim": DIM, "shards": SHARDS, "queries": n_queries,
             "backend": "server", "indexes": out,
             "raw_float32_gib_per_million": round(DIM * 4 / 1024**3 * 1_000_000, 2)}

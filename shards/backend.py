@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from pydantic import BaseModel
 
 from cluster.collection_spec import IndexConfig, SpaceConfig
@@ -234,8 +235,7 @@ class MilvusBackend:
         (id, float32 vector, payload, meta). Iterator mode reduces by primary key (as `scan`) and may stop short of
         `limit` at a segment's end (measured on the Milvus server: a 10,000-point snapshot copied 9,580), so the
         page is filled by further reads after its last id, as the query iterator does: fewer than `limit` only
-        when none is left. Strong: a copy must see every earlier write. Vectors go to numpy in one C pass, not
-        float by float (8% of a snapshot's copy)."""
+        when none is left. Strong: a copy must see every earlier write. Decoded by column (`page_rows`)."""
         out: list[tuple[str, Any, dict, dict]] = []
         while len(out) < limit:
             rows = self.client.query(name, filter=f"id > {quote_string(after)}", limit=limit - len(out),
@@ -243,8 +243,7 @@ class MilvusBackend:
                                      consistency_level="Strong", iterator="True", reduce_stop_for_best="True")
             if not rows:
                 break
-            got = sorted(((str(r[ID_FIELD]), np.asarray(r[VECTOR_FIELD], np.float32), r.get(PAYLOAD_FIELD) or {},
-                           r.get(META_FIELD) or {}) for r in rows), key=lambda t: t[0])
+            got = sorted(page_rows(rows), key=lambda t: t[0])
             out += got
             after = got[-1][0]
         return out
@@ -278,3 +277,24 @@ class MilvusBackend:
         rows = self.client.query(name, filter="", output_fields=["count(*)"],
                                  consistency_level="Bounded")
         return int(rows[0]["count(*)"]) if rows else 0
+
+
+def page_rows(rows: Any) -> list[tuple[str, Any, dict, dict]]:
+    """A query answer of (id, vec, payload, meta) rows as (id, float32 vector, payload, meta) tuples, decoded by
+    column from the answer's protobuf fields: the vectors in one C pass (a row's vector is a view of one array),
+    each JSON cell by orjson. pymilvus' own per-row decoding (one Python call per cell, a list of floats per
+    vector) was 1.7 of a 20,000-point snapshot's 3.4 s on the Milvus server. A pymilvus without the column
+    fields (`HybridExtraList._lazy_field_data`), or with nullable cells, gets the per-row path."""
+    fields = {fd.field_name: fd for fd in getattr(rows, "_lazy_field_data", ())}
+    vec, payload, meta = (fields.get(f) for f in (VECTOR_FIELD, PAYLOAD_FIELD, META_FIELD))
+    n = len(rows)
+    if vec is not None and payload is not None and meta is not None and not any(
+            len(fd.valid_data) for fd in (vec, payload, meta)):
+        flat = np.array(vec.vectors.float_vector.data, np.float32)
+        payloads, metas = payload.scalars.json_data.data, meta.scalars.json_data.data
+        if n and len(flat) == n * vec.vectors.dim and len(payloads) == len(metas) == n:
+            ids = [str(r[ID_FIELD]) for r in list.__iter__(rows)]  # the eager column: no row materialised
+            return [(pid, v, orjson.loads(p) or {}, orjson.loads(m) or {})
+                    for pid, v, p, m in zip(ids, flat.reshape(n, vec.vectors.dim), payloads, metas)]
+    return [(str(r[ID_FIELD]), np.asarray(r[VECTOR_FIELD], np.float32), r.get(PAYLOAD_FIELD) or {},
+             r.get(META_FIELD) or {}) for r in rows]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,6 +17,7 @@ from shards.digest import ReplicaDigest, row_hash
 from shards.backend import (ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, BackendSpec, MilvusBackend,
                             search_params)
 from shards.group_commit import GroupCommit, plan_groups, split_hits
+from shards.seal import Sealer, seal_policy
 
 # A Milvus server that is down or restarting: a call is retried this many times, after these pauses, before the
 # replica reports the fault (the router then fails over, and its heal loop keeps probing with its own backoff).
@@ -50,7 +51,7 @@ class Shard:
     """Upsert, delete, get, count and search over one shard replica's collections."""
 
     def __init__(self, config: CollectionConfig, shard: int, replica: int, spec: BackendSpec,
-                 batching: BatchSettings | None = None):
+                 batching: BatchSettings | None = None, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.shard = shard
         self.replica = replica
@@ -73,6 +74,9 @@ class Shard:
                                         isolatable=_isolatable) if batching.replica_enabled else None
         self._counts_lock = threading.Lock()
         self.milvus_searches = 0  # Milvus search calls made by search_many
+        # Seals the growing segments milvus-lite leaves unsealed (shards.seal); a failed flush is logged, not raised.
+        self.sealer = Sealer(config.spaces, seal_policy(spec.kind),
+                             lambda space: self._call(self.backend.flush, self.names[space]), clock)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def create(self, load_timeout_s: float | None = None) -> None:
@@ -213,10 +217,12 @@ class Shard:
                 if rows:
                     self._write_call(self.backend.upsert, self.names[space], rows)
                     written.append(self.names[space])
+                    self.sealer.wrote(space, len(rows))
             for space, ids in without.items():
                 if ids:
                     self._write_call(self.backend.delete, self.names[space], ids)
                     written.append(self.names[space])
+                    self.sealer.wrote(space, len(ids))
         except BaseException:
             self._digest_invalid()  # some spaces may hold it: the next digest is a full scan
             raise
@@ -224,6 +230,7 @@ class Shard:
         self._digest_apply([(space, pid) for space, ids in without.items() for pid in ids])
         if wait:
             self._wait_visible(list(dict.fromkeys(written)))
+        self.sealer.seal(self.config.spaces)
         return len(points)
 
     def delete(self, ids: Sequence[str], wait: bool = True) -> int:
@@ -234,12 +241,14 @@ class Shard:
             for space, name in self.names.items():
                 found.update(self._call(self.backend.get, name, list(ids)).keys())
                 self._write_call(self.backend.delete, name, list(ids))
+                self.sealer.wrote(space, len(ids))
         except BaseException:
             self._digest_invalid()
             raise
         self._digest_deleted(ids)
         if wait and ids:
             self._wait_visible(list(self.names.values()))
+        self.sealer.seal(self.names)
         return len(found)
 
     def wait_visible(self) -> None:
@@ -255,8 +264,6 @@ class Shard:
             for name in names:
                 self._call(self.backend.wait_visible, name)
             return
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(len(names)) as pool:
             for f in [pool.submit(self._call, self.backend.wait_visible, n) for n in names]:
                 f.result()
@@ -273,6 +280,7 @@ class Shard:
         with_payload: bool = False,
     ) -> list[list[ScoredId]]:
         self._ensure_open()
+        self.sealer.seal([space])
         return self._call(
             self.backend.search, self._name(space), self.config.spaces[space], vectors, limit, expr, params,
             consistency, with_payload,
@@ -281,6 +289,7 @@ class Shard:
     def search_many(self, specs: Sequence[SearchSpec]) -> list[list[ScoredId]]:
         """Several single-vector searches in one call; compatible ones (`shards.group_commit.plan_groups`) run as
         ONE Milvus search with nq > 1, together with those of concurrent calls from other callers (group commit)."""
+        self.sealer.seal([s.space for s in specs])
         if self.group_commit is None:
             return self._search_specs(specs)
         return self.group_commit.submit(specs)
@@ -330,9 +339,10 @@ class Shard:
 
     def wait_indexed(self, timeout_s: float = 1800.0) -> float:
         """Flush, then wait until every space's index covers all rows; returns seconds waited."""
-        t0 = time.monotonic()
+        t0, covered = time.monotonic(), self.sealer.pending()
         for name in self.names.values():
             self._call(self.backend.flush, name)
+        self.sealer.flushed(covered)
         while any(self._call(self.backend.pending_index_rows, n) for n in self.names.values()):
             if time.monotonic() - t0 > timeout_s:
                 raise BackendError(f"shard {self.shard} replica {self.replica}: index not built in {timeout_s:.0f}s")
@@ -429,7 +439,6 @@ class Shard:
                     raise BackendError(f"shard {self.shard} replica {self.replica}: Milvus at {self.spec.uri} is "
                                        f"unreachable ({1 + len(RETRY_PAUSES_S)} tries): {exc}") from exc
                 raise BackendError(f"shard {self.shard} replica {self.replica}: {exc}") from exc
-
 
 
 def _isolatable(exc: BaseException) -> bool:

@@ -123,17 +123,21 @@ async def _switch(coord: Coordinator, placement: Placement) -> None:
 
 
 async def _copy(shard: Any, rows: list) -> Any:
-    """Upsert a page's copies on their new shard. A write not acknowledged in time (a Milvus server slow under
-    load) is sent again, up to COPY_TRIES times: an upsert of the same rows applied twice is applied once, and the
-    points' old copies stay where they are until every copy is acknowledged."""
+    """Upsert a page's copies on their new shard (see `_retried`): an upsert of the same rows applied twice is
+    applied once, and the points' old copies stay where they are until every copy is acknowledged."""
+    return await _retried(lambda: shard.upsert(rows), f"copying {len(rows)} points to shard {shard.shard}")
+
+
+async def _retried(write: Any, what: str) -> Any:
+    """A move's write (a copy, or deleting old copies: both idempotent), sent again when not acknowledged in time (a
+    Milvus server slow under load), up to COPY_TRIES times with backoff."""
     for attempt in range(1, COPY_TRIES + 1):
         try:
-            return await shard.upsert(rows)
+            return await write()
         except ShardUnavailable as exc:
             if attempt == COPY_TRIES:
                 raise
-            log.warning("rebalance: copying %d points to shard %s again (%d of %d): %s", len(rows), shard.shard,
-                        attempt + 1, COPY_TRIES, exc)
+            log.warning("rebalance: %s again (%d of %d): %s", what, attempt + 1, COPY_TRIES, exc)
             await asyncio.sleep(COPY_RETRY_PAUSE_S * attempt)  # backoff: let a loaded server catch up
 
 
@@ -179,10 +183,11 @@ async def move_points(coord: Coordinator, placement: Placement, on_copy: Any = N
             page = ids[i : i + COPY_BATCH]
             async with coord.writes.locked(page):
                 # a write since the copy deleted the old copy, or put the point back here: check each again
-                got = await coord.shards[s].read(lambda c, page=page: c.get(page, space))
+                got = await coord.shards[s].read(lambda c, page=page: c.get(page, space), scan=True)
                 gone = [pid for pid, p in got.items() if placement.shard_of(pid, p.vectors, p.payload) != s]
                 if gone:
-                    await coord.shards[s].delete(gone)
+                    await _retried(lambda gone=gone: coord.shards[s].delete(gone),
+                                   f"deleting {len(gone)} old copies on shard {s}")
     coord.version += 1
     return n
 

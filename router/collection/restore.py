@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import asyncio
+import numpy as np
 import pyarrow.parquet as pq
 
 from cluster.config import parse_model
@@ -50,7 +51,9 @@ def _load(store: Any, m: Manifest, path: str) -> bytes:
 
 
 def shard_points(store: Any, m: Manifest, shard: int) -> list[dict[str, Any]]:
-    """One shard's points as upsert bodies' points: id, payload, vectors of the spaces that hold them."""
+    """One shard's points as upsert bodies' points: id, payload, vectors of the spaces that hold them (float32
+    rows of one array per space: lists only a batch at a time, in `body`, as a shard's points as lists of floats
+    took 12 KB a 384-d vector)."""
     files = plan.shard_files(shard, m.spaces)
     table = pq.read_table(io.BytesIO(_load(store, m, files[0])))
     points = {pid: {"id": pid, "payload": json.loads(p), "vectors": {}}
@@ -60,7 +63,7 @@ def shard_points(store: Any, m: Manifest, shard: int) -> list[dict[str, Any]]:
         ids = t.column("id").to_pylist()
         vecs = t.column("vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1) if ids else []
         for pid, v in zip(ids, vecs):
-            points[pid]["vectors"][space] = v.tolist()
+            points[pid]["vectors"][space] = v
     for p in points.values():
         if not p["vectors"]:
             del p["vectors"]
@@ -110,6 +113,25 @@ async def histories(svc: Any, store: Any, m: Manifest, raw_at: Any) -> dict[int,
                                              at[c.shard] if isinstance(at, dict) else None) for c in m.cut}
 
 
+def upsert_body(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """An upsert body of `points`, their vectors as lists of floats."""
+    return {"points": [{**p, "vectors": {s: v.tolist() if isinstance(v, np.ndarray) else v
+                                         for s, v in p["vectors"].items()}} if "vectors" in p else p
+                       for p in points]}
+
+
+async def restore_shard(svc: Any, store: Any, m: Manifest, new: str, shard: int,
+                        replay: dict[int, list[LoggedOp]] | None, batch: int) -> int:
+    """One shard's points (its archived writes applied, with `at`) written into `new`; how many."""
+    points = await asyncio.to_thread(shard_points, store, m, shard)
+    if replay is not None:
+        points = list(history.fold({p["id"]: p for p in points},
+                                   [(op.kind, op.args) for op in replay[shard]]).values())
+    for i in range(0, len(points), batch):
+        await svc.upsert(new, upsert_body(points[i:i + batch]))
+    return len(points)
+
+
 async def restore(svc: Any, snapshots: Any, new: str, body: Any) -> dict[str, Any]:
     """Build collection `new` from the snapshot `body["snapshot"]` (see the module docstring)."""
     t0 = time.perf_counter()
@@ -124,17 +146,13 @@ async def restore(svc: Any, snapshots: Any, new: str, body: Any) -> dict[str, An
     config = json.loads(await asyncio.to_thread(_load, store, m, plan.CONFIG))
     replay = await histories(svc, store, m, req.at) if req.at is not None else None
     await svc.create_collection(new, plan.restored_config(config, new, req))
-    n = 0
     try:
         batch = max(1, min(BATCH, svc.config.limits.max_upsert_points))
+        # Shards in turn: written all at once (concurrent tasks), one 20,000-point pair measured 22.7 -> 19.0 s on
+        # the Milvus server but 20.0 -> 30.4 s on milvus-lite (in process: its writes share this process's GIL).
+        n = 0
         for c in m.cut:
-            points = await asyncio.to_thread(shard_points, store, m, c.shard)
-            if replay is not None:
-                points = list(history.fold({p["id"]: p for p in points},
-                                           [(op.kind, op.args) for op in replay[c.shard]]).values())
-            for i in range(0, len(points), batch):
-                await svc.upsert(new, {"points": points[i:i + batch]})
-            n += len(points)
+            n += await restore_shard(svc, store, m, new, c.shard, replay, batch)
     except BaseException:
         await svc.delete_collection(new)
         raise

@@ -443,8 +443,21 @@ def test_a_rebalance_that_fails_midway_rolls_back(tmp_path, es_server, monkeypat
             return await real(rows, wait)
 
         monkeypatch.setattr(shard, "upsert", slow_once)
+        deletes: list[list[str]] = []  # deleting the old copies, the move's last step, too
+        real_delete = coord.shards[0].delete
+
+        async def delete_slow_once(ids, wait=True):
+            deletes.append(list(ids))
+            if len(deletes) == 1:
+                raise ShardUnavailable("write to shard 0 not acknowledged (injected)", shards=[0])
+            return await real_delete(ids, wait)
+
+        monkeypatch.setattr(coord.shards[0], "delete", delete_slow_once)
         assert run(svc.rebalance("rb"))["trained"] == 1
         assert len(sent) >= 2 and sent[1] == sent[0]  # the same page again
+        assert len(deletes) >= 2 and deletes[1] == deletes[0]
+        layout = run(held(coord))
+        assert sorted(pid for row in layout for pid in row[0]) == sorted(f"p{i:05d}" for i in range(n))  # each once
         report = run(svc.verify("rb"))
         assert report.misplaced == 0 and report.replicas_equal and report.missing_in_elasticsearch == 0
     finally:

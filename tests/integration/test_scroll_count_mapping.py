@@ -120,6 +120,25 @@ def test_export_pages_hold_every_point_whole_in_id_order(loaded):
                    for s, v in r.vectors.items())
 
 
+def test_export_decodes_by_column_as_pymilvus_does_by_row(loaded):
+    """shards.backend.page_rows (a copy's page decoded by column) takes its column path on this pymilvus and
+    answers exactly what pymilvus' own per-row decoding of the same answer does: ids, vectors bit for bit,
+    payloads and metas; fails if a pymilvus upgrade moves the columns (the copy would fall back to rows)."""
+    from shards.backend import ID_FIELD, META_FIELD, PAYLOAD_FIELD, VECTOR_FIELD, page_rows
+
+    _, _, clients, _ = loaded
+    shard = clients[0][0].target
+    rows = shard.backend.client.query(shard.names["a"], filter='id > ""', limit=1000,
+                                      output_fields=[ID_FIELD, VECTOR_FIELD, PAYLOAD_FIELD, META_FIELD],
+                                      consistency_level="Strong")
+    assert {fd.field_name for fd in rows._lazy_field_data} >= {VECTOR_FIELD, PAYLOAD_FIELD, META_FIELD}
+    got = page_rows(rows)
+    want = [(str(r[ID_FIELD]), np.asarray(r[VECTOR_FIELD], np.float32), r[PAYLOAD_FIELD], r[META_FIELD]) for r in rows]
+    assert len(got) == len(want) > 10 and all(m for *_, m in want)
+    for (gid, gv, gp, gm), (wid, wv, wp, wm) in zip(got, want):
+        assert (gid, gp, gm) == (wid, wp, wm) and gv.dtype == np.float32 and np.array_equal(gv, wv)
+
+
 def pages(c, size: int) -> list:
     got, after = [], ""
     while True:

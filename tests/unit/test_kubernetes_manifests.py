@@ -126,6 +126,7 @@ def test_dockerfile_is_multistage_non_root_with_healthcheck():
     assert "USER prism" in text and "useradd --create-home --uid 10001 prism" in text
     assert "HEALTHCHECK" in text and "/health" in text
     assert "torch==2.13.0" in text
+    assert 'pip wheel --wheel-dir /wheels ".[s3]"' in text and '"prism-search[s3]"' in text  # S3 snapshots work
 
 
 KEYED = {"auth": {"existingSecret": "prism-api-keys"}}  # the chart refuses to render without API keys
@@ -269,6 +270,23 @@ def test_api_keys_rate_and_strict_limits_reach_the_ingress():
     env = _ray_env_from(render(KEYED))
     assert all(e.get("PRISM_API_KEYS") == {"secretKeyRef": {"name": "prism-api-keys", "key": "PRISM_API_KEYS"}}
                for e in env)
+
+
+def test_snapshot_storage_and_its_credentials_reach_every_ray_pod():
+    assert serve_config(by_kind(render(KEYED))["RayService"]).snapshots.url is None  # the data volume
+    values = {**KEYED, "snapshots": {"url": "s3://backups/prism", "endpointUrl": "http://minio:9000",
+                                     "existingSecret": "prism-s3"}}
+    docs = by_kind(render(values))
+    cfg = serve_config(docs["RayService"])
+    assert cfg.snapshots.url == "s3://backups/prism" and cfg.snapshots.options == {"endpoint_url": "http://minio:9000"}
+    spec = docs["RayService"][0]["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+    for c in (c for p in pods for c in p["template"]["spec"]["containers"]):
+        assert {"secretRef": {"name": "prism-s3"}} in c["envFrom"]
+    for bad in ({"url": "ftp://x"}, {"url": "s3://"}, {"existingSecret": "Not_A_Name"}, {"endpointUrl": "minio"},
+                {"bucket": "x"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"snapshots": bad}, values_schema())
 
 
 def _ray_env_from(docs: list[dict]) -> list[dict]:

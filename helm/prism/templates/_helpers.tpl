@@ -98,6 +98,13 @@ applications:
             write_per_s: {{ .Values.auth.rateLimits.writePerS | toJson }}
             burst_s: {{ .Values.auth.rateLimits.burstS }}
         limits: {{ toJson .Values.auth.limits }}
+        {{- if .Values.snapshots.url }}
+        snapshots:
+          url: {{ .Values.snapshots.url | quote }}
+          {{- with .Values.snapshots.endpointUrl }}
+          options: {endpoint_url: {{ . | quote }}}
+          {{- end }}
+        {{- end }}
         filters:
           mode: {{ .Values.prism.filters.mode }}
           prefilter_max_ids: {{ .Values.prism.filters.prefilterMaxIds | int }}
