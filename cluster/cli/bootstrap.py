@@ -57,6 +57,15 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def local_ray_address(data_dir: str | Path, url: str) -> str | None:
+    """The Ray cluster of the instance recorded in `data_dir` when `url` is that instance and it is alive on this
+    host (its own cluster, started by `prism up`); None otherwise."""
+    state = read_state(data_dir)
+    if not state or not state.get("ray_gcs") or str(state.get("url", "")).rstrip("/") != url.rstrip("/"):
+        return None
+    return state["ray_gcs"] if _alive(state["pid"]) else None
+
+
 def resolve(cfg: ClusterConfig) -> ClusterConfig:
     """Absolute data dir (actors run elsewhere); DATA_DIR/models as the models dir when it exists."""
     update: dict = {"data_dir": str(cfg.data_path)}
@@ -273,6 +282,9 @@ def run_foreground(cfg: ClusterConfig, ready: threading.Event | None = None) -> 
                  "elasticsearch_pid": es.pid if es else None,
                  "elasticsearch": cfg.elasticsearch.url if cfg.elasticsearch.mode == "external" else None,
                  "auth": access_line, "ray_address": cfg.ray_address, "direct_ingress": ranges or None,
+                 # `prism ingest` on this host joins the instance's own cluster (not one it attached to, whose
+                 # other nodes may lack the files a load names) rather than start one: `local_ray_address`.
+                 "ray_gcs": None if cfg.ray_address else ray.get_runtime_context().gcs_address,
                  "ray_auth": os.environ.get("RAY_AUTH_MODE", "unset"), "started": time.time()}
         state_path(data).write_text(json.dumps(state, indent=2))
         print(f"prism is up at {state['url']} (data in {data})", flush=True)

@@ -39,6 +39,7 @@ def ingest(
     the running instance's encoders, large ones on Ray Data (--direct-below)."""
     from contextlib import nullcontext
 
+    from cluster.cli.bootstrap import local_ray_address
     from cluster.cli.ingest import IngestError, console_quiet, read_points, run_ingest
 
     check_collection(collection)
@@ -51,11 +52,13 @@ def ingest(
             with quiet:
                 rep = run_ingest(file, collection, base, batch_size=batch, write_batch=write_batch,
                                  concurrency=concurrency, direct_below=direct_below,
+                                 ray_address=local_ray_address(data_dir, base),
                                  ledger_path=ledger or Path(data_dir) / "ingest" / f"{file.name}.{collection}.acked",
                                  progress=lambda n: bar.advance(task, n), api_key=api_key)
         except IngestError as exc:
             fail(f"{exc}; re-run the same command to resume")
-    how = {"direct": ", embedded by the running instance", "ray-data": ", embedded on Ray Data"}.get(rep.path, "")
+    how = {"direct": ", embedded by the running instance",
+           "ray-data": f", embedded on Ray Data in {rep.ray}"}.get(rep.path, "")
     console.print(f"ingested {rep.upserted} points in {rep.seconds:.1f}s ({rep.points_per_s:.1f} points/s{how}), "
                   f"{rep.skipped} already acknowledged, {len(rep.failures)} failures", soft_wrap=True)
     for ident, reason in rep.failures[:20]:

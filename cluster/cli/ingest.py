@@ -11,7 +11,8 @@ with its reason; the rest land. How the points are embedded depends on how many 
   Ray Data pipeline took ~20 s to start). A local image file named in an image space's source field is sent inline
   (base64), so the stored payload holds the server's "<inline image, N base64 characters>" in its place.
 - otherwise: Ray Data (`cluster.cli.ingest_ray`) embeds with an encoder actor pool per encoder, and the upserts carry
-  their vectors, so the server does not embed again.
+  their vectors, so the server does not embed again. `prism ingest` into the instance recorded in its data dir
+  joins that instance's own Ray cluster (no cluster to start); elsewhere it starts one for the command.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class IngestReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     path: str = ""           # "direct" (the running instance embeds) or "ray-data"; "" when nothing was left
+    ray: str = ""            # on "ray-data": which Ray cluster ran it (cluster.cli.ingest_ray.RAY_JOINED, ...)
 
     @property
     def points_per_s(self) -> float:
@@ -154,9 +156,11 @@ def inline_local_images(points: list[dict], spaces: dict[str, dict]) -> Iterator
 def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int = 64, write_batch: int = 256,
                concurrency: int = 1, ledger_path: str | Path, models_dir: str | None = None,
                progress: Callable[[int], None] | None = None, api_key: str | None = None,
-               direct_below: int = DIRECT_BELOW) -> IngestReport:
+               direct_below: int = DIRECT_BELOW, ray_address: str | None = None) -> IngestReport:
     """Embed (through the running instance below `direct_below` points left to write, else on Ray Data) and write
-    through prism's HTTP API; returns what happened. `batch_size` and `concurrency` are Ray Data's."""
+    through prism's HTTP API; returns what happened. `batch_size` and `concurrency` are Ray Data's; `ray_address`,
+    the running instance's Ray cluster on this host (`local_ray_address`), which Ray Data joins instead of starting
+    one of its own."""
     from cluster.auth import client_headers
 
     t0 = time.perf_counter()
@@ -181,8 +185,9 @@ def run_ingest(path: str | Path, collection: str, url: str, *, batch_size: int =
                 for i in range(0, len(todo), write_batch):
                     writer.write(list(inline_local_images(todo[i: i + write_batch], spaces)))
             else:
-                from cluster.cli.ingest_ray import embedded_batches
+                from cluster.cli.ingest_ray import connect, embedded_batches
 
+                report.ray = connect(ray_address)
                 for batch in embedded_batches(todo, spaces, batch_size=batch_size, write_batch=write_batch,
                                               concurrency=concurrency, models_dir=models_dir):
                     writer.write(batch)

@@ -12,6 +12,11 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+INGEST_NAMESPACE = "prism-ingest"  # a job of its own on the instance's cluster: none of prism's named actors
+# Where the pipeline ran (IngestReport.ray): joining the instance's cluster saves starting one (~7-11 s of a
+# 3,000-point load's ~40 s on a loaded 2-core machine).
+RAY_JOINED, RAY_STARTED, RAY_OWN = "the instance's Ray cluster", "a Ray cluster of its own", "this process's Ray"
+
 
 class EmbedActor:
     """Ray Data callable class: one encoder per actor, embeds the spaces that use it (by `source_jobs`, the
@@ -58,14 +63,54 @@ class EmbedActor:
         return {"point": [json.dumps(p) for p in points], "error": errors}
 
 
-def embedded_batches(todo: list[dict], spaces: dict[str, dict], *, batch_size: int, write_batch: int,
-                     concurrency: int, models_dir: str | None) -> Iterator[list[tuple[dict, str]]]:
-    """`todo` embedded on Ray Data, in batches of `write_batch` (point, error) pairs ('' when it was embedded)."""
+def connect(ray_address: str | None) -> str:
+    """Ray for the pipeline, and where it runs: this process's Ray when it has one, else the running instance's
+    cluster on this host (`ray_address`, joined as a job of its own: its own namespace, its actors end with this
+    process), else a cluster started for the command."""
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return RAY_OWN
+    if not ray_address:
         ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False)
+        return RAY_STARTED
+    # prism's cluster always runs with token auth (`prism up` refuses otherwise), and Ray turns it on by itself
+    # only for a cluster it finds, not one it is given: on, and Ray's cached config told so.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")
+    _node_messages_to_stderr()
+    ray.init(address=ray_address, namespace=INGEST_NAMESPACE, logging_level="ERROR", log_to_driver=False,
+             _node_ip_address="127.0.0.1")
+    return RAY_JOINED
+
+
+def _node_messages_to_stderr() -> None:
+    """A job on a shared cluster hears the warnings Ray sends every job of the node (with the instance's actors:
+    "8 PYTHON worker processes have been started ...", measured), and Ray prints them on stdout, where the command's
+    progress bar and report go: they go to stderr instead (`prism ingest`'s log file, or the console with
+    --verbose). Ray's own name for that printer; where a Ray release lacks it, nothing changes."""
+    import ray._private.worker as ray_worker
+
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "prism_to_stderr", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.prism_to_stderr = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
+
+
+def embedded_batches(todo: list[dict], spaces: dict[str, dict], *, batch_size: int, write_batch: int,
+                     concurrency: int, models_dir: str | None) -> Iterator[list[tuple[dict, str]]]:
+    """`todo` embedded on Ray Data (Ray `connect`ed first), in batches of `write_batch` (point, error) pairs ('' when
+    it was embedded)."""
+    import ray
+
     # The command's own progress bar speaks to people; Ray Data's executor logs do not (what still reaches the
     # console, its INFO lines and core_worker's, `prism ingest` sends to a log file unless --verbose).
     logging.getLogger("ray.data").setLevel(logging.WARNING)

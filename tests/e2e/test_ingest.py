@@ -1,6 +1,6 @@
-"""Bulk ingestion into a live prism, on both paths: exactly once, idempotent re-runs, resume after a crash, a bad
-point reported alone; small loads embedded by the running instance, with nothing but the command's own lines on the
-console."""
+"""Bulk ingestion into a live prism, on both paths: exactly once, idempotent re-runs, resume after a crash (by the
+command, on the instance's own Ray cluster), a bad point reported alone; small loads embedded by the running
+instance, with nothing but the command's own lines on the console."""
 from __future__ import annotations
 
 import json
@@ -64,8 +64,14 @@ def test_ray_data_ingest_exactly_once_and_resumes(target, prism_server, ray_sess
                    progress=crash_after(600), direct_below=0)
     first = count(target) - before
     assert 600 <= first < N
-    rep = run_ingest(src, "bulk", prism_server.url, ledger_path=ledger, batch_size=64, write_batch=200, direct_below=0)
-    assert rep.path == "ray-data" and rep.skipped == first and rep.upserted == N - first and rep.failures == []
+    # The resume is the command a person runs on the instance's host: its pipeline joins the instance's own Ray
+    # cluster (none started), and the console keeps only the command's own lines.
+    r = prism_cli("ingest", str(src), "--collection", "bulk", "--data-dir", str(prism_server.data_dir),
+                  "--ledger", str(ledger), "--write-batch", "200", "--direct-below", "0", check=False, timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+    assert re.search(rf"^ingested {N - first} points in [\d.]+s \([\d.]+ points/s, embedded on Ray Data in the "
+                     rf"instance's Ray cluster\), {first} already acknowledged, 0 failures$", r.stdout, re.M), r.stdout
+    assert [ln for ln in r.stdout.splitlines() if FRAMEWORK_LINE.search(ln)] == [], r.stdout
     assert count(target) - before == N
     again = run_ingest(src, "bulk", prism_server.url, ledger_path=ledger)
     assert again.upserted == 0 and again.skipped == N
