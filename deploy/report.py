@@ -426,6 +426,11 @@ def write_report() -> Path:
             lines += [f"Text + image ({mm['points']:,} points, each a JPEG and a caption; {mm['encoder']}): pipeline "
                       f"{mm['pipeline_points_per_s']} points/s (start-up {mm.get('startup_s', '-')} s), plain loop "
                       f"{mm['baseline_points_per_s']} points/s, ratio **{mm['ratio']}**.", ""]
+        cat = ig.get("catalog")
+        if cat:
+            lines += [f"The sample catalog ({cat['points']} points, embedded by the running instance): `prism ingest` "
+                      f"as its own process, {cat['wall_s']} s wall (exit {cat['returncode']}); its console: "
+                      + " / ".join(f"`{ln}`" for ln in cat["console"]) + ".", ""]
     sc = _load("scaling")
     if sc:
         lines += ["## Scaling: collection size and shard count", "",
