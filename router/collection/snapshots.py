@@ -40,6 +40,8 @@ from router.schema import snapshots as plan
 from router.schema.snapshots import Manifest, RestoreRequest, ShardCut, SnapshotRequest
 from shards.api import EXPORT_PAGE
 
+MARK_TRIES = 3  # marks of a shard whose replicas are all behind, each after a heal
+
 Columns = dict[str, Any]  # id -> (payload, {space: float32 vector})
 
 
@@ -89,13 +91,19 @@ def _columns(rows) -> dict[str, tuple[dict, dict]]:
     return {r.id: (r.payload, {s: np.asarray(v, np.float32) for s, v in r.vectors.items()}) for r in rows}
 
 
-async def mark_shard(sh: ReplicatedShard) -> cutting.Mark:
-    """Step 1 (router.replication.cut.mark), on the shard's sequencer where it has one."""
-    mark = await (sh.sequencer.mark() if sh.sequencer is not None else cutting.mark(sh))
-    if not mark.replicas:
-        raise ShardUnavailable(f"shard {sh.shard}: no replica has applied its writes; retry the snapshot",
-                               shards=[sh.shard])
-    return mark
+async def mark_shard(sh: ReplicatedShard, tries: int = MARK_TRIES) -> cutting.Mark:
+    """Step 1 (router.replication.cut.mark), on the shard's sequencer where it has one. When no replica has applied
+    every write (a write that timed out on each leaves them behind: the 200k bench's snapshot under its writer was
+    refused so on shard 0, whose only replica was behind), the shard is healed (the missed writes replayed, as the heal loop would on its next pass) and
+    marked again, up to `tries` times."""
+    for _ in range(tries):
+        mark = await (sh.sequencer.mark() if sh.sequencer is not None else cutting.mark(sh))
+        if mark.replicas:
+            return mark
+        await sh.heal()
+    errors = "; ".join(f"replica {st.replica}: {st.last_error}" for st in sh.state.states if st.last_error)
+    raise ShardUnavailable(f"shard {sh.shard}: no replica has applied its writes, healed {tries} times "
+                           f"({errors or 'no error recorded'}); retry the snapshot", shards=[sh.shard])
 
 
 async def copy_shard(sh: ReplicatedShard, mark: cutting.Mark) -> dict[str, tuple[dict, dict]]:

@@ -161,6 +161,50 @@ def test_a_snapshot_under_concurrent_writes_equals_the_collection_at_its_cut(tmp
         asyncio.run(svc.snapshots.list("nosuch"))
 
 
+class _MissesOneWrite:
+    """A replica client whose next upsert does not answer in time (as under load): the write is logged and the
+    replica is left behind it until a heal replays it."""
+
+    def __init__(self, inner):
+        self.inner, self.missed = inner, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def upsert(self, rows, wait=True):
+        if not self.missed:
+            self.missed = True
+            raise TimeoutError("injected: this write did not reach the replica in time")
+        return await self.inner.upsert(rows, wait)
+
+
+def test_a_snapshot_of_a_shard_whose_only_replica_is_behind_heals_it_and_holds_the_logged_write(tmp_path):
+    """The 200k bench's snapshot was refused ("no replica has applied its writes") when its writer's write had left
+    a shard's only replica behind; the snapshot now replays the missed write first, and holds it: a write not
+    acknowledged is logged and rolls forward."""
+    from cluster.errors import ShardUnavailable
+
+    svc = PrismService(ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "off"}))
+    rng = np.random.default_rng(3)
+
+    async def scenario():
+        await svc.create_collection("behind", {"spaces": SPACES, "shards": 1})
+        await svc.upsert("behind", {"points": [_point(f"p{i}", rng, 0) for i in range(50)]})
+        sh = svc.coordinator("behind").shards[0]
+        sh.clients[0] = _MissesOneWrite(sh.clients[0])
+        late = _point("p7", rng, 1)
+        with pytest.raises(ShardUnavailable, match="not acknowledged"):
+            await svc.upsert("behind", {"points": [late]})
+        assert sh.state.states[0].applied_seq < sh.state.seq  # the only replica is behind the shard's writes
+        summary = await svc.snapshots.create("behind")
+        return summary, late, await _held(svc, "behind"), sh
+
+    summary, late, held, sh = asyncio.run(scenario())
+    got, m = _snapshot_points(svc, summary["id"])
+    assert sh.state.states[0].applied_seq == sh.state.seq == m.cut[0].seq  # healed, and the cut is past the write
+    assert got == held and len(got) == 50 and got["p7"] == _state(late)
+
+
 class _S3Server:
     """moto's S3-API server on a free port, in its own process group; `url` waits until it answers (bounded)."""
 
