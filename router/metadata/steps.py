@@ -9,7 +9,10 @@ dynamic mapping. `prism verify`: the Elasticsearch side of its comparison. The s
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -35,6 +38,22 @@ Search = Callable[[list[SearchSpec]], Awaitable[tuple[list[list[list[ScoredId]]]
 # held(ids) -> (what the shards hold for them, by id; {shard that did not answer: its error})
 Fetch = Callable[[list[str]], Awaitable[tuple[dict[str, Any], dict[int, Any]]]]
 log = logging.getLogger("prism.metadata")
+# Elasticsearch calls run on threads of their own, not on the event loop's default pool: that pool also runs the
+# in-process shard calls (shards.local) and the rest of the process's `to_thread` work, and a slow Elasticsearch
+# filled it (measured: the 200k snapshot bench's writer, each write due at its time, held all 6 default threads in
+# Elasticsearch bulk calls, so shard writes and heals queued behind them and timed out).
+STORE_THREADS = 8
+_store_pool: ThreadPoolExecutor | None = None
+
+
+async def store_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` (a synchronous Elasticsearch call) on the store's threads, with this task's context
+    (as `asyncio.to_thread`)."""
+    global _store_pool
+    if _store_pool is None:
+        _store_pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="prism-es")
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_store_pool, call)
 
 
 def rolls_forward(exc: BaseException) -> bool:
@@ -84,13 +103,13 @@ class MetadataSteps:
         """Count the WHOLE filter in Elasticsearch (its true selectivity); pre-filter by its ids when few."""
         store = self.require("this filter")
         query = to_es(plan.node)
-        count = await asyncio.to_thread(store.count, self.config.name, query)
+        count = await store_call(store.count, self.config.name, query)
         plan = choose_es_path(plan, count, self.settings.prefilter_max_ids, self.settings.mode)
         if plan.kind != "prefilter":
             return plan
         if count > PREFILTER_HARD_MAX_IDS:
             return FilterPlan("postfilter", plan.expr, plan.residual, plan.node)
-        ids = await asyncio.to_thread(store.ids, self.config.name, query, max(count, 1))
+        ids = await store_call(store.ids, self.config.name, query, max(count, 1))
         # The ids already satisfy the whole filter: the allow-list alone goes down.
         return FilterPlan("prefilter", ids_in(ids) if ids else NOTHING, plan.residual, plan.node)
 
@@ -113,7 +132,7 @@ class MetadataSteps:
             lists = found[0]
             failed.update(fails)
             candidates = merge_topk(lists, fetch)
-            ok = await asyncio.to_thread(store.confirm, self.config.name, query, [h.id for h in candidates])
+            ok = await store_call(store.confirm, self.config.name, query, [h.id for h in candidates])
             kept = [h for h in candidates if h.id in ok]
             exhausted = all(len(lst) < fetch for lst in lists)
             if len(kept) >= need or exhausted or rounds >= self.settings.postfilter_max_rounds:
@@ -149,7 +168,7 @@ class MetadataSteps:
         top = parse_filter(req.filter, mapping, "filter") if req.filter is not None else None
         own = parse_filter(p.filter, mapping, f"prefetch[{i}].filter") if p.filter is not None else None
         node = and_(top, own)
-        hits = await asyncio.to_thread(self.require("a lexical space").lexical, self.config.name, space.boosts(),
+        hits = await store_call(self.require("a lexical space").lexical, self.config.name, space.boosts(),
                                        p.text, to_es(node) if node is not None else None, limit, with_payload)
         return [ScoredId(pid, score, _user_payload(payload)) for pid, score, payload in hits]
 
@@ -163,16 +182,16 @@ class MetadataSteps:
         return expr, residual
 
     async def confirm(self, node: Node, ids: list[str]) -> set[str]:
-        return await asyncio.to_thread(self.require("this filter").confirm, self.config.name, to_es(node), ids)
+        return await store_call(self.require("this filter").confirm, self.config.name, to_es(node), ids)
 
     async def count(self, dsl: dict[str, Any] | None) -> int:
         query = to_es(parse_filter(dsl, self.config.metadata, "filter")) if dsl is not None else {"match_all": {}}
-        return await asyncio.to_thread(self.require("count").count, self.config.name, query)
+        return await store_call(self.require("count").count, self.config.name, query)
 
     async def extend_mapping(self, fields: dict[str, str]) -> None:
         """Map new payload fields in Elasticsearch (when configured); the caller records them in the config."""
         if self.store is not None:
-            await asyncio.to_thread(self.store.put_mapping, self.config.name, fields)
+            await store_call(self.store.put_mapping, self.config.name, fields)
 
     async def write_through(self, rows: Sequence[PointRow], wait: bool, write: Callable[[], Awaitable[Any]],
                             held: Fetch, where: dict[str, list[int]] | None = None) -> None:
@@ -189,7 +208,7 @@ class MetadataSteps:
         docs = [(r.id, r.payload if where is None or r.id not in where else {**r.payload, SHARD_FIELD: where[r.id]})
                 for r in rows]
         try:
-            await asyncio.to_thread(store.upsert, self.config.name, docs, wait)
+            await store_call(store.upsert, self.config.name, docs, wait)
         except BaseException as exc:  # refused, or failed without saying what it indexed: put back what it may have
             await self._reindex_from_shards(exc.accepted if isinstance(exc, IndexRefused) else [r.id for r in rows], held, wait)
             raise
@@ -209,7 +228,7 @@ class MetadataSteps:
         store = self.store
         if store is None:
             return await write()
-        await asyncio.to_thread(store.delete, self.config.name, ids, wait)
+        await store_call(store.delete, self.config.name, ids, wait)
         try:
             return await write()
         except BaseException as exc:
@@ -226,9 +245,9 @@ class MetadataSteps:
         try:
             rows, failed = await held(ids)
             unknown = {i for i in ids if i not in rows and failed}  # a shard that did not answer may hold them
-            await asyncio.to_thread(self.store.upsert, self.config.name,
+            await store_call(self.store.upsert, self.config.name,
                                     [(i, rows[i].payload) for i in ids if i in rows], wait)
-            await asyncio.to_thread(self.store.delete, self.config.name,
+            await store_call(self.store.delete, self.config.name,
                                     [i for i in ids if i not in rows and i not in unknown], wait)
             if unknown:
                 log.warning("Elasticsearch may list %d ids the shards do not hold (shards %s did not answer)",
@@ -242,7 +261,7 @@ class MetadataSteps:
         if self.store is None or not ids:
             return None if self.store is None else {}
         out = {}
-        for pid, source in (await asyncio.to_thread(self.store.sources, self.config.name, ids)).items():
+        for pid, source in (await store_call(self.store.sources, self.config.name, ids)).items():
             where = source.pop(SHARD_FIELD, None)
             ok = isinstance(where, list) and where and all(
                 isinstance(s, int) and not isinstance(s, bool) and 0 <= s < self.config.shards for s in where)
@@ -253,21 +272,21 @@ class MetadataSteps:
         """Record where points live now (a rebalance moved them): their documents' SHARD_FIELD only; a point with no
         document is left without one."""
         if self.store is not None and where:
-            await asyncio.to_thread(self.store.set_field, self.config.name, SHARD_FIELD, where, wait)
+            await store_call(self.store.set_field, self.config.name, SHARD_FIELD, where, wait)
 
     async def unindexed(self, ids: list[str]) -> list[str]:
         """Those of `ids` Elasticsearch holds no document for (in the given order)."""
         store = self.require("verify")
-        found = await asyncio.to_thread(store.confirm, self.config.name, {"match_all": {}}, ids)
+        found = await store_call(store.confirm, self.config.name, {"match_all": {}}, ids)
         return [i for i in ids if i not in found]
 
     async def documents(self) -> int:
-        return await asyncio.to_thread(self.require("verify").count, self.config.name, {"match_all": {}})
+        return await store_call(self.require("verify").count, self.config.name, {"match_all": {}})
 
     async def extra_documents(self, known: list[str], limit: int) -> list[str]:
         """Up to `limit` ids of documents Elasticsearch holds that are not in `known`."""
         query = {"bool": {"must_not": [{"ids": {"values": known}}]}} if known else {"match_all": {}}
-        return sorted(await asyncio.to_thread(self.require("verify").ids, self.config.name, query, limit))
+        return sorted(await store_call(self.require("verify").ids, self.config.name, query, limit))
 
     async def delete_matching(self, dsl: dict[str, Any], delete: Callable[[list[str]], Awaitable[Any]],
                               page: int = DELETE_PAGE) -> int:
@@ -277,7 +296,7 @@ class MetadataSteps:
         store = self.require("delete by filter")
         deleted, seen = 0, set()
         while True:
-            ids = await asyncio.to_thread(store.ids, self.config.name, to_es(node), page)
+            ids = await store_call(store.ids, self.config.name, to_es(node), page)
             if not ids:
                 return deleted
             if seen.issuperset(ids):

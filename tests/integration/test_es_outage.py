@@ -13,6 +13,7 @@ from cluster.config import MilvusConfig
 from cluster.errors import MetadataUnavailable
 from cluster.services import free_port, start_elasticsearch
 from router.collection.coordinator import Coordinator
+from router.metadata.steps import STORE_THREADS
 from router.metadata.store import MetadataStore
 from router.schema.points import Point
 from router.schema.query import QueryRequest
@@ -110,3 +111,45 @@ def test_verify_names_the_points_the_two_stores_disagree_on(world):
     assert report.drift and report.shard_points == 4 and report.elasticsearch_documents == 4
     assert (report.missing_in_elasticsearch, report.sample_missing) == (1, ["a2"])
     assert (report.extra_in_elasticsearch, report.sample_extra) == (1, ["ghost"])
+
+
+def test_a_hung_elasticsearch_holds_its_own_writes_and_never_the_shards_reads(world):
+    """Elasticsearch that takes writes in and does not answer (as a loaded noida-db did under the 200k snapshot
+    bench's writer) holds those writes, never the shard calls: with more writes hung in it than the event loop's
+    default pool has threads, an unfiltered query and points by id (shards only) still answer."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    coord, _, _ = world
+    held = [f"p{i}" for i in range(12)]
+    asyncio.run(coord.upsert(points(held)))
+    want = ids_of(asyncio.run(coord.query(query())))
+    store, release, entered = coord.metadata.store, threading.Event(), threading.Semaphore(0)
+    real_upsert = store.upsert
+
+    def hung_upsert(*args, **kwargs):
+        entered.release()
+        release.wait(120)  # bounded: a broken fix fails the test below, not the run
+        return real_upsert(*args, **kwargs)
+
+    store.upsert = hung_upsert
+    default_threads = ThreadPoolExecutor()._max_workers  # what asyncio.to_thread's pool gets on this machine
+    writes = default_threads + 2
+
+    async def scenario():
+        hung = [asyncio.create_task(coord.upsert(points([f"w{i}"], tag="w"))) for i in range(writes)]
+        with ThreadPoolExecutor(1) as waiter:  # not the default pool: the hung writes may hold it
+            for _ in range(min(default_threads, STORE_THREADS)):  # as many hung as both pools have room for
+                assert await asyncio.get_running_loop().run_in_executor(waiter, entered.acquire, True, 60)
+        try:
+            answer = await asyncio.wait_for(coord.query(query()), 30)
+            rows, failed = await asyncio.wait_for(coord.fetch(held), 30)
+        finally:
+            release.set()
+        await asyncio.gather(*hung)
+        return answer, rows, failed
+
+    answer, rows, failed = asyncio.run(scenario())
+    assert ids_of(answer) == want and not answer.partial
+    assert sorted(rows) == sorted(held) and not failed
+    assert asyncio.run(coord.count({"term": {"tag": "w"}})) == writes  # the hung writes all landed once released
