@@ -194,7 +194,10 @@ def table(d: dict) -> str:
            "", f"The writer ({w['points_per_s']:g} points/s in upserts of {w['batch']}, open loop, latency from when "
            f"each write was due): p50/p99/max {w['before']['p50_ms']}/{w['before']['p99_ms']}/{w['before']['max_ms']} ms "
            f"over {w['before']['writes']} writes before the snapshot, {w['during']['p50_ms']}/{w['during']['p99_ms']}/"
-           f"{w['during']['max_ms']} ms over {w['during']['writes']} during it; {w['failed']} failed.",
+           f"{w['during']['max_ms']} ms over {w['during']['writes']} during it; {w['failed']} failed."
+           + (" Its queue had grown before the snapshot began: at this size wait=true writes (each waits until "
+              "Elasticsearch and the shards show it) did not keep up with its rate, so its latencies are that queue, "
+              "not the snapshot (whose write pause is the lock hold above)." if w["before"]["p50_ms"] > 1000 else ""),
            "", f"Targets: snapshot >= {d['targets']['snapshot_points_per_s_min']:,} points/s, write pause <= "
            f"{d['targets']['write_pause_ms_max']:g} ms, restore >= the ingest rate; met: "
            + ", ".join(f"{k} **{'yes' if v else 'no'}**" for k, v in d["met"].items()) + "."]
