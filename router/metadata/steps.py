@@ -40,7 +40,7 @@ Fetch = Callable[[list[str]], Awaitable[tuple[dict[str, Any], dict[int, Any]]]]
 log = logging.getLogger("prism.metadata")
 # Elasticsearch calls run on threads of their own, not on the event loop's default pool: that pool also runs the
 # in-process shard calls (shards.local) and the rest of the process's `to_thread` work, and a slow Elasticsearch
-# filled it (measured: the 200k snapshot bench's writer, each write due at its time, held all 6 default threads in
+# filled it (measured: the 200k snapshot bench's writer, each write due at its time, held the default pool's threads in
 # Elasticsearch bulk calls, so shard writes and heals queued behind them and timed out).
 STORE_THREADS = 8
 _store_pool: ThreadPoolExecutor | None = None
