@@ -25,6 +25,7 @@ from router.collection.catalog import Catalog, Entry
 from router.collection import inventory, limits as strict, placing, rebalance as rebalancing, reshard as resharding
 from router.collection.coordinator import Coordinator
 from router.collection.pipeline import Prefetched
+from router.metadata.steps import store_call
 from router.schema.collections import CollectionInfo, ReshardRequest, ShardInfo, VerifyResponse
 from router.schema.points import (
     CountRequest, CountResponse, DeleteRequest, DeleteResponse, Record, RetrieveRequest, RetrieveResponse, ScrollRequest, ScrollResponse, UpdateVectorsRequest, UpsertRequest, UpsertResponse,
@@ -268,7 +269,7 @@ class PrismService(AliasOps):
             self.catalog.delete(name)
             self._seen.pop(name, None)
             if self.metadata is not None:
-                await asyncio.to_thread(self.metadata.drop_index, name)
+                await store_call(self.metadata.drop_index, name)  # the store's threads (router.metadata.steps)
             for kept in (self.config.data_path / "milvus" / name, self.config.data_path / "sequencer" / name):
                 if kept.exists():
                     shutil.rmtree(kept, ignore_errors=True)

@@ -96,14 +96,17 @@ async def mark_shard(sh: ReplicatedShard, tries: int = MARK_TRIES) -> cutting.Ma
     every write (a write that timed out on each leaves them behind: the 200k bench's snapshot under its writer was
     refused so on shard 0, whose only replica was behind), the shard is healed (the missed writes replayed, as the heal loop would on its next pass) and
     marked again, up to `tries` times."""
+    healed = 0
     for _ in range(tries):
         mark = await (sh.sequencer.mark() if sh.sequencer is not None else cutting.mark(sh))
         if mark.replicas:
             return mark
-        await sh.heal()
-    errors = "; ".join(f"replica {st.replica}: {st.last_error}" for st in sh.state.states if st.last_error)
-    raise ShardUnavailable(f"shard {sh.shard}: no replica has applied its writes, healed {tries} times "
-                           f"({errors or 'no error recorded'}); retry the snapshot", shards=[sh.shard])
+        healed += (await sh.heal(probe_now=True))[0]  # a dead replica is probed now, not at its backoff's end
+    errors = "; ".join(st.last_error if st.last_error.startswith(f"replica {st.replica}") else
+                       f"replica {st.replica}: {st.last_error}" for st in sh.state.states if st.last_error)
+    raise ShardUnavailable(f"shard {sh.shard}: no replica has applied its writes after {tries} heals "
+                           f"({healed} replicas healed; {errors or 'no error recorded'}); retry the snapshot",
+                           shards=[sh.shard])
 
 
 async def copy_shard(sh: ReplicatedShard, mark: cutting.Mark) -> dict[str, tuple[dict, dict]]:

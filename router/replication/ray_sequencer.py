@@ -92,8 +92,8 @@ class RaySequencerClient:
     async def write(self, kind: str, args: Any, wait: bool = True) -> Any:
         return await self._await(self.actor.write.remote(kind, args, wait))
 
-    async def heal(self) -> tuple[int, int, Any]:
-        return await self._await(self.actor.heal.remote())
+    async def heal(self, probe_now: bool = False) -> tuple[int, int, Any]:
+        return await self._await(self.actor.heal.remote(probe_now))
 
     async def compare(self) -> Any:
         return await self._await(self.actor.compare.remote())

@@ -229,6 +229,14 @@ class ReplicaSet:
         st.faults += 1
         st.last_fault, st.last_fault_at = reason, self.clock()
 
+    def probe_now(self) -> None:
+        """Make every dead replica due for a probe now (an operation that cannot go on without one: a snapshot of a
+        shard whose replicas are all behind), instead of at its backoff's end."""
+        now = self.clock()
+        for st in self.states:
+            if not st.healthy:
+                st.next_probe_at = min(st.next_probe_at, now)
+
     def probe_failed(self, replica: int, reason: str) -> None:
         st = self.states[replica]
         st.healthy = False

@@ -239,12 +239,14 @@ class ReplicatedShard(Reads, Repairs):
         return self.archive.status() if self.archive is not None else self.archive_view
 
     # -- healing -----------------------------------------------------------------------------------------------
-    async def heal(self) -> tuple[int, int]:
+    async def heal(self, probe_now: bool = False) -> tuple[int, int]:
         """Probe dead replicas and replay missed writes to stale ones; returns (healed, failed).
         With a sequencer, it heals (replays, resyncs) and this copy adopts its view, then probes the replicas
-        this copy saw fail on reads."""
+        this copy saw fail on reads. `probe_now`: dead replicas are probed now, not at their backoff's end."""
+        if probe_now:
+            self.state.probe_now()
         if self.sequencer is not None:
-            return await self._heal_through_sequencer()
+            return await self._heal_through_sequencer(probe_now)
         healed = failed = 0
         for r in self.state.needs_healing():
             async with self._lock():
@@ -271,17 +273,17 @@ class ReplicatedShard(Reads, Repairs):
             await self.ship_archive()
         return healed, failed
 
-    async def _heal_through_sequencer(self) -> tuple[int, int]:
+    async def _heal_through_sequencer(self, probe_now: bool = False) -> tuple[int, int]:
         healed = failed = 0
         # With one ingress every write's answer updates this view, so the sequencer is asked only when a replica
         # is behind here, or not known to agree (verifying, diverged: this copy learns when it is repaired), after
         # a call to it failed (it died, maybe mid-write: a restarted sequencer heals only once called), and every
         # SEQUENCER_POLL_S; with several, each pass also learns what the others' writes left behind.
         rs, now = self.state, self.state.clock()
-        if self.poll_sequencer or self.ask_sequencer or now >= self.next_sequencer_poll or rs.needs_healing() \
+        if probe_now or self.poll_sequencer or self.ask_sequencer or now >= self.next_sequencer_poll or rs.needs_healing() \
                 or any(st.agreement for st in rs.states):
             self.ask_sequencer = True
-            healed, failed, view = await self.sequencer.heal()
+            healed, failed, view = await (self.sequencer.heal(probe_now) if probe_now else self.sequencer.heal())
             self.ask_sequencer, self.next_sequencer_poll = False, now + SEQUENCER_POLL_S
             self.adopt(view)
         for st in rs.states:

@@ -218,9 +218,9 @@ class Sequencer:
             return WriteAnswer([], self.host.view(), exc)
         return WriteAnswer(acked, self.host.view())
 
-    async def heal(self) -> tuple[int, int, ShardView]:
+    async def heal(self, probe_now: bool = False) -> tuple[int, int, ShardView]:
         self._ensure_background()
-        healed, failed = await self.host.heal()
+        healed, failed = await self.host.heal(probe_now)
         return healed, failed, self.host.view()
 
     async def view(self) -> ShardView:

@@ -161,47 +161,64 @@ def test_a_snapshot_under_concurrent_writes_equals_the_collection_at_its_cut(tmp
         asyncio.run(svc.snapshots.list("nosuch"))
 
 
-class _MissesOneWrite:
-    """A replica client whose next upsert does not answer in time (as under load): the write is logged and the
-    replica is left behind it until a heal replays it."""
+class _FailsNextUpsert:
+    """A real replica client whose next upsert fails with `exc` (not applied: a timeout under load, an actor that
+    died and is back); later ones pass. The write is logged and the replica left behind it until a heal."""
 
-    def __init__(self, inner):
-        self.inner, self.missed = inner, False
+    def __init__(self, inner, exc):
+        self.inner, self.exc = inner, exc
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     async def upsert(self, rows, wait=True):
-        if not self.missed:
-            self.missed = True
-            raise TimeoutError("injected: this write did not reach the replica in time")
+        if self.exc is not None:
+            exc, self.exc = self.exc, None
+            raise exc
         return await self.inner.upsert(rows, wait)
 
 
-def test_a_snapshot_of_a_shard_whose_only_replica_is_behind_heals_it_and_holds_the_logged_write(tmp_path):
-    """The 200k bench's snapshot was refused ("no replica has applied its writes") when its writer's write had left
-    a shard's only replica behind; the snapshot now replays the missed write first, and holds it: a write not
-    acknowledged is logged and rolls forward."""
+def _behind(tmp_path, replicas: int, faults: dict) -> tuple:
+    """One shard, `replicas` replicas, 50 points; then a write that `faults` (replica -> exception) leave every
+    replica behind; then a snapshot. Returns (service, the snapshot, the late point, the shard as held, the shard)."""
     from cluster.errors import ShardUnavailable
 
     svc = PrismService(ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "off"}))
     rng = np.random.default_rng(3)
 
     async def scenario():
-        await svc.create_collection("behind", {"spaces": SPACES, "shards": 1})
+        await svc.create_collection("behind", {"spaces": SPACES, "shards": 1, "replicas": replicas})
         await svc.upsert("behind", {"points": [_point(f"p{i}", rng, 0) for i in range(50)]})
         sh = svc.coordinator("behind").shards[0]
-        sh.clients[0] = _MissesOneWrite(sh.clients[0])
+        for r, exc in faults.items():
+            sh.clients[r] = _FailsNextUpsert(sh.clients[r], exc)
         late = _point("p7", rng, 1)
         with pytest.raises(ShardUnavailable, match="not acknowledged"):
             await svc.upsert("behind", {"points": [late]})
-        assert sh.state.states[0].applied_seq < sh.state.seq  # the only replica is behind the shard's writes
+        assert all(st.applied_seq < sh.state.seq for st in sh.state.states)  # every replica is behind
         summary = await svc.snapshots.create("behind")
         return summary, late, await _held(svc, "behind"), sh
 
-    summary, late, held, sh = asyncio.run(scenario())
+    return (svc, *asyncio.run(scenario()))
+
+
+@pytest.mark.parametrize("replicas,faults", [
+    (1, {0: TimeoutError("injected: the write did not reach the replica in time")}),
+    (1, {0: "dead"}),   # its actor restarted: marked dead, answers again at once (probed now, not after backoff)
+    (2, {0: "dead", 1: TimeoutError("injected: timed out")}),
+], ids=["only-replica-timed-out", "only-replica-restarted", "one-dead-one-behind"])
+def test_a_snapshot_of_a_shard_whose_replicas_are_all_behind_heals_them_and_holds_the_logged_write(
+        tmp_path, replicas, faults):
+    """The 200k bench's snapshot was refused ("no replica has applied its writes") when a write had left a shard's
+    only replica behind; the snapshot now replays the missed write first, and holds it: a write not acknowledged
+    is logged and rolls forward."""
+    from cluster.errors import ShardUnavailable
+
+    faults = {r: ShardUnavailable("injected: replica actor restarted", shards=[0]) if e == "dead" else e
+              for r, e in faults.items()}
+    svc, summary, late, held, sh = _behind(tmp_path, replicas, faults)
     got, m = _snapshot_points(svc, summary["id"])
-    assert sh.state.states[0].applied_seq == sh.state.seq == m.cut[0].seq  # healed, and the cut is past the write
+    assert m.cut[0].seq == sh.state.seq and any(st.applied_seq == sh.state.seq for st in sh.state.states)
     assert got == held and len(got) == 50 and got["p7"] == _state(late)
 
 
