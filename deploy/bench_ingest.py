@@ -182,3 +182,24 @@ def _ingest_text_image(url: str, workdir: Path, n: int, ray_address: str | None)
             "ratio": round(pipe["points_per_s"] / base, 3), "startup_s": pipe["startup_s"],
             "steady_points_per_s": pipe["steady_points_per_s"], "steady_ratio": round(pipe["steady_points_per_s"] / base, 3),
             "failures": pipe["failures"]}
+
+
+def table(ig: dict) -> str:
+    """docs/benchmarks.md's ingest section (deploy.report)."""
+    lines = ["| points | pipeline points/s | baseline points/s | ratio | start-up s | steady points/s |",
+             "|---|---|---|---|---|---|"]
+    for r in [ig] + ([ig["large"]] if ig.get("large") else []):
+        lines.append(f"| {r['points']:,} | {r['pipeline_points_per_s']} | {r['baseline_points_per_s']} | "
+                     f"**{r['ratio']}** | {r.get('startup_s', '-')} | {r.get('steady_points_per_s', '-')} |")
+    lines += ["", f"Raw MiniLM encode {ig['raw_encode_per_s']}/s; pipeline / raw encode {ig['ratio_vs_raw_encode']}."]
+    mm = ig.get("text_image")
+    if mm:
+        lines += ["", f"Text + image ({mm['points']:,} points, each a JPEG and a caption; {mm['encoder']}): pipeline "
+                  f"{mm['pipeline_points_per_s']} points/s (start-up {mm.get('startup_s', '-')} s), plain loop "
+                  f"{mm['baseline_points_per_s']} points/s, ratio **{mm['ratio']}**."]
+    cat = ig.get("catalog")
+    if cat:
+        lines += ["", f"The sample catalog ({cat['points']} points, embedded by the running instance): `prism ingest` "
+                  f"as its own process, {cat['wall_s']} s wall (exit {cat['returncode']}); its console: "
+                  + " / ".join(f"`{ln}`" for ln in cat["console"]) + "."]
+    return "\n".join(lines)

@@ -183,6 +183,13 @@ SECTIONS = [
         f"{d['model']}; service time {d['cost']['per_call_ms']} ms per call + {d['cost']['per_vector_ms']} ms per "
         f"query vector ({d['cost']['from']}). {d['sweep']} (base {d['base']}); saturation from a closed loop, p99 at "
         f"{d['load_for_p99']} x it from Poisson arrivals; {d['router_cpu_note']}.")),
+    ("ingest", "deploy.bench_ingest", "Ingestion: Ray Data pipeline vs a plain loop", lambda d: (
+        "Text points into a running prism (MiniLM, 2 shards, milvus-lite). Pipeline: `prism ingest` (Ray Data "
+        "map_batches with an encoder actor, batched upserts carrying vectors, ledger; it joins the instance's Ray "
+        f"cluster: {d.get('joined_instance_ray', False)}). Baseline: one process encoding batches of 256 and posting "
+        "them, same run, its encoder loaded before its clock starts. Start-up: from the call to the first "
+        "acknowledged write; steady: the points after it over their time (Ray Data embeds ahead of the writes, so on "
+        "small loads it overstates).")),
     ("snapshots", "deploy.bench_snapshots", "Snapshots and restore", lambda d: (
         f"{d['points']:,} x {d['dim']} points, {d['shards']} shards, Milvus server + bundled Elasticsearch API, "
         "PrismService in process; snapshot under a steady writer, then restore (deploy/bench_snapshots.py).")),
@@ -406,33 +413,6 @@ def write_report() -> Path:
             f"{p} {v}" for p, v in sorted(per.items(), key=lambda kv: -kv[1])[:8]) + "."
             for k, per in (so.get("cpu_ms_per_request_c32") or {}).items() if per]
         lines.append("")
-    ig = _load("ingest")
-    if ig:
-        lines += ["## Ingestion: Ray Data pipeline vs a plain loop", "",
-                  f"Machine: {_machine_line(ig['machine'])}.", "",
-                  "Text points into a running prism (MiniLM, 2 shards, milvus-lite). Pipeline: `prism ingest` "
-                  "(Ray Data map_batches with an encoder actor, batched upserts carrying vectors, ledger; it joins "
-                  f"the instance's Ray cluster: {ig.get('joined_instance_ray', False)}). Baseline: one process encoding "
-                  "batches of 256 and posting them, same run, its encoder loaded before its clock starts. Start-up: "
-                  "from the call to the first acknowledged write; steady: the points after it over their time (Ray "
-                  "Data embeds ahead of the writes, so on small loads it overstates).", "",
-                  "| points | pipeline points/s | baseline points/s | ratio | start-up s | steady points/s |",
-                  "|---|---|---|---|---|---|"]
-        for r in [ig] + ([ig["large"]] if ig.get("large") else []):
-            lines.append(f"| {r['points']:,} | {r['pipeline_points_per_s']} | {r['baseline_points_per_s']} | "
-                         f"**{r['ratio']}** | {r.get('startup_s', '-')} | {r.get('steady_points_per_s', '-')} |")
-        lines += ["", f"Raw MiniLM encode {ig['raw_encode_per_s']}/s; pipeline / raw encode "
-                  f"{ig['ratio_vs_raw_encode']}.", ""]
-        mm = ig.get("text_image")
-        if mm:
-            lines += [f"Text + image ({mm['points']:,} points, each a JPEG and a caption; {mm['encoder']}): pipeline "
-                      f"{mm['pipeline_points_per_s']} points/s (start-up {mm.get('startup_s', '-')} s), plain loop "
-                      f"{mm['baseline_points_per_s']} points/s, ratio **{mm['ratio']}**.", ""]
-        cat = ig.get("catalog")
-        if cat:
-            lines += [f"The sample catalog ({cat['points']} points, embedded by the running instance): `prism ingest` "
-                      f"as its own process, {cat['wall_s']} s wall (exit {cat['returncode']}); its console: "
-                      + " / ".join(f"`{ln}`" for ln in cat["console"]) + ".", ""]
     sc = _load("scaling")
     if sc:
         lines += ["## Scaling: collection size and shard count", "",
