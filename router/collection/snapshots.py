@@ -94,8 +94,8 @@ def _columns(rows) -> dict[str, tuple[dict, dict]]:
 async def mark_shard(sh: ReplicatedShard, tries: int = MARK_TRIES) -> cutting.Mark:
     """Step 1 (router.replication.cut.mark), on the shard's sequencer where it has one. When no replica has applied
     every write (a write that timed out on each leaves them behind: the 200k bench's snapshot under its writer was
-    refused so on shard 0, whose only replica was behind), the shard is healed (the missed writes replayed, as the heal loop would on its next pass) and
-    marked again, up to `tries` times."""
+    refused so on shard 0, whose only replica was behind), the shard is healed (the missed writes replayed, as the
+    heal loop would on its next pass) and marked again, up to `tries` times."""
     healed = 0
     for _ in range(tries):
         mark = await (sh.sequencer.mark() if sh.sequencer is not None else cutting.mark(sh))

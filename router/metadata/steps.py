@@ -12,8 +12,8 @@ import asyncio
 import contextvars
 import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cluster.collection_spec import SHARD_FIELD, CollectionConfig
@@ -40,8 +40,8 @@ Fetch = Callable[[list[str]], Awaitable[tuple[dict[str, Any], dict[int, Any]]]]
 log = logging.getLogger("prism.metadata")
 # Elasticsearch calls run on threads of their own, not on the event loop's default pool: that pool also runs the
 # in-process shard calls (shards.local) and the rest of the process's `to_thread` work, and a slow Elasticsearch
-# filled it (measured: the 200k snapshot bench's writer, each write due at its time, held the default pool's threads in
-# Elasticsearch bulk calls, so shard writes and heals queued behind them and timed out).
+# filled it (measured: the 200k snapshot bench's writer, each write due at its time, held the default pool's threads
+# in Elasticsearch bulk calls, so shard writes and heals queued behind them and timed out).
 STORE_THREADS = 8
 _store_pool: ThreadPoolExecutor | None = None
 
@@ -169,7 +169,7 @@ class MetadataSteps:
         own = parse_filter(p.filter, mapping, f"prefetch[{i}].filter") if p.filter is not None else None
         node = and_(top, own)
         hits = await store_call(self.require("a lexical space").lexical, self.config.name, space.boosts(),
-                                       p.text, to_es(node) if node is not None else None, limit, with_payload)
+                                p.text, to_es(node) if node is not None else None, limit, with_payload)
         return [ScoredId(pid, score, _user_payload(payload)) for pid, score, payload in hits]
 
     def split(self, dsl: dict[str, Any] | None) -> tuple[str | None, Node | None]:
@@ -246,9 +246,9 @@ class MetadataSteps:
             rows, failed = await held(ids)
             unknown = {i for i in ids if i not in rows and failed}  # a shard that did not answer may hold them
             await store_call(self.store.upsert, self.config.name,
-                                    [(i, rows[i].payload) for i in ids if i in rows], wait)
+                             [(i, rows[i].payload) for i in ids if i in rows], wait)
             await store_call(self.store.delete, self.config.name,
-                                    [i for i in ids if i not in rows and i not in unknown], wait)
+                             [i for i in ids if i not in rows and i not in unknown], wait)
             if unknown:
                 log.warning("Elasticsearch may list %d ids the shards do not hold (shards %s did not answer)",
                             len(unknown), sorted(failed))

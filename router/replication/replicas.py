@@ -280,8 +280,8 @@ class ReplicatedShard(Reads, Repairs):
         # a call to it failed (it died, maybe mid-write: a restarted sequencer heals only once called), and every
         # SEQUENCER_POLL_S; with several, each pass also learns what the others' writes left behind.
         rs, now = self.state, self.state.clock()
-        if probe_now or self.poll_sequencer or self.ask_sequencer or now >= self.next_sequencer_poll or rs.needs_healing() \
-                or any(st.agreement for st in rs.states):
+        if probe_now or self.poll_sequencer or self.ask_sequencer or now >= self.next_sequencer_poll \
+                or rs.needs_healing() or any(st.agreement for st in rs.states):
             self.ask_sequencer = True
             healed, failed, view = await (self.sequencer.heal(probe_now) if probe_now else self.sequencer.heal())
             self.ask_sequencer, self.next_sequencer_poll = False, now + SEQUENCER_POLL_S
