@@ -73,6 +73,12 @@ class PrismService(AliasOps):
         self.background: dict[str, asyncio.Task] = {}  # name -> a training started on its own (rebalance.maybe_start)
         self.snapshots = Snapshots(self)  # create, list, describe, delete, restore (router.collection.snapshots)
 
+    def several_ingresses(self) -> bool:
+        """Whether other ingress replicas may write to the shards meanwhile (`ingress_replicas` > 1, or an
+        autoscaling range that may add some): only then does a reshard or rebalance pause writes through the catalog
+        and wait out the writes they began; the one ingress of a single-ingress cluster holds its own writes back."""
+        return self.config.ingress_replicas > 1 or self.config.ingress_max_replicas is not None
+
     # -- collections -------------------------------------------------------------------------------------------
     def open_catalog(self) -> list[str]:
         """Reopen every collection recorded in the data dir (after a restart)."""
@@ -99,7 +105,7 @@ class PrismService(AliasOps):
         sequencers = self.start_sequencers(cfg, specs) if self.start_sequencers is not None else None
         coord = Coordinator.from_clients(
             cfg, clients, sequencers=sequencers,
-            poll_sequencer=self.config.ingress_replicas > 1 or self.config.ingress_max_replicas is not None, timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
+            poll_sequencer=self.several_ingresses(), timeout_s=self.config.shard_timeout_s, observe=self._observer(cfg.name),
             batching=self.config.batching, hedge=self.config.hedge_reads, read_replicas=self.config.read_replicas,
             encode=self.encode, encode_images=self.encode_images, images=self.config.images,
             metadata=self.metadata, filters=self.config.filters, observe_stage=self.observe_stage,

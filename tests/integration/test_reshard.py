@@ -127,3 +127,51 @@ def test_a_reshard_that_fails_part_way_rolls_back(tmp_path, monkeypatch, fail_in
     assert stopped == ([(added, True)] if added else [])  # the started shards were stopped and dropped
     assert json.loads((tmp_path / "catalog" / "rb.json").read_text())["shards"] == 3
     service.close()
+
+
+def test_a_write_in_flight_when_a_reshard_begins_ends_before_points_are_planned(tmp_path):
+    """A write of this process that passed the pause check before a reshard paused writes, and lands later: the
+    reshard waits for it before it plans the moves, so the point is moved like every other. Before, only a service
+    with sequencers waited (a fixed shard_timeout_s, meant for other ingresses' writes): without sequencers the late
+    write landed on its old shard after that shard was planned, and stayed there under the new ring."""
+    service = PrismService(ClusterConfig(data_dir=str(tmp_path), elasticsearch={"mode": "off"}))
+    old_ring, new_ring = HashRing(range(2)), HashRing(range(3))
+    movers = [f"m{i}" for i in range(400) if old_ring.get(f"m{i}") != new_ring.get(f"m{i}")][:20]
+
+    async def scenario():
+        await service.create_collection("wf", {"spaces": {"v": {"dim": 4, "index": {"type": "FLAT"}}}, "shards": 2,
+                                               "replicas": 2})
+        await service.upsert("wf", {"points": [{"id": f"p{i}", "vectors": {"v": [1.0, i, 0, 0]}} for i in range(50)]})
+        coord = service.coordinator("wf")
+        writes, gate, entered = coord.writes, asyncio.Event(), asyncio.Event()
+        real_write = writes._write
+
+        async def held_write(calls, raises=True):
+            entered.set()
+            await gate.wait()  # the shard writes wait here: past the pause check, not yet landed
+            return await real_write(calls, raises)
+
+        writes._write = held_write
+        late = asyncio.create_task(service.upsert("wf", {"points": [{"id": i, "vectors": {"v": [0, 1.0, 0, 0]}}
+                                                                    for i in movers]}))
+        await entered.wait()
+        writes._write = real_write
+        task = asyncio.create_task(service.reshard("wf", {"shards": 3}))
+        while writes._inflight.waiting == 0 and not task.done():
+            await asyncio.sleep(0)  # poll: until the reshard waits for the write in flight (or ends without it)
+        waited = not task.done()
+        gate.set()
+        assert (await late).upserted == len(movers)
+        await task
+        new = service.coordinator("wf")
+        held = [[set(await c.ids()) for c in sh.clients] for sh in new.shards]
+        return waited, held
+
+    waited, held = asyncio.run(scenario())
+    assert waited, "the reshard did not wait for the write in flight"
+    for s, replicas in enumerate(held):
+        assert replicas[0] == replicas[1], f"shard {s}'s replicas differ"  # every replica, not the answer
+        assert all(new_ring.get(pid) == s for pid in replicas[0]), f"shard {s} holds points the new ring puts elsewhere"
+    everything = [pid for replicas in held for pid in replicas[0]]
+    assert len(everything) == len(set(everything)) == 50 + len(movers)
+    service.close()

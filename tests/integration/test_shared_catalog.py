@@ -59,9 +59,9 @@ class Actors:
             seq.host.journal.close()
             self.sequencers = {k: v for k, v in self.sequencers.items() if v is not seq}
 
-    def service(self) -> PrismService:
+    def service(self, ingress_replicas: int = 2) -> PrismService:
         cfg = ClusterConfig(data_dir=str(self.data_dir), elasticsearch={"mode": "off"}, shard_timeout_s=0.5,
-                            ingress_replicas=2)
+                            ingress_replicas=ingress_replicas)
         return PrismService(cfg, start_shards=self.start_shards, stop_shards=self.stop_shards,
                             start_sequencers=self.start_sequencers, stop_sequencers=self.stop_sequencers)
 
@@ -132,3 +132,55 @@ def test_a_reshard_through_one_ingress_pauses_the_other_and_it_follows_the_new_l
     for svc in (a, b):
         got = asyncio.run(svc.retrieve("c", {"ids": first + more + ["late"]}))
         assert len(got.points) == 120 and got.missing == ["late"]
+
+
+@pytest.mark.parametrize("ingresses", [1, 2])
+def test_a_rebalance_pauses_writes_only_where_other_ingresses_write(tmp_path, ingresses):
+    """Sequencers order the writes in both cases. One ingress holds a moving point's writes back itself and keeps
+    taking writes while points move; with several, writes pause through the catalog (another ingress's writes are
+    not this process's to hold back). Before, the single ingress of `prism up` paused too and slept
+    shard_timeout_s for writes of other ingresses it did not have."""
+    actors = Actors(tmp_path)
+    svc = actors.service(ingress_replicas=ingresses)
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((4, DIM)) * 4
+
+    def cluster_pts(ids, k0=0):
+        return {"points": [{"id": i, "vectors": {"v": (centres[(k0 + k) % 4] + rng.standard_normal(DIM) * 0.1).tolist()}}
+                           for k, i in enumerate(ids)]}
+
+    async def scenario():
+        await svc.create_collection("r", {"spaces": {"v": {"dim": DIM, "index": {"type": "FLAT"}}}, "shards": 2,
+                                          "replicas": 2, "routing": {"method": "vector", "space": "v",
+                                                                     "centroids": 4}})
+        await svc.upsert("r", cluster_pts([f"p{i}" for i in range(150)]))  # below automatic training (50 x 4)
+        coord = svc.coordinator("r")
+        task = asyncio.create_task(svc.rebalance("r", {}))
+        while coord.progress.state != "moving" and not task.done():
+            await asyncio.sleep(0)  # poll: until the points begin to move
+        assert not task.done()
+        try:
+            late = await svc.upsert("r", cluster_pts([f"late{i}" for i in range(8)], k0=1))
+        except ShardUnavailable as exc:
+            late = exc
+        await task
+        from router.collection.verify import misplaced_points, verify_replicas
+
+        return late, await misplaced_points(coord), await verify_replicas(coord)
+
+    late, misplaced, differences = asyncio.run(scenario())
+    if ingresses == 1:
+        assert not isinstance(late, Exception) and late.upserted == 8, late
+    else:
+        assert isinstance(late, ShardUnavailable) and "rebalancing" in str(late)
+    assert misplaced == [] and differences == [], (misplaced, differences)  # every point at its owner, replicas equal
+    want = 150 + (8 if ingresses == 1 else 0)
+    for s in range(2):
+        held = [set(asyncio.run(c.ids())) for c in actors.shards[("r", s)]]
+        assert held[0] == held[1], f"shard {s}'s replicas differ"
+    assert sum(len(asyncio.run(actors.shards[("r", s)][0].ids())) for s in range(2)) == want
+    for (_, _), seq in list(actors.sequencers.items()):
+        seq.host.journal.close()
+    for row in actors.shards.values():
+        for c in row:
+            c.target.close()
