@@ -42,3 +42,28 @@ def test_chunks_are_the_same_points_on_every_run():
     b = np.concatenate([c for _, c in gaussian_mixture_chunks(1_000, 16, seed=5, chunk=300)])
     assert np.array_equal(a, b) and a.shape == (1_000, 16)
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_load_retries_an_unacknowledged_write_and_counts_it_and_gives_up_after_its_tries():
+    import asyncio
+
+    import pytest
+
+    from cluster.errors import ShardUnavailable
+    from deploy.bench_scale1m import upsert_retrying
+
+    class Svc:
+        def __init__(self, fails: int):
+            self.fails, self.calls = fails, 0
+
+        async def upsert(self, name, body):
+            self.calls += 1
+            if self.calls <= self.fails:
+                raise ShardUnavailable("write to shard 2 not acknowledged", shards=[2])
+
+    svc = Svc(2)
+    assert asyncio.run(upsert_retrying(svc, "c", {"points": []})) == 2 and svc.calls == 3
+    never = Svc(99)
+    with pytest.raises(ShardUnavailable):
+        asyncio.run(upsert_retrying(never, "c", {"points": []}, tries=3))
+    assert never.calls == 3
