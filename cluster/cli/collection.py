@@ -61,6 +61,8 @@ def ingest(
            "ray-data": f", embedded on Ray Data in {rep.ray}"}.get(rep.path, "")
     console.print(f"ingested {rep.upserted} points in {rep.seconds:.1f}s ({rep.points_per_s:.1f} points/s{how}), "
                   f"{rep.skipped} already acknowledged, {len(rep.failures)} failures", soft_wrap=True)
+    if rep.retried:
+        console.print(f"{rep.retried} writes sent again after the server answered 503 or 429 (retry)")
     for ident, reason in rep.failures[:20]:
         console.print(Text.assemble("  ", ("failed", "red"), f" {ident}: {reason}"))
     if rep.failures:

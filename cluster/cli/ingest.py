@@ -48,6 +48,7 @@ class IngestReport:
     seconds: float = 0.0
     path: str = ""           # "direct" (the running instance embeds) or "ray-data"; "" when nothing was left
     ray: str = ""            # on "ray-data": which Ray cluster ran it (cluster.cli.ingest_ray.RAY_JOINED, ...)
+    retried: int = 0         # writes sent again after a 503 or 429 (the server said: retry)
 
     @property
     def points_per_s(self) -> float:
@@ -94,12 +95,25 @@ class Writer:
     """Upserts batches of points, appends what the server acknowledged to the ledger, and reports the rest.
 
     A refusal that names one point (the server validates a whole request before writing any of it) fails that
-    point alone, with the server's reason, and the rest of its batch is sent again."""
+    point alone, with the server's reason, and the rest of its batch is sent again. A 503 (a shard did not
+    acknowledge in time, writes paused by a reshard: "retry") or a 429 (rate limit) is sent again after the
+    server's Retry-After or a backoff of 1, 2, 4, 8 s, at most `retries` times, before its points are reported as
+    failures (a write prism did not acknowledge is safe to send again: upserts by id are idempotent)."""
+
+    RETRY_STATUS = (429, 503)
 
     def __init__(self, client: httpx.Client, url: str, collection: str, ledger: Ledger, report: IngestReport,
-                 progress: Callable[[int], None] | None):
+                 progress: Callable[[int], None] | None, retries: int = 5,
+                 sleep: Callable[[float], None] = time.sleep):
         self.client, self.endpoint = client, f"{url}/v1/collections/{collection}/points"
         self.ledger, self.report, self.progress = ledger, report, progress
+        self.retries, self.sleep = retries, sleep
+
+    def _wait_s(self, r: httpx.Response, attempt: int) -> float:
+        try:
+            return min(30.0, max(0.0, float(r.headers["retry-after"])))
+        except (KeyError, ValueError):
+            return float(min(8, 2 ** attempt))
 
     def write(self, batch: list[tuple[dict, str]]) -> None:
         """`batch`: (point, error) pairs; a point with an error is reported, not sent."""
@@ -109,8 +123,14 @@ class Writer:
                 self.report.failures.append((p["id"], err))
             else:
                 chunk.append(p)
+        attempt = 0
         while chunk:
             r = self.client.post(self.endpoint, json={"points": chunk})
+            if r.status_code in self.RETRY_STATUS and attempt < self.retries:
+                self.sleep(self._wait_s(r, attempt))  # the server asked for it: not a guess at a condition
+                attempt += 1
+                self.report.retried += 1
+                continue
             if r.status_code == 200:
                 failed = {f["id"]: f["reason"] for f in r.json().get("failed", [])}
                 self.report.failures.extend(failed.items())
