@@ -61,9 +61,18 @@ def test_a_load_retries_an_unacknowledged_write_and_counts_it_and_gives_up_after
             if self.calls <= self.fails:
                 raise ShardUnavailable("write to shard 2 not acknowledged", shards=[2])
 
+    waits, heals = [], []
+
+    async def pause(s):
+        waits.append(s)
+
+    async def recover(svc, name):
+        heals.append((svc.calls, name))
+
     svc = Svc(2)
-    assert asyncio.run(upsert_retrying(svc, "c", {"points": []})) == 2 and svc.calls == 3
-    never = Svc(99)
+    assert asyncio.run(upsert_retrying(svc, "c", {"points": []}, pause=pause, recover=recover)) == 2
+    assert svc.calls == 3 and waits == [2.0, 4.0] and heals == [(1, "c"), (2, "c")]  # a heal before each retry
+    never, waits[:] = Svc(99), []
     with pytest.raises(ShardUnavailable):
-        asyncio.run(upsert_retrying(never, "c", {"points": []}, tries=3))
-    assert never.calls == 3
+        asyncio.run(upsert_retrying(never, "c", {"points": []}, tries=3, pause=pause, recover=recover))
+    assert never.calls == 3 and waits == [2.0, 4.0]
