@@ -157,8 +157,9 @@ def run(workdir: Path, n: int = 1_000_000, small: int = 250_000, n_queries: int 
         print(f"[scale1m] {index}: {r}", flush=True)
         (workdir / "scale1m-partial.json").write_text(json.dumps({"points": n, "indexes": out}, indent=1))  # a
         # long run stopped later still leaves each finished index's figures
+    for r in out.values():
+        r["shard_timeout_s"] = SHARD_TIMEOUT_S
     return {"points": n, "points_small": small, "dim": DIM, "shards": SHARDS, "queries": n_queries,
-            "shard_timeout_s": SHARD_TIMEOUT_S,
             "backend": "server", "indexes": out,
             "raw_float32_gib_per_million": round(DIM * 4 / 1024**3 * 1_000_000, 2)}
 
@@ -170,4 +171,8 @@ def table(data: dict) -> str:
     for index, r in data["indexes"].items():
         lines.append(f"| {index} | {r['load_s']} | {r['index_s']} | {r.get('write_retries', 'not counted')} | "
                      f"{r['p50_ms_c1']} | {r['qps_c8']} | {r['recall_at_10']} | {r['gib_per_million']} |")
-    return "\n".join(lines) + f"\n\nRaw float32: {data['raw_float32_gib_per_million']} GiB per million."
+    runs = "".join(f"\n- {index}: {how}" for index, how in data.get("runs", {}).items())
+    return ("\n".join(lines) + f"\n\nRaw float32: {data['raw_float32_gib_per_million']} GiB per million. Search "
+            "defaults: HNSW ef 64 (M 16, efConstruction 200 unless set), IVF_SQ8 nlist 128 and nprobe 16; shard_timeout_s "
+            + ", ".join(f"{i} {r.get('shard_timeout_s', data.get('shard_timeout_s', 10.0))} s"
+                        for i, r in data["indexes"].items()) + "." + (f"\n\nRuns:{runs}" if runs else ""))
