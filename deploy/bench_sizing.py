@@ -57,9 +57,10 @@ def run(workdir: Path, sizes: tuple[int, int] = (25_000, 100_000), cases=CASES, 
 
 def table(data: dict) -> str:
     """docs/benchmarks.md's sizing table (runs from before the slope method show their one size)."""
-    lines = ["| dim | index | points loaded | GiB per million (measured) | GiB per million (raw float32) |",
-             "|---|---|---|---|---|"]
+    lines = ["| dim | index | points loaded | run | GiB per million (measured) | GiB per million (raw float32) |",
+             "|---|---|---|---|---|---|"]
     for r in data["runs"]:
         pts = f"{r['points_small']:,} -> {r['points']:,}" if "points_small" in r else f"{r['points']:,}"
-        lines.append(f"| {r['dim']} | {r['index']} | {pts} | {r['gib_per_million']} | {r['raw_float32_gib_per_million']} |")
-    return "\n".join(lines)
+        lines.append(f"| {r['dim']} | {r['index']} | {pts} | {r.get('run', '1')} | {r['gib_per_million']} | "
+                     f"{r['raw_float32_gib_per_million']} |")
+    return "\n".join(lines) + (f"\n\n{data['note']}" if data.get("note") else "")
