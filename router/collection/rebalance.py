@@ -215,7 +215,7 @@ async def rebalance(svc: PrismService, name: str, body: Any = None, *, auto: boo
     progress.state = "moving"
     # Several ingress replicas: this process's point locks do not hold their writes back, so writes pause (through
     # the catalog, as a reshard's do) while points move; the one ingress of a single-ingress cluster never pauses.
-    paused = f"rebalancing {name!r}" if svc.start_sequencers is not None and svc.several_ingresses() else None
+    paused = f"rebalancing {name!r}" if svc.several_ingresses() else None
     save_placement(svc, coord, new, moving=True, paused=paused)  # a restart meanwhile knows points may sit anywhere
     coord.paused = paused
     await _switch(coord, new)

@@ -91,7 +91,7 @@ async def reshard(old: Coordinator, config: CollectionConfig, *,
     copied: dict[int, list[str]] = {}
     try:
         # This process's writes that passed the pause check before it was set land before the moves are planned
-        # (another ingress's writes: the caller waits them out, router.collection.reshard.reshard_collection)
+        # (another ingress's writes: reshard_collection waits them out before calling this)
         await old.writes.settled(old.placement_epoch + 1)
         moves = await plan_moves(old, n_new)
         moved = await copy_points(old, new, moves, copied)
@@ -177,7 +177,7 @@ async def reshard_collection(svc: Any, name: str, shards: int) -> dict[str, Any]
         svc._note(name, entry)
 
     try:
-        if svc.start_sequencers is not None and svc.several_ingresses():  # their writes begun before the pause end
+        if svc.several_ingresses():  # other ingress replicas: their writes begun before the pause end
             await asyncio.sleep(svc.config.shard_timeout_s)
         moved = await reshard(old, cfg, start_added=start_added, stop=svc.stop_shards, switch=switch,
                               start_sequencers=start_added_sequencers, stop_sequencers=svc.stop_sequencers)

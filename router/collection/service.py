@@ -78,10 +78,11 @@ class PrismService(AliasOps):
         self.snapshots = Snapshots(self)  # create, list, describe, delete, restore (router.collection.snapshots)
 
     def several_ingresses(self) -> bool:
-        """Whether other ingress replicas may write to the shards meanwhile (`ingress_replicas` > 1, or an
-        autoscaling range that may add some): only then does a reshard or rebalance pause writes through the catalog
-        and wait out the writes they began; the one ingress of a single-ingress cluster holds its own writes back."""
-        return self.config.ingress_replicas > 1 or self.config.ingress_max_replicas is not None
+        """Whether other ingress replicas may write to the shards meanwhile (sequencers order the writes, and
+        `ingress_replicas` > 1 or an autoscaling range may add some): only then does a reshard or rebalance pause
+        writes through the catalog and wait out the writes they began; a single ingress holds its own writes back."""
+        return self.start_sequencers is not None and (self.config.ingress_replicas > 1
+                                                      or self.config.ingress_max_replicas is not None)
 
     # -- collections -------------------------------------------------------------------------------------------
     def open_catalog(self) -> list[str]:
