@@ -46,7 +46,6 @@ class PrismService(AliasOps):
     def __init__(self, config: ClusterConfig, *, encode: Encode | None = None, server_uri: str | None = None,
                  start_shards: StartShards | None = None, stop_shards: StopShards | None = None,
                  start_sequencers: StartShards | None = None, stop_sequencers: StopShards | None = None,
-                 launch_sequencers: Callable[..., Any] | None = None,
                  observe_shard: Callable[[str, int, float], None] | None = None, metadata: Any | None = None,
                  encode_images: Any | None = None, encoders: dict[str, dict] | None = None,
                  observe_stage: Callable[[str, float], None] | None = None, clock: Callable[[], float] = time.monotonic):
@@ -64,9 +63,6 @@ class PrismService(AliasOps):
         # replicas can write and an ingress restart loses nothing; without them this process orders the writes.
         self.start_sequencers = start_sequencers
         self.stop_sequencers = stop_sequencers
-        # `launch_sequencers(cfg, specs)`: start the sequencers' processes without waiting for them, so that they
-        # start while the shard replicas create their Milvus collections (start_sequencers then finds them by name)
-        self.launch_sequencers = launch_sequencers
         self.observe_shard, self.metadata, self.encode_images = observe_shard, metadata, encode_images
         # encoder name -> {"dim", "modalities", "available", "reason"} as the running encoders report them
         self.encoders = encoders or {}
@@ -106,8 +102,6 @@ class PrismService(AliasOps):
     def _open(self, cfg: CollectionConfig) -> Coordinator:
         """Start (or reattach to) the collection's shard replicas, creating their Milvus collections if absent."""
         specs = replica_specs(cfg, self.config.milvus, self.config.data_path, self.server_uri)
-        if self.launch_sequencers is not None:
-            self.launch_sequencers(cfg, specs)  # their processes start beside the replicas' (collections: seconds)
         clients = self.start_shards(cfg, specs, create=True)
         sequencers = self.start_sequencers(cfg, specs) if self.start_sequencers is not None else None
         coord = Coordinator.from_clients(

@@ -152,7 +152,7 @@ class Ingress:
         from router.serving.prestart import prestart_catalog
         from router.metadata.store import metadata_store
         from router.collection.service import PrismService
-        from router.replication.ray_sequencer import launch_ray_sequencers, start_ray_sequencers, stop_ray_sequencers
+        from router.replication.ray_sequencer import start_ray_sequencers, stop_ray_sequencers
         from shards.actor import start_ray_shards, stop_ray_shards
 
         t0 = time.monotonic()
@@ -175,8 +175,6 @@ class Ingress:
         statuses, _ = await asyncio.gather(asyncio.gather(*(h.status.remote() for h in encoders.values())),
                                            asyncio.to_thread(prestart_catalog, cfg, server_uri))
         self.startup: dict[str, Any] = {"encoders_wait_s": round(time.monotonic() - t0, 2)}
-        sequencer_opts = {"timeout_s": cfg.shard_timeout_s, "detached": True, "placement": cfg.placement,
-                          "replication": cfg.replication, "snapshots": cfg.snapshots}
         self.service = PrismService(
             cfg, encode=self._encode, encode_images=self._encode_images, server_uri=server_uri,
             encoders={st["name"]: st for st in statuses},
@@ -185,8 +183,8 @@ class Ingress:
                 batching=cfg.batching),
             stop_shards=stop_ray_shards,
             start_sequencers=lambda c, specs, first_shard=0: start_ray_sequencers(
-                c, specs, cfg.data_path, first_shard=first_shard, **sequencer_opts),
-            launch_sequencers=lambda c, specs: launch_ray_sequencers(c, specs, cfg.data_path, **sequencer_opts),
+                c, specs, cfg.data_path, timeout_s=cfg.shard_timeout_s, detached=True, first_shard=first_shard,
+                placement=cfg.placement, replication=cfg.replication, snapshots=cfg.snapshots),
             stop_sequencers=stop_ray_sequencers, observe_shard=self.state.metrics.observe_shard,
             observe_stage=self.state.metrics.observe_stage, metadata=metadata_store(cfg),
         )
