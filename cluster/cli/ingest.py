@@ -110,10 +110,13 @@ class Writer:
         self.retries, self.sleep = retries, sleep
 
     def _wait_s(self, r: httpx.Response, attempt: int) -> float:
+        """The server's Retry-After in seconds (capped at 30 s); else, or where it is no positive number (an
+        HTTP date, 0, negative, nan), a backoff of 1, 2, 4, 8 s."""
         try:
-            return min(30.0, max(0.0, float(r.headers["retry-after"])))
+            asked = float(r.headers["retry-after"])
         except (KeyError, ValueError):
-            return float(min(8, 2 ** attempt))
+            asked = 0.0
+        return min(30.0, asked) if asked > 0 else float(min(8, 2 ** attempt))
 
     def write(self, batch: list[tuple[dict, str]]) -> None:
         """`batch`: (point, error) pairs; a point with an error is reported, not sent."""

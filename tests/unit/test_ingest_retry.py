@@ -51,3 +51,11 @@ def test_other_refusals_are_not_retried(tmp_path):
     w, report, sent, waits = writer(tmp_path, [httpx.Response(500, json={"message": "boom"})])
     w.write(batch(2))
     assert len(sent) == 1 and waits == [] and report.retried == 0 and len(report.failures) == 2
+
+
+def test_a_retry_after_that_is_no_positive_number_gets_the_backoff_and_a_huge_one_is_capped(tmp_path):
+    answers = [httpx.Response(503, headers={"retry-after": v}, json={"message": "busy"})
+               for v in ("-5", "nan", "0", "Wed, 21 Oct 2026 07:28:00 GMT", "99999")]
+    w, report, sent, waits = writer(tmp_path, answers)
+    w.write(batch(1))
+    assert waits == [1.0, 2.0, 4.0, 8.0, 30.0] and report.upserted == 1 and report.retried == 5
